@@ -1,0 +1,134 @@
+//! Items murmur piggybacks on foca's messages: user events and leave intents.
+//!
+//! foca re-disseminates every item its handler accepts as new, so the handler is where
+//! deduplication lives; accepted items are handed to the core through `received`.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeIdentity;
+use crate::events::UserEvent;
+use crate::wire::{self, DropReason};
+
+/// How many item keys the handler remembers for deduplication. Items stop circulating after a
+/// few gossip rounds, long before they are forgotten here.
+const SEEN_CAPACITY: usize = 8192;
+
+/// One piggybacked item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum BroadcastItem {
+    /// A user event (`murmur event`).
+    Event(UserEvent),
+    /// The named member, in the given generation, is leaving on purpose: its coming `Down` means
+    /// "left", not "failed".
+    Leaving { name: String, generation: u64 },
+}
+
+impl BroadcastItem {
+    fn key(&self) -> BroadcastKey {
+        match self {
+            Self::Event(event) => BroadcastKey::Event(event.id),
+            Self::Leaving { name, generation } => BroadcastKey::Leaving(name.clone(), *generation),
+        }
+    }
+}
+
+/// Identity of an item: two items with one key are the same item.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum BroadcastKey {
+    Event([u8; 16]),
+    Leaving(String, u64),
+}
+
+impl foca::Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// foca's handler for custom broadcasts: decodes, deduplicates, and passes new items on.
+pub(crate) struct BroadcastInbox {
+    seen: HashSet<BroadcastKey>,
+    order: VecDeque<BroadcastKey>,
+    pub(crate) received: Arc<Mutex<Vec<BroadcastItem>>>,
+}
+
+/// A piggybacked item that did not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable broadcast item")]
+pub(crate) struct BadItem;
+
+impl BroadcastInbox {
+    pub(crate) fn new(received: Arc<Mutex<Vec<BroadcastItem>>>) -> Self {
+        Self {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            received,
+        }
+    }
+
+    fn remember(&mut self, key: BroadcastKey) -> bool {
+        if !self.seen.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > SEEN_CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        true
+    }
+}
+
+impl foca::BroadcastHandler<NodeIdentity> for BroadcastInbox {
+    type Key = BroadcastKey;
+    type Error = BadItem;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&NodeIdentity>,
+    ) -> Result<Option<BroadcastKey>, BadItem> {
+        let item: BroadcastItem = wire::decode(data).map_err(|_: DropReason| BadItem)?;
+        let key = item.key();
+        if !self.remember(key.clone()) {
+            return Ok(None);
+        }
+        self.received.lock().expect("inbox poisoned").push(item);
+        Ok(Some(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use foca::BroadcastHandler;
+
+    use super::*;
+
+    #[test]
+    fn duplicates_are_accepted_once() {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let mut inbox = BroadcastInbox::new(received.clone());
+        let item = BroadcastItem::Leaving {
+            name: "a".into(),
+            generation: 3,
+        };
+        let bytes = wire::encode(&item);
+        assert!(inbox.receive_item(&bytes, None).unwrap().is_some());
+        assert!(inbox.receive_item(&bytes, None).unwrap().is_none());
+        assert_eq!(received.lock().unwrap().len(), 1);
+        assert!(inbox.receive_item(&[0xff, 0xff], None).is_err());
+    }
+
+    #[test]
+    fn dedup_memory_is_bounded() {
+        let mut inbox = BroadcastInbox::new(Arc::default());
+        for i in 0..(SEEN_CAPACITY as u64 + 10) {
+            inbox.remember(BroadcastKey::Leaving("x".into(), i));
+        }
+        assert_eq!(inbox.seen.len(), SEEN_CAPACITY);
+    }
+}

@@ -1,0 +1,288 @@
+//! The member list as users see it: one entry per node name, with serf's statuses.
+//!
+//! foca knows alive, suspect and down. murmur adds *why* a member is down: a member that
+//! announced its leave (a `Leaving` broadcast for that generation) is `Left`, any other is
+//! `Failed`. Entries are keyed by name, so a restarted node (higher generation) replaces its
+//! ghost in place.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use foca::{Member, State};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeIdentity;
+
+/// Leave intents remembered (name, generation); old ones are forgotten first.
+const LEAVING_CAPACITY: usize = 4096;
+
+/// A member's status, numbered as serf and Consul's `/v1/agent/members` number them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberStatus {
+    /// Reachable (status 1). Suspected members also report 1, as in serf.
+    Alive,
+    /// Reachable but suspected of failure; reported as alive until confirmed.
+    Suspect,
+    /// Announced its leave, not yet gone (status 2).
+    Leaving,
+    /// Left on purpose (status 3).
+    Left,
+    /// Declared down without a leave (status 4).
+    Failed,
+}
+
+impl MemberStatus {
+    /// serf's numeric status code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Alive | Self::Suspect => 1,
+            Self::Leaving => 2,
+            Self::Left => 3,
+            Self::Failed => 4,
+        }
+    }
+
+    /// Lower-case name, as `murmur members` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Leaving => "leaving",
+            Self::Left => "left",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the member still takes part in the cluster.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Alive | Self::Suspect | Self::Leaving)
+    }
+}
+
+/// One entry of the member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    /// The member's current identity (its latest known generation).
+    pub identity: NodeIdentity,
+    /// Its status.
+    pub status: MemberStatus,
+}
+
+/// What changed about a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberEventKind {
+    /// Became alive: new member, a new generation of a known one, or a return.
+    Up,
+    /// Suspected of failure.
+    Suspect,
+    /// Refuted a suspicion.
+    Refuted,
+    /// Announced its leave.
+    Leaving,
+    /// Left on purpose.
+    Left,
+    /// Declared failed.
+    Failed,
+    /// Forgotten after the reap time.
+    Reaped,
+}
+
+/// A change in the member list, for logs and for the agent's subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEvent {
+    /// What happened.
+    pub kind: MemberEventKind,
+    /// To whom.
+    pub member: NodeIdentity,
+}
+
+/// The member list of one node (itself excluded).
+#[derive(Debug, Default)]
+pub struct MemberView {
+    members: BTreeMap<String, MemberState>,
+    leaving: HashSet<(String, u64)>,
+    leaving_order: VecDeque<(String, u64)>,
+}
+
+impl MemberView {
+    /// All known members, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &MemberState> {
+        self.members.values()
+    }
+
+    /// One member by name.
+    pub fn get(&self, name: &str) -> Option<&MemberState> {
+        self.members.get(name)
+    }
+
+    /// Leave intents still remembered, for push-pull.
+    pub(crate) fn leaving(&self) -> impl Iterator<Item = &(String, u64)> {
+        self.leaving_order.iter()
+    }
+
+    /// Applies a state foca settled on; returns the event if the status changed.
+    pub(crate) fn apply(&mut self, update: &Member<NodeIdentity>) -> Option<MemberEvent> {
+        let id = update.id();
+        let left = self.leaving.contains(&(id.name.clone(), id.generation));
+        let status = match update.state() {
+            State::Alive | State::Suspect if left => MemberStatus::Leaving,
+            State::Alive => MemberStatus::Alive,
+            State::Suspect => MemberStatus::Suspect,
+            State::Down if left => MemberStatus::Left,
+            State::Down => MemberStatus::Failed,
+        };
+        let previous = self.members.get(&id.name);
+        if let Some(prev) = previous {
+            if id.generation < prev.identity.generation {
+                return None; // news about an older life
+            }
+            if id == &prev.identity && prev.status == status {
+                return None;
+            }
+        }
+        let kind = match (previous.map(|p| p.status), status) {
+            (Some(MemberStatus::Suspect), MemberStatus::Alive)
+                if previous.is_some_and(|p| &p.identity == id) =>
+            {
+                MemberEventKind::Refuted
+            }
+            (_, MemberStatus::Alive) => MemberEventKind::Up,
+            (_, MemberStatus::Suspect) => MemberEventKind::Suspect,
+            (_, MemberStatus::Leaving) => MemberEventKind::Leaving,
+            (_, MemberStatus::Left) => MemberEventKind::Left,
+            (_, MemberStatus::Failed) => MemberEventKind::Failed,
+        };
+        self.members.insert(
+            id.name.clone(),
+            MemberState {
+                identity: id.clone(),
+                status,
+            },
+        );
+        Some(MemberEvent {
+            kind,
+            member: id.clone(),
+        })
+    }
+
+    /// Records a leave intent; a member already down becomes `Left`, an active one `Leaving`.
+    pub(crate) fn mark_leaving(&mut self, name: &str, generation: u64) -> Option<MemberEvent> {
+        let key = (name.to_owned(), generation);
+        if self.leaving.insert(key.clone()) {
+            self.leaving_order.push_back(key);
+            if self.leaving_order.len() > LEAVING_CAPACITY
+                && let Some(old) = self.leaving_order.pop_front()
+            {
+                self.leaving.remove(&old);
+            }
+        }
+        let entry = self.members.get_mut(name)?;
+        if entry.identity.generation != generation {
+            return None;
+        }
+        let (status, kind) = match entry.status {
+            MemberStatus::Failed => (MemberStatus::Left, MemberEventKind::Left),
+            MemberStatus::Alive | MemberStatus::Suspect => {
+                (MemberStatus::Leaving, MemberEventKind::Leaving)
+            }
+            MemberStatus::Leaving | MemberStatus::Left => return None,
+        };
+        entry.status = status;
+        Some(MemberEvent {
+            kind,
+            member: entry.identity.clone(),
+        })
+    }
+
+    /// Forgets a member whose reap time passed, unless a newer life replaced it meanwhile.
+    pub(crate) fn reap(&mut self, id: &NodeIdentity) -> Option<MemberEvent> {
+        let current = self.members.get(&id.name)?;
+        if &current.identity != id || current.status.is_active() {
+            return None;
+        }
+        let gone = self.members.remove(&id.name)?;
+        Some(MemberEvent {
+            kind: MemberEventKind::Reaped,
+            member: gone.identity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str, generation: u64) -> NodeIdentity {
+        NodeIdentity {
+            name: name.into(),
+            node_id: 1,
+            generation,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            datacenter: "dc1".into(),
+            tags: vec![],
+        }
+    }
+
+    fn kind(view: &mut MemberView, m: Member<NodeIdentity>) -> Option<MemberEventKind> {
+        view.apply(&m).map(|e| e.kind)
+    }
+
+    #[test]
+    fn lifecycle_of_a_failed_member() {
+        let mut v = MemberView::default();
+        assert_eq!(
+            kind(&mut v, Member::alive(id("a", 1))),
+            Some(MemberEventKind::Up)
+        );
+        assert_eq!(kind(&mut v, Member::alive(id("a", 1))), None);
+        assert_eq!(
+            kind(&mut v, Member::new(id("a", 1), 0, State::Suspect)),
+            Some(MemberEventKind::Suspect)
+        );
+        assert_eq!(
+            kind(&mut v, Member::new(id("a", 1), 1, State::Alive)),
+            Some(MemberEventKind::Refuted)
+        );
+        assert_eq!(
+            kind(&mut v, Member::down(id("a", 1))),
+            Some(MemberEventKind::Failed)
+        );
+        // News about an older generation never overrides the newer life.
+        assert_eq!(
+            kind(&mut v, Member::alive(id("a", 2))),
+            Some(MemberEventKind::Up)
+        );
+        assert_eq!(kind(&mut v, Member::down(id("a", 1))), None);
+        assert_eq!(v.get("a").unwrap().status, MemberStatus::Alive);
+        assert!(
+            v.reap(&id("a", 1)).is_none(),
+            "reaping the old life keeps the new one"
+        );
+    }
+
+    #[test]
+    fn leave_intent_before_or_after_down_gives_left() {
+        let mut v = MemberView::default();
+        v.apply(&Member::alive(id("a", 1)));
+        assert_eq!(
+            v.mark_leaving("a", 1).map(|e| e.kind),
+            Some(MemberEventKind::Leaving)
+        );
+        assert_eq!(
+            kind(&mut v, Member::down(id("a", 1))),
+            Some(MemberEventKind::Left)
+        );
+
+        v.apply(&Member::alive(id("b", 1)));
+        v.apply(&Member::down(id("b", 1)));
+        assert_eq!(v.get("b").unwrap().status, MemberStatus::Failed);
+        assert_eq!(
+            v.mark_leaving("b", 1).map(|e| e.kind),
+            Some(MemberEventKind::Left)
+        );
+        assert_eq!(
+            v.reap(&id("b", 1)).map(|e| e.kind),
+            Some(MemberEventKind::Reaped)
+        );
+        assert!(v.get("b").is_none());
+    }
+}

@@ -1,0 +1,664 @@
+//! The membership state machine of one member: foca plus what murmur adds around it.
+//!
+//! Inputs are method calls (a datagram arrived, a timer fired, a stream request or reply
+//! arrived, the user asked for something); outputs queue up and are taken with
+//! [`Node::poll_output`]. There is no clock: time enters only as the expiry of timers the node
+//! asked for. There is no global randomness: the caller hands over the RNG.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foca::{Foca, Member, OwnedNotification, Runtime, State};
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+use crate::broadcast::{BroadcastInbox, BroadcastItem};
+use crate::events::{EventLog, UserEvent};
+use crate::keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
+use crate::members::{MemberEvent, MemberState, MemberStatus, MemberView};
+use crate::stats::Stats;
+use crate::wire::{self, DropReason, PushPullState, StreamMessage, WireCodec};
+use crate::{GossipConfig, GossipError, NodeIdentity};
+
+/// A timer the node asked for; hand it back to [`Node::handle_timer`] when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerEvent {
+    /// One of foca's SWIM timers.
+    Foca(foca::Timer<NodeIdentity>),
+    /// Time for a full-state exchange with a random member.
+    PushPull,
+    /// Time to re-contact the seeds if still alone.
+    Rejoin,
+}
+
+/// Something the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this datagram (already sealed) over UDP.
+    Datagram {
+        /// Destination gossip address.
+        to: SocketAddr,
+        /// The sealed packet.
+        bytes: Vec<u8>,
+    },
+    /// Call [`Node::handle_timer`] with `timer` after `after`.
+    Timer {
+        /// Delay from now.
+        after: Duration,
+        /// What to hand back.
+        timer: TimerEvent,
+    },
+    /// Open a stream to `to`, send `request` as one frame, read one reply frame and give it to
+    /// [`Node::handle_push_pull_reply`].
+    PushPull {
+        /// Destination gossip address (TCP).
+        to: SocketAddr,
+        /// The framed request body.
+        request: Vec<u8>,
+    },
+    /// The member list changed.
+    Member(MemberEvent),
+    /// A user event was delivered to this member.
+    UserEvent(UserEvent),
+    /// A peer changed this member's keyring; persist it if keys are kept on disk.
+    KeyringChanged,
+}
+
+/// Builds the [`Io`] for one foca call from the node's disjoint fields.
+macro_rules! io {
+    ($node:ident) => {
+        Io {
+            outputs: &mut $node.outputs,
+            notifications: &mut $node.notifications,
+            keyring: &$node.keyring,
+            rng: &mut $node.rng,
+            cluster_id: &$node.config.cluster_id,
+            stats: &mut $node.stats,
+        }
+    };
+}
+
+type SwimCore = Foca<NodeIdentity, WireCodec, StdRng, BroadcastInbox>;
+
+/// One member of a gossip pool.
+pub struct Node {
+    foca: SwimCore,
+    changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
+    received: Arc<Mutex<Vec<BroadcastItem>>>,
+    notifications: Vec<OwnedNotification<NodeIdentity>>,
+    rng: StdRng,
+    config: GossipConfig,
+    keyring: Keyring,
+    view: MemberView,
+    events: EventLog,
+    seeds: Vec<SocketAddr>,
+    outputs: VecDeque<Output>,
+    stats: Stats,
+    leaving: bool,
+    sized_for: usize,
+    rejoin_wait: Option<Duration>,
+    /// Whether a push-pull ever merged; events carried by the first one predate our joining.
+    synced: bool,
+}
+
+/// foca's [`Runtime`] for one call: seals what foca sends and queues everything as outputs.
+struct Io<'a> {
+    outputs: &'a mut VecDeque<Output>,
+    notifications: &'a mut Vec<OwnedNotification<NodeIdentity>>,
+    keyring: &'a Keyring,
+    rng: &'a mut StdRng,
+    cluster_id: &'a str,
+    stats: &'a mut Stats,
+}
+
+impl Runtime<NodeIdentity> for Io<'_> {
+    fn notify(&mut self, notification: foca::Notification<'_, NodeIdentity>) {
+        self.notifications.push(notification.to_owned());
+    }
+
+    fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
+        let bytes = wire::seal(self.cluster_id, self.keyring, self.rng, data);
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.outputs
+            .push_back(Output::Datagram { to: to.addr, bytes });
+    }
+
+    fn submit_after(&mut self, event: foca::Timer<NodeIdentity>, after: Duration) {
+        self.outputs.push_back(Output::Timer {
+            after,
+            timer: TimerEvent::Foca(event),
+        });
+    }
+}
+
+impl Node {
+    /// A member that knows nobody yet. `rng` drives every random choice (probe targets, nonces,
+    /// event ids): seed it from the OS in production and from the scenario seed in tests.
+    pub fn new(
+        identity: NodeIdentity,
+        config: GossipConfig,
+        keyring: Keyring,
+        mut rng: StdRng,
+    ) -> Result<Self, GossipError> {
+        identity.validate()?;
+        config.validate()?;
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let foca = Foca::with_custom_broadcast(
+            identity,
+            config.foca_config(1),
+            StdRng::from_rng(&mut rng),
+            WireCodec {
+                changes: changes.clone(),
+            },
+            BroadcastInbox::new(received.clone()),
+        );
+        let mut node = Self {
+            foca,
+            changes,
+            received,
+            notifications: Vec::new(),
+            rng,
+            keyring,
+            view: MemberView::default(),
+            events: EventLog::default(),
+            seeds: Vec::new(),
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+            leaving: false,
+            sized_for: 1,
+            rejoin_wait: None,
+            synced: false,
+            config,
+        };
+        node.schedule_push_pull();
+        Ok(node)
+    }
+
+    /// This member's current identity (its generation grows when it had to rejoin).
+    pub fn identity(&self) -> &NodeIdentity {
+        self.foca.identity()
+    }
+
+    /// The configuration this member runs with.
+    pub fn config(&self) -> &GossipConfig {
+        &self.config
+    }
+
+    /// Every known member including this one, sorted by name.
+    pub fn members(&self) -> Vec<MemberState> {
+        let me = MemberState {
+            identity: self.identity().clone(),
+            status: if self.leaving {
+                MemberStatus::Leaving
+            } else {
+                MemberStatus::Alive
+            },
+        };
+        let mut all: Vec<MemberState> = self.view.iter().cloned().chain([me]).collect();
+        all.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
+        all
+    }
+
+    /// Number of active members other than this one.
+    pub fn active_peers(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    /// Recent user events.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// The keyring.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Counters of traffic and of dropped input.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Whether [`Node::leave`] was called.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Remembers seed addresses; a member that later finds itself alone re-contacts them.
+    pub fn set_seeds(&mut self, seeds: Vec<SocketAddr>) {
+        self.seeds = seeds;
+    }
+
+    /// A datagram arrived.
+    pub fn handle_datagram(&mut self, bytes: &[u8]) {
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        let body = match self.open(bytes) {
+            Ok(opened) => opened,
+            Err(reason) => {
+                self.stats.dropped.count(reason);
+                return;
+            }
+        };
+        let result = self.with_foca(|foca, io| foca.handle_data(&body, io));
+        if let Err(err) = result {
+            self.stats.count_foca_error(&err);
+        }
+    }
+
+    /// A timer the node asked for expired.
+    pub fn handle_timer(&mut self, timer: TimerEvent) {
+        match timer {
+            TimerEvent::Foca(timer) => {
+                let reaped = match &timer {
+                    foca::Timer::RemoveDown(id) => Some(id.clone()),
+                    _ => None,
+                };
+                if let Err(err) = self.with_foca(|foca, io| foca.handle_timer(timer, io)) {
+                    self.stats.count_foca_error(&err);
+                }
+                if let Some(event) = reaped.and_then(|id| self.view.reap(&id)) {
+                    self.outputs.push_back(Output::Member(event));
+                }
+            }
+            TimerEvent::PushPull => {
+                self.start_push_pull();
+                self.schedule_push_pull();
+            }
+            TimerEvent::Rejoin => self.rejoin_if_alone(),
+        }
+    }
+
+    /// The request body for a push-pull with a seed: how a member joins.
+    pub fn push_pull_request(&mut self) -> Vec<u8> {
+        let state = self.local_state();
+        self.seal_message(&StreamMessage::PushPull(state))
+    }
+
+    /// The reply to a push-pull arrived: merges the peer's view.
+    pub fn handle_push_pull_reply(&mut self, reply: &[u8]) -> Result<(), GossipError> {
+        match self.open_reply(reply)? {
+            StreamMessage::PushPullReply(state) => {
+                self.merge_state(state);
+                Ok(())
+            }
+            other => Err(unexpected_reply(&other)),
+        }
+    }
+
+    /// A stream request arrived; the return value is the reply frame body.
+    pub fn handle_stream(&mut self, request: &[u8]) -> Vec<u8> {
+        let message = match self.open(request) {
+            Ok(body) => wire::decode::<StreamMessage>(&body),
+            Err(reason) => Err(reason),
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(reason) => {
+                self.stats.dropped.count(reason);
+                return self.reject(reason.advice());
+            }
+        };
+        match message {
+            StreamMessage::PushPull(state) => {
+                if let Some(why) = self.name_conflict(&state.from) {
+                    return self.reject(&why);
+                }
+                self.merge_state(state);
+                let reply = self.local_state();
+                self.seal_message(&StreamMessage::PushPullReply(reply))
+            }
+            StreamMessage::Keyring(op) => {
+                let result = self.keyring.apply(&op).map_err(|e| e.to_string());
+                if result.is_ok() {
+                    self.outputs.push_back(Output::KeyringChanged);
+                }
+                let reply = result.map(|()| self.key_bytes());
+                self.seal_message(&StreamMessage::KeyringReply(reply))
+            }
+            other => {
+                self.stats.dropped.count(DropReason::Undecodable);
+                self.reject(&format!("unexpected request {}", message_name(&other)))
+            }
+        }
+    }
+
+    /// Applies a keyring step here; the caller then sends [`Node::keyring_request`] to every
+    /// member so the step spreads cluster-wide.
+    pub fn apply_keyring(&mut self, op: &KeyringOp) -> Result<(), GossipError> {
+        self.keyring.apply(op)
+    }
+
+    /// The request body asking a peer to apply a keyring step.
+    pub fn keyring_request(&mut self, op: KeyringOp) -> Vec<u8> {
+        self.seal_message(&StreamMessage::Keyring(op))
+    }
+
+    /// A peer's answer to a keyring request: its keys after the step.
+    pub fn handle_keyring_reply(&mut self, reply: &[u8]) -> Result<Vec<SecretKey>, GossipError> {
+        match self.open_reply(reply)? {
+            StreamMessage::KeyringReply(Ok(keys)) => {
+                Ok(keys.into_iter().map(SecretKey::from_bytes).collect())
+            }
+            StreamMessage::KeyringReply(Err(why)) => Err(GossipError::Keyring(why)),
+            other => Err(unexpected_reply(&other)),
+        }
+    }
+
+    /// Fires a user event to every member; returns it as recorded.
+    pub fn fire_event(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        node_filter: &str,
+    ) -> Result<UserEvent, GossipError> {
+        UserEvent::validate(name, payload, node_filter)?;
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        // RFC 4122 version 4 bits, so the id reads as the random UUID it is.
+        id[6] = (id[6] & 0x0f) | 0x40;
+        id[8] = (id[8] & 0x3f) | 0x80;
+        let event = UserEvent {
+            id,
+            name: name.to_owned(),
+            payload: payload.to_vec(),
+            node_filter: node_filter.to_owned(),
+            ltime: self.events.next_ltime(),
+        };
+        self.spread(&BroadcastItem::Event(event.clone()))?;
+        Ok(event)
+    }
+
+    /// Leaves the pool on purpose: tells the members this is a leave (so they list us as left,
+    /// not failed) and declares ourselves down. The driver should keep running the node for a
+    /// moment afterwards so the news goes out.
+    pub fn leave(&mut self) {
+        if self.leaving {
+            return;
+        }
+        let id = self.identity().clone();
+        let item = BroadcastItem::Leaving {
+            name: id.name,
+            generation: id.generation,
+        };
+        if let Err(err) = self.spread(&item) {
+            tracing::warn!(%err, "could not announce the leave; members will see a failure");
+        }
+        self.leaving = true;
+        if let Err(err) = self.with_foca(|foca, io| foca.leave_cluster(io)) {
+            self.stats.count_foca_error(&err);
+        }
+    }
+
+    fn spread(&mut self, item: &BroadcastItem) -> Result<(), GossipError> {
+        let bytes = wire::encode(item);
+        self.foca
+            .add_broadcast(&bytes)
+            .map_err(|e| GossipError::InvalidEvent(format!("cannot broadcast: {e}")))?;
+        self.settle();
+        if let Err(err) = self.with_foca(|foca, io| foca.broadcast(io)) {
+            self.stats.count_foca_error(&err);
+        }
+        Ok(())
+    }
+
+    /// Runs one foca call with a runtime that queues outputs, then digests what it changed.
+    fn with_foca<R>(&mut self, call: impl FnOnce(&mut SwimCore, &mut Io<'_>) -> R) -> R {
+        let result = call(&mut self.foca, &mut io!(self));
+        if self.settle() {
+            // Push new items on at once instead of waiting for the next gossip round.
+            if let Err(err) = self.foca.broadcast(&mut io!(self)) {
+                self.stats.count_foca_error(&err);
+            }
+            self.settle();
+        }
+        result
+    }
+
+    /// Turns what foca did into member events, delivered user events and timers.
+    /// Returns whether new broadcast items arrived.
+    fn settle(&mut self) -> bool {
+        let changes = std::mem::take(&mut *self.changes.lock().expect("codec tap poisoned"));
+        let me = self.identity().name.clone();
+        for member in changes.iter().filter(|m| m.id().name != me) {
+            if let Some(event) = self.view.apply(member) {
+                self.outputs.push_back(Output::Member(event));
+            }
+        }
+        let received = std::mem::take(&mut *self.received.lock().expect("inbox poisoned"));
+        let any_received = !received.is_empty();
+        for item in received {
+            match item {
+                BroadcastItem::Event(event) => {
+                    if event.applies_to(&me) {
+                        self.events.record(event.clone());
+                        self.outputs.push_back(Output::UserEvent(event));
+                    }
+                }
+                BroadcastItem::Leaving { name, generation } => {
+                    if let Some(event) = self.view.mark_leaving(&name, generation) {
+                        self.outputs.push_back(Output::Member(event));
+                    }
+                }
+            }
+        }
+        for notification in std::mem::take(&mut self.notifications) {
+            match notification {
+                OwnedNotification::Idle if !self.leaving && !self.seeds.is_empty() => {
+                    self.schedule_rejoin(self.config.rejoin_min);
+                }
+                OwnedNotification::Rejoin(id) => {
+                    tracing::info!(
+                        generation = id.generation,
+                        "declared down by the cluster; rejoined with a new generation"
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.resize_if_needed();
+        any_received
+    }
+
+    /// Keeps suspicion time and retransmissions matched to the cluster size.
+    fn resize_if_needed(&mut self) {
+        let size = self.foca.num_members() + 1;
+        if size != self.sized_for && self.foca.set_config(self.config.foca_config(size)).is_ok() {
+            self.sized_for = size;
+        }
+    }
+
+    fn schedule_push_pull(&mut self) {
+        let base = self.config.push_pull_every(self.foca.num_members() + 1);
+        // Up to 10% jitter so members do not all exchange state at once.
+        let jitter = base.mul_f64(self.rng.random_range(0.0..0.1));
+        self.outputs.push_back(Output::Timer {
+            after: base + jitter,
+            timer: TimerEvent::PushPull,
+        });
+    }
+
+    fn start_push_pull(&mut self) {
+        if self.leaving {
+            return;
+        }
+        let peers: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        if peers.is_empty() {
+            return;
+        }
+        let to = peers[self.rng.random_range(0..peers.len())];
+        let request = self.push_pull_request();
+        self.outputs.push_back(Output::PushPull { to, request });
+    }
+
+    fn schedule_rejoin(&mut self, after: Duration) {
+        if self.rejoin_wait.is_none() {
+            self.rejoin_wait = Some(after);
+            self.outputs.push_back(Output::Timer {
+                after,
+                timer: TimerEvent::Rejoin,
+            });
+        }
+    }
+
+    fn rejoin_if_alone(&mut self) {
+        let waited = self.rejoin_wait.take().unwrap_or(self.config.rejoin_min);
+        if self.leaving || self.foca.num_members() > 0 || self.seeds.is_empty() {
+            return;
+        }
+        tracing::info!(
+            seeds = self.seeds.len(),
+            "alone: contacting the seeds again"
+        );
+        for to in self.seeds.clone() {
+            let request = self.push_pull_request();
+            self.outputs.push_back(Output::PushPull { to, request });
+        }
+        self.schedule_rejoin((waited * 2).min(self.config.rejoin_max));
+    }
+
+    fn local_state(&self) -> PushPullState {
+        let me = self.identity().clone();
+        let members = self
+            .foca
+            .iter_membership_state()
+            .cloned()
+            .chain([Member::alive(me.clone())])
+            .collect();
+        PushPullState {
+            from: me,
+            members,
+            left: self.view.leaving().cloned().collect(),
+            events: self.events.newest().cloned().collect(),
+        }
+    }
+
+    fn merge_state(&mut self, state: PushPullState) {
+        for (name, generation) in &state.left {
+            if let Some(event) = self.view.mark_leaving(name, *generation) {
+                self.outputs.push_back(Output::Member(event));
+            }
+        }
+        // Down news about members we never knew would only resurrect reaped entries; news that
+        // *we* are down must pass, since it is what makes us renew and rejoin.
+        let (view, me) = (&self.view, &self.foca.identity().name);
+        let updates: Vec<Member<NodeIdentity>> = state
+            .members
+            .into_iter()
+            .filter(|m| {
+                m.state() != State::Down || &m.id().name == me || view.get(&m.id().name).is_some()
+            })
+            .collect();
+        if let Err(err) = self.with_foca(|foca, io| foca.apply_many(updates.into_iter(), true, io))
+        {
+            self.stats.count_foca_error(&err);
+        }
+        if !self.synced {
+            self.synced = true;
+            if let Some(latest) = state.events.iter().map(|e| e.ltime).max() {
+                self.events.witness(latest);
+            }
+            return;
+        }
+        for event in state.events {
+            // The handler drops what we already have; what we missed is delivered and spread.
+            if let Err(err) = self.spread(&BroadcastItem::Event(event)) {
+                tracing::debug!(%err, "event from push-pull not taken");
+            }
+        }
+    }
+
+    /// Refuses a joiner whose name belongs to another live agent.
+    fn name_conflict(&self, from: &NodeIdentity) -> Option<String> {
+        let me = self.identity();
+        let holder = if from.name == me.name {
+            Some(me)
+        } else {
+            self.view
+                .get(&from.name)
+                .filter(|m| m.status.is_active())
+                .map(|m| &m.identity)
+        };
+        let holder = holder.filter(|h| h.node_id != from.node_id)?;
+        Some(format!(
+            "node name {:?} is already taken by the live agent at {}: give this agent a unique --node name \
+             (if that agent is gone, wait until the cluster marks it failed)",
+            from.name, holder.addr
+        ))
+    }
+
+    fn open(&self, bytes: &[u8]) -> Result<Vec<u8>, DropReason> {
+        let opened = wire::open(&self.config.cluster_id, &self.keyring, bytes)?;
+        if !opened.sealed && self.keyring.is_encrypted() {
+            return Err(DropReason::UnexpectedPlaintext);
+        }
+        Ok(opened.body)
+    }
+
+    /// Opens a stream reply; plaintext is accepted only for a rejection, which a peer that
+    /// could not read our request has no other way to send.
+    fn open_reply(&mut self, reply: &[u8]) -> Result<StreamMessage, GossipError> {
+        let opened = wire::open(&self.config.cluster_id, &self.keyring, reply)
+            .map_err(|reason| self.unreadable_reply(reason))?;
+        let message = wire::decode::<StreamMessage>(&opened.body)
+            .map_err(|reason| self.unreadable_reply(reason))?;
+        match message {
+            StreamMessage::Reject(why) => Err(GossipError::Rejected(why)),
+            _ if !opened.sealed && self.keyring.is_encrypted() => {
+                Err(self.unreadable_reply(DropReason::UnexpectedPlaintext))
+            }
+            message => Ok(message),
+        }
+    }
+
+    fn unreadable_reply(&mut self, reason: DropReason) -> GossipError {
+        self.stats.dropped.count(reason);
+        GossipError::UnreadableReply(reason.advice().into())
+    }
+
+    fn reject(&self, why: &str) -> Vec<u8> {
+        wire::plaintext(
+            &self.config.cluster_id,
+            &wire::encode(&StreamMessage::Reject(why.to_owned())),
+        )
+    }
+
+    fn seal_message(&mut self, message: &StreamMessage) -> Vec<u8> {
+        wire::seal(
+            &self.config.cluster_id,
+            &self.keyring,
+            &mut self.rng,
+            &wire::encode(message),
+        )
+    }
+
+    fn key_bytes(&self) -> Vec<[u8; KEY_LEN]> {
+        self.keyring.keys().iter().map(|k| *k.as_bytes()).collect()
+    }
+}
+
+fn message_name(message: &StreamMessage) -> &'static str {
+    match message {
+        StreamMessage::PushPull(_) => "push-pull",
+        StreamMessage::PushPullReply(_) => "push-pull reply",
+        StreamMessage::Reject(_) => "reject",
+        StreamMessage::Keyring(_) => "keyring",
+        StreamMessage::KeyringReply(_) => "keyring reply",
+    }
+}
+
+fn unexpected_reply(message: &StreamMessage) -> GossipError {
+    GossipError::UnreadableReply(format!(
+        "the peer answered with an unexpected {}",
+        message_name(message)
+    ))
+}

@@ -1,0 +1,88 @@
+//! Counters a member keeps about its traffic and about what it refused to read.
+
+use crate::wire::DropReason;
+
+/// Input dropped unread, one counter per reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Not a murmur envelope, or truncated.
+    pub malformed: u64,
+    /// Another protocol version.
+    pub wrong_version: u64,
+    /// Another cluster id.
+    pub wrong_cluster: u64,
+    /// No installed key opens it.
+    pub undecryptable: u64,
+    /// Plaintext where encryption is required.
+    pub unexpected_plaintext: u64,
+    /// Sealed where this member has no keys.
+    pub unexpected_sealed: u64,
+    /// Opened but did not decode.
+    pub undecodable: u64,
+    /// Decoded but refused by the SWIM core (e.g. addressed to an older identity of ours).
+    pub refused: u64,
+}
+
+impl DropCounts {
+    pub(crate) fn count(&mut self, reason: DropReason) {
+        let counter = match reason {
+            DropReason::Malformed => &mut self.malformed,
+            DropReason::WrongVersion => &mut self.wrong_version,
+            DropReason::WrongCluster => &mut self.wrong_cluster,
+            DropReason::Undecryptable => &mut self.undecryptable,
+            DropReason::UnexpectedPlaintext => &mut self.unexpected_plaintext,
+            DropReason::UnexpectedSealed => &mut self.unexpected_sealed,
+            DropReason::Undecodable => &mut self.undecodable,
+        };
+        *counter += 1;
+    }
+
+    /// Every counter with its name, for `/v1/agent/self` and metrics.
+    pub fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("malformed", self.malformed),
+            ("wrong_version", self.wrong_version),
+            ("wrong_cluster", self.wrong_cluster),
+            ("undecryptable", self.undecryptable),
+            ("unexpected_plaintext", self.unexpected_plaintext),
+            ("unexpected_sealed", self.unexpected_sealed),
+            ("undecodable", self.undecodable),
+            ("refused", self.refused),
+        ]
+    }
+
+    /// All drops together.
+    pub fn total(&self) -> u64 {
+        self.named().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Traffic and drop counters of one member.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams received (including dropped ones).
+    pub packets_received: u64,
+    /// Datagrams sent.
+    pub packets_sent: u64,
+    /// Bytes of datagrams received.
+    pub bytes_received: u64,
+    /// Bytes of datagrams sent.
+    pub bytes_sent: u64,
+    /// What was dropped, and why.
+    pub dropped: DropCounts,
+}
+
+impl Stats {
+    /// Counts an error foca returned for a message: decoding failures as undecodable, the
+    /// rest (stale or misaddressed messages) as refused.
+    pub(crate) fn count_foca_error(&mut self, err: &foca::Error) {
+        match err {
+            foca::Error::MalformedPacket
+            | foca::Error::Decode(_)
+            | foca::Error::CustomBroadcast(_) => {
+                self.dropped.undecodable += 1;
+            }
+            _ => self.dropped.refused += 1,
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The bytes on the wire.
+//!
+//! Every datagram and every stream frame is one *envelope*:
+//!
+//! ```text
+//! "mm" | version u8 | flags u8 | cluster-id length u8 | cluster id | [nonce 24 | sealed body] or [body]
+//! ```
+//!
+//! The cleartext header lets a receiver tell *why* it drops something (another protocol version,
+//! another cluster, a key it does not hold) and is bound to the body as AEAD associated data, so
+//! it cannot be altered. Bodies are bincode 2 with a size limit, so a hostile length prefix can
+//! never make a decoder allocate more than [`MAX_FRAME`] bytes.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut};
+use foca::{Header, Member};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeIdentity;
+use crate::keyring::{Keyring, KeyringOp, NONCE_LEN, TAG_LEN};
+
+/// The wire protocol version this build speaks. Packets of another version are dropped.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
+pub const MAX_DATAGRAM: usize = 1400;
+/// Longest cluster id (bytes).
+pub const MAX_CLUSTER_ID_LEN: usize = 32;
+/// Largest stream frame (push-pull of a large member list, keyring replies).
+pub const MAX_FRAME: usize = 4 << 20;
+/// Room the envelope takes around a datagram body; foca packs its messages into what is left.
+pub const ENVELOPE_OVERHEAD: usize = 5 + MAX_CLUSTER_ID_LEN + NONCE_LEN + TAG_LEN;
+
+const MAGIC: [u8; 2] = *b"mm";
+const FLAG_SEALED: u8 = 1;
+
+/// Why a received packet or frame was dropped unread. Each reason has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Not a murmur envelope at all, or truncated.
+    Malformed,
+    /// Another protocol version.
+    WrongVersion,
+    /// Another cluster id.
+    WrongCluster,
+    /// Sealed, but none of our keys opens it.
+    Undecryptable,
+    /// Plaintext, but this member requires encryption.
+    UnexpectedPlaintext,
+    /// Sealed, but this member has no keys (it runs without `--encrypt`).
+    UnexpectedSealed,
+    /// Opened fine, but the body does not decode.
+    Undecodable,
+}
+
+impl DropReason {
+    /// What to tell the operator of the peer whose message was dropped for this reason.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Self::Malformed => "the message is not a murmur gossip message",
+            Self::WrongVersion => {
+                "the peer speaks another murmur protocol version: run one murmur version across the cluster"
+            }
+            Self::WrongCluster => "the peer belongs to another cluster: check --cluster-id",
+            Self::Undecryptable => {
+                "gossip key mismatch: no installed key opens the message; start the agent with the cluster's --encrypt key"
+            }
+            Self::UnexpectedPlaintext => {
+                "this cluster encrypts gossip: start the agent with the cluster's --encrypt key"
+            }
+            Self::UnexpectedSealed => {
+                "this cluster does not encrypt gossip: start the agent without --encrypt"
+            }
+            Self::Undecodable => {
+                "the message did not decode: the peer may run an incompatible murmur build"
+            }
+        }
+    }
+}
+
+/// An opened envelope.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) body: Vec<u8>,
+    pub(crate) sealed: bool,
+}
+
+/// Seals `body` (or leaves it plaintext for an empty keyring) inside an envelope.
+pub(crate) fn seal(
+    cluster_id: &str,
+    keyring: &Keyring,
+    rng: &mut impl Rng,
+    body: &[u8],
+) -> Vec<u8> {
+    let sealed = keyring.is_encrypted();
+    let mut out = header(cluster_id, sealed);
+    if sealed {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let aad_len = out.len();
+        let ciphertext = keyring
+            .seal(&nonce, &out[..aad_len], body)
+            .expect("keyring holds a key");
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+    } else {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// A plaintext envelope, used only for rejections a peer must be able to read whatever its keys.
+pub(crate) fn plaintext(cluster_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = header(cluster_id, false);
+    out.extend_from_slice(body);
+    out
+}
+
+fn header(cluster_id: &str, sealed: bool) -> Vec<u8> {
+    debug_assert!(cluster_id.len() <= MAX_CLUSTER_ID_LEN);
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    out.extend_from_slice(&MAGIC);
+    out.push(PROTOCOL_VERSION);
+    out.push(if sealed { FLAG_SEALED } else { 0 });
+    out.push(cluster_id.len() as u8);
+    out.extend_from_slice(cluster_id.as_bytes());
+    out
+}
+
+/// Opens an envelope. Whether a plaintext one is acceptable is the caller's decision
+/// (`opened.sealed`), because rejections travel in plaintext on purpose.
+pub(crate) fn open(
+    cluster_id: &str,
+    keyring: &Keyring,
+    bytes: &[u8],
+) -> Result<Opened, DropReason> {
+    if bytes.len() < 5 || bytes[..2] != MAGIC {
+        return Err(DropReason::Malformed);
+    }
+    if bytes[2] != PROTOCOL_VERSION {
+        return Err(DropReason::WrongVersion);
+    }
+    let flags = bytes[3];
+    let id_len = usize::from(bytes[4]);
+    let header_len = 5 + id_len;
+    let id = bytes.get(5..header_len).ok_or(DropReason::Malformed)?;
+    if id != cluster_id.as_bytes() {
+        return Err(DropReason::WrongCluster);
+    }
+    let rest = &bytes[header_len..];
+    if flags & FLAG_SEALED == 0 {
+        return Ok(Opened {
+            body: rest.to_vec(),
+            sealed: false,
+        });
+    }
+    if !keyring.is_encrypted() {
+        return Err(DropReason::UnexpectedSealed);
+    }
+    if rest.len() < NONCE_LEN + TAG_LEN {
+        return Err(DropReason::Malformed);
+    }
+    let (nonce, sealed) = rest.split_at(NONCE_LEN);
+    let body = keyring
+        .open(nonce, &bytes[..header_len], sealed)
+        .ok_or(DropReason::Undecryptable)?;
+    Ok(Opened { body, sealed: true })
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// Encodes a body with the bounded bincode configuration.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own in-memory types into a Vec cannot fail.
+    bincode::serde::encode_to_vec(value, bincode_config()).expect("encodable")
+}
+
+/// Decodes a body, rejecting trailing bytes so one input has one meaning.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DropReason> {
+    match bincode::serde::decode_from_slice(bytes, bincode_config()) {
+        Ok((value, used)) if used == bytes.len() => Ok(value),
+        _ => Err(DropReason::Undecodable),
+    }
+}
+
+/// Messages exchanged over the TCP stream (one request frame, one reply frame).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum StreamMessage {
+    /// Full-state exchange: the initiator's view; also how a new member joins through a seed.
+    PushPull(PushPullState),
+    /// The responder's view in return.
+    PushPullReply(PushPullState),
+    /// The responder refuses; the text says what to do. Travels in plaintext.
+    Reject(String),
+    /// One keyring rotation step for the responder to apply.
+    Keyring(KeyringOp),
+    /// The responder's keys after the step, or why the step failed there.
+    KeyringReply(Result<Vec<[u8; 32]>, String>),
+}
+
+/// One side of a push-pull: who is talking, what it knows of the members, and who left.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PushPullState {
+    pub(crate) from: NodeIdentity,
+    pub(crate) members: Vec<Member<NodeIdentity>>,
+    pub(crate) left: Vec<(String, u64)>,
+    /// Recent user events, so a member that missed one catches up (as serf's push-pull does).
+    pub(crate) events: Vec<crate::UserEvent>,
+}
+
+/// The codec foca uses for headers and member updates.
+///
+/// Every member update foca decides to disseminate is encoded here, which makes the codec the
+/// one place that sees each state change (foca has no "suspect" notification); the changes are
+/// recorded in `changes` for the core to turn into member events.
+pub(crate) struct WireCodec {
+    pub(crate) changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
+}
+
+/// Codec failures inside foca; foca reports them as its own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("gossip codec: {0}")]
+pub(crate) struct CodecError(&'static str);
+
+impl WireCodec {
+    fn put<T: Serialize>(value: &T, mut buf: impl BufMut) -> Result<(), CodecError> {
+        let bytes = encode(value);
+        if buf.remaining_mut() < bytes.len() {
+            return Err(CodecError("no room in packet"));
+        }
+        buf.put_slice(&bytes);
+        Ok(())
+    }
+
+    fn take<T: DeserializeOwned>(mut buf: impl Buf) -> Result<T, CodecError> {
+        let chunk = buf.chunk();
+        let (value, used) = bincode::serde::decode_from_slice(chunk, bincode_config())
+            .map_err(|_| CodecError("undecodable"))?;
+        buf.advance(used);
+        Ok(value)
+    }
+}
+
+impl foca::Codec<NodeIdentity> for WireCodec {
+    type Error = CodecError;
+
+    fn encode_header(
+        &mut self,
+        header: &Header<NodeIdentity>,
+        buf: impl BufMut,
+    ) -> Result<(), CodecError> {
+        Self::put(header, buf)
+    }
+
+    fn decode_header(&mut self, buf: impl Buf) -> Result<Header<NodeIdentity>, CodecError> {
+        Self::take(buf)
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &Member<NodeIdentity>,
+        buf: impl BufMut,
+    ) -> Result<(), CodecError> {
+        self.changes
+            .lock()
+            .expect("codec tap poisoned")
+            .push(member.clone());
+        Self::put(member, buf)
+    }
+
+    fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeIdentity>, CodecError> {
+        Self::take(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::keyring::SecretKey;
+
+    fn ring(b: u8) -> Keyring {
+        Keyring::new(Some(SecretKey::from_bytes([b; 32])))
+    }
+
+    #[test]
+    fn each_drop_reason_is_told_apart() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let sealed = seal("c1", &ring(1), &mut rng, b"body");
+        assert_eq!(open("c1", &ring(1), &sealed).unwrap().body, b"body");
+        assert_eq!(
+            open("c2", &ring(1), &sealed).unwrap_err(),
+            DropReason::WrongCluster
+        );
+        assert_eq!(
+            open("c1", &ring(2), &sealed).unwrap_err(),
+            DropReason::Undecryptable
+        );
+        assert_eq!(
+            open("c1", &Keyring::new(None), &sealed).unwrap_err(),
+            DropReason::UnexpectedSealed
+        );
+        let mut old = sealed.clone();
+        old[2] = 0;
+        assert_eq!(
+            open("c1", &ring(1), &old).unwrap_err(),
+            DropReason::WrongVersion
+        );
+        let mut tampered = sealed;
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(
+            open("c1", &ring(1), &tampered).unwrap_err(),
+            DropReason::Undecryptable
+        );
+        let plain = plaintext("c1", b"hi");
+        assert!(!open("c1", &ring(1), &plain).unwrap().sealed);
+    }
+
+    #[test]
+    fn hostile_length_prefix_does_not_allocate() {
+        // A varint claiming a 2^60-byte vector must fail quickly, not allocate.
+        let hostile = [0xff, 0, 0, 0, 0, 0, 0, 0x10, 0];
+        assert!(decode::<Vec<u8>>(&hostile).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn open_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = open("c1", &ring(1), &bytes);
+            let _ = open("c1", &Keyring::new(None), &bytes);
+        }
+
+        #[test]
+        fn stream_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode::<StreamMessage>(&bytes);
+        }
+
+        #[test]
+        fn seal_open_round_trip(body in proptest::collection::vec(any::<u8>(), 0..1300), seed: u64) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let sealed = seal("cluster", &ring(4), &mut rng, &body);
+            prop_assert!(sealed.len() <= body.len() + ENVELOPE_OVERHEAD);
+            prop_assert_eq!(open("cluster", &ring(4), &sealed).unwrap().body, body);
+        }
+    }
+}

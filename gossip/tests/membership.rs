@@ -1,0 +1,299 @@
+//! Membership scenarios on a virtual network: join, suspicion, failure, refutation, leave,
+//! restart with a new generation, partitions healing, user events, keys and name conflicts.
+
+mod net;
+
+use std::time::Duration;
+
+use murmur_gossip::{MemberEventKind, MemberStatus};
+use net::{Net, key};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// `n` nodes, all joined through node 0, converged.
+fn cluster(n: usize, seed: u64) -> Net {
+    let mut net = Net::new(seed);
+    for i in 0..n {
+        net.start(i, 1, key(1));
+    }
+    for i in 1..n {
+        net.join(i, 0).expect("join through the seed");
+    }
+    let took = net.run_until(SECS(30), |net| {
+        (0..n).all(|i| net.all_see(i, MemberStatus::Alive))
+    });
+    assert!(took.is_some(), "{n} nodes did not converge within 30 s");
+    net
+}
+
+#[test]
+fn nodes_joined_through_one_seed_all_see_each_other() {
+    for n in [5, 20] {
+        let net = cluster(n, 7);
+        for i in 0..n {
+            assert_eq!(net.slots[i].node.as_ref().unwrap().members().len(), n);
+        }
+    }
+}
+
+#[test]
+fn crashed_node_is_suspected_then_failed_by_all() {
+    let mut net = cluster(8, 11);
+    net.crash(3);
+    let took = net.run_until(SECS(30), |net| net.all_see(3, MemberStatus::Failed));
+    let took = took.expect("crash detected by all within 30 s");
+    assert!(
+        took >= SECS(1),
+        "detection cannot beat one probe period: {took:?}"
+    );
+    let suspected = net.slots[0..8]
+        .iter()
+        .flat_map(|s| &s.member_events)
+        .any(|e| e.kind == MemberEventKind::Suspect && e.member.name == "node-3");
+    assert!(suspected, "failure went through suspicion");
+}
+
+#[test]
+fn briefly_unreachable_node_refutes_suspicion() {
+    let mut net = cluster(6, 5);
+    let others: Vec<usize> = (0..6).filter(|&i| i != 2).collect();
+    net.partition(&[2], &others);
+    let suspected = net.run_until(SECS(10), |net| {
+        (0..6)
+            .filter(|&i| i != 2)
+            .any(|i| net.status(i, 2) == Some(MemberStatus::Suspect))
+    });
+    assert!(suspected.is_some(), "node 2 was never suspected");
+    net.heal();
+    net.run_until(SECS(20), |net| net.all_see(2, MemberStatus::Alive))
+        .expect("refuted");
+    let failed = net
+        .slots
+        .iter()
+        .flat_map(|s| &s.member_events)
+        .any(|e| e.member.name == "node-2" && e.kind == MemberEventKind::Failed);
+    let refuted = net
+        .slots
+        .iter()
+        .flat_map(|s| &s.member_events)
+        .any(|e| e.member.name == "node-2" && e.kind == MemberEventKind::Refuted);
+    assert!(refuted && !failed, "suspicion refuted before any failure");
+}
+
+#[test]
+fn graceful_leave_is_left_not_failed() {
+    let mut net = cluster(6, 3);
+    net.node(4).leave();
+    net.run_for(SECS(1));
+    net.crash(4); // the process exits after its leave went out
+    net.run_until(SECS(10), |net| net.all_see(4, MemberStatus::Left))
+        .expect("all see left");
+    net.run_for(SECS(20));
+    assert!(
+        net.all_see(4, MemberStatus::Left),
+        "left stays left, never failed"
+    );
+}
+
+#[test]
+fn restarted_node_supersedes_its_ghost() {
+    let mut net = cluster(6, 9);
+    net.crash(5);
+    net.run_for(SECS(2)); // not yet detected
+    net.start(5, 2, key(1));
+    net.join(5, 0)
+        .expect("restart rejoins (same node id, new generation)");
+    net.run_until(SECS(20), |net| net.all_see(5, MemberStatus::Alive))
+        .expect("alive again");
+    for i in 0..5 {
+        let me = net.slots[i].node.as_ref().unwrap().members();
+        let m = me.iter().find(|m| m.identity.name == "node-5").unwrap();
+        assert!(m.identity.generation >= 2, "node {i} still lists the ghost");
+    }
+    net.run_for(SECS(30));
+    assert!(
+        net.all_see(5, MemberStatus::Alive),
+        "the ghost's failure never wins over the new life"
+    );
+}
+
+#[test]
+fn halves_reunite_after_a_partition_heals() {
+    let mut net = cluster(10, 21);
+    let (a, b): (Vec<usize>, Vec<usize>) = (0..10).partition(|&i| i < 5);
+    net.partition(&a, &b);
+    net.run_until(SECS(60), |net| {
+        a.iter().all(|&x| {
+            b.iter()
+                .all(|&y| net.status(x, y) == Some(MemberStatus::Failed))
+        })
+    })
+    .expect("each half declares the other failed");
+    net.heal();
+    let took = net.run_until(SECS(300), |net| {
+        (0..10).all(|i| net.all_see(i, MemberStatus::Alive))
+    });
+    assert!(
+        took.is_some(),
+        "halves did not reunite within 300 s of healing"
+    );
+}
+
+#[test]
+fn alone_node_recontacts_its_seeds() {
+    let mut net = cluster(2, 4);
+    net.partition(&[0], &[1]);
+    net.run_until(SECS(60), |net| {
+        net.status(1, 0) == Some(MemberStatus::Failed)
+    })
+    .expect("split");
+    net.heal();
+    net.run_until(SECS(120), |net| {
+        net.all_see(0, MemberStatus::Alive) && net.all_see(1, MemberStatus::Alive)
+    })
+    .expect("the lone node re-contacted its seed and both see each other again");
+}
+
+#[test]
+fn user_event_reaches_every_node_once() {
+    for seed in 0..30 {
+        let mut net = cluster(12, seed);
+        let fired = net.node(2).fire_event("deploy", b"v42", "").unwrap();
+        let reached = net.run_until(SECS(5), |net| {
+            net.slots.iter().all(|s| !s.user_events.is_empty())
+        });
+        assert!(
+            reached.is_some(),
+            "seed {seed}: event did not reach all 12 nodes within 5 s"
+        );
+        net.run_for(SECS(5));
+        for slot in &net.slots {
+            assert_eq!(
+                slot.user_events,
+                vec![fired.clone()],
+                "seed {seed}: delivered exactly once"
+            );
+        }
+    }
+}
+
+#[test]
+fn missed_event_is_repaired_by_push_pull() {
+    let mut net = cluster(6, 14);
+    let others: Vec<usize> = (0..6).filter(|&i| i != 5).collect();
+    net.partition(&[5], &others);
+    net.node(0).fire_event("deploy", b"", "").unwrap();
+    net.run_for(SECS(3));
+    assert!(
+        net.slots[5].user_events.is_empty(),
+        "isolated node could not hear it"
+    );
+    net.heal();
+    net.run_until(SECS(120), |net| !net.slots[5].user_events.is_empty())
+        .expect("push-pull repaired the miss");
+}
+
+#[test]
+fn oversized_event_is_refused_with_the_limit() {
+    let mut net = cluster(2, 1);
+    let err = net.node(0).fire_event("big", &[0; 600], "").unwrap_err();
+    assert!(err.to_string().contains("limit is 512"), "{err}");
+}
+
+#[test]
+fn node_filter_limits_who_records_the_event() {
+    let mut net = cluster(5, 12);
+    net.node(0)
+        .fire_event("restart", b"", "^node-[12]$")
+        .unwrap();
+    net.run_for(SECS(5));
+    let got: Vec<usize> = (0..5)
+        .filter(|&i| !net.slots[i].user_events.is_empty())
+        .collect();
+    assert_eq!(got, vec![1, 2]);
+}
+
+#[test]
+fn wrong_key_cannot_join_and_is_told_why() {
+    let mut net = cluster(3, 2);
+    net.start(3, 1, key(9));
+    let err = net.join(3, 0).unwrap_err();
+    assert!(err.contains("gossip key mismatch"), "{err}");
+    net.start(4, 1, murmur_gossip::Keyring::new(None));
+    let err = net.join(4, 0).unwrap_err();
+    assert!(err.contains("encrypts gossip"), "{err}");
+    net.run_for(SECS(5));
+    assert_eq!(net.status(0, 3), None, "the outsider never became a member");
+    assert!(net.slots[0].node.as_ref().unwrap().stats().dropped.total() > 0);
+}
+
+#[test]
+fn duplicate_name_is_refused_at_join() {
+    let mut net = cluster(3, 6);
+    // Same name as node 1 ("node-1") but another node id: a second agent, not a restart.
+    net.start(7, 1, key(1));
+    let mut dup = Net::identity(1, 5);
+    dup.node_id = 4242;
+    dup.addr = net::addr(7);
+    let rng = rand::SeedableRng::seed_from_u64(1);
+    let node = murmur_gossip::Node::new(dup, murmur_gossip::GossipConfig::lan("test"), key(1), rng)
+        .unwrap();
+    net.slots[7].node = Some(node);
+    let err = net.join(7, 0).unwrap_err();
+    assert!(err.contains("already taken"), "{err}");
+}
+
+#[test]
+fn keyring_rotation_spreads_and_old_key_retires() {
+    use murmur_gossip::KeyringOp;
+    let mut net = cluster(4, 13);
+    let new = [2u8; 32];
+    for op in [
+        KeyringOp::Install(new),
+        KeyringOp::Use(new),
+        KeyringOp::Remove([1; 32]),
+    ] {
+        net.node(0).apply_keyring(&op).unwrap();
+        for peer in 1..4 {
+            let request = net.node(0).keyring_request(op.clone());
+            let reply = net.node(peer).handle_stream(&request);
+            let keys = net.node(0).handle_keyring_reply(&reply).unwrap();
+            assert_eq!(
+                keys[0].as_bytes()[0],
+                if op == KeyringOp::Install(new) { 1 } else { 2 }
+            );
+        }
+    }
+    net.crash(3);
+    net.run_until(SECS(30), |net| net.all_see(3, MemberStatus::Failed))
+        .expect("cluster works on the new key");
+}
+
+#[test]
+fn same_seed_same_run() {
+    let run = |seed| {
+        let mut net = cluster(8, seed);
+        net.loss = 0.05;
+        net.crash(2);
+        net.run_for(SECS(20));
+        net.trace
+    };
+    assert_eq!(run(99), run(99));
+}
+
+#[test]
+fn no_false_failures_under_ten_percent_loss() {
+    let mut net = cluster(10, 31);
+    net.loss = 0.10;
+    net.run_for(SECS(120));
+    let false_failures = net
+        .slots
+        .iter()
+        .flat_map(|s| &s.member_events)
+        .filter(|e| e.kind == MemberEventKind::Failed)
+        .count();
+    assert_eq!(
+        false_failures, 0,
+        "a reachable member was declared failed under 10% loss"
+    );
+}

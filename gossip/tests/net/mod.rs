@@ -1,0 +1,281 @@
+//! A small deterministic network of `Node`s on a virtual clock: datagrams with latency and
+//! loss, partitions, crashes and restarts. The full simulator (`sim/`) grows out of this.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use murmur_gossip::{
+    GossipConfig, Keyring, MemberEvent, MemberStatus, Node, NodeIdentity, Output, SecretKey,
+    TimerEvent, UserEvent,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+pub enum Delivery {
+    Datagram {
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        node: usize,
+        life: u64,
+        timer: TimerEvent,
+    },
+}
+
+pub struct Slot {
+    pub node: Option<Node>,
+    /// Bumped on every crash so timers of a dead life are discarded.
+    pub life: u64,
+    pub member_events: Vec<MemberEvent>,
+    pub user_events: Vec<UserEvent>,
+}
+
+pub struct Net {
+    pub now: Duration,
+    pub slots: Vec<Slot>,
+    queue: BTreeMap<(Duration, u64), Delivery>,
+    seq: u64,
+    rng: StdRng,
+    blocked: BTreeSet<(usize, usize)>,
+    pub loss: f64,
+    pub latency: Duration,
+    /// Every delivery in order, for determinism checks.
+    pub trace: Vec<String>,
+}
+
+pub fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16))
+}
+
+pub fn key(b: u8) -> Keyring {
+    Keyring::new(Some(SecretKey::from_bytes([b; 32])))
+}
+
+impl Net {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            now: Duration::ZERO,
+            slots: Vec::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            rng: StdRng::seed_from_u64(seed),
+            blocked: BTreeSet::new(),
+            loss: 0.0,
+            latency: Duration::from_millis(2),
+            trace: Vec::new(),
+        }
+    }
+
+    pub fn identity(i: usize, generation: u64) -> NodeIdentity {
+        NodeIdentity {
+            name: format!("node-{i}"),
+            node_id: 1000 + i as u64,
+            generation,
+            addr: addr(i),
+            datacenter: "dc1".into(),
+            tags: vec![],
+        }
+    }
+
+    /// Adds (or restarts, for an existing index) node `i` with the given keyring and generation.
+    pub fn start(&mut self, i: usize, generation: u64, keyring: Keyring) {
+        let rng = StdRng::seed_from_u64(self.rng.random());
+        let node = Node::new(
+            Self::identity(i, generation),
+            GossipConfig::lan("test"),
+            keyring,
+            rng,
+        )
+        .expect("valid node");
+        while self.slots.len() <= i {
+            self.slots.push(Slot {
+                node: None,
+                life: 0,
+                member_events: Vec::new(),
+                user_events: Vec::new(),
+            });
+        }
+        self.slots[i].node = Some(node);
+        self.slots[i].life += 1;
+        self.drain(i);
+    }
+
+    pub fn crash(&mut self, i: usize) {
+        self.slots[i].node = None;
+        self.slots[i].life += 1;
+    }
+
+    pub fn node(&mut self, i: usize) -> &mut Node {
+        self.slots[i].node.as_mut().expect("node is running")
+    }
+
+    /// Joins node `i` through seed `seed` (a push-pull over the stream); returns the outcome.
+    pub fn join(&mut self, i: usize, seed: usize) -> Result<(), String> {
+        self.node(i).set_seeds(vec![addr(seed)]);
+        let request = self.node(i).push_pull_request();
+        let result = self.stream(i, seed, request, |node, reply| {
+            node.handle_push_pull_reply(reply)
+        });
+        self.drain(i);
+        result
+    }
+
+    fn stream(
+        &mut self,
+        from: usize,
+        to: usize,
+        request: Vec<u8>,
+        on_reply: impl FnOnce(&mut Node, &[u8]) -> Result<(), murmur_gossip::GossipError>,
+    ) -> Result<(), String> {
+        if self.blocked.contains(&(from, to)) {
+            return Err("connection refused (partitioned)".into());
+        }
+        let Some(peer) = self.slots.get_mut(to).and_then(|s| s.node.as_mut()) else {
+            return Err("connection refused (down)".into());
+        };
+        let reply = peer.handle_stream(&request);
+        self.drain(to);
+        let result = on_reply(self.node(from), &reply).map_err(|e| e.to_string());
+        self.drain(from);
+        result
+    }
+
+    /// Blocks all traffic between the two groups, both ways.
+    pub fn partition(&mut self, a: &[usize], b: &[usize]) {
+        for &x in a {
+            for &y in b {
+                self.blocked.insert((x, y));
+                self.blocked.insert((y, x));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    fn push(&mut self, at: Duration, delivery: Delivery) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), delivery);
+    }
+
+    /// Takes every output of node `i` and puts it on the network or the timer queue.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(output) = self.slots[i].node.as_mut().and_then(Node::poll_output) else {
+                return;
+            };
+            match output {
+                Output::Datagram { to, bytes } => {
+                    let to = usize::from(to.port() - 20000);
+                    if self.blocked.contains(&(i, to)) || self.rng.random_bool(self.loss) {
+                        continue;
+                    }
+                    let jitter = Duration::from_micros(self.rng.random_range(0..1000));
+                    self.push(
+                        self.now + self.latency + jitter,
+                        Delivery::Datagram { to, bytes },
+                    );
+                }
+                Output::Timer { after, timer } => {
+                    let life = self.slots[i].life;
+                    self.push(
+                        self.now + after,
+                        Delivery::Timer {
+                            node: i,
+                            life,
+                            timer,
+                        },
+                    );
+                }
+                Output::PushPull { to, request } => {
+                    let to = usize::from(to.port() - 20000);
+                    let _ = self.stream(i, to, request, |n, reply| n.handle_push_pull_reply(reply));
+                }
+                Output::Member(event) => {
+                    self.trace.push(format!(
+                        "{:?} {i} {:?} {}",
+                        self.now, event.kind, event.member.name
+                    ));
+                    self.slots[i].member_events.push(event);
+                }
+                Output::UserEvent(event) => self.slots[i].user_events.push(event),
+                Output::KeyringChanged => {}
+            }
+        }
+    }
+
+    /// Runs the network for `span` of virtual time.
+    pub fn run_for(&mut self, span: Duration) {
+        let until = self.now + span;
+        while let Some(entry) = self.queue.first_entry() {
+            let at = entry.key().0;
+            if at > until {
+                break;
+            }
+            let delivery = entry.remove();
+            self.now = at;
+            match delivery {
+                Delivery::Datagram { to, bytes } => {
+                    if let Some(node) = self.slots.get_mut(to).and_then(|s| s.node.as_mut()) {
+                        node.handle_datagram(&bytes);
+                        self.drain(to);
+                    }
+                }
+                Delivery::Timer { node, life, timer } => {
+                    let slot = &mut self.slots[node];
+                    if slot.life == life
+                        && let Some(n) = slot.node.as_mut()
+                    {
+                        n.handle_timer(timer);
+                        self.drain(node);
+                    }
+                }
+            }
+        }
+        self.now = until;
+    }
+
+    /// Status of member `of` as node `at` sees it.
+    pub fn status(&self, at: usize, of: usize) -> Option<MemberStatus> {
+        let node = self.slots[at].node.as_ref()?;
+        let name = format!("node-{of}");
+        node.members()
+            .into_iter()
+            .find(|m| m.identity.name == name)
+            .map(|m| m.status)
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].node.is_some())
+            .collect()
+    }
+
+    /// Whether every running node other than `of` sees `of` with `status`.
+    pub fn all_see(&self, of: usize, status: MemberStatus) -> bool {
+        self.running()
+            .into_iter()
+            .filter(|&at| at != of)
+            .all(|at| self.status(at, of) == Some(status))
+    }
+
+    /// Runs in steps until `cond` holds or `limit` passes; returns the time it took.
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        mut cond: impl FnMut(&Self) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        let step = Duration::from_millis(100);
+        while self.now - start < limit {
+            if cond(self) {
+                return Some(self.now - start);
+            }
+            self.run_for(step);
+        }
+        cond(self).then(|| self.now - start)
+    }
+}
