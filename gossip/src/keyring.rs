@@ -78,6 +78,8 @@ pub enum KeyringOp {
     Use([u8; KEY_LEN]),
     /// Drop a key that is not the primary.
     Remove([u8; KEY_LEN]),
+    /// Change nothing; the reply lists the member's keys.
+    List,
 }
 
 impl Keyring {
@@ -144,6 +146,7 @@ impl Keyring {
                     None => Ok(()),
                 }
             }
+            KeyringOp::List => Ok(()),
         }
     }
 

@@ -319,7 +319,7 @@ impl Node {
             }
             StreamMessage::Keyring(op) => {
                 let result = self.keyring.apply(&op).map_err(|e| e.to_string());
-                if result.is_ok() {
+                if result.is_ok() && op != KeyringOp::List {
                     self.outputs.push_back(Output::KeyringChanged);
                 }
                 let reply = result.map(|()| self.key_bytes());

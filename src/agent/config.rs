@@ -1,0 +1,250 @@
+//! The agent's settings: flags merged over the optional JSON config file, checked once at start.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::cli::AgentArgs;
+
+/// Default gossip port (serf's LAN port).
+pub const DEFAULT_GOSSIP_PORT: u16 = 8301;
+/// Default HTTP API address (Consul's).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
+
+/// The config file: the flags' names with `_`; unknown keys are an error, so typos surface.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node: Option<String>,
+    bind: Option<String>,
+    advertise: Option<String>,
+    datacenter: Option<String>,
+    cluster_id: Option<String>,
+    #[serde(default)]
+    join: Vec<String>,
+    #[serde(default)]
+    retry_join: Vec<String>,
+    encrypt: Option<String>,
+    data_dir: Option<PathBuf>,
+    http_addr: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+/// Resolved agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub bind: SocketAddr,
+    pub advertise: SocketAddr,
+    pub datacenter: String,
+    pub cluster_id: String,
+    pub join: Vec<String>,
+    pub retry_join: Vec<String>,
+    pub encrypt: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: SocketAddr,
+    pub tags: Vec<(String, String)>,
+    pub dev: bool,
+}
+
+impl AgentConfig {
+    /// Merges flags over the file and fills defaults; errors say which setting is wrong.
+    pub fn resolve(args: &AgentArgs) -> anyhow::Result<Self> {
+        let file = match &args.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("config file {} is not valid", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let dev = args.dev;
+        let default_ip = if dev {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let bind = match args.bind.clone().or(file.bind) {
+            Some(text) => parse_addr(&text, DEFAULT_GOSSIP_PORT).context("--bind")?,
+            None => SocketAddr::new(default_ip, DEFAULT_GOSSIP_PORT),
+        };
+        let advertise = match args.advertise.clone().or(file.advertise) {
+            Some(text) => parse_addr(&text, bind.port()).context("--advertise")?,
+            None if bind.ip().is_unspecified() => bail!(
+                "--bind {bind} listens on every interface, so peers need to be told where to reach this agent: \
+                 give --advertise ADDR (or bind to one address)"
+            ),
+            None => bind,
+        };
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            bail!(
+                "--advertise {advertise} is not an address peers can reach: give a concrete IP and port"
+            );
+        }
+        let http_addr = args
+            .http_addr
+            .clone()
+            .or(file.http_addr)
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
+        let http_addr = parse_addr(&http_addr, 8500).context("--http-addr")?;
+        let data_dir = args.data_dir.clone().or(file.data_dir);
+        if data_dir.is_none() && !dev {
+            bail!(
+                "murmur agent needs --data-dir PATH to keep its identity and keys (or --dev for an in-memory agent)"
+            );
+        }
+        let mut tags = file.tags;
+        for tag in &args.tag {
+            let (k, v) = tag
+                .split_once('=')
+                .with_context(|| format!("--tag {tag:?} must be KEY=VALUE"))?;
+            tags.insert(k.to_owned(), v.to_owned());
+        }
+        let join = if args.join.is_empty() {
+            file.join
+        } else {
+            args.join.clone()
+        };
+        let retry_join = if args.retry_join.is_empty() {
+            file.retry_join
+        } else {
+            args.retry_join.clone()
+        };
+        Ok(Self {
+            node: args.node.clone().or(file.node).unwrap_or_else(hostname),
+            bind,
+            advertise,
+            datacenter: args
+                .datacenter
+                .clone()
+                .or(file.datacenter)
+                .unwrap_or_else(|| "dc1".into()),
+            cluster_id: args
+                .cluster_id
+                .clone()
+                .or(file.cluster_id)
+                .unwrap_or_else(|| "murmur".into()),
+            join,
+            retry_join,
+            encrypt: args.encrypt.clone().or(file.encrypt),
+            data_dir,
+            http_addr,
+            tags: tags.into_iter().collect(),
+            dev,
+        })
+    }
+}
+
+/// Parses `ip`, `ip:port`, `[v6]:port`; a missing port gets `default_port`.
+pub fn parse_addr(text: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    bail!("{text:?} is not an address: use IP or IP:PORT")
+}
+
+/// Resolves join addresses, which may be host names; the port defaults to 8301.
+pub async fn resolve_seeds(addrs: &[String]) -> (Vec<SocketAddr>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for text in addrs {
+        if let Ok(addr) = parse_addr(text, DEFAULT_GOSSIP_PORT) {
+            found.push(addr);
+            continue;
+        }
+        let with_port = if text.contains(':') {
+            text.clone()
+        } else {
+            format!("{text}:{DEFAULT_GOSSIP_PORT}")
+        };
+        match tokio::net::lookup_host(&with_port).await {
+            Ok(mut addrs) => match addrs.next() {
+                Some(addr) => found.push(addr),
+                None => errors.push(format!("{text}: the name has no address")),
+            },
+            Err(err) => errors.push(format!("{text}: cannot resolve ({err})")),
+        }
+    }
+    (found, errors)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "murmur".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_defaults_to_loopback_in_memory() {
+        let args = AgentArgs {
+            dev: true,
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(&args).unwrap();
+        assert_eq!(c.bind, "127.0.0.1:8301".parse().unwrap());
+        assert_eq!(c.advertise, c.bind);
+        assert!(c.data_dir.is_none());
+    }
+
+    #[test]
+    fn missing_data_dir_and_wildcard_bind_are_explained() {
+        let err = AgentConfig::resolve(&AgentArgs::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("--advertise"), "{err:#}");
+        let args = AgentArgs {
+            bind: Some("127.0.0.1".into()),
+            ..Default::default()
+        };
+        let err = AgentConfig::resolve(&args).unwrap_err();
+        assert!(format!("{err:#}").contains("--data-dir"), "{err:#}");
+    }
+
+    #[test]
+    fn flags_win_over_file_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(
+            &path,
+            r#"{"node":"file","datacenter":"east","tags":{"rack":"r1"}}"#,
+        )
+        .unwrap();
+        let args = AgentArgs {
+            dev: true,
+            config_file: Some(path.clone()),
+            node: Some("flag".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(&args).unwrap();
+        assert_eq!((c.node.as_str(), c.datacenter.as_str()), ("flag", "east"));
+        assert_eq!(c.tags, vec![("rack".to_owned(), "r1".to_owned())]);
+        std::fs::write(&path, r#"{"nodename":"x"}"#).unwrap();
+        let err = AgentConfig::resolve(&args).unwrap_err();
+        assert!(format!("{err:#}").contains("nodename"), "{err:#}");
+    }
+
+    #[test]
+    fn addresses_take_default_ports() {
+        assert_eq!(
+            parse_addr("10.0.0.1", 8301).unwrap(),
+            "10.0.0.1:8301".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("[::1]:9", 1).unwrap(),
+            "[::1]:9".parse().unwrap()
+        );
+        assert!(parse_addr("nope", 1).is_err());
+    }
+}

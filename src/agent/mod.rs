@@ -1,0 +1,177 @@
+//! `murmur agent`: binds the sockets, builds the membership core, serves the HTTP API, joins,
+//! and leaves gracefully on SIGINT/SIGTERM or `PUT /v1/agent/leave`.
+
+pub mod config;
+mod persist;
+pub mod runtime;
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use murmur_gossip::{GossipConfig, Keyring, Node, NodeIdentity, SecretKey};
+use rand::RngExt;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Notify;
+
+use self::config::{AgentConfig, resolve_seeds};
+use self::persist::DataDir;
+use self::runtime::Agent;
+use crate::cli::AgentArgs;
+
+/// How long a leaving agent keeps gossiping so its leave reaches everyone.
+const LEAVE_PROPAGATION: Duration = Duration::from_secs(1);
+/// Longest wait between `--retry-join` attempts.
+const RETRY_JOIN_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the agent until it is told to leave.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let config = AgentConfig::resolve(&args)?;
+    let data = config.data_dir.as_deref().map(DataDir::open).transpose()?;
+    let keyring = load_keyring(&config, data.as_ref())?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("system clock before 1970")?
+        .as_millis() as u64;
+    let fresh_id: u64 = rand::rng().random();
+    let (node_id, generation) = match &data {
+        Some(data) => (data.node_id(fresh_id)?, data.next_generation(now_ms)?),
+        None => (fresh_id, now_ms),
+    };
+    let identity = NodeIdentity {
+        name: config.node.clone(),
+        node_id,
+        generation,
+        addr: config.advertise,
+        datacenter: config.datacenter.clone(),
+        tags: config.tags.clone(),
+    };
+    let encrypted = keyring.is_encrypted();
+    let node = Node::new(
+        identity,
+        GossipConfig::lan(&config.cluster_id),
+        keyring,
+        rand::make_rng(),
+    )?;
+
+    let udp = UdpSocket::bind(config.bind)
+        .await
+        .map_err(|e| in_use(e, "gossip", config.bind, "--bind"))?;
+    let tcp = TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| in_use(e, "gossip", config.bind, "--bind"))?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|e| in_use(e, "HTTP", config.http_addr, "--http-addr"))?;
+    let agent = Agent::start(node, udp, tcp, data)?;
+
+    let leave = Arc::new(Notify::new());
+    let api = crate::http::router(agent.clone(), leave.clone(), config.clone());
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(http, api).await {
+            tracing::error!("HTTP API stopped: {err}");
+        }
+    });
+    tracing::info!(
+        node = %config.node, gossip = %config.bind, advertise = %config.advertise, http = %config.http_addr,
+        datacenter = %config.datacenter, encrypted, dev = config.dev, "murmur agent running"
+    );
+
+    let (join, join_errors) = resolve_seeds(&config.join).await;
+    let (retry, retry_errors) = resolve_seeds(&config.retry_join).await;
+    if let Some(err) = join_errors.into_iter().chain(retry_errors).next() {
+        bail!("cannot use join address {err}");
+    }
+    agent.with_node(|n| n.set_seeds(join.iter().chain(&retry).copied().collect()));
+    if !join.is_empty() {
+        match agent.join(&join).await {
+            Ok(n) => tracing::info!(contacted = n, "joined the cluster"),
+            Err(errors) => bail!(
+                "could not join through any of {}: {} (--retry-join keeps trying instead of exiting)",
+                config.join.join(", "),
+                errors.join("; ")
+            ),
+        }
+    }
+    if !retry.is_empty() {
+        tokio::spawn(retry_join(agent.clone(), retry));
+    }
+
+    wait_for_shutdown(&leave).await;
+    tracing::info!("leaving the cluster");
+    agent.leave();
+    tokio::time::sleep(LEAVE_PROPAGATION).await;
+    tracing::info!("left; shutting down");
+    Ok(())
+}
+
+/// The keyring: the persisted one if any (it carries rotations made while running), else
+/// `--encrypt`.
+fn load_keyring(config: &AgentConfig, data: Option<&DataDir>) -> anyhow::Result<Keyring> {
+    let flag = config
+        .encrypt
+        .as_deref()
+        .map(SecretKey::from_base64)
+        .transpose()
+        .context("--encrypt")?;
+    if let Some(keys) = data.map(DataDir::keyring).transpose()?.flatten() {
+        if flag.as_ref().is_some_and(|k| !keys.contains(k)) {
+            tracing::warn!(
+                "--encrypt is ignored: the keyring in --data-dir (kept across rotations) is used instead"
+            );
+        }
+        return Ok(Keyring::from_keys(keys));
+    }
+    if let (Some(key), Some(data)) = (&flag, data) {
+        data.save_keyring(std::slice::from_ref(key))?;
+    }
+    Ok(Keyring::new(flag))
+}
+
+fn in_use(err: std::io::Error, what: &str, addr: SocketAddr, flag: &str) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "the {what} address {addr} is already in use (another agent?): pick another with {flag}"
+        )
+    } else {
+        anyhow::anyhow!(
+            "cannot listen on the {what} address {addr}: {err}: pick another with {flag}"
+        )
+    }
+}
+
+async fn retry_join(agent: Arc<Agent>, seeds: Vec<SocketAddr>) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match agent.join(&seeds).await {
+            Ok(n) => {
+                tracing::info!(contacted = n, "retry-join: joined the cluster");
+                return;
+            }
+            Err(errors) => {
+                tracing::warn!(retry_in = ?wait, "retry-join: no seed answered: {}", errors.join("; "));
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_JOIN_MAX_WAIT);
+    }
+}
+
+async fn wait_for_shutdown(leave: &Notify) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = sigterm => tracing::info!("terminated"),
+        _ = leave.notified() => tracing::info!("leave requested over the API"),
+    }
+}

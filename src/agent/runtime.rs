@@ -1,0 +1,272 @@
+//! The tokio driver of the membership core: sockets, a timer heap, and stream exchanges.
+//!
+//! The [`Node`] sits behind a mutex that is held only for one core call and the draining of its
+//! outputs; sending datagrams is non-blocking (`try_send_to`), so no task ever waits on the
+//! lock for I/O and the event loop cannot stall behind a slow peer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use murmur_gossip::{KeyringOp, MemberEventKind, Node, Output, SecretKey, TimerEvent};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+use super::persist::DataDir;
+use super::stream::{self, EXCHANGE_TIMEOUT};
+
+/// A running agent: the core plus the handles its tasks share.
+pub struct Agent {
+    node: Mutex<Node>,
+    udp: Arc<UdpSocket>,
+    timers: mpsc::UnboundedSender<(Instant, TimerEvent)>,
+    data: Option<DataDir>,
+    /// Bumped with every delivered user event; blocking event queries watch it.
+    pub event_index: watch::Sender<u64>,
+    /// Where the gossip sockets listen.
+    pub gossip_addr: SocketAddr,
+}
+
+impl Agent {
+    /// Starts the UDP reader, TCP acceptor and timer tasks around `node`.
+    pub fn start(
+        node: Node,
+        udp: UdpSocket,
+        tcp: TcpListener,
+        data: Option<DataDir>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let gossip_addr = udp.local_addr()?;
+        let (timers, timer_rx) = mpsc::unbounded_channel();
+        let agent = Arc::new(Self {
+            node: Mutex::new(node),
+            udp: Arc::new(udp),
+            timers,
+            data,
+            event_index: watch::Sender::new(1),
+            gossip_addr,
+        });
+        tokio::spawn(agent.clone().read_datagrams());
+        tokio::spawn(agent.clone().accept_streams(tcp));
+        tokio::spawn(agent.clone().run_timers(timer_rx));
+        // The core queued its first timers when it was built.
+        agent.with_node(|_| ());
+        Ok(agent)
+    }
+
+    /// Runs one call on the core, then carries out what it asked for.
+    pub fn with_node<R>(self: &Arc<Self>, call: impl FnOnce(&mut Node) -> R) -> R {
+        let (result, outputs) = {
+            let mut node = self.node.lock().expect("node lock poisoned");
+            let result = call(&mut node);
+            let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+            (result, outputs)
+        };
+        for output in outputs {
+            self.dispatch(output);
+        }
+        result
+    }
+
+    fn dispatch(self: &Arc<Self>, output: Output) {
+        match output {
+            Output::Datagram { to, bytes } => {
+                if let Err(err) = self.udp.try_send_to(&bytes, to) {
+                    metrics::counter!("murmur_gossip_send_errors_total").increment(1);
+                    tracing::debug!(%to, %err, "datagram not sent");
+                }
+            }
+            Output::Timer { after, timer } => {
+                // The receiver lives as long as the runtime; a closed channel means shutdown.
+                let _ = self.timers.send((Instant::now() + after, timer));
+            }
+            Output::PushPull { to, request } => {
+                let agent = self.clone();
+                tokio::spawn(async move {
+                    let outcome = match stream::exchange(to, &request).await {
+                        Ok(reply) => agent
+                            .with_node(|n| n.handle_push_pull_reply(&reply))
+                            .map_err(anyhow::Error::from),
+                        Err(err) => Err(err),
+                    };
+                    if let Err(err) = outcome {
+                        tracing::debug!(%to, "push-pull failed: {err:#}");
+                    }
+                });
+            }
+            Output::Member(event) => {
+                let name = &event.member.name;
+                let addr = event.member.addr;
+                match event.kind {
+                    MemberEventKind::Failed => {
+                        tracing::warn!(member = %name, %addr, "member failed")
+                    }
+                    kind => tracing::info!(member = %name, %addr, event = ?kind, "member"),
+                }
+                metrics::counter!("murmur_member_events_total", "kind" => format!("{:?}", event.kind).to_lowercase())
+                    .increment(1);
+            }
+            Output::UserEvent(event) => {
+                tracing::info!(name = %event.name, id = %event.id_string(), ltime = event.ltime, "user event");
+                self.event_index.send_modify(|i| *i += 1);
+            }
+            Output::KeyringChanged => {
+                let keys = self.with_node(|n| n.keyring().keys().to_vec());
+                self.save_keyring(&keys);
+            }
+        }
+    }
+
+    fn save_keyring(&self, keys: &[SecretKey]) {
+        if let Some(data) = &self.data
+            && let Err(err) = data.save_keyring(keys)
+        {
+            tracing::error!("could not persist the keyring: {err:#}");
+        }
+    }
+
+    async fn read_datagrams(self: Arc<Self>) {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match self.udp.recv_from(&mut buf).await {
+                Ok((len, _from)) => self.with_node(|n| n.handle_datagram(&buf[..len])),
+                Err(err) => tracing::debug!(%err, "udp receive error"),
+            }
+        }
+    }
+
+    async fn accept_streams(self: Arc<Self>, tcp: TcpListener) {
+        loop {
+            let Ok((mut conn, peer)) = tcp.accept().await else {
+                continue;
+            };
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let serve = async {
+                    let request = stream::read_frame(&mut conn).await?;
+                    let reply = agent.with_node(|n| n.handle_stream(&request));
+                    stream::write_frame(&mut conn, &reply).await
+                };
+                match tokio::time::timeout(EXCHANGE_TIMEOUT, serve).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::debug!(%peer, "stream failed: {err:#}"),
+                    Err(_) => tracing::debug!(%peer, "stream timed out"),
+                }
+            });
+        }
+    }
+
+    async fn run_timers(
+        self: Arc<Self>,
+        mut incoming: mpsc::UnboundedReceiver<(Instant, TimerEvent)>,
+    ) {
+        let mut due: BTreeMap<(Instant, u64), TimerEvent> = BTreeMap::new();
+        let mut seq = 0u64;
+        loop {
+            let next = due.keys().next().map(|(at, _)| *at);
+            tokio::select! {
+                received = incoming.recv() => {
+                    let Some((at, timer)) = received else { return };
+                    seq += 1;
+                    due.insert((at, seq), timer);
+                }
+                _ = sleep_until(next) => {
+                    let now = Instant::now();
+                    while let Some(entry) = due.first_entry() {
+                        if entry.key().0 > now { break; }
+                        let timer = entry.remove();
+                        self.with_node(|n| n.handle_timer(timer));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Joins through each address (a push-pull); returns how many answered, or every reason
+    /// when none did.
+    pub async fn join(self: &Arc<Self>, addrs: &[SocketAddr]) -> Result<usize, Vec<String>> {
+        let mut joined = 0;
+        let mut errors = Vec::new();
+        for &addr in addrs {
+            if addr == self.gossip_addr {
+                errors.push(format!("{addr} is this agent's own address"));
+                continue;
+            }
+            let request = self.with_node(Node::push_pull_request);
+            let outcome = match stream::exchange(addr, &request).await {
+                Ok(reply) => self
+                    .with_node(|n| n.handle_push_pull_reply(&reply))
+                    .map_err(anyhow::Error::from),
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(()) => joined += 1,
+                Err(err) => errors.push(format!("{addr}: {err:#}")),
+            }
+        }
+        if joined > 0 { Ok(joined) } else { Err(errors) }
+    }
+
+    /// Applies a keyring step here and on every active member; returns each member's keys.
+    pub async fn keyring(self: &Arc<Self>, op: KeyringOp) -> anyhow::Result<KeyringReport> {
+        let (local, peers) = self.with_node(|n| {
+            n.apply_keyring(&op)?;
+            let peers: Vec<SocketAddr> = n
+                .members()
+                .iter()
+                .filter(|m| m.status.is_active() && m.identity.addr != n.identity().addr)
+                .map(|m| m.identity.addr)
+                .collect();
+            Ok::<_, murmur_gossip::GossipError>((n.keyring().keys().to_vec(), peers))
+        })?;
+        if op != KeyringOp::List {
+            self.save_keyring(&local);
+        }
+        let mut report = KeyringReport {
+            nodes: 1 + peers.len(),
+            keys: vec![local],
+            errors: Vec::new(),
+        };
+        let requests = peers.into_iter().map(|peer| {
+            let agent = self.clone();
+            let request = self.with_node(|n| n.keyring_request(op.clone()));
+            async move {
+                let reply = stream::exchange(peer, &request).await?;
+                agent
+                    .with_node(|n| n.handle_keyring_reply(&reply))
+                    .map_err(anyhow::Error::from)
+            }
+        });
+        let handles: Vec<_> = requests.map(tokio::spawn).collect();
+        for handle in handles {
+            match handle.await.context("keyring request task")? {
+                Ok(keys) => report.keys.push(keys),
+                Err(err) => report.errors.push(format!("{err:#}")),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Leaves the cluster on purpose; the caller keeps the runtime up briefly so it spreads.
+    pub fn leave(self: &Arc<Self>) {
+        self.with_node(Node::leave);
+    }
+}
+
+/// The keys every member holds after a keyring step.
+pub struct KeyringReport {
+    /// Members asked, this one included.
+    pub nodes: usize,
+    /// Each answering member's keys, primary first.
+    pub keys: Vec<Vec<SecretKey>>,
+    /// Why some members did not answer.
+    pub errors: Vec<String>,
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

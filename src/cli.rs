@@ -1,0 +1,131 @@
+//! Command-line interface: `murmur agent` runs an agent; every other command talks to a running
+//! agent over its HTTP API (`--http-addr` or `MURMUR_HTTP_ADDR`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// murmur: a leaderless, gossip-first service mesh.
+#[derive(Parser, Debug)]
+#[command(name = "murmur", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run an agent (use --dev for a single in-memory agent on loopback).
+    Agent(Box<AgentArgs>),
+    /// List the members of the cluster as the local agent sees them.
+    Members {
+        /// Only members whose status matches this regular expression (alive, leaving, left, failed).
+        #[arg(long)]
+        status: Option<String>,
+        /// Show every tag and the protocol version.
+        #[arg(long)]
+        detailed: bool,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Tell the local agent to join a cluster through the given gossip addresses.
+    Join {
+        /// Gossip addresses (host or host:port; the port defaults to 8301).
+        #[arg(required = true)]
+        addrs: Vec<String>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Make the local agent leave the cluster gracefully and shut down.
+    Leave {
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Fire a user event to every member.
+    Event {
+        /// Event name.
+        name: String,
+        /// Optional payload (name + payload + filter at most 512 bytes).
+        payload: Option<String>,
+        /// Only members whose node name matches this regular expression record the event.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Print a new random gossip encryption key (base64, 32 bytes) for --encrypt.
+    Keygen,
+    /// Inspect or rotate the gossip keys of the whole cluster.
+    #[command(group(clap::ArgGroup::new("action").required(true)))]
+    Keyring {
+        /// List the keys installed on the members, with how many members hold each.
+        #[arg(long, group = "action")]
+        list: bool,
+        /// Install a new key on every member (it opens packets, it does not seal yet).
+        #[arg(long, group = "action", value_name = "KEY")]
+        install: Option<String>,
+        /// Make an installed key the primary (sealing) key on every member.
+        #[arg(long = "use", group = "action", value_name = "KEY")]
+        use_key: Option<String>,
+        /// Remove a key that is not primary from every member.
+        #[arg(long, group = "action", value_name = "KEY")]
+        remove: Option<String>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+}
+
+/// Which agent a client command talks to.
+#[derive(Args, Debug, Clone)]
+pub struct HttpTarget {
+    /// HTTP address of the agent to talk to.
+    #[arg(long, env = "MURMUR_HTTP_ADDR", default_value = "127.0.0.1:8500")]
+    pub http_addr: String,
+}
+
+/// Flags of `murmur agent`. Each has a key of the same name (with `_`) in `--config-file`;
+/// a flag given on the command line wins over the file.
+#[derive(Args, Debug, Default, Clone)]
+pub struct AgentArgs {
+    /// JSON configuration file with the same settings as the flags.
+    #[arg(long, value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+    /// Single-node development agent: in memory, loopback addresses, no --data-dir needed.
+    #[arg(long)]
+    pub dev: bool,
+    /// Node name, unique in the cluster [default: the host name].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Address to bind gossip (UDP and TCP) to [default: 0.0.0.0:8301; --dev: 127.0.0.1:8301].
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Address other members reach this agent at [default: the bind address].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Datacenter of this agent.
+    #[arg(long)]
+    pub datacenter: Option<String>,
+    /// Cluster id: members of different clusters ignore each other's packets.
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+    /// Join through this gossip address at start (repeatable); the agent exits if none answers.
+    #[arg(long, value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// Keep trying to join through this address with backoff until it answers (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub retry_join: Vec<String>,
+    /// Gossip encryption key (base64, from `murmur keygen`); every member needs the same key.
+    #[arg(long, value_name = "KEY")]
+    pub encrypt: Option<String>,
+    /// Directory for the node id, generation and keyring; required unless --dev.
+    #[arg(long, value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API address.
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// A tag key=value carried in this member's identity (repeatable; 256 bytes in all).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub tag: Vec<String>,
+}

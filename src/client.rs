@@ -1,0 +1,252 @@
+//! The client commands: each is one or a few HTTP calls to the local agent, printed for humans.
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rand::TryRng;
+use serde_json::{Value, json};
+
+use crate::cli::{Command, HttpTarget};
+
+/// An HTTP client for one agent.
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(target: &HttpTarget) -> Self {
+        let addr = target.http_addr.trim_end_matches('/');
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the murmur agent at {}: is it running? (set --http-addr or MURMUR_HTTP_ADDR)", self.base)
+        })?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            bail!("the agent answered {status}: {}", text.trim());
+        }
+        Ok(response)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        response
+            .json()
+            .await
+            .context("the agent's answer is not JSON")
+    }
+
+    async fn put(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
+        self.send(self.http.put(format!("{}{path}", self.base)).body(body))
+            .await
+    }
+}
+
+/// Runs a client command.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Agent(_) => unreachable!("the agent is not a client command"),
+        Command::Keygen => {
+            let mut key = [0u8; 32];
+            rand::rngs::SysRng
+                .try_fill_bytes(&mut key)
+                .context("the OS random source failed")?;
+            println!("{}", BASE64.encode(key));
+        }
+        Command::Members {
+            status,
+            detailed,
+            target,
+        } => members(&Client::new(&target), status.as_deref(), detailed).await?,
+        Command::Join { addrs, target } => {
+            let client = Client::new(&target);
+            let mut joined = 0;
+            for addr in &addrs {
+                match client
+                    .put(&format!("/v1/agent/join/{addr}"), Vec::new())
+                    .await
+                {
+                    Ok(_) => joined += 1,
+                    Err(err) => eprintln!("Error joining {addr}: {err:#}"),
+                }
+            }
+            if joined == 0 {
+                bail!("could not join through any of {}", addrs.join(", "));
+            }
+            println!("Successfully joined cluster by contacting {joined} nodes.");
+        }
+        Command::Leave { target } => {
+            Client::new(&target)
+                .put("/v1/agent/leave", Vec::new())
+                .await?;
+            println!("Graceful leave complete");
+        }
+        Command::Event {
+            name,
+            payload,
+            node,
+            target,
+        } => {
+            let mut path = format!("/v1/event/fire/{name}");
+            if let Some(node) = node {
+                path.push_str(&format!("?node={}", urlencode(&node)));
+            }
+            let response = Client::new(&target)
+                .put(&path, payload.unwrap_or_default().into_bytes())
+                .await?;
+            let event: Value = response
+                .json()
+                .await
+                .context("the agent's answer is not JSON")?;
+            println!("Event ID: {}", event["ID"].as_str().unwrap_or("?"));
+        }
+        Command::Keyring {
+            list,
+            install,
+            use_key,
+            remove,
+            target,
+        } => {
+            let client = Client::new(&target);
+            let url = format!("{}/v1/operator/keyring", client.base);
+            let body = |key: String| json!({ "Key": key }).to_string();
+            if list {
+                return keyring_list(&client.get("/v1/operator/keyring").await?);
+            }
+            let (verb, request) = match (install, use_key, remove) {
+                (Some(k), _, _) => ("Installed", client.http.post(&url).body(body(k))),
+                (_, Some(k), _) => (
+                    "Changed the primary key to",
+                    client.http.put(&url).body(body(k)),
+                ),
+                (_, _, Some(k)) => ("Removed", client.http.delete(&url).body(body(k))),
+                _ => bail!("give one of --list, --install, --use, --remove"),
+            };
+            client.send(request).await?;
+            println!("{verb} the key on every member.");
+        }
+    }
+    Ok(())
+}
+
+async fn members(client: &Client, status: Option<&str>, detailed: bool) -> anyhow::Result<()> {
+    let filter = status
+        .map(regex::Regex::new)
+        .transpose()
+        .context("--status is not a valid regular expression")?;
+    let members = client.get("/v1/agent/members").await?;
+    let mut rows = vec![vec![
+        "Node".to_owned(),
+        "Address".into(),
+        "Status".into(),
+        "DC".into(),
+        if detailed {
+            "Tags".into()
+        } else {
+            "Build".into()
+        },
+    ]];
+    for m in members.as_array().into_iter().flatten() {
+        let status = status_name(m["Status"].as_u64().unwrap_or(0));
+        if filter.as_ref().is_some_and(|re| !re.is_match(status)) {
+            continue;
+        }
+        let tags = m["Tags"].as_object().cloned().unwrap_or_default();
+        let tag = |k: &str| tags.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let last = if detailed {
+            tags.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            tag("build")
+        };
+        rows.push(vec![
+            m["Name"].as_str().unwrap_or("").to_owned(),
+            format!("{}:{}", m["Addr"].as_str().unwrap_or(""), m["Port"]),
+            status.to_owned(),
+            tag("dc"),
+            last,
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn status_name(code: u64) -> &'static str {
+    match code {
+        1 => "alive",
+        2 => "leaving",
+        3 => "left",
+        4 => "failed",
+        _ => "unknown",
+    }
+}
+
+fn keyring_list(answer: &Value) -> anyhow::Result<()> {
+    for pool in answer.as_array().into_iter().flatten() {
+        let nodes = pool["NumNodes"].as_u64().unwrap_or(0);
+        println!(
+            "==> {} ({} members):",
+            pool["Datacenter"].as_str().unwrap_or("?"),
+            nodes
+        );
+        let primary = pool["PrimaryKeys"].as_object().cloned().unwrap_or_default();
+        for (key, count) in pool["Keys"].as_object().into_iter().flatten() {
+            let mark = if primary.contains_key(key) {
+                " [primary]"
+            } else {
+                ""
+            };
+            println!("  {key}  [{count}/{nodes}]{mark}");
+        }
+        for message in pool["Messages"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, m)| m)
+        {
+            println!("  error: {}", message.as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,124 @@
+//! Consul's blocking queries: `?index=N&wait=D` holds a read until the watched index passes N
+//! or the wait (a Go duration, default 5 m, at most 10 m, plus up to wait/16 of jitter) ends.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::RngExt;
+use tokio::sync::watch;
+
+use super::ApiError;
+
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Parses `?index=` (absent = 0); a bad value is Consul's 400 "Invalid index".
+pub fn index(query: &HashMap<String, String>) -> Result<u64, ApiError> {
+    match query.get("index").map(String::as_str) {
+        None | Some("") => Ok(0),
+        Some(text) => text
+            .parse()
+            .map_err(|_| ApiError::bad_request("Invalid index")),
+    }
+}
+
+/// Parses `?wait=` as a Go duration; a bad value is Consul's 400 "Invalid wait time".
+pub fn wait(query: &HashMap<String, String>) -> Result<Duration, ApiError> {
+    match query.get("wait").map(String::as_str) {
+        None | Some("") => Ok(DEFAULT_WAIT),
+        Some(text) => go_duration(text)
+            .map(|d| d.min(MAX_WAIT))
+            .ok_or_else(|| ApiError::bad_request("Invalid wait time")),
+    }
+}
+
+/// Parses Go's duration syntax: a sequence of number+unit (`ns us ms s m h`), e.g. `1m30s`.
+pub fn go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(split);
+        let value: f64 = number.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// Waits until the watched index exceeds `index` or `wait` (with jitter) ends; returns the
+/// index to answer with. A client that is ahead of this agent (it talked to another agent) gets
+/// an answer at once instead of hanging.
+pub async fn block(mut watched: watch::Receiver<u64>, index: u64, wait: Duration) -> u64 {
+    let current = *watched.borrow();
+    if index == 0 || current != index {
+        return current;
+    }
+    let jitter = wait.mul_f64(rand::rng().random_range(0.0..1.0 / 16.0));
+    let _ = tokio::time::timeout(wait + jitter, watched.wait_for(|now| *now > index)).await;
+    *watched.borrow()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(go_duration("120000ms"), Some(Duration::from_secs(120)));
+        assert_eq!(go_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(go_duration("10"), None);
+        assert_eq!(go_duration("abc"), None);
+        assert_eq!(go_duration("-5s"), None);
+    }
+
+    #[test]
+    fn index_and_wait_errors_use_consuls_messages() {
+        let q = |k: &str, v: &str| HashMap::from([(k.to_owned(), v.to_owned())]);
+        assert_eq!(
+            index(&q("index", "x")).unwrap_err().message,
+            "Invalid index"
+        );
+        assert_eq!(
+            wait(&q("wait", "soon")).unwrap_err().message,
+            "Invalid wait time"
+        );
+        assert_eq!(wait(&q("wait", "1h")).unwrap(), MAX_WAIT);
+    }
+
+    #[tokio::test]
+    async fn block_wakes_on_change() {
+        let (tx, rx) = watch::channel(5u64);
+        let waiter = tokio::spawn(block(rx.clone(), 5, Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send(6).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, 6);
+        assert_eq!(
+            block(rx, 9, Duration::from_secs(30)).await,
+            6,
+            "a client ahead of us is answered at once"
+        );
+    }
+}

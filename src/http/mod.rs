@@ -1,0 +1,420 @@
+//! The HTTP API: the agent, event, keyring and metrics endpoints, in Consul's shapes
+//! (`shared/CONSUL-API.md`), so Consul clients and tools work against murmur.
+//!
+//! murmur has no leader: `X-Consul-KnownLeader` is always `true` (every agent serves) and
+//! `X-Consul-Effective-Consistency` is `stale`: each agent answers from its own replica.
+
+mod blocking;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use murmur_gossip::{GossipError, KeyringOp, MemberState, PROTOCOL_VERSION, SecretKey, UserEvent};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::agent::config::{AgentConfig, resolve_seeds};
+use crate::agent::runtime::Agent;
+
+/// What every handler shares.
+#[derive(Clone)]
+struct Api {
+    agent: Arc<Agent>,
+    leave: Arc<Notify>,
+    config: Arc<AgentConfig>,
+}
+
+/// An error answer: status plus a plain-text message, as Consul sends them.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 with Consul's wording.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, self.message).into_response()
+    }
+}
+
+impl From<GossipError> for ApiError {
+    fn from(err: GossipError) -> Self {
+        let status = match err {
+            GossipError::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GossipError::InvalidEvent(_) | GossipError::InvalidKey(_) | GossipError::Keyring(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Builds the router.
+pub fn router(agent: Arc<Agent>, leave: Arc<Notify>, config: AgentConfig) -> Router {
+    let api = Api {
+        agent,
+        leave,
+        config: Arc::new(config),
+    };
+    Router::new()
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/agent/members", get(agent_members))
+        .route("/v1/agent/join/{addr}", put(agent_join))
+        .route("/v1/agent/leave", put(agent_leave))
+        .route("/v1/agent/metrics", get(agent_metrics))
+        .route("/v1/event/fire/{name}", put(event_fire))
+        .route("/v1/event/list", get(event_list))
+        .route(
+            "/v1/operator/keyring",
+            get(keyring_list)
+                .post(keyring_install)
+                .put(keyring_use)
+                .delete(keyring_remove),
+        )
+        .layer(axum::middleware::map_response(consul_headers))
+        .with_state(api)
+}
+
+/// Headers Consul clients rely on for every answer.
+async fn consul_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
+    headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+    headers.insert(
+        "X-Consul-Effective-Consistency",
+        HeaderValue::from_static("stale"),
+    );
+    response
+}
+
+fn with_index(index: u64, body: Value) -> Response {
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert("X-Consul-Index", HeaderValue::from(index.max(1)));
+    response
+}
+
+/// A Consul-style presence flag: `?flag`, `?flag=`, `?flag=1`, `?flag=true` all mean on.
+fn flag(query: &HashMap<String, String>, name: &str) -> bool {
+    query
+        .get(name)
+        .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"))
+}
+
+fn member_json(m: &MemberState) -> Value {
+    let id = &m.identity;
+    let mut tags: BTreeMap<String, String> = id.tags.iter().cloned().collect();
+    tags.insert("dc".into(), id.datacenter.clone());
+    tags.insert("role".into(), "node".into());
+    tags.insert("id".into(), node_uuid(id.node_id));
+    tags.insert("vsn".into(), PROTOCOL_VERSION.to_string());
+    tags.insert("build".into(), env!("CARGO_PKG_VERSION").into());
+    tags.insert("generation".into(), id.generation.to_string());
+    json!({
+        "Name": id.name,
+        "Addr": id.addr.ip().to_string(),
+        "Port": id.addr.port(),
+        "Tags": tags,
+        "Status": m.status.code(),
+        "ProtocolMin": 1, "ProtocolMax": PROTOCOL_VERSION, "ProtocolCur": PROTOCOL_VERSION,
+        "DelegateMin": 1, "DelegateMax": PROTOCOL_VERSION, "DelegateCur": PROTOCOL_VERSION,
+    })
+}
+
+/// Consul shows node ids as UUIDs; murmur's 64-bit id fills the first half.
+fn node_uuid(id: u64) -> String {
+    let h = format!("{id:016x}");
+    format!("{}-{}-{}-0000-000000000000", &h[..8], &h[8..12], &h[12..16])
+}
+
+async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let (me, members, stats, encrypted) = api.agent.with_node(|n| {
+        let me = n
+            .members()
+            .into_iter()
+            .find(|m| m.identity.name == n.identity().name);
+        (
+            me,
+            n.members(),
+            n.stats().clone(),
+            n.keyring().is_encrypted(),
+        )
+    });
+    let me = me.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this agent is missing from its own member list",
+        )
+    })?;
+    let count = |code: u8| {
+        members
+            .iter()
+            .filter(|m| m.status.code() == code)
+            .count()
+            .to_string()
+    };
+    let dropped: BTreeMap<&str, String> = stats
+        .dropped
+        .named()
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    Ok(Json(json!({
+        "Config": {
+            "Datacenter": me.identity.datacenter,
+            "NodeName": me.identity.name,
+            "NodeID": node_uuid(me.identity.node_id),
+            "Server": false,
+            "Revision": "",
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        "Member": member_json(&me),
+        "Meta": {},
+        "Stats": {
+            "agent": { "generation": me.identity.generation.to_string(), "cluster_id": api.config.cluster_id },
+            "serf_lan": {
+                "members": members.len().to_string(),
+                "alive": count(1), "leaving": count(2), "left": count(3), "failed": count(4),
+                "encrypted": encrypted.to_string(),
+                "packets_received": stats.packets_received.to_string(),
+                "packets_sent": stats.packets_sent.to_string(),
+                "dropped": stats.dropped.total().to_string(),
+            },
+            "gossip_dropped": dropped,
+        },
+    })))
+}
+
+async fn agent_members(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    if flag(&query, "wan") {
+        return Err(ApiError::bad_request(
+            "this agent has no WAN pool: federation is not available yet",
+        ));
+    }
+    let members = api.agent.with_node(|n| n.members());
+    Ok(Json(Value::Array(
+        members.iter().map(member_json).collect(),
+    )))
+}
+
+async fn agent_join(State(api): State<Api>, Path(addr): Path<String>) -> ApiResult<StatusCode> {
+    let (addrs, errors) = resolve_seeds(std::slice::from_ref(&addr)).await;
+    if let Some(err) = errors.into_iter().next() {
+        return Err(ApiError::bad_request(err));
+    }
+    api.agent
+        .join(&addrs)
+        .await
+        .map(|_| StatusCode::OK)
+        .map_err(|errors| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, errors.join("; ")))
+}
+
+async fn agent_leave(State(api): State<Api>) -> StatusCode {
+    api.leave.notify_one();
+    StatusCode::OK
+}
+
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+    })
+}
+
+/// Installs the Prometheus recorder so counters recorded before the first scrape are kept.
+pub fn install_metrics() {
+    prometheus();
+}
+
+async fn agent_metrics(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    if query.get("format").map(String::as_str) != Some("prometheus") {
+        return Err(ApiError::bad_request(
+            "murmur serves metrics as ?format=prometheus",
+        ));
+    }
+    let (stats, members) = api.agent.with_node(|n| (n.stats().clone(), n.members()));
+    metrics::counter!("murmur_gossip_packets_received_total").absolute(stats.packets_received);
+    metrics::counter!("murmur_gossip_packets_sent_total").absolute(stats.packets_sent);
+    metrics::counter!("murmur_gossip_bytes_received_total").absolute(stats.bytes_received);
+    metrics::counter!("murmur_gossip_bytes_sent_total").absolute(stats.bytes_sent);
+    for (reason, n) in stats.dropped.named() {
+        metrics::counter!("murmur_gossip_dropped_total", "reason" => reason).absolute(n);
+    }
+    for status in ["alive", "suspect", "leaving", "left", "failed"] {
+        let n = members
+            .iter()
+            .filter(|m| m.status.as_str() == status)
+            .count();
+        metrics::gauge!("murmur_members", "status" => status).set(n as f64);
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+        .into_response())
+}
+
+fn event_json(e: &UserEvent) -> Value {
+    json!({
+        "ID": e.id_string(),
+        "Name": e.name,
+        "Payload": if e.payload.is_empty() { Value::Null } else { Value::String(BASE64.encode(&e.payload)) },
+        "NodeFilter": e.node_filter,
+        "ServiceFilter": "",
+        "TagFilter": "",
+        "Version": 1,
+        "LTime": e.ltime,
+    })
+}
+
+async fn event_fire(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    if query.contains_key("service") || query.contains_key("tag") {
+        return Err(ApiError::bad_request(
+            "service and tag event filters need the catalog, which murmur does not have yet; use ?node=REGEX",
+        ));
+    }
+    let node_filter = query.get("node").cloned().unwrap_or_default();
+    let event = api
+        .agent
+        .with_node(|n| n.fire_event(&name, &body, &node_filter))?;
+    Ok(Json(event_json(&event)))
+}
+
+async fn event_list(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let index = blocking::index(&query)?;
+    let wait = blocking::wait(&query)?;
+    let index = blocking::block(api.agent.event_index.subscribe(), index, wait).await;
+    let name = query.get("name").filter(|n| !n.is_empty());
+    let events: Vec<Value> = api.agent.with_node(|n| {
+        n.events()
+            .recent()
+            .filter(|e| name.is_none_or(|want| &e.name == want))
+            .map(event_json)
+            .collect()
+    });
+    Ok(with_index(index, Value::Array(events)))
+}
+
+/// Reads `{"Key": "..."}` (any letter case, as Go's JSON decoding accepts).
+fn key_from_body(body: &Bytes) -> ApiResult<SecretKey> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let key = value
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("key")))
+        .and_then(|(_, v)| v.as_str())
+        .ok_or_else(|| ApiError::bad_request("Request body needs a \"Key\""))?;
+    Ok(SecretKey::from_base64(key)?)
+}
+
+async fn keyring(api: &Api, op: KeyringOp) -> ApiResult {
+    let report =
+        api.agent
+            .keyring(op.clone())
+            .await
+            .map_err(|e| match e.downcast::<GossipError>() {
+                Ok(err) => ApiError::from(err),
+                Err(err) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+            })?;
+    let failed = !report.errors.is_empty();
+    if op != KeyringOp::List {
+        return if failed {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "{} of {} members did not apply the change: {}",
+                    report.errors.len(),
+                    report.nodes,
+                    report.errors.join("; ")
+                ),
+            ))
+        } else {
+            Ok(StatusCode::OK.into_response())
+        };
+    }
+    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+    let mut primary: BTreeMap<String, usize> = BTreeMap::new();
+    for ring in &report.keys {
+        for (i, key) in ring.iter().enumerate() {
+            *keys.entry(key.to_base64()).or_default() += 1;
+            if i == 0 {
+                *primary.entry(key.to_base64()).or_default() += 1;
+            }
+        }
+    }
+    let messages: BTreeMap<String, String> = report
+        .errors
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i.to_string(), e.clone()))
+        .collect();
+    Ok(Json(json!([{
+        "WAN": false,
+        "Datacenter": api.config.datacenter,
+        "Segment": "",
+        "Keys": keys,
+        "PrimaryKeys": primary,
+        "NumNodes": report.nodes,
+        "Messages": messages,
+    }]))
+    .into_response())
+}
+
+async fn keyring_list(State(api): State<Api>) -> ApiResult {
+    keyring(&api, KeyringOp::List).await
+}
+
+async fn keyring_install(State(api): State<Api>, body: Bytes) -> ApiResult {
+    keyring(&api, KeyringOp::Install(*key_from_body(&body)?.as_bytes())).await
+}
+
+async fn keyring_use(State(api): State<Api>, body: Bytes) -> ApiResult {
+    keyring(&api, KeyringOp::Use(*key_from_body(&body)?.as_bytes())).await
+}
+
+async fn keyring_remove(State(api): State<Api>, body: Bytes) -> ApiResult {
+    keyring(&api, KeyringOp::Remove(*key_from_body(&body)?.as_bytes())).await
+}
