@@ -1,0 +1,328 @@
+//! Starts real `murmur` agents on loopback with free ports, talks to them over HTTP and the CLI,
+//! and always stops them (on drop, even when a test fails).
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_murmur");
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// One agent process.
+pub struct Agent {
+    pub name: String,
+    pub gossip: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub key: Option<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+/// How to start an agent.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub key: Option<&'a str>,
+    pub join: Option<SocketAddr>,
+    pub extra: &'a [&'a str],
+}
+
+impl Agent {
+    /// Starts an agent with a fresh data dir and free ports; waits until its HTTP API answers.
+    pub fn start(spec: Spec<'_>) -> Self {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let mut agent = Self {
+            name: spec.name.to_owned(),
+            gossip: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            data_dir: dir.path().join("data"),
+            key: spec.key.map(str::to_owned),
+            child: None,
+            log: dir.path().join("agent.log"),
+            _dir: dir,
+        };
+        agent.spawn(spec.join, spec.extra);
+        assert!(
+            wait_until(Duration::from_secs(10), || agent
+                .try_get("/v1/agent/self")
+                .is_some()),
+            "agent {} did not come up:\n{}",
+            agent.name,
+            agent.log()
+        );
+        agent
+    }
+
+    fn command(&self, join: Option<SocketAddr>, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "--node", &self.name])
+            .args([
+                "--bind",
+                &self.gossip.to_string(),
+                "--http-addr",
+                &self.http.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(extra)
+            .env("MURMUR_LOG", "info,murmur=debug");
+        if let Some(key) = &self.key {
+            cmd.args(["--encrypt", key]);
+        }
+        if let Some(seed) = join {
+            cmd.args(["--join", &seed.to_string()]);
+        }
+        cmd
+    }
+
+    fn spawn(&mut self, join: Option<SocketAddr>, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .command(join, extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn murmur agent");
+        self.child = Some(child);
+    }
+
+    /// Runs an agent to completion (for agents expected to fail at start).
+    pub fn run_to_exit(spec: Spec<'_>) -> Output {
+        let dir = tempfile::tempdir().unwrap();
+        let gossip = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "agent",
+            "--node",
+            spec.name,
+            "--bind",
+            &gossip.to_string(),
+            "--http-addr",
+            &http.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(spec.extra);
+        if let Some(key) = spec.key {
+            cmd.args(["--encrypt", key]);
+        }
+        if let Some(seed) = spec.join {
+            cmd.args(["--join", &seed.to_string()]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("agent expected to exit kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// SIGKILL: no leave, the cluster must detect the failure.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns whether it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+        // SAFETY: kill(2) on a child we spawned and have not reaped; no memory is touched.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit by itself; returns whether it exited with 0.
+    pub fn wait_exit(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Starts the agent again with the same name, ports and data dir.
+    pub fn restart(&mut self, join: Option<SocketAddr>) {
+        self.kill9();
+        self.spawn(join, &[]);
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .try_get("/v1/agent/self")
+                .is_some()),
+            "agent {} did not come back:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn try_get(&self, path: &str) -> Option<Value> {
+        let (status, _, body) = http(self.http, "GET", path, b"").ok()?;
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} on {} failed:\n{}", self.name, self.log()))
+    }
+
+    /// Status code of `name` in this agent's member list (1 alive, 2 leaving, 3 left, 4 failed).
+    pub fn status_of(&self, name: &str) -> Option<u64> {
+        let members = self.try_get("/v1/agent/members")?;
+        members
+            .as_array()?
+            .iter()
+            .find(|m| m["Name"] == name)
+            .and_then(|m| m["Status"].as_u64())
+    }
+
+    /// Runs a CLI command against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("MURMUR_HTTP_ADDR", self.http.to_string())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Status, headers (lower-cased names) and body of an HTTP answer.
+pub type Answer = (u16, Vec<(String, String)>, String);
+
+/// A minimal HTTP/1.1 client (one request per connection), enough for JSON APIs.
+/// Returns status, headers (lower-cased names) and body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((status, headers, body.to_owned()))
+}
+
+/// A fresh gossip key from `murmur keygen`.
+pub fn keygen() -> String {
+    let out = Command::new(BIN).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A seed plus `n - 1` agents joined through it, all seeing all alive.
+pub fn cluster(prefix: &str, n: usize, key: &str) -> Vec<Agent> {
+    let seed = Agent::start(Spec {
+        name: &format!("{prefix}0"),
+        key: Some(key),
+        join: None,
+        extra: &[],
+    });
+    let seed_addr = seed.gossip;
+    let mut agents = vec![seed];
+    for i in 1..n {
+        agents.push(Agent::start(Spec {
+            name: &format!("{prefix}{i}"),
+            key: Some(key),
+            join: Some(seed_addr),
+            extra: &[],
+        }));
+    }
+    let converged = wait_until(Duration::from_secs(20), || {
+        agents
+            .iter()
+            .all(|a| agents.iter().all(|b| a.status_of(&b.name) == Some(1)))
+    });
+    assert!(converged, "{n} agents did not all see each other alive");
+    agents
+}
