@@ -404,10 +404,8 @@ impl Node {
         self.foca
             .add_broadcast(&bytes)
             .map_err(|e| GossipError::InvalidEvent(format!("cannot broadcast: {e}")))?;
-        self.settle();
-        if let Err(err) = self.with_foca(|foca, io| foca.broadcast(io)) {
-            self.stats.count_foca_error(&err);
-        }
+        // Settling records the item here and pushes it on at once.
+        self.with_foca(|_, _| ());
         Ok(())
     }
 
@@ -415,8 +413,11 @@ impl Node {
     fn with_foca<R>(&mut self, call: impl FnOnce(&mut SwimCore, &mut Io<'_>) -> R) -> R {
         let result = call(&mut self.foca, &mut io!(self));
         if self.settle() {
-            // Push new items on at once instead of waiting for the next gossip round.
-            if let Err(err) = self.foca.broadcast(&mut io!(self)) {
+            // Eager push: a change we just learned goes to a few members at once instead of
+            // waiting for the next gossip round. Each member forwards a change once, when it
+            // first learns it, and foca still caps each update's transmissions, so this spends
+            // the same packets sooner.
+            if let Err(err) = self.foca.gossip(&mut io!(self)) {
                 self.stats.count_foca_error(&err);
             }
             self.settle();
@@ -425,17 +426,19 @@ impl Node {
     }
 
     /// Turns what foca did into member events, delivered user events and timers.
-    /// Returns whether new broadcast items arrived.
+    /// Returns whether anything new was learned (a member change or a new item).
     fn settle(&mut self) -> bool {
         let changes = std::mem::take(&mut *self.changes.lock().expect("codec tap poisoned"));
         let me = self.identity().name.clone();
+        let mut learned = false;
         for member in changes.iter().filter(|m| m.id().name != me) {
             if let Some(event) = self.view.apply(member) {
                 self.outputs.push_back(Output::Member(event));
+                learned = true;
             }
         }
         let received = std::mem::take(&mut *self.received.lock().expect("inbox poisoned"));
-        let any_received = !received.is_empty();
+        learned |= !received.is_empty();
         for item in received {
             match item {
                 BroadcastItem::Event(event) => {
@@ -466,7 +469,7 @@ impl Node {
             }
         }
         self.resize_if_needed();
-        any_received
+        learned
     }
 
     /// Keeps suspicion time and retransmissions matched to the cluster size.

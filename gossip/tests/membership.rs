@@ -297,3 +297,19 @@ fn no_false_failures_under_ten_percent_loss() {
         "a reachable member was declared failed under 10% loss"
     );
 }
+
+#[test]
+fn sixty_four_concurrent_joins_converge_in_seconds() {
+    // Every joiner's request reaches the seed before any reply is read, as when 63 agents
+    // start at once; without eager push this took a 30 s push-pull round on real agents.
+    let mut net = Net::new(17);
+    for i in 0..64 {
+        net.start(i, 1, key(1));
+    }
+    net.join_all_at_once(0, &(1..64).collect::<Vec<_>>());
+    let took = net.run_until(SECS(30), |net| {
+        (0..64).all(|i| net.all_see(i, MemberStatus::Alive))
+    });
+    let took = took.expect("64 nodes converge");
+    assert!(took <= SECS(5), "64 concurrent joins took {took:?}");
+}

@@ -122,6 +122,29 @@ impl Net {
         result
     }
 
+    /// Joins all `nodes` through `seed` concurrently: every request reaches the seed before
+    /// any reply is read back.
+    pub fn join_all_at_once(&mut self, seed: usize, nodes: &[usize]) {
+        let requests: Vec<(usize, Vec<u8>)> = nodes
+            .iter()
+            .map(|&i| {
+                self.node(i).set_seeds(vec![addr(seed)]);
+                (i, self.node(i).push_pull_request())
+            })
+            .collect();
+        let replies: Vec<(usize, Vec<u8>)> = requests
+            .into_iter()
+            .map(|(i, request)| (i, self.node(seed).handle_stream(&request)))
+            .collect();
+        self.drain(seed);
+        for (i, reply) in replies {
+            self.node(i)
+                .handle_push_pull_reply(&reply)
+                .expect("join accepted");
+            self.drain(i);
+        }
+    }
+
     fn stream(
         &mut self,
         from: usize,
