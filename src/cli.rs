@@ -125,6 +125,9 @@ pub struct AgentArgs {
     /// HTTP API address.
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<String>,
+    /// How long failed and left members stay listed before they are forgotten (Go duration).
+    #[arg(long, value_name = "DURATION")]
+    pub reap_after: Option<String>,
     /// A tag key=value carried in this member's identity (repeatable; 256 bytes in all).
     #[arg(long, value_name = "KEY=VALUE")]
     pub tag: Vec<String>,

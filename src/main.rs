@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod client;
+mod duration;
 mod http;
 
 use clap::Parser;

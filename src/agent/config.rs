@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -11,6 +12,8 @@ use crate::cli::AgentArgs;
 
 /// Default gossip port (serf's LAN port).
 pub const DEFAULT_GOSSIP_PORT: u16 = 8301;
+/// How long failed and left members stay listed by default (Consul's `reconnect_timeout`).
+pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(72 * 3600);
 /// Default HTTP API address (Consul's).
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 
@@ -30,6 +33,7 @@ struct FileConfig {
     encrypt: Option<String>,
     data_dir: Option<PathBuf>,
     http_addr: Option<String>,
+    reap_after: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -48,6 +52,7 @@ pub struct AgentConfig {
     pub data_dir: Option<PathBuf>,
     pub http_addr: SocketAddr,
     pub tags: Vec<(String, String)>,
+    pub reap_after: Duration,
     pub dev: bool,
 }
 
@@ -105,6 +110,14 @@ impl AgentConfig {
                 .with_context(|| format!("--tag {tag:?} must be KEY=VALUE"))?;
             tags.insert(k.to_owned(), v.to_owned());
         }
+        let reap_after = match args.reap_after.clone().or(file.reap_after) {
+            Some(text) => crate::duration::parse(&text)
+                .filter(|d| !d.is_zero())
+                .with_context(|| {
+                    format!("--reap-after {text:?} is not a positive duration such as 72h or 30m")
+                })?,
+            None => DEFAULT_REAP_AFTER,
+        };
         let join = if args.join.is_empty() {
             file.join
         } else {
@@ -135,6 +148,7 @@ impl AgentConfig {
             data_dir,
             http_addr,
             tags: tags.into_iter().collect(),
+            reap_after,
             dev,
         })
     }
@@ -246,5 +260,24 @@ mod tests {
             "[::1]:9".parse().unwrap()
         );
         assert!(parse_addr("nope", 1).is_err());
+    }
+
+    #[test]
+    fn reap_after_takes_go_durations() {
+        let args = AgentArgs {
+            dev: true,
+            reap_after: Some("30m".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            AgentConfig::resolve(&args).unwrap().reap_after,
+            Duration::from_secs(1800)
+        );
+        let args = AgentArgs {
+            dev: true,
+            reap_after: Some("soon".into()),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", AgentConfig::resolve(&args).unwrap_err()).contains("--reap-after"));
     }
 }

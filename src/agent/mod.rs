@@ -49,12 +49,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tags: config.tags.clone(),
     };
     let encrypted = keyring.is_encrypted();
-    let node = Node::new(
-        identity,
-        GossipConfig::lan(&config.cluster_id),
-        keyring,
-        rand::make_rng(),
-    )?;
+    let gossip = GossipConfig {
+        reap_after: config.reap_after,
+        ..GossipConfig::lan(&config.cluster_id)
+    };
+    let node = Node::new(identity, gossip, keyring, rand::make_rng())?;
 
     let udp = UdpSocket::bind(config.bind)
         .await

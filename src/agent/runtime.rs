@@ -84,13 +84,17 @@ impl Agent {
             Output::PushPull { to, request } => {
                 let agent = self.clone();
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let outcome = match stream::exchange(to, &request).await {
                         Ok(reply) => agent
                             .with_node(|n| n.handle_push_pull_reply(&reply))
                             .map_err(anyhow::Error::from),
                         Err(err) => Err(err),
                     };
+                    metrics::histogram!("murmur_push_pull_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     if let Err(err) = outcome {
+                        metrics::counter!("murmur_push_pull_errors_total").increment(1);
                         tracing::debug!(%to, "push-pull failed: {err:#}");
                     }
                 });

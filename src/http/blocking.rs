@@ -26,40 +26,10 @@ pub fn index(query: &HashMap<String, String>) -> Result<u64, ApiError> {
 pub fn wait(query: &HashMap<String, String>) -> Result<Duration, ApiError> {
     match query.get("wait").map(String::as_str) {
         None | Some("") => Ok(DEFAULT_WAIT),
-        Some(text) => go_duration(text)
+        Some(text) => crate::duration::parse(text)
             .map(|d| d.min(MAX_WAIT))
             .ok_or_else(|| ApiError::bad_request("Invalid wait time")),
     }
-}
-
-/// Parses Go's duration syntax: a sequence of number+unit (`ns us ms s m h`), e.g. `1m30s`.
-pub fn go_duration(text: &str) -> Option<Duration> {
-    let mut rest = text.trim();
-    if rest == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let (number, tail) = rest.split_at(split);
-        let value: f64 = number.parse().ok()?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * seconds;
-        rest = tail;
-    }
-    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Waits until the watched index exceeds `index` or `wait` (with jitter) ends; returns the
@@ -78,17 +48,6 @@ pub async fn block(mut watched: watch::Receiver<u64>, index: u64, wait: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(go_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(go_duration("120000ms"), Some(Duration::from_secs(120)));
-        assert_eq!(go_duration("1.5h"), Some(Duration::from_secs(5400)));
-        assert_eq!(go_duration("10"), None);
-        assert_eq!(go_duration("abc"), None);
-        assert_eq!(go_duration("-5s"), None);
-    }
 
     #[test]
     fn index_and_wait_errors_use_consuls_messages() {

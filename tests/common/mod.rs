@@ -57,29 +57,38 @@ pub struct Spec<'a> {
 }
 
 impl Agent {
-    /// Starts an agent with a fresh data dir and free ports; waits until its HTTP API answers.
-    pub fn start(spec: Spec<'_>) -> Self {
+    /// An agent with a fresh data dir and free ports, not started yet.
+    fn prepare(name: &str, key: Option<&str>) -> Self {
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-        let mut agent = Self {
-            name: spec.name.to_owned(),
+        Self {
+            name: name.to_owned(),
             gossip: SocketAddr::from(([127, 0, 0, 1], free_port())),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             data_dir: dir.path().join("data"),
-            key: spec.key.map(str::to_owned),
+            key: key.map(str::to_owned),
             child: None,
             log: dir.path().join("agent.log"),
             _dir: dir,
-        };
+        }
+    }
+
+    /// Starts an agent and waits until its HTTP API answers.
+    pub fn start(spec: Spec<'_>) -> Self {
+        let mut agent = Self::prepare(spec.name, spec.key);
         agent.spawn(spec.join, spec.extra);
+        agent.wait_ready("come up");
+        agent
+    }
+
+    fn wait_ready(&self, what: &str) {
         assert!(
-            wait_until(Duration::from_secs(10), || agent
+            wait_until(Duration::from_secs(10), || self
                 .try_get("/v1/agent/self")
                 .is_some()),
-            "agent {} did not come up:\n{}",
-            agent.name,
-            agent.log()
+            "agent {} did not {what}:\n{}",
+            self.name,
+            self.log()
         );
-        agent
     }
 
     fn command(&self, join: Option<SocketAddr>, extra: &[&str]) -> Command {
@@ -121,40 +130,16 @@ impl Agent {
 
     /// Runs an agent to completion (for agents expected to fail at start).
     pub fn run_to_exit(spec: Spec<'_>) -> Output {
-        let dir = tempfile::tempdir().unwrap();
-        let gossip = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "agent",
-            "--node",
-            spec.name,
-            "--bind",
-            &gossip.to_string(),
-            "--http-addr",
-            &http.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(spec.extra);
-        if let Some(key) = spec.key {
-            cmd.args(["--encrypt", key]);
-        }
-        if let Some(seed) = spec.join {
-            cmd.args(["--join", &seed.to_string()]);
-        }
-        let mut child = cmd
+        let agent = Self::prepare(spec.name, spec.key);
+        let mut child = agent
+            .command(spec.join, spec.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let start = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if start.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                panic!("agent expected to exit kept running");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !exits_within(&mut child, Duration::from_secs(20)) {
+            let _ = child.kill();
+            panic!("agent expected to exit kept running");
         }
         child.wait_with_output().unwrap()
     }
@@ -169,24 +154,12 @@ impl Agent {
 
     /// Sends SIGTERM and waits (bounded) for a clean exit; returns whether it exited with 0.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-        // SAFETY: kill(2) on a child we spawned and have not reaped; no memory is touched.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.success();
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = &self.child {
+            let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+            // SAFETY: kill(2) on a child we spawned and have not reaped; no memory is touched.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
         }
+        self.wait_exit()
     }
 
     /// Waits (bounded) for the process to exit by itself; returns whether it exited with 0.
@@ -194,30 +167,18 @@ impl Agent {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let clean =
+            exits_within(&mut child, Duration::from_secs(10)) && child.wait().unwrap().success();
         let _ = child.kill();
         let _ = child.wait();
-        false
+        clean
     }
 
     /// Starts the agent again with the same name, ports and data dir.
     pub fn restart(&mut self, join: Option<SocketAddr>) {
         self.kill9();
         self.spawn(join, &[]);
-        assert!(
-            wait_until(Duration::from_secs(10), || self
-                .try_get("/v1/agent/self")
-                .is_some()),
-            "agent {} did not come back:\n{}",
-            self.name,
-            self.log()
-        );
+        self.wait_ready("come back");
     }
 
     pub fn log(&self) -> String {
@@ -264,6 +225,18 @@ impl Drop for Agent {
 
 /// Status, headers (lower-cased names) and body of an HTTP answer.
 pub type Answer = (u16, Vec<(String, String)>, String);
+
+/// Polls a child until it exits or `limit` passes; returns whether it exited.
+fn exits_within(child: &mut Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
 
 /// A minimal HTTP/1.1 client (one request per connection), enough for JSON APIs.
 /// Returns status, headers (lower-cased names) and body.

@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Membership benchmark: murmur and serf side by side, same N, same machine, same workload.
+
+For each system and each N it starts N agents on loopback (all joined through one seed, gossip
+encrypted with one key, LAN timing profile), then measures:
+  join      time from launching the N-1 joiners until every agent lists N alive members
+  event     time from firing a user event on agent 0 until each agent has it (p50, max)
+  detect    time from kill -9 of one agent until each survivor lists it failed (p50, max)
+  rss       resident memory per agent after convergence and an idle spell (mean, MiB)
+  idle cpu  CPU per agent over an idle window (mean, % of one core)
+
+Membership is polled the same way for both (one poller thread per agent, every 20 ms, over each
+system's own API: murmur's HTTP, serf's msgpack RPC). Event arrival is pushed for both (murmur's
+blocking query, serf's RPC event stream). Only loopback addresses are used; every process started
+is killed at the end.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import msgpack
+
+POLL = 0.02
+
+
+def free_port():
+    while True:
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+def wait_for(cond, limit, what):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def proc_stats(pid):
+    with open(f"/proc/{pid}/status") as f:
+        rss_kib = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return rss_kib, ticks / os.sysconf("SC_CLK_TCK")
+
+
+class SerfRpc:
+    """Minimal client for serf's msgpack RPC (handshake, members, event, stream)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.unpacker = msgpack.Unpacker(raw=False)
+        self.seq = 0
+        self.call("handshake", {"Version": 1}, body=False)
+
+    def _next(self):
+        for obj in self.unpacker:
+            return obj
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("serf rpc closed")
+            self.unpacker.feed(data)
+            for obj in self.unpacker:
+                return obj
+
+    def send(self, command, args=None):
+        self.seq += 1
+        payload = msgpack.packb({"Command": command, "Seq": self.seq})
+        if args is not None:
+            payload += msgpack.packb(args)
+        self.sock.sendall(payload)
+        return self.seq
+
+    def call(self, command, args=None, body=True):
+        self.send(command, args)
+        header = self._next()
+        if header.get("Error"):
+            raise RuntimeError(header["Error"])
+        return self._next() if body else None
+
+    def members(self):
+        return {m["Name"]: m["Status"] for m in self.call("members")["Members"]}
+
+    def next_event(self):
+        self._next()  # header
+        return self._next()
+
+
+class Murmur:
+    name = "murmur"
+
+    def __init__(self, binary, key, workdir):
+        self.binary, self.key, self.workdir = binary, key, workdir
+
+    def start(self, i, seed):
+        gossip, http = free_port(), free_port()
+        cmd = [self.binary, "agent", "--node", f"n{i}", "--bind", f"127.0.0.1:{gossip}",
+               "--http-addr", f"127.0.0.1:{http}", "--data-dir", f"{self.workdir}/m{i}", "--encrypt", self.key]
+        if seed:
+            cmd += ["--join", seed]
+        env = dict(os.environ, MURMUR_LOG="warn")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        return {"proc": proc, "gossip": f"127.0.0.1:{gossip}", "api": http}
+
+    def _get(self, agent, path, timeout=5):
+        with urllib.request.urlopen(f"http://127.0.0.1:{agent['api']}{path}", timeout=timeout) as r:
+            return r.headers, json.load(r)
+
+    def ready(self, agent):
+        try:
+            self._get(agent, "/v1/agent/self")
+            return True
+        except OSError:
+            return False
+
+    def members(self, agent):
+        _, members = self._get(agent, "/v1/agent/members")
+        return {m["Name"]: {1: "alive", 2: "leaving", 3: "left", 4: "failed"}.get(m["Status"]) for m in members}
+
+    def event_waiter(self, agent):
+        headers, _ = self._get(agent, "/v1/event/list")
+        index = headers["X-Consul-Index"]
+
+        def wait():
+            while True:
+                _, events = self._get(agent, f"/v1/event/list?index={index}&wait=60s", timeout=70)
+                if any(e["Name"] == "bench" for e in events):
+                    return
+        return wait
+
+    def fire(self, agent):
+        req = urllib.request.Request(f"http://127.0.0.1:{agent['api']}/v1/event/fire/bench", data=b"x", method="PUT")
+        urllib.request.urlopen(req, timeout=5).read()
+
+
+class Serf:
+    name = "serf"
+
+    def __init__(self, binary, key, workdir):
+        self.binary, self.key, self.workdir = binary, key, workdir
+
+    def start(self, i, seed):
+        gossip, rpc = free_port(), free_port()
+        cmd = [self.binary, "agent", "-node", f"n{i}", "-bind", f"127.0.0.1:{gossip}",
+               "-rpc-addr", f"127.0.0.1:{rpc}", "-encrypt", self.key, "-log-level", "warn"]
+        if seed:
+            cmd += ["-join", seed]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return {"proc": proc, "gossip": f"127.0.0.1:{gossip}", "api": rpc}
+
+    def ready(self, agent):
+        try:
+            SerfRpc(agent["api"]).sock.close()
+            return True
+        except OSError:
+            return False
+
+    def members(self, agent):
+        if "rpc" not in agent:
+            agent["rpc"] = SerfRpc(agent["api"])
+        return agent["rpc"].members()
+
+    def event_waiter(self, agent):
+        rpc = SerfRpc(agent["api"])
+        rpc.call("stream", {"Type": "user"}, body=False)
+
+        def wait():
+            while rpc.next_event().get("Name") != "bench":
+                pass
+        return wait
+
+    def fire(self, agent):
+        SerfRpc(agent["api"]).call("event", {"Name": "bench", "Payload": b"x", "Coalesce": False}, body=False)
+
+
+def poll_until(system, agents, cond, limit):
+    """Starts one poller per agent; returns each agent's first time `cond(members)` held."""
+    times = [None] * len(agents)
+
+    def poll(i):
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            try:
+                if cond(system.members(agents[i])):
+                    times[i] = time.monotonic()
+                    return
+            except (OSError, ConnectionError, RuntimeError):
+                pass
+            time.sleep(POLL)
+
+    threads = [threading.Thread(target=poll, args=(i,)) for i in range(len(agents))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if None in times:
+        raise RuntimeError(f"{system.name}: {times.count(None)} agents never met the condition")
+    return times
+
+
+def run(system, n, idle_secs):
+    agents = []
+    try:
+        seed = system.start(0, None)
+        agents.append(seed)
+        wait_for(lambda: system.ready(seed), 20, "seed")
+        t0 = time.monotonic()
+        for i in range(1, n):
+            agents.append(system.start(i, seed["gossip"]))
+        names = {f"n{i}" for i in range(n)}
+        times = poll_until(system, agents, lambda m: all(m.get(x) == "alive" for x in names), 120)
+        join = max(times) - t0
+
+        time.sleep(idle_secs / 2)
+        before = [proc_stats(a["proc"].pid) for a in agents]
+        time.sleep(idle_secs)
+        after = [proc_stats(a["proc"].pid) for a in agents]
+        rss = statistics.mean(a[0] for a in after) / 1024
+        cpu = statistics.mean((a[1] - b[1]) / idle_secs * 100 for a, b in zip(after, before))
+
+        waiters = [system.event_waiter(a) for a in agents]
+        arrivals = [None] * n
+
+        def wait(i):
+            waiters[i]()
+            arrivals[i] = time.monotonic()
+
+        threads = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        system.fire(agents[0])
+        for t in threads:
+            t.join(30)
+        if None in arrivals:
+            raise RuntimeError(f"{system.name}: event missed by {arrivals.count(None)} agents")
+        event = sorted(t - t0 for t in arrivals)
+
+        victim = agents[n // 2]
+        t0 = time.monotonic()
+        victim["proc"].kill()
+        survivors = [a for a in agents if a is not victim]
+        vname = f"n{n // 2}"
+        times = poll_until(system, survivors, lambda m: m.get(vname) == "failed", 120)
+        detect = sorted(t - t0 for t in times)
+        return {"join": join, "event_p50": statistics.median(event), "event_max": event[-1],
+                "detect_p50": statistics.median(detect), "detect_max": detect[-1], "rss": rss, "cpu": cpu}
+    finally:
+        for a in agents:
+            if a["proc"].poll() is None:
+                a["proc"].send_signal(signal.SIGKILL)
+            a["proc"].wait()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--murmur", required=True)
+    parser.add_argument("--serf", default=shutil.which("serf"))
+    parser.add_argument("--sizes", default="32,64")
+    parser.add_argument("--idle", type=float, default=20.0, help="idle window for CPU, seconds")
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--systems", default="murmur,serf", help="which systems to run (the table needs both)")
+    args = parser.parse_args()
+
+    rows = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        results = {}
+        chosen = args.systems.split(",")
+        for cls, binary in [(Murmur, args.murmur), (Serf, args.serf)]:
+            if cls.name not in chosen:
+                continue
+            with tempfile.TemporaryDirectory() as work:
+                system = cls(binary, args.key, work)
+                print(f"-- {system.name}, N={n} ...", file=sys.stderr, flush=True)
+                results[system.name] = run(system, n, args.idle)
+                print(f"   {results[system.name]}", file=sys.stderr, flush=True)
+        rows.append((n, results))
+
+    metrics = [("join convergence (s)", "join"), ("event to all p50 (s)", "event_p50"),
+               ("event to all max (s)", "event_max"), ("failure detection p50 (s)", "detect_p50"),
+               ("failure detection max (s)", "detect_max"), ("RSS per agent (MiB)", "rss"),
+               ("idle CPU per agent (% core)", "cpu")]
+    if len(chosen) < 2:
+        return
+    print("| N | metric | murmur | serf | murmur/serf |")
+    print("|---|---|---|---|---|")
+    for n, results in rows:
+        for label, key in metrics:
+            m, s = results["murmur"][key], results["serf"][key]
+            ratio = f"{m / s:.2f}" if s else "n/a"
+            print(f"| {n} | {label} | {m:.3f} | {s:.3f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
