@@ -137,6 +137,31 @@ fn unreachable_seed_and_bad_key_are_one_clear_line() {
 }
 
 #[test]
+fn port_in_use_is_one_clear_line() {
+    let agents = cluster("port", 1, &keygen());
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "agent",
+            "--dev",
+            "--node",
+            "port-b",
+            "--bind",
+            &agents[0].gossip.to_string(),
+        ])
+        .args(["--http-addr", &format!("127.0.0.1:{}", common::free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    assert!(
+        error_lines[0].contains("already in use") && error_lines[0].contains("--bind"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn restarted_agent_becomes_alive_again_with_a_new_generation() {
     let mut agents = cluster("restart", 3, &keygen());
     let name = agents[1].name.clone();
