@@ -12,10 +12,14 @@ use std::time::Instant;
 use anyhow::Context;
 use murmur_gossip::{KeyringOp, MemberEventKind, Node, Output, SecretKey, TimerEvent};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::persist::DataDir;
 use super::stream::{self, EXCHANGE_TIMEOUT};
+
+/// Most stream requests (push-pull, keyring) served at once; more are dropped and counted, and
+/// the peer retries at its next push-pull.
+const MAX_CONCURRENT_STREAMS: usize = 256;
 
 /// A running agent: the core plus the handles its tasks share.
 pub struct Agent {
@@ -141,12 +145,20 @@ impl Agent {
     }
 
     async fn accept_streams(self: Arc<Self>, tcp: TcpListener) {
+        let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
         loop {
             let Ok((mut conn, peer)) = tcp.accept().await else {
                 continue;
             };
+            // Each stream is time-bounded; the cap also bounds how many can pile up at once.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                metrics::counter!("murmur_gossip_streams_refused_total").increment(1);
+                tracing::debug!(%peer, "too many concurrent streams; connection dropped");
+                continue;
+            };
             let agent = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let serve = async {
                     let request = stream::read_frame(&mut conn).await?;
                     let reply = agent.with_node(|n| n.handle_stream(&request));

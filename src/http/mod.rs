@@ -155,18 +155,15 @@ fn node_uuid(id: u64) -> String {
 }
 
 async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
-    let (me, members, stats, encrypted) = api.agent.with_node(|n| {
-        let me = n
-            .members()
-            .into_iter()
-            .find(|m| m.identity.name == n.identity().name);
+    let (my_name, members, stats, encrypted) = api.agent.with_node(|n| {
         (
-            me,
+            n.identity().name.clone(),
             n.members(),
             n.stats().clone(),
             n.keyring().is_encrypted(),
         )
     });
+    let me = members.iter().find(|m| m.identity.name == my_name).cloned();
     let me = me.ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
