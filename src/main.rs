@@ -6,6 +6,8 @@ mod client;
 mod duration;
 mod http;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -18,6 +20,7 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("MURMUR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
