@@ -1,0 +1,19 @@
+//! murmur's replicated state and the rules by which replicas merge, with no I/O at all.
+//!
+//! This crate holds the building blocks so far:
+//! - [`Clock`] / [`Hlc`]: a hybrid logical clock, monotonic under clock skew, with a bound on how
+//!   far a remote stamp may pull it forward;
+//! - [`Register`]: a value with a stamp whose merge keeps the greater `(stamp, value)`, as
+//!   [`Lww`] for shared data (any writer, HLC-stamped, tombstones for deletes) and [`Owned`] for
+//!   a node's own record (single writer, [`Version`]-stamped).
+//!
+//! What it is **not** responsible for: clocks (wall time is passed in), networks, files. The
+//! gossip layer carries its deltas and digests; the agent persists it.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod hlc;
+mod register;
+
+pub use hlc::{Clock, ClockError, Hlc};
+pub use register::{Lww, Owned, Register, Version};
