@@ -5,7 +5,9 @@
 //!   far a remote stamp may pull it forward;
 //! - [`Register`]: a value with a stamp whose merge keeps the greater `(stamp, value)`, as
 //!   [`Lww`] for shared data (any writer, HLC-stamped, tombstones for deletes) and [`Owned`] for
-//!   a node's own record (single writer, [`Version`]-stamped).
+//!   a node's own record (single writer, [`Version`]-stamped);
+//! - [`SharedMap`]: the shared key space, with local modify indexes ([`ModifyIndex`]) for
+//!   blocking queries, bucket digests for anti-entropy, and tombstone collection.
 //!
 //! What it is **not** responsible for: clocks (wall time is passed in), networks, files. The
 //! gossip layer carries its deltas and digests; the agent persists it.
@@ -14,6 +16,8 @@
 
 mod hlc;
 mod register;
+mod shared;
 
 pub use hlc::{Clock, ClockError, Hlc};
 pub use register::{Lww, Owned, Register, Version};
+pub use shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of};
