@@ -7,7 +7,8 @@
 //!   [`Lww`] for shared data (any writer, HLC-stamped, tombstones for deletes) and [`Owned`] for
 //!   a node's own record (single writer, [`Version`]-stamped);
 //! - [`SharedMap`]: the shared key space, with local modify indexes ([`ModifyIndex`]) for
-//!   blocking queries, bucket digests for anti-entropy, and tombstone collection.
+//!   blocking queries, bucket digests for anti-entropy, and tombstone collection;
+//! - [`OwnedMap`]: one single-writer record per owner, reconciled by Scuttlebutt digests.
 //!
 //! What it is **not** responsible for: clocks (wall time is passed in), networks, files. The
 //! gossip layer carries its deltas and digests; the agent persists it.
@@ -15,9 +16,11 @@
 #![deny(missing_docs)]
 
 mod hlc;
+mod owned;
 mod register;
 mod shared;
 
 pub use hlc::{Clock, ClockError, Hlc};
+pub use owned::{Digest, OwnedEntry, OwnedMap};
 pub use register::{Lww, Owned, Register, Version};
 pub use shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of};

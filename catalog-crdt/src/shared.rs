@@ -46,7 +46,7 @@ impl ModifyIndex {
         self.last
     }
 
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.last += 1;
         self.last
     }
@@ -119,7 +119,7 @@ impl Hasher for Fnv {
     }
 }
 
-fn fnv<T: Hash + ?Sized>(value: &T) -> u64 {
+pub(crate) fn fnv<T: Hash + ?Sized>(value: &T) -> u64 {
     let mut hasher = Fnv::default();
     value.hash(&mut hasher);
     hasher.finish()

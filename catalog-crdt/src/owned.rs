@@ -1,0 +1,230 @@
+//! Owned data: one record per owner (a node's address, meta, services and checks), written only
+//! by that owner and versioned by `(generation, counter)`.
+//!
+//! Replicas reconcile with a Scuttlebutt-style digest: the version each replica holds per owner.
+//! A peer's digest tells exactly which records it lacks or holds older, and only those travel.
+//! A graceful leave publishes a final record of `None` (the owner's services are gone at once);
+//! the record itself stays until it is reaped, so a late, older copy cannot bring it back.
+
+use std::collections::BTreeMap;
+use std::hash::Hash;
+
+use serde::{Deserialize, Serialize};
+
+use crate::register::{Owned, Version};
+use crate::shared::{ModifyIndex, fnv};
+
+/// An owner's record in this replica, with the local index of its last change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedEntry<R> {
+    /// The latest version of the record; `None` once the owner left.
+    pub register: Owned<Option<R>>,
+    /// Local index of the last change to this record.
+    pub modify_index: u64,
+}
+
+/// Every owner's record, as this replica knows them.
+#[derive(Debug, Clone)]
+pub struct OwnedMap<R> {
+    records: BTreeMap<String, OwnedEntry<R>>,
+}
+
+impl<R> Default for OwnedMap<R> {
+    fn default() -> Self {
+        Self {
+            records: BTreeMap::new(),
+        }
+    }
+}
+
+/// Which version of each owner's record a replica holds, with a hash of the record: a single
+/// writer never reuses a version, but if a buggy or hostile peer does, equal versions with
+/// different contents must still be told apart, or replicas would never reconcile them.
+pub type Digest = BTreeMap<String, (Version, u64)>;
+
+impl<R: Ord + Clone + Hash> OwnedMap<R> {
+    /// Merges one owner's record; returns the entry if this replica changed.
+    pub fn merge(
+        &mut self,
+        owner: &str,
+        register: &Owned<Option<R>>,
+        index: &mut ModifyIndex,
+    ) -> Option<&OwnedEntry<R>> {
+        if !self.records.contains_key(owner) {
+            let entry = OwnedEntry {
+                register: register.clone(),
+                modify_index: index.next(),
+            };
+            return Some(self.records.entry(owner.to_owned()).or_insert(entry));
+        }
+        let entry = self.records.get_mut(owner)?;
+        if !entry.register.merge(register) {
+            return None;
+        }
+        entry.modify_index = index.next();
+        Some(entry)
+    }
+
+    /// The record of `owner`, `None` when unknown or after its leave.
+    pub fn get(&self, owner: &str) -> Option<&R> {
+        self.records
+            .get(owner)
+            .and_then(|e| e.register.value().as_ref())
+    }
+
+    /// The entry of `owner`, including a left owner's empty record.
+    pub fn entry(&self, owner: &str) -> Option<&OwnedEntry<R>> {
+        self.records.get(owner)
+    }
+
+    /// Live records by owner, in owner order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &R)> {
+        self.records
+            .iter()
+            .filter_map(|(o, e)| e.register.value().as_ref().map(|r| (o, r)))
+    }
+
+    /// This replica's digest.
+    pub fn digest(&self) -> Digest {
+        self.records
+            .iter()
+            .map(|(o, e)| (o.clone(), (*e.register.stamp(), fnv(&e.register))))
+            .collect()
+    }
+
+    /// What a peer with `peer` digest is missing or holds older: the delta to send it.
+    pub fn newer_than(&self, peer: &Digest) -> Vec<(String, Owned<Option<R>>)> {
+        self.records
+            .iter()
+            .filter(|(owner, e)| {
+                peer.get(*owner).is_none_or(|(version, hash)| {
+                    version < e.register.stamp()
+                        || (version == e.register.stamp() && *hash != fnv(&e.register))
+                })
+            })
+            .map(|(owner, e)| (owner.clone(), e.register.clone()))
+            .collect()
+    }
+
+    /// Forgets an owner (reaped after it failed or left long enough ago).
+    pub fn remove(&mut self, owner: &str) -> bool {
+        self.records.remove(owner).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn v(generation: u64, counter: u64) -> Version {
+        Version {
+            generation,
+            counter,
+        }
+    }
+
+    #[test]
+    fn newer_version_wins_and_leave_empties_the_record() {
+        let mut map = OwnedMap::default();
+        let mut index = ModifyIndex::default();
+        map.merge("a", &Owned::new(v(1, 1), Some("web")), &mut index);
+        assert!(
+            map.merge("a", &Owned::new(v(1, 0), Some("stale")), &mut index)
+                .is_none()
+        );
+        map.merge("a", &Owned::new(v(1, 2), None), &mut index);
+        assert_eq!(map.get("a"), None, "a left owner's services are gone");
+        assert!(
+            map.merge("a", &Owned::new(v(1, 1), Some("web")), &mut index)
+                .is_none(),
+            "an older copy does not resurrect it"
+        );
+        assert_eq!(map.entry("a").unwrap().modify_index, 2);
+        map.merge("a", &Owned::new(v(2, 0), Some("back")), &mut index);
+        assert_eq!(
+            map.get("a"),
+            Some(&"back"),
+            "a restart (new generation) comes back"
+        );
+    }
+
+    #[test]
+    fn delta_is_exactly_what_the_peer_lacks() {
+        let mut ours = OwnedMap::default();
+        let mut index = ModifyIndex::default();
+        for (owner, counter) in [("a", 3), ("b", 1), ("c", 5)] {
+            ours.merge(owner, &Owned::new(v(1, counter), Some(counter)), &mut index);
+        }
+        // The peer's digest as a replica holding those versions would compute it.
+        let mut theirs = OwnedMap::default();
+        for (owner, counter) in [("a", 3), ("b", 2), ("c", 4)] {
+            theirs.merge(
+                owner,
+                &Owned::new(v(1, counter), Some(counter)),
+                &mut ModifyIndex::default(),
+            );
+        }
+        let peer = theirs.digest();
+        let owners: Vec<String> = ours.newer_than(&peer).into_iter().map(|(o, _)| o).collect();
+        assert_eq!(
+            owners,
+            ["c"],
+            "a is equal, b is newer on the peer, c is older there"
+        );
+    }
+
+    fn update() -> impl Strategy<Value = (String, Owned<Option<u8>>)> {
+        (
+            prop::sample::select(vec!["a", "b", "c"]),
+            1..3u64,
+            0..4u64,
+            proptest::option::of(0..3u8),
+        )
+            .prop_map(|(o, g, c, r)| (o.to_owned(), Owned::new(v(g, c), r)))
+    }
+
+    proptest! {
+        /// Replicas with arbitrary subsets of the updates, in any order, converge after each
+        /// sends the others what their digests say they lack.
+        #[test]
+        fn digest_exchange_converges(
+            updates in proptest::collection::vec(update(), 1..25),
+            views in proptest::collection::vec(proptest::collection::vec(any::<prop::sample::Index>(), 0..50), 3),
+        ) {
+            let mut replicas: Vec<(OwnedMap<u8>, ModifyIndex)> = views
+                .iter()
+                .map(|view| {
+                    let mut map = OwnedMap::default();
+                    let mut index = ModifyIndex::default();
+                    for i in view {
+                        let (o, r) = &updates[i.index(updates.len())];
+                        map.merge(o, r, &mut index);
+                    }
+                    (map, index)
+                })
+                .collect();
+            for (o, r) in &updates {
+                let (map, index) = &mut replicas[0];
+                map.merge(o, r, index);
+            }
+            for a in 0..replicas.len() {
+                for b in 0..replicas.len() {
+                    let delta = replicas[b].0.newer_than(&replicas[a].0.digest());
+                    let (map, index) = &mut replicas[a];
+                    for (o, r) in &delta {
+                        map.merge(o, r, index);
+                    }
+                }
+            }
+            for (map, _) in &replicas {
+                prop_assert_eq!(map.digest(), replicas[0].0.digest());
+                for owner in ["a", "b", "c"] {
+                    let best = updates.iter().filter(|(o, _)| o == owner).map(|(_, r)| r).max();
+                    prop_assert_eq!(map.entry(owner).map(|e| &e.register), best);
+                }
+            }
+        }
+    }
+}
