@@ -8,18 +8,22 @@
 //!   a node's own record (single writer, [`Version`]-stamped);
 //! - [`SharedMap`]: the shared key space, with local modify indexes ([`ModifyIndex`]) for
 //!   blocking queries, bucket digests for anti-entropy, and tombstone collection;
-//! - [`OwnedMap`]: one single-writer record per owner, reconciled by Scuttlebutt digests.
+//! - [`OwnedMap`]: one single-writer record per owner, reconciled by Scuttlebutt digests;
+//! - [`NodeRecord`] and [`CatalogView`]: what a node's record holds and the catalog queries
+//!   (services with tags, instances with aggregated health, synthetic member check).
 //!
 //! What it is **not** responsible for: clocks (wall time is passed in), networks, files. The
 //! gossip layer carries its deltas and digests; the agent persists it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod catalog;
 mod hlc;
 mod owned;
 mod register;
 mod shared;
 
+pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use hlc::{Clock, ClockError, Hlc};
 pub use owned::{Digest, OwnedEntry, OwnedMap};
 pub use register::{Lww, Owned, Register, Version};

@@ -1,0 +1,331 @@
+//! The catalog: what each node's owned record holds (address, meta, services, checks) and the
+//! queries the API answers from it.
+//!
+//! Health is computed, not stored: an instance's status aggregates its own checks and its node's
+//! checks (a node-level critical check makes every instance on the node critical), plus a
+//! synthetic critical `serfHealth` check for a node that membership declares failed — derived
+//! on every replica from its own membership view, so it needs no writer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::owned::OwnedMap;
+
+/// Check id of the synthetic member-health check (Consul's name for it).
+pub const MEMBER_CHECK_ID: &str = "serfHealth";
+
+/// A check's status, ordered from best to worst; the worst one wins when aggregating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Health {
+    /// All good.
+    Passing,
+    /// Degraded but serving.
+    Warning,
+    /// Not serving.
+    Critical,
+    /// Taken out of service on purpose.
+    Maintenance,
+}
+
+impl Health {
+    /// Consul's lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passing => "passing",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+            Self::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// A service instance registered on a node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Service {
+    /// Instance id, unique on its node.
+    pub id: String,
+    /// Logical service name.
+    pub name: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Address, empty for the node's.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Free-form metadata.
+    pub meta: BTreeMap<String, String>,
+    /// DNS SRV weight while passing.
+    pub weight_passing: u32,
+    /// DNS SRV weight while warning.
+    pub weight_warning: u32,
+}
+
+/// A health check as last reported by its owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Check {
+    /// Check id, unique on its node.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Status.
+    pub status: Health,
+    /// Output of the last run.
+    pub output: String,
+    /// The service it watches; empty for a node-level check.
+    pub service_id: String,
+}
+
+/// One node's owned record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node's address.
+    pub address: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Node metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Tagged addresses (`lan`, `wan`, …).
+    pub tagged_addresses: BTreeMap<String, String>,
+    /// Services by instance id.
+    pub services: BTreeMap<String, Service>,
+    /// Checks by check id.
+    pub checks: BTreeMap<String, Check>,
+}
+
+/// A service instance with its node and everything that decides its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance<'a> {
+    /// Node name.
+    pub node: &'a str,
+    /// The node's record.
+    pub record: &'a NodeRecord,
+    /// The instance.
+    pub service: &'a Service,
+    /// Its checks and its node's, plus the synthetic member check when the node failed.
+    pub checks: Vec<Check>,
+    /// The worst of those checks (passing when there are none).
+    pub health: Health,
+}
+
+/// Read-only queries over a replica's records and its membership view.
+pub struct CatalogView<'a> {
+    records: &'a OwnedMap<NodeRecord>,
+    failed: &'a BTreeSet<String>,
+}
+
+impl<'a> CatalogView<'a> {
+    /// Queries `records`, treating the nodes in `failed` (from membership) as failed.
+    pub fn new(records: &'a OwnedMap<NodeRecord>, failed: &'a BTreeSet<String>) -> Self {
+        Self { records, failed }
+    }
+
+    /// Every service name with the union of its instances' tags.
+    pub fn services(&self) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
+        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for (_, record) in self.records.iter() {
+            for service in record.services.values() {
+                out.entry(&service.name)
+                    .or_default()
+                    .extend(service.tags.iter().map(String::as_str));
+            }
+        }
+        out
+    }
+
+    /// Instances of `name` carrying every tag in `tags`, in node then id order.
+    pub fn instances(&self, name: &str, tags: &[&str]) -> Vec<Instance<'a>> {
+        let mut out = Vec::new();
+        for (node, record) in self.records.iter() {
+            for service in record.services.values() {
+                if service.name != name || !tags.iter().all(|t| service.tags.iter().any(|s| s == t))
+                {
+                    continue;
+                }
+                let mut checks: Vec<Check> = record
+                    .checks
+                    .values()
+                    .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
+                    .cloned()
+                    .collect();
+                if self.failed.contains(node.as_str()) {
+                    checks.push(member_check(node));
+                }
+                let health = checks
+                    .iter()
+                    .map(|c| c.status)
+                    .max()
+                    .unwrap_or(Health::Passing);
+                out.push(Instance {
+                    node,
+                    record,
+                    service,
+                    checks,
+                    health,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn member_check(node: &str) -> Check {
+    Check {
+        id: MEMBER_CHECK_ID.into(),
+        name: "Serf Health Status".into(),
+        status: Health::Critical,
+        output: format!("Agent not live or unreachable: {node} is declared failed by membership"),
+        service_id: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::register::{Owned, Version};
+    use crate::shared::ModifyIndex;
+
+    fn service(id: &str, name: &str, tags: &[&str]) -> Service {
+        Service {
+            id: id.into(),
+            name: name.into(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            address: String::new(),
+            port: 80,
+            meta: BTreeMap::new(),
+            weight_passing: 1,
+            weight_warning: 1,
+        }
+    }
+
+    fn check(id: &str, service_id: &str, status: Health) -> Check {
+        Check {
+            id: id.into(),
+            name: id.into(),
+            status,
+            output: String::new(),
+            service_id: service_id.into(),
+        }
+    }
+
+    fn records(nodes: Vec<(&str, NodeRecord)>) -> OwnedMap<NodeRecord> {
+        let mut map = OwnedMap::default();
+        let mut index = ModifyIndex::default();
+        for (name, record) in nodes {
+            map.merge(
+                name,
+                &Owned::new(
+                    Version {
+                        generation: 1,
+                        counter: 1,
+                    },
+                    Some(record),
+                ),
+                &mut index,
+            );
+        }
+        map
+    }
+
+    fn node(services: Vec<Service>, checks: Vec<Check>) -> NodeRecord {
+        NodeRecord {
+            services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
+            checks: checks.into_iter().map(|c| (c.id.clone(), c)).collect(),
+            ..NodeRecord::default()
+        }
+    }
+
+    #[test]
+    fn services_list_names_with_all_tags() {
+        let map = records(vec![
+            (
+                "a",
+                node(
+                    vec![service("web1", "web", &["v1"]), service("db", "db", &[])],
+                    vec![],
+                ),
+            ),
+            (
+                "b",
+                node(vec![service("web2", "web", &["v2", "canary"])], vec![]),
+            ),
+        ]);
+        let none = BTreeSet::new();
+        let services = CatalogView::new(&map, &none).services();
+        assert_eq!(services["web"], BTreeSet::from(["v1", "v2", "canary"]));
+        assert!(services["db"].is_empty());
+    }
+
+    #[test]
+    fn health_aggregates_service_and_node_checks_worst_first() {
+        let map = records(vec![
+            (
+                "a",
+                node(
+                    vec![service("web1", "web", &["v1"])],
+                    vec![check("http", "web1", Health::Warning)],
+                ),
+            ),
+            (
+                "b",
+                node(
+                    vec![service("web2", "web", &["v1"])],
+                    vec![check("disk", "", Health::Critical)],
+                ),
+            ),
+            (
+                "c",
+                node(
+                    vec![service("web3", "web", &["v2"])],
+                    vec![
+                        check("m", "web3", Health::Maintenance),
+                        check("x", "", Health::Critical),
+                    ],
+                ),
+            ),
+            (
+                "d",
+                node(
+                    vec![service("web4", "web", &["v1"])],
+                    vec![check("other", "db", Health::Critical)],
+                ),
+            ),
+        ]);
+        let none = BTreeSet::new();
+        let view = CatalogView::new(&map, &none);
+        let health: Vec<(&str, Health)> = view
+            .instances("web", &[])
+            .iter()
+            .map(|i| (i.node, i.health))
+            .collect();
+        assert_eq!(
+            health,
+            [
+                ("a", Health::Warning),
+                ("b", Health::Critical),
+                ("c", Health::Maintenance),
+                ("d", Health::Passing)
+            ],
+            "node-level critical counts; another service's check does not"
+        );
+        let tagged: Vec<&str> = view
+            .instances("web", &["v1"])
+            .iter()
+            .map(|i| i.node)
+            .collect();
+        assert_eq!(tagged, ["a", "b", "d"]);
+        assert!(
+            view.instances("web", &["v1", "v2"]).is_empty(),
+            "every tag must match"
+        );
+    }
+
+    #[test]
+    fn failed_member_is_critical_everywhere_without_a_writer() {
+        let map = records(vec![("a", node(vec![service("web1", "web", &[])], vec![]))]);
+        let failed = BTreeSet::from(["a".to_owned()]);
+        let instances = CatalogView::new(&map, &failed).instances("web", &[]);
+        assert_eq!(instances[0].health, Health::Critical);
+        assert_eq!(instances[0].checks[0].id, MEMBER_CHECK_ID);
+    }
+}
