@@ -10,7 +10,8 @@
 //!   blocking queries, bucket digests for anti-entropy, and tombstone collection;
 //! - [`OwnedMap`]: one single-writer record per owner, reconciled by Scuttlebutt digests;
 //! - [`NodeRecord`] and [`CatalogView`]: what a node's record holds and the catalog queries
-//!   (services with tags, instances with aggregated health, synthetic member check).
+//!   (services with tags, instances with aggregated health, synthetic member check);
+//! - [`Kv`]: Consul's KV semantics (local CAS, keys with separator, prefix indexes).
 //!
 //! What it is **not** responsible for: clocks (wall time is passed in), networks, files. The
 //! gossip layer carries its deltas and digests; the agent persists it.
@@ -19,12 +20,14 @@
 
 mod catalog;
 mod hlc;
+mod kv;
 mod owned;
 mod register;
 mod shared;
 
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use hlc::{Clock, ClockError, Hlc};
+pub use kv::{Kv, KvError, KvValue, KvWrite, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use owned::{Digest, OwnedEntry, OwnedMap};
 pub use register::{Lww, Owned, Register, Version};
 pub use shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of};
