@@ -11,7 +11,8 @@
 //! - [`OwnedMap`]: one single-writer record per owner, reconciled by Scuttlebutt digests;
 //! - [`NodeRecord`] and [`CatalogView`]: what a node's record holds and the catalog queries
 //!   (services with tags, instances with aggregated health, synthetic member check);
-//! - [`Kv`]: Consul's KV semantics (local CAS, keys with separator, prefix indexes).
+//! - [`Kv`]: Consul's KV semantics (local CAS, keys with separator, prefix indexes);
+//! - [`Intention`]: service-to-service rules with Consul's precedence, [`check`] and [`matching`].
 //!
 //! What it is **not** responsible for: clocks (wall time is passed in), networks, files. The
 //! gossip layer carries its deltas and digests; the agent persists it.
@@ -20,6 +21,7 @@
 
 mod catalog;
 mod hlc;
+mod intentions;
 mod kv;
 mod owned;
 mod register;
@@ -27,6 +29,7 @@ mod shared;
 
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use hlc::{Clock, ClockError, Hlc};
+pub use intentions::{Action, Intention, MatchBy, WILDCARD, check, matching};
 pub use kv::{Kv, KvError, KvValue, KvWrite, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use owned::{Digest, OwnedEntry, OwnedMap};
 pub use register::{Lww, Owned, Register, Version};

@@ -1,0 +1,219 @@
+//! Intentions: "source may (not) reach destination" between logical services, with Consul's
+//! precedence. Each intention is a shared register keyed by `source → destination`, so any agent
+//! may write one and it outlives the writer.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::shared::SharedMap;
+
+/// The wildcard service name.
+pub const WILDCARD: &str = "*";
+
+/// What an intention decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Action {
+    /// Connections are allowed.
+    Allow,
+    /// Connections are refused.
+    Deny,
+}
+
+/// One intention.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Intention {
+    /// Source service name or `*`.
+    pub source: String,
+    /// Destination service name or `*`.
+    pub destination: String,
+    /// Allow or deny.
+    pub action: Action,
+    /// Free text.
+    pub description: String,
+    /// Free-form metadata.
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Intention {
+    /// The shared-map key of the pair (service names cannot contain a newline).
+    pub fn key(source: &str, destination: &str) -> String {
+        format!("{source}\n{destination}")
+    }
+
+    /// Consul's precedence without namespaces: exact→exact 9, `*`→exact 8, exact→`*` 6, `*`→`*` 5.
+    pub fn precedence(&self) -> u8 {
+        match (self.source == WILDCARD, self.destination == WILDCARD) {
+            (false, false) => 9,
+            (true, false) => 8,
+            (false, true) => 6,
+            (true, true) => 5,
+        }
+    }
+
+    fn matches(&self, source: &str, destination: &str) -> bool {
+        (self.source == WILDCARD || self.source == source)
+            && (self.destination == WILDCARD || self.destination == destination)
+    }
+}
+
+/// Which side `match` looks up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchBy {
+    /// Intentions whose source is the name (or `*`).
+    Source,
+    /// Intentions whose destination is the name (or `*`).
+    Destination,
+}
+
+/// Live intentions in Consul's order: highest precedence first, then source, then destination.
+fn ordered(map: &SharedMap<Intention>) -> Vec<&Intention> {
+    let mut all: Vec<&Intention> = map
+        .prefix("")
+        .filter_map(|(_, e)| e.register.value().as_ref())
+        .collect();
+    all.sort_by(|a, b| {
+        b.precedence()
+            .cmp(&a.precedence())
+            .then_with(|| a.source.cmp(&b.source))
+            .then_with(|| a.destination.cmp(&b.destination))
+    });
+    all
+}
+
+/// Intentions that apply to `name` on the given side, in precedence order.
+pub fn matching<'a>(map: &'a SharedMap<Intention>, by: MatchBy, name: &str) -> Vec<&'a Intention> {
+    ordered(map)
+        .into_iter()
+        .filter(|i| {
+            let side = match by {
+                MatchBy::Source => &i.source,
+                MatchBy::Destination => &i.destination,
+            };
+            side == name || side == WILDCARD
+        })
+        .collect()
+}
+
+/// Whether `source` may reach `destination`: the first matching intention decides, else the
+/// default policy. Returns the decision and the intention that made it, if any.
+pub fn check<'a>(
+    map: &'a SharedMap<Intention>,
+    source: &str,
+    destination: &str,
+    default: Action,
+) -> (Action, Option<&'a Intention>) {
+    ordered(map)
+        .into_iter()
+        .find(|i| i.matches(source, destination))
+        .map_or((default, None), |i| (i.action, Some(i)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::register::Lww;
+    use crate::shared::ModifyIndex;
+
+    fn map(rules: &[(&str, &str, Action)]) -> SharedMap<Intention> {
+        let mut map = SharedMap::default();
+        let mut index = ModifyIndex::default();
+        for (n, (source, destination, action)) in rules.iter().enumerate() {
+            let intention = Intention {
+                source: (*source).into(),
+                destination: (*destination).into(),
+                action: *action,
+                description: String::new(),
+                meta: BTreeMap::new(),
+            };
+            let stamp = Hlc {
+                physical_ms: n as u64,
+                logical: 0,
+                node: 1,
+            };
+            map.merge(
+                &Intention::key(source, destination),
+                &Lww::new(stamp, Some(intention)),
+                &mut index,
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn most_specific_intention_decides() {
+        let rules = map(&[
+            ("*", "*", Action::Deny),
+            ("web", "db", Action::Allow),
+            ("*", "db", Action::Deny),
+            ("web", "*", Action::Allow),
+        ]);
+        assert_eq!(
+            check(&rules, "web", "db", Action::Deny).0,
+            Action::Allow,
+            "exact beats wildcards"
+        );
+        assert_eq!(
+            check(&rules, "api", "db", Action::Allow).0,
+            Action::Deny,
+            "*→db beats *→*"
+        );
+        assert_eq!(
+            check(&rules, "web", "cache", Action::Deny).0,
+            Action::Allow,
+            "web→* beats *→*"
+        );
+        assert_eq!(
+            check(&rules, "api", "cache", Action::Allow).0,
+            Action::Deny,
+            "*→*"
+        );
+        let none = map(&[]);
+        assert_eq!(
+            check(&none, "a", "b", Action::Deny),
+            (Action::Deny, None),
+            "default policy"
+        );
+    }
+
+    #[test]
+    fn match_lists_in_precedence_then_name_order() {
+        let rules = map(&[
+            ("b", "db", Action::Allow),
+            ("a", "db", Action::Allow),
+            ("*", "db", Action::Deny),
+            ("*", "*", Action::Deny),
+        ]);
+        let by_dest: Vec<(&str, u8)> = matching(&rules, MatchBy::Destination, "db")
+            .iter()
+            .map(|i| (i.source.as_str(), i.precedence()))
+            .collect();
+        assert_eq!(by_dest, [("a", 9), ("b", 9), ("*", 8), ("*", 5)]);
+        let by_source: Vec<String> = matching(&rules, MatchBy::Source, "a")
+            .iter()
+            .map(|i| format!("{}→{}", i.source, i.destination))
+            .collect();
+        assert_eq!(by_source, ["a→db", "*→db", "*→*"]);
+    }
+
+    #[test]
+    fn a_deleted_intention_no_longer_decides() {
+        let mut rules = map(&[("web", "db", Action::Deny)]);
+        let stamp = Hlc {
+            physical_ms: 99,
+            logical: 0,
+            node: 2,
+        };
+        let mut index = ModifyIndex::resume(rules.len() as u64);
+        rules.merge(
+            &Intention::key("web", "db"),
+            &Lww::tombstone(stamp),
+            &mut index,
+        );
+        assert_eq!(
+            check(&rules, "web", "db", Action::Allow),
+            (Action::Allow, None)
+        );
+    }
+}
