@@ -149,26 +149,31 @@ mod tests {
             ("*", "db", Action::Deny),
             ("web", "*", Action::Allow),
         ]);
-        assert_eq!(
-            check(&rules, "web", "db", Action::Deny).0,
-            Action::Allow,
-            "exact beats wildcards"
-        );
-        assert_eq!(
-            check(&rules, "api", "db", Action::Allow).0,
-            Action::Deny,
-            "*→db beats *→*"
-        );
-        assert_eq!(
-            check(&rules, "web", "cache", Action::Deny).0,
-            Action::Allow,
-            "web→* beats *→*"
-        );
-        assert_eq!(
-            check(&rules, "api", "cache", Action::Allow).0,
-            Action::Deny,
-            "*→*"
-        );
+        let cases = [
+            (
+                "web",
+                "db",
+                Action::Deny,
+                Action::Allow,
+                "exact beats wildcards",
+            ),
+            ("api", "db", Action::Allow, Action::Deny, "*→db beats *→*"),
+            (
+                "web",
+                "cache",
+                Action::Deny,
+                Action::Allow,
+                "web→* beats *→*",
+            ),
+            ("api", "cache", Action::Allow, Action::Deny, "*→*"),
+        ];
+        for (source, destination, default, expected, why) in cases {
+            assert_eq!(
+                check(&rules, source, destination, default).0,
+                expected,
+                "{why}"
+            );
+        }
         let none = map(&[]);
         assert_eq!(
             check(&none, "a", "b", Action::Deny),

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Clock;
 use crate::register::Lww;
 use crate::shared::{Entry, ModifyIndex, SharedMap};
-use crate::{Clock, Hlc};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -74,57 +74,37 @@ impl Kv {
         self.map.merge(key, register, index).is_some()
     }
 
-    /// Writes `value` at wall time `wall_ms`, unless `cas` does not match; returns the write to
-    /// spread, or `None` when the CAS failed (Consul answers `false`).
-    pub fn put(
-        &mut self,
-        key: &str,
-        value: KvValue,
-        cas: Option<u64>,
-        clock: &mut Clock,
-        wall_ms: u64,
-        index: &mut ModifyIndex,
-    ) -> Result<Option<KvWrite>, KvError> {
-        check_key(key)?;
-        if value.value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::ValueTooLarge);
-        }
-        Ok(self.write(key, Some(value), cas, clock.now(wall_ms), index))
-    }
-
-    /// Deletes `key` (a tombstone), unless `cas` does not match.
-    pub fn delete(
-        &mut self,
-        key: &str,
-        cas: Option<u64>,
-        clock: &mut Clock,
-        wall_ms: u64,
-        index: &mut ModifyIndex,
-    ) -> Result<Option<KvWrite>, KvError> {
-        check_key(key)?;
-        Ok(self.write(key, None, cas, clock.now(wall_ms), index))
-    }
-
-    fn write(
+    /// Writes `value` (or deletes, for `None`: a tombstone) at wall time `wall_ms`, unless `cas`
+    /// does not match; returns the write to spread, or `None` when the CAS failed (Consul
+    /// answers `false`).
+    pub fn write(
         &mut self,
         key: &str,
         value: Option<KvValue>,
         cas: Option<u64>,
-        stamp: Hlc,
+        clock: &mut Clock,
+        wall_ms: u64,
         index: &mut ModifyIndex,
-    ) -> Option<KvWrite> {
+    ) -> Result<Option<KvWrite>, KvError> {
+        check_key(key)?;
+        if value
+            .as_ref()
+            .is_some_and(|v| v.value.len() > MAX_VALUE_BYTES)
+        {
+            return Err(KvError::ValueTooLarge);
+        }
         if let Some(expected) = cas {
             let current = self.get(key).map_or(0, |e| e.modify_index);
             if current != expected {
-                return None;
+                return Ok(None);
             }
         }
-        let register = Lww::new(stamp, value);
+        let register = Lww::new(clock.now(wall_ms), value);
         self.map.merge(key, &register, index);
-        Some(KvWrite {
+        Ok(Some(KvWrite {
             key: key.to_owned(),
             register,
-        })
+        }))
     }
 
     /// The live entry of `key` (a deleted key is absent).
@@ -193,24 +173,31 @@ mod tests {
     fn cas_zero_creates_only_and_cas_n_needs_the_current_index() {
         let (mut kv, mut clock, mut index) = setup();
         assert!(
-            kv.put("k", val(b"1"), Some(0), &mut clock, 10, &mut index)
+            kv.write("k", Some(val(b"1")), Some(0), &mut clock, 10, &mut index)
                 .unwrap()
                 .is_some()
         );
         assert!(
-            kv.put("k", val(b"2"), Some(0), &mut clock, 11, &mut index)
+            kv.write("k", Some(val(b"2")), Some(0), &mut clock, 11, &mut index)
                 .unwrap()
                 .is_none(),
             "exists"
         );
         let at = kv.get("k").unwrap().modify_index;
         assert!(
-            kv.put("k", val(b"3"), Some(at + 5), &mut clock, 12, &mut index)
-                .unwrap()
-                .is_none()
+            kv.write(
+                "k",
+                Some(val(b"3")),
+                Some(at + 5),
+                &mut clock,
+                12,
+                &mut index
+            )
+            .unwrap()
+            .is_none()
         );
         assert!(
-            kv.put("k", val(b"3"), Some(at), &mut clock, 13, &mut index)
+            kv.write("k", Some(val(b"3")), Some(at), &mut clock, 13, &mut index)
                 .unwrap()
                 .is_some()
         );
@@ -224,9 +211,10 @@ mod tests {
                 .value,
             b"3"
         );
-        kv.delete("k", None, &mut clock, 14, &mut index).unwrap();
+        kv.write("k", None, None, &mut clock, 14, &mut index)
+            .unwrap();
         assert!(
-            kv.put("k", val(b"4"), Some(0), &mut clock, 15, &mut index)
+            kv.write("k", Some(val(b"4")), Some(0), &mut clock, 15, &mut index)
                 .unwrap()
                 .is_some(),
             "deleted = absent"
@@ -237,7 +225,7 @@ mod tests {
     fn keys_fold_at_the_separator_and_prefix_index_survives_deletes() {
         let (mut kv, mut clock, mut index) = setup();
         for key in ["web/a", "web/sub/x", "web/sub/y", "db/z"] {
-            kv.put(key, val(b""), None, &mut clock, 1, &mut index)
+            kv.write(key, Some(val(b"")), None, &mut clock, 1, &mut index)
                 .unwrap();
         }
         assert_eq!(kv.keys("web/", Some("/")), ["web/a", "web/sub/"]);
@@ -245,7 +233,8 @@ mod tests {
         assert_eq!(kv.keys("web/", None), ["web/a", "web/sub/x", "web/sub/y"]);
         assert!(kv.keys("nothing/", Some("/")).is_empty());
         let before = kv.prefix_index("web/");
-        kv.delete("web/a", None, &mut clock, 2, &mut index).unwrap();
+        kv.write("web/a", None, None, &mut clock, 2, &mut index)
+            .unwrap();
         assert!(
             kv.prefix_index("web/") > before,
             "a delete raises the prefix index"
@@ -257,7 +246,7 @@ mod tests {
     fn limits_use_consuls_messages() {
         let (mut kv, mut clock, mut index) = setup();
         let err = kv
-            .put("", val(b""), None, &mut clock, 1, &mut index)
+            .write("", Some(val(b"")), None, &mut clock, 1, &mut index)
             .unwrap_err();
         assert_eq!(err.to_string(), "Missing key name");
         let big = KvValue {
@@ -265,12 +254,19 @@ mod tests {
             value: vec![0; MAX_VALUE_BYTES + 1],
         };
         assert_eq!(
-            kv.put("k", big, None, &mut clock, 1, &mut index)
+            kv.write("k", Some(big), None, &mut clock, 1, &mut index)
                 .unwrap_err(),
             KvError::ValueTooLarge
         );
         assert!(matches!(
-            kv.put(&"k".repeat(2000), val(b""), None, &mut clock, 1, &mut index),
+            kv.write(
+                &"k".repeat(2000),
+                Some(val(b"")),
+                None,
+                &mut clock,
+                1,
+                &mut index
+            ),
             Err(KvError::KeyTooLong(2000))
         ));
     }
@@ -281,11 +277,25 @@ mod tests {
         let (mut b, _, mut index_b) = setup();
         let mut clock_b = Clock::new(2, Duration::from_secs(60));
         let wa = a
-            .put("k", val(b"from a"), None, &mut clock_a, 100, &mut index_a)
+            .write(
+                "k",
+                Some(val(b"from a")),
+                None,
+                &mut clock_a,
+                100,
+                &mut index_a,
+            )
             .unwrap()
             .unwrap();
         let wb = b
-            .put("k", val(b"from b"), None, &mut clock_b, 100, &mut index_b)
+            .write(
+                "k",
+                Some(val(b"from b")),
+                None,
+                &mut clock_b,
+                100,
+                &mut index_b,
+            )
             .unwrap()
             .unwrap();
         a.merge(&wb.key, &wb.register, &mut index_a);

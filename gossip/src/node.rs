@@ -399,14 +399,20 @@ impl Node {
         }
     }
 
+    /// Queues an item for dissemination, records it here and pushes it on at once.
     fn spread(&mut self, item: &BroadcastItem) -> Result<(), GossipError> {
-        let bytes = wire::encode(item);
-        self.foca
-            .add_broadcast(&bytes)
-            .map_err(|e| GossipError::InvalidEvent(format!("cannot broadcast: {e}")))?;
-        // Settling records the item here and pushes it on at once.
+        self.enqueue(item)?;
+        // Settling records the item here and pushes it on.
         self.with_foca(|_, _| ());
         Ok(())
+    }
+
+    /// Hands an item to foca's broadcast queue; duplicates are dropped by the inbox.
+    fn enqueue(&mut self, item: &BroadcastItem) -> Result<(), GossipError> {
+        self.foca
+            .add_broadcast(&wire::encode(item))
+            .map(drop)
+            .map_err(|e| GossipError::InvalidEvent(format!("cannot broadcast: {e}")))
     }
 
     /// Runs one foca call with a runtime that queues outputs, then digests what it changed.
@@ -573,11 +579,13 @@ impl Node {
             return;
         }
         for event in state.events {
-            // The handler drops what we already have; what we missed is delivered and spread.
-            if let Err(err) = self.spread(&BroadcastItem::Event(event)) {
+            // The inbox drops what we already have; what we missed is queued.
+            if let Err(err) = self.enqueue(&BroadcastItem::Event(event)) {
                 tracing::debug!(%err, "event from push-pull not taken");
             }
         }
+        // One settle delivers and pushes on everything that was new.
+        self.with_foca(|_, _| ());
     }
 
     /// Refuses a joiner whose name belongs to another live agent.
