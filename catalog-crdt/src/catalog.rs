@@ -93,6 +93,39 @@ pub struct NodeRecord {
     pub checks: BTreeMap<String, Check>,
 }
 
+fn text_weight<'a>(texts: impl IntoIterator<Item = &'a String>) -> usize {
+    texts.into_iter().map(|t| t.len() + 2).sum()
+}
+
+impl Service {
+    fn weight(&self) -> usize {
+        16 + text_weight([&self.id, &self.name, &self.address])
+            + text_weight(&self.tags)
+            + text_weight(self.meta.iter().flat_map(|(k, v)| [k, v]))
+    }
+}
+
+impl Check {
+    fn weight(&self) -> usize {
+        8 + text_weight([&self.id, &self.name, &self.output, &self.service_id])
+    }
+}
+
+impl NodeRecord {
+    /// Rough encoded size in bytes, for message budgets.
+    pub fn weight(&self) -> usize {
+        text_weight([&self.address, &self.datacenter])
+            + text_weight(
+                self.meta
+                    .iter()
+                    .chain(&self.tagged_addresses)
+                    .flat_map(|(k, v)| [k, v]),
+            )
+            + self.services.values().map(Service::weight).sum::<usize>()
+            + self.checks.values().map(Check::weight).sum::<usize>()
+    }
+}
+
 /// A service instance with its node and everything that decides its health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance<'a> {
@@ -118,6 +151,21 @@ impl<'a> CatalogView<'a> {
     /// Queries `records`, treating the nodes in `failed` (from membership) as failed.
     pub fn new(records: &'a OwnedMap<NodeRecord>, failed: &'a BTreeSet<String>) -> Self {
         Self { records, failed }
+    }
+
+    /// Every live node record, in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = (&'a String, &'a NodeRecord)> + use<'a> {
+        self.records.iter()
+    }
+
+    /// The record of one node, if it is live.
+    pub fn node(&self, name: &str) -> Option<&'a NodeRecord> {
+        self.records.get(name)
+    }
+
+    /// Whether membership declares `node` failed (or does not know it).
+    pub fn is_failed(&self, node: &str) -> bool {
+        self.failed.contains(node)
     }
 
     /// Every service name with the union of its instances' tags.

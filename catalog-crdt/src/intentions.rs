@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::shared::SharedMap;
+use crate::value::INTENTION_PREFIX;
 
 /// The wildcard service name.
 pub const WILDCARD: &str = "*";
@@ -38,7 +38,18 @@ pub struct Intention {
 impl Intention {
     /// The shared-map key of the pair (service names cannot contain a newline).
     pub fn key(source: &str, destination: &str) -> String {
-        format!("{source}\n{destination}")
+        format!("{INTENTION_PREFIX}{source}\n{destination}")
+    }
+
+    pub(crate) fn weight(&self) -> usize {
+        16 + self.source.len()
+            + self.destination.len()
+            + self.description.len()
+            + self
+                .meta
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
     }
 
     /// Consul's precedence without namespaces: exact→exact 9, `*`→exact 8, exact→`*` 6, `*`→`*` 5.
@@ -67,11 +78,8 @@ pub enum MatchBy {
 }
 
 /// Live intentions in Consul's order: highest precedence first, then source, then destination.
-fn ordered(map: &SharedMap<Intention>) -> Vec<&Intention> {
-    let mut all: Vec<&Intention> = map
-        .prefix("")
-        .filter_map(|(_, e)| e.register.value().as_ref())
-        .collect();
+fn ordered<'a>(intentions: impl IntoIterator<Item = &'a Intention>) -> Vec<&'a Intention> {
+    let mut all: Vec<&Intention> = intentions.into_iter().collect();
     all.sort_by(|a, b| {
         b.precedence()
             .cmp(&a.precedence())
@@ -82,8 +90,12 @@ fn ordered(map: &SharedMap<Intention>) -> Vec<&Intention> {
 }
 
 /// Intentions that apply to `name` on the given side, in precedence order.
-pub fn matching<'a>(map: &'a SharedMap<Intention>, by: MatchBy, name: &str) -> Vec<&'a Intention> {
-    ordered(map)
+pub fn matching<'a>(
+    intentions: impl IntoIterator<Item = &'a Intention>,
+    by: MatchBy,
+    name: &str,
+) -> Vec<&'a Intention> {
+    ordered(intentions)
         .into_iter()
         .filter(|i| {
             let side = match by {
@@ -98,12 +110,12 @@ pub fn matching<'a>(map: &'a SharedMap<Intention>, by: MatchBy, name: &str) -> V
 /// Whether `source` may reach `destination`: the first matching intention decides, else the
 /// default policy. Returns the decision and the intention that made it, if any.
 pub fn check<'a>(
-    map: &'a SharedMap<Intention>,
+    intentions: impl IntoIterator<Item = &'a Intention>,
     source: &str,
     destination: &str,
     default: Action,
 ) -> (Action, Option<&'a Intention>) {
-    ordered(map)
+    ordered(intentions)
         .into_iter()
         .find(|i| i.matches(source, destination))
         .map_or((default, None), |i| (i.action, Some(i)))
@@ -112,33 +124,18 @@ pub fn check<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hlc::Hlc;
-    use crate::register::Lww;
-    use crate::shared::ModifyIndex;
 
-    fn map(rules: &[(&str, &str, Action)]) -> SharedMap<Intention> {
-        let mut map = SharedMap::default();
-        let mut index = ModifyIndex::default();
-        for (n, (source, destination, action)) in rules.iter().enumerate() {
-            let intention = Intention {
+    fn map(rules: &[(&str, &str, Action)]) -> Vec<Intention> {
+        rules
+            .iter()
+            .map(|(source, destination, action)| Intention {
                 source: (*source).into(),
                 destination: (*destination).into(),
                 action: *action,
                 description: String::new(),
                 meta: BTreeMap::new(),
-            };
-            let stamp = Hlc {
-                physical_ms: n as u64,
-                logical: 0,
-                node: 1,
-            };
-            map.merge(
-                &Intention::key(source, destination),
-                &Lww::new(stamp, Some(intention)),
-                &mut index,
-            );
-        }
-        map
+            })
+            .collect()
     }
 
     #[test]
@@ -200,25 +197,5 @@ mod tests {
             .map(|i| format!("{}→{}", i.source, i.destination))
             .collect();
         assert_eq!(by_source, ["a→db", "*→db", "*→*"]);
-    }
-
-    #[test]
-    fn a_deleted_intention_no_longer_decides() {
-        let mut rules = map(&[("web", "db", Action::Deny)]);
-        let stamp = Hlc {
-            physical_ms: 99,
-            logical: 0,
-            node: 2,
-        };
-        let mut index = ModifyIndex::resume(rules.len() as u64);
-        rules.merge(
-            &Intention::key("web", "db"),
-            &Lww::tombstone(stamp),
-            &mut index,
-        );
-        assert_eq!(
-            check(&rules, "web", "db", Action::Allow),
-            (Action::Allow, None)
-        );
     }
 }

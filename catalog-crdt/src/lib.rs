@@ -1,6 +1,6 @@
 //! murmur's replicated state and the rules by which replicas merge, with no I/O at all.
 //!
-//! This crate holds the building blocks so far:
+//! This crate holds:
 //! - [`Clock`] / [`Hlc`]: a hybrid logical clock, monotonic under clock skew, with a bound on how
 //!   far a remote stamp may pull it forward;
 //! - [`Register`]: a value with a stamp whose merge keeps the greater `(stamp, value)`, as
@@ -11,8 +11,12 @@
 //! - [`OwnedMap`]: one single-writer record per owner, reconciled by Scuttlebutt digests;
 //! - [`NodeRecord`] and [`CatalogView`]: what a node's record holds and the catalog queries
 //!   (services with tags, instances with aggregated health, synthetic member check);
-//! - [`Kv`]: Consul's KV semantics (local CAS, keys with separator, prefix indexes);
-//! - [`Intention`]: service-to-service rules with Consul's precedence, [`check`] and [`matching`].
+//! - [`KvView`]: Consul's KV semantics (keys with separator, prefix indexes; local CAS in
+//!   [`Replica::kv_write`]);
+//! - [`Intention`]: service-to-service rules with Consul's precedence, [`check`] and [`matching`];
+//! - [`Value`] and [`Change`]: what the shared key space holds and the unit of replication;
+//! - [`Replica`]: one node's whole replicated state — applying peers' changes, the four-step
+//!   anti-entropy exchange, tombstone GC, reset-from-peer, and the journal the agent persists.
 //!
 //! What it is **not** responsible for: clocks (wall time is passed in), networks, files. The
 //! gossip layer carries its deltas and digests; the agent persists it.
@@ -25,12 +29,19 @@ mod intentions;
 mod kv;
 mod owned;
 mod register;
+mod replica;
 mod shared;
+mod value;
 
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use hlc::{Clock, ClockError, Hlc};
 pub use intentions::{Action, Intention, MatchBy, WILDCARD, check, matching};
-pub use kv::{Kv, KvError, KvValue, KvWrite, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use kv::{KvEntry, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use owned::{Digest, OwnedEntry, OwnedMap};
 pub use register::{Lww, Owned, Register, Version};
+pub use replica::{
+    ApplyError, Journaled, KeySummary, Replica, ReplicaConfig, ReplicaStats, Snapshot, SyncDigest,
+    SyncError, SyncPush, SyncPushReply, SyncSummary,
+};
 pub use shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of};
+pub use value::{CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value};

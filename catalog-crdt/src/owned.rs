@@ -110,6 +110,26 @@ impl<R: Ord + Clone + Hash> OwnedMap<R> {
     pub fn remove(&mut self, owner: &str) -> bool {
         self.records.remove(owner).is_some()
     }
+
+    /// Every entry by owner, left owners' empty records included.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &OwnedEntry<R>)> {
+        self.records.iter()
+    }
+
+    /// Puts back an entry as persisted, its index included (restoring after a restart).
+    pub fn restore(&mut self, owner: String, entry: OwnedEntry<R>) {
+        self.records.insert(owner, entry);
+    }
+
+    /// Number of owners, left ones included.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no owner is known.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
 }
 
 #[cfg(test)]

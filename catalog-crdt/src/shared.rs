@@ -186,11 +186,32 @@ impl<V: Ord + Clone + Hash> SharedMap<V> {
     /// indexes count for a prefix's index; callers skip them when listing values).
     pub fn prefix<'a>(
         &'a self,
-        prefix: &'a str,
-    ) -> impl Iterator<Item = (&'a String, &'a Entry<V>)> {
+        prefix: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry<V>)> + use<'a, V> {
+        let owned = prefix.to_owned();
         self.entries
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(move |(k, _)| k.starts_with(prefix))
+            .take_while(move |(k, _)| k.starts_with(&owned))
+    }
+
+    /// Every entry in key order, tombstones included.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry<V>)> {
+        self.entries.iter()
+    }
+
+    /// Forgets `key` entirely (no tombstone): only for a replica resetting from a peer, which
+    /// holds no record of a delete the rest of the cluster already collected.
+    pub fn remove(&mut self, key: &str) -> Option<Entry<V>> {
+        let entry = self.entries.remove(key)?;
+        self.digests[bucket_of(key)] ^= entry_hash(key, &entry.register);
+        Some(entry)
+    }
+
+    /// Puts back an entry as persisted, indexes included (restoring after a restart).
+    pub fn restore(&mut self, key: String, entry: Entry<V>) {
+        self.remove(&key);
+        self.digests[bucket_of(&key)] ^= entry_hash(&key, &entry.register);
+        self.entries.insert(key, entry);
     }
 
     /// The per-bucket digests to send to a peer.

@@ -1,0 +1,1391 @@
+//! One node's replica of everything murmur replicates: every node's record (owned data) and the
+//! shared key space (KV, intentions, config entries), with the rules for applying peers'
+//! changes, the anti-entropy exchange, tombstone collection and the journal the agent persists.
+//!
+//! The replica never reads a clock: every call that needs time takes the wall clock in ms.
+//!
+//! **Invariants**
+//! - The modify index only grows, also across a restart ([`Replica::restore`] resumes it).
+//! - Only this node writes its own record; a copy of it from a peer with an equal or higher
+//!   version (a previous life that outran this one) makes it re-assert its record above that.
+//! - A register older than the GC horizon for a key this (fresh) replica lacks is refused: its
+//!   delete may already be collected here, and accepting it would resurrect the key.
+//! - A replica that had no complete anti-entropy exchange for longer than the horizon is
+//!   *stale*; it drops the keys older than the horizon that a fresh peer lacks (reset from
+//!   peer) instead of pushing them back.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{CatalogView, NodeRecord};
+use crate::hlc::{Clock, ClockError, Hlc};
+use crate::intentions::Intention;
+use crate::kv::{self, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::owned::{Digest, OwnedEntry, OwnedMap};
+use crate::register::{Lww, Owned, Version};
+use crate::shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of, fnv};
+use crate::value::{CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value};
+
+/// Most reaped owners remembered, so a late copy of a reaped record is not taken back in.
+const REAPED_MEMORY: usize = 4096;
+/// Longest owner name accepted in a change (gossip's node-name limit).
+const MAX_OWNER_BYTES: usize = 64;
+
+/// Tunables of a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// How far ahead of the local wall clock a remote stamp may be.
+    pub max_clock_ahead: Duration,
+    /// How long deletes are kept as tombstones; a replica away longer resets from a peer.
+    pub gc_horizon: Duration,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            max_clock_ahead: Duration::from_secs(60),
+            gc_horizon: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+/// Why a peer's change was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The stamp is too far in the future.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    /// The change breaks a rule no honest peer breaks.
+    #[error("malformed change: {0}")]
+    Malformed(&'static str),
+    /// Older than the GC horizon for a key this replica does not hold.
+    #[error("change is older than the tombstone horizon for a key this replica no longer holds")]
+    BeyondHorizon,
+    /// A copy of a record this replica reaped.
+    #[error("record of a reaped owner")]
+    Reaped,
+}
+
+/// Counters a replica keeps; the agent exports them as metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Peers' changes that changed this replica.
+    pub applied: u64,
+    /// Peers' changes that were already known or older.
+    pub redundant: u64,
+    /// Refused: stamp too far in the future.
+    pub refused_clock: u64,
+    /// Refused: malformed.
+    pub refused_malformed: u64,
+    /// Refused: beyond the GC horizon, or a reaped owner's record.
+    pub refused_stale: u64,
+    /// Tombstones collected.
+    pub tombstones_collected: u64,
+    /// Keys dropped when resetting from a peer after being away too long.
+    pub reset_dropped: u64,
+}
+
+/// A journal entry: what the agent appends to its log so a restart rebuilds the replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Journaled {
+    /// `change` was applied and got modify index `index`.
+    Change {
+        /// The modify index it got.
+        index: u64,
+        /// The change.
+        change: Change,
+    },
+    /// The record of `owner` was reaped.
+    ForgetRecord {
+        /// The owner.
+        owner: String,
+    },
+    /// `key` was dropped while resetting from a peer.
+    ForgetShared {
+        /// The key.
+        key: String,
+    },
+    /// A complete anti-entropy exchange happened at this wall-clock time.
+    Contact {
+        /// Wall-clock ms.
+        at_ms: u64,
+    },
+}
+
+/// The whole replica at one modify index, for compacting the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The modify index when it was taken.
+    pub index: u64,
+    /// Last complete anti-entropy exchange.
+    pub last_contact_ms: u64,
+    /// Every record with its index.
+    pub records: Vec<(String, OwnedEntry<NodeRecord>)>,
+    /// Every shared entry, tombstones included, with its indexes.
+    pub shared: Vec<(String, Entry<Value>)>,
+}
+
+/// Step 1 of anti-entropy, initiator → responder: what the initiator holds, in summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncDigest {
+    /// Version and hash of each record held.
+    pub records: Digest,
+    /// The shared map's bucket digests ([`BUCKETS`] of them).
+    pub buckets: Vec<u64>,
+    /// Whether the initiator is stale.
+    pub stale: bool,
+}
+
+/// One shared key as a peer holds it, for comparing without sending values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySummary {
+    /// The key.
+    pub key: String,
+    /// Its register's stamp.
+    pub stamp: Hlc,
+    /// Hash of the register (tells apart equal stamps with different values).
+    pub hash: u64,
+}
+
+/// Step 2, responder → initiator: records the initiator lacks, records the responder wants,
+/// and key summaries of every bucket that differs (whole buckets, as many as fit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSummary {
+    /// Records newer here than at the initiator.
+    pub records: Vec<Change>,
+    /// Owners whose record is newer at the initiator.
+    pub records_wanted: Vec<String>,
+    /// The buckets the summaries cover.
+    pub buckets: Vec<u16>,
+    /// Every key in those buckets.
+    pub keys: Vec<KeySummary>,
+    /// Whether the responder is stale.
+    pub stale: bool,
+    /// Whether something did not fit and another round is needed.
+    pub truncated: bool,
+}
+
+/// Step 3, initiator → responder: what the responder lacks, and the keys the initiator wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPush {
+    /// Changes the responder lacks or holds older.
+    pub changes: Vec<Change>,
+    /// Keys whose register the initiator wants.
+    pub wanted: Vec<String>,
+    /// Whether the initiator left something out (another round follows).
+    pub truncated: bool,
+}
+
+/// Step 4, responder → initiator: the wanted registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPushReply {
+    /// The wanted registers.
+    pub changes: Vec<Change>,
+    /// Whether some did not fit.
+    pub truncated: bool,
+}
+
+/// A malformed anti-entropy message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed anti-entropy message: {0}")]
+pub struct SyncError(pub &'static str);
+
+/// Collects changes up to a size budget.
+struct Budget {
+    left: usize,
+    truncated: bool,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Self {
+        Self {
+            left: bytes,
+            truncated: false,
+        }
+    }
+
+    /// Takes `weight` from the budget; false (and marked truncated) when it does not fit.
+    fn take(&mut self, weight: usize) -> bool {
+        if weight > self.left {
+            self.truncated = true;
+            return false;
+        }
+        self.left -= weight;
+        true
+    }
+}
+
+/// One node's replica.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    me: String,
+    clock: Clock,
+    index: ModifyIndex,
+    records: OwnedMap<NodeRecord>,
+    shared: SharedMap<Value>,
+    own: Version,
+    reaped: BTreeMap<String, Version>,
+    reaped_order: VecDeque<String>,
+    last_contact_ms: u64,
+    config: ReplicaConfig,
+    journal: Vec<Journaled>,
+    outbox: Vec<Change>,
+    stats: ReplicaStats,
+}
+
+impl Replica {
+    /// An empty replica for node `me` (gossip id `node_id`) in boot `generation`; `generation`
+    /// must grow across restarts, so this life's record versions beat every earlier one.
+    pub fn new(me: &str, node_id: u64, generation: u64, config: ReplicaConfig) -> Self {
+        Self {
+            me: me.to_owned(),
+            clock: Clock::new(node_id, config.max_clock_ahead),
+            index: ModifyIndex::default(),
+            records: OwnedMap::default(),
+            shared: SharedMap::default(),
+            own: Version {
+                generation,
+                counter: 0,
+            },
+            reaped: BTreeMap::new(),
+            reaped_order: VecDeque::new(),
+            last_contact_ms: 0,
+            config,
+            journal: Vec::new(),
+            outbox: Vec::new(),
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    /// Rebuilds a replica from a snapshot and the journal written after it. The modify index
+    /// resumes at the highest persisted one and the clock above every persisted stamp.
+    pub fn restore(
+        me: &str,
+        node_id: u64,
+        generation: u64,
+        config: ReplicaConfig,
+        snapshot: Option<Snapshot>,
+        log: impl IntoIterator<Item = Journaled>,
+    ) -> Self {
+        let mut replica = Self::new(me, node_id, generation, config);
+        if let Some(snapshot) = snapshot {
+            replica.index = ModifyIndex::resume(snapshot.index);
+            replica.last_contact_ms = snapshot.last_contact_ms;
+            for (owner, entry) in snapshot.records {
+                replica.records.restore(owner, entry);
+            }
+            for (key, entry) in snapshot.shared {
+                replica.shared.restore(key, entry);
+            }
+        }
+        for entry in log {
+            replica.replay(entry);
+        }
+        let newest = replica
+            .shared
+            .iter()
+            .map(|(_, e)| *e.register.stamp())
+            .max()
+            .unwrap_or_default();
+        replica.clock = Clock::resume(node_id, config.max_clock_ahead, newest);
+        if let Some(mine) = replica.records.entry(me) {
+            replica.own = replica.own.max(*mine.register.stamp());
+        }
+        replica
+    }
+
+    fn replay(&mut self, entry: Journaled) {
+        match entry {
+            Journaled::Change { index, change } => {
+                let mut at = ModifyIndex::resume(index.saturating_sub(1));
+                match change {
+                    Change::Record { owner, register } => {
+                        self.records.merge(&owner, &register, &mut at);
+                    }
+                    Change::Shared { key, register } => {
+                        self.shared.merge(&key, &register, &mut at);
+                    }
+                }
+                self.index = ModifyIndex::resume(self.index.last().max(index));
+            }
+            Journaled::ForgetRecord { owner } => {
+                self.records.remove(&owner);
+            }
+            Journaled::ForgetShared { key } => {
+                self.shared.remove(&key);
+            }
+            Journaled::Contact { at_ms } => self.last_contact_ms = self.last_contact_ms.max(at_ms),
+        }
+    }
+
+    /// The whole state, for compacting the journal.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            index: self.index.last(),
+            last_contact_ms: self.last_contact_ms,
+            records: self
+                .records
+                .entries()
+                .map(|(o, e)| (o.clone(), e.clone()))
+                .collect(),
+            shared: self
+                .shared
+                .iter()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect(),
+        }
+    }
+
+    /// This node's name.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The latest modify index handed out.
+    pub fn index(&self) -> u64 {
+        self.index.last()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReplicaStats {
+        let mut stats = self.stats;
+        stats.refused_clock = self.clock.rejected();
+        stats
+    }
+
+    /// Every record.
+    pub fn records(&self) -> &OwnedMap<NodeRecord> {
+        &self.records
+    }
+
+    /// The shared key space.
+    pub fn shared(&self) -> &SharedMap<Value> {
+        &self.shared
+    }
+
+    /// Catalog queries, with `failed` the nodes membership does not consider alive.
+    pub fn catalog<'a>(&'a self, failed: &'a BTreeSet<String>) -> CatalogView<'a> {
+        CatalogView::new(&self.records, failed)
+    }
+
+    /// KV queries.
+    pub fn kv(&self) -> KvView<'_> {
+        KvView::new(&self.shared)
+    }
+
+    /// Live intentions, in key order.
+    pub fn intentions(&self) -> impl Iterator<Item = &Intention> {
+        self.shared
+            .prefix(INTENTION_PREFIX)
+            .filter_map(|(_, e)| match e.register.value() {
+                Some(Value::Intention(i)) => Some(&**i),
+                _ => None,
+            })
+    }
+
+    /// Live config entries of `kind` (all kinds for `""`), in key order.
+    pub fn config_entries(&self, kind: &str) -> impl Iterator<Item = &ConfigEntry> {
+        let prefix = if kind.is_empty() {
+            CONFIG_PREFIX.to_owned()
+        } else {
+            format!("{CONFIG_PREFIX}{kind}/")
+        };
+        self.shared
+            .prefix(&prefix)
+            .filter_map(|(_, e)| match e.register.value() {
+                Some(Value::Config(c)) => Some(&**c),
+                _ => None,
+            })
+    }
+
+    /// The highest modify index under a shared-key prefix, deletes included (0: never).
+    pub fn shared_index(&self, prefix: &str) -> u64 {
+        self.shared
+            .prefix(prefix)
+            .map(|(_, e)| e.modify_index)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The highest modify index of any record (0: none).
+    pub fn records_index(&self) -> u64 {
+        self.records
+            .entries()
+            .map(|(_, e)| e.modify_index)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// This node's own record as last written.
+    pub fn own_record(&self) -> Option<&NodeRecord> {
+        self.records.get(&self.me)
+    }
+
+    /// Journal entries since the last call, for the agent to persist in order.
+    pub fn take_journal(&mut self) -> Vec<Journaled> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Changes made here since the last call, for the gossip layer to spread.
+    pub fn take_outbox(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Replaces this node's record (`None` on leave) and queues it for spreading.
+    pub fn set_own_record(&mut self, record: Option<NodeRecord>) {
+        self.own.counter += 1;
+        let change = Change::Record {
+            owner: self.me.clone(),
+            register: Owned::new(self.own, record),
+        };
+        self.merge_local(change);
+    }
+
+    /// Writes (or, with `None`, deletes) a KV entry at wall time `wall_ms` unless `cas` does
+    /// not match this replica's modify index of the key; `Ok(false)` when the CAS failed.
+    pub fn kv_write(
+        &mut self,
+        key: &str,
+        value: Option<KvValue>,
+        cas: Option<u64>,
+        wall_ms: u64,
+    ) -> Result<bool, KvError> {
+        kv::validate(key, value.as_ref())?;
+        if let Some(expected) = cas {
+            let current = self.kv().get(key).map_or(0, |e| e.modify_index);
+            if current != expected {
+                return Ok(false);
+            }
+        }
+        self.write_shared(format!("{KV_PREFIX}{key}"), value.map(Value::Kv), wall_ms);
+        Ok(true)
+    }
+
+    /// Creates or replaces the intention `source → destination`.
+    pub fn put_intention(&mut self, intention: Intention, wall_ms: u64) {
+        let key = Intention::key(&intention.source, &intention.destination);
+        self.write_shared(key, Some(Value::Intention(Box::new(intention))), wall_ms);
+    }
+
+    /// Deletes the intention `source → destination`; false when there was none.
+    pub fn delete_intention(&mut self, source: &str, destination: &str, wall_ms: u64) -> bool {
+        let key = Intention::key(source, destination);
+        let live = self.shared.get(&key).is_some();
+        if live {
+            self.write_shared(key, None, wall_ms);
+        }
+        live
+    }
+
+    /// Creates or replaces a config entry.
+    pub fn put_config(&mut self, entry: ConfigEntry, wall_ms: u64) {
+        let key = ConfigEntry::key(&entry.kind, &entry.name);
+        self.write_shared(key, Some(Value::Config(Box::new(entry))), wall_ms);
+    }
+
+    /// Deletes a config entry; false when there was none.
+    pub fn delete_config(&mut self, kind: &str, name: &str, wall_ms: u64) -> bool {
+        let key = ConfigEntry::key(kind, name);
+        let live = self.shared.get(&key).is_some();
+        if live {
+            self.write_shared(key, None, wall_ms);
+        }
+        live
+    }
+
+    fn write_shared(&mut self, key: String, value: Option<Value>, wall_ms: u64) {
+        let register = Lww::new(self.clock.now(wall_ms), value);
+        self.merge_local(Change::Shared { key, register });
+    }
+
+    /// Applies a change made here and queues it for spreading.
+    fn merge_local(&mut self, change: Change) {
+        if self.merge(&change) {
+            self.outbox.push(change);
+        }
+    }
+
+    /// Merges a change and journals it; returns whether the replica changed.
+    fn merge(&mut self, change: &Change) -> bool {
+        let changed = match change {
+            Change::Record { owner, register } => self
+                .records
+                .merge(owner, register, &mut self.index)
+                .is_some(),
+            Change::Shared { key, register } => {
+                self.shared.merge(key, register, &mut self.index).is_some()
+            }
+        };
+        if changed {
+            self.journal.push(Journaled::Change {
+                index: self.index.last(),
+                change: change.clone(),
+            });
+        }
+        changed
+    }
+
+    /// Whether no complete anti-entropy exchange happened within the GC horizon.
+    pub fn is_stale(&self, wall_ms: u64) -> bool {
+        self.last_contact_ms.saturating_add(self.horizon_ms()) < wall_ms
+    }
+
+    fn horizon_ms(&self) -> u64 {
+        u64::try_from(self.config.gc_horizon.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn beyond_horizon(&self, stamp: &Hlc, wall_ms: u64) -> bool {
+        stamp.physical_ms.saturating_add(self.horizon_ms()) < wall_ms
+    }
+
+    /// Applies a peer's change; `Ok(true)` when it changed this replica.
+    pub fn apply(&mut self, change: &Change, wall_ms: u64) -> Result<bool, ApplyError> {
+        let result = self.check_and_merge(change, wall_ms);
+        match &result {
+            Ok(true) => self.stats.applied += 1,
+            Ok(false) => self.stats.redundant += 1,
+            Err(ApplyError::Malformed(_)) => self.stats.refused_malformed += 1,
+            Err(ApplyError::BeyondHorizon | ApplyError::Reaped) => self.stats.refused_stale += 1,
+            Err(ApplyError::Clock(_)) => {}
+        }
+        result
+    }
+
+    fn check_and_merge(&mut self, change: &Change, wall_ms: u64) -> Result<bool, ApplyError> {
+        match change {
+            Change::Record { owner, register } => {
+                if owner.is_empty() || owner.len() > MAX_OWNER_BYTES || owner.contains('/') {
+                    return Err(ApplyError::Malformed("bad owner name"));
+                }
+                if *owner == self.me {
+                    self.reassert_if_outrun(register);
+                    return Ok(false);
+                }
+                if self
+                    .reaped
+                    .get(owner)
+                    .is_some_and(|v| v >= register.stamp())
+                {
+                    return Err(ApplyError::Reaped);
+                }
+            }
+            Change::Shared { key, register } => {
+                check_shared(key, register)?;
+                self.clock.observe(*register.stamp(), wall_ms)?;
+                if self.shared.entry(key).is_none()
+                    && !self.is_stale(wall_ms)
+                    && self.beyond_horizon(register.stamp(), wall_ms)
+                {
+                    return Err(ApplyError::BeyondHorizon);
+                }
+            }
+        }
+        Ok(self.merge(change))
+    }
+
+    /// A peer holds a copy of this node's record that is not this node's latest: an earlier
+    /// life's, or one that outran this one. Re-publish the current record above it.
+    fn reassert_if_outrun(&mut self, theirs: &Owned<Option<NodeRecord>>) {
+        let ours = self.records.entry(&self.me).map(|e| &e.register);
+        if ours == Some(theirs) || *theirs.stamp() < self.own {
+            return;
+        }
+        self.own = self.own.max(*theirs.stamp());
+        let current = self.own_record().cloned();
+        self.set_own_record(current);
+    }
+
+    /// Forgets an owner's record (reaped after failing or leaving long enough ago) and refuses
+    /// copies of it until [`Replica::forget_reaped`] says the owner is back.
+    pub fn reap(&mut self, owner: &str) -> bool {
+        let Some(version) = self.records.entry(owner).map(|e| *e.register.stamp()) else {
+            return false;
+        };
+        self.records.remove(owner);
+        self.journal.push(Journaled::ForgetRecord {
+            owner: owner.to_owned(),
+        });
+        if self.reaped.insert(owner.to_owned(), version).is_none() {
+            self.reaped_order.push_back(owner.to_owned());
+        }
+        while self.reaped_order.len() > REAPED_MEMORY {
+            if let Some(oldest) = self.reaped_order.pop_front() {
+                self.reaped.remove(&oldest);
+            }
+        }
+        true
+    }
+
+    /// The owner is alive again: its record is welcome whatever its version.
+    pub fn forget_reaped(&mut self, owner: &str) {
+        if self.reaped.remove(owner).is_some() {
+            self.reaped_order.retain(|o| o != owner);
+        }
+    }
+
+    /// Drops tombstones older than the GC horizon; returns how many.
+    pub fn collect_garbage(&mut self, wall_ms: u64) -> usize {
+        let collected = self
+            .shared
+            .collect_tombstones(wall_ms.saturating_sub(self.horizon_ms()));
+        self.stats.tombstones_collected += collected as u64;
+        collected
+    }
+
+    fn mark_contact(&mut self, wall_ms: u64) {
+        self.last_contact_ms = wall_ms;
+        self.journal.push(Journaled::Contact { at_ms: wall_ms });
+    }
+
+    // ---- anti-entropy -------------------------------------------------------------------
+
+    /// Step 1 (initiator): this replica's digest.
+    pub fn sync_digest(&self, wall_ms: u64) -> SyncDigest {
+        SyncDigest {
+            records: self.records.digest(),
+            buckets: self.shared.digests().to_vec(),
+            stale: self.is_stale(wall_ms),
+        }
+    }
+
+    /// Step 2 (responder): answers a peer's digest with at most `budget` bytes of records
+    /// and summaries.
+    pub fn answer_digest(
+        &self,
+        digest: &SyncDigest,
+        wall_ms: u64,
+        budget: usize,
+    ) -> Result<SyncSummary, SyncError> {
+        let peer_buckets: &[u64; BUCKETS] = digest
+            .buckets
+            .as_slice()
+            .try_into()
+            .map_err(|_| SyncError("wrong number of digest buckets"))?;
+        let mut budget = Budget::new(budget);
+        let mut records = Vec::new();
+        for (owner, register) in self.records.newer_than(&digest.records) {
+            let change = Change::Record { owner, register };
+            if budget.take(change.weight()) {
+                records.push(change);
+            }
+        }
+        let ours = self.records.digest();
+        let records_wanted: Vec<String> = digest
+            .records
+            .iter()
+            .filter(|(owner, theirs)| {
+                ours.get(*owner).is_none_or(|mine| {
+                    mine.0 < theirs.0 || (mine.0 == theirs.0 && mine.1 != theirs.1)
+                })
+            })
+            .map(|(owner, _)| owner.clone())
+            .collect();
+        let differing = self.shared.differing_buckets(peer_buckets);
+        let mut by_bucket: BTreeMap<usize, Vec<KeySummary>> = BTreeMap::new();
+        let wanted: BTreeSet<usize> = differing.iter().copied().collect();
+        for (key, entry) in self.shared.iter() {
+            let bucket = bucket_of(key);
+            if wanted.contains(&bucket) {
+                by_bucket.entry(bucket).or_default().push(KeySummary {
+                    key: key.clone(),
+                    stamp: *entry.register.stamp(),
+                    hash: fnv(&entry.register),
+                });
+            }
+        }
+        let mut buckets = Vec::new();
+        let mut keys = Vec::new();
+        for bucket in differing {
+            let summaries = by_bucket.remove(&bucket).unwrap_or_default();
+            let weight: usize = summaries.iter().map(|s| s.key.len() + 32).sum::<usize>() + 4;
+            if !budget.take(weight) {
+                break;
+            }
+            buckets.push(bucket as u16);
+            keys.extend(summaries);
+        }
+        Ok(SyncSummary {
+            records,
+            records_wanted,
+            buckets,
+            keys,
+            stale: self.is_stale(wall_ms),
+            truncated: budget.truncated,
+        })
+    }
+
+    /// Step 3 (initiator): applies what the responder sent and works out what to push and
+    /// what to ask for. A stale initiator facing a fresh responder resets from it.
+    pub fn reconcile(
+        &mut self,
+        summary: &SyncSummary,
+        wall_ms: u64,
+        budget: usize,
+    ) -> Result<SyncPush, SyncError> {
+        if summary.buckets.iter().any(|&b| usize::from(b) >= BUCKETS) {
+            return Err(SyncError("digest bucket out of range"));
+        }
+        for change in &summary.records {
+            if !matches!(change, Change::Record { .. }) {
+                return Err(SyncError("a shared key among the records"));
+            }
+            // Refusals are counted; the rest of the exchange goes on.
+            let _ = self.apply(change, wall_ms);
+        }
+        let mut budget = Budget::new(budget);
+        let mut changes = Vec::new();
+        for owner in &summary.records_wanted {
+            if let Some(entry) = self.records.entry(owner) {
+                let change = Change::Record {
+                    owner: owner.clone(),
+                    register: entry.register.clone(),
+                };
+                if budget.take(change.weight()) {
+                    changes.push(change);
+                }
+            }
+        }
+        let covered: BTreeSet<usize> = summary.buckets.iter().map(|&b| usize::from(b)).collect();
+        let theirs: BTreeMap<&str, &KeySummary> =
+            summary.keys.iter().map(|s| (s.key.as_str(), s)).collect();
+        let mut wanted = Vec::new();
+        let mut dropped = Vec::new();
+        for (key, entry) in self.shared.iter() {
+            if !covered.contains(&bucket_of(key)) {
+                continue;
+            }
+            let stamp = entry.register.stamp();
+            let send = match theirs.get(key.as_str()) {
+                None if !summary.stale && self.beyond_horizon(stamp, wall_ms) => {
+                    // A fresh peer lacks an old key: its delete was collected there (or this
+                    // replica was away). Absence wins, as the peer would refuse the key.
+                    dropped.push(key.clone());
+                    false
+                }
+                None => true,
+                Some(peer) if peer.stamp > *stamp => {
+                    wanted.push(key.clone());
+                    false
+                }
+                Some(peer) => peer.stamp < *stamp || peer.hash != fnv(&entry.register),
+            };
+            if send {
+                let change = Change::Shared {
+                    key: key.clone(),
+                    register: entry.register.clone(),
+                };
+                if budget.take(change.weight()) {
+                    changes.push(change);
+                }
+            }
+        }
+        // Keys only the peer holds; a fresh replica would refuse the old ones anyway.
+        let fresh = !self.is_stale(wall_ms);
+        for peer in &summary.keys {
+            if self.shared.entry(&peer.key).is_none()
+                && !(fresh && self.beyond_horizon(&peer.stamp, wall_ms))
+            {
+                wanted.push(peer.key.clone());
+            }
+        }
+        for key in dropped {
+            self.shared.remove(&key);
+            self.stats.reset_dropped += 1;
+            self.journal.push(Journaled::ForgetShared { key });
+        }
+        Ok(SyncPush {
+            changes,
+            wanted,
+            truncated: budget.truncated || summary.truncated,
+        })
+    }
+
+    /// Step 3 (responder): applies the initiator's changes and answers the keys it wants.
+    pub fn answer_push(&mut self, push: &SyncPush, wall_ms: u64, budget: usize) -> SyncPushReply {
+        for change in &push.changes {
+            // Refusals are counted; the rest of the exchange goes on.
+            let _ = self.apply(change, wall_ms);
+        }
+        let mut budget = Budget::new(budget);
+        let mut changes = Vec::new();
+        for key in &push.wanted {
+            if let Some(entry) = self.shared.entry(key) {
+                let change = Change::Shared {
+                    key: key.clone(),
+                    register: entry.register.clone(),
+                };
+                if budget.take(change.weight()) {
+                    changes.push(change);
+                }
+            }
+        }
+        if !push.truncated && !budget.truncated {
+            self.mark_contact(wall_ms);
+        }
+        SyncPushReply {
+            changes,
+            truncated: budget.truncated,
+        }
+    }
+
+    /// Step 4 (initiator): applies the wanted registers. A complete exchange counts as
+    /// contact (the replica is fresh again).
+    pub fn finish_sync(&mut self, push: &SyncPush, reply: &SyncPushReply, wall_ms: u64) {
+        for change in &reply.changes {
+            // Refusals are counted; the rest of the exchange goes on.
+            let _ = self.apply(change, wall_ms);
+        }
+        if !push.truncated && !reply.truncated {
+            self.mark_contact(wall_ms);
+        }
+    }
+}
+
+/// Checks a shared change against the key-space rules.
+fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
+    let prefix = match register.value() {
+        Some(value) => value.prefix(),
+        None => [KV_PREFIX, INTENTION_PREFIX, CONFIG_PREFIX]
+            .into_iter()
+            .find(|p| key.starts_with(p))
+            .ok_or(ApplyError::Malformed("key outside every prefix"))?,
+    };
+    if !key.starts_with(prefix) {
+        return Err(ApplyError::Malformed("value kind does not match its key"));
+    }
+    if key.len() > prefix.len() + MAX_KEY_BYTES * 2 {
+        return Err(ApplyError::Malformed("key too long"));
+    }
+    if let Some(Value::Kv(value)) = register.value()
+        && value.value.len() > MAX_VALUE_BYTES
+    {
+        return Err(ApplyError::Malformed("value too large"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::catalog::Service;
+    use crate::intentions::Action;
+
+    const BUDGET: usize = 1 << 20;
+    const HOUR_MS: u64 = 3_600_000;
+    /// A wall clock well past the GC horizon, so "old" stamps exist.
+    const NOW: u64 = 1_000 * HOUR_MS;
+
+    fn replica(name: &str, id: u64) -> Replica {
+        Replica::new(name, id, 1, ReplicaConfig::default())
+    }
+
+    fn val(bytes: &[u8]) -> Option<KvValue> {
+        Some(KvValue {
+            flags: 0,
+            value: bytes.to_vec(),
+        })
+    }
+
+    /// The four-step exchange, `a` initiating; returns whether it was complete.
+    fn sync(a: &mut Replica, b: &mut Replica, wall_ms: u64) -> bool {
+        let digest = a.sync_digest(wall_ms);
+        let summary = b.answer_digest(&digest, wall_ms, BUDGET).unwrap();
+        let push = a.reconcile(&summary, wall_ms, BUDGET).unwrap();
+        let reply = b.answer_push(&push, wall_ms, BUDGET);
+        a.finish_sync(&push, &reply, wall_ms);
+        !push.truncated && !reply.truncated
+    }
+
+    fn deliver(from: &mut Replica, to: &mut [&mut Replica], wall_ms: u64) {
+        for change in from.take_outbox() {
+            for r in to.iter_mut() {
+                r.apply(&change, wall_ms).unwrap();
+            }
+        }
+    }
+
+    /// Everything a query can see, as comparable values.
+    fn answers(r: &Replica) -> impl PartialEq + std::fmt::Debug + use<> {
+        let failed = BTreeSet::new();
+        let catalog = r.catalog(&failed);
+        let services: Vec<(String, Vec<String>)> = catalog
+            .services()
+            .into_iter()
+            .map(|(n, t)| (n.to_owned(), t.into_iter().map(str::to_owned).collect()))
+            .collect();
+        let kv: Vec<(String, KvValue)> = r
+            .kv()
+            .list("")
+            .map(|e| (e.key.to_owned(), e.value.clone()))
+            .collect();
+        let intentions: Vec<Intention> =
+            crate::matching(r.intentions(), crate::MatchBy::Source, "*")
+                .into_iter()
+                .cloned()
+                .collect();
+        (
+            services,
+            kv,
+            r.kv().keys("", Some("/")),
+            intentions,
+            *r.shared().digests(),
+            r.records().digest(),
+        )
+    }
+
+    #[test]
+    fn cas_zero_creates_only_and_cas_n_needs_the_current_index() {
+        let mut r = replica("a", 1);
+        assert!(r.kv_write("k", val(b"1"), Some(0), 10).unwrap());
+        assert!(!r.kv_write("k", val(b"2"), Some(0), 11).unwrap(), "exists");
+        let at = r.kv().get("k").unwrap().modify_index;
+        assert!(!r.kv_write("k", val(b"3"), Some(at + 5), 12).unwrap());
+        assert!(r.kv_write("k", val(b"3"), Some(at), 13).unwrap());
+        assert_eq!(r.kv().get("k").unwrap().value.value, b"3");
+        r.kv_write("k", None, None, 14).unwrap();
+        assert!(r.kv().get("k").is_none());
+        assert!(
+            r.kv_write("k", val(b"4"), Some(0), 15).unwrap(),
+            "deleted = absent"
+        );
+    }
+
+    #[test]
+    fn keys_fold_at_the_separator_and_prefix_index_survives_deletes() {
+        let mut r = replica("a", 1);
+        for key in ["web/a", "web/sub/x", "web/sub/y", "db/z"] {
+            r.kv_write(key, val(b""), None, 1).unwrap();
+        }
+        let kv = r.kv();
+        assert_eq!(kv.keys("web/", Some("/")), ["web/a", "web/sub/"]);
+        assert_eq!(kv.keys("", Some("/")), ["db/", "web/"]);
+        assert_eq!(kv.keys("web/", None), ["web/a", "web/sub/x", "web/sub/y"]);
+        assert!(kv.keys("nothing/", Some("/")).is_empty());
+        let before = kv.prefix_index("web/");
+        r.kv_write("web/a", None, None, 2).unwrap();
+        assert!(
+            r.kv().prefix_index("web/") > before,
+            "a delete raises the prefix index"
+        );
+        assert_eq!(r.kv().list("web/").count(), 2);
+    }
+
+    #[test]
+    fn limits_use_consuls_messages() {
+        let mut r = replica("a", 1);
+        let err = r.kv_write("", val(b""), None, 1).unwrap_err();
+        assert_eq!(err.to_string(), "Missing key name");
+        let big = Some(KvValue {
+            flags: 0,
+            value: vec![0; MAX_VALUE_BYTES + 1],
+        });
+        assert_eq!(
+            r.kv_write("k", big, None, 1).unwrap_err(),
+            KvError::ValueTooLarge
+        );
+        assert_eq!(
+            r.kv_write(&"k".repeat(2000), val(b""), None, 1),
+            Err(KvError::KeyTooLong(2000))
+        );
+        assert_eq!(r.index(), 0, "nothing half-written");
+    }
+
+    #[test]
+    fn concurrent_writes_of_one_key_resolve_the_same_on_both_replicas() {
+        let (mut a, mut b) = (replica("a", 1), replica("b", 2));
+        a.kv_write("k", val(b"from a"), None, 100).unwrap();
+        b.kv_write("k", val(b"from b"), None, 100).unwrap();
+        deliver(&mut a, &mut [&mut b], 100);
+        deliver(&mut b, &mut [&mut a], 100);
+        assert_eq!(
+            a.kv().get("k").unwrap().value,
+            b.kv().get("k").unwrap().value
+        );
+        assert_eq!(answers(&a), answers(&b));
+    }
+
+    #[test]
+    fn a_deleted_intention_no_longer_decides() {
+        let mut r = replica("a", 1);
+        r.put_intention(
+            Intention {
+                source: "web".into(),
+                destination: "db".into(),
+                action: Action::Deny,
+                description: String::new(),
+                meta: BTreeMap::new(),
+            },
+            1,
+        );
+        assert_eq!(
+            crate::check(r.intentions(), "web", "db", Action::Allow).0,
+            Action::Deny
+        );
+        assert!(r.delete_intention("web", "db", 2));
+        assert!(!r.delete_intention("web", "db", 3), "already gone");
+        assert_eq!(
+            crate::check(r.intentions(), "web", "db", Action::Allow),
+            (Action::Allow, None)
+        );
+    }
+
+    #[test]
+    fn a_value_under_the_wrong_prefix_is_refused() {
+        let mut r = replica("a", 1);
+        let stamp = Hlc {
+            physical_ms: 5,
+            logical: 0,
+            node: 9,
+        };
+        let planted = Change::Shared {
+            key: format!("{INTENTION_PREFIX}web\ndb"),
+            register: Lww::new(stamp, Some(Value::Kv(KvValue::default()))),
+        };
+        assert_eq!(
+            r.apply(&planted, 10),
+            Err(ApplyError::Malformed("value kind does not match its key"))
+        );
+        let nowhere = Change::Shared {
+            key: "elsewhere".into(),
+            register: Lww::tombstone(stamp),
+        };
+        assert!(matches!(
+            r.apply(&nowhere, 10),
+            Err(ApplyError::Malformed(_))
+        ));
+        assert_eq!(r.stats().refused_malformed, 2);
+        assert!(r.shared().is_empty());
+    }
+
+    #[test]
+    fn own_record_outrun_by_a_previous_life_is_reasserted() {
+        let mut a = replica("a", 1);
+        let web = NodeRecord {
+            address: "10.0.0.1".into(),
+            ..NodeRecord::default()
+        };
+        a.set_own_record(Some(web.clone()));
+        a.take_outbox();
+        let ghost = Change::Record {
+            owner: "a".into(),
+            register: Owned::new(
+                Version {
+                    generation: 1,
+                    counter: 50,
+                },
+                None,
+            ),
+        };
+        assert_eq!(a.apply(&ghost, 1), Ok(false));
+        let out = a.take_outbox();
+        let [Change::Record { register, .. }] = out.as_slice() else {
+            panic!("expected one re-asserted record, got {out:?}");
+        };
+        assert_eq!(register.value(), &Some(web));
+        assert!(register.stamp().counter > 50);
+    }
+
+    #[test]
+    fn a_reaped_record_stays_out_until_its_owner_is_back() {
+        let (mut a, mut b) = (replica("a", 1), replica("b", 2));
+        b.set_own_record(Some(NodeRecord::default()));
+        deliver(&mut b, &mut [&mut a], 1);
+        let copy = Change::Record {
+            owner: "b".into(),
+            register: a.records().entry("b").unwrap().register.clone(),
+        };
+        assert!(a.reap("b"));
+        assert_eq!(a.apply(&copy, 2), Err(ApplyError::Reaped));
+        a.forget_reaped("b");
+        assert_eq!(a.apply(&copy, 3), Ok(true));
+    }
+
+    #[test]
+    fn restore_rebuilds_state_and_indexes_never_go_back() {
+        let mut a = replica("a", 1);
+        a.set_own_record(Some(NodeRecord::default()));
+        a.kv_write("x", val(b"1"), None, 10).unwrap();
+        let snapshot = a.snapshot();
+        let mut log = a.take_journal();
+        a.kv_write("y", val(b"2"), None, 11).unwrap();
+        a.kv_write("x", None, None, 12).unwrap();
+        let after = a.take_journal();
+        log.extend(after.clone());
+        // From the journal alone, and from the snapshot plus what came after it.
+        let replayed = Replica::restore("a", 1, 2, ReplicaConfig::default(), None, log);
+        let resumed = Replica::restore("a", 1, 2, ReplicaConfig::default(), Some(snapshot), after);
+        for restored in [&replayed, &resumed] {
+            assert_eq!(answers(restored), answers(&a));
+            assert_eq!(restored.index(), a.index());
+            assert_eq!(
+                restored.kv().get("y").unwrap().modify_index,
+                a.kv().get("y").unwrap().modify_index
+            );
+        }
+        let mut next = resumed;
+        next.kv_write("z", val(b"3"), None, 1).unwrap();
+        assert!(next.index() > a.index());
+        assert!(
+            next.shared().entry("kv/z").unwrap().register.stamp()
+                > a.shared().entry("kv/x").unwrap().register.stamp(),
+            "the clock resumes above every persisted stamp even with the wall clock set back"
+        );
+        next.set_own_record(None);
+        let mine = next.records().entry("a").unwrap().register.stamp();
+        assert_eq!(mine.generation, 2, "a new life versions above the old one");
+    }
+
+    #[test]
+    fn anti_entropy_repairs_a_missed_write_in_one_round() {
+        let (mut a, mut b) = (replica("a", 1), replica("b", 2));
+        a.kv_write("k", val(b"v"), None, NOW).unwrap();
+        a.set_own_record(Some(NodeRecord::default()));
+        a.take_outbox(); // lost
+        b.kv_write("other", val(b"w"), None, NOW).unwrap();
+        assert!(sync(&mut b, &mut a, NOW));
+        assert_eq!(b.kv().get("k").unwrap().value.value, b"v");
+        assert_eq!(a.kv().get("other").unwrap().value.value, b"w");
+        assert_eq!(answers(&a), answers(&b));
+    }
+
+    #[test]
+    fn old_registers_for_collected_keys_are_refused_and_stale_replicas_reset() {
+        let (mut a, mut b) = (replica("a", 1), replica("b", 2));
+        let old = NOW - 100 * HOUR_MS;
+        // Both hold k; b is away; a deletes k and, past the horizon, collects the tombstone.
+        a.kv_write("k", val(b"v"), None, old).unwrap();
+        a.kv_write("keep", val(b"v"), None, old).unwrap();
+        deliver(&mut a, &mut [&mut b], old);
+        assert!(sync(&mut a, &mut b, old));
+        a.kv_write("k", None, None, old + 1).unwrap();
+        a.take_outbox();
+        let mut peer = a.clone();
+        assert!(sync(&mut a, &mut peer, NOW), "a stays fresh");
+        assert_eq!(a.collect_garbage(NOW), 1);
+        assert!(b.is_stale(NOW) && !a.is_stale(NOW));
+        // A late copy of the old write does not come back on a fresh replica.
+        let late = Change::Shared {
+            key: "kv/k".into(),
+            register: b.shared().entry("kv/k").unwrap().register.clone(),
+        };
+        assert_eq!(a.apply(&late, NOW), Err(ApplyError::BeyondHorizon));
+        // b comes back: it resets from a instead of resurrecting k.
+        assert!(sync(&mut b, &mut a, NOW));
+        assert!(b.kv().get("k").is_none());
+        assert!(b.kv().get("keep").is_some());
+        assert_eq!(b.stats().reset_dropped, 1);
+        assert!(!b.is_stale(NOW));
+        assert_eq!(answers(&a), answers(&b));
+    }
+
+    #[test]
+    fn truncated_exchanges_finish_in_more_rounds() {
+        let (mut a, mut b) = (replica("a", 1), replica("b", 2));
+        for i in 0..300 {
+            a.kv_write(&format!("k{i}"), val(&[7; 100]), None, NOW)
+                .unwrap();
+        }
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let digest = b.sync_digest(NOW);
+            let summary = a.answer_digest(&digest, NOW, 8 * 1024).unwrap();
+            let push = b.reconcile(&summary, NOW, 8 * 1024).unwrap();
+            let reply = a.answer_push(&push, NOW, 8 * 1024);
+            b.finish_sync(&push, &reply, NOW);
+            if !push.truncated && !reply.truncated {
+                break;
+            }
+            assert!(rounds < 100, "no progress");
+        }
+        assert!(rounds > 1);
+        assert_eq!(answers(&a), answers(&b));
+    }
+
+    #[test]
+    fn malformed_sync_messages_are_errors() {
+        let mut a = replica("a", 1);
+        let mut digest = a.sync_digest(NOW);
+        digest.buckets.pop();
+        assert!(a.answer_digest(&digest, NOW, BUDGET).is_err());
+        let summary = SyncSummary {
+            records: vec![],
+            records_wanted: vec![],
+            buckets: vec![BUCKETS as u16],
+            keys: vec![],
+            stale: false,
+            truncated: false,
+        };
+        assert!(a.reconcile(&summary, NOW, BUDGET).is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put {
+            node: usize,
+            key: u8,
+            value: u8,
+        },
+        Delete {
+            node: usize,
+            key: u8,
+        },
+        Register {
+            node: usize,
+            service: u8,
+            tag: u8,
+        },
+        Intention {
+            node: usize,
+            source: u8,
+            allow: bool,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4usize, 0..6u8, any::<u8>()).prop_map(|(node, key, value)| Op::Put {
+                node,
+                key,
+                value
+            }),
+            (0..4usize, 0..6u8).prop_map(|(node, key)| Op::Delete { node, key }),
+            (0..4usize, 0..3u8, 0..3u8).prop_map(|(node, service, tag)| Op::Register {
+                node,
+                service,
+                tag
+            }),
+            (0..4usize, 0..3u8, any::<bool>()).prop_map(|(node, source, allow)| Op::Intention {
+                node,
+                source,
+                allow
+            }),
+        ]
+    }
+
+    fn run(replicas: &mut [Replica], op: &Op, wall_ms: u64) {
+        match *op {
+            Op::Put { node, key, value } => {
+                replicas[node]
+                    .kv_write(&format!("d/{key}"), val(&[value]), None, wall_ms)
+                    .unwrap();
+            }
+            Op::Delete { node, key } => {
+                replicas[node]
+                    .kv_write(&format!("d/{key}"), None, None, wall_ms)
+                    .unwrap();
+            }
+            Op::Register { node, service, tag } => {
+                let r = &mut replicas[node];
+                let mut record = r.own_record().cloned().unwrap_or_default();
+                let id = format!("s{service}");
+                record.services.insert(
+                    id.clone(),
+                    Service {
+                        id,
+                        name: format!("svc{service}"),
+                        tags: vec![format!("t{tag}")],
+                        address: String::new(),
+                        port: 80,
+                        meta: BTreeMap::new(),
+                        weight_passing: 1,
+                        weight_warning: 1,
+                    },
+                );
+                r.set_own_record(Some(record));
+            }
+            Op::Intention {
+                node,
+                source,
+                allow,
+            } => replicas[node].put_intention(
+                Intention {
+                    source: format!("s{source}"),
+                    destination: "db".into(),
+                    action: if allow { Action::Allow } else { Action::Deny },
+                    description: String::new(),
+                    meta: BTreeMap::new(),
+                },
+                wall_ms,
+            ),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Writes at random replicas with the same wall clock (so ties and concurrency are
+        /// common); each change is delivered to a random subset of the others, duplicated or
+        /// lost, in any order. After anti-entropy rounds, every replica gives the same answer
+        /// to every query, and restoring any of them from its journal gives it too.
+        #[test]
+        fn any_delivery_then_anti_entropy_gives_identical_answers(
+            ops in proptest::collection::vec((op(), any::<u8>(), 0..3u64), 1..40),
+            ring_step in prop::sample::select(vec![1usize, 3]),
+        ) {
+            let mut replicas: Vec<Replica> =
+                (0..4).map(|i| replica(&format!("n{i}"), i as u64 + 1)).collect();
+            let mut journals: Vec<Vec<Journaled>> = vec![Vec::new(); 4];
+            let mut in_flight: Vec<(usize, Change)> = Vec::new();
+            for (step, (op, mask, skew)) in ops.iter().enumerate() {
+                let wall = NOW + step as u64 / 4 + skew;
+                run(&mut replicas, op, wall);
+                for (from, r) in replicas.iter_mut().enumerate() {
+                    for change in r.take_outbox() {
+                        for to in 0..4 {
+                            // Bits of the mask pick receivers; bit 7 duplicates.
+                            if to != from && mask & (1 << to) != 0 {
+                                in_flight.push((to, change.clone()));
+                                if mask & 0x80 != 0 {
+                                    in_flight.insert(0, (to, change.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+                if mask & 0x40 != 0 {
+                    in_flight.reverse();
+                }
+                if step % 3 == 0 {
+                    for (to, change) in in_flight.drain(..) {
+                        replicas[to].apply(&change, wall).unwrap();
+                    }
+                }
+            }
+            let end = NOW + ops.len() as u64;
+            // Two rounds around a ring (step 1 or 3: both reach everyone), which is more than
+            // the minimum; the assertion is on the outcome, not the round count.
+            for _round in 0..2 {
+                for i in 0..4 {
+                    let j = (i + ring_step) % 4;
+                    let (a, b) = if i < j {
+                        let (left, right) = replicas.split_at_mut(j);
+                        (&mut left[i], &mut right[0])
+                    } else {
+                        let (left, right) = replicas.split_at_mut(i);
+                        (&mut right[0], &mut left[j])
+                    };
+                    prop_assert!(sync(a, b, end));
+                }
+            }
+            for (r, journal) in replicas.iter_mut().zip(&mut journals) {
+                journal.extend(r.take_journal());
+            }
+            let expected = answers(&replicas[0]);
+            for (i, r) in replicas.iter().enumerate() {
+                prop_assert_eq!(&answers(r), &expected);
+                let restored = Replica::restore(
+                    r.me(), i as u64 + 1, 2, ReplicaConfig::default(), None, journals[i].clone(),
+                );
+                prop_assert_eq!(&answers(&restored), &expected);
+                prop_assert_eq!(restored.index(), r.index());
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! What the shared key space holds, and the unit of replication.
+//!
+//! KV entries, intentions and config entries live in **one** [`SharedMap`] under disjoint key
+//! prefixes (`kv/`, `intention/`, `config/`), so one digest, one anti-entropy exchange and one
+//! journal cover them all. A value whose variant does not match its key's prefix is malformed
+//! and refused, so a hostile peer cannot plant an intention under a KV key.
+//!
+//! [`SharedMap`]: crate::SharedMap
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::NodeRecord;
+use crate::intentions::Intention;
+use crate::kv::KvValue;
+use crate::register::{Lww, Owned};
+
+/// Key prefix of KV entries.
+pub const KV_PREFIX: &str = "kv/";
+/// Key prefix of intentions.
+pub const INTENTION_PREFIX: &str = "intention/";
+/// Key prefix of config entries.
+pub const CONFIG_PREFIX: &str = "config/";
+
+/// A config entry (Consul's `service-defaults`, `proxy-defaults`, …): kind, name and the body
+/// as JSON text, which murmur stores and returns without interpreting.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    /// Kind, e.g. `service-defaults`.
+    pub kind: String,
+    /// Name within the kind.
+    pub name: String,
+    /// The entry as JSON.
+    pub body: String,
+}
+
+impl ConfigEntry {
+    /// The shared-map key of a config entry.
+    pub fn key(kind: &str, name: &str) -> String {
+        format!("{CONFIG_PREFIX}{kind}/{name}")
+    }
+}
+
+/// One value of the shared key space.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Value {
+    /// A KV entry, under `kv/`.
+    Kv(KvValue),
+    /// An intention, under `intention/`.
+    Intention(Box<Intention>),
+    /// A config entry, under `config/`.
+    Config(Box<ConfigEntry>),
+}
+
+impl Value {
+    /// The key prefix this variant must live under.
+    pub fn prefix(&self) -> &'static str {
+        match self {
+            Self::Kv(_) => KV_PREFIX,
+            Self::Intention(_) => INTENTION_PREFIX,
+            Self::Config(_) => CONFIG_PREFIX,
+        }
+    }
+
+    /// Rough size in bytes, for budgets.
+    fn weight(&self) -> usize {
+        match self {
+            Self::Kv(v) => v.value.len() + 8,
+            Self::Intention(i) => i.weight(),
+            Self::Config(c) => c.kind.len() + c.name.len() + c.body.len(),
+        }
+    }
+}
+
+/// One replicated change: what eager push carries, anti-entropy repairs and the journal keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// An owner's record (`None`: the owner left).
+    Record {
+        /// The owner's node name.
+        owner: String,
+        /// Its versioned record.
+        register: Owned<Option<NodeRecord>>,
+    },
+    /// A shared key (`None`: deleted).
+    Shared {
+        /// The full key, prefix included.
+        key: String,
+        /// Its stamped value.
+        register: Lww<Value>,
+    },
+}
+
+impl Change {
+    /// Rough encoded size in bytes, to keep messages under their limits without encoding twice.
+    pub fn weight(&self) -> usize {
+        const OVERHEAD: usize = 48;
+        OVERHEAD
+            + match self {
+                Self::Record { owner, register } => {
+                    owner.len() + register.value().as_ref().map_or(0, NodeRecord::weight)
+                }
+                Self::Shared { key, register } => {
+                    key.len() + register.value().as_ref().map_or(0, Value::weight)
+                }
+            }
+    }
+
+    /// The key this change is about: `Record` owners and `Shared` keys never collide because
+    /// shared keys always carry a prefix with a `/` and node names cannot contain one.
+    pub fn subject(&self) -> &str {
+        match self {
+            Self::Record { owner, .. } => owner,
+            Self::Shared { key, .. } => key,
+        }
+    }
+}
