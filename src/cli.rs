@@ -119,9 +119,14 @@ pub struct AgentArgs {
     /// Gossip encryption key (base64, from `murmur keygen`); every member needs the same key.
     #[arg(long, value_name = "KEY")]
     pub encrypt: Option<String>,
-    /// Directory for the node id, generation and keyring; required unless --dev.
+    /// Directory for the node id, generation, keyring and the replicated state (journal and
+    /// snapshot); required unless --dev, which keeps everything in memory.
     #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
+    /// Directory of service definitions (*.json in Consul's `{"service": {...}}` or
+    /// `{"services": [...]}` shape) registered on this agent at start.
+    #[arg(long, value_name = "PATH")]
+    pub config_dir: Option<PathBuf>,
     /// HTTP API address.
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<String>,

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod duration;
 mod http;
+mod services;
 
 use std::io::IsTerminal;
 

@@ -18,6 +18,8 @@
 //! - [`Replica`]: one node's whole replicated state — applying peers' changes, the four-step
 //!   anti-entropy exchange, tombstone GC, reset-from-peer, and the journal the agent persists.
 //!
+//! - the byte formats of the journal and snapshot ([`encode_record`], [`decode_journal`], …).
+//!
 //! What it is **not** responsible for: clocks (wall time is passed in), networks, files. The
 //! gossip layer carries its deltas and digests; the agent persists it.
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@
 mod catalog;
 mod hlc;
 mod intentions;
+mod journal;
 mod kv;
 mod owned;
 mod register;
@@ -36,6 +39,10 @@ mod value;
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use hlc::{Clock, ClockError, Hlc};
 pub use intentions::{Action, Intention, MatchBy, WILDCARD, check, matching};
+pub use journal::{
+    JOURNAL_MAGIC, JournalContents, JournalError, MAX_RECORD, SNAPSHOT_MAGIC, decode_journal,
+    decode_snapshot, encode_record, encode_snapshot, journal_header,
+};
 pub use kv::{KvEntry, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use owned::{Digest, OwnedEntry, OwnedMap};
 pub use register::{Lww, Owned, Register, Version};

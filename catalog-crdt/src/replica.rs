@@ -183,7 +183,7 @@ pub struct SyncPush {
 pub struct SyncPushReply {
     /// The wanted registers.
     pub changes: Vec<Change>,
-    /// Whether some did not fit.
+    /// Whether anything of the exchange did not fit (another round is needed).
     pub truncated: bool,
 }
 
@@ -195,6 +195,7 @@ pub struct SyncError(pub &'static str);
 /// Collects changes up to a size budget.
 struct Budget {
     left: usize,
+    taken: bool,
     truncated: bool,
 }
 
@@ -202,17 +203,20 @@ impl Budget {
     fn new(bytes: usize) -> Self {
         Self {
             left: bytes,
+            taken: false,
             truncated: false,
         }
     }
 
     /// Takes `weight` from the budget; false (and marked truncated) when it does not fit.
+    /// The first item always fits, so one item larger than the budget still travels alone.
     fn take(&mut self, weight: usize) -> bool {
-        if weight > self.left {
+        if weight > self.left && self.taken {
             self.truncated = true;
             return false;
         }
-        self.left -= weight;
+        self.left = self.left.saturating_sub(weight);
+        self.taken = true;
         true
     }
 }
@@ -229,6 +233,8 @@ pub struct Replica {
     reaped: BTreeMap<String, Version>,
     reaped_order: VecDeque<String>,
     last_contact_ms: u64,
+    /// Modify index of the last change to any record, reaps included.
+    records_index: u64,
     config: ReplicaConfig,
     journal: Vec<Journaled>,
     outbox: Vec<Change>,
@@ -252,6 +258,7 @@ impl Replica {
             reaped: BTreeMap::new(),
             reaped_order: VecDeque::new(),
             last_contact_ms: 0,
+            records_index: 0,
             config,
             journal: Vec::new(),
             outbox: Vec::new(),
@@ -290,6 +297,8 @@ impl Replica {
             .max()
             .unwrap_or_default();
         replica.clock = Clock::resume(node_id, config.max_clock_ahead, newest);
+        let newest_record = replica.records.entries().map(|(_, e)| e.modify_index).max();
+        replica.records_index = replica.records_index.max(newest_record.unwrap_or(0));
         if let Some(mine) = replica.records.entry(me) {
             replica.own = replica.own.max(*mine.register.stamp());
         }
@@ -312,6 +321,8 @@ impl Replica {
             }
             Journaled::ForgetRecord { owner } => {
                 self.records.remove(&owner);
+                // The reap took an index of its own; it is not journaled, so take the next.
+                self.records_index = self.index.next();
             }
             Journaled::ForgetShared { key } => {
                 self.shared.remove(&key);
@@ -409,13 +420,10 @@ impl Replica {
             .unwrap_or(0)
     }
 
-    /// The highest modify index of any record (0: none).
+    /// The modify index of the last change to any record, reaps included, so it never goes
+    /// back when a record disappears (0: none yet).
     pub fn records_index(&self) -> u64 {
-        self.records
-            .entries()
-            .map(|(_, e)| e.modify_index)
-            .max()
-            .unwrap_or(0)
+        self.records_index
     }
 
     /// This node's own record as last written.
@@ -510,10 +518,16 @@ impl Replica {
     /// Merges a change and journals it; returns whether the replica changed.
     fn merge(&mut self, change: &Change) -> bool {
         let changed = match change {
-            Change::Record { owner, register } => self
-                .records
-                .merge(owner, register, &mut self.index)
-                .is_some(),
+            Change::Record { owner, register } => {
+                let changed = self
+                    .records
+                    .merge(owner, register, &mut self.index)
+                    .is_some();
+                if changed {
+                    self.records_index = self.index.last();
+                }
+                changed
+            }
             Change::Shared { key, register } => {
                 self.shared.merge(key, register, &mut self.index).is_some()
             }
@@ -604,6 +618,7 @@ impl Replica {
             return false;
         };
         self.records.remove(owner);
+        self.records_index = self.index.next();
         self.journal.push(Journaled::ForgetRecord {
             owner: owner.to_owned(),
         });
@@ -821,23 +836,21 @@ impl Replica {
                 }
             }
         }
-        if !push.truncated && !budget.truncated {
+        let truncated = push.truncated || budget.truncated;
+        if !truncated {
             self.mark_contact(wall_ms);
         }
-        SyncPushReply {
-            changes,
-            truncated: budget.truncated,
-        }
+        SyncPushReply { changes, truncated }
     }
 
     /// Step 4 (initiator): applies the wanted registers. A complete exchange counts as
     /// contact (the replica is fresh again).
-    pub fn finish_sync(&mut self, push: &SyncPush, reply: &SyncPushReply, wall_ms: u64) {
+    pub fn finish_sync(&mut self, reply: &SyncPushReply, wall_ms: u64) {
         for change in &reply.changes {
             // Refusals are counted; the rest of the exchange goes on.
             let _ = self.apply(change, wall_ms);
         }
-        if !push.truncated && !reply.truncated {
+        if !reply.truncated {
             self.mark_contact(wall_ms);
         }
     }
@@ -898,8 +911,8 @@ mod tests {
         let summary = b.answer_digest(&digest, wall_ms, BUDGET).unwrap();
         let push = a.reconcile(&summary, wall_ms, BUDGET).unwrap();
         let reply = b.answer_push(&push, wall_ms, BUDGET);
-        a.finish_sync(&push, &reply, wall_ms);
-        !push.truncated && !reply.truncated
+        a.finish_sync(&reply, wall_ms);
+        !reply.truncated
     }
 
     fn deliver(from: &mut Replica, to: &mut [&mut Replica], wall_ms: u64) {
@@ -1198,8 +1211,8 @@ mod tests {
             let summary = a.answer_digest(&digest, NOW, 8 * 1024).unwrap();
             let push = b.reconcile(&summary, NOW, 8 * 1024).unwrap();
             let reply = a.answer_push(&push, NOW, 8 * 1024);
-            b.finish_sync(&push, &reply, NOW);
-            if !push.truncated && !reply.truncated {
+            b.finish_sync(&reply, NOW);
+            if !reply.truncated {
                 break;
             }
             assert!(rounds < 100, "no progress");

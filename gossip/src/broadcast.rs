@@ -1,4 +1,5 @@
-//! Items murmur piggybacks on foca's messages: user events and leave intents.
+//! Items murmur piggybacks on foca's messages: user events, leave intents and small changes
+//! of the replicated state.
 //!
 //! foca re-disseminates every item its handler accepts as new, so the handler is where
 //! deduplication lives; accepted items are handed to the core through `received`.
@@ -6,6 +7,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use murmur_catalog::{Change, Hlc, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeIdentity;
@@ -24,6 +26,8 @@ pub(crate) enum BroadcastItem {
     /// The named member, in the given generation, is leaving on purpose: its coming `Down` means
     /// "left", not "failed".
     Leaving { name: String, generation: u64 },
+    /// A change of the replicated state small enough for a datagram.
+    Change(Change),
 }
 
 impl BroadcastItem {
@@ -31,8 +35,22 @@ impl BroadcastItem {
         match self {
             Self::Event(event) => BroadcastKey::Event(event.id),
             Self::Leaving { name, generation } => BroadcastKey::Leaving(name.clone(), *generation),
+            Self::Change(change) => {
+                let stamp = match change {
+                    Change::Record { register, .. } => ChangeStamp::Record(*register.stamp()),
+                    Change::Shared { register, .. } => ChangeStamp::Shared(*register.stamp()),
+                };
+                BroadcastKey::Change(change.subject().to_owned(), stamp)
+            }
         }
     }
+}
+
+/// The stamp of a change, for telling a newer change of one key from an older one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum ChangeStamp {
+    Record(Version),
+    Shared(Hlc),
 }
 
 /// Identity of an item: two items with one key are the same item.
@@ -40,11 +58,19 @@ impl BroadcastItem {
 pub(crate) enum BroadcastKey {
     Event([u8; 16]),
     Leaving(String, u64),
+    Change(String, ChangeStamp),
 }
 
 impl foca::Invalidates for BroadcastKey {
+    /// A newer change of a key replaces an older one still queued, so a key written often
+    /// costs one queue slot, not one per write.
     fn invalidates(&self, other: &Self) -> bool {
-        self == other
+        match (self, other) {
+            (Self::Change(key, newer), Self::Change(other_key, older)) => {
+                key == other_key && newer >= older
+            }
+            _ => self == other,
+        }
     }
 }
 
@@ -121,6 +147,20 @@ mod tests {
         assert!(inbox.receive_item(&bytes, None).unwrap().is_none());
         assert_eq!(received.lock().unwrap().len(), 1);
         assert!(inbox.receive_item(&[0xff, 0xff], None).is_err());
+    }
+
+    #[test]
+    fn a_newer_change_of_a_key_replaces_the_queued_one() {
+        use foca::Invalidates;
+        let stamp = |ms| Hlc {
+            physical_ms: ms,
+            logical: 0,
+            node: 1,
+        };
+        let key = |k: &str, ms| BroadcastKey::Change(k.into(), ChangeStamp::Shared(stamp(ms)));
+        assert!(key("kv/a", 2).invalidates(&key("kv/a", 1)));
+        assert!(!key("kv/a", 1).invalidates(&key("kv/a", 2)));
+        assert!(!key("kv/b", 2).invalidates(&key("kv/a", 1)));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct GossipConfig {
     pub push_pull_interval: Duration,
     /// How long failed and left members stay listed before they are forgotten.
     pub reap_after: Duration,
+    /// How often a member runs anti-entropy of the replicated state with a random member.
+    pub sync_interval: Duration,
     /// First wait before a member that finds itself alone re-contacts its seeds; doubles on each
     /// attempt up to `rejoin_max`.
     pub rejoin_min: Duration,
@@ -44,6 +46,7 @@ impl GossipConfig {
             profile: Profile::Lan,
             push_pull_interval: Duration::from_secs(30),
             reap_after: Duration::from_secs(72 * 3600),
+            sync_interval: Duration::from_secs(10),
             rejoin_min: Duration::from_secs(1),
             rejoin_max: Duration::from_secs(60),
         }
@@ -54,6 +57,7 @@ impl GossipConfig {
         Self {
             profile: Profile::Wan,
             push_pull_interval: Duration::from_secs(60),
+            sync_interval: Duration::from_secs(30),
             ..Self::lan(cluster_id)
         }
     }
@@ -65,6 +69,11 @@ impl GossipConfig {
             return Err(GossipError::InvalidConfig(format!(
                 "cluster id {id:?} must be 1 to {MAX_CLUSTER_ID_LEN} ASCII characters"
             )));
+        }
+        if self.sync_interval.is_zero() {
+            return Err(GossipError::InvalidConfig(
+                "anti-entropy interval must be positive".into(),
+            ));
         }
         if self.rejoin_min.is_zero() || self.rejoin_max < self.rejoin_min {
             return Err(GossipError::InvalidConfig(

@@ -5,19 +5,20 @@
 //! [`Node::poll_output`]. There is no clock: time enters only as the expiry of timers the node
 //! asked for. There is no global randomness: the caller hands over the RNG.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foca::{Foca, Member, OwnedNotification, Runtime, State};
+use murmur_catalog::{Change, Journaled, Replica, ReplicaConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 
 use crate::broadcast::{BroadcastInbox, BroadcastItem};
 use crate::events::{EventLog, UserEvent};
 use crate::keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
-use crate::members::{MemberEvent, MemberState, MemberStatus, MemberView};
+use crate::members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
 use crate::stats::Stats;
 use crate::wire::{self, DropReason, PushPullState, StreamMessage, WireCodec};
 use crate::{GossipConfig, GossipError, NodeIdentity};
@@ -31,6 +32,8 @@ pub enum TimerEvent {
     PushPull,
     /// Time to re-contact the seeds if still alone.
     Rejoin,
+    /// Time for anti-entropy with a random member, tombstone collection and reaping.
+    Sync,
 }
 
 /// Something the driver must do.
@@ -51,8 +54,8 @@ pub enum Output {
         timer: TimerEvent,
     },
     /// Open a stream to `to`, send `request` as one frame, read one reply frame and give it to
-    /// [`Node::handle_push_pull_reply`].
-    PushPull {
+    /// [`Node::handle_reply`].
+    Exchange {
         /// Destination gossip address (TCP).
         to: SocketAddr,
         /// The framed request body.
@@ -64,7 +67,26 @@ pub enum Output {
     UserEvent(UserEvent),
     /// A peer changed this member's keyring; persist it if keys are kept on disk.
     KeyringChanged,
+    /// Append these entries, in order, to the replica's journal on disk.
+    Persist(Vec<Journaled>),
 }
+
+/// Largest encoded change piggybacked on gossip datagrams; larger ones go by stream, so a
+/// change never crowds out membership updates.
+const MAX_BROADCAST_CHANGE: usize = 900;
+/// Most changes waiting in foca's broadcast queue; beyond it changes are dropped (and counted)
+/// and anti-entropy repairs them.
+const MAX_CHANGE_BACKLOG: usize = 4096;
+/// How many members a large change is flooded to, by each member that learns it.
+const FLOOD_FANOUT: usize = 3;
+/// Size budget of one anti-entropy message; the frame limit is 4 MiB.
+const SYNC_BUDGET: usize = 1 << 20;
+/// Most follow-up rounds right after a truncated exchange, before waiting for the next timer.
+const MAX_FOLLOW_UPS: u32 = 64;
+/// When this share (one in `MASS_EXPIRY_SHARE`) or more of the record owners are away at
+/// once, reaping waits `MASS_EXPIRY_FACTOR` times longer: a partition, not a mass death.
+const MASS_EXPIRY_SHARE: usize = 3;
+const MASS_EXPIRY_FACTOR: u32 = 10;
 
 /// Builds the [`Io`] for one foca call from the node's disjoint fields.
 macro_rules! io {
@@ -101,6 +123,11 @@ pub struct Node {
     rejoin_wait: Option<Duration>,
     /// Whether a push-pull ever merged; events carried by the first one predate our joining.
     synced: bool,
+    replica: Replica,
+    now_ms: u64,
+    /// Since when (wall ms) each record owner has not been an active member.
+    away_since: BTreeMap<String, u64>,
+    follow_ups: u32,
 }
 
 /// foca's [`Runtime`] for one call: seals what foca sends and queues everything as outputs.
@@ -145,6 +172,8 @@ impl Node {
     ) -> Result<Self, GossipError> {
         identity.validate()?;
         config.validate()?;
+        let (identity_name, identity_id, identity_generation) =
+            (identity.name.clone(), identity.node_id, identity.generation);
         let changes = Arc::new(Mutex::new(Vec::new()));
         let received = Arc::new(Mutex::new(Vec::new()));
         let foca = Foca::with_custom_broadcast(
@@ -172,10 +201,58 @@ impl Node {
             sized_for: 1,
             rejoin_wait: None,
             synced: false,
+            replica: Replica::new(
+                &identity_name,
+                identity_id,
+                identity_generation,
+                ReplicaConfig::default(),
+            ),
+            now_ms: 0,
+            away_since: BTreeMap::new(),
+            follow_ups: 0,
             config,
         };
         node.schedule_push_pull();
+        node.schedule_sync();
         Ok(node)
+    }
+
+    /// Replaces the (empty) replica with one restored from disk; call before anything else.
+    pub fn set_replica(&mut self, replica: Replica) {
+        self.replica = replica;
+    }
+
+    /// Tells the node the wall-clock time (ms since the Unix epoch); call before each input.
+    /// Time enters the replica only this way, so the simulator can skew it.
+    pub fn set_now(&mut self, wall_ms: u64) {
+        self.now_ms = wall_ms;
+    }
+
+    /// The replicated state, for queries.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Makes a local change (a KV write, this node's record, …); it spreads from here.
+    pub fn write<R>(&mut self, change: impl FnOnce(&mut Replica, u64) -> R) -> R {
+        let result = change(&mut self.replica, self.now_ms);
+        self.flush_changes();
+        result
+    }
+
+    /// Record owners that membership does not consider active: their instances get the
+    /// synthetic critical member check.
+    pub fn failed_owners(&self) -> BTreeSet<String> {
+        let me = &self.identity().name;
+        self.replica
+            .records()
+            .entries()
+            .map(|(owner, _)| owner)
+            .filter(|owner| {
+                *owner != me && self.view.get(owner).is_none_or(|m| !m.status.is_active())
+            })
+            .cloned()
+            .collect()
     }
 
     /// This member's current identity (its generation grows when it had to rejoin).
@@ -230,6 +307,14 @@ impl Node {
 
     /// The next thing for the driver to do.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.outputs.is_empty() {
+            // Journal entries follow the changes that made them; a driver that persists each
+            // `Persist` before acknowledging a write never acknowledges an unpersisted one.
+            let journal = self.replica.take_journal();
+            if !journal.is_empty() {
+                return Some(Output::Persist(journal));
+            }
+        }
         self.outputs.pop_front()
     }
 
@@ -275,6 +360,15 @@ impl Node {
                 self.schedule_push_pull();
             }
             TimerEvent::Rejoin => self.rejoin_if_alone(),
+            TimerEvent::Sync => {
+                self.replica.collect_garbage(self.now_ms);
+                self.reap_departed();
+                self.follow_ups = 0;
+                if let Some(to) = self.random_peer() {
+                    self.start_sync(to);
+                }
+                self.schedule_sync();
+            }
         }
     }
 
@@ -284,15 +378,38 @@ impl Node {
         self.seal_message(&StreamMessage::PushPull(state))
     }
 
-    /// The reply to a push-pull arrived: merges the peer's view.
-    pub fn handle_push_pull_reply(&mut self, reply: &[u8]) -> Result<(), GossipError> {
+    /// The reply to an [`Output::Exchange`] (or a join's push-pull) from `from` arrived.
+    pub fn handle_reply(&mut self, from: SocketAddr, reply: &[u8]) -> Result<(), GossipError> {
         match self.open_reply(reply)? {
             StreamMessage::PushPullReply(state) => {
+                let first = !self.synced;
                 self.merge_state(state);
-                Ok(())
+                if first {
+                    // Just joined: fetch the replicated state now, not at the next timer.
+                    self.start_sync(from);
+                }
             }
-            other => Err(unexpected_reply(&other)),
+            StreamMessage::SyncSummary(summary) => {
+                let push = self
+                    .replica
+                    .reconcile(&summary, self.now_ms, SYNC_BUDGET)
+                    .map_err(|e| self.refused_reply(&e))?;
+                let request = self.seal_message(&StreamMessage::SyncPush(push));
+                self.outputs
+                    .push_back(Output::Exchange { to: from, request });
+            }
+            StreamMessage::SyncPushReply(reply) => {
+                self.replica.finish_sync(&reply, self.now_ms);
+                if reply.truncated && self.follow_ups < MAX_FOLLOW_UPS {
+                    self.follow_ups += 1;
+                    self.start_sync(from);
+                }
+            }
+            StreamMessage::ChangesAck => {}
+            other => return Err(unexpected_reply(&other)),
         }
+        self.flush_changes();
+        Ok(())
     }
 
     /// A stream request arrived; the return value is the reply frame body.
@@ -316,6 +433,27 @@ impl Node {
                 self.merge_state(state);
                 let reply = self.local_state();
                 self.seal_message(&StreamMessage::PushPullReply(reply))
+            }
+            StreamMessage::Sync(digest) => {
+                match self
+                    .replica
+                    .answer_digest(&digest, self.now_ms, SYNC_BUDGET)
+                {
+                    Ok(summary) => self.seal_message(&StreamMessage::SyncSummary(summary)),
+                    Err(err) => {
+                        self.stats.dropped.count(DropReason::Undecodable);
+                        self.reject(&err.to_string())
+                    }
+                }
+            }
+            StreamMessage::SyncPush(push) => {
+                let reply = self.replica.answer_push(&push, self.now_ms, SYNC_BUDGET);
+                self.flush_changes();
+                self.seal_message(&StreamMessage::SyncPushReply(reply))
+            }
+            StreamMessage::Changes(changes) => {
+                self.apply_flooded(changes);
+                self.seal_message(&StreamMessage::ChangesAck)
             }
             StreamMessage::Keyring(op) => {
                 let result = self.keyring.apply(&op).map_err(|e| e.to_string());
@@ -385,6 +523,8 @@ impl Node {
         if self.leaving {
             return;
         }
+        // The record goes empty first, so this node's services vanish everywhere at once.
+        self.write(|replica, _| replica.set_own_record(None));
         let id = self.identity().clone();
         let item = BroadcastItem::Leaving {
             name: id.name,
@@ -439,6 +579,9 @@ impl Node {
         let mut learned = false;
         for member in changes.iter().filter(|m| m.id().name != me) {
             if let Some(event) = self.view.apply(member) {
+                if event.kind == MemberEventKind::Up {
+                    self.replica.forget_reaped(&event.member.name);
+                }
                 self.outputs.push_back(Output::Member(event));
                 learned = true;
             }
@@ -456,6 +599,11 @@ impl Node {
                 BroadcastItem::Leaving { name, generation } => {
                     if let Some(event) = self.view.mark_leaving(&name, generation) {
                         self.outputs.push_back(Output::Member(event));
+                    }
+                }
+                BroadcastItem::Change(change) => {
+                    if let Err(err) = self.replica.apply(&change, self.now_ms) {
+                        tracing::debug!(%err, key = change.subject(), "change refused");
                     }
                 }
             }
@@ -497,16 +645,133 @@ impl Node {
     }
 
     fn start_push_pull(&mut self) {
+        if let Some(to) = self.random_peer() {
+            let request = self.push_pull_request();
+            self.outputs.push_back(Output::Exchange { to, request });
+        }
+    }
+
+    /// A random active member, unless this node is leaving or alone.
+    fn random_peer(&mut self) -> Option<SocketAddr> {
+        let peers = self.random_peers(1);
+        peers.first().copied()
+    }
+
+    /// Up to `n` distinct random active members.
+    fn random_peers(&mut self, n: usize) -> Vec<SocketAddr> {
         if self.leaving {
+            return Vec::new();
+        }
+        let mut peers: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        let mut chosen = Vec::new();
+        while chosen.len() < n && !peers.is_empty() {
+            chosen.push(peers.swap_remove(self.rng.random_range(0..peers.len())));
+        }
+        chosen
+    }
+
+    fn schedule_sync(&mut self) {
+        let base = self.config.sync_interval;
+        let jitter = base.mul_f64(self.rng.random_range(0.0..0.1));
+        self.outputs.push_back(Output::Timer {
+            after: base + jitter,
+            timer: TimerEvent::Sync,
+        });
+    }
+
+    fn start_sync(&mut self, to: SocketAddr) {
+        let digest = self.replica.sync_digest(self.now_ms);
+        let request = self.seal_message(&StreamMessage::Sync(digest));
+        self.outputs.push_back(Output::Exchange { to, request });
+    }
+
+    /// Spreads the changes made here (local writes, re-asserted records): small ones on gossip
+    /// datagrams, large ones by stream.
+    fn flush_changes(&mut self) {
+        let changes = self.replica.take_outbox();
+        if changes.is_empty() {
             return;
         }
-        let peers: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
-        if peers.is_empty() {
+        let mut large = Vec::new();
+        for change in changes {
+            let item = BroadcastItem::Change(change);
+            if wire::encode(&item).len() > MAX_BROADCAST_CHANGE {
+                let BroadcastItem::Change(change) = item else {
+                    unreachable!("built above")
+                };
+                large.push(change);
+            } else if self.foca.custom_broadcast_backlog() >= MAX_CHANGE_BACKLOG {
+                self.stats.changes_dropped += 1;
+            } else if let Err(err) = self.enqueue(&item) {
+                tracing::debug!(%err, "change not queued; anti-entropy will carry it");
+                self.stats.changes_dropped += 1;
+            }
+        }
+        self.flood(large);
+        // Settling records our own items as seen and pushes them on at once.
+        self.with_foca(|_, _| ());
+    }
+
+    /// Sends large changes to a few random members, who forward what was new to them.
+    fn flood(&mut self, changes: Vec<Change>) {
+        if changes.is_empty() {
             return;
         }
-        let to = peers[self.rng.random_range(0..peers.len())];
-        let request = self.push_pull_request();
-        self.outputs.push_back(Output::PushPull { to, request });
+        for to in self.random_peers(FLOOD_FANOUT) {
+            let request = self.seal_message(&StreamMessage::Changes(changes.clone()));
+            self.outputs.push_back(Output::Exchange { to, request });
+        }
+    }
+
+    fn apply_flooded(&mut self, changes: Vec<Change>) {
+        let fresh: Vec<Change> = changes
+            .into_iter()
+            .filter(|change| match self.replica.apply(change, self.now_ms) {
+                Ok(changed) => changed,
+                Err(err) => {
+                    tracing::debug!(%err, key = change.subject(), "flooded change refused");
+                    false
+                }
+            })
+            .collect();
+        self.flood(fresh);
+        self.flush_changes();
+    }
+
+    /// Reaps the records of owners away longer than the reap time (at once for a graceful
+    /// leave), but slowly when many are away together: that looks like a partition.
+    fn reap_departed(&mut self) {
+        let now = self.now_ms;
+        let away = self.failed_owners();
+        self.away_since.retain(|owner, _| away.contains(owner));
+        for owner in &away {
+            self.away_since.entry(owner.clone()).or_insert(now);
+        }
+        let owners = self.replica.records().len();
+        let mass = away.len() > 1 && away.len() * MASS_EXPIRY_SHARE >= owners;
+        let reap_after = if mass {
+            self.config.reap_after * MASS_EXPIRY_FACTOR
+        } else {
+            self.config.reap_after
+        };
+        let reap_after_ms = u64::try_from(reap_after.as_millis()).unwrap_or(u64::MAX);
+        let due: Vec<String> = self
+            .away_since
+            .iter()
+            .filter(|(owner, since)| {
+                let left = self
+                    .view
+                    .get(owner)
+                    .is_some_and(|m| m.status == MemberStatus::Left);
+                left || now.saturating_sub(**since) >= reap_after_ms
+            })
+            .map(|(owner, _)| owner.clone())
+            .collect();
+        for owner in due {
+            tracing::info!(%owner, "record reaped");
+            self.replica.reap(&owner);
+            self.away_since.remove(&owner);
+        }
     }
 
     fn schedule_rejoin(&mut self, after: Duration) {
@@ -530,7 +795,7 @@ impl Node {
         );
         for to in self.seeds.clone() {
             let request = self.push_pull_request();
-            self.outputs.push_back(Output::PushPull { to, request });
+            self.outputs.push_back(Output::Exchange { to, request });
         }
         self.schedule_rejoin((waited * 2).min(self.config.rejoin_max));
     }
@@ -631,6 +896,11 @@ impl Node {
         }
     }
 
+    fn refused_reply(&mut self, err: &impl std::fmt::Display) -> GossipError {
+        self.stats.dropped.count(DropReason::Undecodable);
+        GossipError::UnreadableReply(err.to_string())
+    }
+
     fn unreadable_reply(&mut self, reason: DropReason) -> GossipError {
         self.stats.dropped.count(reason);
         GossipError::UnreadableReply(reason.advice().into())
@@ -664,6 +934,12 @@ fn message_name(message: &StreamMessage) -> &'static str {
         StreamMessage::Reject(_) => "reject",
         StreamMessage::Keyring(_) => "keyring",
         StreamMessage::KeyringReply(_) => "keyring reply",
+        StreamMessage::Sync(_) => "sync digest",
+        StreamMessage::SyncSummary(_) => "sync summary",
+        StreamMessage::SyncPush(_) => "sync push",
+        StreamMessage::SyncPushReply(_) => "sync push reply",
+        StreamMessage::Changes(_) => "changes",
+        StreamMessage::ChangesAck => "changes ack",
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// What was dropped, and why.
     pub dropped: DropCounts,
+    /// Local changes not queued for gossip because the queue was full (anti-entropy repairs).
+    pub changes_dropped: u64,
 }
 
 impl Stats {

@@ -19,6 +19,8 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use murmur_catalog::{Change, SyncDigest, SyncPush, SyncPushReply, SyncSummary};
+
 use crate::NodeIdentity;
 use crate::keyring::{Keyring, KeyringOp, NONCE_LEN, TAG_LEN};
 
@@ -200,6 +202,18 @@ pub(crate) enum StreamMessage {
     Keyring(KeyringOp),
     /// The responder's keys after the step, or why the step failed there.
     KeyringReply(Result<Vec<[u8; 32]>, String>),
+    /// Anti-entropy step 1: the initiator's digest.
+    Sync(SyncDigest),
+    /// Anti-entropy step 2: the responder's records and key summaries.
+    SyncSummary(SyncSummary),
+    /// Anti-entropy step 3: what the responder lacks, and what the initiator wants.
+    SyncPush(SyncPush),
+    /// Anti-entropy step 4: the wanted registers.
+    SyncPushReply(SyncPushReply),
+    /// Changes too large for a datagram, flooded over streams.
+    Changes(Vec<Change>),
+    /// The responder took the flooded changes.
+    ChangesAck,
 }
 
 /// One side of a push-pull: who is talking, what it knows of the members, and who left.

@@ -6,25 +6,9 @@ mod net;
 use std::time::Duration;
 
 use murmur_gossip::{MemberEventKind, MemberStatus};
-use net::{Net, key};
+use net::{Net, cluster, key};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-
-/// `n` nodes, all joined through node 0, converged.
-fn cluster(n: usize, seed: u64) -> Net {
-    let mut net = Net::new(seed);
-    for i in 0..n {
-        net.start(i, 1, key(1));
-    }
-    for i in 1..n {
-        net.join(i, 0).expect("join through the seed");
-    }
-    let took = net.run_until(SECS(30), |net| {
-        (0..n).all(|i| net.all_see(i, MemberStatus::Alive))
-    });
-    assert!(took.is_some(), "{n} nodes did not converge within 30 s");
-    net
-}
 
 #[test]
 fn nodes_joined_through_one_seed_all_see_each_other() {

@@ -32,6 +32,7 @@ struct FileConfig {
     retry_join: Vec<String>,
     encrypt: Option<String>,
     data_dir: Option<PathBuf>,
+    config_dir: Option<PathBuf>,
     http_addr: Option<String>,
     reap_after: Option<String>,
     #[serde(default)]
@@ -50,6 +51,7 @@ pub struct AgentConfig {
     pub retry_join: Vec<String>,
     pub encrypt: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub config_dir: Option<PathBuf>,
     pub http_addr: SocketAddr,
     pub tags: Vec<(String, String)>,
     pub reap_after: Duration,
@@ -146,6 +148,7 @@ impl AgentConfig {
             retry_join,
             encrypt: args.encrypt.clone().or(file.encrypt),
             data_dir,
+            config_dir: args.config_dir.clone().or(file.config_dir),
             http_addr,
             tags: tags.into_iter().collect(),
             reap_after,

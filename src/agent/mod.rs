@@ -4,6 +4,7 @@
 pub mod config;
 mod persist;
 pub mod runtime;
+mod store;
 mod stream;
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use murmur_catalog::{NodeRecord, Replica, ReplicaConfig};
 use murmur_gossip::{GossipConfig, Keyring, Node, NodeIdentity, SecretKey};
 use rand::RngExt;
 use tokio::net::{TcpListener, UdpSocket};
@@ -19,6 +21,7 @@ use tokio::sync::Notify;
 use self::config::{AgentConfig, resolve_seeds};
 use self::persist::DataDir;
 use self::runtime::Agent;
+use self::store::{Persister, Store};
 use crate::cli::AgentArgs;
 
 /// How long a leaving agent keeps gossiping so its leave reaches everyone.
@@ -53,7 +56,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         reap_after: config.reap_after,
         ..GossipConfig::lan(&config.cluster_id)
     };
-    let node = Node::new(identity, gossip, keyring, rand::make_rng())?;
+    let definitions = match &config.config_dir {
+        Some(dir) => crate::services::load_dir(dir)?,
+        None => Vec::new(),
+    };
+    let mut node = Node::new(identity.clone(), gossip, keyring, rand::make_rng())?;
+    let (replica, persister) = open_replica(&config, &identity)?;
+    node.set_replica(replica);
+    node.set_now(runtime::wall_ms());
+    node.write(|replica, _| {
+        let record = own_record(&config, replica.own_record(), definitions);
+        replica.set_own_record(Some(record));
+    });
 
     let udp = UdpSocket::bind(config.bind)
         .await
@@ -64,7 +78,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let http = TcpListener::bind(config.http_addr)
         .await
         .map_err(|e| in_use(e, "HTTP", config.http_addr, "--http-addr"))?;
-    let agent = Agent::start(node, udp, tcp, data)?;
+    let agent = Agent::start(node, udp, tcp, data, persister)?;
 
     let leave = Arc::new(Notify::new());
     let api = crate::http::router(agent.clone(), leave.clone(), config.clone());
@@ -104,6 +118,70 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tokio::time::sleep(LEAVE_PROPAGATION).await;
     tracing::info!("left; shutting down");
     Ok(())
+}
+
+/// The replica: restored from `--data-dir` (with a writer for its journal), or empty and in
+/// memory without one.
+fn open_replica(
+    config: &AgentConfig,
+    identity: &NodeIdentity,
+) -> anyhow::Result<(Replica, Option<Persister>)> {
+    let replica_config = ReplicaConfig::default();
+    let Some(dir) = &config.data_dir else {
+        let replica = Replica::new(
+            &identity.name,
+            identity.node_id,
+            identity.generation,
+            replica_config,
+        );
+        return Ok((replica, None));
+    };
+    let store = Store::open(dir)?;
+    let loaded = store.load()?;
+    let entries = loaded.journal.len();
+    let replica = Replica::restore(
+        &identity.name,
+        identity.node_id,
+        identity.generation,
+        replica_config,
+        loaded.snapshot,
+        loaded.journal,
+    );
+    tracing::info!(
+        index = replica.index(),
+        records = replica.records().len(),
+        keys = replica.shared().len(),
+        journal_entries = entries,
+        "replicated state restored"
+    );
+    Ok((replica, Some(store.start_writer()?)))
+}
+
+/// This node's record at start: its address and datacenter, the services registered through
+/// the API in an earlier life (persisted), and those of `--config-dir` (which win by id).
+fn own_record(
+    config: &AgentConfig,
+    persisted: Option<&NodeRecord>,
+    definitions: Vec<crate::services::Definition>,
+) -> NodeRecord {
+    let mut record = persisted.cloned().unwrap_or_default();
+    record.address = config.advertise.ip().to_string();
+    record.datacenter = config.datacenter.clone();
+    record
+        .tagged_addresses
+        .insert("lan".into(), config.advertise.ip().to_string());
+    for definition in definitions {
+        if definition.checks > 0 {
+            tracing::warn!(
+                service = %definition.service.id,
+                "health checks in service definitions are not run yet; the service is registered without them"
+            );
+        }
+        record
+            .services
+            .insert(definition.service.id.clone(), definition.service);
+    }
+    record
 }
 
 /// The keyring: the persisted one if any (it carries rotations made while running), else

@@ -7,19 +7,31 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use murmur_catalog::Replica;
 use murmur_gossip::{KeyringOp, MemberEventKind, Node, Output, SecretKey, TimerEvent};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::persist::DataDir;
+use super::store::Persister;
 use super::stream::{self, EXCHANGE_TIMEOUT};
 
 /// Most stream requests (push-pull, keyring) served at once; more are dropped and counted, and
 /// the peer retries at its next push-pull.
 const MAX_CONCURRENT_STREAMS: usize = 256;
+
+/// How often the agent checks whether the journal wants compacting.
+const COMPACT_CHECK: Duration = Duration::from_secs(5);
+
+/// Milliseconds since the Unix epoch: the only place the replica's wall clock comes from.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// A running agent: the core plus the handles its tasks share.
 pub struct Agent {
@@ -27,50 +39,110 @@ pub struct Agent {
     udp: Arc<UdpSocket>,
     timers: mpsc::UnboundedSender<(Instant, TimerEvent)>,
     data: Option<DataDir>,
+    persister: Option<Persister>,
     /// Bumped with every delivered user event; blocking event queries watch it.
     pub event_index: watch::Sender<u64>,
+    /// The replica's modify index; blocking catalog and KV queries watch it.
+    pub state_index: watch::Sender<u64>,
     /// Where the gossip sockets listen.
     pub gossip_addr: SocketAddr,
 }
 
 impl Agent {
-    /// Starts the UDP reader, TCP acceptor and timer tasks around `node`.
+    /// Starts the UDP reader, TCP acceptor and timer tasks around `node`; with a persister,
+    /// every change of the replica is journaled through it.
     pub fn start(
         node: Node,
         udp: UdpSocket,
         tcp: TcpListener,
         data: Option<DataDir>,
+        persister: Option<Persister>,
     ) -> anyhow::Result<Arc<Self>> {
         let gossip_addr = udp.local_addr()?;
         let (timers, timer_rx) = mpsc::unbounded_channel();
+        let index = node.replica().index();
         let agent = Arc::new(Self {
             node: Mutex::new(node),
             udp: Arc::new(udp),
             timers,
             data,
+            persister,
             event_index: watch::Sender::new(1),
+            state_index: watch::Sender::new(index),
             gossip_addr,
         });
         tokio::spawn(agent.clone().read_datagrams());
         tokio::spawn(agent.clone().accept_streams(tcp));
         tokio::spawn(agent.clone().run_timers(timer_rx));
+        if agent.persister.is_some() {
+            tokio::spawn(agent.clone().compact_when_due());
+        }
         // The core queued its first timers when it was built.
         agent.with_node(|_| ());
         Ok(agent)
     }
 
-    /// Runs one call on the core, then carries out what it asked for.
+    /// Runs one call on the core, then carries out what it asked for. Journal entries are
+    /// queued for disk before the lock is released, so they reach the journal in the order
+    /// the replica made them.
     pub fn with_node<R>(self: &Arc<Self>, call: impl FnOnce(&mut Node) -> R) -> R {
-        let (result, outputs) = {
+        let (result, outputs, index) = {
             let mut node = self.node.lock().expect("node lock poisoned");
+            node.set_now(wall_ms());
             let result = call(&mut node);
-            let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
-            (result, outputs)
+            let mut outputs = Vec::new();
+            while let Some(output) = node.poll_output() {
+                match output {
+                    Output::Persist(entries) => {
+                        if let Some(persister) = &self.persister {
+                            persister.append(entries);
+                        }
+                    }
+                    output => outputs.push(output),
+                }
+            }
+            (result, outputs, node.replica().index())
         };
+        self.state_index.send_if_modified(|current| {
+            let changed = *current != index;
+            *current = index;
+            changed
+        });
         for output in outputs {
             self.dispatch(output);
         }
         result
+    }
+
+    /// Makes a local change to the replica and returns once it is durable (at once without
+    /// a data dir): what the API calls before it acknowledges a write.
+    pub async fn write<R>(
+        self: &Arc<Self>,
+        change: impl FnOnce(&mut Replica, u64) -> R,
+    ) -> anyhow::Result<R> {
+        let result = self.with_node(|n| n.write(change));
+        if let Some(persister) = &self.persister {
+            persister.wait_durable(persister.last_queued()).await?;
+        }
+        Ok(result)
+    }
+
+    async fn compact_when_due(self: Arc<Self>) {
+        let mut every = tokio::time::interval(COMPACT_CHECK);
+        loop {
+            every.tick().await;
+            let Some(persister) = &self.persister else {
+                return;
+            };
+            if persister.wants_snapshot() {
+                let node = self.node.lock().expect("node lock poisoned");
+                persister.snapshot(node.replica().snapshot());
+                tracing::info!(
+                    index = node.replica().index(),
+                    "journal compacted into a snapshot"
+                );
+            }
+        }
     }
 
     fn dispatch(self: &Arc<Self>, output: Output) {
@@ -85,24 +157,25 @@ impl Agent {
                 // The receiver lives as long as the runtime; a closed channel means shutdown.
                 let _ = self.timers.send((Instant::now() + after, timer));
             }
-            Output::PushPull { to, request } => {
+            Output::Exchange { to, request } => {
                 let agent = self.clone();
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let outcome = match stream::exchange(to, &request).await {
                         Ok(reply) => agent
-                            .with_node(|n| n.handle_push_pull_reply(&reply))
+                            .with_node(|n| n.handle_reply(to, &reply))
                             .map_err(anyhow::Error::from),
                         Err(err) => Err(err),
                     };
-                    metrics::histogram!("murmur_push_pull_seconds")
+                    metrics::histogram!("murmur_exchange_seconds")
                         .record(started.elapsed().as_secs_f64());
                     if let Err(err) = outcome {
-                        metrics::counter!("murmur_push_pull_errors_total").increment(1);
-                        tracing::debug!(%to, "push-pull failed: {err:#}");
+                        metrics::counter!("murmur_exchange_errors_total").increment(1);
+                        tracing::debug!(%to, "stream exchange failed: {err:#}");
                     }
                 });
             }
+            Output::Persist(_) => unreachable!("journal entries are queued under the lock"),
             Output::Member(event) => {
                 let name = &event.member.name;
                 let addr = event.member.addr;
@@ -212,7 +285,7 @@ impl Agent {
             let request = self.with_node(Node::push_pull_request);
             let outcome = match stream::exchange(addr, &request).await {
                 Ok(reply) => self
-                    .with_node(|n| n.handle_push_pull_reply(&reply))
+                    .with_node(|n| n.handle_reply(addr, &reply))
                     .map_err(anyhow::Error::from),
                 Err(err) => Err(err),
             };

@@ -1,10 +1,14 @@
 //! A small deterministic network of `Node`s on a virtual clock: datagrams with latency and
 //! loss, partitions, crashes and restarts. The full simulator (`sim/`) grows out of this.
 
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use murmur_catalog::{Journaled, Replica, ReplicaConfig};
 use murmur_gossip::{
     GossipConfig, Keyring, MemberEvent, MemberStatus, Node, NodeIdentity, Output, SecretKey,
     TimerEvent, UserEvent,
@@ -30,6 +34,8 @@ pub struct Slot {
     pub life: u64,
     pub member_events: Vec<MemberEvent>,
     pub user_events: Vec<UserEvent>,
+    /// Everything the node asked to persist, across lives (its data dir).
+    pub journal: Vec<Journaled>,
 }
 
 pub struct Net {
@@ -43,7 +49,12 @@ pub struct Net {
     pub latency: Duration,
     /// Every delivery in order, for determinism checks.
     pub trace: Vec<String>,
+    /// The configuration nodes start with.
+    pub config: GossipConfig,
 }
+
+/// Virtual time 0 as wall-clock ms (late 2023), so HLC stamps look like real ones.
+pub const WALL_CLOCK_BASE_MS: u64 = 1_700_000_000_000;
 
 pub fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16))
@@ -65,6 +76,7 @@ impl Net {
             loss: 0.0,
             latency: Duration::from_millis(2),
             trace: Vec::new(),
+            config: GossipConfig::lan("test"),
         }
     }
 
@@ -79,23 +91,42 @@ impl Net {
         }
     }
 
-    /// Adds (or restarts, for an existing index) node `i` with the given keyring and generation.
+    /// Adds (or restarts, for an existing index) node `i` with the given keyring and generation,
+    /// with empty replicated state.
     pub fn start(&mut self, i: usize, generation: u64, keyring: Keyring) {
+        self.boot(i, generation, keyring, false);
+    }
+
+    /// Restarts node `i` from what it persisted in earlier lives.
+    pub fn restart_with_data(&mut self, i: usize, generation: u64, keyring: Keyring) {
+        self.boot(i, generation, keyring, true);
+    }
+
+    fn boot(&mut self, i: usize, generation: u64, keyring: Keyring, with_data: bool) {
         let rng = StdRng::seed_from_u64(self.rng.random());
-        let node = Node::new(
-            Self::identity(i, generation),
-            GossipConfig::lan("test"),
-            keyring,
-            rng,
-        )
-        .expect("valid node");
+        let identity = Self::identity(i, generation);
+        let mut node =
+            Node::new(identity.clone(), self.config.clone(), keyring, rng).expect("valid node");
         while self.slots.len() <= i {
             self.slots.push(Slot {
                 node: None,
                 life: 0,
                 member_events: Vec::new(),
                 user_events: Vec::new(),
+                journal: Vec::new(),
             });
+        }
+        if with_data {
+            node.set_replica(Replica::restore(
+                &identity.name,
+                identity.node_id,
+                generation,
+                ReplicaConfig::default(),
+                None,
+                self.slots[i].journal.clone(),
+            ));
+        } else {
+            self.slots[i].journal.clear();
         }
         self.slots[i].node = Some(node);
         self.slots[i].life += 1;
@@ -107,8 +138,17 @@ impl Net {
         self.slots[i].life += 1;
     }
 
+    /// Node `i`, told the current (virtual) wall-clock time.
     pub fn node(&mut self, i: usize) -> &mut Node {
-        self.slots[i].node.as_mut().expect("node is running")
+        self.live(i).expect("node is running")
+    }
+
+    /// Node `i` if it runs, told the current wall-clock time.
+    fn live(&mut self, i: usize) -> Option<&mut Node> {
+        let wall_ms = WALL_CLOCK_BASE_MS + self.now.as_millis() as u64;
+        let node = self.slots.get_mut(i)?.node.as_mut()?;
+        node.set_now(wall_ms);
+        Some(node)
     }
 
     /// Joins node `i` through seed `seed` (a push-pull over the stream); returns the outcome.
@@ -116,7 +156,7 @@ impl Net {
         self.node(i).set_seeds(vec![addr(seed)]);
         let request = self.node(i).push_pull_request();
         let result = self.stream(i, seed, request, |node, reply| {
-            node.handle_push_pull_reply(reply)
+            node.handle_reply(addr(seed), reply)
         });
         self.drain(i);
         result
@@ -139,7 +179,7 @@ impl Net {
         self.drain(seed);
         for (i, reply) in replies {
             self.node(i)
-                .handle_push_pull_reply(&reply)
+                .handle_reply(addr(seed), &reply)
                 .expect("join accepted");
             self.drain(i);
         }
@@ -155,7 +195,7 @@ impl Net {
         if self.blocked.contains(&(from, to)) {
             return Err("connection refused (partitioned)".into());
         }
-        let Some(peer) = self.slots.get_mut(to).and_then(|s| s.node.as_mut()) else {
+        let Some(peer) = self.live(to) else {
             return Err("connection refused (down)".into());
         };
         let reply = peer.handle_stream(&request);
@@ -213,9 +253,9 @@ impl Net {
                         },
                     );
                 }
-                Output::PushPull { to, request } => {
-                    let to = usize::from(to.port() - 20000);
-                    let _ = self.stream(i, to, request, |n, reply| n.handle_push_pull_reply(reply));
+                Output::Exchange { to: peer, request } => {
+                    let to = usize::from(peer.port() - 20000);
+                    let _ = self.stream(i, to, request, |n, reply| n.handle_reply(peer, reply));
                 }
                 Output::Member(event) => {
                     self.trace.push(format!(
@@ -225,6 +265,7 @@ impl Net {
                     self.slots[i].member_events.push(event);
                 }
                 Output::UserEvent(event) => self.slots[i].user_events.push(event),
+                Output::Persist(entries) => self.slots[i].journal.extend(entries),
                 Output::KeyringChanged => {}
             }
         }
@@ -242,15 +283,14 @@ impl Net {
             self.now = at;
             match delivery {
                 Delivery::Datagram { to, bytes } => {
-                    if let Some(node) = self.slots.get_mut(to).and_then(|s| s.node.as_mut()) {
+                    if let Some(node) = self.live(to) {
                         node.handle_datagram(&bytes);
                         self.drain(to);
                     }
                 }
                 Delivery::Timer { node, life, timer } => {
-                    let slot = &mut self.slots[node];
-                    if slot.life == life
-                        && let Some(n) = slot.node.as_mut()
+                    if self.slots[node].life == life
+                        && let Some(n) = self.live(node)
                     {
                         n.handle_timer(timer);
                         self.drain(node);
@@ -301,4 +341,26 @@ impl Net {
         }
         cond(self).then(|| self.now - start)
     }
+}
+
+/// `n` nodes, all joined through node 0, converged.
+pub fn cluster(n: usize, seed: u64) -> Net {
+    cluster_with(n, seed, GossipConfig::lan("test"))
+}
+
+/// `n` nodes with `config`, all joined through node 0, converged.
+pub fn cluster_with(n: usize, seed: u64, config: GossipConfig) -> Net {
+    let mut net = Net::new(seed);
+    net.config = config;
+    for i in 0..n {
+        net.start(i, 1, key(1));
+    }
+    for i in 1..n {
+        net.join(i, 0).expect("join through the seed");
+    }
+    let took = net.run_until(Duration::from_secs(30), |net| {
+        (0..n).all(|i| net.all_see(i, MemberStatus::Alive))
+    });
+    assert!(took.is_some(), "{n} nodes did not converge within 30 s");
+    net
 }

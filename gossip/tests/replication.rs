@@ -1,0 +1,263 @@
+//! Replicated state on a virtual network: eager push, large changes by stream, anti-entropy
+//! after loss and partitions, restarts with and without data, the member check and reaping.
+
+mod net;
+
+use std::time::Duration;
+
+use murmur_catalog::{Health, KvValue, Service};
+use murmur_gossip::{GossipConfig, MemberStatus};
+use net::{Net, cluster, cluster_with, key};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+fn put(net: &mut Net, at: usize, key: &str, value: &[u8]) {
+    let value = Some(KvValue {
+        flags: 0,
+        value: value.to_vec(),
+    });
+    assert!(
+        net.node(at)
+            .write(|r, now| r.kv_write(key, value, None, now))
+            .unwrap()
+    );
+}
+
+fn value_at(net: &mut Net, at: usize, key: &str) -> Option<Vec<u8>> {
+    net.node(at)
+        .replica()
+        .kv()
+        .get(key)
+        .map(|e| e.value.value.clone())
+}
+
+/// Runs until every running node holds `value` at `key`; returns how long it took.
+fn until_everywhere(net: &mut Net, key: &str, value: &[u8], limit: Duration) -> Option<Duration> {
+    net.run_until(limit, |net| {
+        net.running().into_iter().all(|i| {
+            net.slots[i]
+                .node
+                .as_ref()
+                .unwrap()
+                .replica()
+                .kv()
+                .get(key)
+                .map(|e| e.value.value.as_slice())
+                == Some(value)
+        })
+    })
+}
+
+fn register(net: &mut Net, at: usize, service: &str) {
+    net.node(at).write(|r, _| {
+        let mut record = r.own_record().cloned().unwrap_or_default();
+        record.services.insert(
+            service.into(),
+            Service {
+                id: service.into(),
+                name: service.into(),
+                tags: vec![],
+                address: String::new(),
+                port: 80,
+                meta: Default::default(),
+                weight_passing: 1,
+                weight_warning: 1,
+            },
+        );
+        r.set_own_record(Some(record));
+    });
+}
+
+fn instances(net: &mut Net, at: usize, service: &str) -> Vec<(String, Health)> {
+    let node = net.node(at);
+    let failed = node.failed_owners();
+    node.replica()
+        .catalog(&failed)
+        .instances(service, &[])
+        .iter()
+        .map(|i| (i.node.to_owned(), i.health))
+        .collect()
+}
+
+#[test]
+fn a_small_write_reaches_everyone_by_eager_push_in_well_under_a_sync_round() {
+    let mut net = cluster(16, 1);
+    put(&mut net, 3, "config/a", b"1");
+    let took = until_everywhere(&mut net, "config/a", b"1", SECS(5)).expect("spread");
+    assert!(
+        took < SECS(2),
+        "took {took:?}; eager push should beat the 10 s sync"
+    );
+}
+
+#[test]
+fn a_large_value_travels_by_stream() {
+    let mut net = cluster(8, 2);
+    let big = vec![7u8; 100_000];
+    put(&mut net, 5, "blob", &big);
+    let took = until_everywhere(&mut net, "blob", &big, SECS(5)).expect("spread");
+    assert!(took < SECS(2), "took {took:?}");
+}
+
+#[test]
+fn writes_lost_on_the_network_are_repaired_by_anti_entropy() {
+    let mut net = cluster(6, 3);
+    // Every datagram is lost until the writes' retransmissions are spent: only anti-entropy
+    // (streams) can carry them now.
+    net.loss = 1.0;
+    put(&mut net, 0, "k", b"v");
+    register(&mut net, 4, "web");
+    net.run_for(SECS(3));
+    net.loss = 0.0;
+    assert_eq!(
+        value_at(&mut net, 1, "k"),
+        None,
+        "the datagrams really were lost"
+    );
+    until_everywhere(&mut net, "k", b"v", SECS(60)).expect("repaired");
+    for i in 0..6 {
+        assert_eq!(instances(&mut net, i, "web").len(), 1, "node {i}");
+    }
+}
+
+#[test]
+fn a_node_that_missed_a_write_gets_it_within_one_sync_round() {
+    let mut net = cluster(8, 8);
+    net.partition(&[7], &[0, 1, 2, 3, 4, 5, 6]);
+    put(&mut net, 0, "k", b"v");
+    net.run_for(SECS(3));
+    net.heal();
+    let took = until_everywhere(&mut net, "k", b"v", SECS(30)).expect("repaired");
+    // Its own sync timer fires within 11 s (10 s + jitter); a peer's may come sooner.
+    assert!(took <= SECS(11), "took {took:?}: more than one sync round");
+}
+
+#[test]
+fn a_partitioned_node_catches_up_and_concurrent_writes_converge() {
+    let mut net = cluster(5, 4);
+    net.partition(&[4], &[0, 1, 2, 3]);
+    put(&mut net, 0, "while-away", b"x");
+    put(&mut net, 4, "same", b"from 4");
+    put(&mut net, 1, "same", b"from 1");
+    net.run_for(SECS(5));
+    assert_eq!(value_at(&mut net, 4, "while-away"), None);
+    net.heal();
+    until_everywhere(&mut net, "while-away", b"x", SECS(60)).expect("caught up");
+    let winner = value_at(&mut net, 0, "same").unwrap();
+    until_everywhere(&mut net, "same", &winner, SECS(60)).expect("one value everywhere");
+    let digest = net.node(0).replica().shared().digests().to_vec();
+    for i in 1..5 {
+        assert_eq!(net.node(i).replica().shared().digests().to_vec(), digest);
+    }
+}
+
+#[test]
+fn a_restart_keeps_its_data_and_a_blank_restart_refills_from_peers() {
+    let mut net = cluster(4, 5);
+    register(&mut net, 2, "db");
+    put(&mut net, 2, "mine", b"1");
+    until_everywhere(&mut net, "mine", b"1", SECS(5)).unwrap();
+    net.crash(2);
+    net.restart_with_data(2, 2, key(1));
+    assert_eq!(
+        value_at(&mut net, 2, "mine"),
+        Some(b"1".to_vec()),
+        "from its journal"
+    );
+    assert!(
+        net.node(2)
+            .replica()
+            .own_record()
+            .unwrap()
+            .services
+            .contains_key("db")
+    );
+    net.crash(3);
+    net.start(3, 2, key(1));
+    net.join(3, 0).unwrap();
+    until_everywhere(&mut net, "mine", b"1", SECS(30)).expect("refilled by anti-entropy");
+    assert_eq!(instances(&mut net, 3, "db").len(), 1);
+}
+
+#[test]
+fn a_failed_node_is_critical_everywhere_then_reaped_and_a_left_one_goes_at_once() {
+    let config = GossipConfig {
+        reap_after: SECS(60),
+        ..GossipConfig::lan("test")
+    };
+    let mut net = cluster_with(6, 6, config);
+    register(&mut net, 4, "web");
+    register(&mut net, 5, "web");
+    net.run_for(SECS(2));
+    net.crash(4);
+    net.run_until(SECS(30), |net| net.all_see(4, MemberStatus::Failed))
+        .expect("failed");
+    for i in [0, 1, 2, 3, 5] {
+        let web = instances(&mut net, i, "web");
+        assert!(
+            web.contains(&("node-4".into(), Health::Critical)),
+            "node {i}: {web:?}"
+        );
+    }
+    net.node(5).leave();
+    net.run_for(SECS(2));
+    for i in 0..4 {
+        assert!(
+            !instances(&mut net, i, "web")
+                .iter()
+                .any(|(n, _)| n == "node-5"),
+            "left: gone at once"
+        );
+    }
+    net.run_for(SECS(90));
+    for i in 0..4 {
+        let records = net.node(i).replica().records();
+        assert!(
+            records.entry("node-4").is_none(),
+            "node {i} reaped the failed record"
+        );
+        assert!(
+            records.entry("node-5").is_none(),
+            "node {i} reaped the left record"
+        );
+    }
+}
+
+#[test]
+fn many_silent_at_once_are_not_reaped() {
+    let config = GossipConfig {
+        reap_after: SECS(30),
+        ..GossipConfig::lan("test")
+    };
+    let mut net = cluster_with(6, 7, config);
+    for i in 0..6 {
+        register(&mut net, i, "web");
+    }
+    net.run_for(SECS(2));
+    for i in 3..6 {
+        net.crash(i);
+    }
+    net.run_for(SECS(120));
+    let records = net.node(0).replica().records();
+    assert_eq!(
+        records.iter().count(),
+        6,
+        "half the cluster silent: a partition, kept"
+    );
+}
+
+#[test]
+fn one_seed_one_replicated_run() {
+    let run = |seed| {
+        let mut net = cluster(8, seed);
+        net.loss = 0.1;
+        for i in 0..8 {
+            put(&mut net, i, &format!("k{i}"), b"v");
+        }
+        net.run_for(SECS(30));
+        (0..8)
+            .map(|i| net.node(i).replica().shared().digests().to_vec())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(9), run(9));
+}

@@ -1,0 +1,227 @@
+//! Consul's service definitions: the JSON body of `PUT /v1/agent/service/register` and the
+//! `{"service": {...}}` / `{"services": [...]}` files of `--config-dir`.
+//!
+//! Keys are matched without regard to letter case, as Go's JSON decoding does, so `"Name"`,
+//! `"name"` and `"NAME"` all work. Unknown keys are ignored, as Consul ignores them; a known key
+//! with a value of the wrong type is an error that names the key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use murmur_catalog::Service;
+use serde_json::Value;
+
+/// A parsed service definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    /// The instance.
+    pub service: Service,
+    /// How many health checks it declared (run by the agent from the health-check issue on;
+    /// until then they are accepted and ignored).
+    pub checks: usize,
+}
+
+/// Looks a key up in a JSON object regardless of case.
+fn field<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    object
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+}
+
+fn string(object: &serde_json::Map<String, Value>, name: &str) -> Result<String, String> {
+    match field(object, name) {
+        None => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(format!("{name} must be a string, not {other}")),
+    }
+}
+
+fn strings(object: &serde_json::Map<String, Value>, name: &str) -> Result<Vec<String>, String> {
+    match field(object, name) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{name} must be a list of strings"))
+            })
+            .collect(),
+        Some(_) => Err(format!("{name} must be a list of strings")),
+    }
+}
+
+fn string_map(
+    object: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    match field(object, name) {
+        None => Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|v| (k.clone(), v.to_owned()))
+                    .ok_or_else(|| format!("{name}.{k} must be a string"))
+            })
+            .collect(),
+        Some(_) => Err(format!("{name} must be an object of strings")),
+    }
+}
+
+fn integer(object: &serde_json::Map<String, Value>, name: &str, max: u64) -> Result<u64, String> {
+    match field(object, name) {
+        None => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| format!("{name} must be a whole number from 0 to {max}, not {v}")),
+    }
+}
+
+/// Parses one service definition.
+pub fn parse(value: &Value) -> Result<Definition, String> {
+    let object = value
+        .as_object()
+        .ok_or("a service definition must be a JSON object")?;
+    let name = string(object, "Name")?;
+    if name.is_empty() {
+        return Err("Missing service name".into());
+    }
+    if name.contains('/') || name.contains('\n') {
+        return Err(format!(
+            "service name {name:?} must not contain '/' or a newline"
+        ));
+    }
+    let id = Some(string(object, "ID")?)
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| name.clone());
+    let port = integer(object, "Port", u64::from(u16::MAX))? as u16;
+    let (weight_passing, weight_warning) = match field(object, "Weights") {
+        None => (1, 1),
+        Some(Value::Object(weights)) => (
+            integer(weights, "Passing", u64::from(u32::MAX))?.max(1) as u32,
+            integer(weights, "Warning", u64::from(u32::MAX))? as u32,
+        ),
+        Some(_) => return Err("Weights must be an object".into()),
+    };
+    let checks = usize::from(field(object, "Check").is_some())
+        + field(object, "Checks")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+    Ok(Definition {
+        service: Service {
+            id,
+            name,
+            tags: strings(object, "Tags")?,
+            address: string(object, "Address")?,
+            port,
+            meta: string_map(object, "Meta")?,
+            weight_passing,
+            weight_warning,
+        },
+        checks,
+    })
+}
+
+/// Parses a definitions file: `{"service": {...}}` or `{"services": [...]}`.
+pub fn parse_file(value: &Value) -> Result<Vec<Definition>, String> {
+    let object = value
+        .as_object()
+        .ok_or("the file must hold a JSON object with \"service\" or \"services\"")?;
+    match (field(object, "service"), field(object, "services")) {
+        (Some(one), None) => Ok(vec![parse(one)?]),
+        (None, Some(Value::Array(many))) => many.iter().map(parse).collect(),
+        (None, Some(_)) => Err("\"services\" must be a list of service definitions".into()),
+        (Some(_), Some(_)) => Err("use either \"service\" or \"services\", not both".into()),
+        (None, None) => Err("no \"service\" or \"services\" key".into()),
+    }
+}
+
+/// Reads every `*.json` file of `dir`, in name order.
+pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<Definition>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read --config-dir {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let mut all = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let definitions =
+            parse_file(&value).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
+        all.extend(definitions);
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn consul_shape_in_any_letter_case() {
+        let def = parse(&json!({
+            "name": "web", "ID": "web-1", "TAGS": ["v1"], "Port": 8080,
+            "Meta": {"team": "a"}, "Weights": {"Passing": 5, "Warning": 1},
+            "Check": {"TTL": "10s"}, "Unknown": true
+        }))
+        .unwrap();
+        assert_eq!(def.service.id, "web-1");
+        assert_eq!(def.service.tags, ["v1"]);
+        assert_eq!(def.service.port, 8080);
+        assert_eq!(def.service.weight_passing, 5);
+        assert_eq!(def.service.meta["team"], "a");
+        assert_eq!(def.checks, 1);
+        assert_eq!(parse(&json!({"Name": "db"})).unwrap().service.id, "db");
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let cases = [
+            (json!({}), "Missing service name"),
+            (
+                json!({"Name": "web", "Port": -1}),
+                "Port must be a whole number",
+            ),
+            (
+                json!({"Name": "web", "Port": "80"}),
+                "Port must be a whole number",
+            ),
+            (json!({"Name": "web", "Port": 70000}), "from 0 to 65535"),
+            (json!({"Name": "web", "Tags": "v1"}), "Tags must be a list"),
+            (
+                json!({"Name": "web", "Meta": {"a": 1}}),
+                "Meta.a must be a string",
+            ),
+            (json!(["web"]), "must be a JSON object"),
+        ];
+        for (input, expected) in cases {
+            let err = parse(&input).unwrap_err();
+            assert!(err.contains(expected), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn files_hold_one_or_many() {
+        assert_eq!(
+            parse_file(&json!({"service": {"name": "a"}}))
+                .unwrap()
+                .len(),
+            1
+        );
+        let many = json!({"Services": [{"name": "a"}, {"name": "b"}]});
+        assert_eq!(parse_file(&many).unwrap().len(), 2);
+        assert!(parse_file(&json!({"nothing": 1})).is_err());
+    }
+}
