@@ -125,6 +125,8 @@ pub struct Snapshot {
     pub records: Vec<(String, OwnedEntry<NodeRecord>)>,
     /// Every shared entry, tombstones included, with its indexes.
     pub shared: Vec<(String, Entry<Value>)>,
+    /// This node's last non-empty record (kept through a leave, restored at the next start).
+    pub own: Option<NodeRecord>,
 }
 
 /// Step 1 of anti-entropy, initiator → responder: what the initiator holds, in summary.
@@ -235,6 +237,8 @@ pub struct Replica {
     last_contact_ms: u64,
     /// Modify index of the last change to any record, reaps included.
     records_index: u64,
+    /// This node's last non-empty record: what it registers again after a leave and restart.
+    kept: Option<NodeRecord>,
     config: ReplicaConfig,
     journal: Vec<Journaled>,
     outbox: Vec<Change>,
@@ -259,6 +263,7 @@ impl Replica {
             reaped_order: VecDeque::new(),
             last_contact_ms: 0,
             records_index: 0,
+            kept: None,
             config,
             journal: Vec::new(),
             outbox: Vec::new(),
@@ -286,6 +291,7 @@ impl Replica {
             for (key, entry) in snapshot.shared {
                 replica.shared.restore(key, entry);
             }
+            replica.kept = snapshot.own;
         }
         for entry in log {
             replica.replay(entry);
@@ -311,6 +317,9 @@ impl Replica {
                 let mut at = ModifyIndex::resume(index.saturating_sub(1));
                 match change {
                     Change::Record { owner, register } => {
+                        if owner == self.me && register.value().is_some() {
+                            self.kept.clone_from(register.value());
+                        }
                         self.records.merge(&owner, &register, &mut at);
                     }
                     Change::Shared { key, register } => {
@@ -346,6 +355,7 @@ impl Replica {
                 .iter()
                 .map(|(k, e)| (k.clone(), e.clone()))
                 .collect(),
+            own: self.kept.clone(),
         }
     }
 
@@ -426,9 +436,15 @@ impl Replica {
         self.records_index
     }
 
-    /// This node's own record as last written.
+    /// This node's own record as last written (`None` after a leave).
     pub fn own_record(&self) -> Option<&NodeRecord> {
         self.records.get(&self.me)
+    }
+
+    /// This node's last non-empty record, kept through a leave: what it registers again when
+    /// it starts.
+    pub fn kept_own_record(&self) -> Option<&NodeRecord> {
+        self.kept.as_ref()
     }
 
     /// Journal entries since the last call, for the agent to persist in order.
@@ -443,6 +459,9 @@ impl Replica {
 
     /// Replaces this node's record (`None` on leave) and queues it for spreading.
     pub fn set_own_record(&mut self, record: Option<NodeRecord>) {
+        if record.is_some() {
+            self.kept.clone_from(&record);
+        }
         self.own.counter += 1;
         let change = Change::Record {
             owner: self.me.clone(),
@@ -1152,6 +1171,20 @@ mod tests {
         next.set_own_record(None);
         let mine = next.records().entry("a").unwrap().register.stamp();
         assert_eq!(mine.generation, 2, "a new life versions above the old one");
+        let after_leave = Replica::restore(
+            "a",
+            1,
+            3,
+            ReplicaConfig::default(),
+            Some(next.snapshot()),
+            next.take_journal(),
+        );
+        assert_eq!(after_leave.own_record(), None, "left");
+        assert_eq!(
+            after_leave.kept_own_record(),
+            Some(&NodeRecord::default()),
+            "what it registers again at the next start"
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     node.set_replica(replica);
     node.set_now(runtime::wall_ms());
     node.write(|replica, _| {
-        let record = own_record(&config, replica.own_record(), definitions);
+        let record = own_record(&config, replica.kept_own_record(), definitions);
         replica.set_own_record(Some(record));
     });
 

@@ -2,12 +2,15 @@
 //! or the wait (a Go duration, default 5 m, at most 10 m, plus up to wait/16 of jitter) ends.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use murmur_gossip::Node;
 use rand::RngExt;
 use tokio::sync::watch;
 
 use super::ApiError;
+use crate::agent::runtime::Agent;
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -43,6 +46,34 @@ pub async fn block(mut watched: watch::Receiver<u64>, index: u64, wait: Duration
     let jitter = wait.mul_f64(rand::rng().random_range(0.0..1.0 / 16.0));
     let _ = tokio::time::timeout(wait + jitter, watched.wait_for(|now| *now > index)).await;
     *watched.borrow()
+}
+
+/// Answers `query` (which returns its own index and its answer) as a blocking query: with
+/// `?index=N`, waits while the query's index is still N, re-evaluating it after each change of
+/// the replica, until it moves or the wait ends. Each query has its own index, so a change
+/// elsewhere wakes the waiter only to re-check, never to answer with nothing new.
+pub async fn query<T>(
+    agent: &Arc<Agent>,
+    params: &HashMap<String, String>,
+    query: impl Fn(&Node) -> (u64, T),
+) -> Result<(u64, T), ApiError> {
+    let index = index(params)?;
+    let wait = wait(params)?;
+    let jitter = wait.mul_f64(rand::rng().random_range(0.0..1.0 / 16.0));
+    let deadline = tokio::time::Instant::now() + wait + jitter;
+    let mut changes = agent.state_index.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let (at, answer) = agent.with_node(|n| query(n));
+        let at = at.max(1);
+        if index == 0 || at != index {
+            return Ok((at, answer));
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok((at, answer)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! The HTTP API: the agent, event, keyring and metrics endpoints, in Consul's shapes
+//! The HTTP API: the agent, catalog, KV, event, keyring and metrics endpoints, in Consul's shapes
 //! (`shared/CONSUL-API.md`), so Consul clients and tools work against murmur.
 //!
 //! murmur has no leader: `X-Consul-KnownLeader` is always `true` (every agent serves) and
 //! `X-Consul-Effective-Consistency` is `stale`: each agent answers from its own replica.
 
 mod blocking;
+mod catalog;
+mod kv;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -52,6 +54,11 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    /// A 500 for what the agent itself failed to do (e.g. make a write durable).
+    pub fn internal(err: anyhow::Error) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -88,6 +95,21 @@ pub fn router(agent: Arc<Agent>, leave: Arc<Notify>, config: AgentConfig) -> Rou
         .route("/v1/agent/join/{addr}", put(agent_join))
         .route("/v1/agent/leave", put(agent_leave))
         .route("/v1/agent/metrics", get(agent_metrics))
+        .route("/v1/agent/service/register", put(catalog::register))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(catalog::deregister),
+        )
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route(
+            "/v1/kv/",
+            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/event/fire/{name}", put(event_fire))
         .route("/v1/event/list", get(event_list))
         .route(

@@ -174,11 +174,10 @@ impl Agent {
         clean
     }
 
-    /// Starts the agent again with the same name, ports and data dir.
+    /// Kills the agent and starts it again with the same name, ports and data dir.
     pub fn restart(&mut self, join: Option<SocketAddr>) {
         self.kill9();
-        self.spawn(join, &[]);
-        self.wait_ready("come back");
+        self.start_again(join, &[]);
     }
 
     pub fn log(&self) -> String {
@@ -205,6 +204,24 @@ impl Agent {
             .iter()
             .find(|m| m["Name"] == name)
             .and_then(|m| m["Status"].as_u64())
+    }
+
+    /// Sends a request; panics with the agent's log when it cannot be sent.
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Answer {
+        http(self.http, method, path, body).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path} on {} failed: {e}\n{}",
+                self.name,
+                self.log()
+            )
+        })
+    }
+
+    /// Starts the agent again (after `kill9` or `terminate`) with the same name, ports and
+    /// data dir, joining through `join`.
+    pub fn start_again(&mut self, join: Option<SocketAddr>, extra: &[&str]) {
+        self.spawn(join, extra);
+        self.wait_ready("come back");
     }
 
     /// Runs a CLI command against this agent.

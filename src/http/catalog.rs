@@ -1,0 +1,147 @@
+//! The catalog endpoints and the agent's service registration, thin over the replica's
+//! catalog queries. The local agent owns its record: registering or deregistering rewrites it
+//! and spreads it; every agent answers catalog reads from its own replica.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use murmur_catalog::Instance;
+use serde_json::{Value, json};
+
+use super::{Api, ApiError, ApiResult, blocking, node_uuid, with_index};
+
+/// `GET /v1/catalog/services`: every service name with its tags.
+pub async fn services(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let (index, services) = blocking::query(&api.agent, &query, |n| {
+        let failed = n.failed_owners();
+        let replica = n.replica();
+        let services: BTreeMap<String, Vec<String>> = replica
+            .catalog(&failed)
+            .services()
+            .into_iter()
+            .map(|(name, tags)| {
+                (
+                    name.to_owned(),
+                    tags.into_iter().map(str::to_owned).collect(),
+                )
+            })
+            .collect();
+        (replica.records_index(), services)
+    })
+    .await?;
+    Ok(with_index(index, json!(services)))
+}
+
+fn instance_json(i: &Instance<'_>, node_id: u64, index: u64) -> Value {
+    let s = i.service;
+    json!({
+        "ID": node_uuid(node_id),
+        "Node": i.node,
+        "Address": i.record.address,
+        "Datacenter": i.record.datacenter,
+        "TaggedAddresses": i.record.tagged_addresses,
+        "NodeMeta": i.record.meta,
+        "ServiceKind": "",
+        "ServiceID": s.id,
+        "ServiceName": s.name,
+        "ServiceTags": s.tags,
+        "ServiceAddress": s.address,
+        "ServicePort": s.port,
+        "ServiceMeta": s.meta,
+        "ServiceWeights": {"Passing": s.weight_passing, "Warning": s.weight_warning},
+        "ServiceEnableTagOverride": false,
+        "CreateIndex": index,
+        "ModifyIndex": index,
+    })
+}
+
+/// `GET /v1/catalog/service/:name` with any number of `?tag=`.
+pub async fn service(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> ApiResult {
+    let tags: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let query: HashMap<String, String> = pairs.into_iter().collect();
+    let (index, list) = blocking::query(&api.agent, &query, |n| {
+        let ids: HashMap<String, u64> = n
+            .members()
+            .into_iter()
+            .map(|m| (m.identity.name, m.identity.node_id))
+            .collect();
+        let failed = n.failed_owners();
+        let replica = n.replica();
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let list: Vec<Value> = replica
+            .catalog(&failed)
+            .instances(&name, &tags)
+            .iter()
+            .map(|i| {
+                let index = replica
+                    .records()
+                    .entry(i.node)
+                    .map_or(0, |e| e.modify_index);
+                instance_json(i, ids.get(i.node).copied().unwrap_or(0), index)
+            })
+            .collect();
+        (replica.records_index(), list)
+    })
+    .await?;
+    Ok(with_index(index, Value::Array(list)))
+}
+
+/// `PUT /v1/agent/service/register`: adds or replaces a service on this agent's record.
+pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCode> {
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let definition = crate::services::parse(&value).map_err(ApiError::bad_request)?;
+    if definition.checks > 0 {
+        tracing::warn!(service = %definition.service.id, "health checks are not run yet; registered without them");
+    }
+    api.agent
+        .write(|r, _| {
+            let mut record = r.own_record().cloned().unwrap_or_default();
+            record
+                .services
+                .insert(definition.service.id.clone(), definition.service);
+            r.set_own_record(Some(record));
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::OK)
+}
+
+/// `PUT /v1/agent/service/deregister/:id`.
+pub async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let found = api
+        .agent
+        .write(|r, _| {
+            let mut record = r.own_record().cloned().unwrap_or_default();
+            if record.services.remove(&id).is_none() {
+                return false;
+            }
+            record.checks.retain(|_, c| c.service_id != id);
+            r.set_own_record(Some(record));
+            true
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+            ),
+        ));
+    }
+    Ok(StatusCode::OK)
+}

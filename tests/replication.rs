@@ -1,0 +1,259 @@
+//! End to end: real agents on loopback replicate services and KV, converge on concurrent
+//! writes, keep what they hold across a crash, and catch up after being stopped.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Agent, Spec, cluster, keygen, wait_until};
+use serde_json::Value;
+
+const SPREAD: Duration = Duration::from_secs(10);
+
+fn put(agent: &Agent, key: &str, value: &str) {
+    let (status, _, body) = agent.request("PUT", &format!("/v1/kv/{key}"), value.as_bytes());
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "true"),
+        "PUT {key} on {}",
+        agent.name
+    );
+}
+
+/// The raw value of `key` on `agent`, if it has one.
+fn value(agent: &Agent, key: &str) -> Option<String> {
+    let (status, _, body) = agent.request("GET", &format!("/v1/kv/{key}?raw"), b"");
+    (status == 200).then_some(body)
+}
+
+fn register(agent: &Agent, definition: &str) {
+    let (status, _, body) =
+        agent.request("PUT", "/v1/agent/service/register", definition.as_bytes());
+    assert_eq!(status, 200, "register on {}: {body}", agent.name);
+}
+
+/// The nodes listing an instance of `service`, as `agent` sees them.
+fn nodes_of(agent: &Agent, service: &str) -> Vec<String> {
+    let list = agent.get(&format!("/v1/catalog/service/{service}"));
+    let mut nodes: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Node"].as_str().unwrap().to_owned())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+fn all_hold(agents: &[Agent], key: &str, expected: &str) -> bool {
+    agents
+        .iter()
+        .all(|a| value(a, key).as_deref() == Some(expected))
+}
+
+#[test]
+fn services_and_kv_reach_every_agent_and_concurrent_writes_converge() {
+    let agents = cluster("rep", 5, &keygen());
+    register(
+        &agents[0],
+        r#"{"Name": "web", "ID": "web-1", "Port": 8080, "Tags": ["v1"]}"#,
+    );
+    assert!(
+        wait_until(SPREAD, || agents
+            .iter()
+            .all(|a| nodes_of(a, "web") == ["rep0"])),
+        "the service did not reach every agent"
+    );
+    let services = agents[3].get("/v1/catalog/services");
+    assert_eq!(services["web"], serde_json::json!(["v1"]));
+
+    put(&agents[1], "app/config", "blue");
+    assert!(
+        wait_until(SPREAD, || all_hold(&agents, "app/config", "blue")),
+        "the KV write did not reach every agent"
+    );
+
+    // The same key written on two agents at once: one value wins everywhere.
+    let (a, b) = (&agents[2], &agents[4]);
+    std::thread::scope(|s| {
+        s.spawn(|| put(a, "race", "from-2"));
+        s.spawn(|| put(b, "race", "from-4"));
+    });
+    let agreed = wait_until(SPREAD, || {
+        let first = value(&agents[0], "race");
+        first.is_some() && agents.iter().all(|a| value(a, "race") == first)
+    });
+    assert!(agreed, "agents disagree on the raced key");
+}
+
+#[test]
+fn a_blocking_query_returns_when_a_write_on_another_agent_arrives() {
+    let agents = cluster("blk", 2, &keygen());
+    put(&agents[0], "watched", "1");
+    assert!(wait_until(SPREAD, || value(&agents[1], "watched").is_some()));
+    let (_, headers, _) = agents[1].request("GET", "/v1/kv/watched", b"");
+    let index = headers
+        .iter()
+        .find(|(k, _)| k == "x-consul-index")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            agents[1].request(
+                "GET",
+                &format!("/v1/kv/watched?index={index}&wait=20s"),
+                b"",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        put(&agents[0], "watched", "2");
+        let (status, _, body) = waiter.join().unwrap();
+        assert_eq!(status, 200);
+        let list: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(list[0]["Value"], "Mg==", "the new value, base64");
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woke on the write, not the timeout"
+    );
+}
+
+#[test]
+fn a_killed_agent_keeps_its_services_and_kv_and_a_stopped_one_catches_up() {
+    let mut agents = cluster("dur", 3, &keygen());
+    let seed = agents[0].gossip;
+    register(&agents[2], r#"{"Name": "db", "Port": 5432}"#);
+    put(&agents[2], "held", "x");
+    assert!(wait_until(SPREAD, || all_hold(&agents, "held", "x")));
+
+    // Killed right after acknowledging: the data comes back from its own data dir, before it
+    // talks to anyone.
+    agents[2].kill9();
+    agents[2].start_again(None, &[]);
+    assert_eq!(value(&agents[2], "held").as_deref(), Some("x"));
+    assert_eq!(nodes_of(&agents[2], "db"), ["dur2"]);
+    agents[2].kill9();
+    agents[2].start_again(Some(seed), &[]);
+
+    // Stopped while the others write; it catches up through anti-entropy when it returns.
+    agents[1].kill9();
+    put(&agents[0], "while-away", "y");
+    agents[1].start_again(Some(seed), &[]);
+    assert!(
+        wait_until(SPREAD, || value(&agents[1], "while-away").as_deref()
+            == Some("y")),
+        "the returning agent did not catch up:\n{}",
+        agents[1].log()
+    );
+
+    // A graceful leave empties its record everywhere at once; a restart registers it again.
+    assert!(agents[2].terminate());
+    assert!(wait_until(SPREAD, || nodes_of(&agents[0], "db").is_empty()));
+    agents[2].start_again(Some(seed), &[]);
+    assert!(wait_until(SPREAD, || nodes_of(&agents[0], "db") == ["dur2"]));
+}
+
+#[test]
+fn config_dir_services_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("web.json"),
+        r#"{"services": [{"name": "web", "port": 80}, {"name": "api", "port": 81}]}"#,
+    )
+    .unwrap();
+    let config_dir = dir.path().to_str().unwrap();
+    let agent = Agent::start(Spec {
+        name: "cfg",
+        key: None,
+        join: None,
+        extra: &["--config-dir", config_dir],
+    });
+    assert_eq!(nodes_of(&agent, "web"), ["cfg"]);
+    assert_eq!(nodes_of(&agent, "api"), ["cfg"]);
+
+    let cases: [(&str, &str, &[u8], u16, &str); 5] = [
+        (
+            "PUT",
+            "/v1/agent/service/register",
+            b"{nope",
+            400,
+            "Request decode failed",
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register",
+            br#"{"Name":"x","Port":-1}"#,
+            400,
+            "Port",
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/deregister/absent",
+            b"",
+            404,
+            "Unknown service ID",
+        ),
+        ("PUT", "/v1/kv/k?cas=abc", b"v", 400, "Invalid cas"),
+        (
+            "PUT",
+            "/v1/kv/big",
+            &[b'x'; 600 * 1024],
+            413,
+            "Value exceeds",
+        ),
+    ];
+    for (method, path, body, status, message) in cases {
+        let (got, _, text) = agent.request(method, path, body);
+        assert_eq!(got, status, "{method} {path}: {text}");
+        assert!(text.contains(message), "{method} {path}: {text}");
+    }
+    assert_eq!(value(&agent, "big"), None, "nothing half-written");
+
+    std::fs::write(dir.path().join("bad.json"), r#"{"service": {"port": 1}}"#).unwrap();
+    let out = Agent::run_to_exit(Spec {
+        name: "cfg2",
+        key: None,
+        join: None,
+        extra: &["--config-dir", config_dir],
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("bad.json") && stderr.contains("Missing service name"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_damaged_data_dir_is_a_clear_error_and_is_left_alone() {
+    let mut agent = Agent::start(Spec {
+        name: "dmg",
+        key: None,
+        join: None,
+        extra: &[],
+    });
+    put(&agent, "k", "v");
+    agent.kill9();
+    let snapshot = agent.data_dir.join("state/snapshot");
+    std::fs::write(&snapshot, b"not a snapshot").unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "agent",
+            "--node",
+            "dmg",
+            "--bind",
+            &agent.gossip.to_string(),
+        ])
+        .args(["--http-addr", &agent.http.to_string(), "--data-dir"])
+        .arg(&agent.data_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("snapshot is damaged") && stderr.contains("backup"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&snapshot).unwrap(), b"not a snapshot");
+}
