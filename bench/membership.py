@@ -120,6 +120,7 @@ class Murmur:
 
     def __init__(self, binary, key, workdir):
         self.binary, self.key, self.workdir = binary, key, workdir
+        self.extra = lambda i: []  # more flags for agent i
 
     def start(self, i, seed):
         gossip, http = free_port(), free_port()
@@ -127,6 +128,7 @@ class Murmur:
                "--http-addr", f"127.0.0.1:{http}", "--data-dir", f"{self.workdir}/m{i}", "--encrypt", self.key]
         if seed:
             cmd += ["--join", seed]
+        cmd += self.extra(i)
         env = dict(os.environ, MURMUR_LOG="warn")
         log = open(f"{self.workdir}/agent{i}.log", "w")
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
@@ -232,18 +234,55 @@ def poll_until(system, agents, cond, limit):
     return times
 
 
+def start_cluster(system, n, agents):
+    """Starts n agents joined through the first, appending them to `agents` (so the caller can
+    stop them whatever happens); returns the time from launching the joiners until every agent
+    lists all n alive."""
+    seed = system.start(0, None)
+    agents.append(seed)
+    wait_for(lambda: system.ready(seed), 20, "seed")
+    t0 = time.monotonic()
+    for i in range(1, n):
+        agents.append(system.start(i, seed["gossip"]))
+    names = {f"n{i}" for i in range(n)}
+    times = poll_until(system, agents, lambda m: all(m.get(x) == "alive" for x in names), 120)
+    return max(times) - t0
+
+
+def spread(n, waiters, fire, limit=30):
+    """Starts one thread per waiter (each returns when its agent has the news), fires, and
+    returns the sorted delays from firing to each arrival."""
+    arrivals = [None] * n
+
+    def wait(i):
+        waiters[i]()
+        arrivals[i] = time.monotonic()
+
+    threads = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    fire()
+    for t in threads:
+        t.join(limit)
+    if None in arrivals:
+        raise RuntimeError(f"missed by {arrivals.count(None)} agents")
+    return sorted(t - t0 for t in arrivals)
+
+
+def stop(agents):
+    for a in agents:
+        if a["proc"].poll() is None:
+            a["proc"].send_signal(signal.SIGCONT)
+            a["proc"].send_signal(signal.SIGKILL)
+        a["proc"].wait()
+
+
 def run(system, n, idle_secs, kills):
     agents = []
     try:
-        seed = system.start(0, None)
-        agents.append(seed)
-        wait_for(lambda: system.ready(seed), 20, "seed")
-        t0 = time.monotonic()
-        for i in range(1, n):
-            agents.append(system.start(i, seed["gossip"]))
-        names = {f"n{i}" for i in range(n)}
-        times = poll_until(system, agents, lambda m: all(m.get(x) == "alive" for x in names), 120)
-        join = max(times) - t0
+        join = start_cluster(system, n, agents)
 
         time.sleep(idle_secs / 2)
         before = [proc_stats(a["proc"].pid) for a in agents]
@@ -253,23 +292,7 @@ def run(system, n, idle_secs, kills):
         cpu = statistics.mean((a[1] - b[1]) / idle_secs * 100 for a, b in zip(after, before))
 
         waiters = [system.event_waiter(a) for a in agents]
-        arrivals = [None] * n
-
-        def wait(i):
-            waiters[i]()
-            arrivals[i] = time.monotonic()
-
-        threads = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(n)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-        t0 = time.monotonic()
-        system.fire(agents[0])
-        for t in threads:
-            t.join(30)
-        if None in arrivals:
-            raise RuntimeError(f"{system.name}: event missed by {arrivals.count(None)} agents")
-        event = sorted(t - t0 for t in arrivals)
+        event = spread(n, waiters, lambda: system.fire(agents[0]))
 
         # Several kills, one after another: when a victim is first probed is random, so one
         # kill is one noisy sample. Report medians over kills of the per-kill p50 and max.
@@ -289,10 +312,7 @@ def run(system, n, idle_secs, kills):
         return {"join": join, "event_p50": statistics.median(event), "event_max": event[-1],
                 "detect_p50": detect_p50, "detect_max": detect_max, "rss": rss, "cpu": cpu}
     finally:
-        for a in agents:
-            if a["proc"].poll() is None:
-                a["proc"].send_signal(signal.SIGKILL)
-            a["proc"].wait()
+        stop(agents)
 
 
 def main():

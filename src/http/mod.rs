@@ -286,7 +286,28 @@ async fn agent_metrics(
             "murmur serves metrics as ?format=prometheus",
         ));
     }
-    let (stats, members) = api.agent.with_node(|n| (n.stats().clone(), n.members()));
+    let (stats, members, replica) = api.agent.with_node(|n| {
+        let r = n.replica();
+        let sizes = (r.index(), r.records().len(), r.shared().len(), r.stats());
+        (n.stats().clone(), n.members(), sizes)
+    });
+    let (index, records, keys, replicated) = replica;
+    metrics::gauge!("murmur_replica_index").set(index as f64);
+    metrics::gauge!("murmur_replica_records").set(records as f64);
+    metrics::gauge!("murmur_replica_shared_keys").set(keys as f64);
+    for (outcome, n) in [
+        ("applied", replicated.applied),
+        ("redundant", replicated.redundant),
+        ("refused_clock", replicated.refused_clock),
+        ("refused_malformed", replicated.refused_malformed),
+        ("refused_stale", replicated.refused_stale),
+    ] {
+        metrics::counter!("murmur_replica_changes_total", "outcome" => outcome).absolute(n);
+    }
+    metrics::counter!("murmur_replica_tombstones_collected_total")
+        .absolute(replicated.tombstones_collected);
+    metrics::counter!("murmur_replica_reset_dropped_total").absolute(replicated.reset_dropped);
+    metrics::counter!("murmur_gossip_changes_dropped_total").absolute(stats.changes_dropped);
     metrics::counter!("murmur_gossip_packets_received_total").absolute(stats.packets_received);
     metrics::counter!("murmur_gossip_packets_sent_total").absolute(stats.packets_sent);
     metrics::counter!("murmur_gossip_bytes_received_total").absolute(stats.bytes_received);

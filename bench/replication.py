@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Replication benchmark: a KV write on murmur against a user event on serf, same N, same
+machine, side by side; then murmur alone: anti-entropy repair of a missed write, and the memory
+of agents holding 10,000 service instances and 100,000 keys.
+
+  write     time from a KV PUT on agent 0 until each agent has it, pushed to the bench by a
+            blocking query per agent (murmur), against `serf event` until each agent's RPC
+            event stream delivers it (serf). Several writes; medians over writes of each
+            write's p50 and max.
+  repair    an agent paused (SIGSTOP) while a write spreads and its retransmissions run out,
+            then resumed (SIGCONT): time from resume until it has the write (anti-entropy
+            with one random member every 10 s; a round is 10-11 s).
+  memory    4 agents, 2,500 services each from --config-dir (10,000 instances), 100,000 keys
+            of 64 bytes written on agent 0: RSS of each agent once all hold everything.
+Only loopback addresses are used; every process started is killed at the end.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.dirname(__file__))
+from membership import Murmur, Serf, proc_stats, spread, start_cluster, stop, wait_for  # noqa: E402
+
+
+def request(agent, method, path, data=None, timeout=70):
+    """Status, headers and body; 404 is an answer, not an error."""
+    req = urllib.request.Request(f"http://127.0.0.1:{agent['api']}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def kv_waiter(agent, key):
+    """Returns a function that blocks until `key` exists on `agent` (blocking queries)."""
+    _, headers, _ = request(agent, "GET", f"/v1/kv/{key}")
+    index = headers["X-Consul-Index"]
+
+    def wait():
+        nonlocal index
+        while True:
+            status, headers, _ = request(agent, "GET", f"/v1/kv/{key}?index={index}&wait=60s")
+            if status == 200:
+                return
+            index = headers["X-Consul-Index"]
+    return wait
+
+
+def write_times(system, n, writes):
+    agents = []
+    try:
+        start_cluster(system, n, agents)
+        time.sleep(2)
+        p50s, maxes = [], []
+        for w in range(writes):
+            key = f"bench/w{w}"
+            if system.name == "murmur":
+                waiters = [kv_waiter(a, key) for a in agents]
+                fire = lambda: request(agents[0], "PUT", f"/v1/kv/{key}", b"v")
+            else:
+                waiters = [system.event_waiter(a) for a in agents]
+                fire = lambda: system.fire(agents[0])
+            times = spread(n, waiters, fire)
+            p50s.append(statistics.median(times))
+            maxes.append(times[-1])
+            time.sleep(1)
+        return statistics.median(p50s), statistics.median(maxes)
+    finally:
+        stop(agents)
+
+
+def repair_times(system, n, rounds):
+    agents = []
+    try:
+        start_cluster(system, n, agents)
+        out = []
+        for r in range(rounds):
+            victim = agents[1 + r % (n - 1)]
+            key = f"repair/{r}"
+            victim["proc"].send_signal(signal.SIGSTOP)
+            request(agents[0], "PUT", f"/v1/kv/{key}", b"v")
+            time.sleep(3)  # retransmissions (8 rounds of 200 ms at N=32) are spent
+            victim["proc"].send_signal(signal.SIGCONT)
+            t0 = time.monotonic()
+            while request(victim, "GET", f"/v1/kv/{key}")[0] != 200:
+                time.sleep(0.05)
+                if time.monotonic() - t0 > 60:
+                    raise RuntimeError("missed write never repaired")
+            out.append(time.monotonic() - t0)
+        return out
+    finally:
+        stop(agents)
+
+
+def memory(system, workdir, keys):
+    config_dirs = []
+    for i in range(4):
+        d = f"{workdir}/services{i}"
+        os.makedirs(d)
+        services = [{"Name": f"svc-{s % 50}", "ID": f"svc-{s}-{i}", "Port": 8000 + s % 1000,
+                     "Tags": ["v1"]} for s in range(2500)]
+        with open(f"{d}/services.json", "w") as f:
+            json.dump({"services": services}, f)
+        config_dirs.append(d)
+    system.extra = lambda i: ["--config-dir", config_dirs[i]]
+    agents = []
+    try:
+        start_cluster(system, 4, agents)
+        value = b"x" * 64
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda k: request(agents[0], "PUT", f"/v1/kv/app/{k % 500:03}/key-{k:06}", value),
+                          range(keys)))
+        put_secs = time.monotonic() - t0
+        last = f"app/{(keys - 1) % 500:03}/key-{keys - 1:06}"
+
+        def complete(a):
+            _, _, body = request(a, "GET", "/v1/kv/app/?keys")
+            count = len(json.loads(body)) if body else 0
+            catalog = json.loads(request(a, "GET", "/v1/catalog/services")[2])
+            return count == keys and len(catalog) == 50
+        wait_for(lambda: all(complete(a) for a in agents), 300, "every agent holds everything")
+        converge_secs = time.monotonic() - t0
+        time.sleep(2)
+        rss = [proc_stats(a["proc"].pid)[0] / 1024 for a in agents]
+        return {"put_rate": keys / put_secs, "converge": converge_secs, "rss": rss, "last": last}
+    finally:
+        stop(agents)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--murmur", required=True)
+    parser.add_argument("--serf", default="serf")
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--sizes", default="32,64")
+    parser.add_argument("--writes", type=int, default=5)
+    parser.add_argument("--repairs", type=int, default=3)
+    parser.add_argument("--keys", type=int, default=100_000)
+    args = parser.parse_args()
+
+    print("| N | metric | murmur KV write | serf event | murmur/serf |")
+    print("|---|---|---|---|---|")
+    for n in [int(x) for x in args.sizes.split(",")]:
+        results = {}
+        for cls, binary in [(Murmur, args.murmur), (Serf, args.serf)]:
+            with tempfile.TemporaryDirectory() as work:
+                system = cls(binary, args.key, work)
+                print(f"-- {system.name} writes, N={n} ...", file=sys.stderr, flush=True)
+                results[system.name] = write_times(system, n, args.writes)
+                print(f"   {results[system.name]}", file=sys.stderr, flush=True)
+        for label, i in [(f"to all, p50 (s, median of {args.writes})", 0), (f"to all, max (s, median of {args.writes})", 1)]:
+            m, s = results["murmur"][i], results["serf"][i]
+            print(f"| {n} | {label} | {m:.3f} | {s:.3f} | {m / s:.2f} |", flush=True)
+
+    n = int(args.sizes.split(",")[0])
+    with tempfile.TemporaryDirectory() as work:
+        print(f"-- murmur repair, N={n} ...", file=sys.stderr, flush=True)
+        repairs = repair_times(Murmur(args.murmur, args.key, work), n, args.repairs)
+    print(f"\nanti-entropy repair after resume, N={n}: " + ", ".join(f"{t:.2f} s" for t in repairs))
+
+    with tempfile.TemporaryDirectory() as work:
+        print(f"-- murmur memory, {args.keys} keys ...", file=sys.stderr, flush=True)
+        m = memory(Murmur(args.murmur, args.key, work), work, args.keys)
+    print(f"memory: 4 agents, 10,000 instances, {args.keys} keys: RSS per agent "
+          + ", ".join(f"{r:.1f}" for r in m["rss"]) + " MiB"
+          + f" (writes {m['put_rate']:.0f}/s on one agent, all agents complete after {m['converge']:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+//! Heap held by one replica with 10,000 service instances (1,000 nodes x 10) and 100,000 KV
+//! keys of 64-byte values, counted by a counting global allocator. Run with
+//! `cargo run --release -p murmur-catalog --example footprint`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use murmur_catalog::{KvValue, NodeRecord, Replica, ReplicaConfig, Service};
+
+/// The system allocator, counting live bytes.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn main() {
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut replica = Replica::new("reader", 1, 1, ReplicaConfig::default());
+    let mut writer = Replica::new("writer", 2, 1, ReplicaConfig::default());
+    for i in 0..100_000 {
+        let value = Some(KvValue {
+            flags: 0,
+            value: vec![b'x'; 64],
+        });
+        writer
+            .kv_write(&format!("app/{:03}/key-{i:06}", i % 500), value, None, NOW)
+            .expect("valid write");
+        for change in writer.take_outbox() {
+            replica.apply(&change, NOW).expect("valid change");
+        }
+    }
+    drop(writer);
+    replica.take_journal();
+    let keys = LIVE.load(Ordering::Relaxed) - before;
+    let before_services = LIVE.load(Ordering::Relaxed);
+    for n in 0..1_000 {
+        let mut node = Replica::new(&format!("node-{n}"), n + 10, 1, ReplicaConfig::default());
+        let services: BTreeMap<String, Service> = (0..10)
+            .map(|s| {
+                let id = format!("svc-{s}-{n}");
+                let service = Service {
+                    id: id.clone(),
+                    name: format!("svc-{s}"),
+                    tags: vec!["v1".into()],
+                    address: String::new(),
+                    port: 8000 + s,
+                    meta: BTreeMap::new(),
+                    weight_passing: 1,
+                    weight_warning: 1,
+                };
+                (id, service)
+            })
+            .collect();
+        node.set_own_record(Some(NodeRecord {
+            address: "10.0.0.1".into(),
+            datacenter: "dc1".into(),
+            services,
+            ..NodeRecord::default()
+        }));
+        for change in node.take_outbox() {
+            replica.apply(&change, NOW).expect("valid change");
+        }
+    }
+    replica.take_journal();
+    let services = LIVE.load(Ordering::Relaxed) - before_services;
+    println!(
+        "100,000 keys (64-byte values): {:.1} MiB of heap",
+        mib(keys)
+    );
+    println!(
+        "10,000 service instances (1,000 records): {:.1} MiB of heap",
+        mib(services)
+    );
+    println!(
+        "one replica holding both: {:.1} MiB",
+        mib(LIVE.load(Ordering::Relaxed) - before)
+    );
+}
