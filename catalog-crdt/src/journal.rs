@@ -189,12 +189,27 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, JournalError> {
     if crc32fast::hash(payload) != crc {
         return Err(JournalError::BadSnapshot("checksum mismatch"));
     }
-    // The payload is in memory already, so its own length bounds what decoding may allocate.
-    decode(
-        payload,
-        bincode::config::standard().with_limit::<{ 1 << 40 }>(),
-    )
-    .ok_or(JournalError::BadSnapshot("undecodable"))
+    decode_sized(payload).ok_or(JournalError::BadSnapshot("undecodable"))
+}
+
+/// Decodes with a limit proportional to the input, so a hostile length prefix in a small file
+/// cannot make bincode allocate gigabytes (it allocates what a length claims, up to the limit,
+/// before reading). bincode's limit is a compile-time constant, so sizes go in classes; the
+/// factor 16 covers in-memory sizes of valid data, which run a few times the encoded size.
+fn decode_sized<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    let need = bytes.len().saturating_mul(16);
+    macro_rules! smallest_class {
+        ($($shift:literal),*) => {
+            $(
+                if need <= 1usize << $shift {
+                    let config = bincode::config::standard().with_limit::<{ 1usize << $shift }>();
+                    return decode(bytes, config);
+                }
+            )*
+        };
+    }
+    smallest_class!(16, 20, 24, 28, 32, 36, 40);
+    None
 }
 
 #[cfg(test)]
@@ -277,6 +292,42 @@ mod tests {
             JournalError::BadSnapshot("checksum mismatch")
         );
         assert!(decode_snapshot(b"MM").is_err());
+    }
+
+    #[test]
+    fn a_snapshot_of_many_small_entries_fits_its_size_class() {
+        let mut r = Replica::new("a", 1, 1, ReplicaConfig::default());
+        for i in 0..5_000 {
+            r.kv_write(&format!("{i}"), Some(KvValue::default()), None, 1)
+                .unwrap();
+            r.kv_write(&format!("{i}"), None, None, 2).unwrap();
+        }
+        for i in 0..1_000 {
+            let mut peer = Replica::new(&format!("n{i}"), i + 2, 1, ReplicaConfig::default());
+            peer.set_own_record(None);
+            for change in peer.take_outbox() {
+                r.apply(&change, 3).unwrap();
+            }
+        }
+        let snapshot = r.snapshot();
+        assert_eq!(
+            decode_snapshot(&encode_snapshot(&snapshot)).unwrap(),
+            snapshot
+        );
+    }
+
+    /// Found by `cargo fuzz run journal`: a 12-byte snapshot whose string length claims 2 GiB
+    /// made bincode allocate it before reading (the limit was 1 TiB).
+    #[test]
+    fn a_small_snapshot_cannot_claim_a_huge_allocation() {
+        let data = [4, 4, 33, 252, 0, 0, 0, 136, 0, 0, 6, 0];
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend(crc32fast::hash(&data).to_le_bytes());
+        bytes.extend(data);
+        assert_eq!(
+            decode_snapshot(&bytes).unwrap_err(),
+            JournalError::BadSnapshot("undecodable")
+        );
     }
 
     proptest! {
