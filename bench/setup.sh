@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v serf >/dev/null || { apt-get update -qq && apt-get install -y -qq serf; }
+command -v iptables >/dev/null || { apt-get update -qq && apt-get install -y -qq iptables; }
 python3 -c 'import msgpack' 2>/dev/null || python3 -m pip install -q msgpack
 cargo build --release --quiet
 

@@ -99,15 +99,16 @@ fn delta(c: &mut Criterion) {
         "anti-entropy: find and fetch 1 changed key among 100k",
         |b| {
             b.iter_batched(
-                || behind.clone(),
-                |mut b| {
-                    let digest = b.sync_digest(NOW);
-                    let summary = ahead.answer_digest(&digest, NOW, BUDGET).expect("valid");
-                    let push = b.reconcile(&summary, NOW, BUDGET).expect("valid");
-                    let mut responder = ahead.clone();
+                || (behind.clone(), ahead.clone()),
+                |(mut initiator, mut responder)| {
+                    let digest = initiator.sync_digest(NOW);
+                    let summary = responder
+                        .answer_digest(&digest, NOW, BUDGET)
+                        .expect("valid");
+                    let push = initiator.reconcile(&summary, NOW, BUDGET).expect("valid");
                     let reply = responder.answer_push(&push, NOW, BUDGET);
-                    b.finish_sync(&reply, NOW);
-                    black_box(b)
+                    initiator.finish_sync(&reply, NOW);
+                    black_box((initiator, responder))
                 },
                 BatchSize::LargeInput,
             )

@@ -394,11 +394,16 @@ impl Node {
                     .replica
                     .reconcile(&summary, self.now_ms, SYNC_BUDGET)
                     .map_err(|e| self.refused_reply(&e))?;
+                tracing::debug!(
+                    peer = %from, records = summary.records.len(), buckets = summary.buckets.len(),
+                    pushing = push.changes.len(), wanted = push.wanted.len(), "anti-entropy summary"
+                );
                 let request = self.seal_message(&StreamMessage::SyncPush(push));
                 self.outputs
                     .push_back(Output::Exchange { to: from, request });
             }
             StreamMessage::SyncPushReply(reply) => {
+                tracing::debug!(peer = %from, received = reply.changes.len(), truncated = reply.truncated, "anti-entropy round done");
                 self.replica.finish_sync(&reply, self.now_ms);
                 if reply.truncated && self.follow_ups < MAX_FOLLOW_UPS {
                     self.follow_ups += 1;
