@@ -165,6 +165,32 @@ fn a_killed_agent_keeps_its_services_and_kv_and_a_stopped_one_catches_up() {
 }
 
 #[test]
+fn every_acknowledged_write_survives_kill_9() {
+    let mut agent = Agent::start(Spec {
+        name: "ack",
+        key: None,
+        join: None,
+        extra: &[],
+    });
+    // Concurrent writers share group commits; each answer means "on disk".
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let agent = &agent;
+            s.spawn(move || {
+                for i in 0..50 {
+                    put(agent, &format!("acked/{t}/{i}"), &format!("{t}-{i}"));
+                }
+            });
+        }
+    });
+    agent.kill9();
+    agent.start_again(None, &[]);
+    let keys = agent.get("/v1/kv/acked/?keys");
+    assert_eq!(keys.as_array().map(Vec::len), Some(200), "{keys}");
+    assert_eq!(value(&agent, "acked/3/49").as_deref(), Some("3-49"));
+}
+
+#[test]
 fn config_dir_services_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
