@@ -131,7 +131,7 @@ fn a_blocking_query_returns_when_a_write_on_another_agent_arrives() {
 
 #[test]
 fn a_killed_agent_keeps_its_services_and_kv_and_a_stopped_one_catches_up() {
-    let mut agents = cluster("dur", 3, &keygen());
+    let mut agents = cluster("dur", 5, &keygen());
     let seed = agents[0].gossip;
     register(&agents[2], r#"{"Name": "db", "Port": 5432}"#);
     put(&agents[2], "held", "x");
