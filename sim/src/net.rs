@@ -1,8 +1,9 @@
-//! A small deterministic network of `Node`s on a virtual clock: datagrams with latency and
-//! loss, partitions, crashes and restarts. The full simulator (`sim/`) grows out of this.
-
-// Each test binary uses its own part of this module.
-#![allow(dead_code)]
+//! A deterministic network of the real [`Node`] cores on a virtual clock: datagrams with
+//! latency, jitter and loss, partitions, crashes and restarts with or without durable data.
+//! Stream exchanges (push-pull, anti-entropy, flooded changes) complete at once, in order.
+//!
+//! Every random choice comes from one seeded RNG and every queue is ordered, so one seed gives
+//! one run; [`Net::trace`] records what happened for determinism checks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -16,7 +17,8 @@ use murmur_gossip::{
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-pub enum Delivery {
+/// Something due at a moment of virtual time.
+enum Delivery {
     Datagram {
         to: usize,
         bytes: Vec<u8>,
@@ -28,24 +30,33 @@ pub enum Delivery {
     },
 }
 
+/// One node's place in the network, across crashes and restarts.
 pub struct Slot {
+    /// The running core; `None` while crashed.
     pub node: Option<Node>,
     /// Bumped on every crash so timers of a dead life are discarded.
     pub life: u64,
+    /// Member events the node emitted, in order.
     pub member_events: Vec<MemberEvent>,
+    /// User events delivered to the node, in order.
     pub user_events: Vec<UserEvent>,
     /// Everything the node asked to persist, across lives (its data dir).
     pub journal: Vec<Journaled>,
 }
 
+/// The virtual network and clock.
 pub struct Net {
+    /// Virtual time since the start.
     pub now: Duration,
+    /// Node `i` lives in slot `i`.
     pub slots: Vec<Slot>,
     queue: BTreeMap<(Duration, u64), Delivery>,
     seq: u64,
     rng: StdRng,
     blocked: BTreeSet<(usize, usize)>,
+    /// Probability that a datagram is lost.
     pub loss: f64,
+    /// One-way datagram latency (plus up to 1 ms of jitter).
     pub latency: Duration,
     /// Every delivery in order, for determinism checks.
     pub trace: Vec<String>,
@@ -56,15 +67,18 @@ pub struct Net {
 /// Virtual time 0 as wall-clock ms (late 2023), so HLC stamps look like real ones.
 pub const WALL_CLOCK_BASE_MS: u64 = 1_700_000_000_000;
 
+/// The gossip address of node `i`.
 pub fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16))
 }
 
+/// A keyring holding one key made of the byte `b`.
 pub fn key(b: u8) -> Keyring {
     Keyring::new(Some(SecretKey::from_bytes([b; 32])))
 }
 
 impl Net {
+    /// An empty network whose randomness all comes from `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
             now: Duration::ZERO,
@@ -80,6 +94,7 @@ impl Net {
         }
     }
 
+    /// The identity node `i` runs with in `generation`.
     pub fn identity(i: usize, generation: u64) -> NodeIdentity {
         NodeIdentity {
             name: format!("node-{i}"),
@@ -133,6 +148,7 @@ impl Net {
         self.drain(i);
     }
 
+    /// Stops node `i` at once (its pending timers die with it; its journal stays).
     pub fn crash(&mut self, i: usize) {
         self.slots[i].node = None;
         self.slots[i].life += 1;
@@ -215,6 +231,7 @@ impl Net {
         }
     }
 
+    /// Removes every partition.
     pub fn heal(&mut self) {
         self.blocked.clear();
     }
@@ -311,6 +328,7 @@ impl Net {
             .map(|m| m.status)
     }
 
+    /// The nodes that run now.
     pub fn running(&self) -> Vec<usize> {
         (0..self.slots.len())
             .filter(|&i| self.slots[i].node.is_some())

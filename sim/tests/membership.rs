@@ -1,12 +1,10 @@
 //! Membership scenarios on a virtual network: join, suspicion, failure, refutation, leave,
 //! restart with a new generation, partitions healing, user events, keys and name conflicts.
 
-mod net;
-
 use std::time::Duration;
 
 use murmur_gossip::{MemberEventKind, MemberStatus};
-use net::{Net, cluster, key};
+use murmur_sim::{Net, cluster, key};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -218,7 +216,7 @@ fn duplicate_name_is_refused_at_join() {
     net.start(7, 1, key(1));
     let mut dup = Net::identity(1, 5);
     dup.node_id = 4242;
-    dup.addr = net::addr(7);
+    dup.addr = murmur_sim::addr(7);
     let rng = rand::SeedableRng::seed_from_u64(1);
     let node = murmur_gossip::Node::new(dup, murmur_gossip::GossipConfig::lan("test"), key(1), rng)
         .unwrap();

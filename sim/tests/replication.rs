@@ -1,13 +1,11 @@
 //! Replicated state on a virtual network: eager push, large changes by stream, anti-entropy
 //! after loss and partitions, restarts with and without data, the member check and reaping.
 
-mod net;
-
 use std::time::Duration;
 
 use murmur_catalog::{Health, KvValue, Service};
 use murmur_gossip::{GossipConfig, MemberStatus};
-use net::{Net, cluster, cluster_with, key};
+use murmur_sim::{Net, cluster, cluster_with, key};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
