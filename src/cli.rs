@@ -57,6 +57,9 @@ pub enum Command {
     },
     /// Print a new random gossip encryption key (base64, 32 bytes) for --encrypt.
     Keygen,
+    /// Run the deterministic simulator: N real node cores on a virtual network under seeded
+    /// faults and workload, with every invariant checked. One seed replays one run exactly.
+    Sim(SimArgs),
     /// Inspect or rotate the gossip keys of the whole cluster.
     #[command(group(clap::ArgGroup::new("action").required(true)))]
     Keyring {
@@ -75,6 +78,23 @@ pub enum Command {
         #[command(flatten)]
         target: HttpTarget,
     },
+}
+
+/// Flags of `murmur sim`.
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Cluster size.
+    #[arg(long, default_value_t = 10)]
+    pub nodes: usize,
+    /// The seed of one run.
+    #[arg(long, default_value_t = 0, conflicts_with = "seeds")]
+    pub seed: u64,
+    /// A range of seeds to sweep, `A..B` (B excluded).
+    #[arg(long, value_name = "A..B")]
+    pub seeds: Option<String>,
+    /// Virtual time of workload and faults before the heal (Go duration).
+    #[arg(long, default_value = "120s")]
+    pub duration: String,
 }
 
 /// Which agent a client command talks to.

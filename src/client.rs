@@ -59,7 +59,9 @@ impl Client {
 /// Runs a client command.
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Agent(_) => unreachable!("the agent is not a client command"),
+        Command::Agent(_) | Command::Sim(_) => {
+            unreachable!("the agent and the simulator are not client commands")
+        }
         Command::Keygen => {
             let mut key = [0u8; 32];
             rand::rngs::SysRng

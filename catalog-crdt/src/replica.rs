@@ -530,10 +530,14 @@ impl Replica {
     }
 
     /// A peer holds a copy of this node's record that is not this node's latest: an earlier
-    /// life's, or one that outran this one. Re-publish the current record above it.
+    /// life's (this node restarted without its data and holds no record of its own yet), or
+    /// one that outran this one. Re-publish the current record (possibly none) above it, so
+    /// every replica converges on what this node says now.
     fn reassert_if_outrun(&mut self, theirs: &Owned<Option<NodeRecord>>) {
         let ours = self.records.entry(&self.me).map(|e| &e.register);
-        if ours == Some(theirs) || *theirs.stamp() < self.own {
+        let outrun = *theirs.stamp() >= self.own;
+        if ours == Some(theirs) || (ours.is_some() && !outrun) {
+            // Ours is the same, or newer and on its way to them.
             return;
         }
         self.own = self.own.max(*theirs.stamp());
@@ -832,6 +836,27 @@ mod tests {
         };
         assert_eq!(register.value(), &Some(web));
         assert!(register.stamp().counter > 50);
+    }
+
+    /// Found by the simulator (`murmur sim --nodes 15 --seed 100`): a node restarted without
+    /// its data never held or re-published its own record, so peers kept its previous life's
+    /// copy and the digests never agreed.
+    #[test]
+    fn a_node_that_lost_its_data_supersedes_its_old_record() {
+        let mut old_life = replica("a", 1);
+        old_life.set_own_record(Some(NodeRecord::default()));
+        let old = old_life.take_outbox().pop().unwrap();
+        let mut new_life = Replica::new("a", 1, 2, ReplicaConfig::default());
+        assert_eq!(new_life.apply(&old, 1), Ok(false));
+        let out = new_life.take_outbox();
+        let [Change::Record { register, .. }] = out.as_slice() else {
+            panic!("expected a re-published record, got {out:?}");
+        };
+        assert_eq!(register.value(), &None, "this life has registered nothing");
+        let mut peer = replica("b", 2);
+        peer.apply(&old, 1).unwrap();
+        assert_eq!(peer.apply(&out[0], 2), Ok(true), "the new life wins");
+        assert_eq!(peer.records().digest(), new_life.records().digest());
     }
 
     #[test]

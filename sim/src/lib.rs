@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod chaos;
 pub mod net;
 
+pub use chaos::{ChaosConfig, Report, run};
 pub use net::{Net, WALL_CLOCK_BASE_MS, addr, cluster, cluster_with, key};

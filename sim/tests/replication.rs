@@ -15,8 +15,7 @@ fn put(net: &mut Net, at: usize, key: &str, value: &[u8]) {
         value: value.to_vec(),
     });
     assert!(
-        net.node(at)
-            .write(|r, now| r.kv_write(key, value, None, now))
+        net.call(at, |n| n.write(|r, now| r.kv_write(key, value, None, now)))
             .unwrap()
     );
 }
@@ -47,22 +46,24 @@ fn until_everywhere(net: &mut Net, key: &str, value: &[u8], limit: Duration) -> 
 }
 
 fn register(net: &mut Net, at: usize, service: &str) {
-    net.node(at).write(|r, _| {
-        let mut record = r.own_record().cloned().unwrap_or_default();
-        record.services.insert(
-            service.into(),
-            Service {
-                id: service.into(),
-                name: service.into(),
-                tags: vec![],
-                address: String::new(),
-                port: 80,
-                meta: Default::default(),
-                weight_passing: 1,
-                weight_warning: 1,
-            },
-        );
-        r.set_own_record(Some(record));
+    net.call(at, |n| {
+        n.write(|r, _| {
+            let mut record = r.own_record().cloned().unwrap_or_default();
+            record.services.insert(
+                service.into(),
+                Service {
+                    id: service.into(),
+                    name: service.into(),
+                    tags: vec![],
+                    address: String::new(),
+                    port: 80,
+                    meta: Default::default(),
+                    weight_passing: 1,
+                    weight_warning: 1,
+                },
+            );
+            r.set_own_record(Some(record));
+        })
     });
 }
 
