@@ -65,7 +65,11 @@ fn check_label(what: &str, value: &str, max: usize) -> Result<(), GossipError> {
 }
 
 impl foca::Identity for NodeIdentity {
-    type Addr = String;
+    /// A hash of the node name: foca compares `addr()` of every member while applying each
+    /// update, and a `String` would be cloned twice per comparison (measured: that cloning and
+    /// its allocations were most of the simulator's time at 100 nodes). The hash never leaves
+    /// the process; two names colliding in 64 bits is a 1-in-10^11 event at 10,000 members.
+    type Addr = u64;
 
     /// A renewed identity is the same member in a new life: foca calls this when the cluster
     /// declared us down, so we come back instead of staying out.
@@ -76,8 +80,12 @@ impl foca::Identity for NodeIdentity {
         })
     }
 
-    fn addr(&self) -> String {
-        self.name.clone()
+    fn addr(&self) -> u64 {
+        // FNV-1a: a few cycles per byte of a short name, several times cheaper than SipHash
+        // here, and no key to set up per call.
+        self.name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
     }
 
     /// The newer life wins; the node id breaks the (theoretical) tie deterministically.

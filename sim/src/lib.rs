@@ -8,4 +8,4 @@ pub mod chaos;
 pub mod net;
 
 pub use chaos::{ChaosConfig, Report, run};
-pub use net::{Net, WALL_CLOCK_BASE_MS, addr, cluster, cluster_with, key};
+pub use net::{Net, WALL_CLOCK_BASE_MS, addr, cluster, cluster_keyed, cluster_with, key};

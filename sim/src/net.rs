@@ -349,6 +349,24 @@ impl Net {
             .collect()
     }
 
+    /// Whether every running node lists every other running node as alive. Each node's
+    /// member list is read once, so a check costs O(N²), not O(N³).
+    pub fn all_alive(&self) -> bool {
+        let running = self.running();
+        running.iter().all(|&at| {
+            let node = self.slots[at].node.as_ref().expect("running");
+            let alive: BTreeSet<String> = node
+                .members()
+                .into_iter()
+                .filter(|m| m.status == MemberStatus::Alive)
+                .map(|m| m.identity.name)
+                .collect();
+            running
+                .iter()
+                .all(|&of| alive.contains(&Self::identity(of, 0).name))
+        })
+    }
+
     /// Whether every running node other than `of` sees `of` with `status`.
     pub fn all_see(&self, of: usize, status: MemberStatus) -> bool {
         self.running()
@@ -380,12 +398,19 @@ pub fn cluster(n: usize, seed: u64) -> Net {
     cluster_with(n, seed, GossipConfig::lan("test"))
 }
 
-/// `n` nodes with `config`, all joined through node 0, converged.
+/// `n` nodes with `config` and gossip encrypted with [`key`]`(1)`, all joined through node 0,
+/// converged.
 pub fn cluster_with(n: usize, seed: u64, config: GossipConfig) -> Net {
+    cluster_keyed(n, seed, config, &key(1))
+}
+
+/// `n` nodes with `config` and `keyring` (empty: plaintext), all joined through node 0,
+/// converged.
+pub fn cluster_keyed(n: usize, seed: u64, config: GossipConfig, keyring: &Keyring) -> Net {
     let mut net = Net::new(seed);
     net.config = config;
     for i in 0..n {
-        net.start(i, 1, key(1));
+        net.start(i, 1, keyring.clone());
     }
     for i in 1..n {
         net.join(i, 0).expect("join through the seed");
@@ -393,9 +418,7 @@ pub fn cluster_with(n: usize, seed: u64, config: GossipConfig) -> Net {
     // Joins spread by gossip, which may miss a member now and then; push-pull repairs it
     // within one period (30 s up to 32 members, 60 s up to 64, …).
     let limit = Duration::from_secs(150);
-    let took = net.run_until(limit, |net| {
-        (0..n).all(|i| net.all_see(i, MemberStatus::Alive))
-    });
+    let took = net.run_until(limit, Net::all_alive);
     assert!(
         took.is_some(),
         "{n} nodes did not converge within {limit:?}"
