@@ -1,6 +1,7 @@
 //! Seeded chaos runs: a cluster on the virtual network under a random workload (KV writes and
-//! deletes, service registrations) and random faults (partitions, crashes, restarts with and
-//! without data, datagram loss up to 10%, clock skew), then a heal and quiet period, with the
+//! deletes, service registrations) and random faults (partitions in halves, asymmetric and of
+//! one node; crashes and restarts with and without data; stalled event loops; datagram loss up
+//! to 10% and duplication up to 5%; clock skew), then a heal and quiet period, with the
 //! invariants checked during and after.
 //!
 //! Invariants:
@@ -181,7 +182,7 @@ impl Run {
     fn fault(&mut self) {
         self.faults += 1;
         let n = self.config.nodes;
-        match self.rng.random_range(0..4) {
+        match self.rng.random_range(0..8) {
             0 if self.partitioned_until.is_none() => {
                 let split = self.rng.random_range(1..n);
                 let (a, b): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| i < split);
@@ -201,7 +202,32 @@ impl Run {
                 }
             }
             2 => self.net.loss = self.rng.random_range(0.0..0.1),
-            _ => self.net.loss = 0.0,
+            3 => self.net.duplicate = self.rng.random_range(0.0..0.05),
+            4 if self.partitioned_until.is_none() => {
+                // Asymmetric: one node stops hearing some others, who still hear it.
+                let deaf = self.rng.random_range(0..n);
+                for from in 0..n {
+                    if from != deaf && self.rng.random_bool(0.5) {
+                        self.net.block_one_way(from, deaf);
+                    }
+                }
+                let lasts = Duration::from_secs(self.rng.random_range(5..30));
+                self.partitioned_until = Some(self.net.now + lasts);
+            }
+            5 if self.partitioned_until.is_none() => {
+                self.net.isolate(self.rng.random_range(0..n));
+                let lasts = Duration::from_secs(self.rng.random_range(5..30));
+                self.partitioned_until = Some(self.net.now + lasts);
+            }
+            6 => {
+                let stalled = self.rng.random_range(0..n);
+                let span = Duration::from_millis(self.rng.random_range(500..8_000));
+                self.net.pause(stalled, span);
+            }
+            _ => {
+                self.net.loss = 0.0;
+                self.net.duplicate = 0.0;
+            }
         }
     }
 
@@ -250,6 +276,8 @@ impl Run {
     fn heal_and_check(&mut self) -> Option<Duration> {
         self.net.heal();
         self.net.loss = 0.0;
+        self.net.duplicate = 0.0;
+        self.net.paused_until.clear();
         let crashed: Vec<usize> = self.crashed.keys().copied().collect();
         for i in crashed {
             self.crashed.remove(&i);

@@ -56,6 +56,13 @@ pub struct Net {
     blocked: BTreeSet<(usize, usize)>,
     /// Probability that a datagram is lost.
     pub loss: f64,
+    /// Probability that a datagram is delivered twice.
+    pub duplicate: f64,
+    /// Datagrams delivered twice so far.
+    pub duplicates: u64,
+    /// Nodes whose event loop is stalled until the given virtual time: what arrives for them
+    /// waits, and streams to them fail (as they would time out).
+    pub paused_until: BTreeMap<usize, Duration>,
     /// One-way datagram latency (plus up to 1 ms of jitter).
     pub latency: Duration,
     /// Every delivery in order, for determinism checks.
@@ -90,6 +97,9 @@ impl Net {
             rng: StdRng::seed_from_u64(seed),
             blocked: BTreeSet::new(),
             loss: 0.0,
+            duplicate: 0.0,
+            duplicates: 0,
+            paused_until: BTreeMap::new(),
             latency: Duration::from_millis(2),
             trace: Vec::new(),
             config: GossipConfig::lan("test"),
@@ -222,8 +232,12 @@ impl Net {
         request: Vec<u8>,
         on_reply: impl FnOnce(&mut Node, &[u8]) -> Result<(), murmur_gossip::GossipError>,
     ) -> Result<(), String> {
-        if self.blocked.contains(&(from, to)) {
+        if self.blocked.contains(&(from, to)) || self.blocked.contains(&(to, from)) {
+            // A stream needs both directions.
             return Err("connection refused (partitioned)".into());
+        }
+        if self.is_paused(to) {
+            return Err("timed out (paused)".into());
         }
         let Some(peer) = self.live(to) else {
             return Err("connection refused (down)".into());
@@ -245,9 +259,31 @@ impl Net {
         }
     }
 
+    /// Drops everything `from` sends to `to`, one way only (an asymmetric partition).
+    pub fn block_one_way(&mut self, from: usize, to: usize) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Cuts node `i` off from every other node, both ways.
+    pub fn isolate(&mut self, i: usize) {
+        let others: Vec<usize> = (0..self.slots.len()).filter(|&j| j != i).collect();
+        self.partition(&[i], &others);
+    }
+
     /// Removes every partition.
     pub fn heal(&mut self) {
         self.blocked.clear();
+    }
+
+    /// Stalls node `i`'s event loop for `span`.
+    pub fn pause(&mut self, i: usize, span: Duration) {
+        self.paused_until.insert(i, self.now + span);
+    }
+
+    fn is_paused(&self, i: usize) -> bool {
+        self.paused_until
+            .get(&i)
+            .is_some_and(|&until| until > self.now)
     }
 
     fn push(&mut self, at: Duration, delivery: Delivery) {
@@ -268,6 +304,17 @@ impl Net {
                         continue;
                     }
                     let jitter = Duration::from_micros(self.rng.random_range(0..1000));
+                    if self.rng.random_bool(self.duplicate) {
+                        self.duplicates += 1;
+                        let later = Duration::from_micros(self.rng.random_range(0..5000));
+                        self.push(
+                            self.now + self.latency + later,
+                            Delivery::Datagram {
+                                to,
+                                bytes: bytes.clone(),
+                            },
+                        );
+                    }
                     self.push(
                         self.now + self.latency + jitter,
                         Delivery::Datagram { to, bytes },
@@ -312,6 +359,15 @@ impl Net {
             }
             let delivery = entry.remove();
             self.now = at;
+            let target = match &delivery {
+                Delivery::Datagram { to, .. } => *to,
+                Delivery::Timer { node, .. } => *node,
+            };
+            if let Some(&resume) = self.paused_until.get(&target).filter(|&&r| r > at) {
+                // A stalled node handles what arrived once it runs again, in arrival order.
+                self.push(resume, delivery);
+                continue;
+            }
             match delivery {
                 Delivery::Datagram { to, bytes } => {
                     if let Some(node) = self.live(to) {
