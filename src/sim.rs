@@ -46,11 +46,16 @@ pub fn run(args: &SimArgs) -> ExitCode {
             .map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
         println!(
             "[{}/{total}] seed {seed}: {} nodes, {} writes, {} faults, agreed {converged} after the heal, \
+             {:.1} datagrams and {:.0} B per node-second, {} duplicated, {} false failures, \
              trace {:016x}, {:.1}s wall",
             done + 1,
             args.nodes,
             report.writes,
             report.faults,
+            report.datagrams_per_node_second,
+            report.bytes_per_node_second,
+            report.duplicates,
+            report.false_failures,
             report.trace_hash,
             started.elapsed().as_secs_f64()
         );

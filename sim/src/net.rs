@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use murmur_catalog::{Journaled, Replica, ReplicaConfig};
 use murmur_gossip::{
-    GossipConfig, Keyring, MemberEvent, MemberStatus, Node, NodeIdentity, Output, SecretKey,
-    TimerEvent, UserEvent,
+    GossipConfig, Keyring, MemberEvent, MemberEventKind, MemberStatus, Node, NodeIdentity, Output,
+    SecretKey, TimerEvent, UserEvent,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -60,6 +60,16 @@ pub struct Net {
     pub duplicate: f64,
     /// Datagrams delivered twice so far.
     pub duplicates: u64,
+    /// Times a node declared another failed although that one had been running (the same
+    /// life), unstalled and cut off from nobody for the last [`UNDISTURBED`]: false
+    /// positives of failure detection.
+    pub false_failures: u64,
+    /// When each node was last crashed, restarted, stalled or partitioned.
+    disturbed_at: BTreeMap<usize, Duration>,
+    /// Datagrams sent by all nodes, all lives.
+    pub datagrams_sent: u64,
+    /// Bytes of those datagrams.
+    pub bytes_sent: u64,
     /// Nodes whose event loop is stalled until the given virtual time: what arrives for them
     /// waits, and streams to them fail (as they would time out).
     pub paused_until: BTreeMap<usize, Duration>,
@@ -72,6 +82,10 @@ pub struct Net {
     /// How far each node's wall clock is off (ms, either way); absent means exact.
     pub skew_ms: BTreeMap<usize, i64>,
 }
+
+/// How long a node must have been left alone before declaring it failed counts as a false
+/// positive: longer than a suspicion period of a large cluster.
+pub const UNDISTURBED: Duration = Duration::from_secs(30);
 
 /// Virtual time 0 as wall-clock ms (late 2023), so HLC stamps look like real ones.
 pub const WALL_CLOCK_BASE_MS: u64 = 1_700_000_000_000;
@@ -99,6 +113,10 @@ impl Net {
             loss: 0.0,
             duplicate: 0.0,
             duplicates: 0,
+            false_failures: 0,
+            disturbed_at: BTreeMap::new(),
+            datagrams_sent: 0,
+            bytes_sent: 0,
             paused_until: BTreeMap::new(),
             latency: Duration::from_millis(2),
             trace: Vec::new(),
@@ -131,6 +149,7 @@ impl Net {
     }
 
     fn boot(&mut self, i: usize, generation: u64, keyring: Keyring, with_data: bool) {
+        self.disturb([i], self.now);
         let rng = StdRng::seed_from_u64(self.rng.random());
         let identity = Self::identity(i, generation);
         let mut node =
@@ -163,6 +182,7 @@ impl Net {
 
     /// Stops node `i` at once (its pending timers die with it; its journal stays).
     pub fn crash(&mut self, i: usize) {
+        self.disturb([i], self.now);
         self.slots[i].node = None;
         self.slots[i].life += 1;
     }
@@ -253,6 +273,7 @@ impl Net {
     pub fn partition(&mut self, a: &[usize], b: &[usize]) {
         for &x in a {
             for &y in b {
+                self.disturb([x, y], self.now);
                 self.blocked.insert((x, y));
                 self.blocked.insert((y, x));
             }
@@ -261,6 +282,7 @@ impl Net {
 
     /// Drops everything `from` sends to `to`, one way only (an asymmetric partition).
     pub fn block_one_way(&mut self, from: usize, to: usize) {
+        self.disturb([from, to], self.now);
         self.blocked.insert((from, to));
     }
 
@@ -272,12 +294,43 @@ impl Net {
 
     /// Removes every partition.
     pub fn heal(&mut self) {
+        let cut: Vec<usize> = self.blocked.iter().flat_map(|&(a, b)| [a, b]).collect();
+        self.disturb(cut, self.now);
         self.blocked.clear();
     }
 
     /// Stalls node `i`'s event loop for `span`.
     pub fn pause(&mut self, i: usize, span: Duration) {
+        self.disturb([i], self.now + span);
         self.paused_until.insert(i, self.now + span);
+    }
+
+    /// Whether `member` is a running node's current life that nothing disturbed lately.
+    fn undisturbed(&self, member: &NodeIdentity) -> bool {
+        let Some(j) = member
+            .name
+            .strip_prefix("node-")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            return false;
+        };
+        let current = self
+            .slots
+            .get(j)
+            .and_then(|s| s.node.as_ref())
+            .is_some_and(|n| n.identity().generation == member.generation);
+        let quiet_since = self.disturbed_at.get(&j).copied().unwrap_or_default();
+        current
+            && !self.is_paused(j)
+            && !self.blocked.iter().any(|&(a, b)| a == j || b == j)
+            && self.now >= quiet_since + UNDISTURBED
+    }
+
+    fn disturb(&mut self, nodes: impl IntoIterator<Item = usize>, until: Duration) {
+        for i in nodes {
+            let at = self.disturbed_at.entry(i).or_default();
+            *at = (*at).max(until);
+        }
     }
 
     fn is_paused(&self, i: usize) -> bool {
@@ -300,6 +353,8 @@ impl Net {
             match output {
                 Output::Datagram { to, bytes } => {
                     let to = usize::from(to.port() - 20000);
+                    self.datagrams_sent += 1;
+                    self.bytes_sent += bytes.len() as u64;
                     if self.blocked.contains(&(i, to)) || self.rng.random_bool(self.loss) {
                         continue;
                     }
@@ -336,6 +391,9 @@ impl Net {
                     let _ = self.stream(i, to, request, |n, reply| n.handle_reply(peer, reply));
                 }
                 Output::Member(event) => {
+                    if event.kind == MemberEventKind::Failed && self.undisturbed(&event.member) {
+                        self.false_failures += 1;
+                    }
                     self.trace.push(format!(
                         "{:?} {i} {:?} {}",
                         self.now, event.kind, event.member.name
