@@ -409,12 +409,7 @@ impl Replica {
 
     /// Deletes the intention `source → destination`; false when there was none.
     pub fn delete_intention(&mut self, source: &str, destination: &str, wall_ms: u64) -> bool {
-        let key = Intention::key(source, destination);
-        let live = self.shared.get(&key).is_some();
-        if live {
-            self.write_shared(key, None, wall_ms);
-        }
-        live
+        self.delete_shared(Intention::key(source, destination), wall_ms)
     }
 
     /// Creates or replaces a config entry.
@@ -425,7 +420,11 @@ impl Replica {
 
     /// Deletes a config entry; false when there was none.
     pub fn delete_config(&mut self, kind: &str, name: &str, wall_ms: u64) -> bool {
-        let key = ConfigEntry::key(kind, name);
+        self.delete_shared(ConfigEntry::key(kind, name), wall_ms)
+    }
+
+    /// Writes a tombstone for a live key; false (and no tombstone) when it is not live.
+    fn delete_shared(&mut self, key: String, wall_ms: u64) -> bool {
         let live = self.shared.get(&key).is_some();
         if live {
             self.write_shared(key, None, wall_ms);

@@ -202,13 +202,14 @@ impl Replica {
         if summary.buckets.iter().any(|&b| usize::from(b) >= BUCKETS) {
             return Err(SyncError("digest bucket out of range"));
         }
-        for change in &summary.records {
-            if !matches!(change, Change::Record { .. }) {
-                return Err(SyncError("a shared key among the records"));
-            }
-            // Refusals are counted; the rest of the exchange goes on.
-            let _ = self.apply(change, wall_ms);
+        if summary
+            .records
+            .iter()
+            .any(|c| !matches!(c, Change::Record { .. }))
+        {
+            return Err(SyncError("a shared key among the records"));
         }
+        self.apply_received(&summary.records, wall_ms);
         let mut budget = Budget::new(budget);
         let mut changes = Vec::new();
         for owner in &summary.records_wanted {
@@ -279,10 +280,7 @@ impl Replica {
 
     /// Step 3 (responder): applies the initiator's changes and answers the keys it wants.
     pub fn answer_push(&mut self, push: &SyncPush, wall_ms: u64, budget: usize) -> SyncPushReply {
-        for change in &push.changes {
-            // Refusals are counted; the rest of the exchange goes on.
-            let _ = self.apply(change, wall_ms);
-        }
+        self.apply_received(&push.changes, wall_ms);
         let mut budget = Budget::new(budget);
         let mut changes = Vec::new();
         for key in &push.wanted {
@@ -306,12 +304,16 @@ impl Replica {
     /// Step 4 (initiator): applies the wanted registers. A complete exchange counts as
     /// contact (the replica is fresh again).
     pub fn finish_sync(&mut self, reply: &SyncPushReply, wall_ms: u64) {
-        for change in &reply.changes {
-            // Refusals are counted; the rest of the exchange goes on.
-            let _ = self.apply(change, wall_ms);
-        }
+        self.apply_received(&reply.changes, wall_ms);
         if !reply.truncated {
             self.mark_contact(wall_ms);
+        }
+    }
+
+    /// Applies a peer's changes; refusals are counted and the rest of the exchange goes on.
+    fn apply_received(&mut self, changes: &[Change], wall_ms: u64) {
+        for change in changes {
+            let _ = self.apply(change, wall_ms);
         }
     }
 }
