@@ -163,11 +163,6 @@ impl<'a> CatalogView<'a> {
         self.records.get(name)
     }
 
-    /// Whether membership declares `node` failed (or does not know it).
-    pub fn is_failed(&self, node: &str) -> bool {
-        self.failed.contains(node)
-    }
-
     /// Every service name with the union of its instances' tags.
     pub fn services(&self) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
         let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();

@@ -332,15 +332,6 @@ impl Replica {
             })
     }
 
-    /// The highest modify index under a shared-key prefix, deletes included (0: never).
-    pub fn shared_index(&self, prefix: &str) -> u64 {
-        self.shared
-            .prefix(prefix)
-            .map(|(_, e)| e.modify_index)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// The modify index of the last change to any record, reaps included, so it never goes
     /// back when a record disappears (0: none yet).
     pub fn records_index(&self) -> u64 {
@@ -779,6 +770,43 @@ mod tests {
             crate::check(r.intentions(), "web", "db", Action::Allow),
             (Action::Allow, None)
         );
+    }
+
+    #[test]
+    fn config_entries_and_node_queries() {
+        let mut r = replica("a", 1);
+        let entry = |kind: &str, name: &str| ConfigEntry {
+            kind: kind.into(),
+            name: name.into(),
+            body: "{}".into(),
+        };
+        r.put_config(entry("service-defaults", "web"), 1);
+        r.put_config(entry("proxy-defaults", "global"), 1);
+        let kinds = |r: &Replica, kind: &str| -> Vec<String> {
+            r.config_entries(kind).map(|c| c.name.clone()).collect()
+        };
+        assert_eq!(kinds(&r, "service-defaults"), ["web"]);
+        assert_eq!(kinds(&r, "").len(), 2);
+        assert!(r.delete_config("service-defaults", "web", 2));
+        assert!(
+            !r.delete_config("service-defaults", "web", 3),
+            "already gone"
+        );
+        assert!(kinds(&r, "service-defaults").is_empty());
+
+        r.set_own_record(Some(NodeRecord {
+            address: "10.0.0.1".into(),
+            ..NodeRecord::default()
+        }));
+        let failed = BTreeSet::new();
+        let catalog = r.catalog(&failed);
+        let nodes: Vec<&String> = catalog.nodes().map(|(name, _)| name).collect();
+        assert_eq!(nodes, ["a"]);
+        assert_eq!(
+            catalog.node("a").map(|n| n.address.as_str()),
+            Some("10.0.0.1")
+        );
+        assert!(catalog.node("b").is_none());
     }
 
     #[test]

@@ -226,19 +226,22 @@ impl<V: Ord + Clone + Hash> SharedMap<V> {
             .collect()
     }
 
-    /// Every `(key, register)` in the given buckets: what a peer with other digests needs.
-    pub fn entries_in(&self, buckets: &[usize]) -> Vec<(String, Lww<V>)> {
+    /// Every entry whose key falls in one of `buckets`, in key order, with its bucket: what
+    /// anti-entropy compares with a peer whose digests differ there.
+    pub fn in_buckets<'a>(
+        &'a self,
+        buckets: &[usize],
+    ) -> impl Iterator<Item = (usize, &'a String, &'a Entry<V>)> + use<'a, V> {
         let mut wanted = [false; BUCKETS];
         for &b in buckets {
             if let Some(slot) = wanted.get_mut(b) {
                 *slot = true;
             }
         }
-        self.entries
-            .iter()
-            .filter(|(k, _)| wanted[bucket_of(k)])
-            .map(|(k, e)| (k.clone(), e.register.clone()))
-            .collect()
+        self.entries.iter().filter_map(move |(k, e)| {
+            let bucket = bucket_of(k);
+            wanted[bucket].then_some((bucket, k, e))
+        })
     }
 
     /// Drops tombstones stamped before `horizon`; returns how many.
@@ -401,9 +404,12 @@ mod tests {
                 for b in 0..replicas.len() {
                     if a == b { continue; }
                     let buckets = replicas[a].0.differing_buckets(replicas[b].0.digests());
-                    for (k, r) in replicas[b].0.entries_in(&buckets) {
-                        let (map, index) = &mut replicas[a];
-                        map.merge(&k, &r, index);
+                    let entries: Vec<(String, Lww<u8>)> = replicas[b].0.in_buckets(&buckets)
+                        .map(|(_, k, e)| (k.clone(), e.register.clone()))
+                        .collect();
+                    let (map, index) = &mut replicas[a];
+                    for (k, r) in &entries {
+                        map.merge(k, r, index);
                     }
                 }
             }
@@ -411,9 +417,12 @@ mod tests {
             for a in 0..replicas.len() {
                 for b in 0..replicas.len() {
                     let buckets = replicas[a].0.differing_buckets(replicas[b].0.digests());
-                    for (k, r) in replicas[b].0.entries_in(&buckets) {
-                        let (map, index) = &mut replicas[a];
-                        map.merge(&k, &r, index);
+                    let entries: Vec<(String, Lww<u8>)> = replicas[b].0.in_buckets(&buckets)
+                        .map(|(_, k, e)| (k.clone(), e.register.clone()))
+                        .collect();
+                    let (map, index) = &mut replicas[a];
+                    for (k, r) in &entries {
+                        map.merge(k, r, index);
                     }
                 }
             }

@@ -459,8 +459,13 @@ impl Node {
 
     /// Hands an item to foca's broadcast queue; duplicates are dropped by the inbox.
     fn enqueue(&mut self, item: &BroadcastItem) -> Result<(), GossipError> {
+        self.enqueue_encoded(&wire::encode(item))
+    }
+
+    /// Hands an already encoded item to foca's broadcast queue.
+    fn enqueue_encoded(&mut self, bytes: &[u8]) -> Result<(), GossipError> {
         self.foca
-            .add_broadcast(&wire::encode(item))
+            .add_broadcast(bytes)
             .map(drop)
             .map_err(|e| GossipError::InvalidEvent(format!("cannot broadcast: {e}")))
     }

@@ -7,14 +7,14 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use murmur_catalog::{KvEntry, KvError, KvValue};
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, ApiResult, blocking, flag, with_index};
+use super::{Api, ApiError, ApiResult, blocking, flag, indexed, with_index};
 
 fn entry_json(e: &KvEntry<'_>) -> Value {
     json!({
@@ -26,14 +26,6 @@ fn entry_json(e: &KvEntry<'_>) -> Value {
         "ModifyIndex": e.modify_index,
         "Session": "",
     })
-}
-
-fn not_found(index: u64) -> Response {
-    let mut response = StatusCode::NOT_FOUND.into_response();
-    response
-        .headers_mut()
-        .insert("X-Consul-Index", HeaderValue::from(index.max(1)));
-    response
 }
 
 fn number(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
@@ -85,7 +77,7 @@ pub async fn get(
         })
         .await?;
         if keys.is_empty() {
-            return Ok(not_found(index));
+            return Ok(indexed(index, StatusCode::NOT_FOUND));
         }
         return Ok(with_index(index, json!(keys)));
     }
@@ -106,18 +98,12 @@ pub async fn get(
     })
     .await?;
     if entries.is_empty() {
-        return Ok(not_found(index));
+        return Ok(indexed(index, StatusCode::NOT_FOUND));
     }
     if flag(&query, "raw") && !recurse {
         let raw: Vec<u8> = entries.into_iter().flat_map(|(_, raw)| raw).collect();
-        let mut response = raw.into_response();
-        let headers = response.headers_mut();
-        headers.insert("X-Consul-Index", HeaderValue::from(index));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        return Ok(response);
+        let body = ([(header::CONTENT_TYPE, "application/octet-stream")], raw);
+        return Ok(indexed(index, body));
     }
     let list: Vec<Value> = entries.into_iter().map(|(json, _)| json).collect();
     Ok(with_index(index, Value::Array(list)))

@@ -136,7 +136,12 @@ async fn consul_headers(mut response: Response) -> Response {
 }
 
 fn with_index(index: u64, body: Value) -> Response {
-    let mut response = Json(body).into_response();
+    indexed(index, Json(body))
+}
+
+/// Any answer with `X-Consul-Index`, which Consul clients read even from a 404; never 0.
+fn indexed(index: u64, answer: impl IntoResponse) -> Response {
+    let mut response = answer.into_response();
     response
         .headers_mut()
         .insert("X-Consul-Index", HeaderValue::from(index.max(1)));
@@ -350,7 +355,7 @@ async fn event_fire(
 ) -> ApiResult<Json<Value>> {
     if query.contains_key("service") || query.contains_key("tag") {
         return Err(ApiError::bad_request(
-            "service and tag event filters need the catalog, which murmur does not have yet; use ?node=REGEX",
+            "service and tag event filters are not supported yet (user events carry only a node filter); use ?node=REGEX",
         ));
     }
     let node_filter = query.get("node").cloned().unwrap_or_default();

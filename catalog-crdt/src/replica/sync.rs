@@ -11,14 +11,14 @@
 //! Every message has a size budget; what does not fit is left for a follow-up round, which the
 //! `truncated` flags ask for. Only a complete round counts as contact (freshness).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Journaled, Replica};
 use crate::hlc::Hlc;
 use crate::owned::Digest;
-use crate::shared::{BUCKETS, bucket_of, fnv};
+use crate::shared::{BUCKETS, fnv};
 use crate::value::Change;
 
 /// Step 1 of anti-entropy, initiator → responder: what the initiator holds, in summary.
@@ -113,6 +113,13 @@ impl Budget {
         self.taken = true;
         true
     }
+
+    /// Adds `change` to `out` if it fits.
+    fn offer(&mut self, out: &mut Vec<Change>, change: Change) {
+        if self.take(change.weight()) {
+            out.push(change);
+        }
+    }
 }
 
 impl Replica {
@@ -142,9 +149,7 @@ impl Replica {
         let mut records = Vec::new();
         for (owner, register) in self.records.newer_than(&digest.records) {
             let change = Change::Record { owner, register };
-            if budget.take(change.weight()) {
-                records.push(change);
-            }
+            budget.offer(&mut records, change);
         }
         let ours = self.records.digest();
         let records_wanted: Vec<String> = digest
@@ -159,16 +164,12 @@ impl Replica {
             .collect();
         let differing = self.shared.differing_buckets(peer_buckets);
         let mut by_bucket: BTreeMap<usize, Vec<KeySummary>> = BTreeMap::new();
-        let wanted: BTreeSet<usize> = differing.iter().copied().collect();
-        for (key, entry) in self.shared.iter() {
-            let bucket = bucket_of(key);
-            if wanted.contains(&bucket) {
-                by_bucket.entry(bucket).or_default().push(KeySummary {
-                    key: key.clone(),
-                    stamp: *entry.register.stamp(),
-                    hash: fnv(&entry.register),
-                });
-            }
+        for (bucket, key, entry) in self.shared.in_buckets(&differing) {
+            by_bucket.entry(bucket).or_default().push(KeySummary {
+                key: key.clone(),
+                stamp: *entry.register.stamp(),
+                hash: fnv(&entry.register),
+            });
         }
         let mut buckets = Vec::new();
         let mut keys = Vec::new();
@@ -218,20 +219,15 @@ impl Replica {
                     owner: owner.clone(),
                     register: entry.register.clone(),
                 };
-                if budget.take(change.weight()) {
-                    changes.push(change);
-                }
+                budget.offer(&mut changes, change);
             }
         }
-        let covered: BTreeSet<usize> = summary.buckets.iter().map(|&b| usize::from(b)).collect();
+        let covered: Vec<usize> = summary.buckets.iter().map(|&b| usize::from(b)).collect();
         let theirs: BTreeMap<&str, &KeySummary> =
             summary.keys.iter().map(|s| (s.key.as_str(), s)).collect();
         let mut wanted = Vec::new();
         let mut dropped = Vec::new();
-        for (key, entry) in self.shared.iter() {
-            if !covered.contains(&bucket_of(key)) {
-                continue;
-            }
+        for (_, key, entry) in self.shared.in_buckets(&covered) {
             let stamp = entry.register.stamp();
             let send = match theirs.get(key.as_str()) {
                 None if !summary.stale && self.beyond_horizon(stamp, wall_ms) => {
@@ -252,9 +248,7 @@ impl Replica {
                     key: key.clone(),
                     register: entry.register.clone(),
                 };
-                if budget.take(change.weight()) {
-                    changes.push(change);
-                }
+                budget.offer(&mut changes, change);
             }
         }
         // Keys only the peer holds; a fresh replica would refuse the old ones anyway.
@@ -289,9 +283,7 @@ impl Replica {
                     key: key.clone(),
                     register: entry.register.clone(),
                 };
-                if budget.take(change.weight()) {
-                    changes.push(change);
-                }
+                budget.offer(&mut changes, change);
             }
         }
         let truncated = push.truncated || budget.truncated;

@@ -157,16 +157,20 @@ impl Node {
         let mut large = Vec::new();
         for change in changes {
             let item = BroadcastItem::Change(change);
-            if wire::encode(&item).len() > MAX_BROADCAST_CHANGE {
-                let BroadcastItem::Change(change) = item else {
-                    unreachable!("built above")
-                };
-                large.push(change);
-            } else if self.foca.custom_broadcast_backlog() >= MAX_CHANGE_BACKLOG {
-                self.stats.changes_dropped += 1;
-            } else if let Err(err) = self.enqueue(&item) {
-                tracing::debug!(%err, "change not queued; anti-entropy will carry it");
-                self.stats.changes_dropped += 1;
+            let bytes = wire::encode(&item);
+            match item {
+                BroadcastItem::Change(change) if bytes.len() > MAX_BROADCAST_CHANGE => {
+                    large.push(change);
+                }
+                _ if self.foca.custom_broadcast_backlog() >= MAX_CHANGE_BACKLOG => {
+                    self.stats.changes_dropped += 1;
+                }
+                _ => {
+                    if let Err(err) = self.enqueue_encoded(&bytes) {
+                        tracing::debug!(%err, "change not queued; anti-entropy will carry it");
+                        self.stats.changes_dropped += 1;
+                    }
+                }
             }
         }
         self.flood(large);
