@@ -889,9 +889,7 @@ mod tests {
     /// removals and the shuffles of `next`, and choosing members only picks candidates.
     #[test]
     fn address_index_follows_every_change() {
-        const NAMES: [&str; 12] = [
-            "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l",
-        ];
+        const NAMES: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
         let mut members = Members::new(Vec::new());
         let mut rng = SmallRng::seed_from_u64(7);
         for step in 0..2_000u32 {
@@ -909,12 +907,19 @@ mod tests {
             }
             assert_eq!(members.by_addr.len(), members.inner.len(), "step {step}");
             for (pos, member) in members.inner.iter().enumerate() {
-                assert_eq!(members.position(&member.id.addr()), Some(pos), "step {step}");
+                assert_eq!(
+                    members.position(&member.id.addr()),
+                    Some(pos),
+                    "step {step}"
+                );
             }
             let active = members.inner.iter().filter(|m| m.is_active()).count();
             assert_eq!(members.num_active(), active, "step {step}");
             for name in NAMES {
-                let listed = members.inner.iter().any(|m| m.id == Id(name) && m.is_active());
+                let listed = members
+                    .inner
+                    .iter()
+                    .any(|m| m.id == Id(name) && m.is_active());
                 assert_eq!(members.is_active(&Id(name)), listed, "step {step}");
             }
         }
