@@ -101,9 +101,23 @@ pub struct MemberView {
     members: BTreeMap<String, MemberState>,
     leaving: HashSet<(String, u64)>,
     leaving_order: VecDeque<(String, u64)>,
+    /// How many members are `Alive`, kept as statuses change so convergence checks over
+    /// thousands of views cost O(1) per view.
+    alive: usize,
 }
 
 impl MemberView {
+    /// Number of members seen `Alive`.
+    pub fn alive_count(&self) -> usize {
+        self.alive
+    }
+
+    fn count(&mut self, before: Option<MemberStatus>, after: MemberStatus) {
+        let was = usize::from(before == Some(MemberStatus::Alive));
+        let is = usize::from(after == MemberStatus::Alive);
+        self.alive = self.alive + is - was;
+    }
+
     /// All known members, by name.
     pub fn iter(&self) -> impl Iterator<Item = &MemberState> {
         self.members.values()
@@ -131,6 +145,7 @@ impl MemberView {
             State::Down => MemberStatus::Failed,
         };
         let previous = self.members.get(&id.name);
+        let before = previous.map(|p| p.status);
         if let Some(prev) = previous {
             if id.generation < prev.identity.generation {
                 return None; // news about an older life
@@ -158,6 +173,7 @@ impl MemberView {
                 status,
             },
         );
+        self.count(before, status);
         Some(MemberEvent {
             kind,
             member: id.clone(),
@@ -186,11 +202,13 @@ impl MemberView {
             }
             MemberStatus::Leaving | MemberStatus::Left => return None,
         };
-        entry.status = status;
-        Some(MemberEvent {
+        let before = std::mem::replace(&mut entry.status, status);
+        let event = MemberEvent {
             kind,
             member: entry.identity.clone(),
-        })
+        };
+        self.count(Some(before), status);
+        Some(event)
     }
 
     /// Forgets a member whose reap time passed, unless a newer life replaced it meanwhile.
@@ -200,6 +218,11 @@ impl MemberView {
             return None;
         }
         let gone = self.members.remove(&id.name)?;
+        debug_assert_ne!(
+            gone.status,
+            MemberStatus::Alive,
+            "only inactive members are reaped"
+        );
         Some(MemberEvent {
             kind: MemberEventKind::Reaped,
             member: gone.identity,
@@ -223,7 +246,17 @@ mod tests {
     }
 
     fn kind(view: &mut MemberView, m: Member<NodeIdentity>) -> Option<MemberEventKind> {
-        view.apply(&m).map(|e| e.kind)
+        let kind = view.apply(&m).map(|e| e.kind);
+        assert_counted(view);
+        kind
+    }
+
+    fn assert_counted(view: &MemberView) {
+        let alive = view
+            .iter()
+            .filter(|m| m.status == MemberStatus::Alive)
+            .count();
+        assert_eq!(view.alive_count(), alive);
     }
 
     #[test]
@@ -284,5 +317,6 @@ mod tests {
             Some(MemberEventKind::Reaped)
         );
         assert!(v.get("b").is_none());
+        assert_counted(&v);
     }
 }

@@ -227,6 +227,17 @@ impl Node {
         all
     }
 
+    /// What this node knows of the member named `name` (never itself), without copying the
+    /// member list as [`Node::members`] does: the simulator asks this N² times per check.
+    pub fn peer(&self, name: &str) -> Option<&MemberState> {
+        self.view.get(name)
+    }
+
+    /// Number of other members this node sees `Alive` (kept up to date, O(1)).
+    pub fn alive_peers(&self) -> usize {
+        self.view.alive_count()
+    }
+
     /// Number of active members other than this one.
     pub fn active_peers(&self) -> usize {
         self.foca.num_members()

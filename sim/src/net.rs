@@ -446,14 +446,13 @@ impl Net {
         self.now = until;
     }
 
-    /// Status of member `of` as node `at` sees it.
+    /// Status of member `of` as node `at` sees it (`at` sees itself alive).
     pub fn status(&self, at: usize, of: usize) -> Option<MemberStatus> {
         let node = self.slots[at].node.as_ref()?;
-        let name = format!("node-{of}");
-        node.members()
-            .into_iter()
-            .find(|m| m.identity.name == name)
-            .map(|m| m.status)
+        if at == of {
+            return Some(MemberStatus::Alive);
+        }
+        node.peer(&format!("node-{of}")).map(|m| m.status)
     }
 
     /// The nodes that run now.
@@ -463,21 +462,26 @@ impl Net {
             .collect()
     }
 
-    /// Whether every running node lists every other running node as alive. Each node's
-    /// member list is read once, so a check costs O(N²), not O(N³).
+    /// Whether every running node lists every other running node as alive. Counts are
+    /// compared first (O(N)); only when every count fits are members looked up by name
+    /// (O(N² log N)), so waiting for convergence costs little per step.
     pub fn all_alive(&self) -> bool {
         let running = self.running();
+        let counts_fit = running.iter().all(|&at| {
+            self.slots[at].node.as_ref().expect("running").alive_peers() == running.len() - 1
+        });
+        if !counts_fit {
+            return false;
+        }
+        let names: Vec<String> = running.iter().map(|&i| Self::identity(i, 0).name).collect();
         running.iter().all(|&at| {
             let node = self.slots[at].node.as_ref().expect("running");
-            let alive: BTreeSet<String> = node
-                .members()
-                .into_iter()
-                .filter(|m| m.status == MemberStatus::Alive)
-                .map(|m| m.identity.name)
-                .collect();
-            running
-                .iter()
-                .all(|&of| alive.contains(&Self::identity(of, 0).name))
+            running.iter().zip(&names).all(|(&of, name)| {
+                of == at
+                    || node
+                        .peer(name)
+                        .is_some_and(|m| m.status == MemberStatus::Alive)
+            })
         })
     }
 

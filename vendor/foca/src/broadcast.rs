@@ -104,6 +104,11 @@ impl Invalidates for &[u8] {
     }
 }
 
+/// murmur's patch: `fill` stops after this many entries in a row did not fit in what is left
+/// of the packet. It used to pop and push back every queued entry once the packet was nearly
+/// full, O(n log n) per message for a backlog of n (most of a 1,000-member cluster forming).
+const MAX_MISFITS: usize = 8;
+
 pub(crate) struct Broadcasts<V> {
     flip: alloc::collections::BinaryHeap<Entry<V>>,
     flop: alloc::collections::BinaryHeap<Entry<V>>,
@@ -146,8 +151,9 @@ where
 
         let mut num_taken = 0;
         let mut remaining = max_items;
+        let mut misfits = 0;
 
-        while buffer.has_remaining_mut() && remaining > 0 {
+        while buffer.has_remaining_mut() && remaining > 0 && misfits < MAX_MISFITS {
             let Some(mut node) = self.flip.pop() else {
                 break;
             };
@@ -159,6 +165,8 @@ where
 
                 buffer.put_slice(&node.data);
                 node.remaining_tx -= 1;
+            } else {
+                misfits += 1;
             }
 
             if node.remaining_tx > 0 {
@@ -183,8 +191,9 @@ where
 
         let mut num_taken = 0;
         let mut remaining = max_items;
+        let mut misfits = 0;
 
-        while buffer.has_remaining_mut() && remaining > 0 {
+        while buffer.has_remaining_mut() && remaining > 0 && misfits < MAX_MISFITS {
             let Some(mut node) = self.flip.pop() else {
                 break;
             };
@@ -198,6 +207,8 @@ where
                 buffer.put_u16(node.data.len() as u16);
                 buffer.put_slice(&node.data);
                 node.remaining_tx -= 1;
+            } else {
+                misfits += 1;
             }
 
             if node.remaining_tx > 0 {

@@ -708,9 +708,7 @@ where
                         // is still under suspicion.
                         // Checking only incarnation is sufficient because to refute
                         // suspicion the member must increment its own incarnation
-                        .apply_existing_if(as_down.clone(), |member| {
-                            member.incarnation() == incarnation
-                        })
+                        .apply_existing_if(&as_down, |member| member.incarnation() == incarnation)
                     {
                         self.handle_apply_summary(summary, as_down, true, &mut runtime)?;
                         // Member went down we might need to adjust our internal state
@@ -1147,10 +1145,7 @@ where
             //  4. The member doesn't exist anymore. i.e. a newer identity with
             //     the same address has appeared in the cluster
             let as_suspect = Member::new(failed.id().clone(), failed.incarnation(), State::Suspect);
-            if let Some(summary) = self
-                .members
-                .apply_existing_if(as_suspect.clone(), |_member| true)
-            {
+            if let Some(summary) = self.members.apply_existing_if(&as_suspect, |_member| true) {
                 let is_active_now = summary.is_active_now;
                 #[cfg_attr(not(feature = "tracing"), expect(unused_variables))]
                 let apply_successful = summary.apply_successful;
@@ -1227,7 +1222,7 @@ where
         runtime: impl Runtime<T>,
     ) -> Result<bool> {
         debug_assert_ne!(&self.identity, update.id());
-        let summary = self.members.apply(update.clone(), &mut self.rng);
+        let summary = self.members.apply(&update, &mut self.rng);
 
         let update_is_active = match summary.conflict {
             member::ConflictResult::Lost | member::ConflictResult::FailedCondition => false,
@@ -1246,6 +1241,13 @@ where
         do_broadcast: bool,
         mut runtime: impl Runtime<T>,
     ) -> Result<()> {
+        // murmur's patch: most updates repeat what is known; they need no copy of the id.
+        if !summary.apply_successful
+            && !summary.changed_active_set
+            && !matches!(summary.conflict, member::ConflictResult::Replaced(_))
+        {
+            return Ok(());
+        }
         let id = update.id().clone();
 
         if summary.apply_successful {

@@ -329,7 +329,7 @@ where
 
     pub(crate) fn apply_existing_if<F: Fn(&Member<T>) -> bool>(
         &mut self,
-        mut update: Member<T>,
+        update: &Member<T>,
         condition: F,
     ) -> Option<ApplySummary<T>> {
         if let Some(known_member) = self
@@ -365,10 +365,10 @@ where
             let was_active = known_member.is_active();
 
             let (apply_successful, conflict) = if id_conflict {
-                core::mem::swap(&mut known_member.id, &mut update.id);
+                let old = core::mem::replace(&mut known_member.id, update.id.clone());
                 known_member.state = update.state;
                 known_member.incarnation = update.incarnation;
-                (true, ConflictResult::Replaced(update.id))
+                (true, ConflictResult::Replaced(old))
             } else {
                 (
                     known_member.change_state(update.incarnation, update.state),
@@ -399,14 +399,16 @@ where
         }
     }
 
-    pub(crate) fn apply(&mut self, update: Member<T>, mut rng: impl RngExt) -> ApplySummary<T> {
-        self.apply_existing_if(update.clone(), |_member| true)
+    /// murmur's patch: takes the update by reference and copies it only to insert it, so
+    /// the many updates that change nothing cost no allocation.
+    pub(crate) fn apply(&mut self, update: &Member<T>, mut rng: impl RngExt) -> ApplySummary<T> {
+        self.apply_existing_if(update, |_member| true)
             .unwrap_or_else(|| {
                 // Unknown member, we'll register it
                 let is_active_now = update.is_active();
 
                 // Insert at the end and swap with a random position.
-                self.inner.push(update);
+                self.inner.push(update.clone());
                 let inserted_at = self.inner.len() - 1;
 
                 let swap_idx = (0..self.inner.len())
@@ -640,22 +642,22 @@ mod tests {
 
         assert_eq!(
             None,
-            members.apply_existing_if(Member::alive(Id("1")), |_member| true),
+            members.apply_existing_if(&Member::alive(Id("1")), |_member| true),
             "Only yield None only if member is not found"
         );
 
         let mut rng = SmallRng::seed_from_u64(0xF0CA);
-        let _ = members.apply(Member::alive(Id("1")), &mut rng);
+        let _ = members.apply(&Member::alive(Id("1")), &mut rng);
 
         assert_ne!(
             None,
-            members.apply_existing_if(Member::alive(Id("1")), |_member| true),
+            members.apply_existing_if(&Member::alive(Id("1")), |_member| true),
             "Must yield Some() if existing, regardless of condition"
         );
 
         assert_ne!(
             None,
-            members.apply_existing_if(Member::alive(Id("1")), |_member| false),
+            members.apply_existing_if(&Member::alive(Id("1")), |_member| false),
             "Must yield Some() if existing, regardless of condition"
         );
     }
@@ -666,7 +668,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(0xF0CA);
 
         // New and active member
-        let res = members.apply(Member::suspect(Id("1")), &mut rng);
+        let res = members.apply(&Member::suspect(Id("1")), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: true,
@@ -681,7 +683,7 @@ mod tests {
 
         // Failed attempt to change member id=1 to alive
         // (since it's already suspect with same incarnation)
-        let res = members.apply(Member::alive(Id("1")), &mut rng);
+        let res = members.apply(&Member::alive(Id("1")), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: true,
@@ -695,7 +697,7 @@ mod tests {
 
         // Successful attempt at changing member id=1 to
         // alive by using a higher incarnation
-        let res = members.apply(Member::new(Id("1"), 1, State::Alive), &mut rng);
+        let res = members.apply(&Member::new(Id("1"), 1, State::Alive), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: true,
@@ -708,7 +710,7 @@ mod tests {
         assert_eq!(1, members.len());
 
         // Change existing member to down
-        let res = members.apply(Member::down(Id("1")), &mut rng);
+        let res = members.apply(&Member::down(Id("1")), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: false,
@@ -722,7 +724,7 @@ mod tests {
         assert_eq!(0, members.num_active());
 
         // New and inactive member
-        let res = members.apply(Member::down(Id("2")), &mut rng);
+        let res = members.apply(&Member::down(Id("2")), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: false,
@@ -746,14 +748,14 @@ mod tests {
             members.remove_if_down(&Id("1")),
             "cant remove member that does not exist"
         );
-        let _ = members.apply(Member::alive(Id("1")), &mut rng);
+        let _ = members.apply(&Member::alive(Id("1")), &mut rng);
 
         assert_eq!(
             None,
             members.remove_if_down(&Id("1")),
             "cant remove member that isnt down"
         );
-        let _ = members.apply(Member::down(Id("1")), &mut rng);
+        let _ = members.apply(&Member::down(Id("1")), &mut rng);
 
         assert_eq!(
             Some(Member::down(Id("1"))),
@@ -773,9 +775,9 @@ mod tests {
             "next() should yield None when there are no members"
         );
 
-        let _ = members.apply(Member::down(Id("-1")), &mut rng);
-        let _ = members.apply(Member::down(Id("-2")), &mut rng);
-        let _ = members.apply(Member::down(Id("-3")), &mut rng);
+        let _ = members.apply(&Member::down(Id("-1")), &mut rng);
+        let _ = members.apply(&Member::down(Id("-2")), &mut rng);
+        let _ = members.apply(&Member::down(Id("-3")), &mut rng);
 
         assert_eq!(
             None,
@@ -783,7 +785,7 @@ mod tests {
             "next() should yield None when there are no active members"
         );
 
-        let _ = members.apply(Member::alive(Id("1")), &mut rng);
+        let _ = members.apply(&Member::alive(Id("1")), &mut rng);
 
         for _i in 0..10 {
             assert_eq!(
@@ -857,7 +859,7 @@ mod tests {
 
         let renewed = id.renew().unwrap();
         let summary = members
-            .apply_existing_if(Member::alive(renewed), |_| true)
+            .apply_existing_if(&Member::alive(renewed), |_| true)
             .expect("member found");
 
         assert!(summary.apply_successful);
@@ -865,7 +867,7 @@ mod tests {
 
         let another = renewed.renew().unwrap();
         let summary = members
-            .apply_existing_if(Member::alive(another), |_| false)
+            .apply_existing_if(&Member::alive(another), |_| false)
             .expect("member found");
 
         assert!(!summary.apply_successful);
@@ -878,7 +880,7 @@ mod tests {
         // trying to go back to the past leads to
         // conflict resolution failure
         let summary = members
-            .apply_existing_if(Member::alive(id), |_| true)
+            .apply_existing_if(&Member::alive(id), |_| true)
             .expect("member found");
 
         assert_eq!(ConflictResult::Lost, summary.conflict,);
@@ -895,8 +897,8 @@ mod tests {
         for step in 0..2_000u32 {
             let name = NAMES[rng.random_range(0..NAMES.len())];
             match rng.random_range(0..5) {
-                0 => drop(members.apply(Member::alive(Id(name)), &mut rng)),
-                1 => drop(members.apply(Member::down(Id(name)), &mut rng)),
+                0 => drop(members.apply(&Member::alive(Id(name)), &mut rng)),
+                1 => drop(members.apply(&Member::down(Id(name)), &mut rng)),
                 2 => drop(members.remove_if_down(&Id(name))),
                 3 => drop(members.next(&mut rng)),
                 _ => {
