@@ -83,18 +83,27 @@ pub enum Command {
 /// Flags of `murmur sim`.
 #[derive(Args, Debug, Clone)]
 pub struct SimArgs {
-    /// Cluster size.
-    #[arg(long, default_value_t = 10)]
-    pub nodes: usize,
+    /// Cluster size [default: the scenario's, else 10].
+    #[arg(long)]
+    pub nodes: Option<usize>,
     /// The seed of one run.
     #[arg(long, default_value_t = 0, conflicts_with = "seeds")]
     pub seed: u64,
     /// A range of seeds to sweep, `A..B` (B excluded).
     #[arg(long, value_name = "A..B")]
     pub seeds: Option<String>,
-    /// Virtual time of workload and faults before the heal (Go duration).
-    #[arg(long, default_value = "120s")]
-    pub duration: String,
+    /// Virtual time of workload and faults before the heal (Go duration) [default: the
+    /// scenario's, else 120s].
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// What happens: a built-in scenario (chaos, quiet, partition, flapping, crashes, wan)
+    /// or a TOML file written like those in sim/scenarios/.
+    #[arg(long, default_value = "chaos", value_name = "NAME|FILE.toml")]
+    pub scenario: String,
+    /// Draw how the first watched writes spread (fraction of nodes holding each over time)
+    /// as an SVG file; one run only.
+    #[arg(long, value_name = "OUT.svg", conflicts_with = "seeds")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Which agent a client command talks to.

@@ -36,3 +36,50 @@ fn bad_flags_are_one_clear_line() {
     let out = sim(&["--duration", "soon"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
 }
+
+#[test]
+fn a_scenario_runs_with_its_report_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("spread.svg");
+    let out = sim(&[
+        "--scenario",
+        "crashes",
+        "--nodes",
+        "12",
+        "--seed",
+        "2",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "writes reached every node: p50",
+        "crashes declared failed by all: p50",
+        "restarted nodes seen alive by all: p50",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        drawing.starts_with("<svg") && drawing.contains("<polyline"),
+        "{drawing:.200}"
+    );
+}
+
+#[test]
+fn a_scenario_file_with_a_mistake_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mine.toml");
+    std::fs::write(&file, "[network]\nlatency_ms = 3\n").unwrap();
+    let out = sim(&["--scenario", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mine.toml") && err.contains("latency_ms"),
+        "{err}"
+    );
+    let out = sim(&["--scenario", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chaos, quiet, partition"), "{err}");
+}

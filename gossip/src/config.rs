@@ -104,6 +104,17 @@ impl GossipConfig {
         config
     }
 
+    /// How long after a member crashes every member that can reach the others has declared
+    /// it failed, barring bad luck of about one in a million per crash.
+    ///
+    /// Each member probes the others in a shuffled round, so the crashed one is first probed
+    /// after k periods with probability about e^-k (14 periods: 10^-6); then it is suspected
+    /// for the suspicion time, and the declaration takes a few seconds to reach everyone.
+    pub fn failure_detection_bound(&self, size: usize) -> Duration {
+        let foca = self.foca_config(size);
+        foca.probe_period * 14 + foca.suspect_to_down_after + Duration::from_secs(5)
+    }
+
     /// memberlist's push-pull scaling: every doubling past 32 members adds one base interval.
     pub(crate) fn push_pull_every(&self, size: usize) -> Duration {
         const THRESHOLD: f64 = 32.0;

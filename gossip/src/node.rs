@@ -137,6 +137,15 @@ impl Runtime<NodeIdentity> for Io<'_> {
     }
 
     fn submit_after(&mut self, event: foca::Timer<NodeIdentity>, after: Duration) {
+        // Gossip rounds of members started together would stay in step forever (each waits
+        // the same period), so a change that missed the eager push would wait for the next
+        // common round; ±25% per round spreads the phases (memberlist staggers its tickers for
+        // the same reason) and keeps the mean period.
+        let after = if matches!(event, foca::Timer::PeriodicGossip(_)) {
+            after.mul_f64(self.rng.random_range(0.75..1.25))
+        } else {
+            after
+        };
         self.outputs.push_back(Output::Timer {
             after,
             timer: TimerEvent::Foca(event),
@@ -145,6 +154,19 @@ impl Runtime<NodeIdentity> for Io<'_> {
 }
 
 mod replication;
+
+/// Sizes of a node's queues (see [`Node::backlogs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlogs {
+    /// Member updates waiting for their retransmissions.
+    pub member_updates: usize,
+    /// Replicated changes and user events waiting to ride gossip (capped at 4,096 changes).
+    pub broadcasts: usize,
+    /// Outputs the driver has not taken yet.
+    pub outputs: usize,
+    /// Members in the view, failed and left ones included until reaped.
+    pub known_members: usize,
+}
 
 impl Node {
     /// A member that knows nobody yet. `rng` drives every random choice (probe targets, nonces,
@@ -236,6 +258,16 @@ impl Node {
     /// Number of other members this node sees `Alive` (kept up to date, O(1)).
     pub fn alive_peers(&self) -> usize {
         self.view.alive_count()
+    }
+
+    /// How much this node holds in its queues; each is bounded, and the simulator checks it.
+    pub fn backlogs(&self) -> Backlogs {
+        Backlogs {
+            member_updates: self.foca.updates_backlog(),
+            broadcasts: self.foca.custom_broadcast_backlog(),
+            outputs: self.outputs.len(),
+            known_members: self.view.iter().count(),
+        }
     }
 
     /// Number of active members other than this one.

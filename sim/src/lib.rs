@@ -5,7 +5,13 @@
 #![deny(missing_docs)]
 
 pub mod chaos;
+pub mod measure;
 pub mod net;
+pub mod scenario;
 
-pub use chaos::{ChaosConfig, Report, run};
-pub use net::{Net, WALL_CLOCK_BASE_MS, addr, cluster, cluster_keyed, cluster_with, key};
+pub use chaos::{ChaosConfig, Progress, Report, run, run_with_progress};
+pub use measure::{Curve, Percentiles};
+pub use net::{
+    LinkModel, Net, WALL_CLOCK_BASE_MS, addr, cluster, cluster_keyed, cluster_with, key,
+};
+pub use scenario::{Scenario, ScenarioError};

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use murmur_catalog::{Journaled, Replica, ReplicaConfig};
+use murmur_catalog::{Change, Hlc, Journaled, Replica, ReplicaConfig};
 use murmur_gossip::{
     GossipConfig, Keyring, MemberEvent, MemberEventKind, MemberStatus, Node, NodeIdentity, Output,
     SecretKey, TimerEvent, UserEvent,
@@ -28,6 +28,47 @@ enum Delivery {
         life: u64,
         timer: TimerEvent,
     },
+}
+
+/// How datagrams travel: latency within and between datacenters, jitter, reordering and each
+/// node's egress bandwidth. Node `i` sits in datacenter `i % datacenters`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkModel {
+    /// Number of datacenters the nodes are spread over (round-robin).
+    pub datacenters: usize,
+    /// One-way latency inside a datacenter.
+    pub lan_latency: Duration,
+    /// Up to this much more, uniformly, inside a datacenter.
+    pub lan_jitter: Duration,
+    /// One-way latency between datacenters.
+    pub wan_latency: Duration,
+    /// Up to this much more, uniformly, between datacenters.
+    pub wan_jitter: Duration,
+    /// Probability that a datagram is held back by up to `reorder_delay`, so that datagrams
+    /// sent after it arrive first.
+    pub reorder: f64,
+    /// The longest hold-back of a reordered datagram.
+    pub reorder_delay: Duration,
+    /// Egress bytes per second of every node (0: unlimited). Datagrams leave one after the
+    /// other, so a burst queues behind itself.
+    pub bandwidth: u64,
+}
+
+impl Default for LinkModel {
+    /// One datacenter, 2 ms plus up to 1 ms of jitter, no reordering beyond what jitter
+    /// does, unlimited bandwidth.
+    fn default() -> Self {
+        Self {
+            datacenters: 1,
+            lan_latency: Duration::from_millis(2),
+            lan_jitter: Duration::from_millis(1),
+            wan_latency: Duration::from_millis(40),
+            wan_jitter: Duration::from_millis(10),
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(20),
+            bandwidth: 0,
+        }
+    }
 }
 
 /// One node's place in the network, across crashes and restarts.
@@ -73,14 +114,25 @@ pub struct Net {
     /// Nodes whose event loop is stalled until the given virtual time: what arrives for them
     /// waits, and streams to them fail (as they would time out).
     pub paused_until: BTreeMap<usize, Duration>,
-    /// One-way datagram latency (plus up to 1 ms of jitter).
-    pub latency: Duration,
+    /// How datagrams travel.
+    pub link: LinkModel,
+    /// When each node's egress link is free again (bandwidth model).
+    egress_free_at: BTreeMap<usize, Duration>,
+    /// Failure declarations: (when, by whom, of which node name, of which life).
+    pub failure_log: Vec<(Duration, usize, String, u64)>,
+    /// Shared keys applied since a reader last took this: (when, by whom, key, stamp).
+    /// Readers `take` it, so it holds one step's worth.
+    pub applied: Vec<(Duration, usize, String, Hlc)>,
     /// Every delivery in order, for determinism checks.
     pub trace: Vec<String>,
     /// The configuration nodes start with.
     pub config: GossipConfig,
     /// How far each node's wall clock is off (ms, either way); absent means exact.
     pub skew_ms: BTreeMap<usize, i64>,
+    /// How fast each node's wall clock drifts (parts per million of virtual time, either
+    /// way); absent means none. Timers still run on true time: drift moves what the node
+    /// reads as the wall clock (its HLC stamps), which is where it matters.
+    pub drift_ppm: BTreeMap<usize, i64>,
 }
 
 /// How long a node must have been left alone before declaring it failed counts as a false
@@ -118,10 +170,14 @@ impl Net {
             datagrams_sent: 0,
             bytes_sent: 0,
             paused_until: BTreeMap::new(),
-            latency: Duration::from_millis(2),
+            link: LinkModel::default(),
+            egress_free_at: BTreeMap::new(),
+            failure_log: Vec::new(),
+            applied: Vec::new(),
             trace: Vec::new(),
             config: GossipConfig::lan("test"),
             skew_ms: BTreeMap::new(),
+            drift_ppm: BTreeMap::new(),
         }
     }
 
@@ -203,9 +259,13 @@ impl Net {
 
     /// Node `i` if it runs, told the current wall-clock time.
     fn live(&mut self, i: usize) -> Option<&mut Node> {
-        let skew = self.skew_ms.get(&i).copied().unwrap_or(0);
-        let wall_ms =
-            (WALL_CLOCK_BASE_MS + self.now.as_millis() as u64).saturating_add_signed(skew);
+        let now_ms = self.now.as_millis() as i64;
+        let drift = self
+            .drift_ppm
+            .get(&i)
+            .map_or(0, |ppm| now_ms * ppm / 1_000_000);
+        let skew = self.skew_ms.get(&i).copied().unwrap_or(0) + drift;
+        let wall_ms = (WALL_CLOCK_BASE_MS + now_ms as u64).saturating_add_signed(skew);
         let node = self.slots.get_mut(i)?.node.as_mut()?;
         node.set_now(wall_ms);
         Some(node)
@@ -292,6 +352,16 @@ impl Net {
         self.partition(&[i], &others);
     }
 
+    /// Whether node `i` is cut off from anyone (either way) or stalled right now.
+    pub fn is_impaired(&self, i: usize) -> bool {
+        self.is_paused(i) || self.blocked.iter().any(|&(a, b)| a == i || b == i)
+    }
+
+    /// Whether datagrams from `from` to `to` are blocked.
+    pub fn is_partitioned(&self, from: usize, to: usize) -> bool {
+        self.blocked.contains(&(from, to))
+    }
+
     /// Removes every partition.
     pub fn heal(&mut self) {
         let cut: Vec<usize> = self.blocked.iter().flat_map(|&(a, b)| [a, b]).collect();
@@ -320,10 +390,7 @@ impl Net {
             .and_then(|s| s.node.as_ref())
             .is_some_and(|n| n.identity().generation == member.generation);
         let quiet_since = self.disturbed_at.get(&j).copied().unwrap_or_default();
-        current
-            && !self.is_paused(j)
-            && !self.blocked.iter().any(|&(a, b)| a == j || b == j)
-            && self.now >= quiet_since + UNDISTURBED
+        current && !self.is_impaired(j) && self.now >= quiet_since + UNDISTURBED
     }
 
     fn disturb(&mut self, nodes: impl IntoIterator<Item = usize>, until: Duration) {
@@ -337,6 +404,36 @@ impl Net {
         self.paused_until
             .get(&i)
             .is_some_and(|&until| until > self.now)
+    }
+
+    /// When a datagram of `len` bytes sent by `from` now leaves its egress link.
+    fn departure(&mut self, from: usize, len: usize) -> Duration {
+        if self.link.bandwidth == 0 {
+            return self.now;
+        }
+        let free = self.egress_free_at.entry(from).or_default();
+        let leaves = (*free).max(self.now);
+        let on_the_wire = Duration::from_nanos(len as u64 * 1_000_000_000 / self.link.bandwidth);
+        *free = leaves + on_the_wire;
+        leaves
+    }
+
+    /// Latency from `from` to `to` for one datagram: the link's base, its jitter, and maybe a
+    /// reordering hold-back.
+    fn transit(&mut self, from: usize, to: usize) -> Duration {
+        let link = &self.link;
+        let dcs = link.datacenters.max(1);
+        let (base, jitter) = if from % dcs == to % dcs {
+            (link.lan_latency, link.lan_jitter)
+        } else {
+            (link.wan_latency, link.wan_jitter)
+        };
+        let (reorder, hold) = (link.reorder, link.reorder_delay);
+        let mut took = base + random_up_to(&mut self.rng, jitter);
+        if reorder > 0.0 && self.rng.random_bool(reorder) {
+            took += random_up_to(&mut self.rng, hold);
+        }
+        took
     }
 
     fn push(&mut self, at: Duration, delivery: Delivery) {
@@ -358,22 +455,17 @@ impl Net {
                     if self.blocked.contains(&(i, to)) || self.rng.random_bool(self.loss) {
                         continue;
                     }
-                    let jitter = Duration::from_micros(self.rng.random_range(0..1000));
+                    let arrives = self.departure(i, bytes.len()) + self.transit(i, to);
                     if self.rng.random_bool(self.duplicate) {
                         self.duplicates += 1;
                         let later = Duration::from_micros(self.rng.random_range(0..5000));
-                        self.push(
-                            self.now + self.latency + later,
-                            Delivery::Datagram {
-                                to,
-                                bytes: bytes.clone(),
-                            },
-                        );
+                        let copy = Delivery::Datagram {
+                            to,
+                            bytes: bytes.clone(),
+                        };
+                        self.push(arrives + later, copy);
                     }
-                    self.push(
-                        self.now + self.latency + jitter,
-                        Delivery::Datagram { to, bytes },
-                    );
+                    self.push(arrives, Delivery::Datagram { to, bytes });
                 }
                 Output::Timer { after, timer } => {
                     let life = self.slots[i].life;
@@ -391,8 +483,13 @@ impl Net {
                     let _ = self.stream(i, to, request, |n, reply| n.handle_reply(peer, reply));
                 }
                 Output::Member(event) => {
-                    if event.kind == MemberEventKind::Failed && self.undisturbed(&event.member) {
-                        self.false_failures += 1;
+                    if event.kind == MemberEventKind::Failed {
+                        if self.undisturbed(&event.member) {
+                            self.false_failures += 1;
+                        }
+                        let (name, generation) = (&event.member.name, event.member.generation);
+                        self.failure_log
+                            .push((self.now, i, name.clone(), generation));
                     }
                     self.trace.push(format!(
                         "{:?} {i} {:?} {}",
@@ -401,7 +498,19 @@ impl Net {
                     self.slots[i].member_events.push(event);
                 }
                 Output::UserEvent(event) => self.slots[i].user_events.push(event),
-                Output::Persist(entries) => self.slots[i].journal.extend(entries),
+                Output::Persist(entries) => {
+                    for entry in &entries {
+                        if let Journaled::Change {
+                            change: Change::Shared { key, register },
+                            ..
+                        } = entry
+                        {
+                            let stamp = *register.stamp();
+                            self.applied.push((self.now, i, key.clone(), stamp));
+                        }
+                    }
+                    self.slots[i].journal.extend(entries);
+                }
                 Output::KeyringChanged => {}
             }
         }
@@ -509,6 +618,10 @@ impl Net {
         }
         cond(self).then(|| self.now - start)
     }
+}
+
+fn random_up_to(rng: &mut StdRng, most: Duration) -> Duration {
+    Duration::from_micros(rng.random_range(0..=most.as_micros() as u64))
 }
 
 /// `n` nodes, all joined through node 0, converged.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use murmur_sim::{ChaosConfig, run};
+use murmur_sim::{ChaosConfig, Scenario, run};
 
 /// Seeds in the sweep.
 const SEEDS: u64 = 200;
@@ -13,6 +13,7 @@ fn config(seed: u64) -> ChaosConfig {
         nodes: 5 + (seed * 7 % 46) as usize,
         seed,
         duration: Duration::from_secs(120),
+        scenario: Scenario::chaos(),
     }
 }
 
@@ -27,11 +28,12 @@ fn a_sweep_of_seeds_keeps_every_invariant() {
                         .step_by(2)
                         .filter_map(|seed| {
                             let c = config(seed);
+                            let nodes = c.nodes;
                             let report = run(c);
                             (!report.violations.is_empty()).then(|| {
                                 format!(
-                                    "seed {seed} ({} nodes): {:?}\n  replay: murmur sim --nodes {} --seed {seed} --duration 120s",
-                                    c.nodes, report.violations, c.nodes
+                                    "seed {seed} ({nodes} nodes): {:?}\n  replay: murmur sim --nodes {nodes} --seed {seed} --duration 120s",
+                                    report.violations
                                 )
                             })
                         })

@@ -291,11 +291,17 @@ async fn agent_metrics(
             "murmur serves metrics as ?format=prometheus",
         ));
     }
-    let (stats, members, replica) = api.agent.with_node(|n| {
+    let (stats, members, replica, backlogs) = api.agent.with_node(|n| {
         let r = n.replica();
         let sizes = (r.index(), r.records().len(), r.shared().len(), r.stats());
-        (n.stats().clone(), n.members(), sizes)
+        (n.stats().clone(), n.members(), sizes, n.backlogs())
     });
+    for (queue, n) in [
+        ("member_updates", backlogs.member_updates),
+        ("broadcasts", backlogs.broadcasts),
+    ] {
+        metrics::gauge!("murmur_gossip_backlog", "queue" => queue).set(n as f64);
+    }
     let (index, records, keys, replicated) = replica;
     metrics::gauge!("murmur_replica_index").set(index as f64);
     metrics::gauge!("murmur_replica_records").set(records as f64);

@@ -1,0 +1,70 @@
+//! Every built-in scenario keeps every invariant on a few seeds, and each measures what it is
+//! there to measure.
+
+use std::time::Duration;
+
+use murmur_sim::scenario::BUILT_IN;
+use murmur_sim::{ChaosConfig, Report, Scenario, run};
+
+fn run_scenario(name: &str, nodes: usize, seed: u64) -> Report {
+    let scenario = Scenario::load(name).expect("built-in");
+    let duration = Duration::from_secs_f64(scenario.duration_s.unwrap_or(180.0));
+    let report = run(ChaosConfig {
+        nodes,
+        seed,
+        duration,
+        scenario,
+    });
+    assert!(
+        report.violations.is_empty(),
+        "{name}, seed {seed}, {nodes} nodes: {:?}\n  replay: murmur sim --scenario {name} --nodes {nodes} --seed {seed}",
+        report.violations
+    );
+    report
+}
+
+#[test]
+fn every_built_in_scenario_keeps_every_invariant() {
+    for (name, _) in BUILT_IN {
+        for seed in 0..3 {
+            run_scenario(name, 12 + 9 * seed as usize, seed);
+        }
+    }
+}
+
+#[test]
+fn crashes_are_detected_within_the_bound() {
+    let report = run_scenario("crashes", 25, 1);
+    let detection = report.failure_detection;
+    assert!(detection.count >= 5, "{detection}");
+    assert!(detection.max <= report.detection_bound, "{detection}");
+    assert!(
+        report.join_spread.count >= 5,
+        "restarts measured: {}",
+        report.join_spread
+    );
+}
+
+#[test]
+fn a_partition_delays_writes_until_it_heals_and_none_is_lost() {
+    let report = run_scenario("partition", 20, 2);
+    // Writes made during the 60 s split reach the other side only after the heal.
+    assert!(
+        report.write_spread.max >= Duration::from_secs(30),
+        "{}",
+        report.write_spread
+    );
+    assert!(report.writes > 100);
+}
+
+#[test]
+fn on_a_quiet_network_writes_reach_everyone_within_a_gossip_round_or_two() {
+    let report = run_scenario("quiet", 30, 3);
+    assert!(
+        report.write_spread.p50 <= Duration::from_millis(250),
+        "{}",
+        report.write_spread
+    );
+    assert_eq!(report.false_failures, 0);
+    assert_eq!(report.curves.len(), 24, "curves kept for plots");
+}

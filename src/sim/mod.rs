@@ -1,0 +1,190 @@
+//! `murmur sim`: runs seeded scenarios of the simulator and reports each run; a failing seed
+//! prints the exact command that replays it.
+
+mod plot;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use murmur_sim::{ChaosConfig, Progress, Report, Scenario, run_with_progress};
+
+use crate::cli::SimArgs;
+
+/// Runs the seeds and prints one line per run (and the details of a single run); fails when
+/// any invariant broke.
+pub fn run(args: &SimArgs) -> ExitCode {
+    match plan(args) {
+        Ok(plan) => execute(args, &plan),
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the flags and the scenario add up to.
+struct Plan {
+    scenario: Scenario,
+    nodes: usize,
+    duration: Duration,
+    duration_text: String,
+    seeds: std::ops::Range<u64>,
+}
+
+fn plan(args: &SimArgs) -> Result<Plan, String> {
+    let scenario = Scenario::load(&args.scenario).map_err(|e| e.to_string())?;
+    let duration_text = match (&args.duration, scenario.duration_s) {
+        (Some(text), _) => text.clone(),
+        (None, Some(s)) => format!("{s}s"),
+        (None, None) => "120s".into(),
+    };
+    let duration = crate::duration::parse(&duration_text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!("--duration {duration_text:?} is not a positive duration such as 120s or 5m")
+        })?;
+    let nodes = args.nodes.or(scenario.nodes).unwrap_or(10);
+    if nodes < 2 {
+        return Err("--nodes must be at least 2".into());
+    }
+    let seeds = match &args.seeds {
+        None => args.seed..args.seed + 1,
+        Some(range) => parse_range(range)
+            .ok_or_else(|| format!("--seeds {range:?} must look like 0..200 (the end excluded)"))?,
+    };
+    Ok(Plan {
+        scenario,
+        nodes,
+        duration,
+        duration_text,
+        seeds,
+    })
+}
+
+fn execute(args: &SimArgs, plan: &Plan) -> ExitCode {
+    let total = plan.seeds.end - plan.seeds.start;
+    let single = total == 1;
+    let mut failed = 0;
+    for (done, seed) in plan.seeds.clone().enumerate() {
+        let started = Instant::now();
+        let config = ChaosConfig {
+            nodes: plan.nodes,
+            seed,
+            duration: plan.duration,
+            scenario: plan.scenario.clone(),
+        };
+        // Progress for single runs that take a while; sweeps show one line per run.
+        let mut shown = false;
+        let report = run_with_progress(config, |p| {
+            if single && started.elapsed() >= Duration::from_secs(2) {
+                print_progress(p, started);
+                shown = true;
+            }
+        });
+        if shown && std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[K");
+        }
+        println!(
+            "[{}/{total}] seed {seed}: {}, {:.1}s wall",
+            done + 1,
+            summary(plan.nodes, &report),
+            started.elapsed().as_secs_f64()
+        );
+        if single {
+            print_details(&report);
+        }
+        if !report.violations.is_empty() {
+            failed += 1;
+            for violation in &report.violations {
+                println!("  violated: {violation}");
+            }
+            println!(
+                "  replay: murmur sim --scenario {} --nodes {} --seed {seed} --duration {}",
+                args.scenario, plan.nodes, plan.duration_text
+            );
+        }
+        if let Some(path) = &args.plot {
+            let title = format!(
+                "{} nodes, scenario {}, seed {seed}",
+                plan.nodes, args.scenario
+            );
+            match plot::write_curves(path, &title, &report.curves) {
+                Ok(()) => println!("  plot: {}", path.display()),
+                Err(e) => {
+                    eprintln!("error: cannot draw {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {total} runs broke an invariant");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn summary(nodes: usize, report: &Report) -> String {
+    let converged = report
+        .converged_after
+        .map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
+    format!(
+        "{nodes} nodes, {} writes, {} faults, agreed {converged} after the heal, \
+         {:.1} datagrams and {:.0} B per node-second, {} duplicated, {} false failures, \
+         trace {:016x}",
+        report.writes,
+        report.faults,
+        report.datagrams_per_node_second,
+        report.bytes_per_node_second,
+        report.duplicates,
+        report.false_failures,
+        report.trace_hash,
+    )
+}
+
+fn print_details(report: &Report) {
+    let b = &report.max_backlogs;
+    println!("  writes reached every node: {}", report.write_spread);
+    println!(
+        "  restarted nodes seen alive by all: {}",
+        report.join_spread
+    );
+    println!(
+        "  crashes declared failed by all: {} (bound {:.0}s)",
+        report.failure_detection,
+        report.detection_bound.as_secs_f64()
+    );
+    println!(
+        "  largest queues: {} member updates, {} broadcasts, {} known members",
+        b.member_updates, b.broadcasts, b.known_members
+    );
+}
+
+/// A progress line: redrawn in place on a terminal, every tenth of the run otherwise.
+fn print_progress(p: Progress, started: Instant) {
+    let fraction = p.done.as_secs_f64() / p.total.as_secs_f64();
+    let line = format!(
+        "  {:>3.0}% {:.0}s of {:.0}s simulated, {:.1}s wall",
+        fraction * 100.0,
+        p.done.as_secs_f64(),
+        p.total.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[K{line}");
+        let _ = err.flush();
+    } else {
+        let tenth = (p.total.as_secs() / 10).max(1);
+        if p.done.as_secs().is_multiple_of(tenth) {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
+fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
+    let (start, end) = text.split_once("..")?;
+    let (start, end) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+    (start < end).then_some(start..end)
+}
