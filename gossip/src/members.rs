@@ -107,6 +107,16 @@ pub struct MemberView {
 }
 
 impl MemberView {
+    /// Number of members known, in any status.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether no member is known.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
     /// Number of members seen `Alive`.
     pub fn alive_count(&self) -> usize {
         self.alive

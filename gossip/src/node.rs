@@ -266,7 +266,7 @@ impl Node {
             member_updates: self.foca.updates_backlog(),
             broadcasts: self.foca.custom_broadcast_backlog(),
             outputs: self.outputs.len(),
-            known_members: self.view.iter().count(),
+            known_members: self.view.len(),
         }
     }
 

@@ -143,6 +143,7 @@ pub fn run_with_progress(config: ChaosConfig, mut progress: impl FnMut(Progress)
     // Plaintext: sealing every datagram was a quarter of the run time, and encryption has
     // its own tests; everything else is the agent's code path.
     let mut net = cluster_keyed(config.nodes, config.seed, gossip, &Keyring::new(None));
+    net.keep_events = false;
     net.link = scenario.network.link();
     net.loss = scenario.network.loss;
     net.duplicate = scenario.network.duplicate;
@@ -724,7 +725,7 @@ impl Run {
 
     fn report(self, converged_after: Option<Duration>) -> Report {
         let mut hasher = std::hash::DefaultHasher::new();
-        self.net.trace.hash(&mut hasher);
+        self.net.trace_hash().hash(&mut hasher);
         self.writes.hash(&mut hasher);
         for i in self.net.running() {
             let node = self.net.slots[i].node.as_ref().expect("running");

@@ -6,10 +6,11 @@
 //! one run; [`Net::trace`] records what happened for determinism checks.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use murmur_catalog::{Change, Hlc, Journaled, Replica, ReplicaConfig};
+use murmur_catalog::{Change, Hlc, Journaled, Replica, ReplicaConfig, Snapshot};
 use murmur_gossip::{
     GossipConfig, Keyring, MemberEvent, MemberEventKind, MemberStatus, Node, NodeIdentity, Output,
     SecretKey, TimerEvent, UserEvent,
@@ -81,8 +82,10 @@ pub struct Slot {
     pub member_events: Vec<MemberEvent>,
     /// User events delivered to the node, in order.
     pub user_events: Vec<UserEvent>,
-    /// Everything the node asked to persist, across lives (its data dir).
+    /// Everything the node asked to persist since `snapshot`, across lives (its data dir).
     pub journal: Vec<Journaled>,
+    /// The node's last compacted state, as the agent's `--data-dir` keeps it.
+    pub snapshot: Option<Snapshot>,
 }
 
 /// The virtual network and clock.
@@ -95,6 +98,8 @@ pub struct Net {
     seq: u64,
     rng: StdRng,
     blocked: BTreeSet<(usize, usize)>,
+    /// How many blocked pairs each node is part of, so "is it cut off" is O(log N).
+    cut_links: BTreeMap<usize, usize>,
     /// Probability that a datagram is lost.
     pub loss: f64,
     /// Probability that a datagram is delivered twice.
@@ -123,8 +128,11 @@ pub struct Net {
     /// Shared keys applied since a reader last took this: (when, by whom, key, stamp).
     /// Readers `take` it, so it holds one step's worth.
     pub applied: Vec<(Duration, usize, String, Hlc)>,
-    /// Every delivery in order, for determinism checks.
-    pub trace: Vec<String>,
+    /// A running hash of every member event in order, for determinism checks.
+    trace: std::hash::DefaultHasher,
+    /// Whether slots keep their member and user events (tests read them; long runs of
+    /// thousands of nodes would hold millions).
+    pub keep_events: bool,
     /// The configuration nodes start with.
     pub config: GossipConfig,
     /// How far each node's wall clock is off (ms, either way); absent means exact.
@@ -162,6 +170,7 @@ impl Net {
             seq: 0,
             rng: StdRng::seed_from_u64(seed),
             blocked: BTreeSet::new(),
+            cut_links: BTreeMap::new(),
             loss: 0.0,
             duplicate: 0.0,
             duplicates: 0,
@@ -174,7 +183,8 @@ impl Net {
             egress_free_at: BTreeMap::new(),
             failure_log: Vec::new(),
             applied: Vec::new(),
-            trace: Vec::new(),
+            trace: std::hash::DefaultHasher::new(),
+            keep_events: true,
             config: GossipConfig::lan("test"),
             skew_ms: BTreeMap::new(),
             drift_ppm: BTreeMap::new(),
@@ -217,6 +227,7 @@ impl Net {
                 member_events: Vec::new(),
                 user_events: Vec::new(),
                 journal: Vec::new(),
+                snapshot: None,
             });
         }
         if with_data {
@@ -225,11 +236,12 @@ impl Net {
                 identity.node_id,
                 generation,
                 ReplicaConfig::default(),
-                None,
+                self.slots[i].snapshot.clone(),
                 self.slots[i].journal.clone(),
             ));
         } else {
             self.slots[i].journal.clear();
+            self.slots[i].snapshot = None;
         }
         self.slots[i].node = Some(node);
         self.slots[i].life += 1;
@@ -331,11 +343,11 @@ impl Net {
 
     /// Blocks all traffic between the two groups, both ways.
     pub fn partition(&mut self, a: &[usize], b: &[usize]) {
+        self.disturb(a.iter().chain(b).copied(), self.now);
         for &x in a {
             for &y in b {
-                self.disturb([x, y], self.now);
-                self.blocked.insert((x, y));
-                self.blocked.insert((y, x));
+                self.block(x, y);
+                self.block(y, x);
             }
         }
     }
@@ -343,7 +355,7 @@ impl Net {
     /// Drops everything `from` sends to `to`, one way only (an asymmetric partition).
     pub fn block_one_way(&mut self, from: usize, to: usize) {
         self.disturb([from, to], self.now);
-        self.blocked.insert((from, to));
+        self.block(from, to);
     }
 
     /// Cuts node `i` off from every other node, both ways.
@@ -354,7 +366,14 @@ impl Net {
 
     /// Whether node `i` is cut off from anyone (either way) or stalled right now.
     pub fn is_impaired(&self, i: usize) -> bool {
-        self.is_paused(i) || self.blocked.iter().any(|&(a, b)| a == i || b == i)
+        self.is_paused(i) || self.cut_links.contains_key(&i)
+    }
+
+    fn block(&mut self, from: usize, to: usize) {
+        if self.blocked.insert((from, to)) {
+            *self.cut_links.entry(from).or_default() += 1;
+            *self.cut_links.entry(to).or_default() += 1;
+        }
     }
 
     /// Whether datagrams from `from` to `to` are blocked.
@@ -364,9 +383,10 @@ impl Net {
 
     /// Removes every partition.
     pub fn heal(&mut self) {
-        let cut: Vec<usize> = self.blocked.iter().flat_map(|&(a, b)| [a, b]).collect();
+        let cut: Vec<usize> = self.cut_links.keys().copied().collect();
         self.disturb(cut, self.now);
         self.blocked.clear();
+        self.cut_links.clear();
     }
 
     /// Stalls node `i`'s event loop for `span`.
@@ -404,6 +424,27 @@ impl Net {
         self.paused_until
             .get(&i)
             .is_some_and(|&until| until > self.now)
+    }
+
+    /// Replaces node `i`'s journal by a snapshot once it holds several times what the state
+    /// does, as the agent compacts its data dir: long runs of many nodes would otherwise keep
+    /// every change every node ever applied.
+    fn compact_if_large(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        let Some(node) = slot.node.as_ref() else {
+            return;
+        };
+        let replica = node.replica();
+        let state = replica.records().len() + replica.shared().len();
+        if slot.journal.len() > 4 * state + 1024 {
+            slot.snapshot = Some(replica.snapshot());
+            slot.journal.clear();
+        }
+    }
+
+    /// A hash of every member event so far, in order: equal for equal seeds.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.finish()
     }
 
     /// When a datagram of `len` bytes sent by `from` now leaves its egress link.
@@ -491,13 +532,16 @@ impl Net {
                         self.failure_log
                             .push((self.now, i, name.clone(), generation));
                     }
-                    self.trace.push(format!(
-                        "{:?} {i} {:?} {}",
-                        self.now, event.kind, event.member.name
-                    ));
-                    self.slots[i].member_events.push(event);
+                    (self.now, i, event.kind as u8, &event.member.name).hash(&mut self.trace);
+                    if self.keep_events {
+                        self.slots[i].member_events.push(event);
+                    }
                 }
-                Output::UserEvent(event) => self.slots[i].user_events.push(event),
+                Output::UserEvent(event) => {
+                    if self.keep_events {
+                        self.slots[i].user_events.push(event);
+                    }
+                }
                 Output::Persist(entries) => {
                     for entry in &entries {
                         if let Journaled::Change {
@@ -510,6 +554,7 @@ impl Net {
                         }
                     }
                     self.slots[i].journal.extend(entries);
+                    self.compact_if_large(i);
                 }
                 Output::KeyringChanged => {}
             }

@@ -264,7 +264,7 @@ fn same_seed_same_run() {
         net.loss = 0.05;
         net.crash(2);
         net.run_for(SECS(20));
-        net.trace
+        net.trace_hash()
     };
     assert_eq!(run(99), run(99));
 }
