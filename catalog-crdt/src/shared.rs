@@ -400,29 +400,18 @@ mod tests {
                 let (map, index) = &mut replicas[0];
                 map.merge(k, r, index);
             }
-            for a in 0..replicas.len() {
-                for b in 0..replicas.len() {
-                    if a == b { continue; }
-                    let buckets = replicas[a].0.differing_buckets(replicas[b].0.digests());
-                    let entries: Vec<(String, Lww<u8>)> = replicas[b].0.in_buckets(&buckets)
-                        .map(|(_, k, e)| (k.clone(), e.register.clone()))
-                        .collect();
-                    let (map, index) = &mut replicas[a];
-                    for (k, r) in &entries {
-                        map.merge(k, r, index);
-                    }
-                }
-            }
-            // A second round lets what a learned from b reach replicas visited before.
-            for a in 0..replicas.len() {
-                for b in 0..replicas.len() {
-                    let buckets = replicas[a].0.differing_buckets(replicas[b].0.digests());
-                    let entries: Vec<(String, Lww<u8>)> = replicas[b].0.in_buckets(&buckets)
-                        .map(|(_, k, e)| (k.clone(), e.register.clone()))
-                        .collect();
-                    let (map, index) = &mut replicas[a];
-                    for (k, r) in &entries {
-                        map.merge(k, r, index);
+            // Two rounds: the second lets what a learned from b reach replicas visited before.
+            for _round in 0..2 {
+                for a in 0..replicas.len() {
+                    for b in (0..replicas.len()).filter(|&b| b != a) {
+                        let buckets = replicas[a].0.differing_buckets(replicas[b].0.digests());
+                        let entries: Vec<(String, Lww<u8>)> = replicas[b].0.in_buckets(&buckets)
+                            .map(|(_, k, e)| (k.clone(), e.register.clone()))
+                            .collect();
+                        let (map, index) = &mut replicas[a];
+                        for (k, r) in &entries {
+                            map.merge(k, r, index);
+                        }
                     }
                 }
             }

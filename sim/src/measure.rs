@@ -110,7 +110,6 @@ pub struct Measurements {
     crashes: Vec<CrashWatch>,
     /// Failure declarations seen so far: (name, generation) → observers.
     declared: BTreeMap<(String, u64), BTreeMap<usize, Duration>>,
-    failure_log_read: usize,
     /// Time for a write to reach every running node.
     pub write_spread: Vec<Duration>,
     /// Time for a restarted node to be seen alive by every running node.
@@ -202,15 +201,14 @@ impl Measurements {
         self.observe_crashes(net, bound)
     }
 
-    fn read_failure_log(&mut self, net: &Net) {
-        for (at, observer, name, generation) in &net.failure_log[self.failure_log_read..] {
+    fn read_failure_log(&mut self, net: &mut Net) {
+        for (at, observer, name, generation) in std::mem::take(&mut net.failure_log) {
             self.declared
-                .entry((name.clone(), *generation))
+                .entry((name, generation))
                 .or_default()
-                .entry(*observer)
-                .or_insert(*at);
+                .entry(observer)
+                .or_insert(at);
         }
-        self.failure_log_read = net.failure_log.len();
     }
 
     /// Follows watched writes through the nodes' applied changes, to the exact virtual time

@@ -123,7 +123,8 @@ pub struct Net {
     pub link: LinkModel,
     /// When each node's egress link is free again (bandwidth model).
     egress_free_at: BTreeMap<usize, Duration>,
-    /// Failure declarations: (when, by whom, of which node name, of which life).
+    /// Failure declarations since a reader last took this: (when, by whom, of which node
+    /// name, of which life). Readers `take` it, so it holds one step's worth.
     pub failure_log: Vec<(Duration, usize, String, u64)>,
     /// Shared keys applied since a reader last took this: (when, by whom, key, stamp).
     /// Readers `take` it, so it holds one step's worth.
