@@ -1219,7 +1219,7 @@ where
         &mut self,
         update: Member<T>,
         do_broadcast: bool,
-        runtime: impl Runtime<T>,
+        mut runtime: impl Runtime<T>,
     ) -> Result<bool> {
         debug_assert_ne!(&self.identity, update.id());
         let summary = self.members.apply(&update, &mut self.rng);
@@ -1229,7 +1229,25 @@ where
             _ => summary.is_active_now,
         };
 
-        self.handle_apply_summary(summary, update, do_broadcast, runtime)?;
+        // murmur's patch: a member that adopts a suspicion it heard runs the suspicion timer
+        // too, as memberlist does. foca as released only timed suspicions out at the member
+        // whose probe failed; everyone else depended on hearing its Down, and a Down spends
+        // its transmissions within a second of being declared, so a member those few
+        // hundred packets missed kept the suspect listed until the next push-pull, minutes
+        // later in a large cluster. The timer is a no-op if the Down or a refutation arrives
+        // first (it checks the incarnation it suspected).
+        if summary.apply_successful && update.state() == State::Suspect {
+            runtime.submit_after(
+                Timer::ChangeSuspectToDown {
+                    member_id: update.id().clone(),
+                    incarnation: update.incarnation(),
+                    token: self.timer_token,
+                },
+                self.config.suspect_to_down_after,
+            );
+        }
+
+        self.handle_apply_summary(summary, update, do_broadcast, &mut runtime)?;
 
         Ok(update_is_active)
     }
@@ -3256,6 +3274,52 @@ mod tests {
             "foca_three should have recovered"
         );
 
+        Ok(())
+    }
+
+    #[test]
+    fn a_suspicion_heard_is_timed_out_by_the_hearer_too() -> Result<()> {
+        // murmur's patch: the member that hears a suspicion runs the suspicion timer itself,
+        // so it declares the suspect down even if every copy of the prober's Down misses it.
+        let mut foca = Foca::new(ID::new(1), config(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
+        foca.apply(Member::alive(ID::new(3)), &mut runtime)?;
+
+        runtime.clear();
+        foca.apply(Member::suspect(ID::new(2)), &mut runtime)?;
+        let timer = Timer::ChangeSuspectToDown {
+            member_id: ID::new(2),
+            incarnation: Incarnation::default(),
+            token: foca.timer_token(),
+        };
+        assert_eq!(
+            Some(config().suspect_to_down_after),
+            runtime.take_scheduling(timer.clone()),
+            "hearing a suspicion schedules its time-out"
+        );
+
+        // Hearing it again changes nothing, so it schedules nothing more.
+        foca.apply(Member::suspect(ID::new(2)), &mut runtime)?;
+        assert_eq!(None, runtime.take_scheduling(timer.clone()));
+
+        runtime.clear();
+        foca.handle_timer(timer, &mut runtime)?;
+        expect_notification!(runtime, Notification::MemberDown(&ID::new(2)));
+
+        // A refuted suspicion survives the time-out of the one it refuted.
+        foca.apply(Member::suspect(ID::new(3)), &mut runtime)?;
+        foca.apply(Member::new(ID::new(3), 1, State::Alive), &mut runtime)?;
+        runtime.clear();
+        foca.handle_timer(
+            Timer::ChangeSuspectToDown {
+                member_id: ID::new(3),
+                incarnation: Incarnation::default(),
+                token: foca.timer_token(),
+            },
+            &mut runtime,
+        )?;
+        assert!(foca.iter_members().any(|m| m.id() == &ID::new(3)));
         Ok(())
     }
 
