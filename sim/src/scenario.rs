@@ -239,6 +239,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("flapping", include_str!("../scenarios/flapping.toml")),
     ("crashes", include_str!("../scenarios/crashes.toml")),
     ("wan", include_str!("../scenarios/wan.toml")),
+    ("lossy", include_str!("../scenarios/lossy.toml")),
 ];
 
 impl Scenario {

@@ -68,3 +68,10 @@ fn on_a_quiet_network_writes_reach_everyone_within_a_gossip_round_or_two() {
     assert_eq!(report.false_failures, 0);
     assert_eq!(report.curves.len(), 24, "curves kept for plots");
 }
+
+#[test]
+fn ten_percent_loss_declares_nobody_failed() {
+    let report = run_scenario("lossy", 60, 4);
+    assert_eq!(report.false_failures, 0, "{report:?}");
+    assert!(report.write_spread.count > 100, "{}", report.write_spread);
+}
