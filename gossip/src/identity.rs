@@ -22,7 +22,7 @@ pub const MAX_TAGS_BYTES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeIdentity {
     /// Unique, stable node name (`--node`).
-    pub name: String,
+    pub name: compact_str::CompactString,
     /// Random id fixed for the life of the data directory; tells a restart (same id) from a
     /// second agent that took the same name (different id).
     pub node_id: u64,
@@ -32,7 +32,7 @@ pub struct NodeIdentity {
     /// The gossip address peers reach it at (UDP for packets, TCP for streams).
     pub addr: SocketAddr,
     /// Datacenter the member belongs to.
-    pub datacenter: String,
+    pub datacenter: compact_str::CompactString,
     /// Small free-form tags (`--tag key=value`), sorted by key.
     pub tags: Vec<(String, String)>,
 }

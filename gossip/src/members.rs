@@ -98,7 +98,7 @@ pub struct MemberEvent {
 /// The member list of one node (itself excluded).
 #[derive(Debug, Default)]
 pub struct MemberView {
-    members: BTreeMap<String, MemberState>,
+    members: BTreeMap<compact_str::CompactString, MemberState>,
     leaving: HashSet<(String, u64)>,
     leaving_order: VecDeque<(String, u64)>,
     /// How many members are `Alive`, kept as statuses change so convergence checks over
@@ -146,7 +146,7 @@ impl MemberView {
     /// Applies a state foca settled on; returns the event if the status changed.
     pub(crate) fn apply(&mut self, update: &Member<NodeIdentity>) -> Option<MemberEvent> {
         let id = update.id();
-        let left = self.leaving.contains(&(id.name.clone(), id.generation));
+        let left = self.leaving.contains(&(id.name.to_string(), id.generation));
         let status = match update.state() {
             State::Alive | State::Suspect if left => MemberStatus::Leaving,
             State::Alive => MemberStatus::Alive,
@@ -154,7 +154,7 @@ impl MemberView {
             State::Down if left => MemberStatus::Left,
             State::Down => MemberStatus::Failed,
         };
-        let previous = self.members.get(&id.name);
+        let previous = self.members.get(id.name.as_str());
         let before = previous.map(|p| p.status);
         if let Some(prev) = previous {
             if id.generation < prev.identity.generation {
@@ -223,11 +223,11 @@ impl MemberView {
 
     /// Forgets a member whose reap time passed, unless a newer life replaced it meanwhile.
     pub(crate) fn reap(&mut self, id: &NodeIdentity) -> Option<MemberEvent> {
-        let current = self.members.get(&id.name)?;
+        let current = self.members.get(id.name.as_str())?;
         if &current.identity != id || current.status.is_active() {
             return None;
         }
-        let gone = self.members.remove(&id.name)?;
+        let gone = self.members.remove(id.name.as_str())?;
         debug_assert_ne!(
             gone.status,
             MemberStatus::Alive,

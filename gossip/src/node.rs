@@ -480,7 +480,7 @@ impl Node {
         self.write(|replica, _| replica.set_own_record(None));
         let id = self.identity().clone();
         let item = BroadcastItem::Leaving {
-            name: id.name,
+            name: id.name.to_string(),
             generation: id.generation,
         };
         if let Err(err) = self.spread(&item) {
@@ -683,7 +683,7 @@ impl Node {
             .members
             .into_iter()
             .filter(|m| {
-                m.state() != State::Down || &m.id().name == me || view.get(&m.id().name).is_some()
+                m.state() != State::Down || m.id().name == *me || view.get(&m.id().name).is_some()
             })
             .collect();
         if let Err(err) = self.with_foca(|foca, io| foca.apply_many(updates.into_iter(), true, io))

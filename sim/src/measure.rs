@@ -274,7 +274,7 @@ impl Measurements {
         let now = net.now;
         let mut violations = Vec::new();
         self.crashes.retain(|watch| {
-            let name = Net::identity(watch.node, 0).name;
+            let name = Net::identity(watch.node, 0).name.to_string();
             let declared = self.declared.get(&(name, watch.generation));
             let by = |o: &usize| declared.and_then(|d| d.get(o)).copied();
             let all_declared = watch.observers.iter().all(|o| by(o).is_some());

@@ -195,7 +195,7 @@ impl Net {
     /// The identity node `i` runs with in `generation`.
     pub fn identity(i: usize, generation: u64) -> NodeIdentity {
         NodeIdentity {
-            name: format!("node-{i}"),
+            name: format!("node-{i}").into(),
             node_id: 1000 + i as u64,
             generation,
             addr: addr(i),
@@ -531,7 +531,7 @@ impl Net {
                         }
                         let (name, generation) = (&event.member.name, event.member.generation);
                         self.failure_log
-                            .push((self.now, i, name.clone(), generation));
+                            .push((self.now, i, name.to_string(), generation));
                     }
                     (self.now, i, event.kind as u8, &event.member.name).hash(&mut self.trace);
                     if self.keep_events {
@@ -628,7 +628,10 @@ impl Net {
         if !counts_fit {
             return false;
         }
-        let names: Vec<String> = running.iter().map(|&i| Self::identity(i, 0).name).collect();
+        let names: Vec<String> = running
+            .iter()
+            .map(|&i| Self::identity(i, 0).name.to_string())
+            .collect();
         running.iter().all(|&at| {
             let node = self.slots[at].node.as_ref().expect("running");
             running.iter().zip(&names).all(|(&of, name)| {

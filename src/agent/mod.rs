@@ -44,11 +44,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => (fresh_id, now_ms),
     };
     let identity = NodeIdentity {
-        name: config.node.clone(),
+        name: config.node.as_str().into(),
         node_id,
         generation,
         addr: config.advertise,
-        datacenter: config.datacenter.clone(),
+        datacenter: config.datacenter.as_str().into(),
         tags: config.tags.clone(),
     };
     let encrypted = keyring.is_encrypted();

@@ -76,7 +76,7 @@ pub async fn service(
         let ids: HashMap<String, u64> = n
             .members()
             .into_iter()
-            .map(|m| (m.identity.name, m.identity.node_id))
+            .map(|m| (m.identity.name.to_string(), m.identity.node_id))
             .collect();
         let failed = n.failed_owners();
         let replica = n.replica();

@@ -158,7 +158,7 @@ fn flag(query: &HashMap<String, String>, name: &str) -> bool {
 fn member_json(m: &MemberState) -> Value {
     let id = &m.identity;
     let mut tags: BTreeMap<String, String> = id.tags.iter().cloned().collect();
-    tags.insert("dc".into(), id.datacenter.clone());
+    tags.insert("dc".into(), id.datacenter.to_string());
     tags.insert("role".into(), "node".into());
     tags.insert("id".into(), node_uuid(id.node_id));
     tags.insert("vsn".into(), PROTOCOL_VERSION.to_string());
