@@ -35,8 +35,8 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     ///
     /// It's a good idea to have this type as lean as possible
     ///
-    /// murmur's patch: `Ord`, so members are found through an index by address.
-    type Addr: Ord;
+    /// murmur's patch: `Ord + Hash`, so members are found through an index by address.
+    type Addr: Ord + core::hash::Hash;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///

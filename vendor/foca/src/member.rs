@@ -2,7 +2,6 @@
  * License, v. 2.0. If a copy of the MPL was not distributed with this
  * file, You can obtain one at https://mozilla.org/MPL/2.0/. */
 extern crate alloc;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use rand::{
@@ -138,7 +137,7 @@ pub(crate) struct Members<T: crate::Identity> {
     pub(crate) inner: Vec<Member<T>>,
     /// Position in `inner` of the member with each address (murmur's patch: finding a member
     /// was a linear scan per applied update, which dominated at 1,000 members).
-    by_addr: BTreeMap<T::Addr, usize>,
+    by_addr: hashbrown::HashMap<T::Addr, usize>,
     cursor: usize,
     num_active: usize,
 }
@@ -168,7 +167,7 @@ where
             cursor: 0,
             num_active,
             inner,
-            by_addr: BTreeMap::new(),
+            by_addr: hashbrown::HashMap::new(),
         };
         members.reindex();
         members
