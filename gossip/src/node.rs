@@ -190,7 +190,7 @@ impl Node {
             WireCodec {
                 changes: changes.clone(),
             },
-            BroadcastInbox::new(received.clone()),
+            BroadcastInbox::new(received.clone(), identity_id),
         );
         let mut node = Self {
             foca,
