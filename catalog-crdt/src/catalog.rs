@@ -2,9 +2,10 @@
 //! queries the API answers from it.
 //!
 //! Health is computed, not stored: an instance's status aggregates its own checks and its node's
-//! checks (a node-level critical check makes every instance on the node critical), plus a
-//! synthetic critical `serfHealth` check for a node that membership declares failed — derived
-//! on every replica from its own membership view, so it needs no writer.
+//! checks (a node-level critical check makes every instance on the node critical), plus the
+//! synthetic `serfHealth` check every node has, as in Consul: passing, or critical once
+//! membership declares the node failed — derived on every replica from its own membership view,
+//! so it needs no writer.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -135,7 +136,7 @@ pub struct Instance<'a> {
     pub record: &'a NodeRecord,
     /// The instance.
     pub service: &'a Service,
-    /// Its checks and its node's, plus the synthetic member check when the node failed.
+    /// Its checks and its node's, the synthetic member check first.
     pub checks: Vec<Check>,
     /// The worst of those checks (passing when there are none).
     pub health: Health,
@@ -185,15 +186,15 @@ impl<'a> CatalogView<'a> {
                 {
                     continue;
                 }
-                let mut checks: Vec<Check> = record
-                    .checks
-                    .values()
-                    .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
-                    .cloned()
+                let checks: Vec<Check> = std::iter::once(self.member_check(node))
+                    .chain(
+                        record
+                            .checks
+                            .values()
+                            .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
+                            .cloned(),
+                    )
                     .collect();
-                if self.failed.contains(node.as_str()) {
-                    checks.push(member_check(node));
-                }
                 let health = checks
                     .iter()
                     .map(|c| c.status)
@@ -212,13 +213,45 @@ impl<'a> CatalogView<'a> {
     }
 }
 
-fn member_check(node: &str) -> Check {
-    Check {
-        id: MEMBER_CHECK_ID.into(),
-        name: "Serf Health Status".into(),
-        status: Health::Critical,
-        output: format!("Agent not live or unreachable: {node} is declared failed by membership"),
-        service_id: String::new(),
+impl CatalogView<'_> {
+    /// The synthetic check of `node`'s membership: passing, or critical once it failed.
+    fn member_check(&self, node: &str) -> Check {
+        let (status, output) = if self.failed.contains(node) {
+            (
+                Health::Critical,
+                format!("Agent not live or unreachable: {node} is declared failed by membership"),
+            )
+        } else {
+            (Health::Passing, "Agent alive and reachable".to_owned())
+        };
+        Check {
+            id: MEMBER_CHECK_ID.into(),
+            name: "Serf Health Status".into(),
+            status,
+            output,
+            service_id: String::new(),
+        }
+    }
+
+    /// Every check of a live node, the member check first; `None` for an unknown node.
+    pub fn node_checks(&self, node: &str) -> Option<Vec<Check>> {
+        let record = self.records.get(node)?;
+        Some(
+            std::iter::once(self.member_check(node))
+                .chain(record.checks.values().cloned())
+                .collect(),
+        )
+    }
+
+    /// Every check of every live node, in node order, each node's member check first.
+    pub fn all_checks(&self) -> Vec<(&String, Check)> {
+        self.records
+            .iter()
+            .flat_map(|(node, record)| {
+                std::iter::once((node, self.member_check(node)))
+                    .chain(record.checks.values().map(move |c| (node, c.clone())))
+            })
+            .collect()
     }
 }
 
@@ -370,5 +403,33 @@ mod tests {
         let instances = CatalogView::new(&map, &failed).instances("web", &[]);
         assert_eq!(instances[0].health, Health::Critical);
         assert_eq!(instances[0].checks[0].id, MEMBER_CHECK_ID);
+    }
+
+    #[test]
+    fn every_node_has_a_member_check_passing_while_it_lives() {
+        let map = records(vec![
+            ("a", node(vec![], vec![check("disk", "", Health::Warning)])),
+            ("b", node(vec![service("web1", "web", &[])], vec![])),
+        ]);
+        let failed = BTreeSet::from(["b".to_owned()]);
+        let view = CatalogView::new(&map, &failed);
+        let a = view.node_checks("a").unwrap();
+        assert_eq!(
+            a.iter()
+                .map(|c| (c.id.as_str(), c.status))
+                .collect::<Vec<_>>(),
+            [
+                (MEMBER_CHECK_ID, Health::Passing),
+                ("disk", Health::Warning)
+            ]
+        );
+        assert!(view.node_checks("nobody").is_none());
+        let checks = view.all_checks();
+        let all: Vec<(&str, &str, Health)> = checks
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.id.as_str(), c.status))
+            .collect();
+        assert_eq!(all.len(), 3);
+        assert!(all.contains(&("b", MEMBER_CHECK_ID, Health::Critical)));
     }
 }

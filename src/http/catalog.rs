@@ -4,19 +4,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use murmur_catalog::Instance;
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, ApiResult, blocking, node_uuid, with_index};
+use super::health::{check_json, node_ids, node_json, service_json};
+use super::{Api, ApiError, ApiResult, blocking, local_datacenter, node_uuid, with_index};
 
 /// `GET /v1/catalog/services`: every service name with its tags.
 pub async fn services(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    local_datacenter(&api, &query)?;
     let (index, services) = blocking::query(&api.agent, &query, |n| {
         let failed = n.failed_owners();
         let replica = n.replica();
@@ -72,12 +75,9 @@ pub async fn service(
         .map(|(_, v)| v.clone())
         .collect();
     let query: HashMap<String, String> = pairs.into_iter().collect();
+    local_datacenter(&api, &query)?;
     let (index, list) = blocking::query(&api.agent, &query, |n| {
-        let ids: HashMap<String, u64> = n
-            .members()
-            .into_iter()
-            .map(|m| (m.identity.name.to_string(), m.identity.node_id))
-            .collect();
+        let ids = node_ids(n);
         let failed = n.failed_owners();
         let replica = n.replica();
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
@@ -144,4 +144,100 @@ pub async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> ApiRe
         ));
     }
     Ok(StatusCode::OK)
+}
+
+/// `GET /v1/catalog/nodes`: every live node, in name order.
+pub async fn nodes(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    local_datacenter(&api, &query)?;
+    let (index, list) = blocking::query(&api.agent, &query, |n| {
+        let ids = node_ids(n);
+        let replica = n.replica();
+        let list: Vec<Value> = replica
+            .records()
+            .entries()
+            .filter_map(|(name, e)| {
+                let record = e.register.value().as_ref()?;
+                let id = ids.get(name).copied().unwrap_or(0);
+                Some(node_json(name, record, id, e.modify_index))
+            })
+            .collect();
+        (replica.records_index(), list)
+    })
+    .await?;
+    Ok(with_index(index, Value::Array(list)))
+}
+
+/// `GET /v1/catalog/node/:name`: the node and its services by id; `null` for an unknown node,
+/// as Consul answers.
+pub async fn node(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    local_datacenter(&api, &query)?;
+    let (index, body) = blocking::query(&api.agent, &query, |n| {
+        let replica = n.replica();
+        let body = replica.records().entry(&name).and_then(|e| {
+            let record = e.register.value().as_ref()?;
+            let id = node_ids(n).get(&name).copied().unwrap_or(0);
+            let services: BTreeMap<&String, Value> = record
+                .services
+                .iter()
+                .map(|(sid, s)| (sid, service_json(s, e.modify_index)))
+                .collect();
+            Some(json!({
+                "Node": node_json(&name, record, id, e.modify_index),
+                "Services": services,
+            }))
+        });
+        (replica.records_index(), body.unwrap_or(Value::Null))
+    })
+    .await?;
+    Ok(with_index(index, body))
+}
+
+/// `GET /v1/catalog/datacenters`: this agent's datacenter (the WAN pool of federation will add
+/// the others).
+pub async fn datacenters(State(api): State<Api>) -> Json<Value> {
+    Json(json!([api.config.datacenter]))
+}
+
+/// `GET /v1/agent/services`: the services this agent registered, by id.
+pub async fn agent_services(State(api): State<Api>) -> Json<Value> {
+    let services = api.agent.with_node(|n| {
+        let replica = n.replica();
+        let me = n.identity().name.to_string();
+        let index = replica.records().entry(&me).map_or(0, |e| e.modify_index);
+        replica.own_record().map_or_else(BTreeMap::new, |record| {
+            record
+                .services
+                .iter()
+                .map(|(id, s)| (id.clone(), service_json(s, index)))
+                .collect()
+        })
+    });
+    Json(json!(services))
+}
+
+/// `GET /v1/agent/checks`: the checks this agent's record holds, by id.
+pub async fn agent_checks(State(api): State<Api>) -> Json<Value> {
+    let checks = api.agent.with_node(|n| {
+        let replica = n.replica();
+        let me = n.identity().name.to_string();
+        let index = replica.records().entry(&me).map_or(0, |e| e.modify_index);
+        replica.own_record().map_or_else(BTreeMap::new, |record| {
+            record
+                .checks
+                .iter()
+                .map(|(id, c)| {
+                    let service = record.services.get(&c.service_id);
+                    (id.clone(), check_json(&me, c, service, index))
+                })
+                .collect()
+        })
+    });
+    Json(json!(checks))
 }

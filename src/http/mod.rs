@@ -6,6 +6,7 @@
 
 mod blocking;
 mod catalog;
+mod health;
 mod kv;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +21,9 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use murmur_gossip::{GossipError, KeyringOp, MemberState, PROTOCOL_VERSION, SecretKey, UserEvent};
+use murmur_gossip::{
+    GossipError, KeyringOp, MemberState, MemberStatus, PROTOCOL_VERSION, SecretKey, UserEvent,
+};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -100,8 +103,19 @@ pub fn router(agent: Arc<Agent>, leave: Arc<Notify>, config: AgentConfig) -> Rou
             "/v1/agent/service/deregister/{id}",
             put(catalog::deregister),
         )
+        .route("/v1/agent/services", get(catalog::agent_services))
+        .route("/v1/agent/checks", get(catalog::agent_checks))
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/node/{name}", get(catalog::node))
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/checks/{name}", get(health::checks))
+        .route("/v1/health/node/{name}", get(health::node))
+        .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
         .route(
             "/v1/kv/",
             get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
@@ -153,6 +167,34 @@ fn flag(query: &HashMap<String, String>, name: &str) -> bool {
     query
         .get(name)
         .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"))
+}
+
+/// A flag that is on when given empty and otherwise must be a boolean (`?passing`,
+/// `?passing=false`), as Consul parses it; anything else is a 400 naming the parameter.
+fn flag_or_value(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match query.get(name).map(String::as_str) {
+        None => Ok(false),
+        Some("") => Ok(true),
+        Some(v) => match v {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+            _ => Err(ApiError::bad_request(format!(
+                "Failed to parse {name} parameter {v:?}: use true or false"
+            ))),
+        },
+    }
+}
+
+/// Refuses `?dc=` naming another datacenter with Consul's answer (federation is not there
+/// yet); the local one, or none, passes.
+fn local_datacenter(api: &Api, query: &HashMap<String, String>) -> Result<(), ApiError> {
+    match query.get("dc") {
+        Some(dc) if !dc.is_empty() && *dc != api.config.datacenter => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No path to datacenter",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn member_json(m: &MemberState) -> Value {
@@ -468,4 +510,22 @@ async fn keyring_use(State(api): State<Api>, body: Bytes) -> ApiResult {
 
 async fn keyring_remove(State(api): State<Api>, body: Bytes) -> ApiResult {
     keyring(&api, KeyringOp::Remove(*key_from_body(&body)?.as_bytes())).await
+}
+
+/// `GET /v1/status/leader`: murmur has no leader; every agent serves, so it names itself.
+async fn status_leader(State(api): State<Api>) -> Json<Value> {
+    let me = api.agent.with_node(|n| n.identity().addr);
+    Json(json!(me.to_string()))
+}
+
+/// `GET /v1/status/peers`: with no Raft peers, the alive members (every one of them serves).
+async fn status_peers(State(api): State<Api>) -> Json<Value> {
+    let members = api.agent.with_node(|n| n.members());
+    let mut peers: Vec<String> = members
+        .iter()
+        .filter(|m| m.status == MemberStatus::Alive)
+        .map(|m| m.identity.addr.to_string())
+        .collect();
+    peers.sort();
+    Json(json!(peers))
 }
