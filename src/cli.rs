@@ -96,8 +96,8 @@ pub struct SimArgs {
     /// scenario's, else 120s].
     #[arg(long)]
     pub duration: Option<String>,
-    /// What happens: a built-in scenario (chaos, quiet, partition, flapping, crashes, wan)
-    /// or a TOML file written like those in sim/scenarios/.
+    /// What happens: a built-in scenario (chaos, quiet, partition, flapping, crashes, wan,
+    /// lossy) or a TOML file written like those in sim/scenarios/.
     #[arg(long, default_value = "chaos", value_name = "NAME|FILE.toml")]
     pub scenario: String,
     /// Draw how the first watched writes spread (fraction of nodes holding each over time)
@@ -165,4 +165,8 @@ pub struct AgentArgs {
     /// A tag key=value carried in this member's identity (repeatable; 256 bytes in all).
     #[arg(long, value_name = "KEY=VALUE")]
     pub tag: Vec<String>,
+    /// Allow checks that run a command (`Args`): anyone who can reach the HTTP API could
+    /// then run programs as this agent's user, so they are refused unless this is given.
+    #[arg(long)]
+    pub enable_script_checks: bool,
 }

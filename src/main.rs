@@ -1,6 +1,7 @@
 //! The `murmur` binary: the agent and the CLI that talks to it.
 
 mod agent;
+mod checks;
 mod cli;
 mod client;
 mod duration;

@@ -10,20 +10,47 @@ use std::path::Path;
 
 use anyhow::Context;
 use murmur_catalog::Service;
+
+use crate::checks::CheckDefinition;
 use serde_json::Value;
 
 /// A parsed service definition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
     /// The instance.
     pub service: Service,
-    /// How many health checks it declared (run by the agent from the health-check issue on;
-    /// until then they are accepted and ignored).
-    pub checks: usize,
+    /// Its `Check` and `Checks` blocks, parsed by [`Definition::check_definitions`] once the
+    /// agent's settings (script checks allowed or not) are known.
+    pub checks: Vec<Value>,
+}
+
+impl Definition {
+    /// The health checks of this service, with Consul's default ids (`service:ID`, and
+    /// `service:ID:N` when there are several).
+    pub fn check_definitions(&self, script_checks: bool) -> Result<Vec<CheckDefinition>, String> {
+        let service = Some((self.service.id.as_str(), self.service.name.as_str()));
+        let several = self.checks.len() > 1;
+        self.checks
+            .iter()
+            .enumerate()
+            .map(|(i, check)| {
+                crate::checks::definition::parse(
+                    check,
+                    service,
+                    several.then_some(i + 1),
+                    script_checks,
+                )
+                .map_err(|why| format!("service {:?}: {why}", self.service.id))
+            })
+            .collect()
+    }
 }
 
 /// Looks a key up in a JSON object regardless of case.
-fn field<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(
+    object: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Option<&'a Value> {
     object
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -31,7 +58,10 @@ fn field<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<&
         .filter(|v| !v.is_null())
 }
 
-fn string(object: &serde_json::Map<String, Value>, name: &str) -> Result<String, String> {
+pub(crate) fn string(
+    object: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<String, String> {
     match field(object, name) {
         None => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
@@ -54,7 +84,7 @@ fn strings(object: &serde_json::Map<String, Value>, name: &str) -> Result<Vec<St
     }
 }
 
-fn string_map(
+pub(crate) fn string_map(
     object: &serde_json::Map<String, Value>,
     name: &str,
 ) -> Result<BTreeMap<String, String>, String> {
@@ -108,10 +138,12 @@ pub fn parse(value: &Value) -> Result<Definition, String> {
         ),
         Some(_) => return Err("Weights must be an object".into()),
     };
-    let checks = usize::from(field(object, "Check").is_some())
-        + field(object, "Checks")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
+    let mut checks: Vec<Value> = field(object, "Check").cloned().into_iter().collect();
+    match field(object, "Checks") {
+        None => {}
+        Some(Value::Array(many)) => checks.extend(many.iter().cloned()),
+        Some(_) => return Err("Checks must be a list of check definitions".into()),
+    }
     Ok(Definition {
         service: Service {
             id,
@@ -182,7 +214,9 @@ mod tests {
         assert_eq!(def.service.port, 8080);
         assert_eq!(def.service.weight_passing, 5);
         assert_eq!(def.service.meta["team"], "a");
-        assert_eq!(def.checks, 1);
+        assert_eq!(def.checks.len(), 1);
+        let checks = def.check_definitions(false).unwrap();
+        assert_eq!(checks[0].id, "service:web-1");
         assert_eq!(parse(&json!({"Name": "db"})).unwrap().service.id, "db");
     }
 

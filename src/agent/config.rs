@@ -37,6 +37,8 @@ struct FileConfig {
     reap_after: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    #[serde(default)]
+    enable_script_checks: bool,
 }
 
 /// Resolved agent settings.
@@ -56,6 +58,7 @@ pub struct AgentConfig {
     pub tags: Vec<(String, String)>,
     pub reap_after: Duration,
     pub dev: bool,
+    pub enable_script_checks: bool,
 }
 
 impl AgentConfig {
@@ -153,6 +156,7 @@ impl AgentConfig {
             tags: tags.into_iter().collect(),
             reap_after,
             dev,
+            enable_script_checks: args.enable_script_checks || file.enable_script_checks,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! and leaves gracefully on SIGINT/SIGTERM or `PUT /v1/agent/leave`.
 
 pub mod config;
-mod persist;
+pub mod persist;
 pub mod runtime;
 mod store;
 mod stream;
@@ -22,6 +22,7 @@ use self::config::{AgentConfig, resolve_seeds};
 use self::persist::DataDir;
 use self::runtime::Agent;
 use self::store::{Persister, Store};
+use crate::checks::Checks;
 use crate::cli::AgentArgs;
 
 /// How long a leaving agent keeps gossiping so its leave reaches everyone.
@@ -60,12 +61,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(dir) => crate::services::load_dir(dir)?,
         None => Vec::new(),
     };
+    let mut check_definitions = Vec::new();
+    for definition in &definitions {
+        let checks = definition
+            .check_definitions(config.enable_script_checks)
+            .map_err(|why| anyhow::anyhow!("--config-dir: {why}"))?;
+        check_definitions.extend(checks);
+    }
+    let check_store = config.data_dir.as_deref().map(DataDir::open).transpose()?;
+    let persisted_checks = Checks::persisted(check_store.as_ref())?;
     let mut node = Node::new(identity.clone(), gossip, keyring, rand::make_rng())?;
     let (replica, persister) = open_replica(&config, &identity)?;
     node.set_replica(replica);
     node.set_now(runtime::wall_ms());
     node.write(|replica, _| {
-        let record = own_record(&config, replica.kept_own_record(), definitions);
+        let record = own_record(&config, replica.kept_own_record(), &definitions);
         replica.set_own_record(Some(record));
     });
 
@@ -79,9 +89,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| in_use(e, "HTTP", config.http_addr, "--http-addr"))?;
     let agent = Agent::start(node, udp, tcp, data, persister)?;
+    let checks = Checks::new(agent.clone(), check_store);
+    // Checks registered through the API before a restart, then the config dir's (which win
+    // on a shared id); statuses the record kept stay until each check's first result.
+    for definition in persisted_checks.into_iter().chain(check_definitions) {
+        let id = definition.id.clone();
+        if let Err(err) = checks.register(definition, true).await {
+            tracing::warn!(check = %id, %err, "check not restored");
+        }
+    }
 
     let leave = Arc::new(Notify::new());
-    let api = crate::http::router(agent.clone(), leave.clone(), config.clone());
+    let api = crate::http::router(agent.clone(), leave.clone(), config.clone(), checks);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(http, api).await {
             tracing::error!("HTTP API stopped: {err}");
@@ -162,7 +181,7 @@ fn open_replica(
 fn own_record(
     config: &AgentConfig,
     persisted: Option<&NodeRecord>,
-    definitions: Vec<crate::services::Definition>,
+    definitions: &[crate::services::Definition],
 ) -> NodeRecord {
     let mut record = persisted.cloned().unwrap_or_default();
     record.address = config.advertise.ip().to_string();
@@ -171,15 +190,9 @@ fn own_record(
         .tagged_addresses
         .insert("lan".into(), config.advertise.ip().to_string());
     for definition in definitions {
-        if definition.checks > 0 {
-            tracing::warn!(
-                service = %definition.service.id,
-                "health checks in service definitions are not run yet; the service is registered without them"
-            );
-        }
         record
             .services
-            .insert(definition.service.id.clone(), definition.service);
+            .insert(definition.service.id.clone(), definition.service.clone());
     }
     record
 }

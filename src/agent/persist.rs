@@ -29,7 +29,7 @@ impl DataDir {
         })
     }
 
-    fn read(&self, name: &str) -> anyhow::Result<Option<String>> {
+    pub fn read(&self, name: &str) -> anyhow::Result<Option<String>> {
         let path = self.root.join(name);
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text)),

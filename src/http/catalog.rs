@@ -104,9 +104,10 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCo
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let definition = crate::services::parse(&value).map_err(ApiError::bad_request)?;
-    if definition.checks > 0 {
-        tracing::warn!(service = %definition.service.id, "health checks are not run yet; registered without them");
-    }
+    // Every check is validated before anything is written: a bad one leaves nothing behind.
+    let checks = definition
+        .check_definitions(api.config.enable_script_checks)
+        .map_err(ApiError::bad_request)?;
     api.agent
         .write(|r, _| {
             let mut record = r.own_record().cloned().unwrap_or_default();
@@ -117,6 +118,9 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCo
         })
         .await
         .map_err(ApiError::internal)?;
+    for check in checks {
+        api.checks.register(check, false).await?;
+    }
     Ok(StatusCode::OK)
 }
 
@@ -135,6 +139,7 @@ pub async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> ApiRe
         })
         .await
         .map_err(ApiError::internal)?;
+    api.checks.forget_service(&id).map_err(ApiError::internal)?;
     if !found {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

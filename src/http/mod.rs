@@ -6,6 +6,7 @@
 
 mod blocking;
 mod catalog;
+mod checks;
 mod health;
 mod kv;
 
@@ -29,6 +30,7 @@ use tokio::sync::Notify;
 
 use crate::agent::config::{AgentConfig, resolve_seeds};
 use crate::agent::runtime::Agent;
+use crate::checks::{CheckError, Checks};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -36,6 +38,7 @@ struct Api {
     agent: Arc<Agent>,
     leave: Arc<Notify>,
     config: Arc<AgentConfig>,
+    checks: Arc<Checks>,
 }
 
 /// An error answer: status plus a plain-text message, as Consul sends them.
@@ -70,6 +73,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<CheckError> for ApiError {
+    fn from(err: CheckError) -> Self {
+        let status = match err {
+            CheckError::Unknown(_) => StatusCode::NOT_FOUND,
+            CheckError::NotTtl(_) | CheckError::NoService(_) => StatusCode::BAD_REQUEST,
+            CheckError::Write(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
 impl From<GossipError> for ApiError {
     fn from(err: GossipError) -> Self {
         let status = match err {
@@ -86,11 +100,17 @@ impl From<GossipError> for ApiError {
 type ApiResult<T = Response> = Result<T, ApiError>;
 
 /// Builds the router.
-pub fn router(agent: Arc<Agent>, leave: Arc<Notify>, config: AgentConfig) -> Router {
+pub fn router(
+    agent: Arc<Agent>,
+    leave: Arc<Notify>,
+    config: AgentConfig,
+    checks: Arc<Checks>,
+) -> Router {
     let api = Api {
         agent,
         leave,
         config: Arc::new(config),
+        checks,
     };
     Router::new()
         .route("/v1/agent/self", get(agent_self))
@@ -103,6 +123,12 @@ pub fn router(agent: Arc<Agent>, leave: Arc<Notify>, config: AgentConfig) -> Rou
             "/v1/agent/service/deregister/{id}",
             put(catalog::deregister),
         )
+        .route("/v1/agent/check/register", put(checks::register))
+        .route("/v1/agent/check/deregister/{id}", put(checks::deregister))
+        .route("/v1/agent/check/pass/{id}", put(checks::pass))
+        .route("/v1/agent/check/warn/{id}", put(checks::warn))
+        .route("/v1/agent/check/fail/{id}", put(checks::fail))
+        .route("/v1/agent/check/update/{id}", put(checks::update))
         .route("/v1/agent/services", get(catalog::agent_services))
         .route("/v1/agent/checks", get(catalog::agent_checks))
         .route("/v1/catalog/services", get(catalog::services))

@@ -1,0 +1,230 @@
+//! End to end: health checks run by the agent that owns the service — HTTP, TCP, TTL — whose
+//! results replicate to every agent, survive a restart, and reap a service left critical.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use common::{Agent, cluster, keygen, wait_until};
+
+const SPREAD: Duration = Duration::from_secs(30);
+
+/// A tiny HTTP server answering every request with the status in `code`; runs until the test
+/// process ends (its thread only accepts).
+fn health_server(code: Arc<AtomicU16>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let status = code.load(Ordering::SeqCst);
+            let reply =
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    format!("http://{addr}/health")
+}
+
+/// Status of check `id` as `agent` sees it in `/v1/health/state/any`.
+fn status_of(agent: &Agent, id: &str) -> Option<String> {
+    let checks = agent.try_get("/v1/health/state/any")?;
+    checks
+        .as_array()?
+        .iter()
+        .find(|c| c["CheckID"] == id)
+        .and_then(|c| c["Status"].as_str().map(str::to_owned))
+}
+
+fn put(agent: &Agent, path: &str, body: &str) -> (u16, String) {
+    let (status, _, text) = agent.request("PUT", path, body.as_bytes());
+    (status, text)
+}
+
+fn everywhere(agents: &[Agent], id: &str, status: &str) -> bool {
+    agents
+        .iter()
+        .all(|a| status_of(a, id).as_deref() == Some(status))
+}
+
+#[test]
+fn checks_run_where_the_service_lives_and_their_status_replicates() {
+    let mut agents = cluster("ck", 2, &keygen());
+    let code = Arc::new(AtomicU16::new(200));
+    let url = health_server(code.clone());
+    let body = format!(
+        r#"{{"Name": "web", "Port": 80, "Check": {{"HTTP": "{url}", "Interval": "1s", "Timeout": "2s"}}}}"#
+    );
+    assert_eq!(put(&agents[0], "/v1/agent/service/register", &body).0, 200);
+    assert!(
+        wait_until(SPREAD, || everywhere(&agents, "service:web", "passing")),
+        "the HTTP check passes on both agents"
+    );
+    code.store(429, Ordering::SeqCst);
+    assert!(wait_until(SPREAD, || everywhere(
+        &agents,
+        "service:web",
+        "warning"
+    )));
+    code.store(500, Ordering::SeqCst);
+    assert!(wait_until(SPREAD, || everywhere(
+        &agents,
+        "service:web",
+        "critical"
+    )));
+    assert!(
+        wait_until(SPREAD, || agents[1]
+            .get("/v1/health/service/web?passing")
+            .as_array()
+            .unwrap()
+            .is_empty()),
+        "a failing instance leaves ?passing"
+    );
+    let output = &agents[1].get("/v1/health/checks/web")[0]["Output"];
+    assert!(output.as_str().unwrap().contains("500"), "{output}");
+    code.store(200, Ordering::SeqCst);
+
+    // TCP: a listening port passes; a closed one fails with the address in the output.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap();
+    let tcp = format!(r#"{{"Name": "port", "TCP": "{open}", "Interval": "1s"}}"#);
+    assert_eq!(put(&agents[0], "/v1/agent/check/register", &tcp).0, 200);
+    assert!(wait_until(SPREAD, || everywhere(
+        &agents, "port", "passing"
+    )));
+    drop(listener);
+    assert!(wait_until(SPREAD, || everywhere(
+        &agents, "port", "critical"
+    )));
+
+    // TTL: critical until reported, reports move it, silence expires it.
+    let ttl = r#"{"Name": "app", "CheckID": "app-ttl", "TTL": "3s"}"#;
+    assert_eq!(put(&agents[0], "/v1/agent/check/register", ttl).0, 200);
+    assert_eq!(
+        status_of(&agents[0], "app-ttl").as_deref(),
+        Some("critical")
+    );
+    assert_eq!(
+        put(&agents[0], "/v1/agent/check/pass/app-ttl?note=fine", "").0,
+        200
+    );
+    assert!(wait_until(SPREAD, || everywhere(
+        &agents, "app-ttl", "passing"
+    )));
+    let update = r#"{"Status": "warning", "Output": "slow disk"}"#;
+    assert_eq!(
+        put(&agents[0], "/v1/agent/check/update/app-ttl", update).0,
+        200
+    );
+    assert!(wait_until(SPREAD, || everywhere(
+        &agents, "app-ttl", "warning"
+    )));
+    assert!(
+        wait_until(SPREAD, || everywhere(&agents, "app-ttl", "critical")),
+        "silence past the TTL"
+    );
+    let checks = agents[0].get("/v1/agent/checks");
+    assert!(
+        checks["app-ttl"]["Output"]
+            .as_str()
+            .unwrap()
+            .contains("TTL expired")
+    );
+
+    // Bad input: named, never half-written.
+    for (path, body, status, message) in [
+        ("/v1/agent/check/pass/nothing", "", 404, "Unknown check ID"),
+        (
+            "/v1/agent/check/pass/service:web",
+            "",
+            400,
+            "not a TTL check",
+        ),
+        (
+            "/v1/agent/check/update/app-ttl",
+            r#"{"Status": "great"}"#,
+            400,
+            "Invalid check status",
+        ),
+        (
+            "/v1/agent/check/register",
+            r#"{"Name": "x", "Args": ["true"], "Interval": "1s"}"#,
+            400,
+            "--enable-script-checks",
+        ),
+        (
+            "/v1/agent/check/register",
+            r#"{"Name": "x", "HTTP": "http://a"}"#,
+            400,
+            "Interval",
+        ),
+        (
+            "/v1/agent/check/register",
+            r#"{"Name": "x", "TTL": "1s", "ServiceID": "nope"}"#,
+            400,
+            "does not exist",
+        ),
+        (
+            "/v1/agent/check/register",
+            "{",
+            400,
+            "Request decode failed",
+        ),
+        (
+            "/v1/agent/service/register",
+            r#"{"Name": "half", "Check": {"TTL": "soon"}}"#,
+            400,
+            "not a duration",
+        ),
+        (
+            "/v1/agent/check/deregister/nothing",
+            "",
+            404,
+            "Unknown check ID",
+        ),
+    ] {
+        let (got, text) = put(&agents[0], path, body);
+        assert_eq!(got, status, "{path} {body}: {text}");
+        assert!(text.contains(message), "{path} {body}: {text}");
+    }
+    assert!(
+        agents[0].get("/v1/agent/services").get("half").is_none(),
+        "nothing half-written"
+    );
+
+    // A restart keeps the definitions: the TTL check still takes reports.
+    agents[0].kill9();
+    let seed = agents[1].gossip;
+    agents[0].start_again(Some(seed), &[]);
+    assert_eq!(put(&agents[0], "/v1/agent/check/pass/app-ttl", "").0, 200);
+    assert!(wait_until(SPREAD, || everywhere(
+        &agents, "app-ttl", "passing"
+    )));
+    assert!(wait_until(SPREAD, || everywhere(
+        &agents,
+        "service:web",
+        "passing"
+    )));
+
+    // DeregisterCriticalServiceAfter takes a service left critical away everywhere.
+    let doomed =
+        r#"{"Name": "doomed", "Check": {"TTL": "1s", "DeregisterCriticalServiceAfter": "1s"}}"#;
+    assert_eq!(put(&agents[0], "/v1/agent/service/register", doomed).0, 200);
+    assert!(
+        wait_until(SPREAD, || agents
+            .iter()
+            .all(|a| a.get("/v1/catalog/services").get("doomed").is_none())),
+        "the critical service was deregistered"
+    );
+    assert_eq!(
+        put(&agents[0], "/v1/agent/check/deregister/port", "").0,
+        200
+    );
+    assert!(wait_until(SPREAD, || status_of(&agents[1], "port").is_none()));
+}
