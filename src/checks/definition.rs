@@ -301,7 +301,7 @@ mod tests {
                 "not a check status",
             ),
             (
-                json!({"Name": "a", "TTL": "1s", "Header": []}),
+                json!({"Name": "a", "HTTP": "http://x", "Interval": "1s", "Header": []}),
                 "Header must be an object",
             ),
             (json!("check"), "must be a JSON object"),
