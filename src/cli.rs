@@ -165,6 +165,15 @@ pub struct AgentArgs {
     /// A tag key=value carried in this member's identity (repeatable; 256 bytes in all).
     #[arg(long, value_name = "KEY=VALUE")]
     pub tag: Vec<String>,
+    /// DNS address, UDP and TCP [default: 127.0.0.1:8600].
+    #[arg(long, value_name = "ADDR")]
+    pub dns_addr: Option<String>,
+    /// Domain the DNS interface answers for [default: consul].
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_domain: Option<String>,
+    /// TTL of DNS answers, in seconds [default: 0, as Consul: every lookup sees the catalog now].
+    #[arg(long, value_name = "SECONDS")]
+    pub dns_ttl: Option<u32>,
     /// Allow checks that run a command (`Args`): anyone who can reach the HTTP API could
     /// then run programs as this agent's user, so they are refused unless this is given.
     #[arg(long)]

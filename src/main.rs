@@ -4,6 +4,7 @@ mod agent;
 mod checks;
 mod cli;
 mod client;
+mod dns;
 mod duration;
 mod http;
 mod services;

@@ -16,6 +16,8 @@ pub const DEFAULT_GOSSIP_PORT: u16 = 8301;
 pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(72 * 3600);
 /// Default HTTP API address (Consul's).
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
+/// Where the DNS interface listens unless told otherwise (Consul's port).
+pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
 
 /// The config file: the flags' names with `_`; unknown keys are an error, so typos surface.
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +41,9 @@ struct FileConfig {
     tags: BTreeMap<String, String>,
     #[serde(default)]
     enable_script_checks: bool,
+    dns_addr: Option<String>,
+    dns_domain: Option<String>,
+    dns_ttl: Option<u32>,
 }
 
 /// Resolved agent settings.
@@ -59,6 +64,9 @@ pub struct AgentConfig {
     pub reap_after: Duration,
     pub dev: bool,
     pub enable_script_checks: bool,
+    pub dns_addr: SocketAddr,
+    pub dns_domain: String,
+    pub dns_ttl: u32,
 }
 
 impl AgentConfig {
@@ -102,6 +110,19 @@ impl AgentConfig {
             .or(file.http_addr)
             .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
         let http_addr = parse_addr(&http_addr, 8500).context("--http-addr")?;
+        let dns_addr = args
+            .dns_addr
+            .clone()
+            .or(file.dns_addr)
+            .unwrap_or_else(|| DEFAULT_DNS_ADDR.into());
+        let dns_addr = parse_addr(&dns_addr, 8600).context("--dns-addr")?;
+        let dns_domain = crate::dns::parse_domain(
+            args.dns_domain
+                .as_deref()
+                .or(file.dns_domain.as_deref())
+                .unwrap_or("consul"),
+        )?;
+        let dns_ttl = args.dns_ttl.or(file.dns_ttl).unwrap_or(0);
         let data_dir = args.data_dir.clone().or(file.data_dir);
         if data_dir.is_none() && !dev {
             bail!(
@@ -157,6 +178,9 @@ impl AgentConfig {
             reap_after,
             dev,
             enable_script_checks: args.enable_script_checks || file.enable_script_checks,
+            dns_addr,
+            dns_domain,
+            dns_ttl,
         })
     }
 }

@@ -89,6 +89,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| in_use(e, "HTTP", config.http_addr, "--http-addr"))?;
     let agent = Agent::start(node, udp, tcp, data, persister)?;
+    let dns = crate::dns::DnsSettings {
+        domain: config.dns_domain.clone(),
+        datacenter: config.datacenter.clone(),
+        ttl: config.dns_ttl,
+    };
+    crate::dns::serve(agent.clone(), config.dns_addr, dns).await?;
     let checks = Checks::new(agent.clone(), check_store);
     // Checks registered through the API before a restart, then the config dir's (which win
     // on a shared id); statuses the record kept stay until each check's first result.
@@ -107,7 +113,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     });
     tracing::info!(
-        node = %config.node, gossip = %config.bind, advertise = %config.advertise, http = %config.http_addr,
+        node = %config.node, gossip = %config.bind, advertise = %config.advertise, http = %config.http_addr, dns = %config.dns_addr,
         datacenter = %config.datacenter, encrypted, dev = config.dev, "murmur agent running"
     );
 

@@ -41,6 +41,8 @@ pub struct Agent {
     pub name: String,
     pub gossip: SocketAddr,
     pub http: SocketAddr,
+    /// DNS address (UDP and TCP).
+    pub dns: SocketAddr,
     pub data_dir: PathBuf,
     pub key: Option<String>,
     child: Option<Child>,
@@ -64,6 +66,7 @@ impl Agent {
             name: name.to_owned(),
             gossip: SocketAddr::from(([127, 0, 0, 1], free_port())),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dns: SocketAddr::from(([127, 0, 0, 1], free_port())),
             data_dir: dir.path().join("data"),
             key: key.map(str::to_owned),
             child: None,
@@ -99,6 +102,8 @@ impl Agent {
                 &self.gossip.to_string(),
                 "--http-addr",
                 &self.http.to_string(),
+                "--dns-addr",
+                &self.dns.to_string(),
             ])
             .arg("--data-dir")
             .arg(&self.data_dir)

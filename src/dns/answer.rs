@@ -1,0 +1,496 @@
+//! Answers one DNS query from a catalog view, Consul's way; no I/O, so every form is tested
+//! directly. Names (case-insensitive, under the domain, `consul.` by default):
+//!
+//! - `<node>.node[.<dc>].<domain>` → A/AAAA of the node's address;
+//! - `[<tag>.]<service>.service[.<dc>].<domain>` → A/AAAA of healthy instances, SRV on request
+//!   (target `<node>.node.<dc>.<domain>.`, its address in the additional section);
+//! - `_<service>._<tag|tcp>[.service][.<dc>].<domain>` (RFC 2782; `tcp` means any tag).
+//!
+//! Healthy means no critical check (node, service or `serfHealth`). Answers are shuffled. A
+//! name that does not exist is NXDOMAIN with the zone's SOA in the authority section; a name
+//! that exists without records of the asked type is an empty NOERROR with the SOA.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use murmur_catalog::{CatalogView, Health, Instance};
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+/// Settings of the DNS interface.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    /// The domain answered for, lower case, without dots at the ends (`consul`).
+    pub domain: String,
+    /// This agent's datacenter: names may carry it, other datacenters are not known yet.
+    pub datacenter: String,
+    /// TTL of every answer, in seconds.
+    pub ttl: u32,
+}
+
+/// What a lookup resolved to.
+enum Found<'a> {
+    Node(IpAddr),
+    Instances(Vec<Instance<'a>>),
+    Nothing,
+}
+
+/// Parses `query`, answers it from `view`; `None` when the bytes are not a DNS message at all
+/// (too short to carry an id: nothing to answer to).
+pub fn respond(
+    packet: &[u8],
+    view: &CatalogView<'_>,
+    settings: &DnsSettings,
+    rng: &mut impl Rng,
+    max_len: Option<usize>,
+) -> Option<Vec<u8>> {
+    let request = match Message::from_vec(packet) {
+        Ok(m) => m,
+        Err(_) => {
+            let id = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
+            let mut reply = Message::new();
+            reply
+                .set_id(id)
+                .set_message_type(MessageType::Response)
+                .set_response_code(ResponseCode::FormErr);
+            return reply.to_vec().ok();
+        }
+    };
+    let mut reply = answer(&request, view, settings, rng);
+    let mut bytes = reply.to_vec().ok()?;
+    // Over UDP, a reply too big for the client's buffer is cut to fit and flagged, so the
+    // client asks again over TCP.
+    let limit = max_len.map(|l| l.max(usize::from(request.max_payload())));
+    if let Some(limit) = limit {
+        while bytes.len() > limit
+            && (!reply.answers().is_empty() || !reply.additionals().is_empty())
+        {
+            if reply.additionals().is_empty() {
+                reply.answers_mut().pop();
+            } else {
+                reply.additionals_mut().pop();
+            }
+            reply.set_truncated(true);
+            bytes = reply.to_vec().ok()?;
+        }
+    }
+    Some(bytes)
+}
+
+/// The reply to a parsed request.
+pub fn answer(
+    request: &Message,
+    view: &CatalogView<'_>,
+    settings: &DnsSettings,
+    rng: &mut impl Rng,
+) -> Message {
+    let mut reply = Message::new();
+    reply
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired())
+        .set_authoritative(true);
+    if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
+        reply.set_response_code(ResponseCode::NotImp);
+        return reply;
+    }
+    let [query] = request.queries() else {
+        reply.set_response_code(ResponseCode::FormErr);
+        return reply;
+    };
+    reply.add_query(query.clone());
+    let name = query.name().to_lowercase();
+    let Some(labels) = labels_under(&name, &settings.domain) else {
+        reply.set_response_code(ResponseCode::Refused);
+        return reply;
+    };
+    let found = lookup(&labels, view, settings);
+    let qtype = query.query_type();
+    let ttl = settings.ttl;
+    match found {
+        Found::Nothing => {
+            reply.set_response_code(ResponseCode::NXDomain);
+            reply.add_name_server(soa(settings));
+        }
+        Found::Node(ip) => {
+            if let Some(record) = address(query.name(), ip, qtype, ttl) {
+                reply.add_answer(record);
+            } else {
+                reply.add_name_server(soa(settings));
+            }
+        }
+        Found::Instances(mut instances) => {
+            instances.shuffle(rng);
+            for i in &instances {
+                let ip = instance_ip(i);
+                if qtype == RecordType::SRV {
+                    let target = node_name(i.node, settings);
+                    let weight = u16::try_from(i.service.weight_passing.max(1)).unwrap_or(u16::MAX);
+                    let weight = if i.health == Health::Warning {
+                        u16::try_from(i.service.weight_warning).unwrap_or(u16::MAX)
+                    } else {
+                        weight
+                    };
+                    let srv = SRV::new(1, weight, i.service.port, target.clone());
+                    reply.add_answer(Record::from_rdata(
+                        query.name().clone(),
+                        ttl,
+                        RData::SRV(srv),
+                    ));
+                    if let Some(ip) = ip
+                        && let Some(a) = address(&target, ip, address_type(ip), ttl)
+                    {
+                        reply.add_additional(a);
+                    }
+                } else if let Some(record) = ip.and_then(|ip| address(query.name(), ip, qtype, ttl))
+                {
+                    reply.add_answer(record);
+                }
+            }
+            if reply.answers().is_empty() {
+                reply.add_name_server(soa(settings));
+            }
+        }
+    }
+    reply
+}
+
+/// The labels of `name` before `.<domain>.`, in order; `None` outside the domain.
+fn labels_under(name: &Name, domain: &str) -> Option<Vec<String>> {
+    let text = name.to_ascii();
+    let text = text.trim_end_matches('.');
+    let rest = if text == domain {
+        ""
+    } else {
+        text.strip_suffix(domain)?.strip_suffix('.')?
+    };
+    Some(
+        rest.split('.')
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+fn lookup<'a>(labels: &[String], view: &CatalogView<'a>, settings: &DnsSettings) -> Found<'a> {
+    let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
+    // An optional datacenter label closes each form; it must name ours (the others need
+    // federation).
+    let rfc2782 = l.len() >= 2 && l[0].starts_with('_') && l[1].starts_with('_');
+    let has_dc = match l.len() {
+        n if n >= 3 && matches!(l[n - 2], "node" | "service") => true,
+        3 => rfc2782 && l[2] != "service",
+        4 => rfc2782 && l[2] == "service",
+        _ => false,
+    };
+    if has_dc && l.pop() != Some(settings.datacenter.as_str()) {
+        return Found::Nothing;
+    }
+    let healthy = |name: &str, tag: Option<&str>| {
+        let tags: Vec<&str> = tag.into_iter().collect();
+        let list: Vec<Instance<'a>> = view
+            .instances(name, &tags)
+            .into_iter()
+            .filter(|i| i.health < Health::Critical)
+            .collect();
+        if list.is_empty() {
+            Found::Nothing
+        } else {
+            Found::Instances(list)
+        }
+    };
+    match l.as_slice() {
+        [node, "node"] => view
+            .nodes()
+            .find(|(n, _)| n.eq_ignore_ascii_case(node))
+            .and_then(|(_, record)| IpAddr::from_str(&record.address).ok())
+            .map_or(Found::Nothing, Found::Node),
+        [service, proto] | [service, proto, "service"] if rfc2782 => {
+            let tag = &proto[1..];
+            healthy(&service[1..], (tag != "tcp").then_some(tag))
+        }
+        [service, "service"] => healthy(service, None),
+        [tag, service, "service"] => healthy(service, Some(tag)),
+        _ => Found::Nothing,
+    }
+}
+
+/// The instance's own address, else its node's.
+fn instance_ip(i: &Instance<'_>) -> Option<IpAddr> {
+    IpAddr::from_str(&i.service.address)
+        .or_else(|_| IpAddr::from_str(&i.record.address))
+        .ok()
+}
+
+fn address_type(ip: IpAddr) -> RecordType {
+    match ip {
+        IpAddr::V4(_) => RecordType::A,
+        IpAddr::V6(_) => RecordType::AAAA,
+    }
+}
+
+/// An A or AAAA record for `ip` when the query asks for that type (or ANY).
+fn address(name: &Name, ip: IpAddr, qtype: RecordType, ttl: u32) -> Option<Record> {
+    let rdata = match (ip, qtype) {
+        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
+        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),
+        _ => return None,
+    };
+    Some(Record::from_rdata(name.clone(), ttl, rdata))
+}
+
+fn node_name(node: &str, settings: &DnsSettings) -> Name {
+    Name::from_ascii(format!(
+        "{node}.node.{}.{}.",
+        settings.datacenter, settings.domain
+    ))
+    .unwrap_or_else(|_| Name::root())
+}
+
+/// The zone's SOA, sent with NXDOMAIN and empty answers (its minimum is the negative TTL).
+fn soa(settings: &DnsSettings) -> Record {
+    let zone = Name::from_ascii(format!("{}.", settings.domain)).unwrap_or_else(|_| Name::root());
+    let ns = Name::from_ascii(format!("ns.{}.", settings.domain)).unwrap_or_else(|_| Name::root());
+    let mail = Name::from_ascii(format!("hostmaster.{}.", settings.domain))
+        .unwrap_or_else(|_| Name::root());
+    let serial = u32::try_from(crate::agent::runtime::wall_ms() / 1000).unwrap_or(u32::MAX);
+    let rdata = SOA::new(ns, mail, serial, 3600, 600, 86400, settings.ttl);
+    Record::from_rdata(zone, settings.ttl, RData::SOA(rdata))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use hickory_proto::op::Query;
+    use murmur_catalog::{Check, ModifyIndex, NodeRecord, Owned, OwnedMap, Service, Version};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn settings() -> DnsSettings {
+        DnsSettings {
+            domain: "consul".into(),
+            datacenter: "dc1".into(),
+            ttl: 0,
+        }
+    }
+
+    fn node(
+        address: &str,
+        services: &[(&str, &str, &[&str], u16)],
+        critical: &[&str],
+    ) -> NodeRecord {
+        let mut record = NodeRecord {
+            address: address.into(),
+            datacenter: "dc1".into(),
+            ..NodeRecord::default()
+        };
+        for (id, name, tags, port) in services {
+            record.services.insert(
+                (*id).into(),
+                Service {
+                    id: (*id).into(),
+                    name: (*name).into(),
+                    tags: tags.iter().map(|t| (*t).into()).collect(),
+                    address: String::new(),
+                    port: *port,
+                    meta: BTreeMap::new(),
+                    weight_passing: 1,
+                    weight_warning: 1,
+                },
+            );
+        }
+        for id in critical {
+            record.checks.insert(
+                format!("c-{id}"),
+                Check {
+                    id: format!("c-{id}"),
+                    name: "c".into(),
+                    status: Health::Critical,
+                    output: String::new(),
+                    service_id: (*id).into(),
+                },
+            );
+        }
+        record
+    }
+
+    fn records() -> OwnedMap<NodeRecord> {
+        let mut map = OwnedMap::default();
+        let mut index = ModifyIndex::default();
+        let nodes = [
+            ("a", node("10.0.0.1", &[("web-a", "web", &["v1"], 80)], &[])),
+            ("b", node("10.0.0.2", &[("web-b", "web", &["v2"], 81)], &[])),
+            (
+                "c",
+                node("10.0.0.3", &[("web-c", "web", &["v1"], 82)], &["web-c"]),
+            ),
+            ("d", node("fd00::4", &[("db-d", "db", &[], 5432)], &[])),
+        ];
+        for (name, record) in nodes {
+            let version = Version {
+                generation: 1,
+                counter: 1,
+            };
+            map.merge(name, &Owned::new(version, Some(record)), &mut index);
+        }
+        map
+    }
+
+    fn ask(name: &str, qtype: RecordType) -> Message {
+        let map = records();
+        let failed = BTreeSet::new();
+        let view = CatalogView::new(&map, &failed);
+        let mut request = Message::new();
+        request
+            .set_id(7)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        let bytes = respond(
+            &request.to_vec().unwrap(),
+            &view,
+            &settings(),
+            &mut StdRng::seed_from_u64(1),
+            Some(512),
+        )
+        .expect("an answer");
+        Message::from_vec(&bytes).unwrap()
+    }
+
+    fn ips(reply: &Message) -> Vec<String> {
+        let mut out: Vec<String> = reply
+            .answers()
+            .iter()
+            .map(|r| match r.data() {
+                RData::A(a) => a.0.to_string(),
+                RData::AAAA(a) => a.0.to_string(),
+                RData::SRV(s) => format!("{}:{}", s.target(), s.port()),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn services_answer_healthy_instances_in_every_form() {
+        let reply = ask("web.service.consul.", RecordType::A);
+        assert_eq!(reply.id(), 7);
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        assert_eq!(
+            ips(&reply),
+            ["10.0.0.1", "10.0.0.2"],
+            "the critical one is left out"
+        );
+        assert_eq!(
+            ips(&ask("v1.web.service.consul.", RecordType::A)),
+            ["10.0.0.1"]
+        );
+        assert_eq!(
+            ips(&ask("WEB.Service.dc1.Consul.", RecordType::A)).len(),
+            2,
+            "any case, with dc"
+        );
+        let srv = ask("_web._v2.service.consul.", RecordType::SRV);
+        assert_eq!(ips(&srv), ["b.node.dc1.consul.:81"]);
+        assert_eq!(
+            srv.additionals().len(),
+            1,
+            "the target's address rides along"
+        );
+        assert_eq!(ips(&ask("_web._tcp.consul.", RecordType::SRV)).len(), 2);
+        assert_eq!(ips(&ask("_web._tcp.dc1.consul.", RecordType::SRV)).len(), 2);
+        assert_eq!(
+            ips(&ask("db.service.consul.", RecordType::AAAA)),
+            ["fd00::4"]
+        );
+    }
+
+    #[test]
+    fn nodes_and_the_missing() {
+        assert_eq!(ips(&ask("a.node.consul.", RecordType::A)), ["10.0.0.1"]);
+        assert_eq!(ips(&ask("b.node.dc1.consul.", RecordType::A)), ["10.0.0.2"]);
+        let empty = ask("a.node.consul.", RecordType::AAAA);
+        assert_eq!(empty.response_code(), ResponseCode::NoError);
+        assert!(empty.answers().is_empty());
+        assert_eq!(empty.name_servers()[0].record_type(), RecordType::SOA);
+        for missing in [
+            "nobody.node.consul.",
+            "nothing.service.consul.",
+            "v9.web.service.consul.",
+            "web.service.dc2.consul.",
+            "what.consul.",
+        ] {
+            let reply = ask(missing, RecordType::A);
+            assert_eq!(reply.response_code(), ResponseCode::NXDomain, "{missing}");
+            assert_eq!(
+                reply.name_servers()[0].record_type(),
+                RecordType::SOA,
+                "{missing}"
+            );
+        }
+        assert_eq!(
+            ask("example.com.", RecordType::A).response_code(),
+            ResponseCode::Refused
+        );
+    }
+
+    #[test]
+    fn bad_packets_are_formerr_or_dropped() {
+        let map = records();
+        let failed = BTreeSet::new();
+        let view = CatalogView::new(&map, &failed);
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!(respond(&[1], &view, &settings(), &mut rng, Some(512)).is_none());
+        let reply = respond(
+            &[0, 9, 0xff, 0xff, 0, 1],
+            &view,
+            &settings(),
+            &mut rng,
+            Some(512),
+        )
+        .unwrap();
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(
+            (reply.id(), reply.response_code()),
+            (9, ResponseCode::FormErr)
+        );
+    }
+
+    #[test]
+    fn udp_replies_are_cut_to_fit_and_flagged() {
+        let mut map = OwnedMap::default();
+        let mut index = ModifyIndex::default();
+        for i in 0..100 {
+            let name = format!("node-with-a-long-name-{i}");
+            let record = node(&format!("10.1.0.{i}"), &[("api", "api", &[], 80)], &[]);
+            let version = Version {
+                generation: 1,
+                counter: 1,
+            };
+            map.merge(&name, &Owned::new(version, Some(record)), &mut index);
+        }
+        let failed = BTreeSet::new();
+        let view = CatalogView::new(&map, &failed);
+        let mut request = Message::new();
+        request.add_query(Query::query(
+            Name::from_ascii("api.service.consul.").unwrap(),
+            RecordType::SRV,
+        ));
+        let packet = request.to_vec().unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let udp = respond(&packet, &view, &settings(), &mut rng, Some(512)).unwrap();
+        assert!(udp.len() <= 512);
+        let udp = Message::from_vec(&udp).unwrap();
+        assert!(udp.truncated());
+        let tcp = Message::from_vec(&respond(&packet, &view, &settings(), &mut rng, None).unwrap())
+            .unwrap();
+        assert!(!tcp.truncated());
+        assert_eq!(tcp.answers().len(), 100);
+    }
+}
