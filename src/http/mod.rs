@@ -121,13 +121,27 @@ pub fn router(
         .route("/v1/agent/service/register", put(catalog::register))
         .route(
             "/v1/agent/service/deregister/{id}",
-            put(catalog::deregister),
+            put(catalog::deregister).get(catalog::deregister),
         )
         .route("/v1/agent/check/register", put(checks::register))
-        .route("/v1/agent/check/deregister/{id}", put(checks::deregister))
-        .route("/v1/agent/check/pass/{id}", put(checks::pass))
-        .route("/v1/agent/check/warn/{id}", put(checks::warn))
-        .route("/v1/agent/check/fail/{id}", put(checks::fail))
+        // GET too, on deregistrations and TTL reports: Consul accepted it before 1.0 and
+        // clients of that era (python-consul 0.7, Debian's) still send it.
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(checks::deregister).get(checks::deregister),
+        )
+        .route(
+            "/v1/agent/check/pass/{id}",
+            put(checks::pass).get(checks::pass),
+        )
+        .route(
+            "/v1/agent/check/warn/{id}",
+            put(checks::warn).get(checks::warn),
+        )
+        .route(
+            "/v1/agent/check/fail/{id}",
+            put(checks::fail).get(checks::fail),
+        )
         .route("/v1/agent/check/update/{id}", put(checks::update))
         .route("/v1/agent/services", get(catalog::agent_services))
         .route("/v1/agent/checks", get(catalog::agent_checks))
