@@ -227,4 +227,54 @@ fn checks_run_where_the_service_lives_and_their_status_replicates() {
         200
     );
     assert!(wait_until(SPREAD, || status_of(&agents[1], "port").is_none()));
+
+    // Maintenance: a service, then the whole node, out of service everywhere and back.
+    let passing = |a: &Agent| {
+        a.get("/v1/health/service/web?passing")
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert!(wait_until(SPREAD, || passing(&agents[1]) == 1));
+    let on = "/v1/agent/service/maintenance/web?enable=true&reason=upgrading";
+    assert_eq!(put(&agents[0], on, "").0, 200);
+    assert!(wait_until(SPREAD, || passing(&agents[1]) == 0));
+    let checks = agents[1].get("/v1/health/checks/web");
+    let maint = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["CheckID"] == "_service_maintenance:web")
+        .expect("the maintenance check replicated");
+    assert_eq!(maint["Output"], "upgrading");
+    let off = "/v1/agent/service/maintenance/web?enable=false";
+    assert_eq!(put(&agents[0], off, "").0, 200);
+    assert!(wait_until(SPREAD, || passing(&agents[1]) == 1));
+    assert_eq!(
+        put(&agents[0], "/v1/agent/maintenance?enable=true", "").0,
+        200
+    );
+    assert!(wait_until(SPREAD, || passing(&agents[1]) == 0));
+    assert_eq!(
+        put(&agents[0], "/v1/agent/maintenance?enable=false", "").0,
+        200
+    );
+    assert!(wait_until(SPREAD, || passing(&agents[1]) == 1));
+    for (path, status, message) in [
+        ("/v1/agent/maintenance", 400, "Missing value for enable"),
+        (
+            "/v1/agent/maintenance?enable=yes",
+            400,
+            "Invalid value for enable",
+        ),
+        (
+            "/v1/agent/service/maintenance/nope?enable=true",
+            404,
+            "Unknown service ID",
+        ),
+    ] {
+        let (got, text) = put(&agents[0], path, "");
+        assert_eq!(got, status, "{path}: {text}");
+        assert!(text.contains(message), "{path}: {text}");
+    }
 }

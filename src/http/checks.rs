@@ -105,3 +105,102 @@ pub async fn update(
     api.checks.report(&id, status, output).await?;
     Ok(StatusCode::OK)
 }
+
+/// Check id Consul gives node maintenance.
+const NODE_MAINTENANCE: &str = "_node_maintenance";
+/// Output when maintenance is enabled without a reason (Consul's wording).
+const NO_REASON: &str =
+    "Maintenance mode is enabled, but no reason was provided. This is a default message.";
+
+/// `?enable=` of the maintenance endpoints: required, a boolean.
+fn enable(query: &HashMap<String, String>) -> ApiResult<bool> {
+    match query.get("enable").map(String::as_str) {
+        None | Some("") => Err(ApiError::bad_request("Missing value for enable")),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid value for enable: {other:?}: use true or false"
+        ))),
+    }
+}
+
+/// Puts the maintenance check `id` (critical, like Consul's) on this agent's record, or takes
+/// it off. Returns false when `service_id` names no service here.
+async fn set_maintenance(
+    api: &Api,
+    id: String,
+    service_id: String,
+    on: bool,
+    reason: Option<&String>,
+) -> ApiResult<bool> {
+    let output = reason
+        .filter(|r| !r.is_empty())
+        .cloned()
+        .unwrap_or_else(|| NO_REASON.to_owned());
+    let name = if service_id.is_empty() {
+        "Node Maintenance Mode".to_owned()
+    } else {
+        "Service Maintenance Mode".to_owned()
+    };
+    api.agent
+        .write(move |r, _| {
+            let mut record = r.own_record().cloned().unwrap_or_default();
+            if !service_id.is_empty() && !record.services.contains_key(&service_id) {
+                return false;
+            }
+            let changed = if on {
+                let check = murmur_catalog::Check {
+                    id: id.clone(),
+                    name,
+                    status: Health::Critical,
+                    output,
+                    service_id,
+                };
+                record.checks.insert(id, check.clone()) != Some(check)
+            } else {
+                record.checks.remove(&id).is_some()
+            };
+            if changed {
+                r.set_own_record(Some(record));
+            }
+            true
+        })
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// `PUT /v1/agent/maintenance?enable=true|false&reason=`: the whole node out of service (every
+/// instance on it critical) or back.
+pub async fn maintenance(
+    State(api): State<Api>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<StatusCode> {
+    let on = enable(&q)?;
+    set_maintenance(
+        &api,
+        NODE_MAINTENANCE.into(),
+        String::new(),
+        on,
+        q.get("reason"),
+    )
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+/// `PUT /v1/agent/service/maintenance/:id?enable=true|false&reason=`: one instance.
+pub async fn service_maintenance(
+    State(api): State<Api>,
+    Path(service_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<StatusCode> {
+    let on = enable(&q)?;
+    let id = format!("_service_maintenance:{service_id}");
+    let found = set_maintenance(&api, id, service_id.clone(), on, q.get("reason")).await?;
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Unknown service ID {service_id:?}"),
+        ));
+    }
+    Ok(StatusCode::OK)
+}

@@ -143,6 +143,11 @@ pub fn router(
             put(checks::fail).get(checks::fail),
         )
         .route("/v1/agent/check/update/{id}", put(checks::update))
+        .route("/v1/agent/maintenance", put(checks::maintenance))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(checks::service_maintenance),
+        )
         .route("/v1/agent/services", get(catalog::agent_services))
         .route("/v1/agent/checks", get(catalog::agent_checks))
         .route("/v1/catalog/services", get(catalog::services))
