@@ -57,6 +57,40 @@ pub enum Command {
     },
     /// Print a new random gossip encryption key (base64, 32 bytes) for --encrypt.
     Keygen,
+    /// Read and write the key/value store (like `consul kv`).
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// List services and nodes of the catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Register or deregister services on the local agent.
+    #[command(subcommand)]
+    Services(ServicesCommand),
+    /// Put the local node, or one of its services, in or out of maintenance mode; with
+    /// neither --enable nor --disable, show what is in maintenance.
+    Maint {
+        /// Take it out of service (its instances turn critical everywhere).
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Put it back in service.
+        #[arg(long)]
+        disable: bool,
+        /// Why (shown as the maintenance check's output).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this service instance (its ID), not the whole node.
+        #[arg(long, value_name = "ID")]
+        service: Option<String>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Show the local agent's state: identity, members, gossip counters.
+    Info {
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
     /// Run the deterministic simulator: N real node cores on a virtual network under seeded
     /// faults and workload, with every invariant checked. One seed replays one run exactly.
     Sim(SimArgs),
@@ -104,6 +138,172 @@ pub struct SimArgs {
     /// as an SVG file; one run only.
     #[arg(long, value_name = "OUT.svg", conflicts_with = "seeds")]
     pub plot: Option<PathBuf>,
+}
+
+/// How a listing is printed.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// The agent's JSON, for scripts.
+    Json,
+}
+
+/// The output flag of listing commands.
+#[derive(Args, Debug, Clone)]
+pub struct Output {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `murmur kv …`.
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Print a key's value (raw), or every key and value under a prefix with --recurse.
+    Get {
+        /// The key (or prefix).
+        key: String,
+        /// Every entry under the key, as `key:value` lines.
+        #[arg(long, conflicts_with = "keys")]
+        recurse: bool,
+        /// Only the key names under the prefix.
+        #[arg(long)]
+        keys: bool,
+        /// With --keys, stop at this separator (`/` lists one level).
+        #[arg(long)]
+        separator: Option<String>,
+        /// Every field (indexes, flags), not just the value.
+        #[arg(long)]
+        detailed: bool,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Write a value: the argument, `-` for stdin, `@FILE` for a file's contents.
+    Put {
+        /// The key.
+        key: String,
+        /// The value [default: empty].
+        value: Option<String>,
+        /// Opaque number stored with the value.
+        #[arg(long)]
+        flags: Option<u64>,
+        /// Write only if the key's modify index is still --modify-index (0: only if absent).
+        #[arg(long, requires = "modify_index")]
+        cas: bool,
+        /// The modify index --cas compares with.
+        #[arg(long)]
+        modify_index: Option<u64>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Delete a key, or every key under a prefix with --recurse.
+    Delete {
+        /// The key (or prefix).
+        key: String,
+        /// Every key under the prefix.
+        #[arg(long)]
+        recurse: bool,
+        /// Delete only if the key's modify index is still --modify-index.
+        #[arg(long, requires = "modify_index")]
+        cas: bool,
+        /// The modify index --cas compares with.
+        #[arg(long)]
+        modify_index: Option<u64>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Print every entry under a prefix as JSON with base64 values (`consul kv export`'s
+    /// format), for `murmur kv import`.
+    Export {
+        /// The prefix [default: everything].
+        prefix: Option<String>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Write the entries of an export: a file, `-` for stdin, or `@FILE`.
+    Import {
+        /// Where the JSON comes from [default: stdin].
+        data: Option<String>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+}
+
+/// `murmur catalog …`.
+#[derive(Subcommand, Debug)]
+pub enum CatalogCommand {
+    /// Every service name (with --tags, its tags).
+    Services {
+        /// Show the tags of each service.
+        #[arg(long)]
+        tags: bool,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Every node (with --service, those running an instance of it).
+    Nodes {
+        /// Only nodes with an instance of this service.
+        #[arg(long)]
+        service: Option<String>,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// The instances of one service with their health.
+    Service {
+        /// Service name.
+        name: String,
+        /// Only instances carrying this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+}
+
+/// `murmur services …`.
+#[derive(Subcommand, Debug)]
+pub enum ServicesCommand {
+    /// Register a service: from a definitions file (`{"service": {...}}` or
+    /// `{"services": [...]}`), or from flags.
+    Register {
+        /// Definitions file.
+        #[arg(required_unless_present = "name", conflicts_with = "name")]
+        file: Option<PathBuf>,
+        /// Service name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Instance id [default: the name].
+        #[arg(long)]
+        id: Option<String>,
+        /// Port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Address [default: the node's].
+        #[arg(long)]
+        address: Option<String>,
+        /// Tag (repeatable).
+        #[arg(long)]
+        tag: Vec<String>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Deregister a service by id, or every service of a definitions file.
+    Deregister {
+        /// Instance id or definitions file.
+        id_or_file: String,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
 }
 
 /// Which agent a client command talks to.

@@ -1,5 +1,8 @@
 //! The client commands: each is one or a few HTTP calls to the local agent, printed for humans.
 
+mod catalog;
+mod kv;
+
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -54,6 +57,63 @@ impl Client {
         self.send(self.http.put(format!("{}{path}", self.base)).body(body))
             .await
     }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .send(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        response
+            .json()
+            .await
+            .context("the agent's answer is not JSON")
+    }
+
+    /// A GET whose 404 means "nothing there" (KV) rather than an error.
+    async fn get_or_404(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let url = format!("{}{path}", self.base);
+        let response = self.http.get(&url).send().await.with_context(|| {
+            format!("cannot reach the murmur agent at {}: is it running? (set --http-addr or MURMUR_HTTP_ADDR)", self.base)
+        })?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            bail!("the agent answered {status}: {}", text.trim());
+        }
+        Ok(Some(
+            response
+                .json()
+                .await
+                .context("the agent's answer is not JSON")?,
+        ))
+    }
+}
+
+/// Prints the agent's JSON for scripts (`--format json`).
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Reads `-` (stdin) or `@FILE` / `FILE`.
+fn read_input(source: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    if source == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read stdin")?;
+        return Ok(buf);
+    }
+    let path = source.strip_prefix('@').unwrap_or(source);
+    std::fs::read(path).with_context(|| format!("cannot read {path}"))
+}
+
+/// Percent-encodes a KV key for a URL path, keeping its `/`s.
+fn urlencode_path(key: &str) -> String {
+    key.split('/').map(urlencode).collect::<Vec<_>>().join("/")
 }
 
 /// Runs a client command.
@@ -116,6 +176,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .context("the agent's answer is not JSON")?;
             println!("Event ID: {}", event["ID"].as_str().unwrap_or("?"));
         }
+        Command::Kv(command) => kv::run(command).await?,
+        Command::Catalog(command) => catalog::catalog(command).await?,
+        Command::Services(command) => catalog::services(command).await?,
+        Command::Maint {
+            enable,
+            disable,
+            reason,
+            service,
+            target,
+        } => catalog::maint(enable, disable, reason, service, &target).await?,
+        Command::Info { output, target } => catalog::info(&output, &target).await?,
         Command::Keyring {
             list,
             install,
