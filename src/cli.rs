@@ -84,6 +84,36 @@ pub enum Command {
         #[command(flatten)]
         target: HttpTarget,
     },
+    /// Watch a view of the catalog, KV store or events with blocking queries; on every change
+    /// print its JSON, or run --handler with the JSON on stdin (like `consul watch`).
+    Watch {
+        /// What to watch.
+        #[arg(long = "type", value_enum)]
+        kind: WatchKind,
+        /// The key (`--type key`).
+        #[arg(long, required_if_eq("kind", "key"))]
+        key: Option<String>,
+        /// The prefix (`--type keyprefix`).
+        #[arg(long, required_if_eq("kind", "keyprefix"))]
+        prefix: Option<String>,
+        /// The service (`--type service`; with `--type checks`, only its checks).
+        #[arg(long, required_if_eq("kind", "service"))]
+        service: Option<String>,
+        /// Only instances carrying this tag (`--type service`).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only healthy instances (`--type service`).
+        #[arg(long)]
+        passingonly: bool,
+        /// Only events with this name (`--type event`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Shell command run with the JSON on stdin at every change, instead of printing it.
+        #[arg(long, value_name = "CMD")]
+        handler: Option<String>,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
     /// Show the local agent's state: identity, members, gossip counters.
     Info {
         #[command(flatten)]
@@ -138,6 +168,25 @@ pub struct SimArgs {
     /// as an SVG file; one run only.
     #[arg(long, value_name = "OUT.svg", conflicts_with = "seeds")]
     pub plot: Option<PathBuf>,
+}
+
+/// What `murmur watch` watches.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    /// One KV entry.
+    Key,
+    /// Every KV entry under a prefix.
+    Keyprefix,
+    /// The instances of one service with their health.
+    Service,
+    /// Every service name with its tags.
+    Services,
+    /// Every node.
+    Nodes,
+    /// Health checks (all, or one service's).
+    Checks,
+    /// User events.
+    Event,
 }
 
 /// How a listing is printed.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{Agent, cluster, keygen, wait_until};
@@ -144,4 +144,54 @@ fn client_commands_read_and_write_like_consuls() {
     );
     let info: Value = serde_json::from_str(&run(a, &["info", "--format", "json"])).unwrap();
     assert_eq!(info["Config"]["NodeName"], "cl0");
+}
+
+#[test]
+fn watch_runs_the_handler_at_every_change() {
+    let agents = cluster("wa", 2, &keygen());
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen");
+    let handler = format!("cat >> {}; echo '--' >> {}", seen.display(), seen.display());
+    let mut watch = Command::new(common::BIN)
+        .args([
+            "watch",
+            "--type",
+            "key",
+            "--key",
+            "app/w",
+            "--handler",
+            &handler,
+        ])
+        .env("MURMUR_HTTP_ADDR", agents[1].http.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&seen).unwrap_or_default();
+    // First the current state (no key yet: null), then each write made on the other agent.
+    assert!(
+        wait_until(Duration::from_secs(10), || read().contains("null")),
+        "{}",
+        read()
+    );
+    run(&agents[0], &["kv", "put", "app/w", "one"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || read().contains("\"b25l\"")),
+        "{}",
+        read()
+    );
+    run(&agents[0], &["kv", "put", "app/w", "two"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || read().contains("\"dHdv\"")),
+        "{}",
+        read()
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(
+        read().matches("--").count(),
+        3,
+        "one run per change: {}",
+        read()
+    );
 }

@@ -2,6 +2,7 @@
 
 mod catalog;
 mod kv;
+mod watch;
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -187,6 +188,28 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             target,
         } => catalog::maint(enable, disable, reason, service, &target).await?,
         Command::Info { output, target } => catalog::info(&output, &target).await?,
+        Command::Watch {
+            kind,
+            key,
+            prefix,
+            service,
+            tag,
+            passingonly,
+            name,
+            handler,
+            target,
+        } => {
+            let spec = watch::WatchSpec {
+                kind,
+                key,
+                prefix,
+                service,
+                tag,
+                passingonly,
+                name,
+            };
+            watch::run(&Client::new(&target), &spec, handler.as_deref()).await?;
+        }
         Command::Keyring {
             list,
             install,
