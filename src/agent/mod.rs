@@ -6,6 +6,7 @@ pub mod persist;
 pub mod runtime;
 mod store;
 mod stream;
+pub mod watchers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

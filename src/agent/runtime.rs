@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::persist::DataDir;
 use super::store::Persister;
+use super::watchers::{Touched, Watchers};
 use super::stream::{self, EXCHANGE_TIMEOUT};
 
 /// Most stream requests (push-pull, keyring) served at once; more are dropped and counted, and
@@ -42,8 +43,8 @@ pub struct Agent {
     persister: Option<Persister>,
     /// Bumped with every delivered user event; blocking event queries watch it.
     pub event_index: watch::Sender<u64>,
-    /// The replica's modify index; blocking catalog and KV queries watch it.
-    pub state_index: watch::Sender<u64>,
+    /// Blocking catalog and KV queries, by what they read; a change wakes only its own.
+    pub watchers: Arc<Watchers>,
     /// Where the gossip sockets listen.
     pub gossip_addr: SocketAddr,
 }
@@ -60,7 +61,6 @@ impl Agent {
     ) -> anyhow::Result<Arc<Self>> {
         let gossip_addr = udp.local_addr()?;
         let (timers, timer_rx) = mpsc::unbounded_channel();
-        let index = node.replica().index();
         let agent = Arc::new(Self {
             node: Mutex::new(node),
             udp: Arc::new(udp),
@@ -68,7 +68,7 @@ impl Agent {
             data,
             persister,
             event_index: watch::Sender::new(1),
-            state_index: watch::Sender::new(index),
+            watchers: Arc::default(),
             gossip_addr,
         });
         tokio::spawn(agent.clone().read_datagrams());
@@ -86,7 +86,8 @@ impl Agent {
     /// queued for disk before the lock is released, so they reach the journal in the order
     /// the replica made them.
     pub fn with_node<R>(self: &Arc<Self>, call: impl FnOnce(&mut Node) -> R) -> R {
-        let (result, outputs, index) = {
+        let mut touched = Touched::default();
+        let (result, outputs) = {
             let mut node = self.node.lock().expect("node lock poisoned");
             node.set_now(wall_ms());
             let result = call(&mut node);
@@ -94,20 +95,22 @@ impl Agent {
             while let Some(output) = node.poll_output() {
                 match output {
                     Output::Persist(entries) => {
+                        touched.note_entries(&entries);
                         if let Some(persister) = &self.persister {
                             persister.append(entries);
                         }
                     }
-                    output => outputs.push(output),
+                    output => {
+                        if matches!(output, Output::Member(_)) {
+                            touched.note_membership();
+                        }
+                        outputs.push(output);
+                    }
                 }
             }
-            (result, outputs, node.replica().index())
+            (result, outputs)
         };
-        self.state_index.send_if_modified(|current| {
-            let changed = *current != index;
-            *current = index;
-            changed
-        });
+        self.watchers.wake(&touched);
         for output in outputs {
             self.dispatch(output);
         }

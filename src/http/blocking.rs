@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::ApiError;
 use crate::agent::runtime::Agent;
+pub use crate::agent::watchers::Topic;
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -50,18 +51,21 @@ pub async fn block(mut watched: watch::Receiver<u64>, index: u64, wait: Duration
 
 /// Answers `query` (which returns its own index and its answer) as a blocking query: with
 /// `?index=N`, waits while the query's index is still N, re-evaluating it after each change of
-/// the replica, until it moves or the wait ends. Each query has its own index, so a change
-/// elsewhere wakes the waiter only to re-check, never to answer with nothing new.
+/// its `topic`, until it moves or the wait ends. Changes of other topics do not wake it; a
+/// change of its topic that leaves its own index alone wakes it only to re-check.
 pub async fn query<T>(
     agent: &Arc<Agent>,
     params: &HashMap<String, String>,
+    topic: Topic,
     query: impl Fn(&Node) -> (u64, T),
 ) -> Result<(u64, T), ApiError> {
     let index = index(params)?;
     let wait = wait(params)?;
     let jitter = wait.mul_f64(rand::rng().random_range(0.0..1.0 / 16.0));
     let deadline = tokio::time::Instant::now() + wait + jitter;
-    let mut changes = agent.state_index.subscribe();
+    // Subscribed before the first look, so a change between the look and the wait still wakes.
+    let subscription = agent.watchers.subscribe(topic);
+    let mut changes = subscription.changes.clone();
     loop {
         changes.borrow_and_update();
         let (at, answer) = agent.with_node(|n| query(n));

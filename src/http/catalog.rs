@@ -12,6 +12,7 @@ use murmur_catalog::Instance;
 use serde_json::{Value, json};
 
 use super::health::{check_json, node_ids, node_json, service_json};
+use super::blocking::Topic;
 use super::{Api, ApiError, ApiResult, blocking, local_datacenter, node_uuid, with_index};
 
 /// `GET /v1/catalog/services`: every service name with its tags.
@@ -20,7 +21,7 @@ pub async fn services(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     local_datacenter(&api, &query)?;
-    let (index, services) = blocking::query(&api.agent, &query, |n| {
+    let (index, services) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
         let failed = n.failed_owners();
         let replica = n.replica();
         let services: BTreeMap<String, Vec<String>> = replica
@@ -76,7 +77,7 @@ pub async fn service(
         .collect();
     let query: HashMap<String, String> = pairs.into_iter().collect();
     local_datacenter(&api, &query)?;
-    let (index, list) = blocking::query(&api.agent, &query, |n| {
+    let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
         let ids = node_ids(n);
         let failed = n.failed_owners();
         let replica = n.replica();
@@ -157,7 +158,7 @@ pub async fn nodes(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     local_datacenter(&api, &query)?;
-    let (index, list) = blocking::query(&api.agent, &query, |n| {
+    let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
         let ids = node_ids(n);
         let replica = n.replica();
         let list: Vec<Value> = replica
@@ -183,7 +184,7 @@ pub async fn node(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     local_datacenter(&api, &query)?;
-    let (index, body) = blocking::query(&api.agent, &query, |n| {
+    let (index, body) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
         let replica = n.replica();
         let body = replica.records().entry(&name).and_then(|e| {
             let record = e.register.value().as_ref()?;

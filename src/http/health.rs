@@ -9,6 +9,7 @@ use murmur_catalog::{CatalogView, Check, Health, Instance, NodeRecord, Service};
 use murmur_gossip::Node;
 use serde_json::{Value, json};
 
+use super::blocking::Topic;
 use super::{
     Api, ApiError, ApiResult, blocking, flag_or_value, local_datacenter, node_uuid, with_index,
 };
@@ -84,7 +85,7 @@ async fn catalog_query(
     answer: impl Fn(&Node, &CatalogView<'_>) -> Value,
 ) -> ApiResult {
     local_datacenter(api, query)?;
-    let (index, body) = blocking::query(&api.agent, query, |n| {
+    let (index, body) = blocking::query(&api.agent, query, Topic::Catalog, |n| {
         let failed = n.failed_owners();
         let replica = n.replica();
         (

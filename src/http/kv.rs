@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use murmur_catalog::{KvEntry, KvError, KvValue};
 use serde_json::{Value, json};
 
+use super::blocking::Topic;
 use super::{Api, ApiError, ApiResult, blocking, flag, indexed, with_index};
 
 fn entry_json(e: &KvEntry<'_>) -> Value {
@@ -71,7 +72,7 @@ pub async fn get(
     if flag(&query, "keys") {
         // Consul accepts its historical misspelling too.
         let separator = query.get("separator").or(query.get("seperator")).cloned();
-        let (index, keys) = blocking::query(&api.agent, &query, |n| {
+        let (index, keys) = blocking::query(&api.agent, &query, Topic::Kv(key.clone()), |n| {
             let kv = n.replica().kv();
             (kv.prefix_index(&key), kv.keys(&key, separator.as_deref()))
         })
@@ -82,7 +83,7 @@ pub async fn get(
         return Ok(with_index(index, json!(keys)));
     }
     let recurse = flag(&query, "recurse");
-    let (index, entries) = blocking::query(&api.agent, &query, |n| {
+    let (index, entries) = blocking::query(&api.agent, &query, Topic::Kv(key.clone()), |n| {
         let kv = n.replica().kv();
         let entries: Vec<(Value, Vec<u8>)> = if recurse {
             kv.list(&key)
