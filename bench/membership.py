@@ -123,16 +123,17 @@ class Murmur:
         self.extra = lambda i: []  # more flags for agent i
 
     def start(self, i, seed):
-        gossip, http = free_port(), free_port()
+        gossip, http, dns = free_port(), free_port(), free_port()
         cmd = [self.binary, "agent", "--node", f"n{i}", "--bind", f"127.0.0.1:{gossip}",
-               "--http-addr", f"127.0.0.1:{http}", "--data-dir", f"{self.workdir}/m{i}", "--encrypt", self.key]
+               "--http-addr", f"127.0.0.1:{http}", "--dns-addr", f"127.0.0.1:{dns}",
+               "--data-dir", f"{self.workdir}/m{i}", "--encrypt", self.key]
         if seed:
             cmd += ["--join", seed]
         cmd += self.extra(i)
         env = dict(os.environ, MURMUR_LOG="warn")
         log = open(f"{self.workdir}/agent{i}.log", "w")
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        return {"proc": proc, "gossip": f"127.0.0.1:{gossip}", "api": http}
+        return {"proc": proc, "gossip": f"127.0.0.1:{gossip}", "api": http, "dns": dns}
 
     def _get(self, agent, path, timeout=5):
         with urllib.request.urlopen(f"http://127.0.0.1:{agent['api']}{path}", timeout=timeout) as r:
