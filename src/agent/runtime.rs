@@ -17,8 +17,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::persist::DataDir;
 use super::store::Persister;
-use super::watchers::{Touched, Watchers};
 use super::stream::{self, EXCHANGE_TIMEOUT};
+use super::watchers::{Touched, Watchers};
 
 /// Most stream requests (push-pull, keyring) served at once; more are dropped and counted, and
 /// the peer retries at its next push-pull.

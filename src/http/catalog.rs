@@ -11,9 +11,9 @@ use axum::http::StatusCode;
 use murmur_catalog::Instance;
 use serde_json::{Value, json};
 
-use super::health::{check_json, node_ids, node_json, service_json};
 use super::blocking::Topic;
-use super::{Api, ApiError, ApiResult, blocking, local_datacenter, node_uuid, with_index};
+use super::health::{NodeShape, ServiceShape, check_json, node_id, node_json, service_json};
+use super::{Api, ApiError, ApiResult, blocking, indexed, local_datacenter, node_uuid, with_index};
 
 /// `GET /v1/catalog/services`: every service name with its tags.
 pub async fn services(
@@ -78,7 +78,6 @@ pub async fn service(
     let query: HashMap<String, String> = pairs.into_iter().collect();
     local_datacenter(&api, &query)?;
     let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
-        let ids = node_ids(n);
         let failed = n.failed_owners();
         let replica = n.replica();
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
@@ -91,7 +90,7 @@ pub async fn service(
                     .records()
                     .entry(i.node)
                     .map_or(0, |e| e.modify_index);
-                instance_json(i, ids.get(i.node).copied().unwrap_or(0), index)
+                instance_json(i, node_id(n, i.node), index)
             })
             .collect();
         (replica.records_index(), list)
@@ -159,21 +158,19 @@ pub async fn nodes(
 ) -> ApiResult {
     local_datacenter(&api, &query)?;
     let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
-        let ids = node_ids(n);
         let replica = n.replica();
-        let list: Vec<Value> = replica
+        let list: Vec<NodeShape> = replica
             .records()
             .entries()
             .filter_map(|(name, e)| {
                 let record = e.register.value().as_ref()?;
-                let id = ids.get(name).copied().unwrap_or(0);
-                Some(node_json(name, record, id, e.modify_index))
+                Some(node_json(name, record, node_id(n, name), e.modify_index))
             })
             .collect();
         (replica.records_index(), list)
     })
     .await?;
-    Ok(with_index(index, Value::Array(list)))
+    Ok(indexed(index, Json(list)))
 }
 
 /// `GET /v1/catalog/node/:name`: the node and its services by id; `null` for an unknown node,
@@ -188,21 +185,30 @@ pub async fn node(
         let replica = n.replica();
         let body = replica.records().entry(&name).and_then(|e| {
             let record = e.register.value().as_ref()?;
-            let id = node_ids(n).get(&name).copied().unwrap_or(0);
-            let services: BTreeMap<&String, Value> = record
+            let id = node_id(n, &name);
+            let services: BTreeMap<&String, ServiceShape> = record
                 .services
                 .iter()
                 .map(|(sid, s)| (sid, service_json(s, e.modify_index)))
                 .collect();
-            Some(json!({
-                "Node": node_json(&name, record, id, e.modify_index),
-                "Services": services,
-            }))
+            serde_json::to_value(CatalogNode {
+                node: node_json(&name, record, id, e.modify_index),
+                services,
+            })
+            .ok()
         });
         (replica.records_index(), body.unwrap_or(Value::Null))
     })
     .await?;
     Ok(with_index(index, body))
+}
+
+/// The answer of `/v1/catalog/node/:name`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CatalogNode<'a> {
+    node: NodeShape,
+    services: BTreeMap<&'a String, ServiceShape>,
 }
 
 /// `GET /v1/catalog/datacenters`: this agent's datacenter (the WAN pool of federation will add

@@ -2,72 +2,153 @@
 //! state, in Consul's shapes. Every agent answers from its own replica and membership view
 //! (`serfHealth` turns critical on the agents that see a node failed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use murmur_catalog::{CatalogView, Check, Health, Instance, NodeRecord, Service};
 use murmur_gossip::Node;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::blocking::Topic;
 use super::{
-    Api, ApiError, ApiResult, blocking, flag_or_value, local_datacenter, node_uuid, with_index,
+    Api, ApiError, ApiResult, blocking, flag_or_value, indexed, local_datacenter, node_uuid,
 };
 
-/// Node ids by name, for the `ID` fields (Consul shows node ids as UUIDs).
-pub(super) fn node_ids(n: &Node) -> HashMap<String, u64> {
-    n.members()
-        .into_iter()
-        .map(|m| (m.identity.name.to_string(), m.identity.node_id))
-        .collect()
+/// A node's id for the `ID` fields (Consul shows node ids as UUIDs), 0 when unknown: a lookup
+/// in the member view, not a map of every member per request.
+pub(super) fn node_id(n: &Node, name: &str) -> u64 {
+    if n.identity().name == name {
+        return n.identity().node_id;
+    }
+    n.peer(name).map_or(0, |m| m.identity.node_id)
 }
 
-/// A node in Consul's shape (`/v1/catalog/nodes`, `Node` of a health entry).
-pub(super) fn node_json(name: &str, record: &NodeRecord, id: u64, index: u64) -> Value {
-    json!({
-        "ID": node_uuid(id),
-        "Node": name,
-        "Address": record.address,
-        "Datacenter": record.datacenter,
-        "TaggedAddresses": record.tagged_addresses,
-        "Meta": record.meta,
-        "CreateIndex": index,
-        "ModifyIndex": index,
-    })
+/// A node in Consul's shape (`/v1/catalog/nodes`, `Node` of a health entry). Answers are built
+/// from these typed shapes (owned, so they are serialized after the node lock is released),
+/// not from `serde_json::Value` trees: a map per object was most of a health read's time.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct NodeShape {
+    #[serde(rename = "ID")]
+    id: String,
+    node: String,
+    address: String,
+    datacenter: String,
+    tagged_addresses: BTreeMap<String, String>,
+    meta: BTreeMap<String, String>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// A node in Consul's shape.
+pub(super) fn node_json(name: &str, record: &NodeRecord, id: u64, index: u64) -> NodeShape {
+    NodeShape {
+        id: node_uuid(id),
+        node: name.to_owned(),
+        address: record.address.clone(),
+        datacenter: record.datacenter.clone(),
+        tagged_addresses: record.tagged_addresses.clone(),
+        meta: record.meta.clone(),
+        create_index: index,
+        modify_index: index,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Weights {
+    passing: u32,
+    warning: u32,
 }
 
 /// A service instance as the agent and health endpoints show it.
-pub(super) fn service_json(s: &Service, index: u64) -> Value {
-    json!({
-        "ID": s.id,
-        "Service": s.name,
-        "Tags": s.tags,
-        "Address": s.address,
-        "Meta": s.meta,
-        "Port": s.port,
-        "Weights": {"Passing": s.weight_passing, "Warning": s.weight_warning},
-        "EnableTagOverride": false,
-        "CreateIndex": index,
-        "ModifyIndex": index,
-    })
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct ServiceShape {
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    tags: Vec<String>,
+    address: String,
+    meta: BTreeMap<String, String>,
+    port: u16,
+    weights: Weights,
+    enable_tag_override: bool,
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// A service instance in Consul's shape.
+pub(super) fn service_json(s: &Service, index: u64) -> ServiceShape {
+    ServiceShape {
+        id: s.id.clone(),
+        service: s.name.clone(),
+        tags: s.tags.clone(),
+        address: s.address.clone(),
+        meta: s.meta.clone(),
+        port: s.port,
+        weights: Weights {
+            passing: s.weight_passing,
+            warning: s.weight_warning,
+        },
+        enable_tag_override: false,
+        create_index: index,
+        modify_index: index,
+    }
+}
+
+/// A check as the health and agent endpoints show it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct CheckShape {
+    node: String,
+    #[serde(rename = "CheckID")]
+    check_id: String,
+    name: String,
+    status: &'static str,
+    notes: &'static str,
+    output: String,
+    #[serde(rename = "ServiceID")]
+    service_id: String,
+    service_name: String,
+    service_tags: Vec<String>,
+    #[serde(rename = "Type")]
+    kind: &'static str,
+    create_index: u64,
+    modify_index: u64,
 }
 
 /// A check; `service` names the instance it belongs to (none for a node-level check).
-pub(super) fn check_json(node: &str, c: &Check, service: Option<&Service>, index: u64) -> Value {
-    json!({
-        "Node": node,
-        "CheckID": c.id,
-        "Name": c.name,
-        "Status": c.status.as_str(),
-        "Notes": "",
-        "Output": c.output,
-        "ServiceID": c.service_id,
-        "ServiceName": service.map_or("", |s| s.name.as_str()),
-        "ServiceTags": service.map_or(&[][..], |s| s.tags.as_slice()),
-        "Type": "",
-        "CreateIndex": index,
-        "ModifyIndex": index,
-    })
+pub(super) fn check_json(
+    node: &str,
+    c: &Check,
+    service: Option<&Service>,
+    index: u64,
+) -> CheckShape {
+    CheckShape {
+        node: node.to_owned(),
+        check_id: c.id.clone(),
+        name: c.name.clone(),
+        status: c.status.as_str(),
+        notes: "",
+        output: c.output.clone(),
+        service_id: c.service_id.clone(),
+        service_name: service.map(|s| s.name.clone()).unwrap_or_default(),
+        service_tags: service.map(|s| s.tags.clone()).unwrap_or_default(),
+        kind: "",
+        create_index: index,
+        modify_index: index,
+    }
+}
+
+/// One entry of `/v1/health/service/:name`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    node: NodeShape,
+    service: ServiceShape,
+    checks: Vec<CheckShape>,
 }
 
 /// The local index of `node`'s record (its last change here).
@@ -78,11 +159,12 @@ fn record_index(n: &Node, node: &str) -> u64 {
         .map_or(0, |e| e.modify_index)
 }
 
-/// Runs `answer` over this agent's catalog view as a blocking query on the records' index.
-async fn catalog_query(
+/// Runs `answer` over this agent's catalog view as a blocking query on the records' index;
+/// the answer is serialized after the node lock is released.
+async fn catalog_query<T: Serialize>(
     api: &Api,
     query: &HashMap<String, String>,
-    answer: impl Fn(&Node, &CatalogView<'_>) -> Value,
+    answer: impl Fn(&Node, &CatalogView<'_>) -> T,
 ) -> ApiResult {
     local_datacenter(api, query)?;
     let (index, body) = blocking::query(&api.agent, query, Topic::Catalog, |n| {
@@ -94,7 +176,7 @@ async fn catalog_query(
         )
     })
     .await?;
-    Ok(with_index(index, body))
+    Ok(indexed(index, Json(body)))
 }
 
 /// The query pairs as a map (the last of a repeated key wins) and the values of `repeated`.
@@ -110,10 +192,9 @@ fn split_query(
     (pairs.into_iter().collect(), values)
 }
 
-fn entry_json(n: &Node, ids: &HashMap<String, u64>, i: &Instance<'_>) -> Value {
+fn entry_json(n: &Node, i: &Instance<'_>) -> HealthEntry {
     let index = record_index(n, i.node);
-    let id = ids.get(i.node).copied().unwrap_or(0);
-    let checks: Vec<Value> = i
+    let checks = i
         .checks
         .iter()
         .map(|c| {
@@ -121,11 +202,11 @@ fn entry_json(n: &Node, ids: &HashMap<String, u64>, i: &Instance<'_>) -> Value {
             check_json(i.node, c, service, index)
         })
         .collect();
-    json!({
-        "Node": node_json(i.node, i.record, id, index),
-        "Service": service_json(i.service, index),
-        "Checks": checks,
-    })
+    HealthEntry {
+        node: node_json(i.node, i.record, node_id(n, i.node), index),
+        service: service_json(i.service, index),
+        checks,
+    }
 }
 
 /// `GET /v1/health/service/:name`: instances with their node and checks; `?passing` keeps only
@@ -138,15 +219,12 @@ pub async fn service(
     let (query, tags) = split_query(pairs, "tag");
     let passing = flag_or_value(&query, "passing")?;
     catalog_query(&api, &query, |n, view| {
-        let ids = node_ids(n);
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let entries: Vec<Value> = view
-            .instances(&name, &tags)
+        view.instances(&name, &tags)
             .iter()
             .filter(|i| !passing || i.health == Health::Passing)
-            .map(|i| entry_json(n, &ids, i))
-            .collect();
-        Value::Array(entries)
+            .map(|i| entry_json(n, i))
+            .collect::<Vec<_>>()
     })
     .await
 }
@@ -159,8 +237,7 @@ pub async fn checks(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     catalog_query(&api, &query, |n, view| {
-        let checks: Vec<Value> = view
-            .instances(&name, &[])
+        view.instances(&name, &[])
             .iter()
             .flat_map(|i| {
                 let index = record_index(n, i.node);
@@ -170,8 +247,7 @@ pub async fn checks(
                     .map(move |c| check_json(i.node, c, Some(i.service), index))
                     .collect::<Vec<_>>()
             })
-            .collect();
-        Value::Array(checks)
+            .collect::<Vec<_>>()
     })
     .await
 }
@@ -189,13 +265,11 @@ pub async fn node(
 ) -> ApiResult {
     catalog_query(&api, &query, |n, view| {
         let index = record_index(n, &node);
-        let checks: Vec<Value> = view
-            .node_checks(&node)
+        view.node_checks(&node)
             .unwrap_or_default()
             .iter()
             .map(|c| check_json(&node, c, service_of(view, &node, c), index))
-            .collect();
-        Value::Array(checks)
+            .collect::<Vec<_>>()
     })
     .await
 }
@@ -216,13 +290,11 @@ pub async fn state(
         _ => return Err(ApiError::bad_request("Invalid check state")),
     };
     catalog_query(&api, &query, |n, view| {
-        let checks: Vec<Value> = view
-            .all_checks()
+        view.all_checks()
             .iter()
             .filter(|(_, c)| wanted.is_none_or(|w| c.status == w))
             .map(|(node, c)| check_json(node, c, service_of(view, node, c), record_index(n, node)))
-            .collect();
-        Value::Array(checks)
+            .collect::<Vec<_>>()
     })
     .await
 }
