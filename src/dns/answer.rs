@@ -64,18 +64,26 @@ pub fn respond(
     // Over UDP, a reply too big for the client's buffer is cut to fit and flagged, so the
     // client asks again over TCP.
     let limit = max_len.map(|l| l.max(usize::from(request.max_payload())));
-    if let Some(limit) = limit {
-        while bytes.len() > limit
-            && (!reply.answers().is_empty() || !reply.additionals().is_empty())
-        {
-            if reply.additionals().is_empty() {
-                reply.answers_mut().pop();
+    if let Some(limit) = limit
+        && bytes.len() > limit
+    {
+        // The additional section goes first, then as many answers as fit, found by bisection
+        // (each try is an encoding: trimming one record at a time was most of a DNS answer).
+        reply.set_truncated(true);
+        reply.additionals_mut().clear();
+        let answers = std::mem::take(reply.answers_mut());
+        let (mut fits, mut over) = (0, answers.len() + 1);
+        while over - fits > 1 {
+            let mid = (fits + over) / 2;
+            *reply.answers_mut() = answers[..mid].to_vec();
+            if reply.to_vec().ok()?.len() <= limit {
+                fits = mid;
             } else {
-                reply.additionals_mut().pop();
+                over = mid;
             }
-            reply.set_truncated(true);
-            bytes = reply.to_vec().ok()?;
         }
+        *reply.answers_mut() = answers[..fits].to_vec();
+        bytes = reply.to_vec().ok()?;
     }
     Some(bytes)
 }
