@@ -107,6 +107,15 @@ fn health_catalog_and_status_speak_consul_and_follow_membership() {
         3
     );
 
+    // ?filter= with Consul's expression language, on lists and maps.
+    let filtered = agents[0].get("/v1/health/service/web?filter=Service.Port%20%3D%3D%208082");
+    assert_eq!(filtered.as_array().unwrap().len(), 1, "{filtered}");
+    assert_eq!(filtered[0]["Node"]["Node"], "hl2");
+    let tagged = agents[0].get("/v1/catalog/service/web?filter=%22v0%22%20in%20ServiceTags");
+    assert_eq!(tagged.as_array().unwrap().len(), 1, "{tagged}");
+    let mine = agents[2].get("/v1/agent/services?filter=Port%20%3D%3D%201");
+    assert!(mine.as_object().unwrap().is_empty(), "{mine}");
+
     // Bad input is a clear 400, another datacenter Consul's 500.
     for (path, status, message) in [
         ("/v1/health/service/web?passing=maybe", 400, "passing"),
@@ -116,6 +125,11 @@ fn health_catalog_and_status_speak_consul_and_follow_membership() {
             "/v1/catalog/nodes?dc=elsewhere",
             500,
             "No path to datacenter",
+        ),
+        (
+            "/v1/health/service/web?filter=Service.Port%20%3D%3D",
+            400,
+            "Failed to create boolean expression evaluator",
         ),
     ] {
         let (got, _, body) = agents[0].request("GET", path, b"");

@@ -12,8 +12,12 @@ use murmur_catalog::Instance;
 use serde_json::{Value, json};
 
 use super::blocking::Topic;
+use super::health::split_query;
 use super::health::{NodeShape, ServiceShape, check_json, node_id, node_json, service_json};
-use super::{Api, ApiError, ApiResult, blocking, indexed, local_datacenter, node_uuid, with_index};
+use super::{
+    Api, ApiError, ApiResult, blocking, filter_of, filtered, local_datacenter, node_uuid,
+    with_index,
+};
 
 /// `GET /v1/catalog/services`: every service name with its tags.
 pub async fn services(
@@ -70,13 +74,9 @@ pub async fn service(
     Path(name): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult {
-    let tags: Vec<String> = pairs
-        .iter()
-        .filter(|(k, _)| k == "tag")
-        .map(|(_, v)| v.clone())
-        .collect();
-    let query: HashMap<String, String> = pairs.into_iter().collect();
+    let (query, tags) = split_query(pairs, "tag");
     local_datacenter(&api, &query)?;
+    let filter = filter_of(&query)?;
     let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
         let failed = n.failed_owners();
         let replica = n.replica();
@@ -96,7 +96,7 @@ pub async fn service(
         (replica.records_index(), list)
     })
     .await?;
-    Ok(with_index(index, Value::Array(list)))
+    filtered(index, filter.as_ref(), list)
 }
 
 /// `PUT /v1/agent/service/register`: adds or replaces a service on this agent's record.
@@ -157,6 +157,7 @@ pub async fn nodes(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     local_datacenter(&api, &query)?;
+    let filter = filter_of(&query)?;
     let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
         let replica = n.replica();
         let list: Vec<NodeShape> = replica
@@ -170,7 +171,7 @@ pub async fn nodes(
         (replica.records_index(), list)
     })
     .await?;
-    Ok(indexed(index, Json(list)))
+    filtered(index, filter.as_ref(), list)
 }
 
 /// `GET /v1/catalog/node/:name`: the node and its services by id; `null` for an unknown node,
@@ -218,7 +219,11 @@ pub async fn datacenters(State(api): State<Api>) -> Json<Value> {
 }
 
 /// `GET /v1/agent/services`: the services this agent registered, by id.
-pub async fn agent_services(State(api): State<Api>) -> Json<Value> {
+pub async fn agent_services(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let filter = filter_of(&query)?;
     let services = api.agent.with_node(|n| {
         let replica = n.replica();
         let me = n.identity().name.to_string();
@@ -231,11 +236,15 @@ pub async fn agent_services(State(api): State<Api>) -> Json<Value> {
                 .collect()
         })
     });
-    Json(json!(services))
+    filtered(1, filter.as_ref(), services)
 }
 
 /// `GET /v1/agent/checks`: the checks this agent's record holds, by id.
-pub async fn agent_checks(State(api): State<Api>) -> Json<Value> {
+pub async fn agent_checks(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let filter = filter_of(&query)?;
     let checks = api.agent.with_node(|n| {
         let replica = n.replica();
         let me = n.identity().name.to_string();
@@ -251,5 +260,5 @@ pub async fn agent_checks(State(api): State<Api>) -> Json<Value> {
                 .collect()
         })
     });
-    Json(json!(checks))
+    filtered(1, filter.as_ref(), checks)
 }

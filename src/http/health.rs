@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use murmur_catalog::{CatalogView, Check, Health, Instance, NodeRecord, Service};
 use murmur_gossip::Node;
@@ -12,7 +11,8 @@ use serde::Serialize;
 
 use super::blocking::Topic;
 use super::{
-    Api, ApiError, ApiResult, blocking, flag_or_value, indexed, local_datacenter, node_uuid,
+    Api, ApiError, ApiResult, blocking, filter_of, filtered, flag_or_value, local_datacenter,
+    node_uuid,
 };
 
 /// A node's id for the `ID` fields (Consul shows node ids as UUIDs), 0 when unknown: a lookup
@@ -167,6 +167,7 @@ async fn catalog_query<T: Serialize>(
     answer: impl Fn(&Node, &CatalogView<'_>) -> T,
 ) -> ApiResult {
     local_datacenter(api, query)?;
+    let filter = filter_of(query)?;
     let (index, body) = blocking::query(&api.agent, query, Topic::Catalog, |n| {
         let failed = n.failed_owners();
         let replica = n.replica();
@@ -176,11 +177,11 @@ async fn catalog_query<T: Serialize>(
         )
     })
     .await?;
-    Ok(indexed(index, Json(body)))
+    filtered(index, filter.as_ref(), body)
 }
 
 /// The query pairs as a map (the last of a repeated key wins) and the values of `repeated`.
-fn split_query(
+pub(super) fn split_query(
     pairs: Vec<(String, String)>,
     repeated: &str,
 ) -> (HashMap<String, String>, Vec<String>) {

@@ -7,6 +7,7 @@
 mod blocking;
 mod catalog;
 mod checks;
+mod filter;
 mod health;
 mod kv;
 
@@ -205,6 +206,33 @@ fn indexed(index: u64, answer: impl IntoResponse) -> Response {
         .headers_mut()
         .insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     response
+}
+
+/// The request's `?filter=`, parsed; a bad one is a 400 naming what is wrong.
+fn filter_of(query: &HashMap<String, String>) -> Result<Option<filter::Filter>, ApiError> {
+    match query.get("filter").map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(text) => filter::Filter::parse(text)
+            .map(Some)
+            .map_err(ApiError::bad_request),
+    }
+}
+
+/// An indexed JSON answer, keeping only what passes `filter` when there is one.
+fn filtered<T: serde::Serialize>(
+    index: u64,
+    filter: Option<&filter::Filter>,
+    body: T,
+) -> ApiResult {
+    match filter {
+        None => Ok(indexed(index, Json(body))),
+        Some(f) => {
+            let value = serde_json::to_value(body).map_err(|e| {
+                ApiError::internal(anyhow::anyhow!("cannot encode the answer: {e}"))
+            })?;
+            Ok(indexed(index, Json(f.apply(value))))
+        }
+    }
 }
 
 /// A Consul-style presence flag: `?flag`, `?flag=`, `?flag=1`, `?flag=true` all mean on.
