@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use super::{Client, print_json, read_input, urlencode_path};
+use super::{Client, json_of, print_json, read_input, urlencode_path};
 use crate::cli::{Format, KvCommand};
 
 /// Runs one `murmur kv` command.
@@ -185,12 +185,7 @@ async fn put(client: &Client, key: &str, body: Vec<u8>, query: &[String]) -> any
         bail!("give a key: the root of the store cannot hold a value");
     }
     let path = format!("/v1/kv/{}{}", urlencode_path(key), join_query(query));
-    let answer: Value = client
-        .put(&path, body)
-        .await?
-        .json()
-        .await
-        .context("the agent's answer is not JSON")?;
+    let answer = json_of(client.put(&path, body).await?).await?;
     Ok(answer == Value::Bool(true))
 }
 

@@ -32,26 +32,24 @@ impl Client {
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let response = request.send().await.with_context(|| {
+    /// Sends a request; only an unreachable agent is an error here.
+    async fn fetch(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        request.send().await.with_context(|| {
             format!("cannot reach the murmur agent at {}: is it running? (set --http-addr or MURMUR_HTTP_ADDR)", self.base)
-        })?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            bail!("the agent answered {status}: {}", text.trim());
-        }
-        Ok(response)
+        })
+    }
+
+    /// Sends a request; an answer other than success is an error carrying the agent's words.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        success(self.fetch(request).await?).await
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .send(self.http.get(format!("{}{path}", self.base)))
-            .await?;
-        response
-            .json()
-            .await
-            .context("the agent's answer is not JSON")
+        json_of(
+            self.send(self.http.get(format!("{}{path}", self.base)))
+                .await?,
+        )
+        .await
     }
 
     async fn put(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
@@ -60,36 +58,41 @@ impl Client {
     }
 
     async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .send(self.http.delete(format!("{}{path}", self.base)))
-            .await?;
-        response
-            .json()
-            .await
-            .context("the agent's answer is not JSON")
+        json_of(
+            self.send(self.http.delete(format!("{}{path}", self.base)))
+                .await?,
+        )
+        .await
     }
 
     /// A GET whose 404 means "nothing there" (KV) rather than an error.
     async fn get_or_404(&self, path: &str) -> anyhow::Result<Option<Value>> {
-        let url = format!("{}{path}", self.base);
-        let response = self.http.get(&url).send().await.with_context(|| {
-            format!("cannot reach the murmur agent at {}: is it running? (set --http-addr or MURMUR_HTTP_ADDR)", self.base)
-        })?;
+        let response = self
+            .fetch(self.http.get(format!("{}{path}", self.base)))
+            .await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if !response.status().is_success() {
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            bail!("the agent answered {status}: {}", text.trim());
-        }
-        Ok(Some(
-            response
-                .json()
-                .await
-                .context("the agent's answer is not JSON")?,
-        ))
+        Ok(Some(json_of(success(response).await?).await?))
     }
+}
+
+/// The JSON body of an answer.
+pub(super) async fn json_of(response: reqwest::Response) -> anyhow::Result<Value> {
+    response
+        .json()
+        .await
+        .context("the agent's answer is not JSON")
+}
+
+/// The response if it is a success, else an error with the agent's words.
+async fn success(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        bail!("the agent answered {status}: {}", text.trim());
+    }
+    Ok(response)
 }
 
 /// Prints the agent's JSON for scripts (`--format json`).
@@ -171,10 +174,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let response = Client::new(&target)
                 .put(&path, payload.unwrap_or_default().into_bytes())
                 .await?;
-            let event: Value = response
-                .json()
-                .await
-                .context("the agent's answer is not JSON")?;
+            let event = json_of(response).await?;
             println!("Event ID: {}", event["ID"].as_str().unwrap_or("?"));
         }
         Command::Kv(command) => kv::run(command).await?,

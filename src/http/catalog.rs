@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use murmur_catalog::Instance;
+use murmur_catalog::{Instance, NodeRecord};
 use serde_json::{Value, json};
 
 use super::blocking::Topic;
@@ -218,25 +218,37 @@ pub async fn datacenters(State(api): State<Api>) -> Json<Value> {
     Json(json!([api.config.datacenter]))
 }
 
+/// Lists something of this agent's own record by id, as the `/v1/agent/*` listings do; `list`
+/// gets the node's name, its record and the record's local index.
+fn own_listing<T: serde::Serialize>(
+    api: &Api,
+    query: &HashMap<String, String>,
+    list: impl Fn(&str, &NodeRecord, u64) -> BTreeMap<String, T>,
+) -> ApiResult {
+    let filter = filter_of(query)?;
+    let listed = api.agent.with_node(|n| {
+        let replica = n.replica();
+        let me = n.identity().name.to_string();
+        let index = replica.records().entry(&me).map_or(0, |e| e.modify_index);
+        replica
+            .own_record()
+            .map_or_else(BTreeMap::new, |record| list(&me, record, index))
+    });
+    filtered(1, filter.as_ref(), listed)
+}
+
 /// `GET /v1/agent/services`: the services this agent registered, by id.
 pub async fn agent_services(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let filter = filter_of(&query)?;
-    let services = api.agent.with_node(|n| {
-        let replica = n.replica();
-        let me = n.identity().name.to_string();
-        let index = replica.records().entry(&me).map_or(0, |e| e.modify_index);
-        replica.own_record().map_or_else(BTreeMap::new, |record| {
-            record
-                .services
-                .iter()
-                .map(|(id, s)| (id.clone(), service_json(s, index)))
-                .collect()
-        })
-    });
-    filtered(1, filter.as_ref(), services)
+    own_listing(&api, &query, |_, record, index| {
+        record
+            .services
+            .iter()
+            .map(|(id, s)| (id.clone(), service_json(s, index)))
+            .collect()
+    })
 }
 
 /// `GET /v1/agent/checks`: the checks this agent's record holds, by id.
@@ -244,21 +256,14 @@ pub async fn agent_checks(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let filter = filter_of(&query)?;
-    let checks = api.agent.with_node(|n| {
-        let replica = n.replica();
-        let me = n.identity().name.to_string();
-        let index = replica.records().entry(&me).map_or(0, |e| e.modify_index);
-        replica.own_record().map_or_else(BTreeMap::new, |record| {
-            record
-                .checks
-                .iter()
-                .map(|(id, c)| {
-                    let service = record.services.get(&c.service_id);
-                    (id.clone(), check_json(&me, c, service, index))
-                })
-                .collect()
-        })
-    });
-    filtered(1, filter.as_ref(), checks)
+    own_listing(&api, &query, |me, record, index| {
+        record
+            .checks
+            .iter()
+            .map(|(id, c)| {
+                let service = record.services.get(&c.service_id);
+                (id.clone(), check_json(me, c, service, index))
+            })
+            .collect()
+    })
 }
