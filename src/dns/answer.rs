@@ -1,5 +1,5 @@
-//! Answers one DNS query from a catalog view, Consul's way; no I/O, so every form is tested
-//! directly. Names (case-insensitive, under the domain, `consul.` by default):
+//! Answers one DNS query from a catalog view, Consul's way; no sockets, so every form is
+//! tested directly (the SOA's serial reads the wall clock, as zone serials do). Names (case-insensitive, under the domain, `consul.` by default):
 //!
 //! - `<node>.node[.<dc>].<domain>` → A/AAAA of the node's address;
 //! - `[<tag>.]<service>.service[.<dc>].<domain>` → A/AAAA of healthy instances, SRV on request
