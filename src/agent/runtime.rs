@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -36,7 +36,8 @@ pub fn wall_ms() -> u64 {
 
 /// A running agent: the core plus the handles its tasks share.
 pub struct Agent {
-    node: Mutex<Node>,
+    /// Written by gossip, timers and writes; read in parallel by queries (HTTP and DNS).
+    node: RwLock<Node>,
     udp: Arc<UdpSocket>,
     timers: mpsc::UnboundedSender<(Instant, TimerEvent)>,
     data: Option<DataDir>,
@@ -62,7 +63,7 @@ impl Agent {
         let gossip_addr = udp.local_addr()?;
         let (timers, timer_rx) = mpsc::unbounded_channel();
         let agent = Arc::new(Self {
-            node: Mutex::new(node),
+            node: RwLock::new(node),
             udp: Arc::new(udp),
             timers,
             data,
@@ -88,7 +89,7 @@ impl Agent {
     pub fn with_node<R>(self: &Arc<Self>, call: impl FnOnce(&mut Node) -> R) -> R {
         let mut touched = Touched::default();
         let (result, outputs) = {
-            let mut node = self.node.lock().expect("node lock poisoned");
+            let mut node = self.node.write().expect("node lock poisoned");
             node.set_now(wall_ms());
             let result = call(&mut node);
             let mut outputs = Vec::new();
@@ -117,6 +118,13 @@ impl Agent {
         result
     }
 
+    /// Runs a read-only `call` on the core; reads run in parallel with each other, so a query
+    /// load does not queue behind one lock. Reads that must see the clock advance or drain
+    /// outputs use [`Agent::with_node`].
+    pub fn read_node<R>(&self, call: impl FnOnce(&Node) -> R) -> R {
+        call(&self.node.read().expect("node lock poisoned"))
+    }
+
     /// Makes a local change to the replica and returns once it is durable (at once without
     /// a data dir): what the API calls before it acknowledges a write.
     pub async fn write<R>(
@@ -138,7 +146,7 @@ impl Agent {
                 return;
             };
             if persister.wants_snapshot() {
-                let node = self.node.lock().expect("node lock poisoned");
+                let node = self.node.read().expect("node lock poisoned");
                 persister.snapshot(node.replica().snapshot());
                 tracing::info!(
                     index = node.replica().index(),

@@ -47,7 +47,7 @@ fn respond(
 ) -> Option<Vec<u8>> {
     metrics::counter!("murmur_dns_queries", "transport" => if limit.is_some() { "udp" } else { "tcp" })
         .increment(1);
-    agent.with_node(|n| {
+    agent.read_node(|n| {
         let failed = n.failed_owners();
         let view = n.replica().catalog(&failed);
         answer::respond(packet, &view, settings, &mut rand::rng(), limit)

@@ -68,7 +68,7 @@ pub async fn query<T>(
     let mut changes = subscription.changes.clone();
     loop {
         changes.borrow_and_update();
-        let (at, answer) = agent.with_node(|n| query(n));
+        let (at, answer) = agent.read_node(|n| query(n));
         let at = at.max(1);
         if index == 0 || at != index {
             return Ok((at, answer));

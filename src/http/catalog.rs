@@ -226,7 +226,7 @@ fn own_listing<T: serde::Serialize>(
     list: impl Fn(&str, &NodeRecord, u64) -> BTreeMap<String, T>,
 ) -> ApiResult {
     let filter = filter_of(query)?;
-    let listed = api.agent.with_node(|n| {
+    let listed = api.agent.read_node(|n| {
         let replica = n.replica();
         let me = n.identity().name.to_string();
         let index = replica.records().entry(&me).map_or(0, |e| e.modify_index);
