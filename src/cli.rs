@@ -87,27 +87,8 @@ pub enum Command {
     /// Watch a view of the catalog, KV store or events with blocking queries; on every change
     /// print its JSON, or run --handler with the JSON on stdin (like `consul watch`).
     Watch {
-        /// What to watch.
-        #[arg(long = "type", value_enum)]
-        kind: WatchKind,
-        /// The key (`--type key`).
-        #[arg(long, required_if_eq("kind", "key"))]
-        key: Option<String>,
-        /// The prefix (`--type keyprefix`).
-        #[arg(long, required_if_eq("kind", "keyprefix"))]
-        prefix: Option<String>,
-        /// The service (`--type service`; with `--type checks`, only its checks).
-        #[arg(long, required_if_eq("kind", "service"))]
-        service: Option<String>,
-        /// Only instances carrying this tag (`--type service`).
-        #[arg(long)]
-        tag: Option<String>,
-        /// Only healthy instances (`--type service`).
-        #[arg(long)]
-        passingonly: bool,
-        /// Only events with this name (`--type event`).
-        #[arg(long)]
-        name: Option<String>,
+        #[command(flatten)]
+        spec: WatchSpec,
         /// Shell command run with the JSON on stdin at every change, instead of printing it.
         #[arg(long, value_name = "CMD")]
         handler: Option<String>,
@@ -168,6 +149,43 @@ pub struct SimArgs {
     /// as an SVG file; one run only.
     #[arg(long, value_name = "OUT.svg", conflicts_with = "seeds")]
     pub plot: Option<PathBuf>,
+}
+
+/// What `murmur watch` watches, with the flags that narrow it.
+#[derive(Args, Debug, Clone)]
+pub struct WatchSpec {
+    /// What to watch.
+    #[arg(long = "type", value_enum)]
+    pub kind: WatchKind,
+    /// The key (`--type key`).
+    #[arg(long, required_if_eq("kind", "key"))]
+    pub key: Option<String>,
+    /// The prefix (`--type keyprefix`).
+    #[arg(long, required_if_eq("kind", "keyprefix"))]
+    pub prefix: Option<String>,
+    /// The service (`--type service`; with `--type checks`, only its checks).
+    #[arg(long, required_if_eq("kind", "service"))]
+    pub service: Option<String>,
+    /// Only instances carrying this tag (`--type service`).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only healthy instances (`--type service`).
+    #[arg(long)]
+    pub passingonly: bool,
+    /// Only events with this name (`--type event`).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `--cas --modify-index N` of the KV writes.
+#[derive(Args, Debug, Clone)]
+pub struct Cas {
+    /// Only if the key's modify index is still --modify-index (0 on a put: only if absent).
+    #[arg(long, requires = "modify_index")]
+    pub cas: bool,
+    /// The modify index --cas compares with.
+    #[arg(long)]
+    pub modify_index: Option<u64>,
 }
 
 /// What `murmur watch` watches.
@@ -240,12 +258,8 @@ pub enum KvCommand {
         /// Opaque number stored with the value.
         #[arg(long)]
         flags: Option<u64>,
-        /// Write only if the key's modify index is still --modify-index (0: only if absent).
-        #[arg(long, requires = "modify_index")]
-        cas: bool,
-        /// The modify index --cas compares with.
-        #[arg(long)]
-        modify_index: Option<u64>,
+        #[command(flatten)]
+        cas: Cas,
         #[command(flatten)]
         target: HttpTarget,
     },
@@ -256,12 +270,8 @@ pub enum KvCommand {
         /// Every key under the prefix.
         #[arg(long)]
         recurse: bool,
-        /// Delete only if the key's modify index is still --modify-index.
-        #[arg(long, requires = "modify_index")]
-        cas: bool,
-        /// The modify index --cas compares with.
-        #[arg(long)]
-        modify_index: Option<u64>,
+        #[command(flatten)]
+        cas: Cas,
         #[command(flatten)]
         target: HttpTarget,
     },

@@ -159,18 +159,24 @@ pub fn parse(value: &Value) -> Result<Definition, String> {
     })
 }
 
-/// Parses a definitions file: `{"service": {...}}` or `{"services": [...]}`.
-pub fn parse_file(value: &Value) -> Result<Vec<Definition>, String> {
+/// The definitions of a file, unparsed: `{"service": {...}}` or `{"services": [...]}` (the
+/// CLI sends them to the agent as they are, checks included).
+pub fn definition_values(value: &Value) -> Result<Vec<&Value>, String> {
     let object = value
         .as_object()
         .ok_or("the file must hold a JSON object with \"service\" or \"services\"")?;
     match (field(object, "service"), field(object, "services")) {
-        (Some(one), None) => Ok(vec![parse(one)?]),
-        (None, Some(Value::Array(many))) => many.iter().map(parse).collect(),
+        (Some(one), None) => Ok(vec![one]),
+        (None, Some(Value::Array(many))) => Ok(many.iter().collect()),
         (None, Some(_)) => Err("\"services\" must be a list of service definitions".into()),
         (Some(_), Some(_)) => Err("use either \"service\" or \"services\", not both".into()),
         (None, None) => Err("no \"service\" or \"services\" key".into()),
     }
+}
+
+/// Parses a definitions file: `{"service": {...}}` or `{"services": [...]}`.
+pub fn parse_file(value: &Value) -> Result<Vec<Definition>, String> {
+    definition_values(value)?.into_iter().map(parse).collect()
 }
 
 /// Reads every `*.json` file of `dir`, in name order.

@@ -4,11 +4,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::{Client, print_json, print_table, urlencode};
 use crate::cli::{CatalogCommand, Format, HttpTarget, Output, ServicesCommand};
+use crate::services::Definition;
 
 /// Runs one `murmur catalog` command.
 pub async fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
@@ -143,7 +144,10 @@ pub async fn services(command: ServicesCommand) -> anyhow::Result<()> {
             target,
         } => {
             let definitions: Vec<Value> = match file {
-                Some(path) => definitions_in(&path)?,
+                Some(path) => definitions_in(&path)?
+                    .into_iter()
+                    .map(|(json, _)| json)
+                    .collect(),
                 None => vec![json!({
                     "Name": name,
                     "ID": id,
@@ -170,15 +174,10 @@ pub async fn services(command: ServicesCommand) -> anyhow::Result<()> {
         ServicesCommand::Deregister { id_or_file, target } => {
             let path = Path::new(&id_or_file);
             let ids: Vec<String> = if path.is_file() {
-                let parsed = definitions_in(path)?;
-                parsed
-                    .iter()
-                    .map(|d| {
-                        crate::services::parse(d)
-                            .map(|def| def.service.id)
-                            .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
-                    })
-                    .collect::<anyhow::Result<_>>()?
+                definitions_in(path)?
+                    .into_iter()
+                    .map(|(_, parsed)| parsed.service.id)
+                    .collect()
             } else {
                 vec![id_or_file]
             };
@@ -300,25 +299,17 @@ fn worst(checks: &Value) -> &'static str {
     }
 }
 
-/// The service definitions of a file in `--config-dir`'s format, each checked.
-fn definitions_in(path: &Path) -> anyhow::Result<Vec<Value>> {
+/// The service definitions of a file in `--config-dir`'s format: each as the JSON to send to
+/// the agent (checks included) and as parsed (which checks it).
+fn definitions_in(path: &Path) -> anyhow::Result<Vec<(Value, Definition)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let object = value
-        .as_object()
-        .context("the file must hold a JSON object with \"service\" or \"services\"")?;
-    let found = object
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("service") || k.eq_ignore_ascii_case("services"))
-        .map(|(_, v)| v.clone());
-    let list = match found {
-        Some(Value::Array(many)) => many,
-        Some(one @ Value::Object(_)) => vec![one],
-        _ => bail!("{}: no \"service\" or \"services\" key", path.display()),
-    };
-    crate::services::parse_file(&value)
-        .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
-    Ok(list)
+    let named = |why: String| anyhow::anyhow!("{}: {why}", path.display());
+    crate::services::definition_values(&value)
+        .map_err(named)?
+        .into_iter()
+        .map(|v| Ok((v.clone(), crate::services::parse(v).map_err(named)?)))
+        .collect()
 }

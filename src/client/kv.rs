@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use super::{Client, json_of, print_json, read_input, urlencode_path};
-use crate::cli::{Format, KvCommand};
+use crate::cli::{Cas, Format, KvCommand};
 
 /// Runs one `murmur kv` command.
 pub async fn run(command: KvCommand) -> anyhow::Result<()> {
@@ -73,7 +73,6 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             value,
             flags,
             cas,
-            modify_index,
             target,
         } => {
             let body = match value.as_deref() {
@@ -85,15 +84,10 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             if let Some(f) = flags {
                 query.push(format!("flags={f}"));
             }
-            if cas {
-                query.push(format!("cas={}", modify_index.unwrap_or(0)));
-            }
+            query.extend(cas_query(&cas));
             let ok = put(&Client::new(&target), &key, body, &query).await?;
             if !ok {
-                bail!(
-                    "did not write {key:?}: its modify index is no longer {}",
-                    modify_index.unwrap_or(0)
-                );
+                bail!("did not write {key:?}: {}", cas_refused(&cas));
             }
             println!("Success! Data written to: {key}");
         }
@@ -101,23 +95,17 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             key,
             recurse,
             cas,
-            modify_index,
             target,
         } => {
             let mut query = Vec::new();
             if recurse {
                 query.push("recurse".to_owned());
             }
-            if cas {
-                query.push(format!("cas={}", modify_index.unwrap_or(0)));
-            }
+            query.extend(cas_query(&cas));
             let path = format!("/v1/kv/{}{}", urlencode_path(&key), join_query(&query));
             let answer = Client::new(&target).delete(&path).await?;
             if answer != Value::Bool(true) {
-                bail!(
-                    "did not delete {key:?}: its modify index is no longer {}",
-                    modify_index.unwrap_or(0)
-                );
+                bail!("did not delete {key:?}: {}", cas_refused(&cas));
             }
             if recurse {
                 println!("Success! Deleted keys with prefix: {key}");
@@ -170,6 +158,20 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `cas=N` query parameter, when --cas is given.
+fn cas_query(cas: &Cas) -> Option<String> {
+    cas.cas
+        .then(|| format!("cas={}", cas.modify_index.unwrap_or(0)))
+}
+
+/// Why the agent said false to a write: only a cas can refuse it.
+fn cas_refused(cas: &Cas) -> String {
+    format!(
+        "its modify index is no longer {}",
+        cas.modify_index.unwrap_or(0)
+    )
 }
 
 fn join_query(parts: &[String]) -> String {

@@ -189,27 +189,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         } => catalog::maint(enable, disable, reason, service, &target).await?,
         Command::Info { output, target } => catalog::info(&output, &target).await?,
         Command::Watch {
-            kind,
-            key,
-            prefix,
-            service,
-            tag,
-            passingonly,
-            name,
+            spec,
             handler,
             target,
-        } => {
-            let spec = watch::WatchSpec {
-                kind,
-                key,
-                prefix,
-                service,
-                tag,
-                passingonly,
-                name,
-            };
-            watch::run(&Client::new(&target), &spec, handler.as_deref()).await?;
-        }
+        } => watch::run(&Client::new(&target), &spec, handler.as_deref()).await?,
         Command::Keyring {
             list,
             install,

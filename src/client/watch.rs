@@ -12,23 +12,12 @@ use anyhow::Context;
 use serde_json::Value;
 
 use super::{Client, urlencode, urlencode_path};
-use crate::cli::WatchKind;
+use crate::cli::{WatchKind, WatchSpec};
 
 /// How long each blocking query may wait (Consul's default).
 const WAIT: &str = "5m";
 /// Longest pause between retries after errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// What a watch is for; see [`crate::cli::Command::Watch`].
-pub struct WatchSpec {
-    pub kind: WatchKind,
-    pub key: Option<String>,
-    pub prefix: Option<String>,
-    pub service: Option<String>,
-    pub tag: Option<String>,
-    pub passingonly: bool,
-    pub name: Option<String>,
-}
 
 impl WatchSpec {
     /// The endpoint and query that answer this watch.
