@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::external::ExternalNodes;
 use crate::owned::OwnedMap;
 
 /// Check id of the synthetic member-health check (Consul's name for it).
@@ -42,7 +43,7 @@ impl Health {
 }
 
 /// A service instance registered on a node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Service {
     /// Instance id, unique on its node.
     pub id: String,
@@ -99,7 +100,7 @@ fn text_weight<'a>(texts: impl IntoIterator<Item = &'a String>) -> usize {
 }
 
 impl Service {
-    fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         16 + text_weight([&self.id, &self.name, &self.address])
             + text_weight(&self.tags)
             + text_weight(self.meta.iter().flat_map(|(k, v)| [k, v]))
@@ -107,7 +108,7 @@ impl Service {
 }
 
 impl Check {
-    fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         8 + text_weight([&self.id, &self.name, &self.output, &self.service_id])
     }
 }
@@ -142,32 +143,61 @@ pub struct Instance<'a> {
     pub health: Health,
 }
 
-/// Read-only queries over a replica's records and its membership view.
+/// Read-only queries over a replica's records, its external nodes and its membership view.
+///
+/// External nodes (see [`ExternalNodes`]) are read like agents' records, with two differences
+/// from Consul's own: they have no synthetic member check (no agent runs there to be alive),
+/// and where an agent and an external registration share a name the agent's record wins.
 pub struct CatalogView<'a> {
     records: &'a OwnedMap<NodeRecord>,
+    external: &'a ExternalNodes,
     failed: &'a BTreeSet<String>,
 }
+
+/// The view of a replica with no external nodes.
+static NO_EXTERNAL: ExternalNodes = ExternalNodes::new();
 
 impl<'a> CatalogView<'a> {
     /// Queries `records`, treating the nodes in `failed` (from membership) as failed.
     pub fn new(records: &'a OwnedMap<NodeRecord>, failed: &'a BTreeSet<String>) -> Self {
-        Self { records, failed }
+        Self {
+            records,
+            external: &NO_EXTERNAL,
+            failed,
+        }
     }
 
-    /// Every live node record, in name order.
+    /// Reads `external` nodes too.
+    pub fn with_external(self, external: &'a ExternalNodes) -> Self {
+        Self { external, ..self }
+    }
+
+    /// Every live node record, agents' and external ones, in name order.
     pub fn nodes(&self) -> impl Iterator<Item = (&'a String, &'a NodeRecord)> + use<'a> {
-        self.records.iter()
+        let agents = self.records.iter().peekable();
+        let external = self.external.iter().map(|(n, e)| (n, &e.record)).peekable();
+        merge_by_name(agents, external)
     }
 
     /// The record of one node, if it is live.
     pub fn node(&self, name: &str) -> Option<&'a NodeRecord> {
-        self.records.get(name)
+        self.records
+            .get(name)
+            .or_else(|| self.external.get(name).map(|e| &e.record))
+    }
+
+    /// The local modify index of a node's record (0 for an unknown node).
+    pub fn node_index(&self, name: &str) -> u64 {
+        match self.records.entry(name) {
+            Some(entry) => entry.modify_index,
+            None => self.external.get(name).map_or(0, |e| e.modify_index),
+        }
     }
 
     /// Every service name with the union of its instances' tags.
     pub fn services(&self) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
         let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for (_, record) in self.records.iter() {
+        for (_, record) in self.nodes() {
             for service in record.services.values() {
                 out.entry(&service.name)
                     .or_default()
@@ -180,13 +210,15 @@ impl<'a> CatalogView<'a> {
     /// Instances of `name` carrying every tag in `tags`, in node then id order.
     pub fn instances(&self, name: &str, tags: &[&str]) -> Vec<Instance<'a>> {
         let mut out = Vec::new();
-        for (node, record) in self.records.iter() {
+        for (node, record) in self.nodes() {
             for service in record.services.values() {
                 if service.name != name || !tags.iter().all(|t| service.tags.iter().any(|s| s == t))
                 {
                     continue;
                 }
-                let checks: Vec<Check> = std::iter::once(self.member_check(node))
+                let checks: Vec<Check> = self
+                    .member_check(node)
+                    .into_iter()
                     .chain(
                         record
                             .checks
@@ -213,9 +245,34 @@ impl<'a> CatalogView<'a> {
     }
 }
 
+/// Merges two name-ordered node listings; on a shared name the first listing's record wins.
+fn merge_by_name<'a, A, B>(
+    mut first: std::iter::Peekable<A>,
+    mut second: std::iter::Peekable<B>,
+) -> impl Iterator<Item = (&'a String, &'a NodeRecord)>
+where
+    A: Iterator<Item = (&'a String, &'a NodeRecord)>,
+    B: Iterator<Item = (&'a String, &'a NodeRecord)>,
+{
+    std::iter::from_fn(move || match (first.peek(), second.peek()) {
+        (Some(a), Some(b)) => match a.0.cmp(b.0) {
+            std::cmp::Ordering::Less => first.next(),
+            std::cmp::Ordering::Greater => second.next(),
+            std::cmp::Ordering::Equal => {
+                second.next();
+                first.next()
+            }
+        },
+        (Some(_), None) => first.next(),
+        (None, _) => second.next(),
+    })
+}
+
 impl CatalogView<'_> {
-    /// The synthetic check of `node`'s membership: passing, or critical once it failed.
-    fn member_check(&self, node: &str) -> Check {
+    /// The synthetic check of `node`'s membership: passing, or critical once it failed; none
+    /// for an external node, which no agent runs.
+    fn member_check(&self, node: &str) -> Option<Check> {
+        self.records.get(node)?;
         let (status, output) = if self.failed.contains(node) {
             (
                 Health::Critical,
@@ -224,20 +281,21 @@ impl CatalogView<'_> {
         } else {
             (Health::Passing, "Agent alive and reachable".to_owned())
         };
-        Check {
+        Some(Check {
             id: MEMBER_CHECK_ID.into(),
             name: "Serf Health Status".into(),
             status,
             output,
             service_id: String::new(),
-        }
+        })
     }
 
     /// Every check of a live node, the member check first; `None` for an unknown node.
     pub fn node_checks(&self, node: &str) -> Option<Vec<Check>> {
-        let record = self.records.get(node)?;
+        let record = self.node(node)?;
         Some(
-            std::iter::once(self.member_check(node))
+            self.member_check(node)
+                .into_iter()
                 .chain(record.checks.values().cloned())
                 .collect(),
         )
@@ -245,10 +303,11 @@ impl CatalogView<'_> {
 
     /// Every check of every live node, in node order, each node's member check first.
     pub fn all_checks(&self) -> Vec<(&String, Check)> {
-        self.records
-            .iter()
+        self.nodes()
             .flat_map(|(node, record)| {
-                std::iter::once((node, self.member_check(node)))
+                self.member_check(node)
+                    .map(|c| (node, c))
+                    .into_iter()
                     .chain(record.checks.values().map(move |c| (node, c.clone())))
             })
             .collect()

@@ -14,6 +14,8 @@
 //! - [`KvView`]: Consul's KV semantics (keys with separator, prefix indexes; local CAS in
 //!   [`Replica::kv_write`]);
 //! - [`Intention`]: service-to-service rules with Consul's precedence, [`check`] and [`matching`];
+//! - [`ExternalNodes`]: nodes no agent runs, registered through the catalog API, kept as
+//!   shared data part by part ([`ExternalPart`]) and read like any other node;
 //! - [`Value`] and [`Change`]: what the shared key space holds and the unit of replication;
 //! - [`Replica`]: one node's whole replicated state — applying peers' changes, the four-step
 //!   anti-entropy exchange, tombstone GC, reset-from-peer, and the journal the agent persists.
@@ -26,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod catalog;
+mod external;
 mod hlc;
 mod intentions;
 mod journal;
@@ -37,6 +40,9 @@ mod shared;
 mod value;
 
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
+pub use external::{
+    EXTERNAL_PREFIX, ExternalEntry, ExternalNode, ExternalNodes, ExternalPart, PartKey,
+};
 pub use hlc::{Clock, ClockError, Hlc};
 pub use intentions::{Action, Intention, MatchBy, WILDCARD, check, matching};
 pub use journal::{

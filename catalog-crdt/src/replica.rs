@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogView, NodeRecord};
+use crate::external::{self, EXTERNAL_PREFIX, ExternalNodes, ExternalPart, PartKey};
 use crate::hlc::{Clock, ClockError, Hlc};
 use crate::intentions::Intention;
 use crate::kv::{self, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -142,6 +143,8 @@ pub struct Replica {
     index: ModifyIndex,
     records: OwnedMap<NodeRecord>,
     shared: SharedMap<Value>,
+    /// External nodes, derived from their parts in `shared`.
+    external: ExternalNodes,
     own: Version,
     reaped: BTreeMap<String, Version>,
     reaped_order: VecDeque<String>,
@@ -166,6 +169,7 @@ impl Replica {
             index: ModifyIndex::default(),
             records: OwnedMap::default(),
             shared: SharedMap::default(),
+            external: ExternalNodes::new(),
             own: Version {
                 generation,
                 counter: 0,
@@ -207,6 +211,7 @@ impl Replica {
         for entry in log {
             replica.replay(entry);
         }
+        replica.external = ExternalNodes::rebuild(&replica.shared);
         let newest = replica
             .shared
             .iter()
@@ -235,6 +240,9 @@ impl Replica {
                     }
                     Change::Shared { key, register } => {
                         self.shared.merge(&key, &register, &mut at);
+                        if key.starts_with(EXTERNAL_PREFIX) {
+                            self.records_index = index;
+                        }
                     }
                 }
                 self.index = ModifyIndex::resume(self.index.last().max(index));
@@ -245,7 +253,7 @@ impl Replica {
                 self.records_index = self.index.next();
             }
             Journaled::ForgetShared { key } => {
-                self.shared.remove(&key);
+                self.forget_shared(&key);
             }
             Journaled::Contact { at_ms } => self.last_contact_ms = self.last_contact_ms.max(at_ms),
         }
@@ -299,7 +307,12 @@ impl Replica {
 
     /// Catalog queries, with `failed` the nodes membership does not consider alive.
     pub fn catalog<'a>(&'a self, failed: &'a BTreeSet<String>) -> CatalogView<'a> {
-        CatalogView::new(&self.records, failed)
+        CatalogView::new(&self.records, failed).with_external(&self.external)
+    }
+
+    /// External nodes (registered through the catalog, run by no agent).
+    pub fn external(&self) -> &ExternalNodes {
+        &self.external
     }
 
     /// KV queries.
@@ -414,6 +427,73 @@ impl Replica {
         self.delete_shared(ConfigEntry::key(kind, name), wall_ms)
     }
 
+    /// Registers (part of) an external node: its fields unless `keep_node` and it exists
+    /// already, then each service and check, each as a shared register of its own.
+    pub fn register_external(
+        &mut self,
+        node: &str,
+        fields: external::ExternalNode,
+        keep_node: bool,
+        services: Vec<crate::catalog::Service>,
+        checks: Vec<crate::catalog::Check>,
+        wall_ms: u64,
+    ) {
+        if !(keep_node && self.external.get(node).is_some()) {
+            let key = external::part_key(node, PartKey::Node);
+            let value = Value::External(Box::new(ExternalPart::Node(fields)));
+            self.write_if_different(key, value, wall_ms);
+        }
+        for service in services {
+            let key = external::part_key(node, PartKey::Service(&service.id));
+            let value = Value::External(Box::new(ExternalPart::Service(service)));
+            self.write_if_different(key, value, wall_ms);
+        }
+        for check in checks {
+            let key = external::part_key(node, PartKey::Check(&check.id));
+            let value = Value::External(Box::new(ExternalPart::Check(check)));
+            self.write_if_different(key, value, wall_ms);
+        }
+    }
+
+    /// Deregisters an external node whole, or one service of it (with the checks watching
+    /// it), or one check; false when there was nothing to remove.
+    pub fn deregister_external(&mut self, node: &str, part: PartKey<'_>, wall_ms: u64) -> bool {
+        let keys: Vec<String> = match part {
+            PartKey::Node => self
+                .shared
+                .prefix(&external::node_prefix(node))
+                .filter(|(_, e)| e.register.value().is_some())
+                .map(|(k, _)| k.clone())
+                .collect(),
+            PartKey::Service(id) => {
+                let watching = self.external.get(node).into_iter().flat_map(|e| {
+                    e.record
+                        .checks
+                        .values()
+                        .filter(|c| c.service_id == id)
+                        .map(|c| external::part_key(node, PartKey::Check(&c.id)))
+                });
+                std::iter::once(external::part_key(node, part))
+                    .chain(watching)
+                    .collect()
+            }
+            PartKey::Check(_) => vec![external::part_key(node, part)],
+        };
+        let mut removed = false;
+        for key in keys {
+            removed |= self.delete_shared(key, wall_ms);
+        }
+        removed
+    }
+
+    /// Writes `value` under `key` unless it holds exactly that already: re-registering an
+    /// unchanged external service writes nothing.
+    fn write_if_different(&mut self, key: String, value: Value, wall_ms: u64) {
+        if self.shared.get(&key) != Some(&value) {
+            self.write_shared(key, Some(value), wall_ms);
+        }
+    }
+
     /// Writes a tombstone for a live key; false (and no tombstone) when it is not live.
     fn delete_shared(&mut self, key: String, wall_ms: u64) -> bool {
         let live = self.shared.get(&key).is_some();
@@ -449,7 +529,11 @@ impl Replica {
                 changed
             }
             Change::Shared { key, register } => {
-                self.shared.merge(key, register, &mut self.index).is_some()
+                let changed = self.shared.merge(key, register, &mut self.index).is_some();
+                if changed {
+                    self.refresh_external(key, self.index.last());
+                }
+                changed
             }
         };
         if changed {
@@ -459,6 +543,23 @@ impl Replica {
             });
         }
         changed
+    }
+
+    /// Derives the external node a changed key belongs to again; `index` is the change's.
+    fn refresh_external(&mut self, key: &str, index: u64) {
+        if let Some((node, _)) = external::parse_key(key) {
+            self.external.refresh(node, &self.shared);
+            self.records_index = index;
+        }
+    }
+
+    /// Drops a shared key without a tombstone (resetting from a peer).
+    fn forget_shared(&mut self, key: &str) {
+        if self.shared.remove(key).is_some() && key.starts_with(EXTERNAL_PREFIX) {
+            // Not journaled with an index of its own, so take the next, as a reap does.
+            let index = self.index.next();
+            self.refresh_external(key, index);
+        }
     }
 
     /// Whether no complete anti-entropy exchange happened within the GC horizon.
@@ -583,13 +684,22 @@ impl Replica {
 fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
     let prefix = match register.value() {
         Some(value) => value.prefix(),
-        None => [KV_PREFIX, INTENTION_PREFIX, CONFIG_PREFIX]
+        None => [KV_PREFIX, INTENTION_PREFIX, CONFIG_PREFIX, EXTERNAL_PREFIX]
             .into_iter()
             .find(|p| key.starts_with(p))
             .ok_or(ApplyError::Malformed("key outside every prefix"))?,
     };
     if !key.starts_with(prefix) {
         return Err(ApplyError::Malformed("value kind does not match its key"));
+    }
+    let external_fits = match register.value() {
+        Some(Value::External(part)) => part.fits(key),
+        _ => prefix != EXTERNAL_PREFIX || external::parse_key(key).is_some(),
+    };
+    if !external_fits {
+        return Err(ApplyError::Malformed(
+            "external part does not match its key",
+        ));
     }
     if key.len() > prefix.len() + MAX_KEY_BYTES * 2 {
         return Err(ApplyError::Malformed("key too long"));
@@ -609,7 +719,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::catalog::Service;
+    use crate::catalog::{Check, Service};
     use crate::intentions::Action;
     use crate::shared::BUCKETS;
 
@@ -666,8 +776,13 @@ mod tests {
                 .into_iter()
                 .cloned()
                 .collect();
+        let nodes: Vec<(String, NodeRecord, bool)> = catalog
+            .nodes()
+            .map(|(n, record)| (n.clone(), record.clone(), r.external().get(n).is_some()))
+            .collect();
         (
             services,
+            nodes,
             kv,
             r.kv().keys("", Some("/")),
             intentions,
@@ -835,6 +950,138 @@ mod tests {
         ));
         assert_eq!(r.stats().refused_malformed, 2);
         assert!(r.shared().is_empty());
+    }
+
+    #[test]
+    fn external_nodes_replicate_part_by_part() {
+        let (mut a, mut b) = (replica("a", 1), replica("b", 2));
+        let fields = external::ExternalNode {
+            address: "10.1.1.1".into(),
+            ..Default::default()
+        };
+        let check = Check {
+            id: "pg-up".into(),
+            name: "pg up".into(),
+            status: crate::Health::Passing,
+            output: String::new(),
+            service_id: "pg1".into(),
+        };
+        // Two agents register different services on one external host at once.
+        a.register_external(
+            "rds",
+            fields.clone(),
+            false,
+            vec![external_service("pg1")],
+            vec![check],
+            NOW,
+        );
+        b.register_external(
+            "rds",
+            fields.clone(),
+            false,
+            vec![external_service("pg2")],
+            vec![],
+            NOW,
+        );
+        let before = b.records_index();
+        deliver(&mut a, &mut [&mut b], NOW);
+        deliver(&mut b, &mut [&mut a], NOW);
+        assert!(b.records_index() > before, "catalog waiters must wake");
+        for r in [&a, &b] {
+            let failed = BTreeSet::new();
+            let view = r.catalog(&failed);
+            let record = view.node("rds").expect("external node listed");
+            assert_eq!(record.address, "10.1.1.1");
+            assert_eq!(record.services.keys().collect::<Vec<_>>(), ["pg1", "pg2"]);
+            let checks = view.node_checks("rds").unwrap();
+            assert_eq!(
+                checks.len(),
+                1,
+                "no member check on an external node: {checks:?}"
+            );
+            assert_eq!(view.instances("ext", &[]).len(), 2);
+        }
+        // Re-registering what is there writes nothing.
+        a.register_external(
+            "rds",
+            fields,
+            true,
+            vec![external_service("pg1")],
+            vec![],
+            NOW + 1,
+        );
+        assert!(a.take_outbox().is_empty());
+        // Deregistering a service takes its checks with it; the node stays.
+        assert!(a.deregister_external("rds", PartKey::Service("pg1"), NOW + 2));
+        deliver(&mut a, &mut [&mut b], NOW + 2);
+        let record = &b.external().get("rds").unwrap().record;
+        assert_eq!(record.services.keys().collect::<Vec<_>>(), ["pg2"]);
+        assert!(record.checks.is_empty());
+        // The whole node.
+        assert!(b.deregister_external("rds", PartKey::Node, NOW + 3));
+        assert!(
+            !b.deregister_external("rds", PartKey::Node, NOW + 4),
+            "gone already"
+        );
+        deliver(&mut b, &mut [&mut a], NOW + 3);
+        assert!(a.external().is_empty() && b.external().is_empty());
+        let failed = BTreeSet::new();
+        assert!(a.catalog(&failed).node("rds").is_none());
+    }
+
+    #[test]
+    fn an_agent_record_wins_over_an_external_node_of_its_name() {
+        let mut a = replica("a", 1);
+        a.set_own_record(Some(NodeRecord {
+            address: "127.0.0.1".into(),
+            ..NodeRecord::default()
+        }));
+        let fields = external::ExternalNode {
+            address: "10.9.9.9".into(),
+            ..Default::default()
+        };
+        a.register_external("a", fields, false, vec![], vec![], NOW);
+        let failed = BTreeSet::new();
+        let view = a.catalog(&failed);
+        let nodes: Vec<_> = view
+            .nodes()
+            .map(|(n, r)| (n.as_str(), r.address.as_str()))
+            .collect();
+        assert_eq!(nodes, [("a", "127.0.0.1")]);
+    }
+
+    #[test]
+    fn external_parts_under_the_wrong_key_are_refused() {
+        let mut a = replica("a", 1);
+        let stamp = Hlc {
+            physical_ms: NOW,
+            logical: 0,
+            node: 9,
+        };
+        let part = ExternalPart::Service(external_service("s1"));
+        for key in [
+            "external/h/service/s2",
+            "external/h/node",
+            "external/h/bogus",
+            "kv/x",
+        ] {
+            let change = Change::Shared {
+                key: key.into(),
+                register: Lww::new(stamp, Some(Value::External(Box::new(part.clone())))),
+            };
+            assert!(
+                matches!(a.apply(&change, NOW), Err(ApplyError::Malformed(_))),
+                "{key}"
+            );
+        }
+        let tombstone = Change::Shared {
+            key: "external/h/what".into(),
+            register: Lww::new(stamp, None),
+        };
+        assert!(matches!(
+            a.apply(&tombstone, NOW),
+            Err(ApplyError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -1055,6 +1302,13 @@ mod tests {
             source: u8,
             allow: bool,
         },
+        External {
+            node: usize,
+            host: u8,
+            service: u8,
+            /// 0 registers, 1 deregisters the service, 2 the whole host.
+            what: u8,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1074,6 +1328,14 @@ mod tests {
                 node,
                 source,
                 allow
+            }),
+            (0..4usize, 0..2u8, 0..3u8, 0..3u8).prop_map(|(node, host, service, what)| {
+                Op::External {
+                    node,
+                    host,
+                    service,
+                    what,
+                }
             }),
         ]
     }
@@ -1123,6 +1385,42 @@ mod tests {
                 },
                 wall_ms,
             ),
+            Op::External {
+                node,
+                host,
+                service,
+                what,
+            } => {
+                let (host, id) = (format!("x{host}"), format!("e{service}"));
+                match what {
+                    0 => replicas[node].register_external(
+                        &host,
+                        external::ExternalNode {
+                            address: format!("10.0.0.{service}"),
+                            ..Default::default()
+                        },
+                        false,
+                        vec![external_service(&id)],
+                        vec![],
+                        wall_ms,
+                    ),
+                    1 => {
+                        replicas[node].deregister_external(&host, PartKey::Service(&id), wall_ms);
+                    }
+                    _ => {
+                        replicas[node].deregister_external(&host, PartKey::Node, wall_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    fn external_service(id: &str) -> Service {
+        Service {
+            id: id.into(),
+            name: "ext".into(),
+            port: 5432,
+            ..Service::default()
         }
     }
 

@@ -1,7 +1,7 @@
 //! What the shared key space holds, and the unit of replication.
 //!
-//! KV entries, intentions and config entries live in **one** [`SharedMap`] under disjoint key
-//! prefixes (`kv/`, `intention/`, `config/`), so one digest, one anti-entropy exchange and one
+//! KV entries, intentions, config entries and external nodes live in **one** [`SharedMap`] under
+//! disjoint key prefixes (`kv/`, `intention/`, `config/`, `external/`), so one digest, one anti-entropy exchange and one
 //! journal cover them all. A value whose variant does not match its key's prefix is malformed
 //! and refused, so a hostile peer cannot plant an intention under a KV key.
 //!
@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::NodeRecord;
+use crate::external::{EXTERNAL_PREFIX, ExternalPart};
 use crate::intentions::Intention;
 use crate::kv::KvValue;
 use crate::register::{Lww, Owned};
@@ -49,6 +50,8 @@ pub enum Value {
     Intention(Box<Intention>),
     /// A config entry, under `config/`.
     Config(Box<ConfigEntry>),
+    /// A part of an external node, under `external/`.
+    External(Box<ExternalPart>),
 }
 
 impl Value {
@@ -58,6 +61,7 @@ impl Value {
             Self::Kv(_) => KV_PREFIX,
             Self::Intention(_) => INTENTION_PREFIX,
             Self::Config(_) => CONFIG_PREFIX,
+            Self::External(_) => EXTERNAL_PREFIX,
         }
     }
 
@@ -67,6 +71,7 @@ impl Value {
             Self::Kv(v) => v.value.len() + 8,
             Self::Intention(i) => i.weight(),
             Self::Config(c) => c.kind.len() + c.name.len() + c.body.len(),
+            Self::External(p) => p.weight(),
         }
     }
 }

@@ -261,7 +261,7 @@ impl Replica {
             }
         }
         for key in dropped {
-            self.shared.remove(&key);
+            self.forget_shared(&key);
             self.stats.reset_dropped += 1;
             self.journal.push(Journaled::ForgetShared { key });
         }
