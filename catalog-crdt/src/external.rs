@@ -131,6 +131,12 @@ pub struct ExternalNodes {
     nodes: BTreeMap<String, ExternalEntry>,
 }
 
+impl Default for ExternalNodes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ExternalNodes {
     /// None at all.
     pub const fn new() -> Self {
