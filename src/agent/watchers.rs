@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use murmur_catalog::{Change, Journaled, KV_PREFIX};
+use murmur_catalog::{Change, EXTERNAL_PREFIX, Journaled, KV_PREFIX};
 use tokio::sync::watch;
 
 /// What a blocking query reads.
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 pub enum Topic {
     /// KV entries whose key starts with this (a single key is its own prefix).
     Kv(String),
-    /// Node records and membership (catalog and health reads).
+    /// Node records, external nodes and membership (catalog and health reads).
     Catalog,
     /// Any other replicated data (intentions, configuration entries).
     Other,
@@ -45,6 +45,7 @@ impl Touched {
                 }
                 | Journaled::ForgetShared { key } => match key.strip_prefix(KV_PREFIX) {
                     Some(kv) => self.kv_keys.push(kv.to_owned()),
+                    None if key.starts_with(EXTERNAL_PREFIX) => self.catalog = true,
                     None => self.other = true,
                 },
                 _ => {}

@@ -81,17 +81,11 @@ pub async fn service(
         let failed = n.failed_owners();
         let replica = n.replica();
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let list: Vec<Value> = replica
-            .catalog(&failed)
+        let view = replica.catalog(&failed);
+        let list: Vec<Value> = view
             .instances(&name, &tags)
             .iter()
-            .map(|i| {
-                let index = replica
-                    .records()
-                    .entry(i.node)
-                    .map_or(0, |e| e.modify_index);
-                instance_json(i, node_id(n, i.node), index)
-            })
+            .map(|i| instance_json(i, node_id(n, i.node), view.node_index(i.node)))
             .collect();
         (replica.records_index(), list)
     })
@@ -159,14 +153,12 @@ pub async fn nodes(
     local_datacenter(&api, &query)?;
     let filter = filter_of(&query)?;
     let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
+        let failed = n.failed_owners();
         let replica = n.replica();
-        let list: Vec<NodeShape> = replica
-            .records()
-            .entries()
-            .filter_map(|(name, e)| {
-                let record = e.register.value().as_ref()?;
-                Some(node_json(name, record, node_id(n, name), e.modify_index))
-            })
+        let view = replica.catalog(&failed);
+        let list: Vec<NodeShape> = view
+            .nodes()
+            .map(|(name, record)| node_json(name, record, node_id(n, name), view.node_index(name)))
             .collect();
         (replica.records_index(), list)
     })
@@ -183,17 +175,18 @@ pub async fn node(
 ) -> ApiResult {
     local_datacenter(&api, &query)?;
     let (index, body) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
+        let failed = n.failed_owners();
         let replica = n.replica();
-        let body = replica.records().entry(&name).and_then(|e| {
-            let record = e.register.value().as_ref()?;
-            let id = node_id(n, &name);
+        let view = replica.catalog(&failed);
+        let body = view.node(&name).and_then(|record| {
+            let index = view.node_index(&name);
             let services: BTreeMap<&String, ServiceShape> = record
                 .services
                 .iter()
-                .map(|(sid, s)| (sid, service_json(s, e.modify_index)))
+                .map(|(sid, s)| (sid, service_json(s, index)))
                 .collect();
             serde_json::to_value(CatalogNode {
-                node: node_json(&name, record, id, e.modify_index),
+                node: node_json(&name, record, node_id(n, &name), index),
                 services,
             })
             .ok()

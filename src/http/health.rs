@@ -151,14 +151,6 @@ struct HealthEntry {
     checks: Vec<CheckShape>,
 }
 
-/// The local index of `node`'s record (its last change here).
-fn record_index(n: &Node, node: &str) -> u64 {
-    n.replica()
-        .records()
-        .entry(node)
-        .map_or(0, |e| e.modify_index)
-}
-
 /// Runs `answer` over this agent's catalog view as a blocking query on the records' index;
 /// the answer is serialized after the node lock is released.
 async fn catalog_query<T: Serialize>(
@@ -193,8 +185,8 @@ pub(super) fn split_query(
     (pairs.into_iter().collect(), values)
 }
 
-fn entry_json(n: &Node, i: &Instance<'_>) -> HealthEntry {
-    let index = record_index(n, i.node);
+fn entry_json(n: &Node, view: &CatalogView<'_>, i: &Instance<'_>) -> HealthEntry {
+    let index = view.node_index(i.node);
     let checks = i
         .checks
         .iter()
@@ -224,7 +216,7 @@ pub async fn service(
         view.instances(&name, &tags)
             .iter()
             .filter(|i| !passing || i.health == Health::Passing)
-            .map(|i| entry_json(n, i))
+            .map(|i| entry_json(n, view, i))
             .collect::<Vec<_>>()
     })
     .await
@@ -237,11 +229,11 @@ pub async fn checks(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    catalog_query(&api, &query, |n, view| {
+    catalog_query(&api, &query, |_, view| {
         view.instances(&name, &[])
             .iter()
             .flat_map(|i| {
-                let index = record_index(n, i.node);
+                let index = view.node_index(i.node);
                 i.checks
                     .iter()
                     .filter(|c| c.service_id == i.service.id)
@@ -264,8 +256,8 @@ pub async fn node(
     Path(node): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    catalog_query(&api, &query, |n, view| {
-        let index = record_index(n, &node);
+    catalog_query(&api, &query, |_, view| {
+        let index = view.node_index(&node);
         view.node_checks(&node)
             .unwrap_or_default()
             .iter()
@@ -290,11 +282,11 @@ pub async fn state(
         "maintenance" => Some(Health::Maintenance),
         _ => return Err(ApiError::bad_request("Invalid check state")),
     };
-    catalog_query(&api, &query, |n, view| {
+    catalog_query(&api, &query, |_, view| {
         view.all_checks()
             .iter()
             .filter(|(_, c)| wanted.is_none_or(|w| c.status == w))
-            .map(|(node, c)| check_json(node, c, service_of(view, node, c), record_index(n, node)))
+            .map(|(node, c)| check_json(node, c, service_of(view, node, c), view.node_index(node)))
             .collect::<Vec<_>>()
     })
     .await

@@ -7,6 +7,7 @@
 mod blocking;
 mod catalog;
 mod checks;
+mod external;
 mod filter;
 mod health;
 mod kv;
@@ -65,6 +66,12 @@ impl ApiError {
     /// A 500 for what the agent itself failed to do (e.g. make a write durable).
     pub fn internal(err: anyhow::Error) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
     }
 }
 
@@ -156,6 +163,8 @@ pub fn router(
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/node/{name}", get(catalog::node))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/register", put(external::register))
+        .route("/v1/catalog/deregister", put(external::deregister))
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/checks/{name}", get(health::checks))
         .route("/v1/health/node/{name}", get(health::node))
@@ -261,12 +270,21 @@ fn flag_or_value(query: &HashMap<String, String>, name: &str) -> Result<bool, Ap
 /// Refuses `?dc=` naming another datacenter with Consul's answer (federation is not there
 /// yet); the local one, or none, passes.
 fn local_datacenter(api: &Api, query: &HashMap<String, String>) -> Result<(), ApiError> {
-    match query.get("dc") {
-        Some(dc) if !dc.is_empty() && *dc != api.config.datacenter => Err(ApiError::new(
+    query
+        .get("dc")
+        .map_or(Ok(()), |dc| same_datacenter(api, dc))
+}
+
+/// Consul's answer for a datacenter this agent cannot reach (any but its own until
+/// federation); empty means the local one.
+fn same_datacenter(api: &Api, dc: &str) -> Result<(), ApiError> {
+    if dc.is_empty() || dc == api.config.datacenter {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "No path to datacenter",
-        )),
-        _ => Ok(()),
+        ))
     }
 }
 
@@ -292,6 +310,9 @@ fn member_json(m: &MemberState) -> Value {
 
 /// Consul shows node ids as UUIDs; murmur's 64-bit id fills the first half.
 fn node_uuid(id: u64) -> String {
+    if id == 0 {
+        return String::new(); // no agent: an external node, whose ID Consul leaves empty too
+    }
     let h = format!("{id:016x}");
     format!("{}-{}-{}-0000-000000000000", &h[..8], &h[8..12], &h[12..16])
 }

@@ -67,6 +67,21 @@ took = time.time() - started
 assert item is not None and item["Value"] == b"now", item
 assert took < 10, f"the blocking query took {took:.1f}s"
 
+# An external service through the catalog, as consul-esm registers them.
+assert a.catalog.register(
+    "rds",
+    "10.1.2.3",
+    service={"ID": "pg1", "Service": "pg", "Port": 5432},
+    check={"CheckID": "pg1-alive", "Name": "pg", "Status": "passing", "ServiceID": "pg1"},
+)
+nodes = eventually("pg passing on B", lambda: b.health.service("pg", passing=True)[1])
+assert nodes[0]["Node"]["Address"] == "10.1.2.3", nodes
+assert b.catalog.node("rds")[1]["Services"]["pg1"]["Port"] == 5432
+assert b.catalog.deregister("rds", service_id="pg1")
+eventually("pg gone on A", lambda: not a.catalog.service("pg")[1])
+assert a.catalog.deregister("rds")
+eventually("rds gone on B", lambda: b.catalog.node("rds")[1] is None)
+
 assert a.agent.service.deregister("web-1")
 eventually("web gone on B", lambda: not b.catalog.service("web")[1])
 print("python-consul: all good")
