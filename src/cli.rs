@@ -52,6 +52,12 @@ pub enum Command {
         /// Only members whose node name matches this regular expression record the event.
         #[arg(long)]
         node: Option<String>,
+        /// Only members running a service whose name matches this regular expression.
+        #[arg(long)]
+        service: Option<String>,
+        /// With --service: only members where a matching service has a tag matching this.
+        #[arg(long, requires = "service")]
+        tag: Option<String>,
         #[command(flatten)]
         target: HttpTarget,
     },

@@ -243,6 +243,48 @@ fn event_fired_on_one_agent_is_listed_on_all() {
     let out = agents[0].cli(&["event", "huge", &"x".repeat(600)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("limit is 512"));
+
+    // Service and tag filters: only agent 2 runs a `web` tagged `canary`.
+    let (status, _, text) = agents[2].request(
+        "PUT",
+        "/v1/agent/service/register",
+        br#"{"Name": "web", "Tags": ["canary"]}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let out = agents[0].cli(&["event", "--service", "^web$", "--tag", "canary", "web-only"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fired = agents[0].cli(&["event", "everyone"]);
+    assert!(fired.status.success());
+    let listed = |a: &Agent, name: &str| {
+        a.get(&format!("/v1/event/list?name={name}"))
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    // Events from one sender arrive in order, so once `everyone` is listed, `web-only` would be.
+    for agent in &agents {
+        assert!(wait_until(Duration::from_secs(5), || listed(
+            agent, "everyone"
+        ) == 1));
+    }
+    let got: Vec<usize> = (0..4)
+        .filter(|&i| listed(&agents[i], "web-only") == 1)
+        .collect();
+    assert_eq!(
+        got,
+        [2],
+        "only the agent running web tagged canary records it"
+    );
+    assert_eq!(
+        agents[2].get("/v1/event/list?name=web-only")[0]["TagFilter"],
+        "canary"
+    );
+    let (status, _, text) = http(agents[0].http, "PUT", "/v1/event/fire/x?tag=v1", b"").unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("without service filter"), "{text}");
 }
 
 #[test]

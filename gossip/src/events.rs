@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::GossipError;
 
-/// Most bytes name + payload + node filter of one event may take (serf's default limit), so an
+/// Most bytes name + payload + filters of one event may take (serf's default limit), so an
 /// event always fits in one datagram next to membership updates.
 pub const MAX_EVENT_BYTES: usize = 512;
 /// How many recent events a member keeps (Consul keeps 256).
@@ -24,10 +24,80 @@ pub struct UserEvent {
     pub name: String,
     /// Opaque payload.
     pub payload: Vec<u8>,
-    /// Regular expression on node names; only matching members record the event (empty = all).
-    pub node_filter: String,
+    /// Which members record the event.
+    pub filter: EventFilter,
     /// Lamport time of the event, ordering events cluster-wide.
     pub ltime: u64,
+}
+
+/// Which members record an event, as Consul's `?node=`, `?service=` and `?tag=` say: regular
+/// expressions on the node name, on the name of a service the member runs, and on a tag of that
+/// same service (a tag filter needs a service filter). Empty matches everything. Every member
+/// receives every event and applies the filter itself, as in Consul.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFilter {
+    /// On the node name.
+    pub node: String,
+    /// On the names of the member's services.
+    pub service: String,
+    /// On the tags of a service that matched `service`.
+    pub tag: String,
+}
+
+impl EventFilter {
+    fn len(&self) -> usize {
+        self.node.len() + self.service.len() + self.tag.len()
+    }
+
+    fn validate(&self) -> Result<(), GossipError> {
+        if !self.tag.is_empty() && self.service.is_empty() {
+            return Err(GossipError::InvalidEvent(
+                "Cannot provide tag filter without service filter".into(),
+            ));
+        }
+        for (what, re) in [
+            ("node", &self.node),
+            ("service", &self.service),
+            ("tag", &self.tag),
+        ] {
+            if !re.is_empty() {
+                regex::Regex::new(re).map_err(|e| {
+                    GossipError::InvalidEvent(format!(
+                        "{what} filter is not a valid regular expression: {e}"
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a member named `node` running `services` (name and tags of each) matches.
+    pub fn matches<'a>(
+        &self,
+        node: &str,
+        mut services: impl Iterator<Item = (&'a str, &'a [String])>,
+    ) -> bool {
+        let compiled = |re: &str| (!re.is_empty()).then(|| regex::Regex::new(re).ok());
+        if let Some(re) = compiled(&self.node)
+            && !re.is_some_and(|re| re.is_match(node))
+        {
+            return false;
+        }
+        let Some(service_re) = compiled(&self.service) else {
+            return true;
+        };
+        let (Some(service_re), tag_re) = (service_re, compiled(&self.tag)) else {
+            return false; // refused when fired; a peer's bad regex matches nothing
+        };
+        services.any(|(name, tags)| {
+            service_re.is_match(name)
+                && match &tag_re {
+                    None => true,
+                    Some(Some(tag_re)) => tags.iter().any(|t| tag_re.is_match(t)),
+                    Some(None) => false,
+                }
+        })
+    }
 }
 
 impl UserEvent {
@@ -44,34 +114,21 @@ impl UserEvent {
         )
     }
 
-    /// Checks the name, the filter and the size before an event is fired.
-    pub fn validate(name: &str, payload: &[u8], node_filter: &str) -> Result<(), GossipError> {
+    /// Checks the name, the filters and the size before an event is fired.
+    pub fn validate(name: &str, payload: &[u8], filter: &EventFilter) -> Result<(), GossipError> {
         if name.is_empty() || name.chars().any(char::is_control) {
             return Err(GossipError::InvalidEvent(
                 "event name must be non-empty and printable".into(),
             ));
         }
-        let size = name.len() + payload.len() + node_filter.len();
+        let size = name.len() + payload.len() + filter.len();
         if size > MAX_EVENT_BYTES {
             return Err(GossipError::EventTooLarge {
                 size,
                 limit: MAX_EVENT_BYTES,
             });
         }
-        if !node_filter.is_empty() {
-            regex::Regex::new(node_filter).map_err(|e| {
-                GossipError::InvalidEvent(format!(
-                    "node filter is not a valid regular expression: {e}"
-                ))
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Whether the member named `node` should record this event.
-    pub fn applies_to(&self, node: &str) -> bool {
-        self.node_filter.is_empty()
-            || regex::Regex::new(&self.node_filter).is_ok_and(|re| re.is_match(node))
+        filter.validate()
     }
 }
 
@@ -133,7 +190,7 @@ mod tests {
             id: [ltime as u8; 16],
             name: "deploy".into(),
             payload: vec![],
-            node_filter: String::new(),
+            filter: EventFilter::default(),
             ltime,
         }
     }
@@ -151,15 +208,34 @@ mod tests {
 
     #[test]
     fn size_limit_and_filter_are_checked() {
-        let err = UserEvent::validate("e", &[0; 600], "")
+        let none = EventFilter::default();
+        let err = UserEvent::validate("e", &[0; 600], &none)
             .unwrap_err()
             .to_string();
         assert!(err.contains("601") && err.contains("512"), "{err}");
-        assert!(UserEvent::validate("e", b"x", "(").is_err());
-        assert!(UserEvent::validate("", b"x", "").is_err());
-        let mut e = event(1);
-        e.node_filter = "^web-".into();
-        assert!(e.applies_to("web-1") && !e.applies_to("db-1"));
+        let filter = |node: &str, service: &str, tag: &str| EventFilter {
+            node: node.into(),
+            service: service.into(),
+            tag: tag.into(),
+        };
+        assert!(UserEvent::validate("e", b"x", &filter("(", "", "")).is_err());
+        assert!(UserEvent::validate("e", b"x", &filter("", "web", "[")).is_err());
+        let err = UserEvent::validate("e", b"x", &filter("", "", "v1")).unwrap_err();
+        assert!(err.to_string().contains("without service filter"), "{err}");
+        assert!(UserEvent::validate("", b"x", &none).is_err());
+
+        let tags = [String::from("v1"), String::from("canary")];
+        let runs = || [("web", &tags[..]), ("db", &[][..])].into_iter();
+        assert!(filter("^web-", "", "").matches("web-1", runs()));
+        assert!(!filter("^web-", "", "").matches("db-1", runs()));
+        assert!(filter("", "^db$", "").matches("n", runs()));
+        assert!(!filter("", "^cache$", "").matches("n", runs()));
+        assert!(filter("", "web", "^canary$").matches("n", runs()));
+        assert!(
+            !filter("", "db", "canary").matches("n", runs()),
+            "the tag must be on the service that matched"
+        );
+        assert!(!filter("n", "web", "").matches("n", std::iter::empty()));
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod stats;
 mod wire;
 
 pub use config::{GossipConfig, Profile};
-pub use events::{EventLog, MAX_EVENT_BYTES, RECENT_EVENTS, UserEvent};
+pub use events::{EventFilter, EventLog, MAX_EVENT_BYTES, RECENT_EVENTS, UserEvent};
 pub use identity::{MAX_DATACENTER_LEN, MAX_NAME_LEN, MAX_TAGS_BYTES, NodeIdentity};
 pub use keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 pub use members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};

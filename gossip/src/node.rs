@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 
 use crate::broadcast::{BroadcastInbox, BroadcastItem};
-use crate::events::{EventLog, UserEvent};
+use crate::events::{EventFilter, EventLog, UserEvent};
 use crate::keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 use crate::members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
 use crate::stats::Stats;
@@ -450,9 +450,9 @@ impl Node {
         &mut self,
         name: &str,
         payload: &[u8],
-        node_filter: &str,
+        filter: EventFilter,
     ) -> Result<UserEvent, GossipError> {
-        UserEvent::validate(name, payload, node_filter)?;
+        UserEvent::validate(name, payload, &filter)?;
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         // RFC 4122 version 4 bits, so the id reads as the random UUID it is.
@@ -462,7 +462,7 @@ impl Node {
             id,
             name: name.to_owned(),
             payload: payload.to_vec(),
-            node_filter: node_filter.to_owned(),
+            filter,
             ltime: self.events.next_ltime(),
         };
         self.spread(&BroadcastItem::Event(event.clone()))?;
@@ -549,7 +549,11 @@ impl Node {
         for item in received {
             match item {
                 BroadcastItem::Event(event) => {
-                    if event.applies_to(&me) {
+                    let services =
+                        self.replica.own_record().into_iter().flat_map(|r| {
+                            r.services.values().map(|s| (s.name.as_str(), &s.tags[..]))
+                        });
+                    if event.filter.matches(&me, services) {
                         self.events.record(event.clone());
                         self.outputs.push_back(Output::UserEvent(event));
                     }

@@ -25,7 +25,8 @@ use crate::NodeIdentity;
 use crate::keyring::{Keyring, KeyringOp, NONCE_LEN, TAG_LEN};
 
 /// The wire protocol version this build speaks. Packets of another version are dropped.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: user events carry service and tag filters; shared values may be external nodes.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
 pub const MAX_DATAGRAM: usize = 1400;
 /// Longest cluster id (bytes).

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use murmur_gossip::{MemberEventKind, MemberStatus};
+use murmur_catalog::Service;
+use murmur_gossip::{EventFilter, MemberEventKind, MemberStatus};
 use murmur_sim::{Net, cluster, key};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -146,7 +147,10 @@ fn alone_node_recontacts_its_seeds() {
 fn user_event_reaches_every_node_once() {
     for seed in 0..30 {
         let mut net = cluster(12, seed);
-        let fired = net.node(2).fire_event("deploy", b"v42", "").unwrap();
+        let fired = net
+            .node(2)
+            .fire_event("deploy", b"v42", EventFilter::default())
+            .unwrap();
         let reached = net.run_until(SECS(5), |net| {
             net.slots.iter().all(|s| !s.user_events.is_empty())
         });
@@ -170,7 +174,9 @@ fn missed_event_is_repaired_by_push_pull() {
     let mut net = cluster(6, 14);
     let others: Vec<usize> = (0..6).filter(|&i| i != 5).collect();
     net.partition(&[5], &others);
-    net.node(0).fire_event("deploy", b"", "").unwrap();
+    net.node(0)
+        .fire_event("deploy", b"", EventFilter::default())
+        .unwrap();
     net.run_for(SECS(3));
     assert!(
         net.slots[5].user_events.is_empty(),
@@ -184,21 +190,49 @@ fn missed_event_is_repaired_by_push_pull() {
 #[test]
 fn oversized_event_is_refused_with_the_limit() {
     let mut net = cluster(2, 1);
-    let err = net.node(0).fire_event("big", &[0; 600], "").unwrap_err();
+    let err = net
+        .node(0)
+        .fire_event("big", &[0; 600], EventFilter::default())
+        .unwrap_err();
     assert!(err.to_string().contains("limit is 512"), "{err}");
 }
 
 #[test]
-fn node_filter_limits_who_records_the_event() {
+fn filters_limit_who_records_the_event() {
     let mut net = cluster(5, 12);
-    net.node(0)
-        .fire_event("restart", b"", "^node-[12]$")
-        .unwrap();
+    for (i, tags) in [(3, vec!["canary".to_owned()]), (4, vec![])] {
+        net.node(i).write(|r, _| {
+            let mut record = r.own_record().cloned().unwrap_or_default();
+            let web = Service {
+                id: "web-1".into(),
+                name: "web".into(),
+                tags,
+                ..Service::default()
+            };
+            record.services.insert(web.id.clone(), web);
+            r.set_own_record(Some(record));
+        });
+    }
     net.run_for(SECS(5));
-    let got: Vec<usize> = (0..5)
-        .filter(|&i| !net.slots[i].user_events.is_empty())
-        .collect();
-    assert_eq!(got, vec![1, 2]);
+    let filter = |node: &str, service: &str, tag: &str| EventFilter {
+        node: node.into(),
+        service: service.into(),
+        tag: tag.into(),
+    };
+    let mut recorded_by = |name: &str, filter: EventFilter| -> Vec<usize> {
+        net.node(0).fire_event(name, b"", filter).unwrap();
+        net.run_for(SECS(5));
+        (0..5)
+            .filter(|&i| net.slots[i].user_events.iter().any(|e| e.name == name))
+            .collect()
+    };
+    assert_eq!(
+        recorded_by("restart", filter("^node-[12]$", "", "")),
+        [1, 2]
+    );
+    assert_eq!(recorded_by("deploy", filter("", "^web$", "")), [3, 4]);
+    assert_eq!(recorded_by("canary", filter("", "web", "^canary$")), [3]);
+    assert_eq!(recorded_by("none", filter("node-4", "web", "canary")), []);
 }
 
 #[test]

@@ -165,11 +165,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             name,
             payload,
             node,
+            service,
+            tag,
             target,
         } => {
+            let filters: Vec<String> = [("node", node), ("service", service), ("tag", tag)]
+                .into_iter()
+                .filter_map(|(key, re)| Some(format!("{key}={}", urlencode(&re?))))
+                .collect();
             let mut path = format!("/v1/event/fire/{name}");
-            if let Some(node) = node {
-                path.push_str(&format!("?node={}", urlencode(&node)));
+            if !filters.is_empty() {
+                path.push_str(&format!("?{}", filters.join("&")));
             }
             let response = Client::new(&target)
                 .put(&path, payload.unwrap_or_default().into_bytes())

@@ -25,7 +25,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use murmur_gossip::{
-    GossipError, KeyringOp, MemberState, MemberStatus, PROTOCOL_VERSION, SecretKey, UserEvent,
+    EventFilter, GossipError, KeyringOp, MemberState, MemberStatus, PROTOCOL_VERSION, SecretKey,
+    UserEvent,
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -481,9 +482,9 @@ fn event_json(e: &UserEvent) -> Value {
         "ID": e.id_string(),
         "Name": e.name,
         "Payload": if e.payload.is_empty() { Value::Null } else { Value::String(BASE64.encode(&e.payload)) },
-        "NodeFilter": e.node_filter,
-        "ServiceFilter": "",
-        "TagFilter": "",
+        "NodeFilter": e.filter.node,
+        "ServiceFilter": e.filter.service,
+        "TagFilter": e.filter.tag,
         "Version": 1,
         "LTime": e.ltime,
     })
@@ -495,15 +496,15 @@ async fn event_fire(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    if query.contains_key("service") || query.contains_key("tag") {
-        return Err(ApiError::bad_request(
-            "service and tag event filters are not supported yet (user events carry only a node filter); use ?node=REGEX",
-        ));
-    }
-    let node_filter = query.get("node").cloned().unwrap_or_default();
+    let param = |key: &str| query.get(key).cloned().unwrap_or_default();
+    let filter = EventFilter {
+        node: param("node"),
+        service: param("service"),
+        tag: param("tag"),
+    };
     let event = api
         .agent
-        .with_node(|n| n.fire_event(&name, &body, &node_filter))?;
+        .with_node(|n| n.fire_event(&name, &body, filter))?;
     Ok(Json(event_json(&event)))
 }
 
