@@ -145,8 +145,27 @@ fn health_catalog_and_status_speak_consul_and_follow_membership() {
         3
     );
 
-    // A killed agent's instance turns critical through serfHealth on the others.
+    // A killed agent's instance turns critical through serfHealth on the others, and a
+    // blocking health query (what consul-template holds) returns with it.
+    let (_, headers, _) = agents[1].request("GET", "/v1/health/service/web?passing", b"");
+    let index = common::header(&headers, "x-consul-index").unwrap();
+    let watcher = agents[1].http;
+    let blocked = std::thread::spawn(move || {
+        let path = format!("/v1/health/service/web?passing&index={index}&wait=60s");
+        let started = std::time::Instant::now();
+        let (_, _, body) = common::http(watcher, "GET", &path, b"").unwrap();
+        (started.elapsed(), body)
+    });
     agents[2].kill9();
+    let (waited, body) = blocked.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(30),
+        "woken by the failure after {waited:?}, not by the wait's end"
+    );
+    assert!(
+        !body.contains("\"hl2\""),
+        "the woken answer lacks the dead: {body}"
+    );
     assert!(
         wait_until(Duration::from_secs(30), || passing_nodes(&agents[0], "web")
             == ["hl0", "hl1"]

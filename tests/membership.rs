@@ -196,10 +196,8 @@ fn event_fired_on_one_agent_is_listed_on_all() {
     let agents = cluster("event", 4, &keygen());
     let index = |a: &Agent| {
         let (_, headers, _) = http(a.http, "GET", "/v1/event/list", b"").unwrap();
-        headers
-            .iter()
-            .find(|(k, _)| k == "x-consul-index")
-            .map(|(_, v)| v.parse::<u64>().unwrap())
+        common::header(&headers, "x-consul-index")
+            .and_then(|v| v.parse::<u64>().ok())
             .unwrap()
     };
     let start_index = index(&agents[3]);

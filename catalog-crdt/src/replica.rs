@@ -118,6 +118,11 @@ pub enum Journaled {
         /// Wall-clock ms.
         at_ms: u64,
     },
+    /// Membership moved, so health answers changed; the catalog index moved to `index`.
+    MembershipMoved {
+        /// The index it got.
+        index: u64,
+    },
 }
 
 /// The whole replica at one modify index, for compacting the journal.
@@ -219,8 +224,10 @@ impl Replica {
             .max()
             .unwrap_or_default();
         replica.clock = Clock::resume(node_id, config.max_clock_ahead, newest);
-        let newest_record = replica.records.entries().map(|(_, e)| e.modify_index).max();
-        replica.records_index = replica.records_index.max(newest_record.unwrap_or(0));
+        // What changed the catalog before the restart is not all kept (membership moves, reaps
+        // and external nodes' tombstones may be compacted away), so the catalog index resumes
+        // at the highest index of all: it may wake a watcher once, but never goes back.
+        replica.records_index = replica.index.last();
         if let Some(mine) = replica.records.entry(me) {
             replica.own = replica.own.max(*mine.register.stamp());
         }
@@ -256,6 +263,9 @@ impl Replica {
                 self.forget_shared(&key);
             }
             Journaled::Contact { at_ms } => self.last_contact_ms = self.last_contact_ms.max(at_ms),
+            Journaled::MembershipMoved { index } => {
+                self.index = ModifyIndex::resume(self.index.last().max(index));
+            }
         }
     }
 
@@ -349,6 +359,16 @@ impl Replica {
     /// back when a record disappears (0: none yet).
     pub fn records_index(&self) -> u64 {
         self.records_index
+    }
+
+    /// Membership moved (a node failed, came back, left): the health answers derived from it
+    /// changed, so the catalog index moves too, or a blocking health query would sleep
+    /// through a failure. Journaled, so the index never goes back across a restart.
+    pub fn membership_moved(&mut self) {
+        self.records_index = self.index.next();
+        self.journal.push(Journaled::MembershipMoved {
+            index: self.records_index,
+        });
     }
 
     /// This node's own record as last written (`None` after a leave).
@@ -950,6 +970,20 @@ mod tests {
         ));
         assert_eq!(r.stats().refused_malformed, 2);
         assert!(r.shared().is_empty());
+    }
+
+    #[test]
+    fn membership_moves_the_catalog_index_and_a_restart_keeps_it() {
+        let mut a = replica("a", 1);
+        a.kv_write("k", val(b"1"), None, NOW).unwrap();
+        let before = a.records_index();
+        a.membership_moved();
+        let moved = a.records_index();
+        assert!(moved > before);
+        let log = a.take_journal();
+        let restored = Replica::restore("a", 1, 2, ReplicaConfig::default(), None, log);
+        assert!(restored.records_index() >= moved, "never back after a restart");
+        assert!(restored.index() >= moved);
     }
 
     #[test]

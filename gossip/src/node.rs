@@ -535,14 +535,23 @@ impl Node {
         let changes = std::mem::take(&mut *self.changes.lock().expect("codec tap poisoned"));
         let me = self.identity().name.clone();
         let mut learned = false;
+        let mut health_moved = false;
         for member in changes.iter().filter(|m| m.id().name != me) {
             if let Some(event) = self.view.apply(member) {
                 if event.kind == MemberEventKind::Up {
                     self.replica.forget_reaped(&event.member.name);
                 }
+                // What flips `serfHealth` (suspicion and leave announcements do not).
+                health_moved |= matches!(
+                    event.kind,
+                    MemberEventKind::Up | MemberEventKind::Failed | MemberEventKind::Left
+                );
                 self.outputs.push_back(Output::Member(event));
                 learned = true;
             }
+        }
+        if health_moved {
+            self.replica.membership_moved();
         }
         let received = std::mem::take(&mut *self.received.lock().expect("inbox poisoned"));
         learned |= !received.is_empty();

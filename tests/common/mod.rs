@@ -248,6 +248,14 @@ impl Drop for Agent {
 /// Status, headers (lower-cased names) and body of an HTTP answer.
 pub type Answer = (u16, Vec<(String, String)>, String);
 
+/// The value of header `name` (lower case) of an answer.
+pub fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
 /// Polls a child until it exits or `limit` passes; returns whether it exited.
 fn exits_within(child: &mut Child, limit: Duration) -> bool {
     let start = Instant::now();
