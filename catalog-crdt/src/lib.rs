@@ -16,6 +16,7 @@
 //! - [`Intention`]: service-to-service rules with Consul's precedence, [`check`] and [`matching`];
 //! - [`ExternalNodes`]: nodes no agent runs, registered through the catalog API, kept as
 //!   shared data part by part ([`ExternalPart`]) and read like any other node;
+//! - [`CaRoot`]: the mesh CA's root certificates, replicated so every agent trusts the same;
 //! - [`Value`] and [`Change`]: what the shared key space holds and the unit of replication;
 //! - [`Replica`]: one node's whole replicated state — applying peers' changes, the four-step
 //!   anti-entropy exchange, tombstone GC, reset-from-peer, and the journal the agent persists.
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod ca_root;
 mod catalog;
 mod external;
 mod hlc;
@@ -39,6 +41,7 @@ mod replica;
 mod shared;
 mod value;
 
+pub use ca_root::{CA_ROOT_PREFIX, CaRoot};
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use external::{
     EXTERNAL_PREFIX, ExternalEntry, ExternalNode, ExternalNodes, ExternalPart, PartKey,

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ca_root::{CA_ROOT_PREFIX, CaRoot};
 use crate::catalog::{CatalogView, NodeRecord};
 use crate::external::{self, EXTERNAL_PREFIX, ExternalNodes, ExternalPart, PartKey};
 use crate::hlc::{Clock, ClockError, Hlc};
@@ -436,6 +437,22 @@ impl Replica {
         self.delete_shared(Intention::key(source, destination), wall_ms)
     }
 
+    /// Publishes a CA root (unchanged roots write nothing).
+    pub fn put_ca_root(&mut self, root: CaRoot, wall_ms: u64) {
+        let key = CaRoot::key(&root.id);
+        self.write_if_different(key, Value::CaRoot(Box::new(root)), wall_ms);
+    }
+
+    /// Every CA root published, in id order.
+    pub fn ca_roots(&self) -> impl Iterator<Item = &CaRoot> {
+        self.shared
+            .prefix(CA_ROOT_PREFIX)
+            .filter_map(|(_, e)| match e.register.value() {
+                Some(Value::CaRoot(root)) => Some(&**root),
+                _ => None,
+            })
+    }
+
     /// Creates or replaces a config entry.
     pub fn put_config(&mut self, entry: ConfigEntry, wall_ms: u64) {
         let key = ConfigEntry::key(&entry.kind, &entry.name);
@@ -704,10 +721,16 @@ impl Replica {
 fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
     let prefix = match register.value() {
         Some(value) => value.prefix(),
-        None => [KV_PREFIX, INTENTION_PREFIX, CONFIG_PREFIX, EXTERNAL_PREFIX]
-            .into_iter()
-            .find(|p| key.starts_with(p))
-            .ok_or(ApplyError::Malformed("key outside every prefix"))?,
+        None => [
+            KV_PREFIX,
+            INTENTION_PREFIX,
+            CONFIG_PREFIX,
+            EXTERNAL_PREFIX,
+            CA_ROOT_PREFIX,
+        ]
+        .into_iter()
+        .find(|p| key.starts_with(p))
+        .ok_or(ApplyError::Malformed("key outside every prefix"))?,
     };
     if !key.starts_with(prefix) {
         return Err(ApplyError::Malformed("value kind does not match its key"));
@@ -728,6 +751,11 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
         && value.value.len() > MAX_VALUE_BYTES
     {
         return Err(ApplyError::Malformed("value too large"));
+    }
+    if let Some(Value::CaRoot(root)) = register.value()
+        && key[CA_ROOT_PREFIX.len()..] != root.id
+    {
+        return Err(ApplyError::Malformed("CA root under another root's key"));
     }
     Ok(())
 }
@@ -982,7 +1010,10 @@ mod tests {
         assert!(moved > before);
         let log = a.take_journal();
         let restored = Replica::restore("a", 1, 2, ReplicaConfig::default(), None, log);
-        assert!(restored.records_index() >= moved, "never back after a restart");
+        assert!(
+            restored.records_index() >= moved,
+            "never back after a restart"
+        );
         assert!(restored.index() >= moved);
     }
 

@@ -1,7 +1,8 @@
 //! What the shared key space holds, and the unit of replication.
 //!
-//! KV entries, intentions, config entries and external nodes live in **one** [`SharedMap`] under
-//! disjoint key prefixes (`kv/`, `intention/`, `config/`, `external/`), so one digest, one anti-entropy exchange and one
+//! KV entries, intentions, config entries, external nodes and CA roots live in **one**
+//! [`SharedMap`] under disjoint key prefixes (`kv/`, `intention/`, `config/`, `external/`,
+//! `ca/root/`), so one digest, one anti-entropy exchange and one
 //! journal cover them all. A value whose variant does not match its key's prefix is malformed
 //! and refused, so a hostile peer cannot plant an intention under a KV key.
 //!
@@ -9,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ca_root::{CA_ROOT_PREFIX, CaRoot};
 use crate::catalog::NodeRecord;
 use crate::external::{EXTERNAL_PREFIX, ExternalPart};
 use crate::intentions::Intention;
@@ -52,6 +54,8 @@ pub enum Value {
     Config(Box<ConfigEntry>),
     /// A part of an external node, under `external/`.
     External(Box<ExternalPart>),
+    /// A CA root certificate, under `ca/root/`.
+    CaRoot(Box<CaRoot>),
 }
 
 impl Value {
@@ -62,6 +66,7 @@ impl Value {
             Self::Intention(_) => INTENTION_PREFIX,
             Self::Config(_) => CONFIG_PREFIX,
             Self::External(_) => EXTERNAL_PREFIX,
+            Self::CaRoot(_) => CA_ROOT_PREFIX,
         }
     }
 
@@ -72,6 +77,7 @@ impl Value {
             Self::Intention(i) => i.weight(),
             Self::Config(c) => c.kind.len() + c.name.len() + c.body.len(),
             Self::External(p) => p.weight(),
+            Self::CaRoot(r) => r.weight(),
         }
     }
 }

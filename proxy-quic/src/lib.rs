@@ -1,0 +1,16 @@
+//! Service identity and the decisions of murmur's data plane.
+//!
+//! - [`identity`]: trust domains and SPIFFE service ids;
+//! - [`ca`]: the built-in certificate authority (roots, leaf certificates);
+//! - [`roots`]: which replicated root signs and which are trusted (rotation overlap);
+//! - [`authorize`]: may this caller reach this service (trust domain, intentions, default);
+//!
+//! What it is **not** responsible for: sockets, files and clocks. The agent stores the CA key
+//! and serves the HTTP endpoints; times and serial numbers come in as arguments.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod authorize;
+pub mod ca;
+pub mod identity;
+pub mod roots;
