@@ -443,4 +443,13 @@ pub struct AgentArgs {
     /// then run programs as this agent's user, so they are refused unless this is given.
     #[arg(long)]
     pub enable_script_checks: bool,
+    /// What a mesh connection gets when no intention matches it: `deny` (recommended in
+    /// production: only what an intention allows gets through) or `allow` [default: deny;
+    /// allow with --dev, so a first try works before any intention exists].
+    #[arg(long, value_name = "allow|deny")]
+    pub default_intention_policy: Option<String>,
+    /// Lifetime of the mesh leaf certificates this agent hands out (Go duration, at least 1m)
+    /// [default: 72h]; they are renewed before they expire.
+    #[arg(long, value_name = "DURATION")]
+    pub leaf_cert_ttl: Option<String>,
 }

@@ -34,7 +34,7 @@ pub use events::{EventFilter, EventLog, MAX_EVENT_BYTES, RECENT_EVENTS, UserEven
 pub use identity::{MAX_DATACENTER_LEN, MAX_NAME_LEN, MAX_TAGS_BYTES, NodeIdentity};
 pub use keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 pub use members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
-pub use node::{Backlogs, Node, Output, TimerEvent};
+pub use node::{Backlogs, Node, Output, StreamReply, TimerEvent};
 pub use stats::{DropCounts, Stats};
 pub use wire::{DropReason, MAX_DATAGRAM, MAX_FRAME, PROTOCOL_VERSION};
 

@@ -380,12 +380,42 @@ impl Node {
         Ok(())
     }
 
-    /// A stream request arrived; the return value is the reply frame body.
+    /// A stream request arrived; the return value is the reply frame body. Agent requests are
+    /// refused here: a driver that serves them calls [`Node::serve_stream`].
     pub fn handle_stream(&mut self, request: &[u8]) -> Vec<u8> {
+        match self.serve_stream(request) {
+            StreamReply::Reply(reply) => reply,
+            StreamReply::ForAgent { kind, .. } => {
+                self.reject(&format!("this member does not serve {kind:?} requests"))
+            }
+        }
+    }
+
+    /// A stream request arrived: either the reply frame body, or an agent request (sealed
+    /// under the gossip key, never plaintext) for the driver to answer with
+    /// [`Node::agent_reply`].
+    pub fn serve_stream(&mut self, request: &[u8]) -> StreamReply {
+        // Plaintext does not open under an encrypted keyring, so with one every request is sealed.
+        let sealed = self.keyring.is_encrypted();
         let message = match self.open(request) {
             Ok(body) => wire::decode::<StreamMessage>(&body),
             Err(reason) => Err(reason),
         };
+        let message = match message {
+            Ok(StreamMessage::AgentRequest { kind, body }) => {
+                if !sealed {
+                    return StreamReply::Reply(self.reject(
+                        "agent requests need gossip encryption: start every agent with --encrypt",
+                    ));
+                }
+                return StreamReply::ForAgent { kind, body };
+            }
+            other => other,
+        };
+        StreamReply::Reply(self.answer_stream(message))
+    }
+
+    fn answer_stream(&mut self, message: Result<StreamMessage, DropReason>) -> Vec<u8> {
         let message = match message {
             Ok(message) => message,
             Err(reason) => {
@@ -420,6 +450,28 @@ impl Node {
                 self.stats.dropped.count(DropReason::Undecodable);
                 self.reject(&format!("unexpected request {}", message_name(&other)))
             }
+        }
+    }
+
+    /// The request body asking a peer's agent to run handler `kind` on `body`.
+    pub fn agent_request(&mut self, kind: &str, body: Vec<u8>) -> Vec<u8> {
+        self.seal_message(&StreamMessage::AgentRequest {
+            kind: kind.to_owned(),
+            body,
+        })
+    }
+
+    /// The reply body carrying this agent's answer to a peer's agent request.
+    pub fn agent_reply(&mut self, answer: Result<Vec<u8>, String>) -> Vec<u8> {
+        self.seal_message(&StreamMessage::AgentReply(answer))
+    }
+
+    /// A peer's answer to an agent request.
+    pub fn open_agent_reply(&mut self, reply: &[u8]) -> Result<Vec<u8>, GossipError> {
+        match self.open_reply(reply)? {
+            StreamMessage::AgentReply(Ok(body)) => Ok(body),
+            StreamMessage::AgentReply(Err(why)) => Err(GossipError::Rejected(why)),
+            other => Err(unexpected_reply(&other)),
         }
     }
 
@@ -794,6 +846,20 @@ impl Node {
     }
 }
 
+/// What a stream request asks of the driver.
+#[derive(Debug)]
+pub enum StreamReply {
+    /// The core answered: send this frame back.
+    Reply(Vec<u8>),
+    /// A sealed agent request: the driver answers it with [`Node::agent_reply`].
+    ForAgent {
+        /// Which handler.
+        kind: String,
+        /// Its input.
+        body: Vec<u8>,
+    },
+}
+
 fn message_name(message: &StreamMessage) -> &'static str {
     match message {
         StreamMessage::PushPull(_) => "push-pull",
@@ -807,6 +873,8 @@ fn message_name(message: &StreamMessage) -> &'static str {
         StreamMessage::SyncPushReply(_) => "sync push reply",
         StreamMessage::Changes(_) => "changes",
         StreamMessage::ChangesAck => "changes ack",
+        StreamMessage::AgentRequest { .. } => "agent request",
+        StreamMessage::AgentReply(_) => "agent reply",
     }
 }
 

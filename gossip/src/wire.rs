@@ -25,7 +25,8 @@ use crate::NodeIdentity;
 use crate::keyring::{Keyring, KeyringOp, NONCE_LEN, TAG_LEN};
 
 /// The wire protocol version this build speaks. Packets of another version are dropped.
-/// 2: user events carry service and tag filters; shared values may be external nodes.
+/// 2: user events carry service and tag filters; shared values may be external nodes or CA
+/// roots; agent requests ride on streams.
 pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -215,6 +216,16 @@ pub(crate) enum StreamMessage {
     Changes(Vec<Change>),
     /// The responder took the flooded changes.
     ChangesAck,
+    /// A request for the agent around the core (e.g. "sign this mesh leaf"), which the core
+    /// carries sealed but does not interpret; `kind` names the agent's handler.
+    AgentRequest {
+        /// Which handler.
+        kind: String,
+        /// Its input.
+        body: Vec<u8>,
+    },
+    /// The agent's answer, or why it could not answer.
+    AgentReply(Result<Vec<u8>, String>),
 }
 
 /// One side of a push-pull: who is talking, what it knows of the members, and who left.

@@ -292,6 +292,37 @@ fn keyring_rotation_spreads_and_old_key_retires() {
 }
 
 #[test]
+fn agent_requests_travel_sealed_and_plaintext_ones_are_refused() {
+    use murmur_gossip::StreamReply;
+    let mut net = cluster(2, 14);
+    let request = net.node(0).agent_request("sign-leaf", b"web".to_vec());
+    let StreamReply::ForAgent { kind, body } = net.node(1).serve_stream(&request) else {
+        panic!("a sealed agent request goes to the agent");
+    };
+    assert_eq!((kind.as_str(), body.as_slice()), ("sign-leaf", &b"web"[..]));
+    let reply = net.node(1).agent_reply(Ok(b"cert".to_vec()));
+    assert_eq!(net.node(0).open_agent_reply(&reply).unwrap(), b"cert");
+    let refused = net.node(1).agent_reply(Err("no CA key here".into()));
+    let err = net.node(0).open_agent_reply(&refused).unwrap_err();
+    assert!(err.to_string().contains("no CA key here"), "{err}");
+    // A driver that serves no agent requests says so.
+    let request = net.node(0).agent_request("sign-leaf", vec![]);
+    let reply = net.node(1).handle_stream(&request);
+    let err = net.node(0).open_agent_reply(&reply).unwrap_err();
+    assert!(err.to_string().contains("does not serve"), "{err}");
+
+    // Without gossip encryption anyone could ask, so nobody may.
+    net.start(2, 1, murmur_gossip::Keyring::new(None));
+    net.start(3, 1, murmur_gossip::Keyring::new(None));
+    let request = net.node(2).agent_request("sign-leaf", vec![]);
+    let StreamReply::Reply(reply) = net.node(3).serve_stream(&request) else {
+        panic!("plaintext agent requests are refused");
+    };
+    let err = net.node(2).open_agent_reply(&reply).unwrap_err();
+    assert!(err.to_string().contains("--encrypt"), "{err}");
+}
+
+#[test]
 fn same_seed_same_run() {
     let run = |seed| {
         let mut net = cluster(8, seed);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use murmur_catalog::Action;
 use serde::Deserialize;
 
 use crate::cli::AgentArgs;
@@ -18,6 +19,8 @@ pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(72 * 3600);
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 /// Where the DNS interface listens unless told otherwise (Consul's port).
 pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
+/// Lifetime of mesh leaf certificates (Consul's default).
+pub const DEFAULT_LEAF_CERT_TTL: Duration = Duration::from_secs(72 * 3600);
 
 /// The config file: the flags' names with `_`; unknown keys are an error, so typos surface.
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +47,8 @@ struct FileConfig {
     dns_addr: Option<String>,
     dns_domain: Option<String>,
     dns_ttl: Option<u32>,
+    default_intention_policy: Option<String>,
+    leaf_cert_ttl: Option<String>,
 }
 
 /// Resolved agent settings.
@@ -67,6 +72,8 @@ pub struct AgentConfig {
     pub dns_addr: SocketAddr,
     pub dns_domain: String,
     pub dns_ttl: u32,
+    pub default_intention_policy: Action,
+    pub leaf_cert_ttl: Duration,
 }
 
 impl AgentConfig {
@@ -144,6 +151,26 @@ impl AgentConfig {
                 })?,
             None => DEFAULT_REAP_AFTER,
         };
+        let default_intention_policy = match args
+            .default_intention_policy
+            .as_deref()
+            .or(file.default_intention_policy.as_deref())
+        {
+            None if dev => Action::Allow,
+            None | Some("deny") => Action::Deny,
+            Some("allow") => Action::Allow,
+            Some(other) => bail!("--default-intention-policy {other:?} must be allow or deny"),
+        };
+        let leaf_cert_ttl = match args.leaf_cert_ttl.clone().or(file.leaf_cert_ttl) {
+            Some(text) => crate::duration::parse(&text)
+                .filter(|d| *d >= Duration::from_secs(60))
+                .with_context(|| {
+                    format!(
+                        "--leaf-cert-ttl {text:?} is not a duration of at least 1m, such as 72h"
+                    )
+                })?,
+            None => DEFAULT_LEAF_CERT_TTL,
+        };
         let join = if args.join.is_empty() {
             file.join
         } else {
@@ -181,6 +208,8 @@ impl AgentConfig {
             dns_addr,
             dns_domain,
             dns_ttl,
+            default_intention_policy,
+            leaf_cert_ttl,
         })
     }
 }

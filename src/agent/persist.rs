@@ -1,14 +1,30 @@
-//! What the agent keeps under `--data-dir`: its node id, its last generation and its keyring.
-//! Every write is atomic (temp file, fsync, rename, fsync of the directory), so a crash leaves
-//! either the old or the new file, never half of one. A file that exists but cannot be read is
+//! What the agent keeps under `--data-dir`: its node id, its last generation, its keyring and
+//! the mesh CA keys it holds. Every write is atomic (temp file, fsync, rename, fsync of the
+//! directory), so a crash leaves either the old or the new file, never half of one, and is
+//! readable by the agent's user only (keys live here). A file that exists but cannot be read is
 //! an error, never silently replaced.
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use murmur_gossip::SecretKey;
+
+/// Where the mesh CA keys live in the data dir.
+const CA_FILE: &str = "ca.json";
+
+/// One CA root and its key, as kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaKeyFile {
+    /// The root certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// When it was created (wall ms), which orders it among the cluster's roots.
+    pub created_ms: u64,
+}
 
 /// The agent's data directory.
 pub struct DataDir {
@@ -49,8 +65,13 @@ impl DataDir {
     pub fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
         let path = self.root.join(name);
         let tmp = self.root.join(format!(".{name}.tmp"));
-        let mut file =
-            fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
@@ -102,6 +123,20 @@ impl DataDir {
             .map(Some)
     }
 
+    /// The mesh CA keys this agent holds (`ca.json`, written by `murmur ca init` and by
+    /// rotations), oldest first.
+    pub fn ca_keys(&self) -> anyhow::Result<Vec<CaKeyFile>> {
+        let Some(text) = self.read(CA_FILE)? else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_str(&text).map_err(|e| self.corrupt(CA_FILE, &e.to_string()))
+    }
+
+    /// Persists the mesh CA keys this agent holds.
+    pub fn save_ca_keys(&self, keys: &[CaKeyFile]) -> anyhow::Result<()> {
+        self.write(CA_FILE, &serde_json::to_string_pretty(keys)?)
+    }
+
     /// Persists the keyring.
     pub fn save_keyring(&self, keys: &[SecretKey]) -> anyhow::Result<()> {
         let list: Vec<String> = keys.iter().map(SecretKey::to_base64).collect();
@@ -145,6 +180,32 @@ mod tests {
                 .to_string()
                 .contains("keyring.json")
         );
+    }
+
+    #[test]
+    fn files_are_private_and_ca_keys_round_trip() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        assert!(data.ca_keys().unwrap().is_empty());
+        let keys = vec![CaKeyFile {
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+            created_ms: 7,
+        }];
+        data.save_ca_keys(&keys).unwrap();
+        assert_eq!(data.ca_keys().unwrap(), keys);
+        let mode = fs::metadata(dir.path().join(CA_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "keys are readable by the agent's user only"
+        );
+        fs::write(dir.path().join(CA_FILE), "{").unwrap();
+        assert!(data.ca_keys().unwrap_err().to_string().contains("corrupt"));
     }
 
     #[test]
