@@ -72,6 +72,12 @@ pub enum Command {
     /// Register or deregister services on the local agent.
     #[command(subcommand)]
     Services(ServicesCommand),
+    /// Manage intentions: which services may connect to which (like `consul intention`).
+    #[command(subcommand)]
+    Intention(IntentionCommand),
+    /// The mesh certificate authority: create a root, rotate it, show the trusted roots.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Put the local node, or one of its services, in or out of maintenance mode; with
     /// neither --enable nor --disable, show what is in maintenance.
     Maint {
@@ -328,6 +334,109 @@ pub enum CatalogCommand {
         /// Only instances carrying this tag.
         #[arg(long)]
         tag: Option<String>,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+}
+
+/// `murmur intention …`. Names are service names or `*`.
+#[derive(Subcommand, Debug)]
+pub enum IntentionCommand {
+    /// Create an intention SOURCE → DESTINATION (allow unless --deny).
+    Create {
+        /// Source service or `*`.
+        source: String,
+        /// Destination service or `*`.
+        destination: String,
+        /// Allow the connections (the default).
+        #[arg(long, conflicts_with = "deny")]
+        allow: bool,
+        /// Deny the connections.
+        #[arg(long)]
+        deny: bool,
+        /// Free text shown with the intention.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Replace an existing intention of the same pair instead of failing.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Delete the intention SOURCE → DESTINATION.
+    Delete {
+        /// Source service or `*`.
+        source: String,
+        /// Destination service or `*`.
+        destination: String,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Show the intention SOURCE → DESTINATION.
+    Get {
+        /// Source service or `*`.
+        source: String,
+        /// Destination service or `*`.
+        destination: String,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Every intention, highest precedence first.
+    List {
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Would SOURCE be allowed to connect to DESTINATION? Exit status 0 if so, 2 if not.
+    Check {
+        /// Source service.
+        source: String,
+        /// Destination service.
+        destination: String,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// The intentions that apply to NAME as a destination (or with --source, as a source).
+    Match {
+        /// Service name.
+        name: String,
+        /// Match NAME as the source instead of the destination.
+        #[arg(long)]
+        source: bool,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+}
+
+/// `murmur ca …`.
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Create a root certificate and key in a data dir (offline). An agent started with that
+    /// data dir publishes the root and signs leaves; copy `ca.json` to the data dirs of the
+    /// other agents that should sign too.
+    Init {
+        /// The agent's data dir (the key goes to ca.json there, readable by its owner only).
+        #[arg(long, value_name = "PATH")]
+        data_dir: PathBuf,
+        /// Cluster id of the agents that will use it: it names the trust domain.
+        #[arg(long, default_value = "murmur")]
+        cluster_id: String,
+    },
+    /// Make a new root on the local agent, which keeps its key (in its data dir) and signs
+    /// every leaf from now on; the old roots stay trusted for one leaf lifetime.
+    Rotate {
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// The roots the local agent trusts, the signing one first.
+    Roots {
         #[command(flatten)]
         output: Output,
         #[command(flatten)]

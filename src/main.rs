@@ -4,6 +4,7 @@ mod agent;
 mod checks;
 mod cli;
 mod client;
+mod connect;
 mod dns;
 mod duration;
 mod http;

@@ -41,6 +41,23 @@ impl Intention {
         format!("{INTENTION_PREFIX}{source}\n{destination}")
     }
 
+    /// A stable id of the pair, in UUID form, the same on every agent: Consul clients address
+    /// intentions by id, and murmur keys them by their pair (no leader hands out ids).
+    pub fn id(source: &str, destination: &str) -> String {
+        let key = Self::key(source, destination);
+        let high = crate::shared::fnv(&key);
+        let low = crate::shared::fnv(&(&key, 1u8));
+        let h = format!("{high:016x}{low:016x}");
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    }
+
     pub(crate) fn weight(&self) -> usize {
         16 + self.source.len()
             + self.destination.len()
@@ -78,7 +95,7 @@ pub enum MatchBy {
 }
 
 /// Live intentions in Consul's order: highest precedence first, then source, then destination.
-fn ordered<'a>(intentions: impl IntoIterator<Item = &'a Intention>) -> Vec<&'a Intention> {
+pub fn ordered<'a>(intentions: impl IntoIterator<Item = &'a Intention>) -> Vec<&'a Intention> {
     let mut all: Vec<&Intention> = intentions.into_iter().collect();
     all.sort_by(|a, b| {
         b.precedence()
@@ -177,6 +194,16 @@ mod tests {
             (Action::Deny, None),
             "default policy"
         );
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let id = Intention::id("web", "db");
+        assert_eq!(id.len(), 36);
+        assert_eq!(id, Intention::id("web", "db"));
+        assert_ne!(id, Intention::id("db", "web"));
+        // Fixed across builds and machines: every agent must show the same id.
+        assert_eq!(id, "15d5e210-7aa2-a11b-bd10-3c006257bf2e");
     }
 
     #[test]

@@ -126,10 +126,6 @@ impl<'a> KvView<'a> {
     /// highest modify index there, deletes included, so deleting never makes it go backwards.
     /// 0 when nothing was ever there.
     pub fn prefix_index(&self, prefix: &str) -> u64 {
-        self.map
-            .prefix(&format!("{KV_PREFIX}{prefix}"))
-            .map(|(_, e)| e.modify_index)
-            .max()
-            .unwrap_or(0)
+        self.map.prefix_index(&format!("{KV_PREFIX}{prefix}"))
     }
 }

@@ -194,6 +194,16 @@ impl<V: Ord + Clone + Hash> SharedMap<V> {
             .take_while(move |(k, _)| k.starts_with(&owned))
     }
 
+    /// The index of everything under `prefix`: the highest modify index there, deletes
+    /// included (tombstones keep theirs), so deleting never makes it go backwards; 0 when
+    /// nothing was ever there.
+    pub fn prefix_index(&self, prefix: &str) -> u64 {
+        self.prefix(prefix)
+            .map(|(_, e)| e.modify_index)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Every entry in key order, tombstones included.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry<V>)> {
         self.entries.iter()

@@ -74,13 +74,15 @@ impl std::fmt::Debug for Authority {
 }
 
 impl Authority {
-    /// A new root for `trust_domain`, created at `now_s` (unix seconds); `serial` makes its
-    /// serial number.
+    /// A new root for `trust_domain`, created at `now_ms` (unix milliseconds: the creation
+    /// time orders roots, so two rotations within a second must still be told apart);
+    /// `serial` makes its serial number.
     pub fn generate(
         trust_domain: &TrustDomain,
-        now_s: u64,
+        now_ms: u64,
         serial: [u8; 16],
     ) -> Result<Self, CaError> {
+        let now_s = now_ms / 1000;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
@@ -102,7 +104,7 @@ impl Authority {
         params.serial_number = Some(SerialNumber::from_slice(&positive(serial)));
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
-        Self::from_pem(&cert.pem(), &key_pem, now_s.saturating_mul(1000))
+        Self::from_pem(&cert.pem(), &key_pem, now_ms)
     }
 
     /// Loads a root certificate and its key (PEM), as `murmur ca init` wrote them;
@@ -248,7 +250,7 @@ pub fn leaf_identity(cert_der: &[u8]) -> Result<ServiceId, CaError> {
 }
 
 /// A signed leaf certificate (its key stays with whoever asked for it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Leaf {
     /// The certificate, PEM.
     pub cert_pem: String,
@@ -260,6 +262,14 @@ pub struct Leaf {
     pub valid_before_s: u64,
     /// The root that signed it.
     pub root_id: String,
+}
+
+/// When to replace `leaf`: between 60% and 90% of its lifetime, placed by `jitter` in [0, 1)
+/// (from the caller's RNG), so leaves issued together are not all renewed together, and a
+/// renewal that fails has time to be tried again before the leaf expires.
+pub fn renew_at(leaf: &Leaf, jitter: f64) -> u64 {
+    let life = leaf.valid_before_s.saturating_sub(leaf.valid_after_s) as f64;
+    leaf.valid_after_s + (life * (0.6 + 0.3 * jitter.clamp(0.0, 1.0))) as u64
 }
 
 /// A fresh key pair for a leaf: the private key (PEM) stays with the caller; the public key
@@ -277,7 +287,7 @@ mod tests {
 
     fn authority() -> Authority {
         let td = TrustDomain::of_cluster("murmur").unwrap();
-        Authority::generate(&td, NOW, [7; 16]).unwrap()
+        Authority::generate(&td, NOW * 1000, [7; 16]).unwrap()
     }
 
     fn parse(pem_text: &str) -> Vec<u8> {
@@ -322,6 +332,20 @@ mod tests {
             })
             .collect();
         assert_eq!(dns, ["web.svc.dc1.murmur.consul"]);
+    }
+
+    #[test]
+    fn renewal_falls_between_60_and_90_percent_of_the_life() {
+        let leaf = Leaf {
+            cert_pem: String::new(),
+            serial: String::new(),
+            valid_after_s: 1_000,
+            valid_before_s: 2_000,
+            root_id: String::new(),
+        };
+        assert_eq!(renew_at(&leaf, 0.0), 1_600);
+        assert_eq!(renew_at(&leaf, 0.5), 1_750);
+        assert_eq!(renew_at(&leaf, 1.0), 1_900);
     }
 
     #[test]

@@ -106,8 +106,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
 
+    let connect = Arc::new(crate::connect::Connect::new(&config)?);
+    agent.serve_peer_requests(connect.clone());
+    connect
+        .publish(&agent)
+        .await
+        .context("cannot publish this agent's CA root")?;
+
     let leave = Arc::new(Notify::new());
-    let api = crate::http::router(agent.clone(), leave.clone(), config.clone(), checks);
+    let api = crate::http::router(
+        agent.clone(),
+        leave.clone(),
+        config.clone(),
+        checks,
+        connect,
+    );
     tokio::spawn(async move {
         if let Err(err) = axum::serve(http, api).await {
             tracing::error!("HTTP API stopped: {err}");

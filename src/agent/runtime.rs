@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use murmur_catalog::Replica;
-use murmur_gossip::{KeyringOp, MemberEventKind, Node, Output, SecretKey, TimerEvent};
+use murmur_gossip::{KeyringOp, MemberEventKind, Node, Output, SecretKey, StreamReply, TimerEvent};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -34,6 +34,13 @@ pub fn wall_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Answers peers' agent requests (e.g. signing a mesh leaf), which the gossip core carries
+/// sealed but does not interpret.
+pub trait PeerRequests: Send + Sync {
+    /// The answer to request `kind` with input `body`, or why there is none.
+    fn answer(&self, agent: &Agent, kind: &str, body: &[u8]) -> Result<Vec<u8>, String>;
+}
+
 /// A running agent: the core plus the handles its tasks share.
 pub struct Agent {
     /// Written by gossip, timers and writes; read in parallel by queries (HTTP and DNS).
@@ -48,6 +55,8 @@ pub struct Agent {
     pub watchers: Arc<Watchers>,
     /// Where the gossip sockets listen.
     pub gossip_addr: SocketAddr,
+    /// Who answers peers' agent requests (set once, after start).
+    peer_requests: OnceLock<Arc<dyn PeerRequests>>,
 }
 
 impl Agent {
@@ -71,6 +80,7 @@ impl Agent {
             event_index: watch::Sender::new(1),
             watchers: Arc::default(),
             gossip_addr,
+            peer_requests: OnceLock::new(),
         });
         tokio::spawn(agent.clone().read_datagrams());
         tokio::spawn(agent.clone().accept_streams(tcp));
@@ -136,6 +146,23 @@ impl Agent {
             persister.wait_durable(persister.last_queued()).await?;
         }
         Ok(result)
+    }
+
+    /// Sets who answers peers' agent requests.
+    pub fn serve_peer_requests(&self, handler: Arc<dyn PeerRequests>) {
+        let _ = self.peer_requests.set(handler);
+    }
+
+    /// Asks the agent at `to` to run its handler `kind` on `body`.
+    pub async fn ask_peer(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        kind: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let request = self.with_node(|n| n.agent_request(kind, body));
+        let reply = stream::exchange(to, &request).await?;
+        Ok(self.with_node(|n| n.open_agent_reply(&reply))?)
     }
 
     async fn compact_when_due(self: Arc<Self>) {
@@ -245,7 +272,16 @@ impl Agent {
                 let _slot = slot;
                 let serve = async {
                     let request = stream::read_frame(&mut conn).await?;
-                    let reply = agent.with_node(|n| n.handle_stream(&request));
+                    let reply = match agent.with_node(|n| n.serve_stream(&request)) {
+                        StreamReply::Reply(reply) => reply,
+                        StreamReply::ForAgent { kind, body } => {
+                            let answer = match agent.peer_requests.get() {
+                                Some(handler) => handler.answer(&agent, &kind, &body),
+                                None => Err("this agent serves no agent requests yet".into()),
+                            };
+                            agent.with_node(|n| n.agent_reply(answer))
+                        }
+                    };
                     stream::write_frame(&mut conn, &reply).await
                 };
                 match tokio::time::timeout(EXCHANGE_TIMEOUT, serve).await {

@@ -1,6 +1,7 @@
 //! The client commands: each is one or a few HTTP calls to the local agent, printed for humans.
 
 mod catalog;
+mod connect;
 mod kv;
 mod watch;
 
@@ -54,6 +55,11 @@ impl Client {
 
     async fn put(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
         self.send(self.http.put(format!("{}{path}", self.base)).body(body))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
+        self.send(self.http.post(format!("{}{path}", self.base)).body(body))
             .await
     }
 
@@ -186,6 +192,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Kv(command) => kv::run(command).await?,
         Command::Catalog(command) => catalog::catalog(command).await?,
         Command::Services(command) => catalog::services(command).await?,
+        Command::Intention(command) => connect::intention(command).await?,
+        Command::Ca(command) => connect::ca(command).await?,
         Command::Maint {
             enable,
             disable,

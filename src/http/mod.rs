@@ -7,9 +7,11 @@
 mod blocking;
 mod catalog;
 mod checks;
+mod connect;
 mod external;
 mod filter;
 mod health;
+mod intentions;
 mod kv;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -34,6 +36,7 @@ use tokio::sync::Notify;
 use crate::agent::config::{AgentConfig, resolve_seeds};
 use crate::agent::runtime::Agent;
 use crate::checks::{CheckError, Checks};
+use crate::connect::Connect;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -42,6 +45,7 @@ struct Api {
     leave: Arc<Notify>,
     config: Arc<AgentConfig>,
     checks: Arc<Checks>,
+    connect: Arc<Connect>,
 }
 
 /// An error answer: status plus a plain-text message, as Consul sends them.
@@ -114,12 +118,14 @@ pub fn router(
     leave: Arc<Notify>,
     config: AgentConfig,
     checks: Arc<Checks>,
+    connect: Arc<Connect>,
 ) -> Router {
     let api = Api {
         agent,
         leave,
         config: Arc::new(config),
         checks,
+        connect,
     };
     Router::new()
         .route("/v1/agent/self", get(agent_self))
@@ -164,6 +170,28 @@ pub fn router(
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/node/{name}", get(catalog::node))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/agent/connect/ca/roots", get(connect::roots))
+        .route("/v1/agent/connect/ca/leaf/{service}", get(connect::leaf))
+        .route("/v1/agent/connect/authorize", post(connect::authorize))
+        .route("/v1/agent/connect/ca/rotate", put(connect::rotate))
+        .route(
+            "/v1/connect/intentions",
+            get(intentions::list).post(intentions::create),
+        )
+        .route(
+            "/v1/connect/intentions/exact",
+            get(intentions::get_exact)
+                .put(intentions::put_exact)
+                .delete(intentions::delete_exact),
+        )
+        .route("/v1/connect/intentions/check", get(intentions::check_pair))
+        .route("/v1/connect/intentions/match", get(intentions::match_names))
+        .route(
+            "/v1/connect/intentions/{id}",
+            get(intentions::get_id)
+                .put(intentions::put_id)
+                .delete(intentions::delete_id),
+        )
         .route("/v1/catalog/register", put(external::register))
         .route("/v1/catalog/deregister", put(external::deregister))
         .route("/v1/health/service/{name}", get(health::service))

@@ -1,0 +1,292 @@
+//! The agent's side of service identity: the CA keys it holds, the roots it publishes, and the
+//! leaf certificates it hands to the services registered on it.
+//!
+//! Any agent started with a CA key (`murmur ca init`, or `--dev`, which makes one in memory)
+//! publishes its root as shared data and signs. The newest published root signs new leaves
+//! (`murmur_proxy::roots`); an agent that does not hold its key asks one that does, over the
+//! sealed agent-to-agent stream. Holders say so in their node record's meta
+//! ([`SIGNER_META`]), so askers know where to go. Issued leaves are cached per service and
+//! replaced when due for renewal or when the signing root changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, anyhow, bail};
+use murmur_catalog::{Action, CaRoot};
+use murmur_proxy::ca::{self, Authority, Leaf};
+use murmur_proxy::identity::{ServiceId, TrustDomain};
+use murmur_proxy::roots::signing_root;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::config::AgentConfig;
+use crate::agent::persist::{CaKeyFile, DataDir};
+use crate::agent::runtime::{Agent, PeerRequests, wall_ms};
+
+/// Node meta key an agent sets to the id of the root whose key it holds.
+pub const SIGNER_META: &str = "murmur-ca-signer";
+/// The agent request that signs a leaf.
+const SIGN_LEAF: &str = "sign-leaf";
+
+/// What an agent asks a signer for.
+#[derive(Debug, Serialize, Deserialize)]
+struct SignRequest {
+    service: String,
+    datacenter: String,
+    public_key_der: Vec<u8>,
+    ttl_s: u64,
+}
+
+/// A leaf this agent handed out, with its key.
+#[derive(Debug, Clone)]
+pub struct IssuedLeaf {
+    /// The certificate and its validity.
+    pub leaf: Leaf,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// Whose identity it carries.
+    pub id: ServiceId,
+    /// Index of this issuance on this agent (blocking queries wait for it to change).
+    pub index: u64,
+    /// When to replace it (unix seconds), jittered so a fleet does not renew at once.
+    pub renew_at_s: u64,
+}
+
+/// Service identity on this agent.
+pub struct Connect {
+    trust_domain: TrustDomain,
+    datacenter: String,
+    /// What a connection gets when no intention matches.
+    pub default_policy: Action,
+    leaf_ttl_s: u64,
+    data: Option<DataDir>,
+    /// CA keys held here, oldest first.
+    keys: Mutex<Vec<Authority>>,
+    leaves: Mutex<HashMap<String, IssuedLeaf>>,
+    issued: AtomicU64,
+}
+
+impl Connect {
+    /// Loads the CA keys kept in the data dir; with `--dev` and none, makes a root in memory.
+    pub fn new(config: &AgentConfig) -> anyhow::Result<Self> {
+        let trust_domain = TrustDomain::of_cluster(&config.cluster_id)?;
+        let data = config.data_dir.as_deref().map(DataDir::open).transpose()?;
+        let mut keys = Vec::new();
+        for file in data
+            .as_ref()
+            .map(DataDir::ca_keys)
+            .transpose()?
+            .unwrap_or_default()
+        {
+            keys.push(
+                Authority::from_pem(&file.cert_pem, &file.key_pem, file.created_ms)
+                    .context("the CA key in the data dir (ca.json)")?,
+            );
+        }
+        if keys.is_empty() && config.dev {
+            keys.push(Authority::generate(
+                &trust_domain,
+                wall_ms(),
+                rand::rng().random(),
+            )?);
+        }
+        Ok(Self {
+            trust_domain,
+            datacenter: config.datacenter.clone(),
+            default_policy: config.default_intention_policy,
+            leaf_ttl_s: config.leaf_cert_ttl.as_secs(),
+            data,
+            keys: Mutex::new(keys),
+            leaves: Mutex::new(HashMap::new()),
+            issued: AtomicU64::new(0),
+        })
+    }
+
+    /// The cluster's trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, Vec<Authority>> {
+        self.keys.lock().expect("CA keys poisoned")
+    }
+
+    /// Publishes the roots whose keys this agent holds and says in its record that it signs
+    /// with the newest; called at start and after a rotation.
+    pub async fn publish(&self, agent: &Arc<Agent>) -> anyhow::Result<()> {
+        let (roots, newest): (Vec<CaRoot>, Option<String>) = {
+            let keys = self.keys();
+            (
+                keys.iter().map(|k| k.root().clone()).collect(),
+                keys.last().map(|k| k.root().id.clone()),
+            )
+        };
+        agent
+            .write(move |replica, now| {
+                for root in roots {
+                    replica.put_ca_root(root, now);
+                }
+                if let (Some(id), Some(mut record)) = (newest, replica.own_record().cloned())
+                    && record.meta.get(SIGNER_META) != Some(&id)
+                {
+                    record.meta.insert(SIGNER_META.into(), id);
+                    replica.set_own_record(Some(record));
+                }
+            })
+            .await
+    }
+
+    /// Makes a new root whose key this agent keeps (in its data dir), and publishes it: it
+    /// signs every leaf from now on, and the old roots stay trusted for one leaf lifetime.
+    pub async fn rotate(&self, agent: &Arc<Agent>) -> anyhow::Result<CaRoot> {
+        let authority = Authority::generate(&self.trust_domain, wall_ms(), rand::rng().random())?;
+        let root = authority.root().clone();
+        {
+            let mut keys = self.keys();
+            keys.push(authority);
+            self.save(&keys)?;
+        }
+        self.publish(agent).await?;
+        Ok(root)
+    }
+
+    fn save(&self, keys: &[Authority]) -> anyhow::Result<()> {
+        let Some(data) = &self.data else {
+            return Ok(()); // --dev: in memory
+        };
+        let files: Vec<CaKeyFile> = keys
+            .iter()
+            .map(|k| CaKeyFile {
+                cert_pem: k.root().cert_pem.clone(),
+                key_pem: k.key_pem().to_owned(),
+                created_ms: k.root().created_ms,
+            })
+            .collect();
+        data.save_ca_keys(&files)
+    }
+
+    /// How long an old root stays trusted after a newer one appears: one leaf lifetime, by
+    /// when every leaf it signed has expired.
+    pub fn overlap_ms(&self) -> u64 {
+        self.leaf_ttl_s.saturating_mul(1000)
+    }
+
+    /// The current leaf of `service` for this agent's instances: the cached one while it is
+    /// fresh and signed by the signing root, else a new one.
+    pub async fn leaf(&self, agent: &Arc<Agent>, service: &str) -> anyhow::Result<IssuedLeaf> {
+        let id = ServiceId::new(&self.trust_domain, &self.datacenter, service)?;
+        let signer = agent
+            .read_node(|n| signing_root(n.replica().ca_roots()).cloned())
+            .ok_or_else(|| {
+                anyhow!(
+                    "the cluster has no CA root yet: run `murmur ca init` and start an agent with that data dir (--dev agents make one)"
+                )
+            })?;
+        let now_s = wall_ms() / 1000;
+        if let Some(cached) = self.leaves().get(service)
+            && cached.leaf.root_id == signer.id
+            && now_s < cached.renew_at_s
+        {
+            return Ok(cached.clone());
+        }
+        let (key_pem, public_key_der) = ca::leaf_key()?;
+        let request = SignRequest {
+            service: service.to_owned(),
+            datacenter: self.datacenter.clone(),
+            public_key_der,
+            ttl_s: self.leaf_ttl_s,
+        };
+        let leaf = match self.sign(&signer.id, &request) {
+            Some(signed) => signed?,
+            None => self.ask_signer(agent, &signer.id, &request).await?,
+        };
+        let jitter: f64 = rand::rng().random_range(0.0..1.0);
+        let issued = IssuedLeaf {
+            renew_at_s: ca::renew_at(&leaf, jitter),
+            leaf,
+            key_pem,
+            id,
+            index: self.issued.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        self.leaves().insert(service.to_owned(), issued.clone());
+        metrics::counter!("murmur_connect_leaves_issued_total").increment(1);
+        Ok(issued)
+    }
+
+    fn leaves(&self) -> std::sync::MutexGuard<'_, HashMap<String, IssuedLeaf>> {
+        self.leaves.lock().expect("leaf cache poisoned")
+    }
+
+    /// Signs with the key of root `root_id` if this agent holds it (`None` when it does not).
+    fn sign(&self, root_id: &str, request: &SignRequest) -> Option<anyhow::Result<Leaf>> {
+        let keys = self.keys();
+        let authority = keys.iter().find(|k| k.root().id == root_id)?;
+        Some((|| {
+            let id = ServiceId::new(&self.trust_domain, &request.datacenter, &request.service)?;
+            let ttl = request.ttl_s.clamp(60, ca::DEFAULT_LEAF_TTL_S * 10);
+            let leaf = authority.sign_leaf(
+                &id,
+                &request.public_key_der,
+                wall_ms() / 1000,
+                ttl,
+                rand::rng().random(),
+            )?;
+            Ok(leaf)
+        })())
+    }
+
+    /// Asks an agent that holds the key of `root_id` to sign.
+    async fn ask_signer(
+        &self,
+        agent: &Arc<Agent>,
+        root_id: &str,
+        request: &SignRequest,
+    ) -> anyhow::Result<Leaf> {
+        let signers = agent.read_node(|n| {
+            n.replica()
+                .records()
+                .iter()
+                .filter(|(_, r)| r.meta.get(SIGNER_META).is_some_and(|id| id == root_id))
+                .filter_map(|(name, _)| n.peer(name).filter(|m| m.status.is_active()))
+                .map(|m| m.identity.addr)
+                .collect::<Vec<_>>()
+        });
+        if signers.is_empty() {
+            bail!(
+                "no live agent holds the key of the signing CA root {root_id}: start one with the data dir that holds it"
+            );
+        }
+        let body = serde_json::to_vec(request)?;
+        let mut errors = Vec::new();
+        for addr in signers {
+            match agent.ask_peer(addr, SIGN_LEAF, body.clone()).await {
+                Ok(reply) => {
+                    return serde_json::from_slice(&reply)
+                        .with_context(|| format!("the signer at {addr} answered garbage"));
+                }
+                Err(err) => errors.push(format!("{addr}: {err:#}")),
+            }
+        }
+        bail!("no signer could sign: {}", errors.join("; "))
+    }
+}
+
+impl PeerRequests for Connect {
+    fn answer(&self, agent: &Agent, kind: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        if kind != SIGN_LEAF {
+            return Err(format!("unknown agent request {kind:?}"));
+        }
+        let request: SignRequest =
+            serde_json::from_slice(body).map_err(|e| format!("bad sign request: {e}"))?;
+        let signer = agent
+            .read_node(|n| signing_root(n.replica().ca_roots()).cloned())
+            .ok_or("this agent knows no CA root")?;
+        let leaf = self
+            .sign(&signer.id, &request)
+            .ok_or_else(|| format!("this agent does not hold the key of root {}", signer.id))?
+            .map_err(|e| format!("{e:#}"))?;
+        metrics::counter!("murmur_connect_leaves_signed_for_peers_total").increment(1);
+        serde_json::to_vec(&leaf).map_err(|e| e.to_string())
+    }
+}
