@@ -4,6 +4,7 @@
 //! - [`ca`]: the built-in certificate authority (roots, leaf certificates);
 //! - [`roots`]: which replicated root signs and which are trusted (rotation overlap);
 //! - [`authorize`]: may this caller reach this service (trust domain, intentions, default);
+//! - [`tls`]: mutual-TLS QUIC configurations from a leaf, its key and the roots;
 //!
 //! What it is **not** responsible for: sockets, files and clocks. The agent stores the CA key
 //! and serves the HTTP endpoints; times and serial numbers come in as arguments.
@@ -14,3 +15,4 @@ pub mod authorize;
 pub mod ca;
 pub mod identity;
 pub mod roots;
+pub mod tls;

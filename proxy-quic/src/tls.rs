@@ -1,0 +1,248 @@
+//! Mutual TLS for mesh connections: QUIC configurations built from a service's leaf, its key
+//! and the trusted roots. Both ends present a leaf of the mesh CA; the server checks the
+//! client's chain (any mesh service may knock, the intentions then decide), the client checks
+//! the server's chain *and* its name, `<service>.svc.<dc>.<trust-domain>`, so it cannot be
+//! handed to an impostor of another service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::ca::{CaError, leaf_identity, pem_der};
+use crate::identity::ServiceId;
+
+/// The ALPN protocol of murmur's data plane; a peer that does not speak it is refused in the
+/// handshake.
+pub const ALPN: &[u8] = b"murmur/1";
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Certificate material that does not parse.
+    #[error(transparent)]
+    Material(#[from] CaError),
+    /// rustls refused the material.
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// No usable root to trust.
+    #[error("no trusted root: {0}")]
+    Roots(String),
+    /// QUIC refused the TLS configuration.
+    #[error("QUIC TLS: {0}")]
+    Quic(String),
+}
+
+/// A service's mesh identity: its leaf, key and the roots it trusts.
+#[derive(Clone)]
+pub struct MeshIdentity {
+    /// Whose identity this is (read from the leaf).
+    pub id: ServiceId,
+    leaf: CertificateDer<'static>,
+    key: Arc<PrivatePkcs8KeyDer<'static>>,
+    roots: Arc<RootCertStore>,
+}
+
+impl std::fmt::Debug for MeshIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshIdentity")
+            .field("id", &self.id.uri())
+            .finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl MeshIdentity {
+    /// From the PEM texts the agent hands out: the leaf, its key, and the roots to trust.
+    pub fn from_pem(leaf_pem: &str, key_pem: &str, root_pems: &[String]) -> Result<Self, TlsError> {
+        let leaf = CertificateDer::from(pem_der(leaf_pem, "the leaf certificate")?);
+        let id = leaf_identity(&leaf)?;
+        let key = PrivatePkcs8KeyDer::from(pem_der(key_pem, "the leaf key")?);
+        let mut roots = RootCertStore::empty();
+        for pem in root_pems {
+            roots
+                .add(CertificateDer::from(pem_der(pem, "a root certificate")?))
+                .map_err(|e| TlsError::Roots(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Roots("the agent listed none".into()));
+        }
+        Ok(Self {
+            id,
+            leaf,
+            key: Arc::new(key),
+            roots: Arc::new(roots),
+        })
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    /// The QUIC server side: requires a client certificate chained to the roots.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Roots(e.to_string()))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.leaf.clone()], self.key())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(transport());
+        Ok(config)
+    }
+
+    /// The QUIC client side: presents the leaf, checks the server against the roots.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(vec![self.leaf.clone()], self.key())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport());
+        Ok(config)
+    }
+}
+
+/// The name a client checks the server certificate against, for destination `service`.
+pub fn server_name(of: &ServiceId) -> String {
+    of.dns_name()
+}
+
+/// Transport settings of mesh connections: pooled and long-lived, so kept alive below the
+/// idle timeout; many concurrent streams, since each proxied TCP connection is one.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits"),
+        ))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    Arc::new(transport)
+}
+
+/// The service identity the peer of `connection` proved in the handshake.
+pub fn peer_service(connection: &quinn::Connection) -> Result<ServiceId, TlsError> {
+    let certs = connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| TlsError::Roots("the peer presented no certificate".into()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| TlsError::Roots("the peer presented no certificate".into()))?;
+    Ok(leaf_identity(leaf)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{Authority, leaf_key};
+    use crate::identity::TrustDomain;
+
+    const NOW_MS: u64 = 1_790_000_000_000;
+
+    fn identity(ca: &Authority, service: &str) -> MeshIdentity {
+        let td = TrustDomain::of_cluster("murmur").unwrap();
+        let id = ServiceId::new(&td, "dc1", service).unwrap();
+        let (key, public) = leaf_key().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let leaf = ca.sign_leaf(&id, &public, now, 3600, [9; 16]).unwrap();
+        MeshIdentity::from_pem(&leaf.cert_pem, &key, &[ca.root().cert_pem.clone()]).unwrap()
+    }
+
+    fn authority() -> Authority {
+        let td = TrustDomain::of_cluster("murmur").unwrap();
+        Authority::generate(&td, NOW_MS, [1; 16]).unwrap()
+    }
+
+    async fn dial(
+        client: &MeshIdentity,
+        server: &quinn::Endpoint,
+        name: &str,
+    ) -> Result<quinn::Connection, String> {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client.client_config().unwrap());
+        let connecting = endpoint
+            .connect(server.local_addr().unwrap(), name)
+            .map_err(|e| e.to_string())?;
+        let connection = connecting.await.map_err(|e| e.to_string())?;
+        // TLS 1.3 servers judge the client certificate after the client's handshake is done:
+        // a refusal shows on the first exchange.
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(b"ping").await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        recv.read_to_end(16).await.map_err(|e| e.to_string())?;
+        Ok(connection)
+    }
+
+    fn serve(
+        identity: &MeshIdentity,
+    ) -> (quinn::Endpoint, tokio::task::JoinHandle<Option<String>>) {
+        let endpoint = quinn::Endpoint::server(
+            identity.server_config().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let accepting = endpoint.clone();
+        let task = tokio::spawn(async move {
+            let connection = accepting.accept().await?.await.ok()?;
+            let peer = peer_service(&connection).ok()?;
+            let (mut send, mut recv) = connection.accept_bi().await.ok()?;
+            let got = recv.read_to_end(16).await.ok()?;
+            send.write_all(&got).await.ok()?;
+            send.finish().ok()?;
+            connection.closed().await;
+            Some(peer.service)
+        });
+        (endpoint, task)
+    }
+
+    #[tokio::test]
+    async fn mesh_peers_prove_their_identity_both_ways() {
+        let ca = authority();
+        let db = identity(&ca, "db");
+        let web = identity(&ca, "web");
+        let (server, accepted) = serve(&db);
+        let connection = dial(&web, &server, &server_name(&db.id)).await.unwrap();
+        assert_eq!(peer_service(&connection).unwrap().service, "db");
+        connection.close(0u32.into(), b"done");
+        assert_eq!(accepted.await.unwrap().as_deref(), Some("web"));
+    }
+
+    #[tokio::test]
+    async fn a_foreign_ca_or_a_wrong_name_is_refused() {
+        let ca = authority();
+        let db = identity(&ca, "db");
+        let (server, _accepted) = serve(&db);
+        let stranger = identity(&authority(), "web");
+        // The stranger does not trust our root either; give it ours to isolate the server side.
+        let mut posing = stranger.clone();
+        posing.roots = db.roots.clone();
+        let err = dial(&posing, &server, &server_name(&db.id))
+            .await
+            .unwrap_err();
+        assert!(!err.is_empty());
+        let (server, _accepted) = serve(&db);
+        let web = identity(&ca, "web");
+        let td = TrustDomain::of_cluster("murmur").unwrap();
+        let cache = ServiceId::new(&td, "dc1", "cache").unwrap();
+        let err = dial(&web, &server, &server_name(&cache)).await.unwrap_err();
+        assert!(err.contains("certificate") || err.contains("name"), "{err}");
+    }
+}
