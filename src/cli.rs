@@ -78,6 +78,9 @@ pub enum Command {
     /// The mesh certificate authority: create a root, rotate it, show the trusted roots.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The service mesh data plane.
+    #[command(subcommand)]
+    Connect(ConnectCommand),
     /// Put the local node, or one of its services, in or out of maintenance mode; with
     /// neither --enable nor --disable, show what is in maintenance.
     Maint {
@@ -413,6 +416,32 @@ pub enum IntentionCommand {
         #[command(flatten)]
         target: HttpTarget,
     },
+}
+
+/// `murmur connect …`.
+#[derive(Subcommand, Debug)]
+pub enum ConnectCommand {
+    /// Run the sidecar proxy of a service registered on the local agent: inbound, a QUIC
+    /// endpoint with mutual TLS whose callers the intentions authorize, spliced to the local
+    /// app; outbound, a loopback TCP listener per --upstream that carries each connection as
+    /// one QUIC stream to a healthy instance's proxy.
+    Proxy(ProxyArgs),
+}
+
+/// Flags of `murmur connect proxy`.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// ID of the service instance (registered on the local agent) this proxy fronts.
+    #[arg(long, value_name = "SERVICE_ID")]
+    pub sidecar_for: String,
+    /// An upstream, NAME:PORT (listens on 127.0.0.1:PORT) or NAME:IP:PORT; repeatable.
+    #[arg(long, value_name = "NAME:PORT")]
+    pub upstream: Vec<String>,
+    /// UDP address of the inbound QUIC endpoint [default: the agent's address, any free port].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    #[command(flatten)]
+    pub target: HttpTarget,
 }
 
 /// `murmur ca …`.

@@ -11,6 +11,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// The QUIC implementation, re-exported so drivers use the very version these configs are for.
+pub use quinn;
+
 pub mod authorize;
 pub mod ca;
 pub mod identity;

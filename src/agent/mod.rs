@@ -270,6 +270,14 @@ async fn retry_join(agent: Arc<Agent>, seeds: Vec<SocketAddr>) {
 }
 
 async fn wait_for_shutdown(leave: &Notify) {
+    tokio::select! {
+        () = shutdown_signal() => {}
+        _ = leave.notified() => tracing::info!("leave requested over the API"),
+    }
+}
+
+/// Returns at SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let sigterm = async {
         match term.as_mut() {
@@ -282,6 +290,5 @@ async fn wait_for_shutdown(leave: &Notify) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = sigterm => tracing::info!("terminated"),
-        _ = leave.notified() => tracing::info!("leave requested over the API"),
     }
 }

@@ -3,6 +3,7 @@
 mod catalog;
 mod connect;
 mod kv;
+mod sidecar;
 mod watch;
 
 use anyhow::{Context, bail};
@@ -194,6 +195,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Services(command) => catalog::services(command).await?,
         Command::Intention(command) => connect::intention(command).await?,
         Command::Ca(command) => connect::ca(command).await?,
+        Command::Connect(crate::cli::ConnectCommand::Proxy(args)) => sidecar::run(args).await?,
         Command::Maint {
             enable,
             disable,

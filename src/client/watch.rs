@@ -56,7 +56,17 @@ impl WatchSpec {
 
 /// Runs the watch until the process is stopped.
 pub async fn run(client: &Client, spec: &WatchSpec, handler: Option<&str>) -> anyhow::Result<()> {
-    let path = spec.path();
+    follow(client, &spec.path(), |value| deliver(value, handler)).await
+}
+
+/// Follows `path` (ending in `?` or `&`) with blocking queries until `on_change` fails or the
+/// agent answers something that is no blocking query: `on_change` gets the first answer and
+/// then every changed one. An unreachable agent or an error answer is retried with backoff.
+pub async fn follow(
+    client: &Client,
+    path: &str,
+    mut on_change: impl FnMut(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut index = 0u64;
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -76,7 +86,7 @@ pub async fn run(client: &Client, spec: &WatchSpec, handler: Option<&str>) -> an
         let (status, next, body) = match answer {
             Ok(got) => got,
             Err(err) => {
-                eprintln!(
+                tracing::warn!(
                     "watch: cannot reach the agent at {}: {err:#}; retrying in {backoff:?}",
                     client.base
                 );
@@ -91,7 +101,7 @@ pub async fn run(client: &Client, spec: &WatchSpec, handler: Option<&str>) -> an
         } else if status.is_success() {
             serde_json::from_str(&body).context("the agent's answer is not JSON")?
         } else {
-            eprintln!(
+            tracing::warn!(
                 "watch: the agent answered {status}: {}; retrying in {backoff:?}",
                 body.trim()
             );
@@ -110,7 +120,7 @@ pub async fn run(client: &Client, spec: &WatchSpec, handler: Option<&str>) -> an
             continue; // the wait ended with nothing new
         }
         index = if next < index { 0 } else { next };
-        deliver(&value, handler)?;
+        on_change(&value)?;
     }
 }
 

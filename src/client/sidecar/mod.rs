@@ -1,0 +1,280 @@
+//! `murmur connect proxy --sidecar-for ID`: the sidecar proxy of one service instance.
+//!
+//! It learns everything from the local agent's HTTP API, as Consul's built-in proxy does: the
+//! instance it fronts (`/v1/agent/services`), its leaf and the roots (blocking queries, so a
+//! renewal or a rotation reaches it at once and new connections use it while existing ones
+//! live on), the intentions that name its service (a blocking `match`, so a new deny closes
+//! the connections it now refuses), and the healthy instances of each upstream's proxies.
+//!
+//! It registers itself as `<ID>-sidecar-proxy` (service `<name>-sidecar-proxy`, port = its
+//! QUIC port) with a TTL check it keeps passing, so upstream proxies find it in the catalog
+//! and stop picking it when it dies; it deregisters when it stops.
+
+mod inbound;
+mod splice;
+mod upstream;
+
+use murmur_proxy::quinn;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use murmur_proxy::tls::MeshIdentity;
+use serde_json::{Value, json};
+
+use super::Client;
+use super::watch::follow;
+use crate::cli::ProxyArgs;
+
+/// How often the proxy tells the agent it is alive; its TTL check lasts three times that.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long a stopping proxy waits for open streams to finish.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The service instance a sidecar fronts.
+#[derive(Debug, Clone)]
+struct Fronted {
+    id: String,
+    name: String,
+    /// Where the app listens.
+    app: SocketAddr,
+}
+
+/// What every task of a sidecar shares.
+struct Sidecar {
+    client: Client,
+    fronted: Fronted,
+    identity: RwLock<MeshIdentity>,
+    endpoint: quinn::Endpoint,
+    /// Decisions per source service, until the intentions change.
+    decisions: Mutex<HashMap<String, bool>>,
+    /// Inbound connections with their source service, re-checked when intentions change.
+    inbound: Mutex<Vec<(String, quinn::Connection)>>,
+    /// Streams being spliced now (both directions), for the drain.
+    active: std::sync::atomic::AtomicUsize,
+}
+
+impl Sidecar {
+    fn identity(&self) -> MeshIdentity {
+        self.identity.read().expect("identity poisoned").clone()
+    }
+}
+
+/// Runs the proxy until SIGINT or SIGTERM, then drains and deregisters.
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.target);
+    let fronted = fronted(&client, &args.sidecar_for).await?;
+    let upstreams = args
+        .upstream
+        .iter()
+        .map(|u| upstream::parse(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let identity = fetch_identity(&client, &fronted.name).await?;
+    let listen = match &args.listen {
+        Some(text) => crate::agent::config::parse_addr(text, 0).context("--listen")?,
+        None => SocketAddr::new(agent_ip(&client).await?, 0),
+    };
+    let endpoint =
+        quinn::Endpoint::server(identity.server_config()?, listen).with_context(|| {
+            format!("cannot listen for QUIC on {listen}: pick another with --listen")
+        })?;
+    let bound = endpoint.local_addr()?;
+    let sidecar = Arc::new(Sidecar {
+        client,
+        fronted,
+        identity: RwLock::new(identity),
+        endpoint,
+        decisions: Mutex::new(HashMap::new()),
+        inbound: Mutex::new(Vec::new()),
+        active: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let proxy_id = register(&sidecar, bound).await?;
+    tracing::info!(
+        service = %sidecar.fronted.id, quic = %bound, app = %sidecar.fronted.app,
+        upstreams = upstreams.len(), "sidecar proxy running"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(follow_identity(sidecar.clone()));
+    tasks.spawn(inbound::follow_intentions(sidecar.clone()));
+    tasks.spawn(inbound::accept(sidecar.clone()));
+    tasks.spawn(heartbeat(sidecar.clone(), proxy_id.clone()));
+    for spec in upstreams {
+        tasks.spawn(upstream::serve(sidecar.clone(), spec));
+    }
+    let stop = crate::agent::shutdown_signal();
+    tokio::select! {
+        () = stop => {}
+        Some(ended) = tasks.join_next() => {
+            // A task ends only on a fatal error (a port in use, an agent that is no agent).
+            let err = match ended {
+                Ok(Err(err)) => err,
+                Ok(Ok(())) => anyhow!("a proxy task ended"),
+                Err(panic) => anyhow!("a proxy task failed: {panic}"),
+            };
+            deregister(&sidecar, &proxy_id).await;
+            return Err(err);
+        }
+    }
+    drain(&sidecar, &proxy_id).await;
+    Ok(())
+}
+
+/// Stops taking connections, lets open streams finish (up to [`DRAIN`]), and leaves.
+async fn drain(sidecar: &Sidecar, proxy_id: &str) {
+    deregister(sidecar, proxy_id).await;
+    sidecar.endpoint.set_server_config(None);
+    let started = tokio::time::Instant::now();
+    while sidecar.active.load(std::sync::atomic::Ordering::Relaxed) > 0 && started.elapsed() < DRAIN
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sidecar.endpoint.close(0u32.into(), b"proxy stopping");
+    tracing::info!("sidecar proxy stopped");
+}
+
+/// The instance `id` as the local agent has it registered.
+async fn fronted(client: &Client, id: &str) -> anyhow::Result<Fronted> {
+    let services = client.get("/v1/agent/services").await?;
+    let Some(service) = services.get(id) else {
+        bail!(
+            "no service with ID {id:?} is registered on this agent: register it first (murmur services register) and give its ID, not its name"
+        );
+    };
+    let name = service["Service"].as_str().unwrap_or_default().to_owned();
+    let port = service["Port"].as_u64().unwrap_or(0);
+    if port == 0 {
+        bail!("service {id:?} has no port: the proxy needs the port its app listens on");
+    }
+    let ip: IpAddr = match service["Address"].as_str() {
+        Some(text) if !text.is_empty() => text
+            .parse()
+            .with_context(|| format!("service {id:?} has address {text:?}, not an IP"))?,
+        _ => IpAddr::from([127, 0, 0, 1]),
+    };
+    Ok(Fronted {
+        id: id.to_owned(),
+        name,
+        app: SocketAddr::new(ip, port as u16),
+    })
+}
+
+/// The agent's own address, where the proxy listens unless told otherwise.
+async fn agent_ip(client: &Client) -> anyhow::Result<IpAddr> {
+    let me = client.get("/v1/agent/self").await?;
+    me["Member"]["Addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow!("the agent did not say its address: give --listen"))
+}
+
+/// The mesh identity from a leaf answer and a roots answer.
+fn identity_of(leaf: &Value, roots: &Value) -> anyhow::Result<MeshIdentity> {
+    let text = |v: &Value, key: &str| -> anyhow::Result<String> {
+        v[key]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("the agent's answer has no {key}"))
+    };
+    let root_pems: Vec<String> = roots["Roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["RootCert"].as_str().map(str::to_owned))
+        .collect();
+    Ok(MeshIdentity::from_pem(
+        &text(leaf, "CertPEM")?,
+        &text(leaf, "PrivateKeyPEM")?,
+        &root_pems,
+    )?)
+}
+
+async fn fetch_identity(client: &Client, service: &str) -> anyhow::Result<MeshIdentity> {
+    let leaf = client
+        .get(&format!("/v1/agent/connect/ca/leaf/{service}"))
+        .await?;
+    let roots = client.get("/v1/agent/connect/ca/roots").await?;
+    identity_of(&leaf, &roots)
+}
+
+/// Keeps the identity current: a new leaf (renewal, rotation) or a new set of roots makes a
+/// new server config for new connections; open connections keep theirs and are not dropped.
+async fn follow_identity(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
+    let latest: Arc<Mutex<(Value, Value)>> = Arc::default();
+    let leaf_path = format!("/v1/agent/connect/ca/leaf/{}?", sidecar.fronted.name);
+    let apply = |sidecar: &Sidecar, latest: &Mutex<(Value, Value)>| {
+        let (leaf, roots) = latest.lock().expect("identity poisoned").clone();
+        if leaf.is_null() || roots.is_null() {
+            return;
+        }
+        match identity_of(&leaf, &roots).and_then(|id| Ok((id.server_config()?, id))) {
+            Ok((config, identity)) => {
+                sidecar.endpoint.set_server_config(Some(config));
+                *sidecar.identity.write().expect("identity poisoned") = identity;
+                tracing::info!("mesh identity renewed");
+            }
+            Err(err) => tracing::warn!("cannot use the new leaf or roots: {err:#}"),
+        }
+    };
+    let leaves = follow(&sidecar.client, &leaf_path, |leaf| {
+        latest.lock().expect("identity poisoned").0 = leaf.clone();
+        apply(&sidecar, &latest);
+        Ok(())
+    });
+    let roots = follow(&sidecar.client, "/v1/agent/connect/ca/roots?", |roots| {
+        latest.lock().expect("identity poisoned").1 = roots.clone();
+        apply(&sidecar, &latest);
+        Ok(())
+    });
+    tokio::try_join!(leaves, roots).map(drop)
+}
+
+/// Registers the proxy in the catalog with a TTL check; returns its service ID.
+async fn register(sidecar: &Sidecar, bound: SocketAddr) -> anyhow::Result<String> {
+    let id = format!("{}-sidecar-proxy", sidecar.fronted.id);
+    let body = json!({
+        "ID": id,
+        "Name": format!("{}-sidecar-proxy", sidecar.fronted.name),
+        "Address": bound.ip().to_string(),
+        "Port": bound.port(),
+        "Meta": {
+            "murmur-proxy-for": sidecar.fronted.id,
+            "murmur-destination-service": sidecar.fronted.name,
+        },
+        "Check": {"Name": "sidecar proxy alive", "TTL": format!("{}s", HEARTBEAT.as_secs() * 3)},
+    });
+    sidecar
+        .client
+        .put("/v1/agent/service/register", serde_json::to_vec(&body)?)
+        .await
+        .context("cannot register the sidecar proxy")?;
+    pass(sidecar, &id).await?;
+    Ok(id)
+}
+
+async fn pass(sidecar: &Sidecar, id: &str) -> anyhow::Result<()> {
+    sidecar
+        .client
+        .put(&format!("/v1/agent/check/pass/service:{id}"), Vec::new())
+        .await
+        .map(drop)
+}
+
+/// Keeps the proxy's TTL check passing.
+async fn heartbeat(sidecar: Arc<Sidecar>, id: String) -> anyhow::Result<()> {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        if let Err(err) = pass(&sidecar, &id).await {
+            tracing::warn!("cannot report the proxy alive: {err:#}");
+        }
+    }
+}
+
+async fn deregister(sidecar: &Sidecar, id: &str) {
+    let path = format!("/v1/agent/service/deregister/{id}");
+    if let Err(err) = sidecar.client.put(&path, Vec::new()).await {
+        tracing::warn!("cannot deregister the sidecar proxy: {err:#}");
+    }
+}

@@ -1,0 +1,194 @@
+//! Upstreams: a loopback TCP listener per destination service. Each accepted connection
+//! becomes one bidirectional QUIC stream on a pooled connection to a healthy instance of the
+//! destination's proxy (so a new TCP connection costs no handshake); an instance that cannot
+//! be reached is skipped for the next one.
+
+use murmur_proxy::quinn;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use murmur_proxy::identity::ServiceId;
+use rand::seq::SliceRandom;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::Sidecar;
+use super::splice::splice;
+use crate::client::watch::follow;
+
+/// One `--upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Destination service.
+    pub service: String,
+    /// Where the app connects.
+    pub listen: SocketAddr,
+}
+
+/// Parses `NAME:PORT` (on 127.0.0.1) or `NAME:IP:PORT`.
+pub fn parse(text: &str) -> anyhow::Result<Upstream> {
+    let (service, addr) = text.split_once(':').with_context(|| {
+        format!("--upstream {text:?} must be NAME:PORT or NAME:IP:PORT, e.g. db:9191")
+    })?;
+    let listen = match addr.parse::<u16>() {
+        Ok(port) => SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
+        Err(_) => crate::agent::config::parse_addr(addr, 0)
+            .with_context(|| format!("--upstream {text:?}: bad address"))?,
+    };
+    if service.is_empty() || listen.port() == 0 {
+        bail!("--upstream {text:?} must name a service and a port, e.g. db:9191");
+    }
+    Ok(Upstream {
+        service: service.to_owned(),
+        listen,
+    })
+}
+
+/// Serves one upstream until the process stops.
+pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(upstream.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} for upstream {}: is the port taken?",
+            upstream.listen, upstream.service
+        )
+    })?;
+    let instances: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+    let pool: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>> = Arc::default();
+    let path = format!(
+        "/v1/health/service/{}-sidecar-proxy?passing&",
+        upstream.service
+    );
+    let known = instances.clone();
+    let watcher = follow(&sidecar.client, &path, move |list| {
+        *known.lock().expect("instances poisoned") = addresses(list);
+        Ok(())
+    });
+    let accept = async {
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            let (sidecar, instances, pool) = (sidecar.clone(), instances.clone(), pool.clone());
+            let service = upstream.service.clone();
+            tokio::spawn(async move {
+                let candidates = {
+                    let mut list = instances.lock().expect("instances poisoned").clone();
+                    list.shuffle(&mut rand::rng());
+                    list
+                };
+                carry(&sidecar, &pool, &service, &candidates, tcp).await;
+            });
+        }
+        #[allow(unreachable_code)]
+        anyhow::Ok(())
+    };
+    tokio::try_join!(watcher, accept).map(drop)
+}
+
+/// The proxy addresses of a `/v1/health/service` answer.
+fn addresses(list: &Value) -> Vec<SocketAddr> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let service_addr = entry["Service"]["Address"].as_str().unwrap_or_default();
+            let ip = if service_addr.is_empty() {
+                entry["Node"]["Address"].as_str()?
+            } else {
+                service_addr
+            };
+            let port = u16::try_from(entry["Service"]["Port"].as_u64()?).ok()?;
+            Some(SocketAddr::new(ip.parse().ok()?, port))
+        })
+        .collect()
+}
+
+/// Opens a stream to the first candidate that answers and splices `tcp` with it.
+async fn carry(
+    sidecar: &Sidecar,
+    pool: &Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    service: &str,
+    candidates: &[SocketAddr],
+    tcp: TcpStream,
+) {
+    let labels = [
+        ("source", sidecar.fronted.name.clone()),
+        ("destination", service.to_owned()),
+    ];
+    let started = std::time::Instant::now();
+    for &addr in candidates {
+        let stream = match connection(sidecar, pool, service, addr).await {
+            Ok(connection) => connection.open_bi().await.map_err(anyhow::Error::from),
+            Err(err) => Err(err),
+        };
+        match stream {
+            Ok((send, recv)) => {
+                metrics::histogram!("murmur_proxy_connect_seconds", &labels)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("murmur_proxy_upstream_connections_total", &labels).increment(1);
+                if let Ok((up, down)) = splice(sidecar, tcp, send, recv).await {
+                    metrics::counter!("murmur_proxy_bytes_out_total", &labels).increment(up);
+                    metrics::counter!("murmur_proxy_bytes_in_total", &labels).increment(down);
+                }
+                return;
+            }
+            Err(err) => {
+                pool.lock().expect("pool poisoned").remove(&addr);
+                metrics::counter!("murmur_proxy_upstream_errors_total", &labels).increment(1);
+                tracing::warn!(%addr, service, "upstream instance failed, trying another: {err:#}");
+            }
+        }
+    }
+    tracing::warn!(service, "no healthy instance of {service} could be reached");
+}
+
+/// The pooled connection to `addr`, or a new one.
+async fn connection(
+    sidecar: &Sidecar,
+    pool: &Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    service: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<quinn::Connection> {
+    if let Some(open) = pool.lock().expect("pool poisoned").get(&addr)
+        && open.close_reason().is_none()
+    {
+        return Ok(open.clone());
+    }
+    let identity = sidecar.identity();
+    let destination = ServiceId {
+        service: service.to_owned(),
+        ..identity.id.clone()
+    };
+    let connection = sidecar
+        .endpoint
+        .connect_with(identity.client_config()?, addr, &destination.dns_name())?
+        .await
+        .with_context(|| format!("QUIC handshake with {addr}"))?;
+    pool.lock()
+        .expect("pool poisoned")
+        .insert(addr, connection.clone());
+    Ok(connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_flags_parse_or_say_why() {
+        assert_eq!(
+            parse("db:9191").unwrap(),
+            Upstream {
+                service: "db".into(),
+                listen: "127.0.0.1:9191".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            parse("db:10.0.0.1:9191").unwrap().listen,
+            "10.0.0.1:9191".parse().unwrap()
+        );
+        for bad in ["db", "db:", ":9191", "db:0", "db:x:y"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

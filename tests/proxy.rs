@@ -1,0 +1,280 @@
+//! End to end: two agents, `web` on one and `db` on the other, each with its sidecar proxy
+//! (`murmur connect proxy`). An app connects to web's `db` upstream on loopback and talks to
+//! db's app through QUIC with mutual TLS: refused until an intention allows it, then data both
+//! ways (100 MB, and many connections at once); a deny closes the open connection and refuses
+//! new ones; a caller with a certificate from another CA never reaches the app.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Agent, BIN, cluster, free_port, keygen, wait_until};
+
+const SPREAD: Duration = Duration::from_secs(30);
+
+/// A sidecar proxy process, killed when dropped.
+struct Proxy {
+    child: Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn start(agent: &Agent, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("proxy.log");
+        let child = Command::new(BIN)
+            .args(["connect", "proxy", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("MURMUR_HTTP_ADDR", agent.http.to_string())
+            .env("MURMUR_LOG", "info,murmur=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An echo server standing in for db's app; counts the connections it accepted.
+fn echo_app() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            count.fetch_add(1, Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut stream);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Sends `payload` through `upstream` and returns what came back (an echo, if allowed).
+fn round_trip(upstream: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(upstream)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut writer = stream.try_clone()?;
+    let sent = payload.to_vec();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&sent)?;
+        writer.shutdown(std::net::Shutdown::Write)
+    });
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back)?;
+    let _ = sender.join();
+    Ok(back)
+}
+
+fn register(agent: &Agent, body: &str) {
+    let (status, _, text) = agent.request("PUT", "/v1/agent/service/register", body.as_bytes());
+    assert_eq!(status, 200, "{text}");
+}
+
+#[test]
+fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
+    let agents = cluster("px", 2, &keygen());
+    let out = agents[0].cli(&["ca", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (app, accepted) = echo_app();
+    register(
+        &agents[1],
+        &format!(r#"{{"Name": "db", "ID": "db-1", "Port": {}}}"#, app.port()),
+    );
+    register(
+        &agents[0],
+        r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#,
+    );
+    assert!(wait_until(SPREAD, || {
+        agents[1].get("/v1/agent/connect/ca/roots")["Roots"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    }));
+
+    let db_proxy = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let web_proxy = Proxy::start(
+        &agents[0],
+        &[
+            "--sidecar-for",
+            "web-1",
+            "--upstream",
+            &format!("db:{}", upstream.port()),
+        ],
+    );
+    let logs = || {
+        format!(
+            "web proxy:\n{}\ndb proxy:\n{}",
+            web_proxy.log(),
+            db_proxy.log()
+        )
+    };
+    assert!(
+        wait_until(SPREAD, || {
+            agents[0]
+                .get("/v1/health/service/db-sidecar-proxy?passing")
+                .as_array()
+                .is_some_and(|l| l.len() == 1)
+                && TcpStream::connect(upstream).is_ok()
+        }),
+        "the proxies did not come up:\n{}",
+        logs()
+    );
+
+    // Deny by default (not --dev): the app never sees the caller.
+    let refused = round_trip(upstream, b"hello").unwrap_or_default();
+    assert!(
+        refused.is_empty(),
+        "denied traffic came back: {refused:?}\n{}",
+        logs()
+    );
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        0,
+        "a refused caller reached the app"
+    );
+
+    // Allowed: bytes flow both ways.
+    let out = agents[0].cli(&["intention", "create", "--allow", "web", "db"]);
+    assert!(out.status.success());
+    assert!(
+        wait_until(SPREAD, || round_trip(upstream, b"hello")
+            .is_ok_and(|b| b == b"hello")),
+        "allowed traffic does not flow:\n{}",
+        logs()
+    );
+    let big: Vec<u8> = (0..100 * 1024 * 1024)
+        .map(|i: usize| (i % 251) as u8)
+        .collect();
+    let back = round_trip(upstream, &big).unwrap();
+    assert!(
+        back == big,
+        "100 MB came back altered ({} bytes)",
+        back.len()
+    );
+    let many: Vec<_> = (0..64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let payload = format!("connection {i}").repeat(1000).into_bytes();
+                round_trip(upstream, &payload).map(|b| b == payload)
+            })
+        })
+        .collect();
+    for handle in many {
+        assert!(
+            handle.join().unwrap().unwrap(),
+            "a concurrent connection failed"
+        );
+    }
+
+    // A deny closes the open connection and refuses new ones.
+    let mut open = TcpStream::connect(upstream).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    open.write_all(b"ping").unwrap();
+    let mut four = [0u8; 4];
+    open.read_exact(&mut four).unwrap();
+    let out = agents[1].cli(&["intention", "create", "--deny", "--replace", "web", "db"]);
+    assert!(out.status.success());
+    let mut rest = Vec::new();
+    let closed = open.read_to_end(&mut rest);
+    let timed_out = closed.as_ref().is_err_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    });
+    assert!(
+        !timed_out && rest.is_empty(),
+        "the open connection is closed: {closed:?}\n{}",
+        logs()
+    );
+    assert!(wait_until(SPREAD, || round_trip(upstream, b"x")
+        .is_ok_and(|b| b.is_empty())));
+
+    // A caller with a certificate of another CA is refused in the handshake.
+    let db_quic = agents[0].get("/v1/health/service/db-sidecar-proxy")[0]["Service"]["Port"]
+        .as_u64()
+        .unwrap();
+    let before = accepted.load(Ordering::Relaxed);
+    let roots: Vec<String> = agents[0].get("/v1/agent/connect/ca/roots")["Roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["RootCert"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(foreign_caller_is_refused(db_quic as u16, roots));
+    assert_eq!(accepted.load(Ordering::Relaxed), before);
+}
+
+/// Dials db's proxy with a leaf of a CA of its own (trusting the mesh's real roots, so only
+/// the server can refuse); true when the connection is refused.
+fn foreign_caller_is_refused(port: u16, mesh_roots: Vec<String>) -> bool {
+    use murmur_proxy::ca::{Authority, leaf_key};
+    use murmur_proxy::identity::{ServiceId, TrustDomain};
+    use murmur_proxy::tls::MeshIdentity;
+    let td = TrustDomain::of_cluster("murmur").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let ca = Authority::generate(&td, now.as_millis() as u64, [3; 16]).unwrap();
+    let web = ServiceId::new(&td, "dc1", "web").unwrap();
+    let (key, public) = leaf_key().unwrap();
+    let leaf = ca
+        .sign_leaf(&web, &public, now.as_secs(), 600, [4; 16])
+        .unwrap();
+    let identity = MeshIdentity::from_pem(&leaf.cert_pem, &key, &mesh_roots).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut endpoint =
+            murmur_proxy::quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(identity.client_config().unwrap());
+        let db = ServiceId::new(&td, "dc1", "db").unwrap();
+        let target = SocketAddr::from(([127, 0, 0, 1], port));
+        let attempt = async {
+            let connection = endpoint.connect(target, &db.dns_name()).ok()?.await.ok()?;
+            let (mut send, mut recv) = connection.open_bi().await.ok()?;
+            send.write_all(b"hi").await.ok()?;
+            send.finish().ok()?;
+            recv.read_to_end(16).await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    })
+}
