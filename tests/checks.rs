@@ -278,3 +278,39 @@ fn checks_run_where_the_service_lives_and_their_status_replicates() {
         assert!(text.contains(message), "{path}: {text}");
     }
 }
+
+#[test]
+fn concurrent_registrations_are_all_kept_across_a_restart() {
+    let mut agent = Agent::start(common::Spec {
+        name: "cc0",
+        key: None,
+        join: None,
+        extra: &[],
+    });
+    let http = agent.http;
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"ID": "ttl-{i}", "Name": "ttl {i}", "TTL": "60s"}}"#);
+                common::http(http, "PUT", "/v1/agent/check/register", body.as_bytes())
+                    .unwrap()
+                    .0
+            })
+        })
+        .collect();
+    for writer in writers {
+        assert_eq!(
+            writer.join().unwrap(),
+            200,
+            "every registration is acknowledged"
+        );
+    }
+    assert!(agent.terminate());
+    agent.start_again(None, &[]);
+    let checks = agent.get("/v1/agent/checks");
+    let ids = checks.as_object().unwrap().len();
+    assert_eq!(
+        ids, 16,
+        "an acknowledged registration survives the restart: {checks}"
+    );
+}

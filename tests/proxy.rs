@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Agent, BIN, cluster, free_port, keygen, wait_until};
@@ -56,24 +56,44 @@ impl Drop for Proxy {
     }
 }
 
-/// An echo server standing in for db's app; counts the connections it accepted.
-fn echo_app() -> (SocketAddr, Arc<AtomicUsize>) {
+/// An echo server standing in for db's app; counts the connections that brought it data (the
+/// proxy's health probes connect and bring none), and stops listening (new connections
+/// refused) when `stop` is set.
+struct EchoApp {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+fn echo_app() -> EchoApp {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (count, stopped) = (accepted.clone(), stop.clone());
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            count.fetch_add(1, Ordering::Relaxed);
+        while !stopped.load(Ordering::Relaxed) {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            let count = count.clone();
             std::thread::spawn(move || {
                 let mut reader = stream.try_clone().unwrap();
-                let _ = std::io::copy(&mut reader, &mut stream);
+                if std::io::copy(&mut reader, &mut stream).is_ok_and(|n| n > 0) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
                 let _ = stream.shutdown(std::net::Shutdown::Write);
             });
         }
     });
-    (addr, accepted)
+    EchoApp {
+        addr,
+        accepted,
+        stop,
+    }
 }
 
 /// Sends `payload` through `upstream` and returns what came back (an echo, if allowed).
@@ -106,7 +126,11 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (app, accepted) = echo_app();
+    let EchoApp {
+        addr: app,
+        accepted,
+        ..
+    } = echo_app();
     register(
         &agents[1],
         &format!(r#"{{"Name": "db", "ID": "db-1", "Port": {}}}"#, app.port()),
@@ -235,6 +259,102 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
         .collect();
     assert!(foreign_caller_is_refused(db_quic as u16, roots));
     assert_eq!(accepted.load(Ordering::Relaxed), before);
+}
+
+/// Waits until `agent` lists `n` passing proxies of db.
+fn passing_db_proxies(agent: &Agent, n: usize) -> bool {
+    agent
+        .get("/v1/health/service/db-sidecar-proxy?passing")
+        .as_array()
+        .is_some_and(|l| l.len() == n)
+}
+
+#[test]
+fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
+    let agents = cluster("pf", 2, &keygen());
+    let out = agents[0].cli(&["ca", "rotate"]);
+    assert!(out.status.success());
+    let out = agents[0].cli(&["intention", "create", "--allow", "web", "db"]);
+    assert!(out.status.success());
+    let apps = [echo_app(), echo_app()];
+    for (i, agent) in agents.iter().enumerate() {
+        let port = apps[i].addr.port();
+        register(
+            agent,
+            &format!(r#"{{"Name": "db", "ID": "db-{i}", "Port": {port}}}"#),
+        );
+    }
+    register(
+        &agents[0],
+        r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#,
+    );
+    assert!(wait_until(SPREAD, || agents.iter().all(|a| {
+        a.get("/v1/agent/connect/ca/roots")["Roots"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    })));
+    let db0 = Proxy::start(&agents[0], &["--sidecar-for", "db-0"]);
+    let db1 = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let web = Proxy::start(
+        &agents[0],
+        &[
+            "--sidecar-for",
+            "web-1",
+            "--upstream",
+            &format!("db:{}", upstream.port()),
+        ],
+    );
+    assert!(
+        wait_until(SPREAD, || passing_db_proxies(&agents[0], 2)
+            && round_trip(upstream, b"up").is_ok_and(|b| b == b"up")),
+        "the mesh did not come up: {}\n{}\n{}\n{}",
+        agents[0].get("/v1/health/service/db-sidecar-proxy"),
+        web.log(),
+        db0.log(),
+        db1.log()
+    );
+
+    // A long-lived connection across a CA rotation: it stays up, and new ones work too.
+    let mut steady = TcpStream::connect(upstream).unwrap();
+    steady
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let ping = |stream: &mut TcpStream| {
+        stream.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        stream.read_exact(&mut back).map(|()| back == *b"ping")
+    };
+    assert!(ping(&mut steady).unwrap());
+    let out = agents[1].cli(&["ca", "rotate"]);
+    assert!(out.status.success());
+    let rotated = || {
+        agents[0].get("/v1/agent/connect/ca/roots")["Roots"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+    };
+    assert!(wait_until(SPREAD, rotated));
+    for _ in 0..20 {
+        assert!(
+            ping(&mut steady).unwrap(),
+            "the open connection survives the rotation"
+        );
+        assert_eq!(round_trip(upstream, b"new").unwrap(), b"new");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // db-0's app dies: its proxy turns critical and new connections all go to db-1.
+    apps[0].stop.store(true, Ordering::Relaxed);
+    assert!(wait_until(SPREAD, || passing_db_proxies(&agents[0], 1)));
+    let before = apps[0].accepted.load(Ordering::Relaxed);
+    for i in 0..20 {
+        let payload = format!("after {i}");
+        assert_eq!(
+            round_trip(upstream, payload.as_bytes()).unwrap(),
+            payload.as_bytes()
+        );
+    }
+    assert_eq!(apps[0].accepted.load(Ordering::Relaxed), before);
 }
 
 /// Dials db's proxy with a leaf of a CA of its own (trusting the mesh's real roots, so only

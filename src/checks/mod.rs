@@ -56,6 +56,7 @@ struct Running {
 pub struct Checks {
     agent: Arc<Agent>,
     running: Mutex<HashMap<String, Running>>,
+    persisting: Mutex<()>,
     store: Option<DataDir>,
     http: reqwest::Client,
 }
@@ -66,6 +67,7 @@ impl Checks {
         Arc::new(Self {
             agent,
             running: Mutex::new(HashMap::new()),
+            persisting: Mutex::new(()),
             store,
             http: reqwest::Client::new(),
         })
@@ -191,10 +193,14 @@ impl Checks {
         self.running.lock().expect("check table poisoned")
     }
 
+    /// Writes the definitions file. Concurrent registrations persist one at a time, each
+    /// snapshotting the table after the one before wrote: two writers racing on the file's
+    /// temp name lost one registration's write (seen with two proxies registering at once).
     fn persist(&self) -> anyhow::Result<()> {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        let _one_at_a_time = self.persisting.lock().expect("persist lock poisoned");
         let mut definitions: Vec<CheckDefinition> =
             self.lock().values().map(|r| r.definition.clone()).collect();
         definitions.sort_by(|a, b| a.id.cmp(&b.id));

@@ -28,8 +28,9 @@ use super::Client;
 use super::watch::follow;
 use crate::cli::ProxyArgs;
 
-/// How often the proxy tells the agent it is alive; its TTL check lasts three times that.
-const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often the proxy reports its health (its own, and its app's) to the agent; its TTL
+/// check lasts five times that, so a dead proxy leaves the catalog's passing list by itself.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a stopping proxy waits for open streams to finish.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -243,31 +244,59 @@ async fn register(sidecar: &Sidecar, bound: SocketAddr) -> anyhow::Result<String
             "murmur-proxy-for": sidecar.fronted.id,
             "murmur-destination-service": sidecar.fronted.name,
         },
-        "Check": {"Name": "sidecar proxy alive", "TTL": format!("{}s", HEARTBEAT.as_secs() * 3)},
+        "Check": {"Name": "sidecar proxy and its app", "TTL": format!("{}s", HEARTBEAT.as_secs() * 5)},
     });
     sidecar
         .client
         .put("/v1/agent/service/register", serde_json::to_vec(&body)?)
         .await
         .context("cannot register the sidecar proxy")?;
-    pass(sidecar, &id).await?;
+    report(sidecar, &id).await?;
     Ok(id)
 }
 
-async fn pass(sidecar: &Sidecar, id: &str) -> anyhow::Result<()> {
-    sidecar
-        .client
-        .put(&format!("/v1/agent/check/pass/service:{id}"), Vec::new())
-        .await
-        .map(drop)
+/// Reports the proxy's health: passing while its app accepts connections and none of the
+/// app's own checks is critical, else critical with the reason, so upstreams stop picking an
+/// instance whose app is down (as Consul's alias check does) even while the proxy lives.
+async fn report(sidecar: &Sidecar, id: &str) -> anyhow::Result<()> {
+    let (verdict, note) = match app_health(sidecar).await {
+        Ok(()) => ("pass", "proxy and app up".to_owned()),
+        Err(why) => ("fail", why),
+    };
+    let path = format!(
+        "/v1/agent/check/{verdict}/service:{id}?note={}",
+        super::urlencode(&note)
+    );
+    sidecar.client.put(&path, Vec::new()).await.map(drop)
 }
 
-/// Keeps the proxy's TTL check passing.
+async fn app_health(sidecar: &Sidecar) -> Result<(), String> {
+    let app = sidecar.fronted.app;
+    tokio::time::timeout(HEARTBEAT, tokio::net::TcpStream::connect(app))
+        .await
+        .map_err(|_| format!("the app at {app} does not answer"))?
+        .map_err(|e| format!("the app at {app} refuses connections: {e}"))?;
+    let checks = sidecar
+        .client
+        .get("/v1/agent/checks")
+        .await
+        .map_err(|e| format!("cannot read the app's checks: {e:#}"))?;
+    let critical =
+        checks.as_object().into_iter().flatten().find(|(_, c)| {
+            c["ServiceID"] == sidecar.fronted.id.as_str() && c["Status"] == "critical"
+        });
+    match critical {
+        Some((check, _)) => Err(format!("the app's check {check} is critical")),
+        None => Ok(()),
+    }
+}
+
+/// Keeps reporting the proxy's health.
 async fn heartbeat(sidecar: Arc<Sidecar>, id: String) -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
-        if let Err(err) = pass(&sidecar, &id).await {
-            tracing::warn!("cannot report the proxy alive: {err:#}");
+        if let Err(err) = report(&sidecar, &id).await {
+            tracing::warn!("cannot report the proxy's health: {err:#}");
         }
     }
 }
