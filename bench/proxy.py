@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Proxy benchmark (issue 6): one run, side by side on loopback, four paths from a client to a
+server app:
+
+  direct    the client talks to the app (the limit)
+  haproxy   a haproxy pair with mutual TLS (ECDSA P-256 certificates from one CA)
+  stunnel   a stunnel4 pair with mutual TLS (same certificates)
+  murmur    murmur's sidecar pair: a loopback upstream, QUIC with mutual TLS, the app
+
+For each: round trip of 64-byte ping-pongs on one connection (p50, p99), a new connection with
+a 1-byte round trip (p50, p99), iperf3 throughput with one flow and with 64, the proxies' CPU per
+GB moved (both sides, during the one-flow run) and their resident memory at the end.
+
+The latency probe is examples/tcp_probe.rs (Rust, so the probe's cost stays far below what it
+measures). Only loopback addresses are used; every process started is killed at the end.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from membership import free_port, proc_stats, wait_for  # noqa: E402
+
+PROBE = "target/release/examples/tcp_probe"
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def certificates(d):
+    """A CA and two ECDSA P-256 leaves (server, client), as haproxy and stunnel read them."""
+    def sh(*args):
+        run(["openssl", *args], cwd=d)
+    sh("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
+    sh("req", "-x509", "-new", "-key", "ca.key", "-days", "2", "-subj", "/CN=bench CA", "-out", "ca.crt")
+    for name in ["server", "client"]:
+        sh("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key")
+        sh("req", "-new", "-key", f"{name}.key", "-subj", f"/CN={name}", "-out", f"{name}.csr")
+        with open(os.path.join(d, f"{name}.ext"), "w") as f:
+            f.write(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth,clientAuth\n")
+        sh("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+           "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+        with open(os.path.join(d, f"{name}.pem"), "w") as out:
+            for part in [f"{name}.crt", f"{name}.key"]:
+                out.write(open(os.path.join(d, part)).read())
+
+
+class Procs:
+    def __init__(self):
+        self.all = []
+
+    def start(self, cmd, log, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"), **kw)
+        self.all.append(p)
+        return p
+
+    def stop(self):
+        for p in self.all:
+            p.kill()
+            p.wait()
+
+
+def haproxy_pair(d, procs, targets):
+    """targets: [(client_port, app_port)]; returns the pids of both haproxies."""
+    head = ("global\n  maxconn 4096\n  log stderr local0 err\n"
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n")
+    client, server = head, head
+    for i, (port, app) in enumerate(targets):
+        mid = free_port()
+        client += (f"frontend f{i}\n  bind 127.0.0.1:{port}\n  default_backend b{i}\n"
+                   f"backend b{i}\n  server s 127.0.0.1:{mid} ssl crt {d}/client.pem "
+                   f"ca-file {d}/ca.crt verify required verifyhost server sni str(server)\n")
+        server += (f"frontend f{i}\n  bind 127.0.0.1:{mid} ssl crt {d}/server.pem "
+                   f"ca-file {d}/ca.crt verify required\n  default_backend b{i}\n"
+                   f"backend b{i}\n  server app 127.0.0.1:{app}\n")
+    pids = []
+    for name, text in [("hc", client), ("hs", server)]:
+        path = os.path.join(d, f"{name}.cfg")
+        open(path, "w").write(text)
+        pids.append(procs.start(["haproxy", "-db", "-f", path], os.path.join(d, f"{name}.log")).pid)
+    return pids
+
+
+def stunnel_pair(d, procs, targets):
+    client = "foreground = yes\npid =\ndebug = 3\n"
+    server = client
+    for i, (port, app) in enumerate(targets):
+        mid = free_port()
+        client += (f"[t{i}]\nclient = yes\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{mid}\n"
+                   f"cert = {d}/client.crt\nkey = {d}/client.key\nCAfile = {d}/ca.crt\n"
+                   "verifyChain = yes\ncheckHost = server\n")
+        server += (f"[t{i}]\naccept = 127.0.0.1:{mid}\nconnect = 127.0.0.1:{app}\n"
+                   f"cert = {d}/server.crt\nkey = {d}/server.key\nCAfile = {d}/ca.crt\n"
+                   "verifyChain = yes\nrequireCert = yes\n")
+    pids = []
+    for name, text in [("sc", client), ("ss", server)]:
+        path = os.path.join(d, f"{name}.conf")
+        open(path, "w").write(text)
+        pids.append(procs.start(["stunnel4", path], os.path.join(d, f"{name}.log")).pid)
+    return pids
+
+
+def murmur_pair(murmur, d, procs, targets):
+    """One dev agent; the apps as services with sidecars; a client sidecar with upstreams."""
+    http = f"127.0.0.1:{free_port()}"
+    procs.start([murmur, "agent", "--dev", "--node", "bench", "--bind", f"127.0.0.1:{free_port()}",
+                 "--http-addr", http, "--dns-addr", f"127.0.0.1:{free_port()}"],
+                os.path.join(d, "agent.log"))
+    env = dict(os.environ, MURMUR_HTTP_ADDR=http, MURMUR_LOG="warn")
+    wait_for(lambda: subprocess.run([murmur, "info"], env=env, capture_output=True).returncode == 0,
+             10, "the agent to answer")
+    pids = []
+    upstreams = []
+    for i, (port, app) in enumerate(targets):
+        run([murmur, "services", "register", "--name", f"app{i}", "--port", str(app)], env=env)
+        pids.append(procs.start([murmur, "connect", "proxy", "--sidecar-for", f"app{i}",
+                                 "--listen", "127.0.0.1:0"], os.path.join(d, f"mp{i}.log"),
+                                env=env).pid)
+        upstreams += ["--upstream", f"app{i}:{port}"]
+    run([murmur, "services", "register", "--name", "client", "--port", "1"], env=env)
+    pids.append(procs.start([murmur, "connect", "proxy", "--sidecar-for", "client",
+                             "--listen", "127.0.0.1:0", *upstreams],
+                            os.path.join(d, "mc.log"), env=env).pid)
+    return pids
+
+
+def ready(port):
+    try:
+        out = subprocess.run([PROBE, "pingpong", f"127.0.0.1:{port}", "10"],
+                             capture_output=True, timeout=5)
+        return out.returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def iperf(port, flows, seconds):
+    out = json.loads(run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds),
+                          "-P", str(flows), "-J"]))
+    end = out["end"]
+    return end["sum_received"]["bits_per_second"], end["sum_received"]["bytes"]
+
+
+def measure(name, echo_port, iperf_port, pids, seconds):
+    wait_for(lambda: ready(echo_port), 30, f"the {name} path to carry bytes")
+    p50, p99 = map(float, run([PROBE, "pingpong", f"127.0.0.1:{echo_port}", "20000"]).split())
+    c50, c99 = map(float, run([PROBE, "connect", f"127.0.0.1:{echo_port}", "2000"]).split())
+    cpu0 = sum(proc_stats(p)[1] for p in pids)
+    one, moved = iperf(iperf_port, 1, seconds)
+    cpu1 = sum(proc_stats(p)[1] for p in pids)
+    many, _ = iperf(iperf_port, 64, seconds)
+    rss = sum(proc_stats(p)[0] for p in pids) / 1024
+    cpu_per_gb = (cpu1 - cpu0) / (moved / 1e9) if pids else 0.0
+    print(f"  {name}: rtt {p50:.0f}/{p99:.0f} us, new conn {c50:.0f}/{c99:.0f} us, "
+          f"1 flow {one / 1e9:.2f} Gbit/s, 64 flows {many / 1e9:.2f} Gbit/s", file=sys.stderr)
+    return dict(name=name, rtt=(p50, p99), conn=(c50, c99), one=one, many=many,
+                cpu_per_gb=cpu_per_gb, rss=rss)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--murmur", required=True)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    procs = Procs()
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            certificates(d)
+            echo, perf = free_port(), free_port()
+            procs.start([PROBE, "echo", f"127.0.0.1:{echo}"], os.path.join(d, "echo.log"))
+            procs.start(["iperf3", "-s", "-p", str(perf)], os.path.join(d, "iperf.log"))
+            rows.append(measure("direct TCP", echo, perf, [], args.seconds))
+            for name, make in [("haproxy pair (mTLS)", lambda t: haproxy_pair(d, procs, t)),
+                               ("stunnel4 pair (mTLS)", lambda t: stunnel_pair(d, procs, t)),
+                               ("murmur sidecar pair (QUIC, mTLS)",
+                                lambda t: murmur_pair(args.murmur, d, procs, t))]:
+                ports = (free_port(), free_port())
+                pids = make([(ports[0], echo), (ports[1], perf)])
+                rows.append(measure(name, ports[0], ports[1], pids, args.seconds))
+        finally:
+            procs.stop()
+    print(f"Command: `bench/proxy.sh {args.seconds}` (loopback; RTT of 64-byte ping-pongs, "
+          "20,000 on one connection; new connection = connect + 1-byte round trip, 2,000; "
+          f"iperf3 -t {args.seconds})\n")
+    print("| path | RTT p50 / p99 (µs) | new connection p50 / p99 (µs) | 1 flow (Gbit/s) | "
+          "64 flows (Gbit/s) | proxy CPU per GB (s) | proxies' RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['rtt'][0]:.0f} / {r['rtt'][1]:.0f} | "
+              f"{r['conn'][0]:.0f} / {r['conn'][1]:.0f} | {r['one'] / 1e9:.2f} | "
+              f"{r['many'] / 1e9:.2f} | {r['cpu_per_gb']:.2f} | {r['rss']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
