@@ -23,12 +23,10 @@ fn main() {
         }
     };
     let count = || -> usize {
-        args.get(3)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| {
-                eprintln!("{usage}");
-                std::process::exit(2)
-            })
+        args.get(3).and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+            eprintln!("{usage}");
+            std::process::exit(2)
+        })
     };
     match mode {
         "echo" => echo(addr),
