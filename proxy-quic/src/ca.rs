@@ -268,8 +268,9 @@ pub struct Leaf {
 /// (from the caller's RNG), so leaves issued together are not all renewed together, and a
 /// renewal that fails has time to be tried again before the leaf expires.
 pub fn renew_at(leaf: &Leaf, jitter: f64) -> u64 {
-    let life = leaf.valid_before_s.saturating_sub(leaf.valid_after_s) as f64;
-    leaf.valid_after_s + (life * (0.6 + 0.3 * jitter.clamp(0.0, 1.0))) as u64
+    let life = leaf.valid_before_s.saturating_sub(leaf.valid_after_s);
+    let permille = 600 + (300.0 * jitter.clamp(0.0, 1.0)).round() as u64;
+    leaf.valid_after_s + life.saturating_mul(permille) / 1000
 }
 
 /// A fresh key pair for a leaf: the private key (PEM) stays with the caller; the public key
