@@ -259,6 +259,15 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
         .collect();
     assert!(foreign_caller_is_refused(db_quic as u16, roots));
     assert_eq!(accepted.load(Ordering::Relaxed), before);
+    // Both kinds of refusal are in the log, each once however often it happened.
+    let log = db_proxy.log();
+    for reason in ["handshake", "intention"] {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(&format!("reason=\"{reason}\"")))
+            .count();
+        assert!(lines >= 1, "the {reason} refusal is logged:\n{log}");
+    }
 }
 
 /// Waits until `agent` lists `n` passing proxies of db.

@@ -25,10 +25,12 @@ pub async fn accept(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
             let connection = match incoming.await {
                 Ok(connection) => connection,
                 Err(err) => {
-                    // A foreign CA, no certificate, another ALPN, garbage: refused in the
-                    // handshake; counted, logged at debug (a scanner must not fill the log).
-                    metrics::counter!("murmur_proxy_handshakes_refused_total").increment(1);
-                    tracing::debug!("inbound handshake refused: {err}");
+                    // A foreign CA, no certificate, another ALPN, an expired leaf: refused in
+                    // the handshake. (Datagrams that are not QUIC never get this far: quinn
+                    // drops them.)
+                    sidecar
+                        .refusals
+                        .note("handshake", &format!("inbound handshake failed: {err}"));
                     return;
                 }
             };
@@ -42,15 +44,17 @@ async fn serve(sidecar: Arc<Sidecar>, connection: quinn::Connection) {
     let source = match peer_service(&connection) {
         Ok(id) => id,
         Err(err) => {
-            metrics::counter!("murmur_proxy_handshakes_refused_total").increment(1);
-            tracing::debug!("inbound caller without a service identity: {err}");
+            sidecar.refusals.note(
+                "identity",
+                &format!("inbound caller without a service identity: {err}"),
+            );
             connection.close(DENIED.into(), b"no service identity");
             return;
         }
     };
     let destination = sidecar.fronted.name.clone();
     if !authorized(&sidecar, &source.uri(), &source.service).await {
-        refuse(&connection, &source.service, &destination);
+        refuse(&sidecar, &connection, &source.service, &destination);
         return;
     }
     sidecar
@@ -84,13 +88,16 @@ async fn serve(sidecar: Arc<Sidecar>, connection: quinn::Connection) {
     }
 }
 
-fn refuse(connection: &quinn::Connection, source: &str, destination: &str) {
+fn refuse(sidecar: &Sidecar, connection: &quinn::Connection, source: &str, destination: &str) {
     let labels = [
         ("source", source.to_owned()),
         ("destination", destination.to_owned()),
     ];
     metrics::counter!("murmur_proxy_refused_by_intention_total", &labels).increment(1);
-    tracing::info!(source, destination, "connection refused by intention");
+    sidecar.refusals.note(
+        "intention",
+        &format!("{source} => {destination} is denied by intention"),
+    );
     connection.close(DENIED.into(), b"denied by intention");
 }
 
@@ -158,7 +165,7 @@ pub async fn follow_intentions(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
                     .map(|id| id.uri())
                     .unwrap_or_default();
                 if !authorized(&sidecar, &uri, &source).await {
-                    refuse(&connection, &source, &sidecar.fronted.name);
+                    refuse(&sidecar, &connection, &source, &sidecar.fronted.name);
                 }
             }
         }

@@ -11,6 +11,7 @@
 //! and stop picking it when it dies; it deregisters when it stops.
 
 mod inbound;
+mod refusals;
 mod splice;
 mod upstream;
 
@@ -55,6 +56,8 @@ struct Sidecar {
     inbound: Mutex<Vec<(String, quinn::Connection)>>,
     /// Streams being spliced now (both directions), for the drain.
     active: std::sync::atomic::AtomicUsize,
+    /// Refused callers, counted and logged without flooding.
+    refusals: refusals::Refusals,
 }
 
 impl Sidecar {
@@ -90,6 +93,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         decisions: Mutex::new(HashMap::new()),
         inbound: Mutex::new(Vec::new()),
         active: std::sync::atomic::AtomicUsize::new(0),
+        refusals: refusals::Refusals::default(),
     });
     let proxy_id = register(&sidecar, bound).await?;
     tracing::info!(
