@@ -407,3 +407,79 @@ fn foreign_caller_is_refused(port: u16, mesh_roots: Vec<String>) -> bool {
             .is_none()
     })
 }
+
+/// Runs the native SDK example (`examples/mesh_native.rs`) against `agent`.
+fn native(agent: &Agent, args: &[&str]) -> Command {
+    let example = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples/mesh_native");
+    let mut cmd = Command::new(example);
+    cmd.args(args)
+        .env("MURMUR_HTTP_ADDR", agent.http.to_string())
+        .env("MURMUR_LOG", "info");
+    cmd
+}
+
+#[test]
+fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
+    let agents = cluster("nv", 2, &keygen());
+    assert!(agents[0].cli(&["ca", "rotate"]).status.success());
+    let out = agents[0].cli(&["intention", "create", "--allow", "web", "*"]);
+    assert!(out.status.success());
+    // db: an echo app behind a sidecar on agent 1.
+    let EchoApp { addr: app, .. } = echo_app();
+    register(
+        &agents[1],
+        &format!(r#"{{"Name": "db", "ID": "db-1", "Port": {}}}"#, app.port()),
+    );
+    // api: a native server on agent 1.
+    register(&agents[1], r#"{"Name": "api", "ID": "api-1", "Port": 1}"#);
+    assert!(wait_until(SPREAD, || agents[1]
+        .get("/v1/agent/connect/ca/roots")["Roots"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty())));
+    let _db = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
+    let mut server = native(&agents[1], &["server", "api-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listed = |name: &str| {
+        agents[0]
+            .get(&format!("/v1/health/service/{name}-sidecar-proxy?passing"))
+            .as_array()
+            .is_some_and(|l| l.len() == 1)
+    };
+    let up = wait_until(SPREAD, || listed("db") && listed("api"));
+    let talk = |destination: &str, message: &str| {
+        let out = native(&agents[0], &["client", "web", destination, message])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let to_db = up.then(|| talk("db", "through db's sidecar"));
+    let to_api = up.then(|| talk("api", "to a native server"));
+    // Without an intention for it (the default is deny), the native server refuses.
+    let denied = native(&agents[0], &["client", "cache", "api", "x"])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        up,
+        "db's sidecar and api's native listener are in the catalog"
+    );
+    let (ok, said, err) = to_db.unwrap();
+    assert!(ok && said == "through db's sidecar", "{said} {err}");
+    let (ok, said, err) = to_api.unwrap();
+    assert!(ok && said == "to a native server", "{said} {err}");
+    assert!(
+        !denied.status.success(),
+        "a caller with no intention got an answer"
+    );
+}

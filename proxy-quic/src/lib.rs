@@ -5,9 +5,13 @@
 //! - [`roots`]: which replicated root signs and which are trusted (rotation overlap);
 //! - [`authorize`]: may this caller reach this service (trust domain, intentions, default);
 //! - [`tls`]: mutual-TLS QUIC configurations from a leaf, its key and the roots;
+//! - [`native`]: the SDK: `MeshClient::connect("db")` and `MeshListener::bind(…).accept()`
+//!   give an application mesh identity, authorization and encryption without a proxy;
 //!
-//! What it is **not** responsible for: sockets, files and clocks. The agent stores the CA key
-//! and serves the HTTP endpoints; times and serial numbers come in as arguments.
+//! What it is **not** responsible for: the agent's state. The decision modules (`identity`,
+//! `ca`, `roots`, `authorize`) take times and serial numbers as arguments and do no I/O; `tls`
+//! builds configurations; only `native` talks to the network (QUIC, and the local agent's
+//! HTTP API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -17,5 +21,6 @@ pub use quinn;
 pub mod authorize;
 pub mod ca;
 pub mod identity;
+pub mod native;
 pub mod roots;
 pub mod tls;

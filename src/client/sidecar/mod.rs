@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use murmur_proxy::native::mesh_endpoint_name;
 use murmur_proxy::tls::MeshIdentity;
 use serde_json::{Value, json};
 
@@ -238,10 +239,10 @@ async fn follow_identity(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
 
 /// Registers the proxy in the catalog with a TTL check; returns its service ID.
 async fn register(sidecar: &Sidecar, bound: SocketAddr) -> anyhow::Result<String> {
-    let id = format!("{}-sidecar-proxy", sidecar.fronted.id);
+    let id = mesh_endpoint_name(&sidecar.fronted.id);
     let body = json!({
         "ID": id,
-        "Name": format!("{}-sidecar-proxy", sidecar.fronted.name),
+        "Name": mesh_endpoint_name(&sidecar.fronted.name),
         "Address": bound.ip().to_string(),
         "Port": bound.port(),
         "Meta": {

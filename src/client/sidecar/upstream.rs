@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use murmur_proxy::identity::ServiceId;
+use murmur_proxy::native::{mesh_addresses, mesh_endpoint_name};
 use rand::seq::SliceRandom;
-use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Sidecar;
@@ -57,12 +57,12 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
     let instances: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
     let pool: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>> = Arc::default();
     let path = format!(
-        "/v1/health/service/{}-sidecar-proxy?passing&",
-        upstream.service
+        "/v1/health/service/{}?passing&",
+        mesh_endpoint_name(&upstream.service)
     );
     let known = instances.clone();
     let watcher = follow(&sidecar.client, &path, move |list| {
-        *known.lock().expect("instances poisoned") = addresses(list);
+        *known.lock().expect("instances poisoned") = mesh_addresses(list);
         Ok(())
     });
     let accept = async {
@@ -83,24 +83,6 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
         anyhow::Ok(())
     };
     tokio::try_join!(watcher, accept).map(drop)
-}
-
-/// The proxy addresses of a `/v1/health/service` answer.
-fn addresses(list: &Value) -> Vec<SocketAddr> {
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| {
-            let service_addr = entry["Service"]["Address"].as_str().unwrap_or_default();
-            let ip = if service_addr.is_empty() {
-                entry["Node"]["Address"].as_str()?
-            } else {
-                service_addr
-            };
-            let port = u16::try_from(entry["Service"]["Port"].as_u64()?).ok()?;
-            Some(SocketAddr::new(ip.parse().ok()?, port))
-        })
-        .collect()
 }
 
 /// Opens a stream to the first candidate that answers and splices `tcp` with it.

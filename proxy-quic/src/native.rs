@@ -1,0 +1,462 @@
+//! The native SDK: an application joins the mesh itself, with the same identity, authorization
+//! and encryption as a sidecar gives it, and no proxy in the path.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), murmur_proxy::native::MeshError> {
+//! use murmur_proxy::native::{MeshClient, MeshListener};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! // A client: talks to "db" as the service "web".
+//! let web = MeshClient::new("127.0.0.1:8500", "web").await?;
+//! let mut db = web.connect("db").await?;
+//! db.write_all(b"ping").await?;
+//! // A server: the instance "db-1" (registered on the local agent) takes mesh connections.
+//! let listener = MeshListener::bind("127.0.0.1:8500", "db-1", "127.0.0.1:0".parse().unwrap()).await?;
+//! let (mut stream, caller) = listener.accept().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Both sides learn their leaf and the roots from the local agent's HTTP API and fetch them
+//! again when the leaf is due for renewal (or a handshake says the roots moved). A listener is
+//! found by clients, sidecars included, as `<ID>-sidecar-proxy` in the catalog, like a sidecar;
+//! the agent's `authorize` decides each accepted connection. Unlike a sidecar, a native
+//! listener does not close open connections when an intention changes: it checks each new one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::ca::renew_at;
+use crate::identity::ServiceId;
+use crate::tls::{MeshIdentity, TlsError, peer_service};
+
+/// What went wrong joining or using the mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The agent could not be reached or refused.
+    #[error("the murmur agent at {base}: {why}")]
+    Agent {
+        /// The agent's address.
+        base: String,
+        /// What happened.
+        why: String,
+    },
+    /// Certificate or TLS material.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// QUIC.
+    #[error("QUIC: {0}")]
+    Quic(String),
+    /// No instance of the destination could be reached.
+    #[error("no healthy instance of {0} could be reached")]
+    Unreachable(String),
+    /// Stream I/O.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The catalog name under which the mesh endpoint of instances of `service` are found.
+pub fn mesh_endpoint_name(service: &str) -> String {
+    format!("{service}-sidecar-proxy")
+}
+
+/// The QUIC addresses in a `/v1/health/service` answer (the service's address, or its node's).
+pub fn mesh_addresses(list: &Value) -> Vec<SocketAddr> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let service_addr = entry["Service"]["Address"].as_str().unwrap_or_default();
+            let ip = if service_addr.is_empty() {
+                entry["Node"]["Address"].as_str()?
+            } else {
+                service_addr
+            };
+            let port = u16::try_from(entry["Service"]["Port"].as_u64()?).ok()?;
+            Some(SocketAddr::new(ip.parse().ok()?, port))
+        })
+        .collect()
+}
+
+/// The local agent's HTTP API, as much as the SDK needs.
+#[derive(Clone)]
+struct Agent {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Agent {
+    fn new(addr: &str) -> Self {
+        let addr = addr.trim_end_matches('/');
+        let base = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn error(&self, why: impl std::fmt::Display) -> MeshError {
+        MeshError::Agent {
+            base: self.base.clone(),
+            why: why.to_string(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, MeshError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| self.error(e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.error(e))?;
+        if !status.is_success() {
+            return Err(self.error(format!("{path} answered {status}: {}", text.trim())));
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null); // registrations answer 200 with no body
+        }
+        serde_json::from_str(&text).map_err(|e| self.error(format!("{path}: {e}")))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, MeshError> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+/// A service's identity as last fetched, with when to fetch it again.
+struct Current {
+    identity: MeshIdentity,
+    renew_at_s: u64,
+}
+
+/// This process's identity in the mesh, refreshed from the agent when due.
+struct Identity {
+    agent: Agent,
+    service: String,
+    current: Mutex<Option<Arc<Current>>>,
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Identity {
+    /// The identity, fetched again if due (or if `force`).
+    async fn get(&self, force: bool) -> Result<Arc<Current>, MeshError> {
+        if let Some(current) = self.current.lock().expect("identity poisoned").clone()
+            && !force
+            && now_s() < current.renew_at_s
+        {
+            return Ok(current);
+        }
+        let leaf = self
+            .agent
+            .get(&format!("/v1/agent/connect/ca/leaf/{}", self.service))
+            .await?;
+        let roots = self.agent.get("/v1/agent/connect/ca/roots").await?;
+        let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
+        let root_pems: Vec<String> = roots["Roots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| text(r, "RootCert"))
+            .collect();
+        let identity = MeshIdentity::from_pem(
+            &text(&leaf, "CertPEM"),
+            &text(&leaf, "PrivateKeyPEM"),
+            &root_pems,
+        )?;
+        // Fetch again at 60% of the leaf's life: the agent hands the same leaf until it renews.
+        let issued = crate::ca::Leaf {
+            cert_pem: String::new(),
+            serial: String::new(),
+            valid_after_s: now_s(),
+            valid_before_s: rfc3339_s(&text(&leaf, "ValidBefore")).unwrap_or(now_s() + 60),
+            root_id: String::new(),
+        };
+        let current = Arc::new(Current {
+            identity,
+            renew_at_s: renew_at(&issued, 0.0),
+        });
+        *self.current.lock().expect("identity poisoned") = Some(current.clone());
+        Ok(current)
+    }
+}
+
+/// Unix seconds of an RFC 3339 time.
+fn rfc3339_s(text: &str) -> Option<u64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
+}
+
+/// Dials mesh services as one service.
+pub struct MeshClient {
+    identity: Arc<Identity>,
+    endpoint: quinn::Endpoint,
+    pool: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+impl MeshClient {
+    /// Joins the mesh as `service` through the agent at `agent_http` (e.g. `127.0.0.1:8500`).
+    pub async fn new(agent_http: &str, service: &str) -> Result<Self, MeshError> {
+        let identity = Arc::new(Identity {
+            agent: Agent::new(agent_http),
+            service: service.to_owned(),
+            current: Mutex::new(None),
+        });
+        identity.get(false).await?;
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        Ok(Self {
+            identity,
+            endpoint,
+            pool: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A stream to a healthy instance of `destination` (another one if a dial fails), over a
+    /// pooled connection when there is one.
+    pub async fn connect(&self, destination: &str) -> Result<MeshStream, MeshError> {
+        let path = format!(
+            "/v1/health/service/{}?passing",
+            mesh_endpoint_name(destination)
+        );
+        let mut candidates = mesh_addresses(&self.identity.agent.get(&path).await?);
+        candidates.shuffle(&mut rand::rng());
+        for addr in candidates {
+            match self.stream(destination, addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) => {
+                    tracing::debug!(%addr, destination, "mesh dial failed: {err}");
+                    self.pool.lock().expect("pool poisoned").remove(&addr);
+                }
+            }
+        }
+        Err(MeshError::Unreachable(destination.to_owned()))
+    }
+
+    async fn stream(&self, destination: &str, addr: SocketAddr) -> Result<MeshStream, MeshError> {
+        let pooled = self.pool.lock().expect("pool poisoned").get(&addr).cloned();
+        let connection = match pooled.filter(|c| c.close_reason().is_none()) {
+            Some(connection) => connection,
+            None => {
+                let current = self.identity.get(false).await?;
+                let server = ServiceId {
+                    service: destination.to_owned(),
+                    ..current.identity.id.clone()
+                };
+                let connection = self
+                    .endpoint
+                    .connect_with(current.identity.client_config()?, addr, &server.dns_name())
+                    .map_err(|e| MeshError::Quic(e.to_string()))?
+                    .await
+                    .map_err(|e| MeshError::Quic(e.to_string()))?;
+                self.pool
+                    .lock()
+                    .expect("pool poisoned")
+                    .insert(addr, connection.clone());
+                connection
+            }
+        };
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| MeshError::Quic(e.to_string()))?;
+        Ok(MeshStream { send, recv })
+    }
+}
+
+/// Takes mesh connections for one service instance registered on the local agent.
+pub struct MeshListener {
+    agent: Agent,
+    endpoint: quinn::Endpoint,
+    registration: String,
+    streams: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(MeshStream, ServiceId)>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+/// Streams of authorized callers waiting for `accept`.
+const BACKLOG: usize = 1024;
+
+impl MeshListener {
+    /// Listens at `addr` for the instance `service_id` (registered on the agent at
+    /// `agent_http`) and registers the endpoint so that clients and sidecars find it.
+    pub async fn bind(
+        agent_http: &str,
+        service_id: &str,
+        addr: SocketAddr,
+    ) -> Result<Self, MeshError> {
+        let agent = Agent::new(agent_http);
+        let services = agent.get("/v1/agent/services").await?;
+        let service = services[service_id]["Service"]
+            .as_str()
+            .ok_or_else(|| {
+                agent.error(format!(
+                    "no service with ID {service_id:?} is registered on this agent: register it first"
+                ))
+            })?
+            .to_owned();
+        let identity = Arc::new(Identity {
+            agent: agent.clone(),
+            service: service.clone(),
+            current: Mutex::new(None),
+        });
+        let current = identity.get(false).await?;
+        let endpoint = quinn::Endpoint::server(current.identity.server_config()?, addr)?;
+        let bound = endpoint.local_addr()?;
+        let registration = mesh_endpoint_name(service_id);
+        let body = json!({
+            "ID": registration,
+            "Name": mesh_endpoint_name(&service),
+            "Address": bound.ip().to_string(),
+            "Port": bound.port(),
+            "Meta": {"murmur-proxy-for": service_id, "murmur-native": "true"},
+        });
+        agent
+            .call(
+                reqwest::Method::PUT,
+                "/v1/agent/service/register",
+                Some(body),
+            )
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
+        let acceptor = tokio::spawn(accept_loop(identity, endpoint.clone(), tx));
+        Ok(Self {
+            agent,
+            endpoint,
+            registration,
+            streams: tokio::sync::Mutex::new(rx),
+            acceptor,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The next stream of an authorized caller, with the caller's identity. Callers the
+    /// handshake or the intentions refuse are turned away before this and never returned.
+    pub async fn accept(&self) -> Result<(MeshStream, ServiceId), MeshError> {
+        self.streams
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| MeshError::Quic("the listener is closed".into()))
+    }
+
+    /// Deregisters the endpoint and closes the listener.
+    pub async fn close(self) -> Result<(), MeshError> {
+        let path = format!("/v1/agent/service/deregister/{}", self.registration);
+        let result = self.agent.call(reqwest::Method::PUT, &path, None).await;
+        self.acceptor.abort();
+        self.endpoint.close(0u32.into(), b"closed");
+        result.map(drop)
+    }
+}
+
+/// Takes connections, asks the agent to authorize each caller, and hands the streams of the
+/// authorized ones to `accept`; the leaf is refreshed when due, for new connections.
+async fn accept_loop(
+    identity: Arc<Identity>,
+    endpoint: quinn::Endpoint,
+    streams: tokio::sync::mpsc::Sender<(MeshStream, ServiceId)>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        if let Ok(current) = identity.get(false).await
+            && let Ok(config) = current.identity.server_config()
+        {
+            endpoint.set_server_config(Some(config));
+        }
+        let (identity, streams) = (identity.clone(), streams.clone());
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return; // refused in the handshake
+            };
+            let Ok(caller) = peer_service(&connection) else {
+                connection.close(1u32.into(), b"no service identity");
+                return;
+            };
+            if !authorized(&identity, &caller).await {
+                connection.close(1u32.into(), b"denied by intention");
+                return;
+            }
+            while let Ok((send, recv)) = connection.accept_bi().await {
+                if streams
+                    .send((MeshStream { send, recv }, caller.clone()))
+                    .await
+                    .is_err()
+                {
+                    return; // the listener is gone
+                }
+            }
+        });
+    }
+}
+
+async fn authorized(identity: &Identity, caller: &ServiceId) -> bool {
+    let body = json!({"Target": identity.service, "ClientCertURI": caller.uri()});
+    let answer = identity
+        .agent
+        .call(
+            reqwest::Method::POST,
+            "/v1/agent/connect/authorize",
+            Some(body),
+        )
+        .await;
+    answer.is_ok_and(|a| a["Authorized"].as_bool() == Some(true))
+}
+
+/// One mesh connection as the application sees it: a byte stream both ways.
+pub struct MeshStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl AsyncRead for MeshStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.send)
+            .poll_write(cx, buf)
+            .map_err(Into::into)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_shutdown(cx)
+    }
+}
