@@ -22,6 +22,57 @@ pub struct Definition {
     /// Its `Check` and `Checks` blocks, parsed by [`Definition::check_definitions`] once the
     /// agent's settings (script checks allowed or not) are known.
     pub checks: Vec<Value>,
+    /// `Connect.SidecarService`: the agent runs a sidecar proxy for it, with these upstreams.
+    pub sidecar: Option<Vec<Upstream>>,
+}
+
+/// An upstream of a sidecar (`DestinationName`, `LocalBindPort`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The service it reaches.
+    pub destination: String,
+    /// The loopback port the app dials.
+    pub port: u16,
+}
+
+/// `Connect.SidecarService.Proxy.Upstreams`, as Consul's service definitions write them.
+fn sidecar(object: &serde_json::Map<String, Value>) -> Result<Option<Vec<Upstream>>, String> {
+    let Some(connect) = field(object, "Connect") else {
+        return Ok(None);
+    };
+    let connect = connect.as_object().ok_or("Connect must be an object")?;
+    let Some(sidecar) = field(connect, "SidecarService") else {
+        return Ok(None);
+    };
+    let sidecar = sidecar
+        .as_object()
+        .ok_or("Connect.SidecarService must be an object")?;
+    let proxy = match field(sidecar, "Proxy") {
+        None => return Ok(Some(Vec::new())),
+        Some(Value::Object(proxy)) => proxy,
+        Some(_) => return Err("Connect.SidecarService.Proxy must be an object".into()),
+    };
+    let upstreams = match field(proxy, "Upstreams") {
+        None => return Ok(Some(Vec::new())),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err("Proxy.Upstreams must be a list".into()),
+    };
+    upstreams
+        .iter()
+        .map(|u| {
+            let u = u.as_object().ok_or("each upstream must be an object")?;
+            let destination = string(u, "DestinationName")?;
+            if destination.is_empty() {
+                return Err("an upstream needs DestinationName".to_owned());
+            }
+            let port = integer(u, "LocalBindPort", u64::from(u16::MAX))? as u16;
+            if port == 0 {
+                return Err(format!("upstream {destination:?} needs LocalBindPort"));
+            }
+            Ok(Upstream { destination, port })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(Some)
 }
 
 impl Definition {
@@ -156,6 +207,7 @@ pub fn parse(value: &Value) -> Result<Definition, String> {
             weight_warning,
         },
         checks,
+        sidecar: sidecar(object)?,
     })
 }
 
@@ -250,6 +302,31 @@ mod tests {
             let err = parse(&input).unwrap_err();
             assert!(err.contains(expected), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn a_sidecar_service_block_asks_for_a_proxy_with_its_upstreams() {
+        let def = parse(&json!({
+            "Name": "web", "Port": 8080,
+            "Connect": {"SidecarService": {"Proxy": {"Upstreams": [
+                {"DestinationName": "db", "LocalBindPort": 9191}
+            ]}}}
+        }))
+        .unwrap();
+        assert_eq!(
+            def.sidecar,
+            Some(vec![Upstream {
+                destination: "db".into(),
+                port: 9191
+            }])
+        );
+        let bare = parse(&json!({"name": "db", "connect": {"sidecar_service": {}}})).unwrap();
+        assert_eq!(bare.sidecar, Some(vec![]));
+        assert_eq!(parse(&json!({"Name": "x"})).unwrap().sidecar, None);
+        let err = parse(&json!({"Name": "x", "Connect": {"SidecarService": {"Proxy":
+            {"Upstreams": [{"DestinationName": "db"}]}}}}))
+        .unwrap_err();
+        assert!(err.contains("LocalBindPort"), "{err}");
     }
 
     #[test]

@@ -483,3 +483,73 @@ fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
         "a caller with no intention got an answer"
     );
 }
+
+#[test]
+fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_metrics() {
+    let agents = cluster("as", 2, &keygen());
+    assert!(agents[0].cli(&["ca", "rotate"]).status.success());
+    assert!(
+        agents[0]
+            .cli(&["intention", "create", "--allow", "web", "db"])
+            .status
+            .success()
+    );
+    let EchoApp { addr: app, .. } = echo_app();
+    let upstream = free_port();
+    register(
+        &agents[1],
+        &format!(
+            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
+            app.port()
+        ),
+    );
+    assert!(wait_until(SPREAD, || agents[0]
+        .get("/v1/agent/connect/ca/roots")["Roots"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty())));
+    register(
+        &agents[0],
+        &format!(
+            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+                {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {upstream}}}]}}}}}}}}"#
+        ),
+    );
+    let upstream = SocketAddr::from(([127, 0, 0, 1], upstream));
+    assert!(
+        wait_until(SPREAD, || round_trip(upstream, b"hi")
+            .is_ok_and(|b| b == b"hi")),
+        "the agents' own sidecars carry web's connection to db:\n{}\n{}",
+        agents[0].log(),
+        agents[1].log()
+    );
+    // Their metrics are the agents' own.
+    let metrics = |agent: &Agent| {
+        agent
+            .request("GET", "/v1/agent/metrics?format=prometheus", b"")
+            .2
+    };
+    let web_side = metrics(&agents[0]);
+    assert!(
+        web_side
+            .contains("murmur_proxy_upstream_connections_total{source=\"web\",destination=\"db\"}"),
+        "{web_side}"
+    );
+    assert!(
+        web_side.contains("murmur_proxy_connect_seconds"),
+        "{web_side}"
+    );
+    let db_side = metrics(&agents[1]);
+    assert!(
+        db_side
+            .contains("murmur_proxy_inbound_connections_total{source=\"web\",destination=\"db\"}"),
+        "{db_side}"
+    );
+    // Deregistering web stops its proxy: the upstream closes, the proxy leaves the catalog.
+    let (status, _, _) = agents[0].request("PUT", "/v1/agent/service/deregister/web-1", b"");
+    assert_eq!(status, 200);
+    assert!(wait_until(SPREAD, || TcpStream::connect(upstream).is_err()
+        && agents[0]
+            .get("/v1/agent/services")
+            .get("web-1-sidecar-proxy")
+            .is_none()));
+}

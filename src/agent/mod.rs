@@ -114,18 +114,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .context("cannot publish this agent's CA root")?;
 
     let leave = Arc::new(Notify::new());
+    let sidecars = Arc::new(crate::connect::sidecars::Sidecars::new(config.http_addr));
     let api = crate::http::router(
         agent.clone(),
         leave.clone(),
         config.clone(),
         checks,
         connect,
+        sidecars.clone(),
     );
     tokio::spawn(async move {
         if let Err(err) = axum::serve(http, api).await {
             tracing::error!("HTTP API stopped: {err}");
         }
     });
+    // Services of --config-dir with a sidecar block get their proxies once the API serves.
+    for definition in &definitions {
+        if let Some(upstreams) = &definition.sidecar {
+            sidecars.start(&definition.service.id, upstreams);
+        }
+    }
     tracing::info!(
         node = %config.node, gossip = %config.bind, advertise = %config.advertise, http = %config.http_addr, dns = %config.dns_addr,
         datacenter = %config.datacenter, encrypted, dev = config.dev, "murmur agent running"

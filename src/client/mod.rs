@@ -3,7 +3,7 @@
 mod catalog;
 mod connect;
 mod kv;
-mod sidecar;
+pub mod sidecar;
 mod watch;
 
 use anyhow::{Context, bail};

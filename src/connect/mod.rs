@@ -8,6 +8,8 @@
 //! ([`SIGNER_META`]), so askers know where to go. Issued leaves are cached per service and
 //! replaced when due for renewal or when the signing root changes.
 
+pub mod sidecars;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -102,6 +102,7 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCo
     let checks = definition
         .check_definitions(api.config.enable_script_checks)
         .map_err(ApiError::bad_request)?;
+    let (id, sidecar) = (definition.service.id.clone(), definition.sidecar);
     api.agent
         .write(|r, _| {
             let mut record = r.own_record().cloned().unwrap_or_default();
@@ -114,6 +115,10 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCo
         .map_err(ApiError::internal)?;
     for check in checks {
         api.checks.register(check, false).await?;
+    }
+    match &sidecar {
+        Some(upstreams) => api.sidecars.start(&id, upstreams),
+        None => api.sidecars.stop(&id),
     }
     Ok(StatusCode::OK)
 }
@@ -134,6 +139,7 @@ pub async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> ApiRe
         .await
         .map_err(ApiError::internal)?;
     api.checks.forget_service(&id).map_err(ApiError::internal)?;
+    api.sidecars.stop(&id);
     if !found {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -37,6 +37,7 @@ use crate::agent::config::{AgentConfig, resolve_seeds};
 use crate::agent::runtime::Agent;
 use crate::checks::{CheckError, Checks};
 use crate::connect::Connect;
+use crate::connect::sidecars::Sidecars;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -46,6 +47,7 @@ struct Api {
     config: Arc<AgentConfig>,
     checks: Arc<Checks>,
     connect: Arc<Connect>,
+    sidecars: Arc<Sidecars>,
 }
 
 /// An error answer: status plus a plain-text message, as Consul sends them.
@@ -119,6 +121,7 @@ pub fn router(
     config: AgentConfig,
     checks: Arc<Checks>,
     connect: Arc<Connect>,
+    sidecars: Arc<Sidecars>,
 ) -> Router {
     let api = Api {
         agent,
@@ -126,6 +129,7 @@ pub fn router(
         config: Arc::new(config),
         checks,
         connect,
+        sidecars,
     };
     Router::new()
         .route("/v1/agent/self", get(agent_self))

@@ -69,6 +69,12 @@ impl Sidecar {
 
 /// Runs the proxy until SIGINT or SIGTERM, then drains and deregisters.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    serve(args, crate::agent::shutdown_signal()).await
+}
+
+/// Runs the proxy until `stop` returns, then drains and deregisters: what `murmur connect
+/// proxy` runs, and what the agent runs for services registered with a sidecar.
+pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let client = Client::new(&args.target);
     let fronted = fronted(&client, &args.sidecar_for).await?;
     let upstreams = args
@@ -110,7 +116,6 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     for spec in upstreams {
         tasks.spawn(upstream::serve(sidecar.clone(), spec));
     }
-    let stop = crate::agent::shutdown_signal();
     tokio::select! {
         () = stop => {}
         Some(ended) = tasks.join_next() => {
