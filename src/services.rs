@@ -2,7 +2,8 @@
 //! `{"service": {...}}` / `{"services": [...]}` files of `--config-dir`.
 //!
 //! Keys are matched without regard to letter case, as Go's JSON decoding does, so `"Name"`,
-//! `"name"` and `"NAME"` all work. Unknown keys are ignored, as Consul ignores them; a known key
+//! `"name"` and `"NAME"` all work, nor to underscores, so the config files' snake case
+//! (`"sidecar_service"`) reads like the API's (`"SidecarService"`). Unknown keys are ignored, as Consul ignores them; a known key
 //! with a value of the wrong type is an error that names the key.
 
 use std::collections::BTreeMap;
@@ -97,16 +98,24 @@ impl Definition {
     }
 }
 
-/// Looks a key up in a JSON object regardless of case.
+/// Looks a key up in a JSON object regardless of case and of underscores, as Consul reads its
+/// API's `SidecarService` and its config files' `sidecar_service` alike.
 pub(crate) fn field<'a>(
     object: &'a serde_json::Map<String, Value>,
     name: &str,
 ) -> Option<&'a Value> {
     object
         .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .find(|(k, _)| letters(k).eq(letters(name)))
         .map(|(_, v)| v)
         .filter(|v| !v.is_null())
+}
+
+/// A key's letters, lower case, without underscores.
+fn letters(text: &str) -> impl Iterator<Item = u8> + '_ {
+    text.bytes()
+        .filter(|&b| b != b'_')
+        .map(|b| b.to_ascii_lowercase())
 }
 
 pub(crate) fn string(
