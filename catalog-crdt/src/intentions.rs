@@ -47,15 +47,10 @@ impl Intention {
         let key = Self::key(source, destination);
         let high = crate::shared::fnv(&key);
         let low = crate::shared::fnv(&(&key, 1u8));
-        let h = format!("{high:016x}{low:016x}");
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        )
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&high.to_be_bytes());
+        bytes[8..].copy_from_slice(&low.to_be_bytes());
+        uuid_text(&bytes)
     }
 
     pub(crate) fn weight(&self) -> usize {
@@ -83,6 +78,19 @@ impl Intention {
         (self.source == WILDCARD || self.source == source)
             && (self.destination == WILDCARD || self.destination == destination)
     }
+}
+
+/// 16 bytes in the text form of a UUID (8-4-4-4-12 hex digits), as Consul shows ids.
+pub fn uuid_text(bytes: &[u8; 16]) -> String {
+    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Which side `match` looks up by.

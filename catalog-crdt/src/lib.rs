@@ -47,7 +47,7 @@ pub use external::{
     EXTERNAL_PREFIX, ExternalEntry, ExternalNode, ExternalNodes, ExternalPart, PartKey,
 };
 pub use hlc::{Clock, ClockError, Hlc};
-pub use intentions::{Action, Intention, MatchBy, WILDCARD, check, matching, ordered};
+pub use intentions::{Action, Intention, MatchBy, WILDCARD, check, matching, ordered, uuid_text};
 pub use journal::{
     JOURNAL_MAGIC, JournalContents, JournalError, MAX_RECORD, SNAPSHOT_MAGIC, decode_journal,
     decode_snapshot, encode_record, encode_snapshot, journal_header,

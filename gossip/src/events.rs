@@ -103,15 +103,7 @@ impl EventFilter {
 impl UserEvent {
     /// The id in UUID text form, as Consul shows event ids.
     pub fn id_string(&self) -> String {
-        let h: String = self.id.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        )
+        murmur_catalog::uuid_text(&self.id)
     }
 
     /// Checks the name, the filters and the size before an event is fired.

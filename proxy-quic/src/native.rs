@@ -83,6 +83,33 @@ pub fn mesh_addresses(list: &Value) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The mesh identity in the agent's answers to `/v1/agent/connect/ca/leaf/:service` and
+/// `/v1/agent/connect/ca/roots`.
+pub fn identity_from_answers(leaf: &Value, roots: &Value) -> Result<MeshIdentity, TlsError> {
+    let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
+    let root_pems: Vec<String> = roots["Roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| text(r, "RootCert"))
+        .collect();
+    MeshIdentity::from_pem(
+        &text(leaf, "CertPEM"),
+        &text(leaf, "PrivateKeyPEM"),
+        &root_pems,
+    )
+}
+
+/// The base URL of an agent's HTTP API given as `host:port` or a URL.
+pub fn agent_base_url(addr: &str) -> String {
+    let addr = addr.trim_end_matches('/');
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// The local agent's HTTP API, as much as the SDK needs.
 #[derive(Clone)]
 struct Agent {
@@ -92,14 +119,8 @@ struct Agent {
 
 impl Agent {
     fn new(addr: &str) -> Self {
-        let addr = addr.trim_end_matches('/');
-        let base = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
         Self {
-            base,
+            base: agent_base_url(addr),
             http: reqwest::Client::new(),
         }
     }

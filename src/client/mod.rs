@@ -22,14 +22,8 @@ struct Client {
 
 impl Client {
     fn new(target: &HttpTarget) -> Self {
-        let addr = target.http_addr.trim_end_matches('/');
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
         Self {
-            base,
+            base: murmur_proxy::native::agent_base_url(&target.http_addr),
             http: reqwest::Client::new(),
         }
     }

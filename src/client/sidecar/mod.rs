@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use murmur_proxy::native::mesh_endpoint_name;
+use murmur_proxy::native::{identity_from_answers, mesh_endpoint_name};
 use murmur_proxy::tls::MeshIdentity;
 use serde_json::{Value, json};
 
@@ -181,33 +181,12 @@ async fn agent_ip(client: &Client) -> anyhow::Result<IpAddr> {
         .ok_or_else(|| anyhow!("the agent did not say its address: give --listen"))
 }
 
-/// The mesh identity from a leaf answer and a roots answer.
-fn identity_of(leaf: &Value, roots: &Value) -> anyhow::Result<MeshIdentity> {
-    let text = |v: &Value, key: &str| -> anyhow::Result<String> {
-        v[key]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("the agent's answer has no {key}"))
-    };
-    let root_pems: Vec<String> = roots["Roots"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["RootCert"].as_str().map(str::to_owned))
-        .collect();
-    Ok(MeshIdentity::from_pem(
-        &text(leaf, "CertPEM")?,
-        &text(leaf, "PrivateKeyPEM")?,
-        &root_pems,
-    )?)
-}
-
 async fn fetch_identity(client: &Client, service: &str) -> anyhow::Result<MeshIdentity> {
     let leaf = client
         .get(&format!("/v1/agent/connect/ca/leaf/{service}"))
         .await?;
     let roots = client.get("/v1/agent/connect/ca/roots").await?;
-    identity_of(&leaf, &roots)
+    Ok(identity_from_answers(&leaf, &roots)?)
 }
 
 /// Keeps the identity current: a new leaf (renewal, rotation) or a new set of roots makes a
@@ -220,7 +199,7 @@ async fn follow_identity(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
         if leaf.is_null() || roots.is_null() {
             return;
         }
-        match identity_of(&leaf, &roots).and_then(|id| Ok((id.server_config()?, id))) {
+        match identity_from_answers(&leaf, &roots).and_then(|id| Ok((id.server_config()?, id))) {
             Ok((config, identity)) => {
                 sidecar.endpoint.set_server_config(Some(config));
                 *sidecar.identity.write().expect("identity poisoned") = identity;
