@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::blocking::Topic;
 use super::{
-    Api, ApiError, ApiResult, blocking, filter_of, filtered, flag_or_value, local_datacenter,
-    node_uuid,
+    Api, ApiError, ApiResult, blocking, encode, filter_of, flag_or_value, json_bytes,
+    local_datacenter, node_uuid,
 };
 
 /// A node's id for the `ID` fields (Consul shows node ids as UUIDs), 0 when unknown: a lookup
@@ -152,14 +152,28 @@ struct HealthEntry {
 }
 
 /// Runs `answer` over this agent's catalog view as a blocking query on the records' index;
-/// the answer is serialized after the node lock is released.
+/// the answer is serialized after the node lock is released. With a `cache_key`, an answer
+/// kept for the current index is served as it is (see `answers.rs`).
 async fn catalog_query<T: Serialize>(
     api: &Api,
     query: &HashMap<String, String>,
+    cache_key: Option<String>,
     answer: impl Fn(&Node, &CatalogView<'_>) -> T,
 ) -> ApiResult {
     local_datacenter(api, query)?;
     let filter = filter_of(query)?;
+    if let Some(key) = &cache_key {
+        let wanted = blocking::index(query)?;
+        let current = api
+            .agent
+            .read_node(|n| n.replica().records_index())
+            .max(1);
+        if (wanted == 0 || wanted != current)
+            && let Some(bytes) = api.answers.get(key, current)
+        {
+            return Ok(json_bytes(current, bytes));
+        }
+    }
     let (index, body) = blocking::query(&api.agent, query, Topic::Catalog, |n| {
         let failed = n.failed_owners();
         let replica = n.replica();
@@ -169,7 +183,11 @@ async fn catalog_query<T: Serialize>(
         )
     })
     .await?;
-    filtered(index, filter.as_ref(), body)
+    let bytes = encode(filter.as_ref(), body)?;
+    if let Some(key) = cache_key {
+        api.answers.put(key, index, bytes.clone());
+    }
+    Ok(json_bytes(index, bytes))
 }
 
 /// The query pairs as a map (the last of a repeated key wins) and the values of `repeated`.
@@ -211,7 +229,12 @@ pub async fn service(
 ) -> ApiResult {
     let (query, tags) = split_query(pairs, "tag");
     let passing = flag_or_value(&query, "passing")?;
-    catalog_query(&api, &query, |n, view| {
+    let key = format!(
+        "health/service\n{name}\n{passing}\n{}\n{}",
+        query.get("filter").map_or("", String::as_str),
+        tags.join("\n")
+    );
+    catalog_query(&api, &query, Some(key), |n, view| {
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         view.instances(&name, &tags)
             .iter()
@@ -229,7 +252,7 @@ pub async fn checks(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    catalog_query(&api, &query, |_, view| {
+    catalog_query(&api, &query, None, |_, view| {
         view.instances(&name, &[])
             .iter()
             .flat_map(|i| {
@@ -256,7 +279,7 @@ pub async fn node(
     Path(node): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    catalog_query(&api, &query, |_, view| {
+    catalog_query(&api, &query, None, |_, view| {
         let index = view.node_index(&node);
         view.node_checks(&node)
             .unwrap_or_default()
@@ -282,7 +305,7 @@ pub async fn state(
         "maintenance" => Some(Health::Maintenance),
         _ => return Err(ApiError::bad_request("Invalid check state")),
     };
-    catalog_query(&api, &query, |_, view| {
+    catalog_query(&api, &query, None, |_, view| {
         view.all_checks()
             .iter()
             .filter(|(_, c)| wanted.is_none_or(|w| c.status == w))

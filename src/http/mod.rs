@@ -4,6 +4,7 @@
 //! murmur has no leader: `X-Consul-KnownLeader` is always `true` (every agent serves) and
 //! `X-Consul-Effective-Consistency` is `stale`: each agent answers from its own replica.
 
+mod answers;
 mod blocking;
 mod catalog;
 mod checks;
@@ -48,6 +49,8 @@ struct Api {
     checks: Arc<Checks>,
     connect: Arc<Connect>,
     sidecars: Arc<Sidecars>,
+    /// Encoded catalog answers by query, for the current catalog index.
+    answers: Arc<answers::Answers>,
 }
 
 /// An error answer: status plus a plain-text message, as Consul sends them.
@@ -130,6 +133,7 @@ pub fn router(
         checks,
         connect,
         sidecars,
+        answers: Arc::default(),
     };
     Router::new()
         .route("/v1/agent/self", get(agent_self))
@@ -266,15 +270,29 @@ fn filtered<T: serde::Serialize>(
     filter: Option<&filter::Filter>,
     body: T,
 ) -> ApiResult {
-    match filter {
-        None => Ok(indexed(index, Json(body))),
-        Some(f) => {
-            let value = serde_json::to_value(body).map_err(|e| {
-                ApiError::internal(anyhow::anyhow!("cannot encode the answer: {e}"))
-            })?;
-            Ok(indexed(index, Json(f.apply(value))))
-        }
-    }
+    Ok(json_bytes(index, encode(filter, body)?))
+}
+
+/// The JSON of `body`, through `filter` if there is one.
+fn encode<T: serde::Serialize>(
+    filter: Option<&filter::Filter>,
+    body: T,
+) -> Result<axum::body::Bytes, ApiError> {
+    let encoded = match filter {
+        None => serde_json::to_vec(&body),
+        Some(f) => serde_json::to_value(body).and_then(|v| serde_json::to_vec(&f.apply(v))),
+    };
+    encoded
+        .map(axum::body::Bytes::from)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode the answer: {e}")))
+}
+
+/// An answer of encoded JSON with its index.
+fn json_bytes(index: u64, bytes: axum::body::Bytes) -> Response {
+    indexed(
+        index,
+        ([(header::CONTENT_TYPE, "application/json")], bytes),
+    )
 }
 
 /// A Consul-style presence flag: `?flag`, `?flag=`, `?flag=1`, `?flag=true` all mean on.
