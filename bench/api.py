@@ -65,6 +65,15 @@ def http_load(agent, seconds):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    if "Non-2xx" in out:
+        sys.exit(f"wrk got error answers:\n{out}")
+    # Every answer must be the whole list: compare wrk's bytes per request with one answer.
+    with urllib.request.urlopen(url) as r:
+        one = len(r.read())
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
+    per_second = float(transfer.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[transfer.group(2)]
+    if per_second / rps < one:
+        sys.exit(f"wrk's answers are shorter ({per_second / rps:.0f} B) than one answer ({one} B)")
     return rps, float(p99.group(1)) * scale
 
 
