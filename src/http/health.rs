@@ -164,10 +164,7 @@ async fn catalog_query<T: Serialize>(
     let filter = filter_of(query)?;
     if let Some(key) = &cache_key {
         let wanted = blocking::index(query)?;
-        let current = api
-            .agent
-            .read_node(|n| n.replica().records_index())
-            .max(1);
+        let current = api.agent.read_node(|n| n.replica().records_index()).max(1);
         if (wanted == 0 || wanted != current)
             && let Some(bytes) = api.answers.get(key, current)
         {

@@ -289,10 +289,7 @@ fn encode<T: serde::Serialize>(
 
 /// An answer of encoded JSON with its index.
 fn json_bytes(index: u64, bytes: axum::body::Bytes) -> Response {
-    indexed(
-        index,
-        ([(header::CONTENT_TYPE, "application/json")], bytes),
-    )
+    indexed(index, ([(header::CONTENT_TYPE, "application/json")], bytes))
 }
 
 /// A Consul-style presence flag: `?flag`, `?flag=`, `?flag=1`, `?flag=true` all mean on.
