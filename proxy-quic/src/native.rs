@@ -244,7 +244,7 @@ impl MeshClient {
             current: Mutex::new(None),
         });
         identity.get(false).await?;
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        let endpoint = crate::tls::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None)?;
         Ok(Self {
             identity,
             endpoint,
@@ -340,7 +340,7 @@ impl MeshListener {
             current: Mutex::new(None),
         });
         let current = identity.get(false).await?;
-        let endpoint = quinn::Endpoint::server(current.identity.server_config()?, addr)?;
+        let endpoint = crate::tls::endpoint(addr, Some(current.identity.server_config()?))?;
         let bound = endpoint.local_addr()?;
         let registration = mesh_endpoint_name(service_id);
         let body = json!({

@@ -134,6 +134,34 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
+/// UDP socket buffers asked for (the kernel caps them at `net.core.rmem_max`/`wmem_max`): with
+/// the default 208 KiB a single flow through a sidecar pair overflowed the receive buffer
+/// (0.44% of datagrams dropped, `RcvbufErrors` in /proc/net/snmp during `bench/proxy.sh`),
+/// and each drop halved the congestion window.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// A QUIC endpoint on `addr` with large socket buffers; a server when `server` is given.
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer still works, only slower.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// The service identity the peer of `connection` proved in the handshake.
 pub fn peer_service(connection: &quinn::Connection) -> Result<ServiceId, TlsError> {
     let certs = connection
@@ -176,7 +204,7 @@ mod tests {
         server: &quinn::Endpoint,
         name: &str,
     ) -> Result<quinn::Connection, String> {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut endpoint = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
         endpoint.set_default_client_config(client.client_config().unwrap());
         let connecting = endpoint
             .connect(server.local_addr().unwrap(), name)
@@ -194,9 +222,9 @@ mod tests {
     fn serve(
         identity: &MeshIdentity,
     ) -> (quinn::Endpoint, tokio::task::JoinHandle<Option<String>>) {
-        let endpoint = quinn::Endpoint::server(
-            identity.server_config().unwrap(),
+        let endpoint = endpoint(
             "127.0.0.1:0".parse().unwrap(),
+            Some(identity.server_config().unwrap()),
         )
         .unwrap();
         let accepting = endpoint.clone();
