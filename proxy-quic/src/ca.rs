@@ -264,13 +264,14 @@ pub struct Leaf {
     pub root_id: String,
 }
 
-/// When to replace `leaf`: between 60% and 90% of its lifetime, placed by `jitter` in [0, 1)
-/// (from the caller's RNG), so leaves issued together are not all renewed together, and a
-/// renewal that fails has time to be tried again before the leaf expires.
-pub fn renew_at(leaf: &Leaf, jitter: f64) -> u64 {
-    let life = leaf.valid_before_s.saturating_sub(leaf.valid_after_s);
+/// When to replace a leaf valid from `valid_after_s` to `valid_before_s`: between 60% and 90%
+/// of that span, placed by `jitter` in [0, 1) (from the caller's RNG), so leaves issued
+/// together are not all renewed together, and a renewal that fails has time to be tried
+/// again before the leaf expires.
+pub fn renew_at(valid_after_s: u64, valid_before_s: u64, jitter: f64) -> u64 {
+    let life = valid_before_s.saturating_sub(valid_after_s);
     let permille = 600 + (300.0 * jitter.clamp(0.0, 1.0)).round() as u64;
-    leaf.valid_after_s + life.saturating_mul(permille) / 1000
+    valid_after_s + life.saturating_mul(permille) / 1000
 }
 
 /// A fresh key pair for a leaf: the private key (PEM) stays with the caller; the public key
@@ -337,16 +338,9 @@ mod tests {
 
     #[test]
     fn renewal_falls_between_60_and_90_percent_of_the_life() {
-        let leaf = Leaf {
-            cert_pem: String::new(),
-            serial: String::new(),
-            valid_after_s: 1_000,
-            valid_before_s: 2_000,
-            root_id: String::new(),
-        };
-        assert_eq!(renew_at(&leaf, 0.0), 1_600);
-        assert_eq!(renew_at(&leaf, 0.5), 1_750);
-        assert_eq!(renew_at(&leaf, 1.0), 1_900);
+        assert_eq!(renew_at(1_000, 2_000, 0.0), 1_600);
+        assert_eq!(renew_at(1_000, 2_000, 0.5), 1_750);
+        assert_eq!(renew_at(1_000, 2_000, 1.0), 1_900);
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Both sides learn their leaf and the roots from the local agent's HTTP API and fetch them
-//! again when the leaf is due for renewal (or a handshake says the roots moved). A listener is
+//! again when the leaf is due for renewal, or when a handshake fails (the roots may have moved,
+//! as after a rotation: a client retries once, a listener refreshes for the next callers). A listener is
 //! found by clients, sidecars included, as `<ID>-sidecar-proxy` in the catalog, like a sidecar;
 //! the agent's `authorize` decides each accepted connection. Unlike a sidecar, a native
 //! listener does not close open connections when an intention changes: it checks each new one.
@@ -179,10 +180,11 @@ fn now_s() -> u64 {
 }
 
 impl Identity {
-    /// The identity, fetched again if due (or if `force`).
-    async fn get(&self, force: bool) -> Result<Arc<Current>, MeshError> {
+    /// The identity, fetched again if due, or if `stale` is the one in use (a handshake
+    /// failed with it: the roots may have moved, as after a rotation).
+    async fn get(&self, stale: Option<&Arc<Current>>) -> Result<Arc<Current>, MeshError> {
         if let Some(current) = self.current.lock().expect("identity poisoned").clone()
-            && !force
+            && !stale.is_some_and(|s| Arc::ptr_eq(s, &current))
             && now_s() < current.renew_at_s
         {
             return Ok(current);
@@ -192,29 +194,17 @@ impl Identity {
             .get(&format!("/v1/agent/connect/ca/leaf/{}", self.service))
             .await?;
         let roots = self.agent.get("/v1/agent/connect/ca/roots").await?;
-        let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
-        let root_pems: Vec<String> = roots["Roots"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| text(r, "RootCert"))
-            .collect();
-        let identity = MeshIdentity::from_pem(
-            &text(&leaf, "CertPEM"),
-            &text(&leaf, "PrivateKeyPEM"),
-            &root_pems,
-        )?;
-        // Fetch again at 60% of the leaf's life: the agent hands the same leaf until it renews.
-        let issued = crate::ca::Leaf {
-            cert_pem: String::new(),
-            serial: String::new(),
-            valid_after_s: now_s(),
-            valid_before_s: rfc3339_s(&text(&leaf, "ValidBefore")).unwrap_or(now_s() + 60),
-            root_id: String::new(),
-        };
+        let identity = identity_from_answers(&leaf, &roots)?;
+        // Fetch again at 60% of what is left of the leaf's life: the agent hands out the same
+        // leaf until it renews it.
+        let now = now_s();
+        let valid_before = leaf["ValidBefore"]
+            .as_str()
+            .and_then(rfc3339_s)
+            .unwrap_or(now + 60);
         let current = Arc::new(Current {
             identity,
-            renew_at_s: renew_at(&issued, 0.0),
+            renew_at_s: renew_at(now, valid_before, 0.0),
         });
         *self.current.lock().expect("identity poisoned") = Some(current.clone());
         Ok(current)
@@ -243,7 +233,7 @@ impl MeshClient {
             service: service.to_owned(),
             current: Mutex::new(None),
         });
-        identity.get(false).await?;
+        identity.get(None).await?;
         let endpoint = crate::tls::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None)?;
         Ok(Self {
             identity,
@@ -278,17 +268,15 @@ impl MeshClient {
         let connection = match pooled.filter(|c| c.close_reason().is_none()) {
             Some(connection) => connection,
             None => {
-                let current = self.identity.get(false).await?;
-                let server = ServiceId {
-                    service: destination.to_owned(),
-                    ..current.identity.id.clone()
+                let current = self.identity.get(None).await?;
+                let connection = match self.dial(&current, destination, addr).await {
+                    Ok(connection) => connection,
+                    // The roots may have moved (a rotation): fetch them and try once more.
+                    Err(_) => {
+                        let fresh = self.identity.get(Some(&current)).await?;
+                        self.dial(&fresh, destination, addr).await?
+                    }
                 };
-                let connection = self
-                    .endpoint
-                    .connect_with(current.identity.client_config()?, addr, &server.dns_name())
-                    .map_err(|e| MeshError::Quic(e.to_string()))?
-                    .await
-                    .map_err(|e| MeshError::Quic(e.to_string()))?;
                 self.pool
                     .lock()
                     .expect("pool poisoned")
@@ -301,6 +289,23 @@ impl MeshClient {
             .await
             .map_err(|e| MeshError::Quic(e.to_string()))?;
         Ok(MeshStream { send, recv })
+    }
+
+    async fn dial(
+        &self,
+        current: &Current,
+        destination: &str,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, MeshError> {
+        let server = ServiceId {
+            service: destination.to_owned(),
+            ..current.identity.id.clone()
+        };
+        self.endpoint
+            .connect_with(current.identity.client_config()?, addr, &server.dns_name())
+            .map_err(|e| MeshError::Quic(e.to_string()))?
+            .await
+            .map_err(|e| MeshError::Quic(e.to_string()))
     }
 }
 
@@ -339,7 +344,7 @@ impl MeshListener {
             service: service.clone(),
             current: Mutex::new(None),
         });
-        let current = identity.get(false).await?;
+        let current = identity.get(None).await?;
         let endpoint = crate::tls::endpoint(addr, Some(current.identity.server_config()?))?;
         let bound = endpoint.local_addr()?;
         let registration = mesh_endpoint_name(service_id);
@@ -394,6 +399,25 @@ impl MeshListener {
     }
 }
 
+/// Least time between two refreshes of a listener's identity caused by failed handshakes.
+const REFRESH_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Makes `current` the identity new connections are accepted with, if it is not already.
+fn serve_with(
+    endpoint: &quinn::Endpoint,
+    in_use: &Mutex<Option<Arc<Current>>>,
+    current: Arc<Current>,
+) {
+    let mut in_use = in_use.lock().expect("identity poisoned");
+    if in_use.as_ref().is_some_and(|c| Arc::ptr_eq(c, &current)) {
+        return;
+    }
+    if let Ok(config) = current.identity.server_config() {
+        endpoint.set_server_config(Some(config));
+        *in_use = Some(current);
+    }
+}
+
 /// Takes connections, asks the agent to authorize each caller, and hands the streams of the
 /// authorized ones to `accept`; the leaf is refreshed when due, for new connections.
 async fn accept_loop(
@@ -401,16 +425,33 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     streams: tokio::sync::mpsc::Sender<(MeshStream, ServiceId)>,
 ) {
+    let in_use: Arc<Mutex<Option<Arc<Current>>>> = Arc::default();
+    let last_refresh: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
-        if let Ok(current) = identity.get(false).await
-            && let Ok(config) = current.identity.server_config()
-        {
-            endpoint.set_server_config(Some(config));
+        if let Ok(current) = identity.get(None).await {
+            serve_with(&endpoint, &in_use, current);
         }
         let (identity, streams) = (identity.clone(), streams.clone());
+        let (endpoint, in_use, last_refresh) =
+            (endpoint.clone(), in_use.clone(), last_refresh.clone());
         tokio::spawn(async move {
             let Ok(connection) = incoming.await else {
-                return; // refused in the handshake
+                // Refused in the handshake: a stranger, or a caller with a leaf of a root
+                // this listener does not know yet (a rotation). Fetch the roots again, at
+                // most once per REFRESH_AFTER_FAILURE, so strangers cannot make it busy.
+                let due = {
+                    let mut last = last_refresh.lock().expect("refresh poisoned");
+                    let due = last.is_none_or(|at| at.elapsed() >= REFRESH_AFTER_FAILURE);
+                    if due {
+                        *last = Some(std::time::Instant::now());
+                    }
+                    due
+                };
+                let stale = in_use.lock().expect("identity poisoned").clone();
+                if due && let Ok(fresh) = identity.get(stale.as_ref()).await {
+                    serve_with(&endpoint, &in_use, fresh);
+                }
+                return;
             };
             let Ok(caller) = peer_service(&connection) else {
                 connection.close(1u32.into(), b"no service identity");

@@ -178,9 +178,7 @@ impl Connect {
     /// fresh and signed by the signing root, else a new one.
     pub async fn leaf(&self, agent: &Arc<Agent>, service: &str) -> anyhow::Result<IssuedLeaf> {
         let id = ServiceId::new(&self.trust_domain, &self.datacenter, service)?;
-        let signer = agent
-            .read_node(|n| signing_root(n.replica().ca_roots()).cloned())
-            .ok_or_else(|| {
+        let signer = current_signer(agent).ok_or_else(|| {
                 anyhow!(
                     "the cluster has no CA root yet: run `murmur ca init` and start an agent with that data dir (--dev agents make one)"
                 )
@@ -205,7 +203,7 @@ impl Connect {
         };
         let jitter: f64 = rand::rng().random_range(0.0..1.0);
         let issued = IssuedLeaf {
-            renew_at_s: ca::renew_at(&leaf, jitter),
+            renew_at_s: ca::renew_at(leaf.valid_after_s, leaf.valid_before_s, jitter),
             leaf,
             key_pem,
             id,
@@ -274,6 +272,11 @@ impl Connect {
     }
 }
 
+/// The root that signs now, as this agent's replica has the roots.
+fn current_signer(agent: &Agent) -> Option<CaRoot> {
+    agent.read_node(|n| signing_root(n.replica().ca_roots()).cloned())
+}
+
 impl PeerRequests for Connect {
     fn answer(&self, agent: &Agent, kind: &str, body: &[u8]) -> Result<Vec<u8>, String> {
         if kind != SIGN_LEAF {
@@ -281,9 +284,7 @@ impl PeerRequests for Connect {
         }
         let request: SignRequest =
             serde_json::from_slice(body).map_err(|e| format!("bad sign request: {e}"))?;
-        let signer = agent
-            .read_node(|n| signing_root(n.replica().ca_roots()).cloned())
-            .ok_or("this agent knows no CA root")?;
+        let signer = current_signer(agent).ok_or("this agent knows no CA root")?;
         let leaf = self
             .sign(&signer.id, &request)
             .ok_or_else(|| format!("this agent does not hold the key of root {}", signer.id))?

@@ -12,8 +12,8 @@ use murmur_catalog::{Instance, NodeRecord};
 use serde_json::{Value, json};
 
 use super::blocking::Topic;
-use super::health::split_query;
 use super::health::{NodeShape, ServiceShape, check_json, node_id, node_json, service_json};
+use super::health::{catalog_query, split_query};
 use super::{
     Api, ApiError, ApiResult, blocking, filter_of, filtered, local_datacenter, node_uuid,
     with_index,
@@ -75,22 +75,14 @@ pub async fn service(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult {
     let (query, tags) = split_query(pairs, "tag");
-    local_datacenter(&api, &query)?;
-    let filter = filter_of(&query)?;
-    let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
-        let failed = n.failed_owners();
-        let replica = n.replica();
+    catalog_query(&api, &query, None, |n, view| {
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let view = replica.catalog(&failed);
-        let list: Vec<Value> = view
-            .instances(&name, &tags)
+        view.instances(&name, &tags)
             .iter()
             .map(|i| instance_json(i, node_id(n, i.node), view.node_index(i.node)))
-            .collect();
-        (replica.records_index(), list)
+            .collect::<Vec<Value>>()
     })
-    .await?;
-    filtered(index, filter.as_ref(), list)
+    .await
 }
 
 /// `PUT /v1/agent/service/register`: adds or replaces a service on this agent's record.
@@ -156,20 +148,12 @@ pub async fn nodes(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    local_datacenter(&api, &query)?;
-    let filter = filter_of(&query)?;
-    let (index, list) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
-        let failed = n.failed_owners();
-        let replica = n.replica();
-        let view = replica.catalog(&failed);
-        let list: Vec<NodeShape> = view
-            .nodes()
+    catalog_query(&api, &query, None, |n, view| {
+        view.nodes()
             .map(|(name, record)| node_json(name, record, node_id(n, name), view.node_index(name)))
-            .collect();
-        (replica.records_index(), list)
+            .collect::<Vec<NodeShape>>()
     })
-    .await?;
-    filtered(index, filter.as_ref(), list)
+    .await
 }
 
 /// `GET /v1/catalog/node/:name`: the node and its services by id; `null` for an unknown node,

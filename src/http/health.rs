@@ -154,7 +154,7 @@ struct HealthEntry {
 /// Runs `answer` over this agent's catalog view as a blocking query on the records' index;
 /// the answer is serialized after the node lock is released. With a `cache_key`, an answer
 /// kept for the current index is served as it is (see `answers.rs`).
-async fn catalog_query<T: Serialize>(
+pub(super) async fn catalog_query<T: Serialize>(
     api: &Api,
     query: &HashMap<String, String>,
     cache_key: Option<String>,
