@@ -468,6 +468,13 @@ fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
     let denied = native(&agents[0], &["client", "cache", "api", "x"])
         .output()
         .unwrap();
+    // After a rotation a new client holds a leaf of the new root; the running listener
+    // follows the roots and lets it in.
+    let serial = |a: &Agent| a.get("/v1/agent/connect/ca/leaf/web")["SerialNumber"].clone();
+    let before = serial(&agents[0]);
+    assert!(agents[1].cli(&["ca", "rotate"]).status.success());
+    let rotated = wait_until(SPREAD, || serial(&agents[0]) != before);
+    let after_rotation = rotated.then(|| talk("api", "after the rotation"));
     let _ = server.kill();
     let _ = server.wait();
     assert!(
@@ -482,6 +489,8 @@ fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
         !denied.status.success(),
         "a caller with no intention got an answer"
     );
+    let (ok, said, err) = after_rotation.expect("the rotation reached both agents");
+    assert!(ok && said == "after the rotation", "{said} {err}");
 }
 
 #[test]

@@ -16,8 +16,9 @@
 //! ```
 //!
 //! Both sides learn their leaf and the roots from the local agent's HTTP API and fetch them
-//! again when the leaf is due for renewal, or when a handshake fails (the roots may have moved,
-//! as after a rotation: a client retries once, a listener refreshes for the next callers). A listener is
+//! again when the leaf is due for renewal. A listener also follows the roots, so callers with
+//! leaves of a new root get in at once after a rotation; a client whose handshake fails fetches
+//! its identity again and retries once. A listener is
 //! found by clients, sidecars included, as `<ID>-sidecar-proxy` in the catalog, like a sidecar;
 //! the agent's `authorize` decides each accepted connection. Unlike a sidecar, a native
 //! listener does not close open connections when an intention changes: it checks each new one.
@@ -315,7 +316,8 @@ pub struct MeshListener {
     endpoint: quinn::Endpoint,
     registration: String,
     streams: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(MeshStream, ServiceId)>>,
-    acceptor: tokio::task::JoinHandle<()>,
+    /// The accept loop and the roots follower.
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 /// Streams of authorized callers waiting for `accept`.
@@ -363,13 +365,19 @@ impl MeshListener {
             )
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
-        let acceptor = tokio::spawn(accept_loop(identity, endpoint.clone(), tx));
+        let in_use: Arc<Mutex<Option<Arc<Current>>>> = Arc::new(Mutex::new(Some(current)));
+        let roots = tokio::spawn(follow_roots(
+            identity.clone(),
+            endpoint.clone(),
+            in_use.clone(),
+        ));
+        let acceptor = tokio::spawn(accept_loop(identity, endpoint.clone(), tx, in_use));
         Ok(Self {
             agent,
             endpoint,
             registration,
             streams: tokio::sync::Mutex::new(rx),
-            acceptor,
+            tasks: [acceptor, roots],
         })
     }
 
@@ -393,14 +401,10 @@ impl MeshListener {
     pub async fn close(self) -> Result<(), MeshError> {
         let path = format!("/v1/agent/service/deregister/{}", self.registration);
         let result = self.agent.call(reqwest::Method::PUT, &path, None).await;
-        self.acceptor.abort();
         self.endpoint.close(0u32.into(), b"closed");
         result.map(drop)
     }
 }
-
-/// Least time between two refreshes of a listener's identity caused by failed handshakes.
-const REFRESH_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Makes `current` the identity new connections are accepted with, if it is not already.
 fn serve_with(
@@ -418,40 +422,65 @@ fn serve_with(
     }
 }
 
+/// Follows the roots with blocking queries; when they change (a rotation), fetches the leaf
+/// and roots again so callers with leaves of the new root are let in at once.
+async fn follow_roots(
+    identity: Arc<Identity>,
+    endpoint: quinn::Endpoint,
+    in_use: Arc<Mutex<Option<Arc<Current>>>>,
+) {
+    let mut index = 0u64;
+    loop {
+        let url = format!(
+            "{}/v1/agent/connect/ca/roots?index={index}&wait=5m",
+            identity.agent.base
+        );
+        let next = match identity.agent.http.get(&url).send().await {
+            Ok(response) => response
+                .headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+            Err(_) => None,
+        };
+        let Some(next) = next else {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        };
+        if index != 0 && next != index {
+            let stale = in_use.lock().expect("identity poisoned").clone();
+            if let Ok(fresh) = identity.get(stale.as_ref()).await {
+                serve_with(&endpoint, &in_use, fresh);
+            }
+        }
+        index = next;
+    }
+}
+
+impl Drop for MeshListener {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// Takes connections, asks the agent to authorize each caller, and hands the streams of the
 /// authorized ones to `accept`; the leaf is refreshed when due, for new connections.
 async fn accept_loop(
     identity: Arc<Identity>,
     endpoint: quinn::Endpoint,
     streams: tokio::sync::mpsc::Sender<(MeshStream, ServiceId)>,
+    in_use: Arc<Mutex<Option<Arc<Current>>>>,
 ) {
-    let in_use: Arc<Mutex<Option<Arc<Current>>>> = Arc::default();
-    let last_refresh: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
         if let Ok(current) = identity.get(None).await {
             serve_with(&endpoint, &in_use, current);
         }
         let (identity, streams) = (identity.clone(), streams.clone());
-        let (endpoint, in_use, last_refresh) =
-            (endpoint.clone(), in_use.clone(), last_refresh.clone());
         tokio::spawn(async move {
             let Ok(connection) = incoming.await else {
-                // Refused in the handshake: a stranger, or a caller with a leaf of a root
-                // this listener does not know yet (a rotation). Fetch the roots again, at
-                // most once per REFRESH_AFTER_FAILURE, so strangers cannot make it busy.
-                let due = {
-                    let mut last = last_refresh.lock().expect("refresh poisoned");
-                    let due = last.is_none_or(|at| at.elapsed() >= REFRESH_AFTER_FAILURE);
-                    if due {
-                        *last = Some(std::time::Instant::now());
-                    }
-                    due
-                };
-                let stale = in_use.lock().expect("identity poisoned").clone();
-                if due && let Ok(fresh) = identity.get(stale.as_ref()).await {
-                    serve_with(&endpoint, &in_use, fresh);
-                }
-                return;
+                return; // refused in the handshake
             };
             let Ok(caller) = peer_service(&connection) else {
                 connection.close(1u32.into(), b"no service identity");

@@ -197,9 +197,25 @@ impl Connect {
             public_key_der,
             ttl_s: self.leaf_ttl_s,
         };
-        let leaf = match self.sign(&signer.id, &request) {
-            Some(signed) => signed?,
-            None => self.ask_signer(agent, &signer.id, &request).await?,
+        let signed = match self.sign(&signer.id, &request) {
+            Some(signed) => signed,
+            None => self.ask_signer(agent, &signer.id, &request).await,
+        };
+        let leaf = match signed {
+            Ok(leaf) => leaf,
+            // A new root can arrive before the record saying who holds its key, and a signer
+            // can be briefly unreachable: a leaf that is still valid serves meanwhile (its root
+            // stays trusted through the overlap), and the next request tries again.
+            Err(err) => match self.leaves().get(service) {
+                Some(cached) if now_s < cached.leaf.valid_before_s => {
+                    tracing::warn!(
+                        service,
+                        "cannot renew the leaf yet, keeping the current one: {err:#}"
+                    );
+                    return Ok(cached.clone());
+                }
+                _ => return Err(err),
+            },
         };
         let jitter: f64 = rand::rng().random_range(0.0..1.0);
         let issued = IssuedLeaf {
