@@ -166,6 +166,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--murmur", required=True)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--only-murmur", action="store_true",
+                    help="measure murmur's pair alone (to compare builds quickly)")
     args = ap.parse_args()
     procs = Procs()
     rows = []
@@ -175,11 +177,15 @@ def main():
             echo, perf = free_port(), free_port()
             procs.start([PROBE, "echo", f"127.0.0.1:{echo}"], os.path.join(d, "echo.log"))
             procs.start(["iperf3", "-s", "-p", str(perf)], os.path.join(d, "iperf.log"))
-            rows.append(measure("direct TCP", echo, perf, [], args.seconds))
-            for name, make in [("haproxy pair (mTLS)", lambda t: haproxy_pair(d, procs, t)),
-                               ("stunnel4 pair (mTLS)", lambda t: stunnel_pair(d, procs, t)),
-                               ("murmur sidecar pair (QUIC, mTLS)",
-                                lambda t: murmur_pair(args.murmur, d, procs, t))]:
+            pairs = [("haproxy pair (mTLS)", lambda t: haproxy_pair(d, procs, t)),
+                     ("stunnel4 pair (mTLS)", lambda t: stunnel_pair(d, procs, t)),
+                     ("murmur sidecar pair (QUIC, mTLS)",
+                      lambda t: murmur_pair(args.murmur, d, procs, t))]
+            if args.only_murmur:
+                pairs = pairs[-1:]
+            else:
+                rows.append(measure("direct TCP", echo, perf, [], args.seconds))
+            for name, make in pairs:
                 ports = (free_port(), free_port())
                 pids = make([(ports[0], echo), (ports[1], perf)])
                 rows.append(measure(name, ports[0], ports[1], pids, args.seconds))
