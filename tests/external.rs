@@ -57,14 +57,7 @@ fn external_services_replicate_report_health_and_leave_part_by_part() {
     assert_eq!(checks.len(), 1, "{checks:?}");
     assert_eq!(checks[0]["CheckID"], "pg1-alive");
     assert_eq!(checks[0]["Output"], "probed by esm");
-    let nodes = agents[1].get("/v1/catalog/nodes");
-    let names: Vec<&str> = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["Node"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["ex0", "ex1", "ex2", "rds"]);
+    assert_eq!(common::node_names(&agents[1]), ["ex0", "ex1", "ex2", "rds"]);
     let node = agents[1].get("/v1/catalog/node/rds");
     assert_eq!(node["Services"]["pg1"]["Service"], "pg");
     assert_eq!(

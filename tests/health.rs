@@ -73,14 +73,7 @@ fn health_catalog_and_status_speak_consul_and_follow_membership() {
         Value::Array(vec![])
     );
 
-    let nodes = agents[1].get("/v1/catalog/nodes");
-    let names: Vec<&str> = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["Node"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, all);
+    assert_eq!(common::node_names(&agents[1]), all);
     let node = agents[1].get("/v1/catalog/node/hl0");
     assert_eq!(node["Node"]["Node"], "hl0");
     assert_eq!(node["Services"]["web-0"]["Service"], "web");

@@ -36,6 +36,17 @@ pub struct Intention {
 }
 
 impl Intention {
+    /// `source → destination` deciding `action`, with no description or metadata.
+    pub fn new(source: &str, destination: &str, action: Action) -> Self {
+        Self {
+            source: source.to_owned(),
+            destination: destination.to_owned(),
+            action,
+            description: String::new(),
+            meta: BTreeMap::new(),
+        }
+    }
+
     /// The shared-map key of the pair (service names cannot contain a newline).
     pub fn key(source: &str, destination: &str) -> String {
         format!("{INTENTION_PREFIX}{source}\n{destination}")
@@ -153,13 +164,7 @@ mod tests {
     fn map(rules: &[(&str, &str, Action)]) -> Vec<Intention> {
         rules
             .iter()
-            .map(|(source, destination, action)| Intention {
-                source: (*source).into(),
-                destination: (*destination).into(),
-                action: *action,
-                description: String::new(),
-                meta: BTreeMap::new(),
-            })
+            .map(|(source, destination, action)| Intention::new(source, destination, *action))
             .collect()
     }
 

@@ -62,18 +62,10 @@ pub fn action_name(action: Action) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn intention(source: &str, destination: &str, action: Action) -> Intention {
-        Intention {
-            source: source.into(),
-            destination: destination.into(),
-            action,
-            description: String::new(),
-            meta: BTreeMap::new(),
-        }
+        Intention::new(source, destination, action)
     }
 
     #[test]

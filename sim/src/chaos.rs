@@ -368,16 +368,7 @@ impl Run {
                 if delete {
                     r.delete_intention(source, destination, now);
                 } else {
-                    r.put_intention(
-                        Intention {
-                            source: source.into(),
-                            destination: destination.into(),
-                            action,
-                            description: String::new(),
-                            meta: BTreeMap::new(),
-                        },
-                        now,
-                    );
+                    r.put_intention(Intention::new(source, destination, action), now);
                 }
             })
         });

@@ -245,6 +245,17 @@ impl Drop for Agent {
     }
 }
 
+/// The node names `/v1/catalog/nodes` lists on `agent`, in its order.
+pub fn node_names(agent: &Agent) -> Vec<String> {
+    agent
+        .get("/v1/catalog/nodes")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Node"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Status, headers (lower-cased names) and body of an HTTP answer.
 pub type Answer = (u16, Vec<(String, String)>, String);
 
