@@ -23,6 +23,9 @@ use crate::stats::Stats;
 use crate::wire::{self, DropReason, PushPullState, StreamMessage, WireCodec};
 use crate::{GossipConfig, GossipError, NodeIdentity};
 
+/// The capacity an empty output queue may keep; a bigger one is freed once drained.
+const OUTPUTS_KEPT_EMPTY: usize = 64;
+
 /// A timer the node asked for; hand it back to [`Node::handle_timer`] when it expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimerEvent {
@@ -305,7 +308,13 @@ impl Node {
                 return Some(Output::Persist(journal));
             }
         }
-        self.outputs.pop_front()
+        let next = self.outputs.pop_front();
+        if self.outputs.is_empty() && self.outputs.capacity() > OUTPUTS_KEPT_EMPTY {
+            // A burst (learning a whole cluster at a join: one event per member) would
+            // otherwise keep its queue's peak size for the life of the node.
+            self.outputs = VecDeque::new();
+        }
+        next
     }
 
     /// Remembers seed addresses; a member that later finds itself alone re-contacts them.

@@ -143,7 +143,7 @@ pub fn run_with_progress(config: ChaosConfig, mut progress: impl FnMut(Progress)
     // Plaintext: sealing every datagram was a quarter of the run time, and encryption has
     // its own tests; everything else is the agent's code path.
     let mut net = cluster_keyed(config.nodes, config.seed, gossip, &Keyring::new(None));
-    net.keep_events = false;
+    net.stop_keeping_events();
     net.link = scenario.network.link();
     net.loss = scenario.network.loss;
     net.duplicate = scenario.network.duplicate;
