@@ -8,6 +8,7 @@
 //! so it needs no writer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -149,7 +150,7 @@ pub struct Instance<'a> {
 /// from Consul's own: they have no synthetic member check (no agent runs there to be alive),
 /// and where an agent and an external registration share a name the agent's record wins.
 pub struct CatalogView<'a> {
-    records: &'a OwnedMap<NodeRecord>,
+    records: &'a OwnedMap<Arc<NodeRecord>>,
     external: &'a ExternalNodes,
     failed: &'a BTreeSet<String>,
 }
@@ -159,7 +160,7 @@ static NO_EXTERNAL: ExternalNodes = ExternalNodes::new();
 
 impl<'a> CatalogView<'a> {
     /// Queries `records`, treating the nodes in `failed` (from membership) as failed.
-    pub fn new(records: &'a OwnedMap<NodeRecord>, failed: &'a BTreeSet<String>) -> Self {
+    pub fn new(records: &'a OwnedMap<Arc<NodeRecord>>, failed: &'a BTreeSet<String>) -> Self {
         Self {
             records,
             external: &NO_EXTERNAL,
@@ -174,7 +175,7 @@ impl<'a> CatalogView<'a> {
 
     /// Every live node record, agents' and external ones, in name order.
     pub fn nodes(&self) -> impl Iterator<Item = (&'a String, &'a NodeRecord)> + use<'a> {
-        let agents = self.records.iter().peekable();
+        let agents = self.records.iter().map(|(n, r)| (n, &**r)).peekable();
         let external = self.external.iter().map(|(n, e)| (n, &e.record)).peekable();
         merge_by_name(agents, external)
     }
@@ -183,6 +184,7 @@ impl<'a> CatalogView<'a> {
     pub fn node(&self, name: &str) -> Option<&'a NodeRecord> {
         self.records
             .get(name)
+            .map(|r| &**r)
             .or_else(|| self.external.get(name).map(|e| &e.record))
     }
 
@@ -343,7 +345,7 @@ mod tests {
         }
     }
 
-    fn records(nodes: Vec<(&str, NodeRecord)>) -> OwnedMap<NodeRecord> {
+    fn records(nodes: Vec<(&str, NodeRecord)>) -> OwnedMap<Arc<NodeRecord>> {
         let mut map = OwnedMap::default();
         let mut index = ModifyIndex::default();
         for (name, record) in nodes {
@@ -354,7 +356,7 @@ mod tests {
                         generation: 1,
                         counter: 1,
                     },
-                    Some(record),
+                    Some(Arc::new(record)),
                 ),
                 &mut index,
             );

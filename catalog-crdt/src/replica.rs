@@ -16,6 +16,7 @@
 //!   peer) instead of pushing them back.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -134,11 +135,11 @@ pub struct Snapshot {
     /// Last complete anti-entropy exchange.
     pub last_contact_ms: u64,
     /// Every record with its index.
-    pub records: Vec<(String, OwnedEntry<NodeRecord>)>,
+    pub records: Vec<(String, OwnedEntry<Arc<NodeRecord>>)>,
     /// Every shared entry, tombstones included, with its indexes.
     pub shared: Vec<(String, Entry<Value>)>,
     /// This node's last non-empty record (kept through a leave, restored at the next start).
-    pub own: Option<NodeRecord>,
+    pub own: Option<Arc<NodeRecord>>,
 }
 
 /// One node's replica.
@@ -147,7 +148,7 @@ pub struct Replica {
     me: String,
     clock: Clock,
     index: ModifyIndex,
-    records: OwnedMap<NodeRecord>,
+    records: OwnedMap<Arc<NodeRecord>>,
     shared: SharedMap<Value>,
     /// External nodes, derived from their parts in `shared`.
     external: ExternalNodes,
@@ -158,7 +159,7 @@ pub struct Replica {
     /// Modify index of the last change to any record, reaps included.
     records_index: u64,
     /// This node's last non-empty record: what it registers again after a leave and restart.
-    kept: Option<NodeRecord>,
+    kept: Option<Arc<NodeRecord>>,
     config: ReplicaConfig,
     journal: Vec<Journaled>,
     outbox: Vec<Change>,
@@ -307,7 +308,7 @@ impl Replica {
     }
 
     /// Every record.
-    pub fn records(&self) -> &OwnedMap<NodeRecord> {
+    pub fn records(&self) -> &OwnedMap<Arc<NodeRecord>> {
         &self.records
     }
 
@@ -374,13 +375,13 @@ impl Replica {
 
     /// This node's own record as last written (`None` after a leave).
     pub fn own_record(&self) -> Option<&NodeRecord> {
-        self.records.get(&self.me)
+        self.records.get(&self.me).map(|r| &**r)
     }
 
     /// This node's last non-empty record, kept through a leave: what it registers again when
     /// it starts.
     pub fn kept_own_record(&self) -> Option<&NodeRecord> {
-        self.kept.as_ref()
+        self.kept.as_deref()
     }
 
     /// Journal entries since the last call, for the agent to persist in order.
@@ -395,6 +396,7 @@ impl Replica {
 
     /// Replaces this node's record (`None` on leave) and queues it for spreading.
     pub fn set_own_record(&mut self, record: Option<NodeRecord>) {
+        let record = record.map(Arc::new);
         if record.is_some() {
             self.kept.clone_from(&record);
         }
@@ -661,7 +663,7 @@ impl Replica {
     /// life's (this node restarted without its data and holds no record of its own yet), or
     /// one that outran this one. Re-publish the current record (possibly none) above it, so
     /// every replica converges on what this node says now.
-    fn reassert_if_outrun(&mut self, theirs: &Owned<Option<NodeRecord>>) {
+    fn reassert_if_outrun(&mut self, theirs: &Owned<Option<Arc<NodeRecord>>>) {
         let ours = self.records.entry(&self.me).map(|e| &e.register);
         let outrun = *theirs.stamp() >= self.own;
         if ours == Some(theirs) || (ours.is_some() && !outrun) {
@@ -1173,7 +1175,7 @@ mod tests {
         let [Change::Record { register, .. }] = out.as_slice() else {
             panic!("expected one re-asserted record, got {out:?}");
         };
-        assert_eq!(register.value(), &Some(web));
+        assert_eq!(register.value().as_deref(), Some(&web));
         assert!(register.stamp().counter > 50);
     }
 

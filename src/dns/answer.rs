@@ -329,7 +329,7 @@ mod tests {
         record
     }
 
-    fn records() -> OwnedMap<NodeRecord> {
+    fn records() -> OwnedMap<std::sync::Arc<NodeRecord>> {
         let mut map = OwnedMap::default();
         let mut index = ModifyIndex::default();
         let nodes = [
@@ -346,7 +346,11 @@ mod tests {
                 generation: 1,
                 counter: 1,
             };
-            map.merge(name, &Owned::new(version, Some(record)), &mut index);
+            map.merge(
+                name,
+                &Owned::new(version, Some(std::sync::Arc::new(record))),
+                &mut index,
+            );
         }
         map
     }
@@ -481,7 +485,11 @@ mod tests {
                 generation: 1,
                 counter: 1,
             };
-            map.merge(&name, &Owned::new(version, Some(record)), &mut index);
+            map.merge(
+                &name,
+                &Owned::new(version, Some(std::sync::Arc::new(record))),
+                &mut index,
+            );
         }
         let failed = BTreeSet::new();
         let view = CatalogView::new(&map, &failed);
