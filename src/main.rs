@@ -37,7 +37,12 @@ fn main() -> std::process::ExitCode {
         // No runtime, no sockets: the simulator is single-threaded and deterministic.
         return sim::run(args);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Command::Connect(cli::ConnectCommand::Proxy(args)) = &cli.command {
+        runtime.worker_threads(usize::from(args.worker_threads));
+    }
+    let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -64,6 +64,9 @@ impl Sidecars {
                 .map(|u| format!("{}:{}", u.destination, u.port))
                 .collect(),
             listen: None,
+            // Runs on the agent's runtime: the flag only sizes the runtime of a standalone
+            // `murmur connect proxy`.
+            worker_threads: 1,
             target: HttpTarget {
                 http_addr: self.http.to_string(),
             },
