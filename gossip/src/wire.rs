@@ -35,9 +35,11 @@ pub const MAX_CLUSTER_ID_LEN: usize = 32;
 /// Largest stream frame (push-pull of a large member list, keyring replies).
 pub const MAX_FRAME: usize = 4 << 20;
 /// Room the envelope takes around a datagram body; foca packs its messages into what is left.
-pub const ENVELOPE_OVERHEAD: usize = 5 + MAX_CLUSTER_ID_LEN + NONCE_LEN + TAG_LEN;
+pub const ENVELOPE_OVERHEAD: usize = FIXED_HEADER_LEN + MAX_CLUSTER_ID_LEN + NONCE_LEN + TAG_LEN;
 
 const MAGIC: [u8; 2] = *b"mm";
+/// Magic, protocol version, flags and the cluster id's length, before the cluster id.
+const FIXED_HEADER_LEN: usize = MAGIC.len() + 3;
 const FLAG_SEALED: u8 = 1;
 
 /// Why a received packet or frame was dropped unread. Each reason has its own counter.
@@ -128,7 +130,7 @@ pub(crate) fn plaintext(cluster_id: &str, body: &[u8]) -> Vec<u8> {
 fn header(cluster_id: &str, sealed: bool, body_len: usize) -> Vec<u8> {
     debug_assert!(cluster_id.len() <= MAX_CLUSTER_ID_LEN);
     let seal_len = if sealed { NONCE_LEN + TAG_LEN } else { 0 };
-    let mut out = Vec::with_capacity(5 + cluster_id.len() + seal_len + body_len);
+    let mut out = Vec::with_capacity(FIXED_HEADER_LEN + cluster_id.len() + seal_len + body_len);
     out.extend_from_slice(&MAGIC);
     out.push(PROTOCOL_VERSION);
     out.push(if sealed { FLAG_SEALED } else { 0 });
@@ -144,7 +146,7 @@ pub(crate) fn open(
     keyring: &Keyring,
     bytes: &[u8],
 ) -> Result<Opened, DropReason> {
-    if bytes.len() < 5 || bytes[..2] != MAGIC {
+    if bytes.len() < FIXED_HEADER_LEN || bytes[..2] != MAGIC {
         return Err(DropReason::Malformed);
     }
     if bytes[2] != PROTOCOL_VERSION {
@@ -152,8 +154,10 @@ pub(crate) fn open(
     }
     let flags = bytes[3];
     let id_len = usize::from(bytes[4]);
-    let header_len = 5 + id_len;
-    let id = bytes.get(5..header_len).ok_or(DropReason::Malformed)?;
+    let header_len = FIXED_HEADER_LEN + id_len;
+    let id = bytes
+        .get(FIXED_HEADER_LEN..header_len)
+        .ok_or(DropReason::Malformed)?;
     if id != cluster_id.as_bytes() {
         return Err(DropReason::WrongCluster);
     }
@@ -318,6 +322,19 @@ mod tests {
 
     fn ring(b: u8) -> Keyring {
         Keyring::new(Some(SecretKey::from_bytes([b; 32])))
+    }
+
+    #[test]
+    fn a_datagram_is_allocated_at_its_exact_size() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for keyring in [Keyring::new(None), ring(1)] {
+            for body in [&b""[..], b"x", &[7u8; 900]] {
+                let out = seal("murmur", &keyring, &mut rng, body);
+                assert_eq!(out.capacity(), out.len(), "{} bytes", body.len());
+            }
+        }
+        let out = plaintext("murmur", b"refused");
+        assert_eq!(out.capacity(), out.len());
     }
 
     #[test]
