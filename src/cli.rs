@@ -442,7 +442,7 @@ pub struct ProxyArgs {
     pub listen: Option<String>,
     /// Threads that move the proxy's traffic. One thread keeps a connection's packets, its
     /// QUIC state and its sockets on one core with no hand-offs between threads: on a 2-core
-    /// host it moved 20% more per flow and opened connections 25% faster than two
+    /// host it moved 20% more per flow than two, and opened new connections a little faster
     /// (BENCHMARKS.md); raise it when one proxy must carry more than a core's worth.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
