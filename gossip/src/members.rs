@@ -5,7 +5,7 @@
 //! `Failed`. Entries are keyed by name, so a restarted node (higher generation) replaces its
 //! ghost in place.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use foca::{Member, State};
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,32 @@ impl MemberView {
     /// One member by name.
     pub fn get(&self, name: &str) -> Option<&MemberState> {
         self.members.get(name)
+    }
+
+    /// Of `owners` (given in name order), those that are not active members, `me` excepted.
+    ///
+    /// Members are kept in name order too, so one walk over both lists finds them: a lookup
+    /// per owner was 7% of a quiet 1,000-node simulation (every member asks at each sync
+    /// tick for its record owners, and every health or DNS answer asks again).
+    pub fn inactive_among<'a>(
+        &self,
+        owners: impl Iterator<Item = &'a String>,
+        me: &str,
+    ) -> BTreeSet<String> {
+        let mut members = self.members.iter().peekable();
+        owners
+            .filter(|owner| {
+                while members
+                    .next_if(|(name, _)| name.as_str() < owner.as_str())
+                    .is_some()
+                {}
+                let active = members
+                    .peek()
+                    .is_some_and(|(name, m)| *name == *owner && m.status.is_active());
+                *owner != me && !active
+            })
+            .cloned()
+            .collect()
     }
 
     /// Leave intents still remembered, for push-pull.
@@ -328,5 +354,28 @@ mod tests {
         );
         assert!(v.get("b").is_none());
         assert_counted(&v);
+    }
+
+    proptest::proptest! {
+        /// The one-walk answer equals a lookup per owner, whatever names and states are
+        /// known (names from a small alphabet so that owners and members overlap).
+        #[test]
+        fn inactive_owners_match_a_lookup_per_owner(
+            members in proptest::collection::btree_map("[a-e]{1,3}", 0..3u8, 0..40),
+            owners in proptest::collection::btree_set("[a-e]{1,3}", 0..40),
+            me in "[a-e]{1,3}",
+        ) {
+            let mut view = MemberView::default();
+            for (name, state) in &members {
+                let state = [State::Alive, State::Suspect, State::Down][usize::from(*state)];
+                view.apply(&Member::new(id(name, 1), 0, state));
+            }
+            let expected: BTreeSet<String> = owners
+                .iter()
+                .filter(|o| **o != me && view.get(o).is_none_or(|m| !m.status.is_active()))
+                .cloned()
+                .collect();
+            proptest::prop_assert_eq!(view.inactive_among(owners.iter(), &me), expected);
+        }
     }
 }

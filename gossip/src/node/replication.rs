@@ -58,16 +58,8 @@ impl Node {
     /// Record owners that membership does not consider active: their instances get the
     /// synthetic critical member check.
     pub fn failed_owners(&self) -> BTreeSet<String> {
-        let me = &self.identity().name;
-        self.replica
-            .records()
-            .entries()
-            .map(|(owner, _)| owner)
-            .filter(|owner| {
-                *owner != me && self.view.get(owner).is_none_or(|m| !m.status.is_active())
-            })
-            .cloned()
-            .collect()
+        let owners = self.replica.records().entries().map(|(owner, _)| owner);
+        self.view.inactive_among(owners, &self.identity().name)
     }
 
     /// The periodic sync tick: collect old tombstones, reap departed records, start a round.
