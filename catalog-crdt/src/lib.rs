@@ -53,7 +53,7 @@ pub use journal::{
     decode_snapshot, encode_record, encode_snapshot, journal_header,
 };
 pub use kv::{KvEntry, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-pub use owned::{Digest, OwnedEntry, OwnedMap};
+pub use owned::{Digest, DigestDiff, OwnedEntry, OwnedMap};
 pub use register::{Lww, Owned, Register, Version};
 pub use replica::{
     ApplyError, Journaled, KeySummary, Replica, ReplicaConfig, ReplicaStats, Snapshot, SyncDigest,

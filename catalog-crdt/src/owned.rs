@@ -6,6 +6,7 @@
 //! A graceful leave publishes a final record of `None` (the owner's services are gone at once);
 //! the record itself stays until it is reaped, so a late, older copy cannot bring it back.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
@@ -45,6 +46,15 @@ impl<R> Default for OwnedMap<R> {
 /// writer never reuses a version, but if a buggy or hostile peer does, equal versions with
 /// different contents must still be told apart, or replicas would never reconcile them.
 pub type Digest = BTreeMap<String, (Version, u64)>;
+
+/// What [`OwnedMap::diff`] found, both lists in owner order.
+#[derive(Debug)]
+pub struct DigestDiff<R> {
+    /// Records the peer lacks or holds older: the delta to send it.
+    pub newer_here: Vec<(String, Owned<Option<R>>)>,
+    /// Owners whose record the peer holds and this replica lacks or holds older.
+    pub newer_there: Vec<String>,
+}
 
 impl<R: Ord + Clone + Hash> OwnedMap<R> {
     /// Merges one owner's record; returns the entry if this replica changed.
@@ -104,17 +114,54 @@ impl<R: Ord + Clone + Hash> OwnedMap<R> {
             .collect()
     }
 
-    /// What a peer with `peer` digest is missing or holds older: the delta to send it.
-    pub fn newer_than(&self, peer: &Digest) -> Vec<(String, Owned<Option<R>>)> {
-        self.records
-            .iter()
-            .filter(|(owner, (e, ours))| {
-                peer.get(*owner).is_none_or(|(version, hash)| {
-                    version < e.register.stamp() || (version == e.register.stamp() && hash != ours)
-                })
-            })
-            .map(|(owner, (e, _))| (owner.clone(), e.register.clone()))
-            .collect()
+    /// How this replica and a peer with `peer` digest differ, found in one walk over both
+    /// (each is in owner order): a lookup per owner on each side, and a copy of this replica's
+    /// digest to look into, were 4% of a quiet 1,000-node simulation.
+    pub fn diff(&self, peer: &Digest) -> DigestDiff<R> {
+        let mut diff = DigestDiff {
+            newer_here: Vec::new(),
+            newer_there: Vec::new(),
+        };
+        let mut ours = self.records.iter().peekable();
+        let mut theirs = peer.iter().peekable();
+        loop {
+            let order = match (ours.peek(), theirs.peek()) {
+                (None, None) => break,
+                (Some((mine, _)), Some((their, _))) => mine.cmp(their),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+            };
+            match order {
+                Ordering::Less => {
+                    if let Some((owner, (entry, _))) = ours.next() {
+                        diff.newer_here
+                            .push((owner.clone(), entry.register.clone()));
+                    }
+                }
+                Ordering::Greater => {
+                    if let Some((owner, _)) = theirs.next() {
+                        diff.newer_there.push(owner.clone());
+                    }
+                }
+                Ordering::Equal => {
+                    let (Some((owner, (entry, our_hash))), Some((_, (version, hash)))) =
+                        (ours.next(), theirs.next())
+                    else {
+                        break;
+                    };
+                    // Equal versions with different contents go both ways (see [`Digest`]).
+                    let mine = entry.register.stamp();
+                    if version < mine || (version == mine && hash != our_hash) {
+                        diff.newer_here
+                            .push((owner.clone(), entry.register.clone()));
+                    }
+                    if mine < version || (mine == version && hash != our_hash) {
+                        diff.newer_there.push(owner.clone());
+                    }
+                }
+            }
+        }
+        diff
     }
 
     /// Forgets an owner (reaped after it failed or left long enough ago).
@@ -199,12 +246,14 @@ mod tests {
             );
         }
         let peer = theirs.digest();
-        let owners: Vec<String> = ours.newer_than(&peer).into_iter().map(|(o, _)| o).collect();
+        let diff = ours.diff(&peer);
+        let owners: Vec<&str> = diff.newer_here.iter().map(|(o, _)| o.as_str()).collect();
         assert_eq!(
             owners,
             ["c"],
             "a is equal, b is newer on the peer, c is older there"
         );
+        assert_eq!(diff.newer_there, ["b"]);
     }
 
     fn update() -> impl Strategy<Value = (String, Owned<Option<u8>>)> {
@@ -243,7 +292,12 @@ mod tests {
             }
             for a in 0..replicas.len() {
                 for b in 0..replicas.len() {
-                    let delta = replicas[b].0.newer_than(&replicas[a].0.digest());
+                    let diff = replicas[b].0.diff(&replicas[a].0.digest());
+                    // What b finds newer at a is what a finds newer than b's digest.
+                    let from_a: Vec<String> = replicas[a].0.diff(&replicas[b].0.digest())
+                        .newer_here.into_iter().map(|(o, _)| o).collect();
+                    prop_assert_eq!(&diff.newer_there, &from_a);
+                    let delta = diff.newer_here;
                     let (map, index) = &mut replicas[a];
                     for (o, r) in &delta {
                         map.merge(o, r, index);

@@ -147,21 +147,12 @@ impl Replica {
             .map_err(|_| SyncError("wrong number of digest buckets"))?;
         let mut budget = Budget::new(budget);
         let mut records = Vec::new();
-        for (owner, register) in self.records.newer_than(&digest.records) {
+        let diff = self.records.diff(&digest.records);
+        for (owner, register) in diff.newer_here {
             let change = Change::Record { owner, register };
             budget.offer(&mut records, change);
         }
-        let ours = self.records.digest();
-        let records_wanted: Vec<String> = digest
-            .records
-            .iter()
-            .filter(|(owner, theirs)| {
-                ours.get(*owner).is_none_or(|mine| {
-                    mine.0 < theirs.0 || (mine.0 == theirs.0 && mine.1 != theirs.1)
-                })
-            })
-            .map(|(owner, _)| owner.clone())
-            .collect();
+        let records_wanted = diff.newer_there;
         let differing = self.shared.differing_buckets(peer_buckets);
         let mut by_bucket: BTreeMap<usize, Vec<KeySummary>> = BTreeMap::new();
         for (bucket, key, entry) in self.shared.in_buckets(&differing) {
