@@ -112,6 +112,28 @@ fn round_trip(upstream: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> 
     Ok(back)
 }
 
+/// How many CA roots `agent` trusts.
+fn root_count(agent: &Agent) -> usize {
+    agent.get("/v1/agent/connect/ca/roots")["Roots"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// The sidecar of `web-1` on `agent`, with its `db` upstream on a free loopback port.
+fn web_sidecar(agent: &Agent) -> (Proxy, SocketAddr) {
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = Proxy::start(
+        agent,
+        &[
+            "--sidecar-for",
+            "web-1",
+            "--upstream",
+            &format!("db:{}", upstream.port()),
+        ],
+    );
+    (proxy, upstream)
+}
+
 fn register(agent: &Agent, body: &str) {
     let (status, _, text) = agent.request("PUT", "/v1/agent/service/register", body.as_bytes());
     assert_eq!(status, 200, "{text}");
@@ -139,23 +161,10 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
         &agents[0],
         r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#,
     );
-    assert!(wait_until(SPREAD, || {
-        agents[1].get("/v1/agent/connect/ca/roots")["Roots"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty())
-    }));
+    assert!(wait_until(SPREAD, || root_count(&agents[1]) > 0));
 
     let db_proxy = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let web_proxy = Proxy::start(
-        &agents[0],
-        &[
-            "--sidecar-for",
-            "web-1",
-            "--upstream",
-            &format!("db:{}", upstream.port()),
-        ],
-    );
+    let (web_proxy, upstream) = web_sidecar(&agents[0]);
     let logs = || {
         format!(
             "web proxy:\n{}\ndb proxy:\n{}",
@@ -297,23 +306,12 @@ fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
         &agents[0],
         r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#,
     );
-    assert!(wait_until(SPREAD, || agents.iter().all(|a| {
-        a.get("/v1/agent/connect/ca/roots")["Roots"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty())
-    })));
+    assert!(wait_until(SPREAD, || agents
+        .iter()
+        .all(|a| root_count(a) > 0)));
     let db0 = Proxy::start(&agents[0], &["--sidecar-for", "db-0"]);
     let db1 = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let web = Proxy::start(
-        &agents[0],
-        &[
-            "--sidecar-for",
-            "web-1",
-            "--upstream",
-            &format!("db:{}", upstream.port()),
-        ],
-    );
+    let (web, upstream) = web_sidecar(&agents[0]);
     assert!(
         wait_until(SPREAD, || passing_db_proxies(&agents[0], 2)
             && round_trip(upstream, b"up").is_ok_and(|b| b == b"up")),
@@ -337,11 +335,7 @@ fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
     assert!(ping(&mut steady).unwrap());
     let out = agents[1].cli(&["ca", "rotate"]);
     assert!(out.status.success());
-    let rotated = || {
-        agents[0].get("/v1/agent/connect/ca/roots")["Roots"]
-            .as_array()
-            .is_some_and(|r| r.len() == 2)
-    };
+    let rotated = || root_count(&agents[0]) == 2;
     assert!(wait_until(SPREAD, rotated));
     for _ in 0..20 {
         assert!(
@@ -435,10 +429,7 @@ fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
     );
     // api: a native server on agent 1.
     register(&agents[1], r#"{"Name": "api", "ID": "api-1", "Port": 1}"#);
-    assert!(wait_until(SPREAD, || agents[1]
-        .get("/v1/agent/connect/ca/roots")["Roots"]
-        .as_array()
-        .is_some_and(|r| !r.is_empty())));
+    assert!(wait_until(SPREAD, || root_count(&agents[1]) > 0));
     let _db = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
     let mut server = native(&agents[1], &["server", "api-1"])
         .stdout(Stdio::null())
@@ -512,10 +503,7 @@ fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_met
             app.port()
         ),
     );
-    assert!(wait_until(SPREAD, || agents[0]
-        .get("/v1/agent/connect/ca/roots")["Roots"]
-        .as_array()
-        .is_some_and(|r| !r.is_empty())));
+    assert!(wait_until(SPREAD, || root_count(&agents[0]) > 0));
     register(
         &agents[0],
         &format!(

@@ -15,6 +15,14 @@ fn pair_query(source: &str, destination: &str) -> String {
     )
 }
 
+/// `/v1/connect/intentions/exact` for one source and destination.
+fn exact_path(source: &str, destination: &str) -> String {
+    format!(
+        "/v1/connect/intentions/exact?{}",
+        pair_query(source, destination)
+    )
+}
+
 fn intention_rows(list: &[Value]) -> Vec<Vec<String>> {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     let mut rows = vec![vec![
@@ -67,10 +75,7 @@ pub async fn intention(command: IntentionCommand) -> anyhow::Result<()> {
             });
             let body = serde_json::to_vec(&body)?;
             if replace {
-                let path = format!(
-                    "/v1/connect/intentions/exact?{}",
-                    pair_query(&source, &destination)
-                );
+                let path = exact_path(&source, &destination);
                 client.put(&path, body).await?;
             } else {
                 client.post("/v1/connect/intentions", body).await?;
@@ -82,10 +87,7 @@ pub async fn intention(command: IntentionCommand) -> anyhow::Result<()> {
             destination,
             target,
         } => {
-            let path = format!(
-                "/v1/connect/intentions/exact?{}",
-                pair_query(&source, &destination)
-            );
+            let path = exact_path(&source, &destination);
             Client::new(&target).delete(&path).await?;
             println!("Intention deleted.");
         }
@@ -95,10 +97,7 @@ pub async fn intention(command: IntentionCommand) -> anyhow::Result<()> {
             output,
             target,
         } => {
-            let path = format!(
-                "/v1/connect/intentions/exact?{}",
-                pair_query(&source, &destination)
-            );
+            let path = exact_path(&source, &destination);
             let Some(found) = Client::new(&target).get_or_404(&path).await? else {
                 bail!("no intention {source} => {destination}");
             };
