@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use murmur_gossip::{GossipConfig, Keyring, Node, NodeIdentity, PROTOCOL_VERSION};
+use murmur_gossip::{GossipConfig, IdentityFields, Keyring, Node, PROTOCOL_VERSION};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -12,14 +12,15 @@ pub const CLUSTER: &str = "fuzz";
 
 /// A node with no gossip key, so plaintext envelopes reach the decoders.
 pub fn node() -> Node {
-    let identity = NodeIdentity {
+    let identity = IdentityFields {
         name: "fuzz".into(),
         node_id: 1,
         generation: 1,
         addr: SocketAddr::from(([127, 0, 0, 1], 1)),
         datacenter: "dc1".into(),
         tags: vec![],
-    };
+    }
+    .into();
     let mut node = Node::new(
         identity,
         GossipConfig::lan(CLUSTER),

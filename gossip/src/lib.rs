@@ -31,7 +31,9 @@ mod wire;
 
 pub use config::{GossipConfig, Profile};
 pub use events::{EventFilter, EventLog, MAX_EVENT_BYTES, RECENT_EVENTS, UserEvent};
-pub use identity::{MAX_DATACENTER_LEN, MAX_NAME_LEN, MAX_TAGS_BYTES, NodeIdentity};
+pub use identity::{
+    Identities, IdentityFields, MAX_DATACENTER_LEN, MAX_NAME_LEN, MAX_TAGS_BYTES, NodeIdentity,
+};
 pub use keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 pub use members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
 pub use node::{Backlogs, Node, Output, StreamReply, TimerEvent};

@@ -269,9 +269,10 @@ impl MemberView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::IdentityFields;
 
     fn id(name: &str, generation: u64) -> NodeIdentity {
-        NodeIdentity {
+        IdentityFields {
             name: name.into(),
             node_id: 1,
             generation,
@@ -279,6 +280,7 @@ mod tests {
             datacenter: "dc1".into(),
             tags: vec![],
         }
+        .into()
     }
 
     fn kind(view: &mut MemberView, m: Member<NodeIdentity>) -> Option<MemberEventKind> {

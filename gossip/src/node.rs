@@ -21,7 +21,7 @@ use crate::keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 use crate::members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
 use crate::stats::Stats;
 use crate::wire::{self, DropReason, PushPullState, StreamMessage, WireCodec};
-use crate::{GossipConfig, GossipError, NodeIdentity};
+use crate::{GossipConfig, GossipError, Identities, NodeIdentity};
 
 /// The capacity an empty output queue may keep; a bigger one is freed once drained.
 const OUTPUTS_KEPT_EMPTY: usize = 64;
@@ -94,6 +94,8 @@ type SwimCore = Foca<NodeIdentity, WireCodec, StdRng, BroadcastInbox>;
 pub struct Node {
     foca: SwimCore,
     changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
+    /// Shared copies of the identities this node decodes (see [`Identities`]).
+    identities: Identities,
     received: Arc<Mutex<Vec<BroadcastItem>>>,
     notifications: Vec<OwnedNotification<NodeIdentity>>,
     rng: StdRng,
@@ -178,9 +180,22 @@ impl Node {
         identity: NodeIdentity,
         config: GossipConfig,
         keyring: Keyring,
+        rng: StdRng,
+    ) -> Result<Self, GossipError> {
+        Self::with_identities(identity, config, keyring, rng, Identities::default())
+    }
+
+    /// Like [`Node::new`], sharing decoded identities through `identities`: the simulator
+    /// hands one set to all its nodes so each member's identity is held once, not once per node.
+    pub fn with_identities(
+        identity: NodeIdentity,
+        config: GossipConfig,
+        keyring: Keyring,
         mut rng: StdRng,
+        identities: Identities,
     ) -> Result<Self, GossipError> {
         identity.validate()?;
+        let identity = identities.intern(identity);
         config.validate()?;
         let (identity_name, identity_id, identity_generation) =
             (identity.name.clone(), identity.node_id, identity.generation);
@@ -192,12 +207,14 @@ impl Node {
             StdRng::from_rng(&mut rng),
             WireCodec {
                 changes: changes.clone(),
+                identities: identities.clone(),
             },
             BroadcastInbox::new(received.clone(), identity_id),
         );
         let mut node = Self {
             foca,
             changes,
+            identities,
             received,
             notifications: Vec::new(),
             rng,
@@ -759,6 +776,7 @@ impl Node {
             .filter(|m| {
                 m.state() != State::Down || m.id().name == *me || view.get(&m.id().name).is_some()
             })
+            .map(|m| self.identities.intern_member(m))
             .collect();
         if let Err(err) = self.with_foca(|foca, io| foca.apply_many(updates.into_iter(), true, io))
         {

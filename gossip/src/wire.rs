@@ -14,15 +14,15 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut};
-use foca::{Header, Member};
+use foca::{Header, Member, Message};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use murmur_catalog::{Change, SyncDigest, SyncPush, SyncPushReply, SyncSummary};
 
-use crate::NodeIdentity;
 use crate::keyring::{Keyring, KeyringOp, NONCE_LEN, TAG_LEN};
+use crate::{Identities, NodeIdentity};
 
 /// The wire protocol version this build speaks. Packets of another version are dropped.
 /// 2: user events carry service and tag filters; shared values may be external nodes or CA
@@ -253,6 +253,8 @@ pub(crate) struct PushPullState {
 /// recorded in `changes` for the core to turn into member events.
 pub(crate) struct WireCodec {
     pub(crate) changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
+    /// Every decoded identity is exchanged for its shared copy before foca keeps it.
+    pub(crate) identities: Identities,
 }
 
 /// Codec failures inside foca; foca reports them as its own errors.
@@ -291,7 +293,45 @@ impl foca::Codec<NodeIdentity> for WireCodec {
     }
 
     fn decode_header(&mut self, buf: impl Buf) -> Result<Header<NodeIdentity>, CodecError> {
-        Self::take(buf)
+        let header: Header<NodeIdentity> = Self::take(buf)?;
+        let intern = |id| self.identities.intern(id);
+        let message = match header.message {
+            Message::PingReq {
+                target,
+                probe_number,
+            } => Message::PingReq {
+                target: intern(target),
+                probe_number,
+            },
+            Message::IndirectPing {
+                origin,
+                probe_number,
+            } => Message::IndirectPing {
+                origin: intern(origin),
+                probe_number,
+            },
+            Message::IndirectAck {
+                target,
+                probe_number,
+            } => Message::IndirectAck {
+                target: intern(target),
+                probe_number,
+            },
+            Message::ForwardedAck {
+                origin,
+                probe_number,
+            } => Message::ForwardedAck {
+                origin: intern(origin),
+                probe_number,
+            },
+            other => other,
+        };
+        Ok(Header {
+            src: intern(header.src),
+            src_incarnation: header.src_incarnation,
+            dst: intern(header.dst),
+            message,
+        })
     }
 
     fn encode_member(
@@ -307,7 +347,7 @@ impl foca::Codec<NodeIdentity> for WireCodec {
     }
 
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeIdentity>, CodecError> {
-        Self::take(buf)
+        Self::take(buf).map(|member| self.identities.intern_member(member))
     }
 }
 

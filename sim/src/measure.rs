@@ -256,7 +256,7 @@ impl Measurements {
             if net.slots[watch.node].node.is_none() {
                 return false; // crashed again before all saw it
             }
-            let name = Net::identity(watch.node, 0).name;
+            let name = Net::identity(watch.node, 0).name.clone();
             let seen_by_all = running.iter().filter(|&&n| n != watch.node).all(|&n| {
                 let node = net.slots[n].node.as_ref().expect("running");
                 node.peer(&name).is_some_and(|m| {

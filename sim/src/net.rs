@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use murmur_catalog::{Change, Hlc, Journaled, Replica, ReplicaConfig, Snapshot};
 use murmur_gossip::{
-    GossipConfig, Keyring, MemberEvent, MemberEventKind, MemberStatus, Node, NodeIdentity, Output,
-    SecretKey, TimerEvent, UserEvent,
+    GossipConfig, Identities, IdentityFields, Keyring, MemberEvent, MemberEventKind, MemberStatus,
+    Node, NodeIdentity, Output, SecretKey, TimerEvent, UserEvent,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -142,6 +142,9 @@ pub struct Net {
     /// way); absent means none. Timers still run on true time: drift moves what the node
     /// reads as the wall clock (its HLC stamps), which is where it matters.
     pub drift_ppm: BTreeMap<usize, i64>,
+    /// One shared copy of each identity for all nodes: each node holds every member, so
+    /// per-node copies grew with N² (~300 bytes per pair).
+    identities: Identities,
 }
 
 /// How long a node must have been left alone before declaring it failed counts as a false
@@ -189,12 +192,13 @@ impl Net {
             config: GossipConfig::lan("test"),
             skew_ms: BTreeMap::new(),
             drift_ppm: BTreeMap::new(),
+            identities: Identities::default(),
         }
     }
 
     /// The identity node `i` runs with in `generation`.
     pub fn identity(i: usize, generation: u64) -> NodeIdentity {
-        NodeIdentity {
+        IdentityFields {
             name: format!("node-{i}").into(),
             node_id: 1000 + i as u64,
             generation,
@@ -202,6 +206,7 @@ impl Net {
             datacenter: "dc1".into(),
             tags: vec![],
         }
+        .into()
     }
 
     /// Adds (or restarts, for an existing index) node `i` with the given keyring and generation,
@@ -219,8 +224,14 @@ impl Net {
         self.disturb([i], self.now);
         let rng = StdRng::seed_from_u64(self.rng.random());
         let identity = Self::identity(i, generation);
-        let mut node =
-            Node::new(identity.clone(), self.config.clone(), keyring, rng).expect("valid node");
+        let mut node = Node::with_identities(
+            identity.clone(),
+            self.config.clone(),
+            keyring,
+            rng,
+            self.identities.clone(),
+        )
+        .expect("valid node");
         while self.slots.len() <= i {
             self.slots.push(Slot {
                 node: None,

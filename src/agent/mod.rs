@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use murmur_catalog::{NodeRecord, Replica, ReplicaConfig};
-use murmur_gossip::{GossipConfig, Keyring, Node, NodeIdentity, SecretKey};
+use murmur_gossip::{GossipConfig, IdentityFields, Keyring, Node, NodeIdentity, SecretKey};
 use rand::RngExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Notify;
@@ -45,14 +45,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(data) => (data.node_id(fresh_id)?, data.next_generation(now_ms)?),
         None => (fresh_id, now_ms),
     };
-    let identity = NodeIdentity {
+    let identity: NodeIdentity = IdentityFields {
         name: config.node.as_str().into(),
         node_id,
         generation,
         addr: config.advertise,
         datacenter: config.datacenter.as_str().into(),
         tags: config.tags.clone(),
-    };
+    }
+    .into();
     let encrypted = keyring.is_encrypted();
     let gossip = GossipConfig {
         reap_after: config.reap_after,
