@@ -711,6 +711,13 @@ pub fn cluster_with(n: usize, seed: u64, config: GossipConfig) -> Net {
 pub fn cluster_keyed(n: usize, seed: u64, config: GossipConfig, keyring: &Keyring) -> Net {
     let mut net = Net::new(seed);
     net.config = config;
+    form_cluster(net, n, keyring)
+}
+
+/// Starts `n` nodes in `net` with `keyring`, joins them all through node 0 and runs until
+/// they converge. Whatever `net` was set to (configuration, whether it keeps events) holds
+/// from the first node on.
+pub fn form_cluster(mut net: Net, n: usize, keyring: &Keyring) -> Net {
     for i in 0..n {
         net.start(i, 1, keyring.clone());
     }
