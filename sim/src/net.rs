@@ -714,8 +714,14 @@ pub fn cluster_keyed(n: usize, seed: u64, config: GossipConfig, keyring: &Keyrin
     form_cluster(net, n, keyring)
 }
 
-/// Starts `n` nodes in `net` with `keyring`, joins them all through node 0 and runs until
-/// they converge. Whatever `net` was set to (configuration, whether it keeps events) holds
+/// Virtual time between two nodes joining while a cluster forms. Agents never start in the
+/// same microsecond, and joins made all at once make every node gossip every join at the same
+/// time: at 2,000 nodes ~600 MB of datagrams were in flight at once (1.40 GB max RSS against
+/// 0.77 GB spaced, and 62 s against 45 s of wall time).
+pub const JOIN_SPACING: Duration = Duration::from_micros(200);
+
+/// Starts `n` nodes in `net` with `keyring`, joins them through node 0 one every
+/// [`JOIN_SPACING`] and runs until they converge. Whatever `net` was set to (configuration, whether it keeps events) holds
 /// from the first node on.
 pub fn form_cluster(mut net: Net, n: usize, keyring: &Keyring) -> Net {
     for i in 0..n {
@@ -723,6 +729,7 @@ pub fn form_cluster(mut net: Net, n: usize, keyring: &Keyring) -> Net {
     }
     for i in 1..n {
         net.join(i, 0).expect("join through the seed");
+        net.run_for(JOIN_SPACING);
     }
     // Joins spread by gossip, which may miss a member now and then; push-pull repairs it
     // within one period (30 s up to 32 members, 60 s up to 64, …).

@@ -66,6 +66,10 @@ fn seeds_that_once_failed_keep_every_invariant() {
         // the Down missed held its suspicion until the crashed node came back 32 s later,
         // because only the member whose probe failed timed suspicions out. Fixed in the
         // vendored foca: whoever adopts a suspicion runs the timer (vendor/foca/PATCHED.md).
+        // Since joins are spaced while the cluster forms (`JOIN_SPACING`) this seed takes
+        // another path; the fix keeps its own test in foca
+        // (`a_suspicion_heard_is_timed_out_by_the_hearer_too`), and the seed stays as a
+        // 200-node chaos run.
         "suspicion never timed out by a member the Down missed",
         200,
         1,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use murmur_catalog::Service;
-use murmur_gossip::{EventFilter, MemberEventKind, MemberStatus};
+use murmur_gossip::{EventFilter, GossipConfig, MemberEventKind, MemberStatus};
 use murmur_sim::{Net, cluster, key};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -145,19 +145,27 @@ fn alone_node_recontacts_its_seeds() {
 
 #[test]
 fn user_event_reaches_every_node_once() {
+    let mut slow = Vec::new();
     for seed in 0..30 {
         let mut net = cluster(12, seed);
         let fired = net
             .node(2)
             .fire_event("deploy", b"v42", EventFilter::default())
             .unwrap();
-        let reached = net.run_until(SECS(5), |net| {
+        // Gossip alone reaches everyone within a second almost always, but not surely: with
+        // seed 23 one member got 1 of the 105 datagrams sent while the event was gossiped
+        // (1 in ~300 seeds at 12 nodes). The push-pull of recent events is what makes
+        // delivery certain, within one push-pull interval.
+        let bound = GossipConfig::lan("test").push_pull_interval + SECS(5);
+        let reached = net.run_until(bound, |net| {
             net.slots.iter().all(|s| !s.user_events.is_empty())
         });
-        assert!(
-            reached.is_some(),
-            "seed {seed}: event did not reach all 12 nodes within 5 s"
-        );
+        let took = reached.unwrap_or_else(|| {
+            panic!("seed {seed}: event did not reach all 12 nodes within {bound:?}")
+        });
+        if took > SECS(5) {
+            slow.push(seed);
+        }
         net.run_for(SECS(5));
         for slot in &net.slots {
             assert_eq!(
@@ -167,6 +175,10 @@ fn user_event_reaches_every_node_once() {
             );
         }
     }
+    assert!(
+        slow.len() <= 1,
+        "gossip missed a member with seeds {slow:?}"
+    );
 }
 
 #[test]
