@@ -5,7 +5,7 @@
 //! `Failed`. Entries are keyed by name, so a restarted node (higher generation) replaces its
 //! ghost in place.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use foca::{Member, State};
 use serde::{Deserialize, Serialize};
@@ -95,12 +95,54 @@ pub struct MemberEvent {
     pub member: NodeIdentity,
 }
 
+/// An entry of the member list, ordered and found by the member's name alone.
+///
+/// A set of these instead of a map from name to state saves the key's copy of the name
+/// (24 bytes per entry; each node holds one entry per member, so ~0.5 GB at 10,000 simulated
+/// nodes) while lookups by `&str` still work through `Borrow`.
+#[derive(Debug)]
+struct Entry(MemberState);
+
+impl Entry {
+    fn name(&self) -> &str {
+        &self.0.identity.name
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+impl std::borrow::Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        self.name()
+    }
+}
+
 /// The member list of one node (itself excluded).
 #[derive(Debug, Default)]
 pub struct MemberView {
-    members: BTreeMap<compact_str::CompactString, MemberState>,
-    leaving: HashSet<(String, u64)>,
-    leaving_order: VecDeque<(String, u64)>,
+    members: BTreeSet<Entry>,
+    /// Inline names (`CompactString`): every applied update asks this set, and a `String`
+    /// key would allocate a copy of the name for each question.
+    leaving: HashSet<(compact_str::CompactString, u64)>,
+    leaving_order: VecDeque<(compact_str::CompactString, u64)>,
     /// How many members are `Alive`, kept as statuses change so convergence checks over
     /// thousands of views cost O(1) per view.
     alive: usize,
@@ -130,12 +172,12 @@ impl MemberView {
 
     /// All known members, by name.
     pub fn iter(&self) -> impl Iterator<Item = &MemberState> {
-        self.members.values()
+        self.members.iter().map(|entry| &entry.0)
     }
 
     /// One member by name.
     pub fn get(&self, name: &str) -> Option<&MemberState> {
-        self.members.get(name)
+        self.members.get(name).map(|entry| &entry.0)
     }
 
     /// Of `owners` (given in name order), those that are not active members, `me` excepted.
@@ -152,12 +194,12 @@ impl MemberView {
         owners
             .filter(|owner| {
                 while members
-                    .next_if(|(name, _)| name.as_str() < owner.as_str())
+                    .next_if(|entry| entry.name() < owner.as_str())
                     .is_some()
                 {}
                 let active = members
                     .peek()
-                    .is_some_and(|(name, m)| *name == *owner && m.status.is_active());
+                    .is_some_and(|entry| entry.name() == *owner && entry.0.status.is_active());
                 *owner != me && !active
             })
             .cloned()
@@ -165,14 +207,14 @@ impl MemberView {
     }
 
     /// Leave intents still remembered, for push-pull.
-    pub(crate) fn leaving(&self) -> impl Iterator<Item = &(String, u64)> {
+    pub(crate) fn leaving(&self) -> impl Iterator<Item = &(compact_str::CompactString, u64)> {
         self.leaving_order.iter()
     }
 
     /// Applies a state foca settled on; returns the event if the status changed.
     pub(crate) fn apply(&mut self, update: &Member<NodeIdentity>) -> Option<MemberEvent> {
         let id = update.id();
-        let left = self.leaving.contains(&(id.name.to_string(), id.generation));
+        let left = self.leaving.contains(&(id.name.clone(), id.generation));
         let status = match update.state() {
             State::Alive | State::Suspect if left => MemberStatus::Leaving,
             State::Alive => MemberStatus::Alive,
@@ -180,7 +222,7 @@ impl MemberView {
             State::Down if left => MemberStatus::Left,
             State::Down => MemberStatus::Failed,
         };
-        let previous = self.members.get(id.name.as_str());
+        let previous = self.get(&id.name);
         let before = previous.map(|p| p.status);
         if let Some(prev) = previous {
             if id.generation < prev.identity.generation {
@@ -202,13 +244,10 @@ impl MemberView {
             (_, MemberStatus::Left) => MemberEventKind::Left,
             (_, MemberStatus::Failed) => MemberEventKind::Failed,
         };
-        self.members.insert(
-            id.name.clone(),
-            MemberState {
-                identity: id.clone(),
-                status,
-            },
-        );
+        self.members.replace(Entry(MemberState {
+            identity: id.clone(),
+            status,
+        }));
         self.count(before, status);
         Some(MemberEvent {
             kind,
@@ -218,7 +257,7 @@ impl MemberView {
 
     /// Records a leave intent; a member already down becomes `Left`, an active one `Leaving`.
     pub(crate) fn mark_leaving(&mut self, name: &str, generation: u64) -> Option<MemberEvent> {
-        let key = (name.to_owned(), generation);
+        let key = (compact_str::CompactString::from(name), generation);
         if self.leaving.insert(key.clone()) {
             self.leaving_order.push_back(key);
             if self.leaving_order.len() > LEAVING_CAPACITY
@@ -227,7 +266,7 @@ impl MemberView {
                 self.leaving.remove(&old);
             }
         }
-        let entry = self.members.get_mut(name)?;
+        let entry = self.get(name)?;
         if entry.identity.generation != generation {
             return None;
         }
@@ -238,22 +277,25 @@ impl MemberView {
             }
             MemberStatus::Leaving | MemberStatus::Left => return None,
         };
-        let before = std::mem::replace(&mut entry.status, status);
-        let event = MemberEvent {
-            kind,
-            member: entry.identity.clone(),
-        };
+        let (before, identity) = (entry.status, entry.identity.clone());
+        self.members.replace(Entry(MemberState {
+            identity: identity.clone(),
+            status,
+        }));
         self.count(Some(before), status);
-        Some(event)
+        Some(MemberEvent {
+            kind,
+            member: identity,
+        })
     }
 
     /// Forgets a member whose reap time passed, unless a newer life replaced it meanwhile.
     pub(crate) fn reap(&mut self, id: &NodeIdentity) -> Option<MemberEvent> {
-        let current = self.members.get(id.name.as_str())?;
+        let current = self.get(&id.name)?;
         if &current.identity != id || current.status.is_active() {
             return None;
         }
-        let gone = self.members.remove(id.name.as_str())?;
+        let Entry(gone) = self.members.take(id.name.as_str())?;
         debug_assert_ne!(
             gone.status,
             MemberStatus::Alive,

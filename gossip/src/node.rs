@@ -756,7 +756,11 @@ impl Node {
         PushPullState {
             from: me,
             members,
-            left: self.view.leaving().cloned().collect(),
+            left: self
+                .view
+                .leaving()
+                .map(|(name, generation)| (name.to_string(), *generation))
+                .collect(),
             events: self.events.newest().cloned().collect(),
         }
     }
