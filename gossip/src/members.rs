@@ -206,6 +206,21 @@ impl MemberView {
             .collect()
     }
 
+    /// Whether every one of `names` (given in name order) is listed `Alive`, `me` excepted.
+    ///
+    /// One walk over both name-ordered lists, like [`MemberView::inactive_among`]: the
+    /// simulator asks this of every node while waiting for a cluster to converge, and a
+    /// lookup per name made that wait O(N² log N) (18% of forming 2,000 nodes).
+    pub fn all_alive_among<'a>(&self, names: impl Iterator<Item = &'a str>, me: &str) -> bool {
+        let mut members = self.members.iter().peekable();
+        names.filter(|name| *name != me).all(|name| {
+            while members.next_if(|entry| entry.name() < name).is_some() {}
+            members
+                .peek()
+                .is_some_and(|entry| entry.name() == name && entry.0.status == MemberStatus::Alive)
+        })
+    }
+
     /// Leave intents still remembered, for push-pull.
     pub(crate) fn leaving(&self) -> impl Iterator<Item = &(compact_str::CompactString, u64)> {
         self.leaving_order.iter()
@@ -420,6 +435,25 @@ mod tests {
                 .cloned()
                 .collect();
             proptest::prop_assert_eq!(view.inactive_among(owners.iter(), &me), expected);
+        }
+
+        /// Likewise for "all of these names are alive".
+        #[test]
+        fn all_alive_matches_a_lookup_per_name(
+            members in proptest::collection::btree_map("[a-c]{1,2}", 0..3u8, 0..12),
+            names in proptest::collection::btree_set("[a-c]{1,2}", 0..12),
+            me in "[a-c]{1,2}",
+        ) {
+            let mut view = MemberView::default();
+            for (name, state) in &members {
+                let state = [State::Alive, State::Suspect, State::Down][usize::from(*state)];
+                view.apply(&Member::new(id(name, 1), 0, state));
+            }
+            let expected = names.iter().filter(|n| **n != me).all(|n| {
+                view.get(n).is_some_and(|m| m.status == MemberStatus::Alive)
+            });
+            let walked = view.all_alive_among(names.iter().map(String::as_str), &me);
+            proptest::prop_assert_eq!(walked, expected);
         }
     }
 }

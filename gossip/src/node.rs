@@ -275,6 +275,12 @@ impl Node {
         self.view.get(name)
     }
 
+    /// Whether this node lists every one of `names` (in name order, its own name aside)
+    /// as `Alive`; one walk over its member list.
+    pub fn sees_alive<'a>(&self, names: impl Iterator<Item = &'a str>) -> bool {
+        self.view.all_alive_among(names, &self.identity().name)
+    }
+
     /// Number of other members this node sees `Alive` (kept up to date, O(1)).
     pub fn alive_peers(&self) -> usize {
         self.view.alive_count()

@@ -640,8 +640,8 @@ impl Net {
     }
 
     /// Whether every running node lists every other running node as alive. Counts are
-    /// compared first (O(N)); only when every count fits are members looked up by name
-    /// (O(N² log N)), so waiting for convergence costs little per step.
+    /// compared first (O(N)); only when every count fits does each node walk its member list
+    /// against the sorted names (O(N²)), so waiting for convergence costs little per step.
     pub fn all_alive(&self) -> bool {
         let running = self.running();
         let counts_fit = running.iter().all(|&at| {
@@ -650,18 +650,14 @@ impl Net {
         if !counts_fit {
             return false;
         }
-        let names: Vec<String> = running
+        let mut names: Vec<String> = running
             .iter()
             .map(|&i| Self::identity(i, 0).name.to_string())
             .collect();
+        names.sort_unstable();
         running.iter().all(|&at| {
             let node = self.slots[at].node.as_ref().expect("running");
-            running.iter().zip(&names).all(|(&of, name)| {
-                of == at
-                    || node
-                        .peer(name)
-                        .is_some_and(|m| m.status == MemberStatus::Alive)
-            })
+            node.sees_alive(names.iter().map(String::as_str))
         })
     }
 
