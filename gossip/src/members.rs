@@ -415,6 +415,16 @@ mod tests {
         assert_counted(&v);
     }
 
+    /// A view holding each of `members` in the state its number picks (alive, suspect, down).
+    fn view_of(members: &std::collections::BTreeMap<String, u8>) -> MemberView {
+        let mut view = MemberView::default();
+        for (name, state) in members {
+            let state = [State::Alive, State::Suspect, State::Down][usize::from(*state)];
+            view.apply(&Member::new(id(name, 1), 0, state));
+        }
+        view
+    }
+
     proptest::proptest! {
         /// The one-walk answer equals a lookup per owner, whatever names and states are
         /// known (names from a small alphabet so that owners and members overlap).
@@ -424,11 +434,7 @@ mod tests {
             owners in proptest::collection::btree_set("[a-e]{1,3}", 0..40),
             me in "[a-e]{1,3}",
         ) {
-            let mut view = MemberView::default();
-            for (name, state) in &members {
-                let state = [State::Alive, State::Suspect, State::Down][usize::from(*state)];
-                view.apply(&Member::new(id(name, 1), 0, state));
-            }
+            let view = view_of(&members);
             let expected: BTreeSet<String> = owners
                 .iter()
                 .filter(|o| **o != me && view.get(o).is_none_or(|m| !m.status.is_active()))
@@ -444,11 +450,7 @@ mod tests {
             names in proptest::collection::btree_set("[a-c]{1,2}", 0..12),
             me in "[a-c]{1,2}",
         ) {
-            let mut view = MemberView::default();
-            for (name, state) in &members {
-                let state = [State::Alive, State::Suspect, State::Down][usize::from(*state)];
-                view.apply(&Member::new(id(name, 1), 0, state));
-            }
+            let view = view_of(&members);
             let expected = names.iter().filter(|n| **n != me).all(|n| {
                 view.get(n).is_some_and(|m| m.status == MemberStatus::Alive)
             });
