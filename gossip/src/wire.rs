@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut};
-use foca::{Header, Member, Message};
+use foca::{Header, Member};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -253,7 +253,7 @@ pub(crate) struct PushPullState {
 /// recorded in `changes` for the core to turn into member events.
 pub(crate) struct WireCodec {
     pub(crate) changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
-    /// Every decoded identity is exchanged for its shared copy before foca keeps it.
+    /// Decoded identities that foca keeps are exchanged for their shared copies.
     pub(crate) identities: Identities,
 }
 
@@ -294,43 +294,12 @@ impl foca::Codec<NodeIdentity> for WireCodec {
 
     fn decode_header(&mut self, buf: impl Buf) -> Result<Header<NodeIdentity>, CodecError> {
         let header: Header<NodeIdentity> = Self::take(buf)?;
-        let intern = |id| self.identities.intern(id);
-        let message = match header.message {
-            Message::PingReq {
-                target,
-                probe_number,
-            } => Message::PingReq {
-                target: intern(target),
-                probe_number,
-            },
-            Message::IndirectPing {
-                origin,
-                probe_number,
-            } => Message::IndirectPing {
-                origin: intern(origin),
-                probe_number,
-            },
-            Message::IndirectAck {
-                target,
-                probe_number,
-            } => Message::IndirectAck {
-                target: intern(target),
-                probe_number,
-            },
-            Message::ForwardedAck {
-                origin,
-                probe_number,
-            } => Message::ForwardedAck {
-                origin: intern(origin),
-                probe_number,
-            },
-            other => other,
-        };
+        // Sender and addressee are the identities foca compares and keeps; the ones inside
+        // indirect-probe messages are used once and left as decoded.
         Ok(Header {
-            src: intern(header.src),
-            src_incarnation: header.src_incarnation,
-            dst: intern(header.dst),
-            message,
+            src: self.identities.intern(header.src),
+            dst: self.identities.intern(header.dst),
+            ..header
         })
     }
 
