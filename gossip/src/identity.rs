@@ -133,13 +133,9 @@ impl Identities {
     }
 
     /// Number of identities held (swept ones excluded).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).set.len()
-    }
-
-    /// Whether no identity is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

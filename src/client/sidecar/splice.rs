@@ -3,7 +3,7 @@
 //!
 //! Neither direction copies the bytes in user space: what TCP gives is handed to quinn as one
 //! owned chunk (`write_chunk`), and the chunks quinn received are written to TCP with one
-//! `writev` (`read_chunks`). Through a 8 KiB copy buffer each byte was copied once more and
+//! `writev` (`read_chunks`). Through an 8 KiB copy buffer each byte was copied once more and
 //! each 8 KiB cost a TCP read, a window update and the softirq work that comes with it.
 
 use murmur_proxy::quinn;
