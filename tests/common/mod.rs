@@ -75,12 +75,32 @@ impl Agent {
         }
     }
 
-    /// Starts an agent and waits until its HTTP API answers.
+    /// Starts an agent and waits until its HTTP API answers. A port found free can be taken
+    /// by another test before the agent binds it (ports are picked, then released); an agent
+    /// that failed on a taken port is started again on fresh ports (three attempts in all).
     pub fn start(spec: Spec<'_>) -> Self {
-        let mut agent = Self::prepare(spec.name, spec.key);
-        agent.spawn(spec.join, spec.extra);
-        agent.wait_ready("come up");
-        agent
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut agent = Self::prepare(spec.name, spec.key);
+            agent.spawn(spec.join, spec.extra);
+            wait_until(Duration::from_secs(10), || {
+                agent.try_get("/v1/agent/self").is_some() || agent.exited()
+            });
+            let port_taken = agent.exited() && agent.log().contains("Address already in use");
+            if port_taken && attempt < ATTEMPTS {
+                continue;
+            }
+            agent.wait_ready("come up");
+            return agent;
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Whether the agent's process has ended.
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
     }
 
     fn wait_ready(&self, what: &str) {
