@@ -5,12 +5,13 @@
 //! - [`roots`]: which replicated root signs and which are trusted (rotation overlap);
 //! - [`authorize`]: may this caller reach this service (trust domain, intentions, default);
 //! - [`tls`]: mutual-TLS QUIC configurations from a leaf, its key and the roots;
+//! - [`udp`]: the endpoint's socket and the datagram size its connections may reach;
 //! - [`native`]: the SDK: `MeshClient::connect("db")` and `MeshListener::bind(…).accept()`
 //!   give an application mesh identity, authorization and encryption without a proxy;
 //!
 //! What it is **not** responsible for: the agent's state. The decision modules (`identity`,
 //! `ca`, `roots`, `authorize`) take times and serial numbers as arguments and do no I/O; `tls`
-//! builds configurations; only `native` talks to the network (QUIC, and the local agent's
+//! builds configurations, `udp` sockets; only `native` talks to the network (QUIC, and the local agent's
 //! HTTP API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -24,3 +25,4 @@ pub mod identity;
 pub mod native;
 pub mod roots;
 pub mod tls;
+pub mod udp;

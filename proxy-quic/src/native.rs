@@ -235,7 +235,7 @@ impl MeshClient {
             current: Mutex::new(None),
         });
         identity.get(None).await?;
-        let endpoint = crate::tls::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None)?;
+        let endpoint = crate::udp::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None)?;
         Ok(Self {
             identity,
             endpoint,
@@ -347,7 +347,7 @@ impl MeshListener {
             current: Mutex::new(None),
         });
         let current = identity.get(None).await?;
-        let endpoint = crate::tls::endpoint(addr, Some(current.identity.server_config()?))?;
+        let endpoint = crate::udp::endpoint(addr, Some(current.identity.server_config()?))?;
         let bound = endpoint.local_addr()?;
         let registration = mesh_endpoint_name(service_id);
         let body = json!({

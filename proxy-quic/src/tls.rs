@@ -130,36 +130,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
             quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits"),
         ))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .mtu_discovery_config(Some(crate::udp::mtu_discovery()));
     Arc::new(transport)
-}
-
-/// UDP socket buffers asked for (the kernel caps them at `net.core.rmem_max`/`wmem_max`): with
-/// the default 208 KiB a single flow through a sidecar pair overflowed the receive buffer
-/// (0.44% of datagrams dropped, `RcvbufErrors` in /proc/net/snmp during `bench/proxy.sh`),
-/// and each drop halved the congestion window.
-const SOCKET_BUFFER: usize = 4 << 20;
-
-/// A QUIC endpoint on `addr` with large socket buffers; a server when `server` is given.
-pub fn endpoint(
-    addr: std::net::SocketAddr,
-    server: Option<quinn::ServerConfig>,
-) -> std::io::Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        let _ = socket.set_only_v6(false);
-    }
-    // Best effort: a smaller buffer still works, only slower.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    socket.bind(&addr.into())?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
 }
 
 /// The service identity the peer of `connection` proved in the handshake.
@@ -179,6 +152,7 @@ mod tests {
     use super::*;
     use crate::ca::{Authority, leaf_key};
     use crate::identity::TrustDomain;
+    use crate::udp::{MAX_DATAGRAM, endpoint};
 
     const NOW_MS: u64 = 1_790_000_000_000;
 
@@ -272,5 +246,50 @@ mod tests {
         let cache = ServiceId::new(&td, "dc1", "cache").unwrap();
         let err = dial(&web, &server, &server_name(&cache)).await.unwrap_err();
         assert!(err.contains("certificate") || err.contains("name"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bulk_data_grows_datagrams_past_ethernet_size_on_loopback() {
+        let ca = authority();
+        let db = identity(&ca, "db");
+        let server = endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(db.server_config().unwrap()),
+        )
+        .unwrap();
+        let accepting = server.clone();
+        let counter = tokio::spawn(async move {
+            let connection = accepting.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+            let got = recv.read_to_end(64 << 20).await.unwrap();
+            send.write_all(&(got.len() as u64).to_be_bytes())
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            connection.closed().await;
+        });
+        let web = identity(&ca, "web");
+        let mut client = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        client.set_default_client_config(web.client_config().unwrap());
+        let transfer = async {
+            let connection = client
+                .connect(server.local_addr().unwrap(), &server_name(&db.id))
+                .unwrap()
+                .await
+                .unwrap();
+            let (mut send, mut recv) = connection.open_bi().await.unwrap();
+            send.write_all(&vec![7u8; 32 << 20]).await.unwrap();
+            send.finish().unwrap();
+            let count = recv.read_to_end(8).await.unwrap();
+            (connection, count)
+        };
+        let (connection, count) = tokio::time::timeout(Duration::from_secs(60), transfer)
+            .await
+            .expect("32 MiB crossed loopback within a minute");
+        assert_eq!(count, (32u64 << 20).to_be_bytes());
+        let mtu = connection.stats().path.current_mtu;
+        assert!(mtu > 1_452 && mtu <= MAX_DATAGRAM, "path MTU {mtu}");
+        connection.close(0u32.into(), b"done");
+        counter.await.unwrap();
     }
 }

@@ -87,7 +87,7 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
         Some(text) => crate::agent::config::parse_addr(text, 0).context("--listen")?,
         None => SocketAddr::new(agent_ip(&client).await?, 0),
     };
-    let endpoint = murmur_proxy::tls::endpoint(listen, Some(identity.server_config()?))
+    let endpoint = murmur_proxy::udp::endpoint(listen, Some(identity.server_config()?))
         .with_context(|| {
             format!("cannot listen for QUIC on {listen}: pick another with --listen")
         })?;
