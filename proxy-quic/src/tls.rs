@@ -223,8 +223,13 @@ mod tests {
         let (server, accepted) = serve(&db);
         let connection = dial(&web, &server, &server_name(&db.id)).await.unwrap();
         assert_eq!(peer_service(&connection).unwrap().service, "db");
+        // Closed at once, while path-MTU probes still fill the new connection's congestion
+        // window: the close must still reach the server (the idle timeout is 30 s).
         connection.close(0u32.into(), b"done");
-        assert_eq!(accepted.await.unwrap().as_deref(), Some("web"));
+        let accepted = tokio::time::timeout(Duration::from_secs(5), accepted)
+            .await
+            .expect("the server saw the close, not its idle timeout");
+        assert_eq!(accepted.unwrap().as_deref(), Some("web"));
     }
 
     #[tokio::test]
