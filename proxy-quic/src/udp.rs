@@ -1,12 +1,11 @@
 //! The UDP side of mesh connections: the socket a QUIC endpoint runs on, and how large its
 //! datagrams may grow.
 //!
-//! quinn sends up to 10 datagrams per `sendmsg` with UDP segmentation offload (GSO), and the
-//! whole batch must fit one UDP payload (65,507 bytes over IPv4): the kernel refuses a larger
-//! one with `EMSGSIZE`, which quinn takes for a failed MTU probe and drops silently. So the
-//! datagram size path-MTU discovery may reach ([`MAX_DATAGRAM`]) and the segments per send
-//! ([`SegmentCapped`]) are chosen together.
-
+//! quinn hands the socket up to 10 datagrams at once for one `sendmsg` with UDP segmentation
+//! offload (GSO), but one `sendmsg` carries at most one UDP payload (65,507 bytes over IPv4):
+//! the kernel refuses a larger batch with `EMSGSIZE`, which quinn takes for a failed MTU probe
+//! and drops silently. Datagrams larger than 6,550 bytes therefore need their batches split
+//! ([`SplitSends`]).
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,13 +18,12 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 /// The largest UDP payload path-MTU discovery may probe up to and peers are told we accept.
 ///
 /// Beyond Ethernet's 1,452 because sidecar pairs often share a host (loopback's MTU is 64 KiB)
-/// or a jumbo-frame network, and every datagram costs quinn the same work whatever its size:
-/// 1,452 → 6,500 took the CPU per GB of a sidecar pair from 2.24 to 1.57 s and one flow from
-/// 5.7 to 7.0 Gbit/s (BENCHMARKS.md). Paths with a smaller MTU keep the size discovery finds.
-/// 6,500 is the most that lets quinn's full 10-datagram batch fit one UDP payload; larger
-/// datagrams (16,000 with 4 per batch) measured no better, and would shrink batches on
-/// Ethernet-sized paths.
-pub const MAX_DATAGRAM: u16 = 6_500;
+/// or a jumbo-frame network, and every datagram costs quinn much the same work whatever its
+/// size: 1,452 → 6,500 took the CPU per GB of a sidecar pair from 2.24 to 1.57 s and one flow
+/// from 5.7 to 7.0 Gbit/s; 6,500 → 16,000 about 7% more off the CPU per GB (5 alternating
+/// pairs, 4 in its favour); 32,000 and 60,000 did no better (BENCHMARKS.md). Paths with a
+/// smaller MTU keep the size discovery finds.
+pub const MAX_DATAGRAM: u16 = 16_000;
 
 /// The largest UDP payload one `sendmsg` may carry over IPv4 (65,535 less IP and UDP headers).
 const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -63,37 +61,42 @@ pub fn endpoint(
         .max_udp_payload_size(MAX_DATAGRAM)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let runtime = Arc::new(quinn::TokioRuntime);
-    let socket = SegmentCapped::new(quinn::Runtime::wrap_udp_socket(&*runtime, socket.into())?);
-    quinn::Endpoint::new_with_abstract_socket(config, server, Arc::new(socket), runtime)
+    let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket.into())?;
+    quinn::Endpoint::new_with_abstract_socket(config, server, Arc::new(SplitSends(inner)), runtime)
 }
 
-/// A socket that never lets quinn batch more datagrams of [`MAX_DATAGRAM`] bytes into one
-/// send than fit a UDP payload, whatever quinn's own limit is.
+/// A socket that sends a GSO batch larger than one UDP payload as several `sendmsg`s of whole
+/// datagrams, so quinn may batch datagrams of any size up to its own limit.
 #[derive(Debug)]
-struct SegmentCapped {
-    inner: Arc<dyn AsyncUdpSocket>,
-    max_segments: usize,
-}
+struct SplitSends(Arc<dyn AsyncUdpSocket>);
 
-impl SegmentCapped {
-    fn new(inner: Arc<dyn AsyncUdpSocket>) -> Self {
-        let max_segments = inner
-            .max_transmit_segments()
-            .min(MAX_UDP_PAYLOAD / usize::from(MAX_DATAGRAM));
-        SegmentCapped {
-            inner,
-            max_segments,
-        }
-    }
-}
-
-impl AsyncUdpSocket for SegmentCapped {
+impl AsyncUdpSocket for SplitSends {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.inner.clone().create_io_poller()
+        self.0.clone().create_io_poller()
     }
 
+    /// A batch too large for one send goes out in parts. If a later part would block (the 4 MiB
+    /// send buffer is full), the rest is dropped and reported sent: QUIC retransmits what is
+    /// lost, while `WouldBlock` would make quinn send the parts already gone again.
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        let segment = match transmit.segment_size {
+            Some(segment) if transmit.contents.len() > MAX_UDP_PAYLOAD => segment,
+            _ => return self.0.try_send(transmit),
+        };
+        let per_send = (MAX_UDP_PAYLOAD / segment).max(1) * segment;
+        for (i, part) in transmit.contents.chunks(per_send).enumerate() {
+            let sent = self.0.try_send(&Transmit {
+                contents: part,
+                segment_size: (part.len() > segment).then_some(segment),
+                ..*transmit
+            });
+            match sent {
+                Ok(()) => {}
+                Err(err) if i == 0 => return Err(err),
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     fn poll_recv(
@@ -102,23 +105,23 @@ impl AsyncUdpSocket for SegmentCapped {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.inner.poll_recv(cx, bufs, meta)
+        self.0.poll_recv(cx, bufs, meta)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.0.local_addr()
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.max_segments
+        self.0.max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.inner.max_receive_segments()
+        self.0.max_receive_segments()
     }
 
     fn may_fragment(&self) -> bool {
-        self.inner.may_fragment()
+        self.0.may_fragment()
     }
 }
 
@@ -127,14 +130,45 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_full_send_batch_fits_one_udp_payload() {
-        let socket = quinn::Runtime::wrap_udp_socket(
+    async fn a_batch_larger_than_a_udp_payload_arrives_whole() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let sender = quinn::Runtime::wrap_udp_socket(
             &quinn::TokioRuntime,
             std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
         )
         .unwrap();
-        let capped = SegmentCapped::new(socket);
-        assert!(capped.max_transmit_segments() >= 1);
-        assert!(capped.max_transmit_segments() * usize::from(MAX_DATAGRAM) <= MAX_UDP_PAYLOAD);
+        let segments = sender.max_transmit_segments().min(10);
+        let segment = usize::from(MAX_DATAGRAM);
+        let contents: Vec<u8> = (0..segments * segment)
+            .map(|i| (i / segment) as u8)
+            .collect();
+        let socket = Arc::new(SplitSends(sender));
+        let mut poller = socket.clone().create_io_poller();
+        std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+            .await
+            .unwrap();
+        socket
+            .try_send(&Transmit {
+                destination: receiver.local_addr().unwrap(),
+                ecn: None,
+                contents: &contents,
+                segment_size: (segments > 1).then_some(segment),
+                src_ip: None,
+            })
+            .unwrap();
+        let mut buf = vec![0; 65_536];
+        for n in 0..segments {
+            let len = receiver
+                .recv(&mut buf)
+                .expect("every datagram of the batch arrives");
+            assert_eq!(len, segment);
+            assert!(
+                buf[..len].iter().all(|&b| b == n as u8),
+                "datagram {n} in order"
+            );
+        }
     }
 }
