@@ -11,8 +11,8 @@
 //!
 //! What it is **not** responsible for: the agent's state. The decision modules (`identity`,
 //! `ca`, `roots`, `authorize`) take times and serial numbers as arguments and do no I/O; `tls`
-//! builds configurations, `udp` sockets; only `native` talks to the network (QUIC, and the local agent's
-//! HTTP API).
+//! builds configurations and `udp` sockets; only `native` talks to the network (QUIC, and the
+//! local agent's HTTP API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -6,6 +6,7 @@
 //! the kernel refuses a larger batch with `EMSGSIZE`, which quinn takes for a failed MTU probe
 //! and drops silently. Datagrams larger than 6,550 bytes therefore need their batches split
 //! ([`SplitSends`]).
+
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
