@@ -178,8 +178,7 @@ mod tests {
         server: &quinn::Endpoint,
         name: &str,
     ) -> Result<quinn::Connection, String> {
-        let mut endpoint = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-        endpoint.set_default_client_config(client.client_config().unwrap());
+        let endpoint = client_endpoint(client);
         let connecting = endpoint
             .connect(server.local_addr().unwrap(), name)
             .map_err(|e| e.to_string())?;
@@ -193,14 +192,26 @@ mod tests {
         Ok(connection)
     }
 
-    fn serve(
-        identity: &MeshIdentity,
-    ) -> (quinn::Endpoint, tokio::task::JoinHandle<Option<String>>) {
-        let endpoint = endpoint(
+    /// A loopback endpoint accepting connections as `identity`.
+    fn server_endpoint(identity: &MeshIdentity) -> quinn::Endpoint {
+        endpoint(
             "127.0.0.1:0".parse().unwrap(),
             Some(identity.server_config().unwrap()),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A loopback endpoint dialing as `identity`.
+    fn client_endpoint(identity: &MeshIdentity) -> quinn::Endpoint {
+        let mut endpoint = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        endpoint.set_default_client_config(identity.client_config().unwrap());
+        endpoint
+    }
+
+    fn serve(
+        identity: &MeshIdentity,
+    ) -> (quinn::Endpoint, tokio::task::JoinHandle<Option<String>>) {
+        let endpoint = server_endpoint(identity);
         let accepting = endpoint.clone();
         let task = tokio::spawn(async move {
             let connection = accepting.accept().await?.await.ok()?;
@@ -257,11 +268,7 @@ mod tests {
     async fn bulk_data_grows_datagrams_past_ethernet_size_on_loopback() {
         let ca = authority();
         let db = identity(&ca, "db");
-        let server = endpoint(
-            "127.0.0.1:0".parse().unwrap(),
-            Some(db.server_config().unwrap()),
-        )
-        .unwrap();
+        let server = server_endpoint(&db);
         let accepting = server.clone();
         let counter = tokio::spawn(async move {
             let connection = accepting.accept().await.unwrap().await.unwrap();
@@ -273,9 +280,7 @@ mod tests {
             send.finish().unwrap();
             connection.closed().await;
         });
-        let web = identity(&ca, "web");
-        let mut client = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-        client.set_default_client_config(web.client_config().unwrap());
+        let client = client_endpoint(&identity(&ca, "web"));
         let transfer = async {
             let connection = client
                 .connect(server.local_addr().unwrap(), &server_name(&db.id))
