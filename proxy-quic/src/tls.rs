@@ -123,7 +123,7 @@ pub fn server_name(of: &ServiceId) -> String {
 /// How much of one stream's data the peer may send ahead of what the app has taken: 4 MiB
 /// instead of quinn's 1.25 MB, which a single flow drained in about a millisecond, so the
 /// sender stalled whenever the receiving proxy or its app waited a scheduler slice (one flow
-/// through a sidecar pair +12%, CPU per GB −7%; BENCHMARKS.md).
+/// through a sidecar pair +12%, CPU per GB −6%; BENCHMARKS.md).
 const STREAM_WINDOW: u32 = 4 << 20;
 
 /// How much the peer may send ahead on all streams of a connection together (quinn's default
