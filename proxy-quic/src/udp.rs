@@ -78,7 +78,8 @@ impl AsyncUdpSocket for SplitSends {
 
     /// A batch too large for one send goes out in parts. If a later part would block (the 4 MiB
     /// send buffer is full), the rest is dropped and reported sent: QUIC retransmits what is
-    /// lost, while `WouldBlock` would make quinn send the parts already gone again.
+    /// lost, while `WouldBlock` would make quinn send the parts already gone again. Dropped
+    /// datagrams are counted in `murmur_proxy_split_send_dropped_datagrams_total`.
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         let segment = match transmit.segment_size {
             Some(segment) if transmit.contents.len() > MAX_UDP_PAYLOAD => segment,
@@ -94,7 +95,13 @@ impl AsyncUdpSocket for SplitSends {
             match sent {
                 Ok(()) => {}
                 Err(err) if i == 0 => return Err(err),
-                Err(_) => return Ok(()),
+                Err(err) => {
+                    let unsent = transmit.contents.len() - i * per_send;
+                    metrics::counter!("murmur_proxy_split_send_dropped_datagrams_total")
+                        .increment(unsent.div_ceil(segment) as u64);
+                    tracing::debug!("dropped the rest of a split GSO batch: {err}");
+                    return Ok(());
+                }
             }
         }
         Ok(())
