@@ -276,36 +276,39 @@ mod tests {
         assert!(err.contains("certificate") || err.contains("name"), "{err}");
     }
 
-    #[tokio::test]
-    async fn bulk_data_grows_datagrams_past_ethernet_size_on_loopback() {
+    /// A connection from `web` to `db` over loopback: (the client's side, the server's side).
+    async fn connected() -> (quinn::Connection, quinn::Connection) {
         let ca = authority();
         let db = identity(&ca, "db");
         let server = server_endpoint(&db);
-        let accepting = server.clone();
+        let client = client_endpoint(&identity(&ca, "web"));
+        let connecting = client
+            .connect(server.local_addr().unwrap(), &server_name(&db.id))
+            .unwrap();
+        let accepting = async { server.accept().await.unwrap().await.unwrap() };
+        let (client_side, server_side) = tokio::join!(connecting, accepting);
+        (client_side.unwrap(), server_side)
+    }
+
+    #[tokio::test]
+    async fn bulk_data_grows_datagrams_past_ethernet_size_on_loopback() {
+        let (connection, server_side) = connected().await;
         let counter = tokio::spawn(async move {
-            let connection = accepting.accept().await.unwrap().await.unwrap();
-            let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+            let (mut send, mut recv) = server_side.accept_bi().await.unwrap();
             let got = recv.read_to_end(64 << 20).await.unwrap();
             send.write_all(&(got.len() as u64).to_be_bytes())
                 .await
                 .unwrap();
             send.finish().unwrap();
-            connection.closed().await;
+            server_side.closed().await;
         });
-        let client = client_endpoint(&identity(&ca, "web"));
         let transfer = async {
-            let connection = client
-                .connect(server.local_addr().unwrap(), &server_name(&db.id))
-                .unwrap()
-                .await
-                .unwrap();
             let (mut send, mut recv) = connection.open_bi().await.unwrap();
             send.write_all(&vec![7u8; 32 << 20]).await.unwrap();
             send.finish().unwrap();
-            let count = recv.read_to_end(8).await.unwrap();
-            (connection, count)
+            recv.read_to_end(8).await.unwrap()
         };
-        let (connection, count) = tokio::time::timeout(Duration::from_secs(60), transfer)
+        let count = tokio::time::timeout(Duration::from_secs(60), transfer)
             .await
             .expect("32 MiB crossed loopback within a minute");
         assert_eq!(count, (32u64 << 20).to_be_bytes());
@@ -329,21 +332,8 @@ mod tests {
 
     #[tokio::test]
     async fn unread_data_is_bounded_per_stream_and_per_connection() {
-        let ca = authority();
-        let db = identity(&ca, "db");
-        let server = server_endpoint(&db);
-        let accepting = server.clone();
         // The server holds the connection but its app reads nothing.
-        let held = tokio::spawn(async move {
-            let connection = accepting.accept().await.unwrap().await.unwrap();
-            connection.closed().await
-        });
-        let client = client_endpoint(&identity(&ca, "web"));
-        let connection = client
-            .connect(server.local_addr().unwrap(), &server_name(&db.id))
-            .unwrap()
-            .await
-            .unwrap();
+        let (connection, held) = connected().await;
         let mut taken = Vec::new();
         for _ in 0..CONNECTION_WINDOW / STREAM_WINDOW + 1 {
             let (mut send, _recv) = connection.open_bi().await.unwrap();
@@ -354,6 +344,6 @@ mod tests {
         assert_eq!(taken[..full], vec![stream; full], "{taken:?}");
         assert_eq!(taken[full], 0, "the connection window is full: {taken:?}");
         connection.close(0u32.into(), b"done");
-        held.await.unwrap();
+        held.closed().await;
     }
 }
