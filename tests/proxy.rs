@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Agent, BIN, cluster, free_port, keygen, wait_until};
+use murmur_proxy::native::MeshClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SPREAD: Duration = Duration::from_secs(30);
 
@@ -352,15 +354,44 @@ fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // db-0's app dies: its proxy turns critical and new connections all go to db-1.
+    // A native SDK client dials db while both instances are up: it learns them once.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sdk = runtime
+        .block_on(MeshClient::new(&agents[0].http.to_string(), "web"))
+        .unwrap();
+    let sdk_round_trip = |payload: &[u8]| {
+        runtime.block_on(async {
+            let mut stream = sdk.connect("db").await.ok()?;
+            stream.write_all(payload).await.ok()?;
+            stream.shutdown().await.ok()?;
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).await.ok()?;
+            Some(back)
+        })
+    };
+    assert_eq!(sdk_round_trip(b"sdk").as_deref(), Some(&b"sdk"[..]));
+
+    // db-0's app dies: its proxy turns critical and new connections all go to db-1, from the
+    // sidecar's upstream and from the SDK (which follows the instances with a blocking query:
+    // were its list stale, half its dials would reach db-0's proxy and fail).
     apps[0].stop.store(true, Ordering::Relaxed);
     assert!(wait_until(SPREAD, || passing_db_proxies(&agents[0], 1)));
+    assert!(wait_until(Duration::from_secs(5), || (0..5)
+        .all(|_| sdk_round_trip(b"x").is_some())));
     let before = apps[0].accepted.load(Ordering::Relaxed);
     for i in 0..20 {
         let payload = format!("after {i}");
         assert_eq!(
             round_trip(upstream, payload.as_bytes()).unwrap(),
             payload.as_bytes()
+        );
+        assert_eq!(
+            sdk_round_trip(payload.as_bytes()).as_deref(),
+            Some(payload.as_bytes())
         );
     }
     assert_eq!(apps[0].accepted.load(Ordering::Relaxed), before);

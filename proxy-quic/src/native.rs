@@ -159,6 +159,31 @@ impl Agent {
     async fn get(&self, path: &str) -> Result<Value, MeshError> {
         self.call(reqwest::Method::GET, path, None).await
     }
+
+    /// A blocking query: `path` (ending in `?` or `&`) answered once its index passes `index`
+    /// or after five minutes, with the answer's `X-Consul-Index`.
+    async fn get_after(&self, path: &str, index: u64) -> Result<(Value, u64), MeshError> {
+        let url = format!("{}{path}index={index}&wait=5m", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        let status = response.status();
+        let next = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let text = response.text().await.map_err(|e| self.error(e))?;
+        if !status.is_success() {
+            return Err(self.error(format!("{path} answered {status}: {}", text.trim())));
+        }
+        let next = next.ok_or_else(|| self.error(format!("{path}: no X-Consul-Index")))?;
+        let value = serde_json::from_str(&text).map_err(|e| self.error(format!("{path}: {e}")))?;
+        Ok((value, next))
+    }
 }
 
 /// A service's identity as last fetched, with when to fetch it again.
@@ -224,6 +249,10 @@ pub struct MeshClient {
     identity: Arc<Identity>,
     endpoint: quinn::Endpoint,
     pool: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// The healthy instances of each destination dialed so far, kept current by a blocking
+    /// query per destination (so a new connection asks the agent nothing).
+    instances: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>,
+    followers: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl MeshClient {
@@ -240,17 +269,47 @@ impl MeshClient {
             identity,
             endpoint,
             pool: Mutex::new(HashMap::new()),
+            instances: Arc::default(),
+            followers: Mutex::default(),
         })
+    }
+
+    /// The healthy instances of `destination`: as last seen, or asked of the agent (once:
+    /// then a blocking query keeps them current).
+    async fn instances(&self, destination: &str) -> Result<Vec<SocketAddr>, MeshError> {
+        if let Some(known) = self.known(destination) {
+            return Ok(known);
+        }
+        let path = format!(
+            "/v1/health/service/{}?passing&",
+            mesh_endpoint_name(destination)
+        );
+        let (list, index) = self.identity.agent.get_after(&path, 0).await?;
+        let mut instances = self.instances.lock().expect("instances poisoned");
+        if !instances.contains_key(destination) {
+            instances.insert(destination.to_owned(), mesh_addresses(&list));
+            let follower = tokio::spawn(follow_instances(
+                self.identity.agent.clone(),
+                path,
+                index,
+                self.instances.clone(),
+                destination.to_owned(),
+            ));
+            let mut followers = self.followers.lock().expect("followers poisoned");
+            followers.push(follower.abort_handle());
+        }
+        Ok(instances[destination].clone())
+    }
+
+    fn known(&self, destination: &str) -> Option<Vec<SocketAddr>> {
+        let instances = self.instances.lock().expect("instances poisoned");
+        instances.get(destination).cloned()
     }
 
     /// A stream to a healthy instance of `destination` (another one if a dial fails), over a
     /// pooled connection when there is one.
     pub async fn connect(&self, destination: &str) -> Result<MeshStream, MeshError> {
-        let path = format!(
-            "/v1/health/service/{}?passing",
-            mesh_endpoint_name(destination)
-        );
-        let mut candidates = mesh_addresses(&self.identity.agent.get(&path).await?);
+        let mut candidates = self.instances(destination).await?;
         candidates.shuffle(&mut rand::rng());
         for addr in candidates {
             match self.stream(destination, addr).await {
@@ -431,19 +490,11 @@ async fn follow_roots(
 ) {
     let mut index = 0u64;
     loop {
-        let url = format!(
-            "{}/v1/agent/connect/ca/roots?index={index}&wait=5m",
-            identity.agent.base
-        );
-        let next = match identity.agent.http.get(&url).send().await {
-            Ok(response) => response
-                .headers()
-                .get("X-Consul-Index")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok()),
-            Err(_) => None,
-        };
-        let Some(next) = next else {
+        let Ok((_, next)) = identity
+            .agent
+            .get_after("/v1/agent/connect/ca/roots?", index)
+            .await
+        else {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             continue;
         };
@@ -454,6 +505,42 @@ async fn follow_roots(
             }
         }
         index = next;
+    }
+}
+
+/// Keeps `destination`'s entry in `instances` current from `index` on, with blocking queries
+/// of `path`; an error is retried after a second.
+async fn follow_instances(
+    agent: Agent,
+    path: String,
+    mut index: u64,
+    instances: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>,
+    destination: String,
+) {
+    loop {
+        match agent.get_after(&path, index).await {
+            Ok((list, next)) => {
+                if next != index {
+                    let mut instances = instances.lock().expect("instances poisoned");
+                    instances.insert(destination.clone(), mesh_addresses(&list));
+                }
+                // An index that went back (a restarted agent) starts over, as Consul's
+                // clients do.
+                index = if next < index { 0 } else { next };
+            }
+            Err(err) => {
+                tracing::debug!(destination, "following the instances: {err}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+impl Drop for MeshClient {
+    fn drop(&mut self) {
+        for follower in self.followers.lock().expect("followers poisoned").iter() {
+            follower.abort();
+        }
     }
 }
 
