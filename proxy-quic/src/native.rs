@@ -144,16 +144,32 @@ impl Agent {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        Ok(self.answer(request, path).await?.0)
+    }
+
+    /// Sends `request` (for `path`); the answer's JSON (`null` when empty: registrations
+    /// answer 200 with no body) and its `X-Consul-Index`, or why it failed.
+    async fn answer(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<(Value, Option<u64>), MeshError> {
         let response = request.send().await.map_err(|e| self.error(e))?;
         let status = response.status();
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let text = response.text().await.map_err(|e| self.error(e))?;
         if !status.is_success() {
             return Err(self.error(format!("{path} answered {status}: {}", text.trim())));
         }
         if text.trim().is_empty() {
-            return Ok(Value::Null); // registrations answer 200 with no body
+            return Ok((Value::Null, index));
         }
-        serde_json::from_str(&text).map_err(|e| self.error(format!("{path}: {e}")))
+        let value = serde_json::from_str(&text).map_err(|e| self.error(format!("{path}: {e}")))?;
+        Ok((value, index))
     }
 
     async fn get(&self, path: &str) -> Result<Value, MeshError> {
@@ -164,24 +180,8 @@ impl Agent {
     /// or after five minutes, with the answer's `X-Consul-Index`.
     async fn get_after(&self, path: &str, index: u64) -> Result<(Value, u64), MeshError> {
         let url = format!("{}{path}index={index}&wait=5m", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| self.error(e))?;
-        let status = response.status();
-        let next = response
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let text = response.text().await.map_err(|e| self.error(e))?;
-        if !status.is_success() {
-            return Err(self.error(format!("{path} answered {status}: {}", text.trim())));
-        }
+        let (value, next) = self.answer(self.http.get(&url), path).await?;
         let next = next.ok_or_else(|| self.error(format!("{path}: no X-Consul-Index")))?;
-        let value = serde_json::from_str(&text).map_err(|e| self.error(format!("{path}: {e}")))?;
         Ok((value, next))
     }
 }
@@ -288,13 +288,16 @@ impl MeshClient {
         let mut instances = self.instances.lock().expect("instances poisoned");
         if !instances.contains_key(destination) {
             instances.insert(destination.to_owned(), mesh_addresses(&list));
-            let follower = tokio::spawn(follow_instances(
-                self.identity.agent.clone(),
-                path,
-                index,
-                self.instances.clone(),
-                destination.to_owned(),
-            ));
+            let (agent, known) = (self.identity.agent.clone(), self.instances.clone());
+            let destination = destination.to_owned();
+            let follower = tokio::spawn(async move {
+                follow(&agent, &path, index, |list| {
+                    let mut known = known.lock().expect("instances poisoned");
+                    known.insert(destination.clone(), mesh_addresses(&list));
+                    std::future::ready(())
+                })
+                .await
+            });
             let mut followers = self.followers.lock().expect("followers poisoned");
             followers.push(follower.abort_handle());
         }
@@ -481,59 +484,51 @@ fn serve_with(
     }
 }
 
-/// Follows the roots with blocking queries; when they change (a rotation), fetches the leaf
-/// and roots again so callers with leaves of the new root are let in at once.
+/// Follows `path` (ending in `?` or `&`) with blocking queries from `index` (0: the first
+/// answer is the starting point, not a change), handing every changed answer to `on_change`.
+/// Errors are retried after a second; an index that goes back (a restarted agent) starts
+/// over, as Consul's clients do. Runs until its task is aborted.
+async fn follow<F, Fut>(agent: &Agent, path: &str, mut index: u64, mut on_change: F)
+where
+    F: FnMut(Value) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        match agent.get_after(path, index).await {
+            Ok((value, next)) => {
+                if index != 0 && next != index {
+                    on_change(value).await;
+                }
+                index = if next < index { 0 } else { next };
+            }
+            Err(err) => {
+                tracing::debug!(path, "blocking query failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Follows the roots; when they change (a rotation), fetches the leaf and roots again so
+/// callers with leaves of the new root are let in at once.
 async fn follow_roots(
     identity: Arc<Identity>,
     endpoint: quinn::Endpoint,
     in_use: Arc<Mutex<Option<Arc<Current>>>>,
 ) {
-    let mut index = 0u64;
-    loop {
-        let Ok((_, next)) = identity
-            .agent
-            .get_after("/v1/agent/connect/ca/roots?", index)
-            .await
-        else {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            continue;
-        };
-        if index != 0 && next != index {
+    let (identity, endpoint, in_use) = (&identity, &endpoint, &in_use);
+    follow(
+        &identity.agent,
+        "/v1/agent/connect/ca/roots?",
+        0,
+        |_| async move {
             let stale = in_use.lock().expect("identity poisoned").clone();
             if let Ok(fresh) = identity.get(stale.as_ref()).await {
-                serve_with(&endpoint, &in_use, fresh);
+                serve_with(endpoint, in_use, fresh);
             }
-        }
-        index = next;
-    }
-}
-
-/// Keeps `destination`'s entry in `instances` current from `index` on, with blocking queries
-/// of `path`; an error is retried after a second.
-async fn follow_instances(
-    agent: Agent,
-    path: String,
-    mut index: u64,
-    instances: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>,
-    destination: String,
-) {
-    loop {
-        match agent.get_after(&path, index).await {
-            Ok((list, next)) => {
-                if next != index {
-                    let mut instances = instances.lock().expect("instances poisoned");
-                    instances.insert(destination.clone(), mesh_addresses(&list));
-                }
-                // An index that went back (a restarted agent) starts over, as Consul's
-                // clients do.
-                index = if next < index { 0 } else { next };
-            }
-            Err(err) => {
-                tracing::debug!(destination, "following the instances: {err}");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
+        },
+    )
+    .await
 }
 
 impl Drop for MeshClient {
