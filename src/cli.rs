@@ -2,6 +2,7 @@
 //! agent over its HTTP API (`--http-addr` or `MURMUR_HTTP_ADDR`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -446,8 +447,28 @@ pub struct ProxyArgs {
     /// (BENCHMARKS.md); raise it when one proxy must carry more than a core's worth.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
+    /// Keep polling the proxy's sockets for DURATION after its last datagram instead of going
+    /// to sleep (Go duration, e.g. 100us; at most 10ms) [default: off]. Trades CPU for
+    /// latency on virtual machines whose idle vCPUs halt, where every sleep ends in a wake-up
+    /// through the hypervisor: see BENCHMARKS.md, "Busy polling", for what it saves and costs.
+    #[arg(long, value_name = "DURATION", value_parser = busy_poll_window)]
+    pub busy_poll: Option<Duration>,
     #[command(flatten)]
     pub target: HttpTarget,
+}
+
+/// The longest `--busy-poll` window: beyond it a proxy serving one request per window keeps a
+/// core busy, and the wake-ups it saves cost tens of microseconds.
+const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+
+fn busy_poll_window(text: &str) -> Result<Duration, String> {
+    match crate::duration::parse(text) {
+        Some(window) if !window.is_zero() && window <= MAX_BUSY_POLL => Ok(window),
+        Some(_) => Err(format!(
+            "the window must be more than 0 and at most {MAX_BUSY_POLL:?} (e.g. 100us); leave the flag out for no busy polling"
+        )),
+        None => Err("not a duration: write it as Go does, e.g. 100us or 1ms".to_owned()),
+    }
 }
 
 /// `murmur ca …`.
@@ -596,4 +617,25 @@ pub struct AgentArgs {
     /// [default: 72h]; they are renewed before they expire.
     #[arg(long, value_name = "DURATION")]
     pub leaf_cert_ttl: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_poll_takes_a_window_up_to_ten_milliseconds_and_says_what_is_wrong() {
+        assert_eq!(busy_poll_window("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(busy_poll_window("10ms"), Ok(MAX_BUSY_POLL));
+        for (text, says) in [
+            ("0", "more than 0"),
+            ("11ms", "at most 10ms"),
+            ("1s", "at most 10ms"),
+            ("fast", "not a duration"),
+            ("100", "not a duration"),
+        ] {
+            let err = busy_poll_window(text).expect_err(text);
+            assert!(err.contains(says), "{text}: {err}");
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! (`murmur connect proxy`). An app connects to web's `db` upstream on loopback and talks to
 //! db's app through QUIC with mutual TLS: refused until an intention allows it, then data both
 //! ways (100 MB, and many connections at once); a deny closes the open connection and refuses
-//! new ones; a caller with a certificate from another CA never reaches the app.
+//! new ones; a caller with a certificate from another CA never reaches the app. db's proxy
+//! runs with `--busy-poll`, web's without.
 
 mod common;
 
@@ -165,7 +166,11 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
     );
     assert!(wait_until(SPREAD, || root_count(&agents[1]) > 0));
 
-    let db_proxy = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
+    // db's proxy polls busily: the same traffic must pass either way.
+    let db_proxy = Proxy::start(
+        &agents[1],
+        &["--sidecar-for", "db-1", "--busy-poll", "200us"],
+    );
     let (web_proxy, upstream) = web_sidecar(&agents[0]);
     let logs = || {
         format!(

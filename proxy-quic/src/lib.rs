@@ -6,12 +6,13 @@
 //! - [`authorize`]: may this caller reach this service (trust domain, intentions, default);
 //! - [`tls`]: mutual-TLS QUIC configurations from a leaf, its key and the roots;
 //! - [`udp`]: the endpoint's socket and the datagram size its connections may reach;
+//! - [`busy_poll`]: keeping a proxy's thread awake for a short while after traffic;
 //! - [`native`]: the SDK: `MeshClient::connect("db")` and `MeshListener::bind(…).accept()`
 //!   give an application mesh identity, authorization and encryption without a proxy;
 //!
 //! What it is **not** responsible for: the agent's state. The decision modules (`identity`,
 //! `ca`, `roots`, `authorize`) take times and serial numbers as arguments and do no I/O; `tls`
-//! builds configurations and `udp` sockets; only `native` talks to the network (QUIC, and the
+//! builds configurations, `udp` sockets and `busy_poll` a task that keeps a thread polling; only `native` talks to the network (QUIC, and the
 //! local agent's HTTP API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@
 pub use quinn;
 
 pub mod authorize;
+pub mod busy_poll;
 pub mod ca;
 pub mod identity;
 pub mod native;

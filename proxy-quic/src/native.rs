@@ -264,7 +264,7 @@ impl MeshClient {
             current: Mutex::new(None),
         });
         identity.get(None).await?;
-        let endpoint = crate::udp::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None)?;
+        let endpoint = crate::udp::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None, None)?;
         Ok(Self {
             identity,
             endpoint,
@@ -409,7 +409,7 @@ impl MeshListener {
             current: Mutex::new(None),
         });
         let current = identity.get(None).await?;
-        let endpoint = crate::udp::endpoint(addr, Some(current.identity.server_config()?))?;
+        let endpoint = crate::udp::endpoint(addr, Some(current.identity.server_config()?), None)?;
         let bound = endpoint.local_addr()?;
         let registration = mesh_endpoint_name(service_id);
         let body = json!({

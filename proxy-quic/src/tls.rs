@@ -209,13 +209,14 @@ mod tests {
         endpoint(
             "127.0.0.1:0".parse().unwrap(),
             Some(identity.server_config().unwrap()),
+            None,
         )
         .unwrap()
     }
 
     /// A loopback endpoint dialing as `identity`.
     fn client_endpoint(identity: &MeshIdentity) -> quinn::Endpoint {
-        let mut endpoint = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let mut endpoint = endpoint("127.0.0.1:0".parse().unwrap(), None, None).unwrap();
         endpoint.set_default_client_config(identity.client_config().unwrap());
         endpoint
     }

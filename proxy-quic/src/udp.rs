@@ -16,6 +16,8 @@ use std::task::{Context, Poll};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
+use crate::busy_poll::BusyPoll;
+
 /// The largest UDP payload path-MTU discovery may probe up to and peers are told we accept.
 ///
 /// Beyond Ethernet's 1,452 because sidecar pairs often share a host (loopback's MTU is 64 KiB)
@@ -43,10 +45,11 @@ pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
 }
 
 /// A QUIC endpoint on `addr` with large socket buffers and datagrams up to [`MAX_DATAGRAM`];
-/// a server when `server` is given.
+/// a server when `server` is given; its traffic keeps `busy_poll` polling, if given.
 pub fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
+    busy_poll: Option<Arc<BusyPoll>>,
 ) -> io::Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -63,17 +66,30 @@ pub fn endpoint(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let runtime = Arc::new(quinn::TokioRuntime);
     let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket.into())?;
-    quinn::Endpoint::new_with_abstract_socket(config, server, Arc::new(SplitSends(inner)), runtime)
+    let socket = SplitSends { inner, busy_poll };
+    quinn::Endpoint::new_with_abstract_socket(config, server, Arc::new(socket), runtime)
 }
 
 /// A socket that sends a GSO batch larger than one UDP payload as several `sendmsg`s of whole
-/// datagrams, so quinn may batch datagrams of any size up to its own limit.
+/// datagrams, so quinn may batch datagrams of any size up to its own limit; and tells
+/// busy polling about its traffic.
 #[derive(Debug)]
-struct SplitSends(Arc<dyn AsyncUdpSocket>);
+struct SplitSends {
+    inner: Arc<dyn AsyncUdpSocket>,
+    busy_poll: Option<Arc<BusyPoll>>,
+}
+
+impl SplitSends {
+    fn traffic(&self) {
+        if let Some(busy_poll) = &self.busy_poll {
+            busy_poll.touch();
+        }
+    }
+}
 
 impl AsyncUdpSocket for SplitSends {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.0.clone().create_io_poller()
+        self.inner.clone().create_io_poller()
     }
 
     /// A batch too large for one send goes out in parts. If a later part would block (the 4 MiB
@@ -81,13 +97,14 @@ impl AsyncUdpSocket for SplitSends {
     /// lost, while `WouldBlock` would make quinn send the parts already gone again. Dropped
     /// datagrams are counted in `murmur_proxy_split_send_dropped_datagrams_total`.
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.traffic();
         let segment = match transmit.segment_size {
             Some(segment) if transmit.contents.len() > MAX_UDP_PAYLOAD => segment,
-            _ => return self.0.try_send(transmit),
+            _ => return self.inner.try_send(transmit),
         };
         let per_send = (MAX_UDP_PAYLOAD / segment).max(1) * segment;
         for (i, part) in transmit.contents.chunks(per_send).enumerate() {
-            let sent = self.0.try_send(&Transmit {
+            let sent = self.inner.try_send(&Transmit {
                 contents: part,
                 segment_size: (part.len() > segment).then_some(segment),
                 ..*transmit
@@ -113,23 +130,27 @@ impl AsyncUdpSocket for SplitSends {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_recv(cx, bufs, meta)
+        let received = self.inner.poll_recv(cx, bufs, meta);
+        if matches!(received, Poll::Ready(Ok(_))) {
+            self.traffic();
+        }
+        received
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.0.max_transmit_segments()
+        self.inner.max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.0.max_receive_segments()
+        self.inner.max_receive_segments()
     }
 
     fn may_fragment(&self) -> bool {
-        self.0.may_fragment()
+        self.inner.may_fragment()
     }
 }
 
@@ -137,27 +158,71 @@ impl AsyncUdpSocket for SplitSends {
 mod tests {
     use super::*;
 
+    /// A loopback socket as quinn's runtime makes it, wrapped in [`SplitSends`].
+    fn split_sends(busy_poll: Option<Arc<BusyPoll>>) -> Arc<SplitSends> {
+        let inner = quinn::Runtime::wrap_udp_socket(
+            &quinn::TokioRuntime,
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        )
+        .unwrap();
+        Arc::new(SplitSends { inner, busy_poll })
+    }
+
+    /// Waits until `socket` may send (a new socket may not, until its runtime has seen it).
+    async fn writable(socket: &Arc<SplitSends>) {
+        let mut poller = socket.clone().create_io_poller();
+        std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn sending_and_receiving_start_busy_polling() {
+        let window = std::time::Duration::from_millis(1);
+        let (sends, receives) = (BusyPoll::new(window), BusyPoll::new(window));
+        let sender = split_sends(Some(sends.clone()));
+        let receiver = split_sends(Some(receives.clone()));
+        assert!(!sends.polling() && !receives.polling());
+        writable(&sender).await;
+        sender
+            .try_send(&Transmit {
+                destination: receiver.local_addr().unwrap(),
+                ecn: None,
+                contents: b"ping",
+                segment_size: None,
+                src_ip: None,
+            })
+            .unwrap();
+        assert!(sends.polling(), "a send did not start polling");
+        assert!(!receives.polling(), "polling before anything arrived");
+        let mut buf = [0; 64];
+        let mut meta = [RecvMeta::default()];
+        let received = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| {
+                receiver.poll_recv(cx, &mut [IoSliceMut::new(&mut buf)], &mut meta)
+            }),
+        )
+        .await
+        .expect("the datagram arrives")
+        .unwrap();
+        assert_eq!(received, 1);
+        assert!(receives.polling(), "a receive did not start polling");
+    }
+
     #[tokio::test]
     async fn a_batch_larger_than_a_udp_payload_arrives_whole() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         receiver
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        let sender = quinn::Runtime::wrap_udp_socket(
-            &quinn::TokioRuntime,
-            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
-        )
-        .unwrap();
-        let segments = sender.max_transmit_segments().min(10);
+        let socket = split_sends(None);
+        let segments = socket.max_transmit_segments().min(10);
         let segment = usize::from(MAX_DATAGRAM);
         let contents: Vec<u8> = (0..segments * segment)
             .map(|i| (i / segment) as u8)
             .collect();
-        let socket = Arc::new(SplitSends(sender));
-        let mut poller = socket.clone().create_io_poller();
-        std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
-            .await
-            .unwrap();
+        writable(&socket).await;
         socket
             .try_send(&Transmit {
                 destination: receiver.local_addr().unwrap(),

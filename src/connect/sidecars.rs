@@ -67,6 +67,9 @@ impl Sidecars {
             // Runs on the agent's runtime: the flag only sizes the runtime of a standalone
             // `murmur connect proxy`.
             worker_threads: 1,
+            // Spinning on the agent's shared runtime would keep the agent's threads busy, not
+            // a proxy's: busy polling is for standalone proxies.
+            busy_poll: None,
             target: HttpTarget {
                 http_addr: self.http.to_string(),
             },

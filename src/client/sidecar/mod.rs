@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use murmur_proxy::busy_poll::BusyPoll;
 use murmur_proxy::native::{identity_from_answers, mesh_endpoint_name};
 use murmur_proxy::tls::MeshIdentity;
 use serde_json::{Value, json};
@@ -87,10 +88,12 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
         Some(text) => crate::agent::config::parse_addr(text, 0).context("--listen")?,
         None => SocketAddr::new(agent_ip(&client).await?, 0),
     };
-    let endpoint = murmur_proxy::udp::endpoint(listen, Some(identity.server_config()?))
-        .with_context(|| {
-            format!("cannot listen for QUIC on {listen}: pick another with --listen")
-        })?;
+    let busy_poll = args.busy_poll.map(BusyPoll::new);
+    let endpoint =
+        murmur_proxy::udp::endpoint(listen, Some(identity.server_config()?), busy_poll.clone())
+            .with_context(|| {
+                format!("cannot listen for QUIC on {listen}: pick another with --listen")
+            })?;
     let bound = endpoint.local_addr()?;
     let sidecar = Arc::new(Sidecar {
         client,
@@ -115,6 +118,12 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
     tasks.spawn(heartbeat(sidecar.clone(), proxy_id.clone()));
     for spec in upstreams {
         tasks.spawn(upstream::serve(sidecar.clone(), spec));
+    }
+    if let Some(busy_poll) = busy_poll {
+        tasks.spawn(async move {
+            busy_poll.run().await;
+            Ok(())
+        });
     }
     tokio::select! {
         () = stop => {}
