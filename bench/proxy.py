@@ -7,9 +7,14 @@ server app:
   stunnel   a stunnel4 pair with mutual TLS (same certificates)
   murmur    murmur's sidecar pair: a loopback upstream, QUIC with mutual TLS, the app
 
-For each: round trip of 64-byte ping-pongs on one connection (p50, p99), a new connection with
-a 1-byte round trip (p50, p99), iperf3 throughput with one flow and with 64, the proxies' CPU per
-GB moved (both sides, during the one-flow run) and their resident memory at the end.
+For each: round trip of 64-byte ping-pongs on one connection (p50, p99) and the proxies' CPU
+per round trip, back to back and paced (one round trip per millisecond, 2,000), a new
+connection with a 1-byte round trip (p50, p99), iperf3 throughput with one flow and with 64,
+the proxies' CPU per GB moved (both sides, during the one-flow run) and their resident memory
+at the end.
+
+With --busy-poll WINDOW, two more rows: murmur's pair with `--busy-poll WINDOW` and haproxy's
+pair with its `busy-polling` (for virtual machines whose idle vCPUs halt; BENCHMARKS.md).
 
 The latency probe is examples/tcp_probe.rs (Rust, so the probe's cost stays far below what it
 measures). Only loopback addresses are used; every process started is killed at the end.
@@ -27,6 +32,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from membership import free_port, proc_stats, wait_for  # noqa: E402
 
 PROBE = "target/release/examples/tcp_probe"
+PINGPONGS = 20000
+PACED = 2000
 
 
 def run(cmd, **kw):
@@ -66,9 +73,12 @@ class Procs:
             p.wait()
 
 
-def haproxy_pair(d, procs, targets):
-    """targets: [(client_port, app_port)]; returns the pids of both haproxies."""
-    head = ("global\n  maxconn 4096\n  log stderr local0 err\n"
+def haproxy_pair(d, procs, targets, busy=False):
+    """targets: [(client_port, app_port)]; returns the pids of both haproxies. busy: with
+    haproxy's `busy-polling` (its threads never sleep), on one thread each (two spinning
+    threads per haproxy would take both cores from everything else)."""
+    spin = "  busy-polling\n  nbthread 1\n" if busy else ""
+    head = ("global\n  maxconn 4096\n  log stderr local0 err\n" + spin +
             "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n")
     client, server = head, head
     for i, (port, app) in enumerate(targets):
@@ -106,7 +116,7 @@ def stunnel_pair(d, procs, targets):
     return pids
 
 
-def murmur_pair(murmur, d, procs, targets):
+def murmur_pair(murmur, d, procs, targets, extra=()):
     """One dev agent; the apps as services with sidecars; a client sidecar with upstreams."""
     http = f"127.0.0.1:{free_port()}"
     procs.start([murmur, "agent", "--dev", "--node", "bench", "--bind", f"127.0.0.1:{free_port()}",
@@ -120,12 +130,12 @@ def murmur_pair(murmur, d, procs, targets):
     for i, (port, app) in enumerate(targets):
         run([murmur, "services", "register", "--name", f"app{i}", "--port", str(app)], env=env)
         pids.append(procs.start([murmur, "connect", "proxy", "--sidecar-for", f"app{i}",
-                                 "--listen", "127.0.0.1:0"], os.path.join(d, f"mp{i}.log"),
+                                 "--listen", "127.0.0.1:0", *extra], os.path.join(d, f"mp{i}.log"),
                                 env=env).pid)
         upstreams += ["--upstream", f"app{i}:{port}"]
     run([murmur, "services", "register", "--name", "client", "--port", "1"], env=env)
     pids.append(procs.start([murmur, "connect", "proxy", "--sidecar-for", "client",
-                             "--listen", "127.0.0.1:0", *upstreams],
+                             "--listen", "127.0.0.1:0", *upstreams, *extra],
                             os.path.join(d, "mc.log"), env=env).pid)
     return pids
 
@@ -148,7 +158,14 @@ def iperf(port, flows, seconds):
 
 def measure(name, echo_port, iperf_port, pids, seconds):
     wait_for(lambda: ready(echo_port), 30, f"the {name} path to carry bytes")
-    p50, p99 = map(float, run([PROBE, "pingpong", f"127.0.0.1:{echo_port}", "20000"]).split())
+    cpu = sum(proc_stats(p)[1] for p in pids)
+    p50, p99 = map(float, run([PROBE, "pingpong", f"127.0.0.1:{echo_port}",
+                               str(PINGPONGS)]).split())
+    cpu_per_rtt = (sum(proc_stats(p)[1] for p in pids) - cpu) / PINGPONGS * 1e6
+    cpu = sum(proc_stats(p)[1] for p in pids)
+    paced50, _ = map(float, run([PROBE, "paced", f"127.0.0.1:{echo_port}", str(PACED),
+                                 "1000"]).split())
+    paced_cpu = (sum(proc_stats(p)[1] for p in pids) - cpu) / PACED * 1e6
     c50, c99 = map(float, run([PROBE, "connect", f"127.0.0.1:{echo_port}", "2000"]).split())
     cpu0 = sum(proc_stats(p)[1] for p in pids)
     one, moved = iperf(iperf_port, 1, seconds)
@@ -156,10 +173,13 @@ def measure(name, echo_port, iperf_port, pids, seconds):
     many, _ = iperf(iperf_port, 64, seconds)
     rss = sum(proc_stats(p)[0] for p in pids) / 1024
     cpu_per_gb = (cpu1 - cpu0) / (moved / 1e9) if pids else 0.0
-    print(f"  {name}: rtt {p50:.0f}/{p99:.0f} us, new conn {c50:.0f}/{c99:.0f} us, "
+    print(f"  {name}: rtt {p50:.0f}/{p99:.0f} us ({cpu_per_rtt:.0f} us proxy CPU), "
+          f"paced {paced50:.0f} us ({paced_cpu:.0f} us proxy CPU), "
+          f"new conn {c50:.0f}/{c99:.0f} us, "
           f"1 flow {one / 1e9:.2f} Gbit/s, 64 flows {many / 1e9:.2f} Gbit/s", file=sys.stderr)
-    return dict(name=name, rtt=(p50, p99), conn=(c50, c99), one=one, many=many,
-                cpu_per_gb=cpu_per_gb, rss=rss)
+    return dict(name=name, rtt=(p50, p99), cpu_per_rtt=cpu_per_rtt,
+                paced=(paced50, paced_cpu), conn=(c50, c99),
+                one=one, many=many, cpu_per_gb=cpu_per_gb, rss=rss)
 
 
 def main():
@@ -168,6 +188,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only-murmur", action="store_true",
                     help="measure murmur's pair alone (to compare builds quickly)")
+    ap.add_argument("--busy-poll", metavar="WINDOW",
+                    help="also measure murmur's pair with --busy-poll WINDOW")
     args = ap.parse_args()
     procs = Procs()
     rows = []
@@ -177,28 +199,42 @@ def main():
             echo, perf = free_port(), free_port()
             procs.start([PROBE, "echo", f"127.0.0.1:{echo}"], os.path.join(d, "echo.log"))
             procs.start(["iperf3", "-s", "-p", str(perf)], os.path.join(d, "iperf.log"))
-            pairs = [("haproxy pair (mTLS)", lambda t: haproxy_pair(d, procs, t)),
-                     ("stunnel4 pair (mTLS)", lambda t: stunnel_pair(d, procs, t)),
+            # Each pair stops before the next starts: a spinning proxy would slow the others.
+            pairs = [("haproxy pair (mTLS)", lambda g, t: haproxy_pair(d, g, t)),
+                     ("stunnel4 pair (mTLS)", lambda g, t: stunnel_pair(d, g, t)),
                      ("murmur sidecar pair (QUIC, mTLS)",
-                      lambda t: murmur_pair(args.murmur, d, procs, t))]
+                      lambda g, t: murmur_pair(args.murmur, d, g, t))]
+            if args.busy_poll:
+                pairs.insert(1, ("haproxy pair, busy-polling",
+                                 lambda g, t: haproxy_pair(d, g, t, busy=True)))
+                pairs.append((f"murmur sidecar pair, --busy-poll {args.busy_poll}",
+                              lambda g, t: murmur_pair(args.murmur, d, g, t,
+                                                       ["--busy-poll", args.busy_poll])))
             if args.only_murmur:
-                pairs = pairs[-1:]
+                pairs = [p for p in pairs if p[0].startswith("murmur")]
             else:
                 rows.append(measure("direct TCP", echo, perf, [], args.seconds))
             for name, make in pairs:
-                ports = (free_port(), free_port())
-                pids = make([(ports[0], echo), (ports[1], perf)])
-                rows.append(measure(name, ports[0], ports[1], pids, args.seconds))
+                group = Procs()
+                try:
+                    ports = (free_port(), free_port())
+                    pids = make(group, [(ports[0], echo), (ports[1], perf)])
+                    rows.append(measure(name, ports[0], ports[1], pids, args.seconds))
+                finally:
+                    group.stop()
         finally:
             procs.stop()
     print(f"Command: `bench/proxy.sh {args.seconds}` (loopback; RTT of 64-byte ping-pongs, "
-          "20,000 on one connection; new connection = connect + 1-byte round trip, 2,000; "
+          "20,000 on one connection, back to back, then 2,000 paced at one per ms; "
+          "new connection = connect + 1-byte round trip, 2,000; "
           f"iperf3 -t {args.seconds})\n")
-    print("| path | RTT p50 / p99 (µs) | new connection p50 / p99 (µs) | 1 flow (Gbit/s) | "
+    print("| path | RTT p50 / p99 (µs) | proxy CPU per round trip (µs) | paced: RTT p50 / "
+          "proxy CPU per round trip (µs) | new connection p50 / p99 (µs) | 1 flow (Gbit/s) | "
           "64 flows (Gbit/s) | proxy CPU per GB (s) | proxies' RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['rtt'][0]:.0f} / {r['rtt'][1]:.0f} | "
+        print(f"| {r['name']} | {r['rtt'][0]:.0f} / {r['rtt'][1]:.0f} | {r['cpu_per_rtt']:.0f} | "
+              f"{r['paced'][0]:.0f} / {r['paced'][1]:.0f} | "
               f"{r['conn'][0]:.0f} / {r['conn'][1]:.0f} | {r['one'] / 1e9:.2f} | "
               f"{r['many'] / 1e9:.2f} | {r['cpu_per_gb']:.2f} | {r['rss']:.1f} |")
 

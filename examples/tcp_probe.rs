@@ -4,17 +4,18 @@
 //! ```text
 //! tcp_probe echo ADDR            # echo server: every connection gets its bytes back
 //! tcp_probe pingpong ADDR N      # N round trips of 64 bytes on one connection
+//! tcp_probe paced ADDR N US      # the same with a pause of US microseconds after each
 //! tcp_probe connect ADDR N       # N new connections, each with a 1-byte round trip
 //! ```
 //! The two clients print `p50_us p99_us` on one line.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: tcp_probe echo ADDR | pingpong ADDR N | connect ADDR N";
+    let usage = "usage: tcp_probe echo ADDR | pingpong ADDR N | paced ADDR N US | connect ADDR N";
     let (mode, addr) = match (args.get(1), args.get(2)) {
         (Some(mode), Some(addr)) => (mode.as_str(), addr.as_str()),
         _ => {
@@ -22,15 +23,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let count = || -> usize {
-        args.get(3).and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+    let number = |i: usize| -> u64 {
+        args.get(i).and_then(|n| n.parse().ok()).unwrap_or_else(|| {
             eprintln!("{usage}");
             std::process::exit(2)
         })
     };
+    let count = || number(3) as usize;
     match mode {
         "echo" => echo(addr),
-        "pingpong" => report(pingpong(addr, count())),
+        "pingpong" => report(pingpong(addr, count(), Duration::ZERO)),
+        "paced" => report(pingpong(addr, count(), Duration::from_micros(number(4)))),
         "connect" => report(connect(addr, count())),
         _ => {
             eprintln!("{usage}");
@@ -61,7 +64,9 @@ fn echo(addr: &str) {
     }
 }
 
-fn pingpong(addr: &str, n: usize) -> Vec<f64> {
+/// `n` timed round trips, each followed by `pause` (a paced client leaves the path idle in
+/// between, as most request traffic does).
+fn pingpong(addr: &str, n: usize, pause: Duration) -> Vec<f64> {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let ping = [7u8; 64];
@@ -76,7 +81,9 @@ fn pingpong(addr: &str, n: usize) -> Vec<f64> {
             let start = Instant::now();
             stream.write_all(&ping).expect("send");
             stream.read_exact(&mut pong).expect("receive");
-            start.elapsed().as_secs_f64() * 1e6
+            let took = start.elapsed().as_secs_f64() * 1e6;
+            std::thread::sleep(pause);
+            took
         })
         .collect()
 }

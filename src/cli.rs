@@ -448,7 +448,7 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
     /// Keep polling the proxy's sockets for DURATION after its last datagram instead of going
-    /// to sleep (Go duration, e.g. 100us; at most 10ms) [default: off]. Trades CPU for
+    /// to sleep (Go duration, e.g. 50us; at most 10ms) [default: off]. Trades CPU for
     /// latency on virtual machines whose idle vCPUs halt, where every sleep ends in a wake-up
     /// through the hypervisor: see BENCHMARKS.md, "Busy polling", for what it saves and costs.
     #[arg(long, value_name = "DURATION", value_parser = busy_poll_window)]
@@ -465,9 +465,9 @@ fn busy_poll_window(text: &str) -> Result<Duration, String> {
     match crate::duration::parse(text) {
         Some(window) if !window.is_zero() && window <= MAX_BUSY_POLL => Ok(window),
         Some(_) => Err(format!(
-            "the window must be more than 0 and at most {MAX_BUSY_POLL:?} (e.g. 100us); leave the flag out for no busy polling"
+            "the window must be more than 0 and at most {MAX_BUSY_POLL:?} (e.g. 50us); leave the flag out for no busy polling"
         )),
-        None => Err("not a duration: write it as Go does, e.g. 100us or 1ms".to_owned()),
+        None => Err("not a duration: write it as Go does, e.g. 50us or 1ms".to_owned()),
     }
 }
 

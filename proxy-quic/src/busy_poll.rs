@@ -9,7 +9,7 @@
 //! packet comes needs no wake-up at all. It is what haproxy's `busy-polling` does, bounded:
 //! haproxy never sleeps, here a proxy spins at most `window` after its last datagram, so an
 //! idle proxy costs nothing and a busy one little more than it already spends. Off unless
-//! asked for (`murmur connect proxy --busy-poll 100us`): it trades CPU for latency.
+//! asked for (`murmur connect proxy --busy-poll 50us`): it trades CPU for latency.
 //!
 //! How: the proxy's socket calls [`BusyPoll::touch`] on every datagram batch it sends or
 //! receives; [`BusyPoll::run`], a task on the proxy's runtime, then yields to the runtime in a
