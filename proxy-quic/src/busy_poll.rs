@@ -53,7 +53,8 @@ impl BusyPoll {
     }
 
     /// Whether the spinner is polling now, or has been woken to.
-    pub fn polling(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn polling(&self) -> bool {
         !self.sleeping.load(Ordering::Acquire)
     }
 

@@ -12,8 +12,9 @@
 //!
 //! What it is **not** responsible for: the agent's state. The decision modules (`identity`,
 //! `ca`, `roots`, `authorize`) take times and serial numbers as arguments and do no I/O; `tls`
-//! builds configurations, `udp` sockets and `busy_poll` a task that keeps a thread polling; only `native` talks to the network (QUIC, and the
-//! local agent's HTTP API).
+//! builds configurations, `udp` sockets, and `busy_poll` a task that keeps a runtime's thread
+//! polling (it reads the clock); only `native` talks to the network (QUIC, and the local
+//! agent's HTTP API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
