@@ -113,16 +113,18 @@ mod tests {
 
     #[tokio::test]
     async fn polls_while_traffic_comes_and_sleeps_a_window_after_it_stops() {
-        let window = Duration::from_millis(100);
+        // Much longer than the gaps below, so a test thread descheduled for a while on a busy
+        // machine does not end polling early.
+        let window = Duration::from_millis(300);
         let busy = BusyPoll::new(window);
         let spinner = tokio::spawn(busy.clone().run());
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!busy.polling(), "polls before any traffic");
 
-        // Traffic every 30 ms for 500 ms, five windows: polling never stops in between.
+        // Traffic every 30 ms for 900 ms, three windows: polling never stops in between.
         busy.touch();
         let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(500) {
+        while started.elapsed() < Duration::from_millis(900) {
             tokio::time::sleep(Duration::from_millis(30)).await;
             assert!(busy.polling(), "stopped polling while traffic came");
             busy.touch();
