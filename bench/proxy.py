@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""Proxy benchmark (issue 6): one run, side by side on loopback, four paths from a client to a
+"""Proxy benchmark (issue 6): one run, side by side on loopback, five paths from a client to a
 server app:
 
   direct    the client talks to the app (the limit)
   haproxy   a haproxy pair with mutual TLS (ECDSA P-256 certificates from one CA)
   stunnel   a stunnel4 pair with mutual TLS (same certificates)
   murmur    murmur's sidecar pair: a loopback upstream, QUIC with mutual TLS, the app
+  native    murmur's native SDK as the client, to the app behind its sidecar (one proxy)
 
 For each: round trip of 64-byte ping-pongs on one connection (p50, p99) and the proxies' CPU
 per round trip, back to back and paced (one round trip per millisecond, 2,000), a new
 connection with a 1-byte round trip (p50, p99), iperf3 throughput with one flow and with 64,
 the proxies' CPU per GB moved (both sides, during the one-flow run) and their resident memory
-at the end.
+at the end. The native row has the latencies only (its client is examples/mesh_probe.rs).
 
 With --busy-poll WINDOW, two more rows: murmur's pair with `--busy-poll WINDOW` and haproxy's
 pair with its `busy-polling` (for virtual machines whose idle vCPUs halt; BENCHMARKS.md).
@@ -32,6 +33,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from membership import free_port, proc_stats, wait_for  # noqa: E402
 
 PROBE = "target/release/examples/tcp_probe"
+MESH_PROBE = "target/release/examples/mesh_probe"
+MURMUR = "murmur sidecar pair (QUIC, mTLS)"
 PINGPONGS = 20000
 PACED = 2000
 
@@ -61,6 +64,7 @@ def certificates(d):
 class Procs:
     def __init__(self):
         self.all = []
+        self.env = None  # a murmur pair's: how its agent is reached
 
     def start(self, cmd, log, **kw):
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"), **kw)
@@ -133,6 +137,7 @@ def murmur_pair(murmur, d, procs, targets, extra=()):
                                  "--listen", "127.0.0.1:0", *extra], os.path.join(d, f"mp{i}.log"),
                                 env=env).pid)
         upstreams += ["--upstream", f"app{i}:{port}"]
+    procs.env = env
     run([murmur, "services", "register", "--name", "client", "--port", "1"], env=env)
     pids.append(procs.start([murmur, "connect", "proxy", "--sidecar-for", "client",
                              "--listen", "127.0.0.1:0", *upstreams, *extra],
@@ -182,6 +187,31 @@ def measure(name, echo_port, iperf_port, pids, seconds):
                 one=one, many=many, cpu_per_gb=cpu_per_gb, rss=rss)
 
 
+def measure_native(name, env):
+    """The native SDK as the client (examples/mesh_probe.rs, service "client") to app0 behind
+    its sidecar: latency only (iperf3 speaks TCP), and no proxy CPU column (one of the two
+    ends is the client itself)."""
+    probe = [MESH_PROBE, "client", "app0"]
+    wait_for(lambda: subprocess.run(probe + ["pingpong", "10"], env=env,
+                                    capture_output=True).returncode == 0,
+             30, f"the {name} path to carry bytes")
+    p50, p99 = map(float, run(probe + ["pingpong", str(PINGPONGS)], env=env).split())
+    c50, c99 = map(float, run(probe + ["connect", "2000"], env=env).split())
+    print(f"  {name}: rtt {p50:.0f}/{p99:.0f} us, new conn {c50:.0f}/{c99:.0f} us", file=sys.stderr)
+    return dict(name=name, rtt=(p50, p99), conn=(c50, c99))
+
+
+def cells(r):
+    """A row's table cells; '–' for what a row does not measure."""
+    def pair(key):
+        return f"{r[key][0]:.0f} / {r[key][1]:.0f}" if key in r else "–"
+
+    def one(key, scale, digits):
+        return f"{r[key] / scale:.{digits}f}" if key in r else "–"
+    return [r["name"], pair("rtt"), one("cpu_per_rtt", 1, 0), pair("paced"), pair("conn"),
+            one("one", 1e9, 2), one("many", 1e9, 2), one("cpu_per_gb", 1, 2), one("rss", 1, 1)]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--murmur", required=True)
@@ -202,8 +232,7 @@ def main():
             # Each pair stops before the next starts: a spinning proxy would slow the others.
             pairs = [("haproxy pair (mTLS)", lambda g, t: haproxy_pair(d, g, t)),
                      ("stunnel4 pair (mTLS)", lambda g, t: stunnel_pair(d, g, t)),
-                     ("murmur sidecar pair (QUIC, mTLS)",
-                      lambda g, t: murmur_pair(args.murmur, d, g, t))]
+                     (MURMUR, lambda g, t: murmur_pair(args.murmur, d, g, t))]
             if args.busy_poll:
                 pairs.insert(1, ("haproxy pair, busy-polling",
                                  lambda g, t: haproxy_pair(d, g, t, busy=True)))
@@ -220,6 +249,9 @@ def main():
                     ports = (free_port(), free_port())
                     pids = make(group, [(ports[0], echo), (ports[1], perf)])
                     rows.append(measure(name, ports[0], ports[1], pids, args.seconds))
+                    if name == MURMUR:
+                        rows.append(measure_native("native SDK client → murmur sidecar "
+                                                   "(QUIC, mTLS)", group.env))
                 finally:
                     group.stop()
         finally:
@@ -233,10 +265,7 @@ def main():
           "64 flows (Gbit/s) | proxy CPU per GB (s) | proxies' RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['rtt'][0]:.0f} / {r['rtt'][1]:.0f} | {r['cpu_per_rtt']:.0f} | "
-              f"{r['paced'][0]:.0f} / {r['paced'][1]:.0f} | "
-              f"{r['conn'][0]:.0f} / {r['conn'][1]:.0f} | {r['one'] / 1e9:.2f} | "
-              f"{r['many'] / 1e9:.2f} | {r['cpu_per_gb']:.2f} | {r['rss']:.1f} |")
+        print("| " + " | ".join(cells(r)) + " |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+#[path = "support/percentiles.rs"]
+mod percentiles;
+use percentiles::report;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: tcp_probe echo ADDR | pingpong ADDR N | paced ADDR N US | connect ADDR N";
@@ -100,10 +104,4 @@ fn connect(addr: &str, n: usize) -> Vec<f64> {
             start.elapsed().as_secs_f64() * 1e6
         })
         .collect()
-}
-
-fn report(mut samples: Vec<f64>) {
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    println!("{:.1} {:.1}", at(0.5), at(0.99));
 }
