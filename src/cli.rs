@@ -1,10 +1,11 @@
 //! Command-line interface: `murmur agent` runs an agent; every other command talks to a running
 //! agent over its HTTP API (`--http-addr` or `MURMUR_HTTP_ADDR`).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// murmur: a leaderless, gossip-first service mesh.
 #[derive(Parser, Debug)]
@@ -13,6 +14,45 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line, taking Consul's one-dash flags too ([`go_style_flags`]).
+    pub fn parse_consul_style() -> Self {
+        Self::parse_from(go_style_flags(std::env::args_os()))
+    }
+}
+
+/// Consul's CLI takes Go-style flags with one dash (`consul intention create -allow web db`,
+/// `consul kv put -flags=7 …`), where clap reads `-allow` as five one-letter flags. Rewrites
+/// `-NAME` and `-NAME=VALUE` to `--NAME…` when NAME is a long flag of the (sub)command being
+/// parsed, so commands copied from Consul's docs and scripts work; anything else (one-letter
+/// flags, `-1`, unknown names, everything after `--`) is passed on as it came.
+pub fn go_style_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut command = Cli::command();
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    out.extend(args.next());
+    let mut literal = false;
+    for arg in args {
+        let Some(text) = arg.to_str().filter(|_| !literal) else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            literal = true;
+        } else if let Some(sub) = command.find_subcommand(text) {
+            command = sub.clone();
+        } else if let Some(flag) = text.strip_prefix('-').filter(|f| !f.starts_with('-')) {
+            let name = flag.split('=').next().unwrap_or(flag);
+            if name.len() > 1 && command.get_arguments().any(|a| a.get_long() == Some(name)) {
+                out.push(format!("-{text}").into());
+                continue;
+            }
+        }
+        out.push(arg);
+    }
+    out
 }
 
 /// The commands.
@@ -622,6 +662,65 @@ pub struct AgentArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn go_style(args: &[&str]) -> Vec<String> {
+        go_style_flags(
+            std::iter::once("murmur")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+        .into_iter()
+        .skip(1)
+        .map(|a| a.into_string().unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn consuls_one_dash_flags_read_as_long_flags_of_their_subcommand() {
+        assert_eq!(
+            go_style(&["intention", "create", "-deny", "-replace", "web", "db"]),
+            ["intention", "create", "--deny", "--replace", "web", "db"]
+        );
+        assert_eq!(
+            go_style(&[
+                "kv",
+                "put",
+                "-flags=7",
+                "-http-addr",
+                "127.0.0.1:1",
+                "k",
+                "v"
+            ]),
+            [
+                "kv",
+                "put",
+                "--flags=7",
+                "--http-addr",
+                "127.0.0.1:1",
+                "k",
+                "v"
+            ]
+        );
+        // A flag of another subcommand, a one-letter flag, a number, an unknown name, a
+        // double-dash flag and anything after `--` stay as they are.
+        for args in [
+            &["intention", "list", "-allow"][..],
+            &["kv", "get", "-h"],
+            &["kv", "put", "k", "-1"],
+            &["kv", "get", "-nonsense"],
+            &["intention", "create", "--allow", "web", "db"],
+            &["kv", "put", "--", "-flags", "v"],
+        ] {
+            assert_eq!(go_style(args), args, "{args:?}");
+        }
+        let parsed = Cli::parse_from(go_style_flags(
+            ["murmur", "intention", "create", "-allow", "web", "db"].map(OsString::from),
+        ));
+        assert!(matches!(
+            parsed.command,
+            Command::Intention(IntentionCommand::Create { allow: true, .. })
+        ));
+    }
 
     #[test]
     fn busy_poll_takes_a_window_up_to_ten_milliseconds_and_says_what_is_wrong() {

@@ -13,13 +13,12 @@ mod sim;
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_consul_style();
     // The simulator's nodes would log every fault they live through; its report says enough.
     let default_level = if matches!(cli.command, Command::Sim(_)) {
         "warn"

@@ -180,11 +180,12 @@ fn intentions_written_anywhere_decide_everywhere() {
         Some(2)
     );
 
-    // A second create of the pair is refused; --replace turns it into a deny.
-    let out = agents[1].cli(&["intention", "create", "--allow", "web", "db"]);
+    // A second create of the pair is refused; --replace turns it into a deny. (Written as in
+    // Consul's docs, with one dash: `-allow`, `-deny -replace`.)
+    let out = agents[1].cli(&["intention", "create", "-allow", "web", "db"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("duplicate intention"));
-    ok(&agents[1].cli(&["intention", "create", "--deny", "--replace", "web", "db"]));
+    ok(&agents[1].cli(&["intention", "create", "-deny", "-replace", "web", "db"]));
     ok(&agents[1].cli(&["intention", "create", "--allow", "*", "db"]));
     assert!(wait_until(SPREAD, || !authorize(&agents[0], "web", "db").0));
     assert!(
