@@ -2,8 +2,8 @@
 //! (`murmur connect proxy`). An app connects to web's `db` upstream on loopback and talks to
 //! db's app through QUIC with mutual TLS: refused until an intention allows it, then data both
 //! ways (100 MB, and many connections at once); a deny closes the open connection and refuses
-//! new ones; a caller with a certificate from another CA never reaches the app. db's proxy
-//! runs with `--busy-poll`, web's without.
+//! new ones; datagrams that are not QUIC and a caller with a certificate from another CA never
+//! reach the app. db's proxy runs with `--busy-poll`, web's without.
 
 mod common;
 
@@ -167,7 +167,7 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
     assert!(wait_until(SPREAD, || root_count(&agents[1]) > 0));
 
     // db's proxy polls busily: the same traffic must pass either way.
-    let db_proxy = Proxy::start(
+    let mut db_proxy = Proxy::start(
         &agents[1],
         &["--sidecar-for", "db-1", "--busy-poll", "200us"],
     );
@@ -262,11 +262,28 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
     assert!(wait_until(SPREAD, || round_trip(upstream, b"x")
         .is_ok_and(|b| b.is_empty())));
 
-    // A caller with a certificate of another CA is refused in the handshake.
     let db_quic = agents[0].get("/v1/health/service/db-sidecar-proxy")[0]["Service"]["Port"]
         .as_u64()
         .unwrap();
     let before = accepted.load(Ordering::Relaxed);
+
+    // Datagrams that are not QUIC (one byte, zeros, a bogus version, HTTP) are dropped by
+    // quinn before any state is made, and a TCP connection to the QUIC port finds no
+    // listener (it is a UDP port): none reaches the app, and the proxy keeps running and
+    // judging handshakes (the foreign caller below is refused and logged after them).
+    let quic = SocketAddr::from(([127, 0, 0, 1], db_quic as u16));
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for datagram in [
+        &b"x"[..],
+        &[0; 40],
+        &[0xff; 1200],
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        stranger.send_to(datagram, quic).unwrap();
+    }
+    assert!(TcpStream::connect_timeout(&quic, Duration::from_secs(5)).is_err());
+
+    // A caller with a certificate of another CA is refused in the handshake.
     let roots: Vec<String> = agents[0].get("/v1/agent/connect/ca/roots")["Roots"]
         .as_array()
         .unwrap()
@@ -275,6 +292,11 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
         .collect();
     assert!(foreign_caller_is_refused(db_quic as u16, roots));
     assert_eq!(accepted.load(Ordering::Relaxed), before);
+    assert!(
+        db_proxy.child.try_wait().unwrap().is_none(),
+        "db's proxy exited:\n{}",
+        db_proxy.log()
+    );
     // Both kinds of refusal are in the log. The proxy logs a refused handshake after it has
     // sent the refusal, so the caller may see the refusal first: wait for the line.
     for reason in ["handshake", "intention"] {

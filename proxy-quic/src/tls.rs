@@ -168,16 +168,26 @@ mod tests {
 
     const NOW_MS: u64 = 1_790_000_000_000;
 
-    fn identity(ca: &Authority, service: &str) -> MeshIdentity {
+    fn unix_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// `service`'s identity with a leaf of `ca` issued at `issued_s` for `ttl_s`.
+    fn identity_issued(ca: &Authority, service: &str, issued_s: u64, ttl_s: u64) -> MeshIdentity {
         let td = TrustDomain::of_cluster("murmur").unwrap();
         let id = ServiceId::new(&td, "dc1", service).unwrap();
         let (key, public) = leaf_key().unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let leaf = ca.sign_leaf(&id, &public, now, 3600, [9; 16]).unwrap();
+        let leaf = ca
+            .sign_leaf(&id, &public, issued_s, ttl_s, [9; 16])
+            .unwrap();
         MeshIdentity::from_pem(&leaf.cert_pem, &key, &[ca.root().cert_pem.clone()]).unwrap()
+    }
+
+    fn identity(ca: &Authority, service: &str) -> MeshIdentity {
+        identity_issued(ca, service, unix_now(), 3600)
     }
 
     fn authority() -> Authority {
@@ -275,6 +285,19 @@ mod tests {
         let cache = ServiceId::new(&td, "dc1", "cache").unwrap();
         let err = dial(&web, &server, &server_name(&cache)).await.unwrap_err();
         assert!(err.contains("certificate") || err.contains("name"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_expired_or_not_yet_valid_leaf_is_refused() {
+        let ca = authority();
+        let db = identity(&ca, "db");
+        let now = unix_now();
+        for (what, issued_s) in [("expired", now - 7200), ("not yet valid", now + 7200)] {
+            let (server, _accepted) = serve(&db);
+            let web = identity_issued(&ca, "web", issued_s, 600);
+            let refused = dial(&web, &server, &server_name(&db.id)).await;
+            assert!(refused.is_err(), "a leaf {what} was accepted");
+        }
     }
 
     /// A connection from `web` to `db` over loopback: (the client's side, the server's side).
