@@ -493,6 +493,12 @@ pub struct ProxyArgs {
     /// through the hypervisor: see BENCHMARKS.md, "Busy polling", for what it saves and costs.
     #[arg(long, value_name = "DURATION", value_parser = busy_poll_window)]
     pub busy_poll: Option<Duration>,
+    /// Serve this proxy's metrics for Prometheus at http://ADDR/metrics (per source and
+    /// destination service: connections, refusals, bytes, connect latency; README lists them)
+    /// [default: not served]. Like Consul's `envoy_prometheus_bind_addr`: a standalone proxy
+    /// is a process of its own, so its agent's `/v1/agent/metrics` does not have them.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub target: HttpTarget,
 }

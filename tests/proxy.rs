@@ -123,8 +123,9 @@ fn root_count(agent: &Agent) -> usize {
 }
 
 /// The sidecar of `web-1` on `agent`, with its `db` upstream on a free loopback port.
-fn web_sidecar(agent: &Agent) -> (Proxy, SocketAddr) {
+fn web_sidecar(agent: &Agent) -> (Proxy, SocketAddr, SocketAddr) {
     let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let proxy = Proxy::start(
         agent,
         &[
@@ -132,9 +133,11 @@ fn web_sidecar(agent: &Agent) -> (Proxy, SocketAddr) {
             "web-1",
             "--upstream",
             &format!("db:{}", upstream.port()),
+            "--metrics-addr",
+            &metrics.to_string(),
         ],
     );
-    (proxy, upstream)
+    (proxy, upstream, metrics)
 }
 
 fn register(agent: &Agent, body: &str) {
@@ -171,7 +174,7 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
         &agents[1],
         &["--sidecar-for", "db-1", "--busy-poll", "200us"],
     );
-    let (web_proxy, upstream) = web_sidecar(&agents[0]);
+    let (web_proxy, upstream, web_metrics) = web_sidecar(&agents[0]);
     let logs = || {
         format!(
             "web proxy:\n{}\ndb proxy:\n{}",
@@ -221,6 +224,30 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
         back == big,
         "100 MB came back altered ({} bytes)",
         back.len()
+    );
+    // web's proxy serves its own metrics (--metrics-addr): the 100 MB went up and came back.
+    // (A connection's bytes are counted when it ends, just after the app saw it end.)
+    let scrape = || common::http(web_metrics, "GET", "/metrics", b"").ok();
+    let labels = r#"{source="web",destination="db"}"#;
+    let counted = |text: &str| {
+        [
+            ("murmur_proxy_upstream_connections_total", 2.0),
+            ("murmur_proxy_bytes_out_total", 100e6),
+            ("murmur_proxy_bytes_in_total", 100e6),
+        ]
+        .iter()
+        .all(|(metric, at_least)| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{metric}{labels} ")))
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v >= *at_least)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || scrape()
+            .is_some_and(|(status, _, text)| status == 200 && counted(&text))),
+        "web's proxy does not export what it carried:\n{:?}",
+        scrape()
     );
     let many: Vec<_> = (0..64)
         .map(|i| {
@@ -346,7 +373,7 @@ fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
         .all(|a| root_count(a) > 0)));
     let db0 = Proxy::start(&agents[0], &["--sidecar-for", "db-0"]);
     let db1 = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
-    let (web, upstream) = web_sidecar(&agents[0]);
+    let (web, upstream, _) = web_sidecar(&agents[0]);
     assert!(
         wait_until(SPREAD, || passing_db_proxies(&agents[0], 2)
             && round_trip(upstream, b"up").is_ok_and(|b| b == b"up")),

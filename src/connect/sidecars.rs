@@ -70,6 +70,8 @@ impl Sidecars {
             // Spinning on the agent's shared runtime would keep the agent's threads busy, not
             // a proxy's: busy polling is for standalone proxies.
             busy_poll: None,
+            // The agent's own /v1/agent/metrics exports them.
+            metrics_addr: None,
             target: HttpTarget {
                 http_addr: self.http.to_string(),
             },

@@ -469,6 +469,14 @@ pub fn install_metrics() {
     prometheus();
 }
 
+/// Everything recorded so far, in Prometheus' text format (what a scrape gets).
+pub fn render_metrics() -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+}
+
 async fn agent_metrics(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
@@ -520,11 +528,7 @@ async fn agent_metrics(
             .count();
         metrics::gauge!("murmur_members", "status" => status).set(n as f64);
     }
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        prometheus().render(),
-    )
-        .into_response())
+    Ok(render_metrics().into_response())
 }
 
 fn event_json(e: &UserEvent) -> Value {

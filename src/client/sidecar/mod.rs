@@ -76,6 +76,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 /// Runs the proxy until `stop` returns, then drains and deregisters: what `murmur connect
 /// proxy` runs, and what the agent runs for services registered with a sidecar.
 pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = match &args.metrics_addr {
+        Some(text) => Some(metrics_listener(text).await?),
+        None => None,
+    };
     let client = Client::new(&args.target);
     let fronted = fronted(&client, &args.sidecar_for).await?;
     let upstreams = args
@@ -119,6 +123,9 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
     for spec in upstreams {
         tasks.spawn(upstream::serve(sidecar.clone(), spec));
     }
+    if let Some(listener) = metrics {
+        tasks.spawn(serve_metrics(listener));
+    }
     if let Some(busy_poll) = busy_poll {
         tasks.spawn(async move {
             busy_poll.run().await;
@@ -140,6 +147,30 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
     }
     drain(&sidecar, &proxy_id).await;
     Ok(())
+}
+
+/// Binds `--metrics-addr` and starts recording (before any traffic, so nothing is lost).
+async fn metrics_listener(text: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = crate::agent::config::parse_addr(text, 0).context("--metrics-addr")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}: pick another --metrics-addr"))?;
+    crate::http::install_metrics();
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!("metrics for Prometheus at http://{bound}/metrics");
+    }
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` in Prometheus' format until the proxy stops.
+async fn serve_metrics(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async { crate::http::render_metrics() }),
+    );
+    axum::serve(listener, app)
+        .await
+        .context("the metrics listener failed")
 }
 
 /// Stops taking connections, lets open streams finish (up to [`DRAIN`]), and leaves.
