@@ -120,15 +120,23 @@ def stunnel_pair(d, procs, targets):
     return pids
 
 
-def murmur_pair(murmur, d, procs, targets, extra=()):
-    """One dev agent; the apps as services with sidecars; a client sidecar with upstreams."""
+def dev_agent(murmur, d, procs):
+    """A dev agent on loopback; returns its process and the environment that reaches it."""
     http = f"127.0.0.1:{free_port()}"
-    procs.start([murmur, "agent", "--dev", "--node", "bench", "--bind", f"127.0.0.1:{free_port()}",
-                 "--http-addr", http, "--dns-addr", f"127.0.0.1:{free_port()}"],
-                os.path.join(d, "agent.log"))
     env = dict(os.environ, MURMUR_HTTP_ADDR=http, MURMUR_LOG="warn")
+    agent = procs.start([murmur, "agent", "--dev", "--node", "bench",
+                         "--bind", f"127.0.0.1:{free_port()}", "--http-addr", http,
+                         "--dns-addr", f"127.0.0.1:{free_port()}"],
+                        os.path.join(d, "agent.log"), env=env)
     wait_for(lambda: subprocess.run([murmur, "info"], env=env, capture_output=True).returncode == 0,
              10, "the agent to answer")
+    procs.env = env
+    return agent, env
+
+
+def murmur_pair(murmur, d, procs, targets, extra=()):
+    """One dev agent; the apps as services with sidecars; a client sidecar with upstreams."""
+    _, env = dev_agent(murmur, d, procs)
     pids = []
     upstreams = []
     for i, (port, app) in enumerate(targets):
@@ -137,12 +145,28 @@ def murmur_pair(murmur, d, procs, targets, extra=()):
                                  "--listen", "127.0.0.1:0", *extra], os.path.join(d, f"mp{i}.log"),
                                 env=env).pid)
         upstreams += ["--upstream", f"app{i}:{port}"]
-    procs.env = env
     run([murmur, "services", "register", "--name", "client", "--port", "1"], env=env)
     pids.append(procs.start([murmur, "connect", "proxy", "--sidecar-for", "client",
                              "--listen", "127.0.0.1:0", *upstreams, *extra],
                             os.path.join(d, "mc.log"), env=env).pid)
     return pids
+
+
+def agent_run_pair(murmur, d, procs, targets):
+    """The same services registered with Consul's sidecar block: the agent runs all three
+    proxies as tasks of its own (so the pair shares one process); returns the agent's pid."""
+    agent, env = dev_agent(murmur, d, procs)
+    services = [{"Name": f"app{i}", "Port": app, "Connect": {"SidecarService": {}}}
+                for i, (_, app) in enumerate(targets)]
+    upstreams = [{"DestinationName": f"app{i}", "LocalBindPort": port}
+                 for i, (port, _) in enumerate(targets)]
+    services.append({"Name": "client", "Port": 1,
+                     "Connect": {"SidecarService": {"Proxy": {"Upstreams": upstreams}}}})
+    path = os.path.join(d, "services.json")
+    with open(path, "w") as f:
+        json.dump({"services": services}, f)
+    run([murmur, "services", "register", path], env=env)
+    return [agent.pid]
 
 
 def ready(port):
@@ -218,6 +242,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only-murmur", action="store_true",
                     help="measure murmur's pair alone (to compare builds quickly)")
+    ap.add_argument("--agent-run", action="store_true",
+                    help="also measure murmur's pair run by the agent (services registered "
+                    "with a sidecar block)")
     ap.add_argument("--busy-poll", metavar="WINDOW",
                     help="also measure murmur's pair with --busy-poll WINDOW")
     args = ap.parse_args()
@@ -239,6 +266,9 @@ def main():
                 pairs.append((f"murmur sidecar pair, --busy-poll {args.busy_poll}",
                               lambda g, t: murmur_pair(args.murmur, d, g, t,
                                                        ["--busy-poll", args.busy_poll])))
+            if args.agent_run:
+                pairs.append(("murmur sidecar pair, run by the agent",
+                              lambda g, t: agent_run_pair(args.murmur, d, g, t)))
             if args.only_murmur:
                 pairs = [p for p in pairs if p[0].startswith("murmur")]
             else:
