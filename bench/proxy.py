@@ -186,19 +186,23 @@ def iperf(port, flows, seconds):
 
 
 def measure(name, echo_port, iperf_port, pids, seconds):
+    def cpu():
+        return sum(proc_stats(p)[1] for p in pids)
+
+    def probe(*args):
+        return map(float, run([PROBE, args[0], f"127.0.0.1:{echo_port}", *args[1:]]).split())
+
     wait_for(lambda: ready(echo_port), 30, f"the {name} path to carry bytes")
-    cpu = sum(proc_stats(p)[1] for p in pids)
-    p50, p99 = map(float, run([PROBE, "pingpong", f"127.0.0.1:{echo_port}",
-                               str(PINGPONGS)]).split())
-    cpu_per_rtt = (sum(proc_stats(p)[1] for p in pids) - cpu) / PINGPONGS * 1e6
-    cpu = sum(proc_stats(p)[1] for p in pids)
-    paced50, _ = map(float, run([PROBE, "paced", f"127.0.0.1:{echo_port}", str(PACED),
-                                 "1000"]).split())
-    paced_cpu = (sum(proc_stats(p)[1] for p in pids) - cpu) / PACED * 1e6
-    c50, c99 = map(float, run([PROBE, "connect", f"127.0.0.1:{echo_port}", "2000"]).split())
-    cpu0 = sum(proc_stats(p)[1] for p in pids)
+    cpu0 = cpu()
+    p50, p99 = probe("pingpong", str(PINGPONGS))
+    cpu_per_rtt = (cpu() - cpu0) / PINGPONGS * 1e6
+    cpu0 = cpu()
+    paced50, _ = probe("paced", str(PACED), "1000")
+    paced_cpu = (cpu() - cpu0) / PACED * 1e6
+    c50, c99 = probe("connect", "2000")
+    cpu0 = cpu()
     one, moved = iperf(iperf_port, 1, seconds)
-    cpu1 = sum(proc_stats(p)[1] for p in pids)
+    cpu1 = cpu()
     many, _ = iperf(iperf_port, 64, seconds)
     rss = sum(proc_stats(p)[0] for p in pids) / 1024
     cpu_per_gb = (cpu1 - cpu0) / (moved / 1e9) if pids else 0.0

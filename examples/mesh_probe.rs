@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use murmur_proxy::native::{MeshClient, MeshStream};
+use murmur_proxy::native::MeshClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "support/percentiles.rs"]
@@ -76,7 +76,7 @@ async fn connect(client: &MeshClient, destination: &str, n: usize) -> Samples {
     let mut samples = Vec::with_capacity(n);
     for i in 0..WARM_UP + n {
         let start = Instant::now();
-        let mut stream: MeshStream = client.connect(destination).await?;
+        let mut stream = client.connect(destination).await?;
         stream.write_all(b"x").await?;
         let mut one = [0u8; 1];
         stream.read_exact(&mut one).await?;
