@@ -11,11 +11,15 @@
 //! - member events with serf's statuses (alive, suspect, leaving, left, failed);
 //! - user events, deduplicated, in a bounded buffer.
 //!
+//! Membership ([`Node`]) and the replicated state it carries ([`Replication`]: spreading
+//! changes, anti-entropy, reaping) are separate objects, joined in a [`PoolMember`]; an agent
+//! may run two pools (LAN and WAN), each a `PoolMember` over its own replica.
+//!
 //! What this crate is **not** responsible for: sockets, timers, clocks, threads, files.
-//! [`Node`] takes datagrams, stream frames and expired timers as method calls and queues
+//! [`PoolMember`] takes datagrams, stream frames and expired timers as method calls and queues
 //! [`Output`]s (datagrams to send, timers to set, streams to open, events). The agent drives it
 //! with tokio; tests and the simulator drive it with a virtual network and clock. Randomness
-//! comes from the RNG the caller hands to [`Node::new`], so a seed fixes a run.
+//! comes from the RNG the caller hands to [`PoolMember::new`], so a seed fixes a run.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -26,6 +30,8 @@ mod identity;
 mod keyring;
 mod members;
 mod node;
+mod pool_member;
+mod replication;
 mod stats;
 mod wire;
 
@@ -36,7 +42,9 @@ pub use identity::{
 };
 pub use keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 pub use members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
-pub use node::{Backlogs, Node, Output, StreamReply, TimerEvent};
+pub use node::{Backlogs, Node, Output, TimerEvent};
+pub use pool_member::{PoolMember, StreamReply};
+pub use replication::Replication;
 pub use stats::{DropCounts, Stats};
 pub use wire::{DropReason, MAX_DATAGRAM, MAX_FRAME, PROTOCOL_VERSION};
 

@@ -1,17 +1,25 @@
-//! The membership state machine of one member: foca plus what murmur adds around it.
+//! The membership state machine of one member: foca plus what murmur adds around it, and the
+//! carrier for the replicated state that rides its messages.
+//!
+//! A [`Node`] knows who is in the pool and carries opaque-to-it traffic for a
+//! [`Replication`](crate::Replication): small changes piggybacked on its gossip, stream
+//! exchanges sealed under its key, timers. It never holds the replicated state itself; what it
+//! learns for that state (changes, members coming up, health moving) it queues as
+//! [`Delivery`]s in the order it learned them, and [`PoolMember`](crate::PoolMember) hands
+//! them over. That split lets one agent run two pools (LAN and WAN) over different state.
 //!
 //! Inputs are method calls (a datagram arrived, a timer fired, a stream request or reply
 //! arrived, the user asked for something); outputs queue up and are taken with
 //! [`Node::poll_output`]. There is no clock: time enters only as the expiry of timers the node
 //! asked for. There is no global randomness: the caller hands over the RNG.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foca::{Foca, Member, OwnedNotification, Runtime, State};
-use murmur_catalog::{Journaled, Replica, ReplicaConfig};
+use murmur_catalog::{Change, Journaled, NodeRecord};
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 
@@ -111,11 +119,50 @@ pub struct Node {
     rejoin_wait: Option<Duration>,
     /// Whether a push-pull ever merged; events carried by the first one predate our joining.
     synced: bool,
-    replica: Replica,
-    now_ms: u64,
-    /// Since when (wall ms) each record owner has not been an active member.
-    away_since: BTreeMap<String, u64>,
-    follow_ups: u32,
+    /// This member's record as the carried state last had it: whose services user-event
+    /// filters match against.
+    own_record: Option<Arc<NodeRecord>>,
+    /// What was learned for the carried state, oldest first (see [`Delivery`]).
+    deliveries: Vec<Delivery>,
+}
+
+/// Something the node learned that the replicated state it carries must hear of. The order is
+/// the order of learning: a member's coming up precedes a change of its record that arrived
+/// with it, so the record is accepted again.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// The named member came up (again).
+    Up(compact_str::CompactString),
+    /// A member failed, came back or left: the derived `serfHealth` checks changed.
+    HealthMoved,
+    /// A change piggybacked on gossip.
+    Change(Change),
+}
+
+/// Where a stream request goes (see [`Node::serve_stream`]).
+pub(crate) enum Served {
+    /// The node answered it: send this frame back.
+    Reply(Vec<u8>),
+    /// A sealed agent request for the driver.
+    Agent {
+        /// Which handler.
+        kind: String,
+        /// Its input.
+        body: Vec<u8>,
+    },
+    /// A request of the replicated state's protocol.
+    Replication(StreamMessage),
+}
+
+/// What a stream reply was (see [`Node::handle_reply`]).
+pub(crate) enum Replied {
+    /// A push-pull reply, merged; `first` when it was this node's first (it just joined).
+    PushPull {
+        /// Whether it was the first merge.
+        first: bool,
+    },
+    /// A reply of the replicated state's protocol.
+    Replication(StreamMessage),
 }
 
 /// foca's [`Runtime`] for one call: seals what foca sends and queues everything as outputs.
@@ -158,7 +205,7 @@ impl Runtime<NodeIdentity> for Io<'_> {
     }
 }
 
-mod replication;
+mod carrier;
 
 /// Sizes of a node's queues (see [`Node::backlogs`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,8 +244,7 @@ impl Node {
         identity.validate()?;
         let identity = identities.intern(identity);
         config.validate()?;
-        let (identity_name, identity_id, identity_generation) =
-            (identity.name.clone(), identity.node_id, identity.generation);
+        let identity_id = identity.node_id;
         let changes = Arc::new(Mutex::new(Vec::new()));
         let received = Arc::new(Mutex::new(Vec::new()));
         let foca = Foca::with_custom_broadcast(
@@ -228,19 +274,11 @@ impl Node {
             sized_for: 1,
             rejoin_wait: None,
             synced: false,
-            replica: Replica::new(
-                &identity_name,
-                identity_id,
-                identity_generation,
-                ReplicaConfig::default(),
-            ),
-            now_ms: 0,
-            away_since: BTreeMap::new(),
-            follow_ups: 0,
+            own_record: None,
+            deliveries: Vec::new(),
             config,
         };
         node.schedule_push_pull();
-        node.schedule_sync();
         Ok(node)
     }
 
@@ -321,16 +359,13 @@ impl Node {
         self.leaving
     }
 
+    /// Whether outputs wait for the driver.
+    pub(crate) fn has_outputs(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
     /// The next thing for the driver to do.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        if self.outputs.is_empty() {
-            // Journal entries follow the changes that made them; a driver that persists each
-            // `Persist` before acknowledging a write never acknowledges an unpersisted one.
-            let journal = self.replica.take_journal();
-            if !journal.is_empty() {
-                return Some(Output::Persist(journal));
-            }
-        }
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
         let next = self.outputs.pop_front();
         if self.outputs.is_empty() && self.outputs.capacity() > OUTPUTS_KEPT_EMPTY {
             // A burst (learning a whole cluster at a join: one event per member) would
@@ -346,7 +381,7 @@ impl Node {
     }
 
     /// A datagram arrived.
-    pub fn handle_datagram(&mut self, bytes: &[u8]) {
+    pub(crate) fn handle_datagram(&mut self, bytes: &[u8]) {
         self.stats.packets_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
         let body = match self.open(bytes) {
@@ -362,8 +397,9 @@ impl Node {
         }
     }
 
-    /// A timer the node asked for expired.
-    pub fn handle_timer(&mut self, timer: TimerEvent) {
+    /// A membership timer the node asked for expired ([`TimerEvent::Sync`] belongs to the
+    /// replication and is not handled here).
+    pub(crate) fn handle_timer(&mut self, timer: TimerEvent) {
         match timer {
             TimerEvent::Foca(timer) => {
                 let reaped = match &timer {
@@ -382,7 +418,8 @@ impl Node {
                 self.schedule_push_pull();
             }
             TimerEvent::Rejoin => self.rejoin_if_alone(),
-            TimerEvent::Sync => self.on_sync_timer(),
+            // The replication's timer: `PoolMember` routes it there.
+            TimerEvent::Sync => {}
         }
     }
 
@@ -392,41 +429,25 @@ impl Node {
         self.seal_message(&StreamMessage::PushPull(state))
     }
 
-    /// The reply to an [`Output::Exchange`] (or a join's push-pull) from `from` arrived.
-    pub fn handle_reply(&mut self, from: SocketAddr, reply: &[u8]) -> Result<(), GossipError> {
+    /// The reply to an [`Output::Exchange`] (or a join's push-pull) arrived: a push-pull reply
+    /// is merged here, a replication reply is handed back for the replication.
+    pub(crate) fn handle_reply(&mut self, reply: &[u8]) -> Result<Replied, GossipError> {
         match self.open_reply(reply)? {
             StreamMessage::PushPullReply(state) => {
                 let first = !self.synced;
                 self.merge_state(state);
-                if first {
-                    // Just joined: fetch the replicated state now, not at the next timer.
-                    self.start_sync(from);
-                }
+                Ok(Replied::PushPull { first })
             }
-            StreamMessage::SyncSummary(summary) => self.on_sync_summary(from, &summary)?,
-            StreamMessage::SyncPushReply(reply) => self.on_sync_push_reply(from, &reply),
-            StreamMessage::ChangesAck => {}
-            other => return Err(unexpected_reply(&other)),
-        }
-        self.flush_changes();
-        Ok(())
-    }
-
-    /// A stream request arrived; the return value is the reply frame body. Agent requests are
-    /// refused here: a driver that serves them calls [`Node::serve_stream`].
-    pub fn handle_stream(&mut self, request: &[u8]) -> Vec<u8> {
-        match self.serve_stream(request) {
-            StreamReply::Reply(reply) => reply,
-            StreamReply::ForAgent { kind, .. } => {
-                self.reject(&format!("this member does not serve {kind:?} requests"))
-            }
+            message @ (StreamMessage::SyncSummary(_)
+            | StreamMessage::SyncPushReply(_)
+            | StreamMessage::ChangesAck) => Ok(Replied::Replication(message)),
+            other => Err(unexpected_reply(&other)),
         }
     }
 
-    /// A stream request arrived: either the reply frame body, or an agent request (sealed
-    /// under the gossip key, never plaintext) for the driver to answer with
-    /// [`Node::agent_reply`].
-    pub fn serve_stream(&mut self, request: &[u8]) -> StreamReply {
+    /// A stream request arrived: the reply frame body, an agent request (sealed under the
+    /// gossip key, never plaintext) for the driver, or a replication request.
+    pub(crate) fn serve_stream(&mut self, request: &[u8]) -> Served {
         // Plaintext does not open under an encrypted keyring, so with one every request is sealed.
         let sealed = self.keyring.is_encrypted();
         let message = match self.open(request) {
@@ -436,15 +457,20 @@ impl Node {
         let message = match message {
             Ok(StreamMessage::AgentRequest { kind, body }) => {
                 if !sealed {
-                    return StreamReply::Reply(self.reject(
+                    return Served::Reply(self.reject(
                         "agent requests need gossip encryption: start every agent with --encrypt",
                     ));
                 }
-                return StreamReply::ForAgent { kind, body };
+                return Served::Agent { kind, body };
             }
+            Ok(
+                message @ (StreamMessage::Sync(_)
+                | StreamMessage::SyncPush(_)
+                | StreamMessage::Changes(_)),
+            ) => return Served::Replication(message),
             other => other,
         };
-        StreamReply::Reply(self.answer_stream(message))
+        Served::Reply(self.answer_stream(message))
     }
 
     fn answer_stream(&mut self, message: Result<StreamMessage, DropReason>) -> Vec<u8> {
@@ -463,12 +489,6 @@ impl Node {
                 self.merge_state(state);
                 let reply = self.local_state();
                 self.seal_message(&StreamMessage::PushPullReply(reply))
-            }
-            StreamMessage::Sync(digest) => self.answer_sync(&digest),
-            StreamMessage::SyncPush(push) => self.answer_sync_push(&push),
-            StreamMessage::Changes(changes) => {
-                self.apply_flooded(changes);
-                self.seal_message(&StreamMessage::ChangesAck)
             }
             StreamMessage::Keyring(op) => {
                 let result = self.keyring.apply(&op).map_err(|e| e.to_string());
@@ -530,7 +550,7 @@ impl Node {
     }
 
     /// Fires a user event to every member; returns it as recorded.
-    pub fn fire_event(
+    pub(crate) fn fire_event(
         &mut self,
         name: &str,
         payload: &[u8],
@@ -556,12 +576,10 @@ impl Node {
     /// Leaves the pool on purpose: tells the members this is a leave (so they list us as left,
     /// not failed) and declares ourselves down. The driver should keep running the node for a
     /// moment afterwards so the news goes out.
-    pub fn leave(&mut self) {
+    pub(crate) fn leave(&mut self) {
         if self.leaving {
             return;
         }
-        // The record goes empty first, so this node's services vanish everywhere at once.
-        self.write(|replica, _| replica.set_own_record(None));
         let id = self.identity().clone();
         let item = BroadcastItem::Leaving {
             name: id.name.to_string(),
@@ -590,7 +608,7 @@ impl Node {
     }
 
     /// Hands an already encoded item to foca's broadcast queue.
-    fn enqueue_encoded(&mut self, bytes: &[u8]) -> Result<(), GossipError> {
+    pub(crate) fn enqueue_encoded(&mut self, bytes: &[u8]) -> Result<(), GossipError> {
         self.foca
             .add_broadcast(bytes)
             .map(drop)
@@ -623,7 +641,8 @@ impl Node {
         for member in changes.iter().filter(|m| m.id().name != me) {
             if let Some(event) = self.view.apply(member) {
                 if event.kind == MemberEventKind::Up {
-                    self.replica.forget_reaped(&event.member.name);
+                    self.deliveries
+                        .push(Delivery::Up(event.member.name.clone()));
                 }
                 // What flips `serfHealth` (suspicion and leave announcements do not).
                 health_moved |= matches!(
@@ -635,17 +654,17 @@ impl Node {
             }
         }
         if health_moved {
-            self.replica.membership_moved();
+            self.deliveries.push(Delivery::HealthMoved);
         }
         let received = std::mem::take(&mut *self.received.lock().expect("inbox poisoned"));
         learned |= !received.is_empty();
         for item in received {
             match item {
                 BroadcastItem::Event(event) => {
-                    let services =
-                        self.replica.own_record().into_iter().flat_map(|r| {
-                            r.services.values().map(|s| (s.name.as_str(), &s.tags[..]))
-                        });
+                    let services = self
+                        .own_record
+                        .iter()
+                        .flat_map(|r| r.services.values().map(|s| (s.name.as_str(), &s.tags[..])));
                     if event.filter.matches(&me, services) {
                         self.events.record(event.clone());
                         self.outputs.push_back(Output::UserEvent(event));
@@ -656,11 +675,7 @@ impl Node {
                         self.outputs.push_back(Output::Member(event));
                     }
                 }
-                BroadcastItem::Change(change) => {
-                    if let Err(err) = self.replica.apply(&change, self.now_ms) {
-                        tracing::debug!(%err, key = change.subject(), "change refused");
-                    }
-                }
+                BroadcastItem::Change(change) => self.deliveries.push(Delivery::Change(change)),
             }
         }
         for notification in std::mem::take(&mut self.notifications) {
@@ -707,13 +722,13 @@ impl Node {
     }
 
     /// A random active member, unless this node is leaving or alone.
-    fn random_peer(&mut self) -> Option<SocketAddr> {
+    pub(crate) fn random_peer(&mut self) -> Option<SocketAddr> {
         let peers = self.random_peers(1);
         peers.first().copied()
     }
 
     /// Up to `n` distinct random active members.
-    fn random_peers(&mut self, n: usize) -> Vec<SocketAddr> {
+    pub(crate) fn random_peers(&mut self, n: usize) -> Vec<SocketAddr> {
         if self.leaving {
             return Vec::new();
         }
@@ -852,7 +867,7 @@ impl Node {
         }
     }
 
-    fn refused_reply(&mut self, err: &impl std::fmt::Display) -> GossipError {
+    pub(crate) fn refused_reply(&mut self, err: &impl std::fmt::Display) -> GossipError {
         self.stats.dropped.count(DropReason::Undecodable);
         GossipError::UnreadableReply(err.to_string())
     }
@@ -862,14 +877,14 @@ impl Node {
         GossipError::UnreadableReply(reason.advice().into())
     }
 
-    fn reject(&self, why: &str) -> Vec<u8> {
+    pub(crate) fn reject(&self, why: &str) -> Vec<u8> {
         wire::plaintext(
             &self.config.cluster_id,
             &wire::encode(&StreamMessage::Reject(why.to_owned())),
         )
     }
 
-    fn seal_message(&mut self, message: &StreamMessage) -> Vec<u8> {
+    pub(crate) fn seal_message(&mut self, message: &StreamMessage) -> Vec<u8> {
         wire::seal(
             &self.config.cluster_id,
             &self.keyring,
@@ -881,20 +896,6 @@ impl Node {
     fn key_bytes(&self) -> Vec<[u8; KEY_LEN]> {
         self.keyring.keys().iter().map(|k| *k.as_bytes()).collect()
     }
-}
-
-/// What a stream request asks of the driver.
-#[derive(Debug)]
-pub enum StreamReply {
-    /// The core answered: send this frame back.
-    Reply(Vec<u8>),
-    /// A sealed agent request: the driver answers it with [`Node::agent_reply`].
-    ForAgent {
-        /// Which handler.
-        kind: String,
-        /// Its input.
-        body: Vec<u8>,
-    },
 }
 
 fn message_name(message: &StreamMessage) -> &'static str {

@@ -27,7 +27,7 @@ use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use murmur_catalog::{Action, Check, Health, Hlc, Intention, KvValue, Service};
-use murmur_gossip::{Backlogs, GossipConfig, Keyring, MemberStatus, Node};
+use murmur_gossip::{Backlogs, GossipConfig, Keyring, MemberStatus, PoolMember};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -540,7 +540,7 @@ impl Run {
         }
         // foca renews a node's identity when it hears itself declared down, so the life that
         // crashes may be newer than the one we started.
-        let life = self.net.node(victim).identity().generation;
+        let life = self.net.node(victim).node().identity().generation;
         self.generation[victim] = self.generation[victim].max(life);
         // The bound holds for a healthy cluster: nothing else going on, and every member
         // seeing every other alive (a partition that just healed leaves both sides
@@ -607,7 +607,7 @@ impl Run {
         let shared_bound = KEY_SPACE + SERVICE_NAMES.len() * SERVICE_NAMES.len();
         for i in self.net.running() {
             let node = self.net.slots[i].node.as_ref().expect("running");
-            let b = node.backlogs();
+            let b = node.node().backlogs();
             let m = &mut self.max_backlogs;
             m.member_updates = m.member_updates.max(b.member_updates);
             m.broadcasts = m.broadcasts.max(b.broadcasts);
@@ -761,7 +761,7 @@ fn agree(net: &Net) -> bool {
 
 /// A hash of the node's answers to the queries clients make: the catalog with each instance's
 /// health, the whole KV store, the intentions.
-fn answers(node: &Node) -> u64 {
+fn answers(node: &PoolMember) -> u64 {
     let replica = node.replica();
     let failed = node.failed_owners();
     let catalog = replica.catalog(&failed);

@@ -1,4 +1,4 @@
-//! murmur's deterministic simulator: the same sans-IO cores the agent runs ([`murmur_gossip::Node`]
+//! murmur's deterministic simulator: the same sans-IO cores the agent runs ([`murmur_gossip::PoolMember`]
 //! with its [`murmur_catalog::Replica`]), driven by a virtual network and a virtual clock, with
 //! faults chosen by a seed. No threads, no wall clock, no tokio: one seed gives one run.
 #![forbid(unsafe_code)]

@@ -1,4 +1,4 @@
-//! A deterministic network of the real [`Node`] cores on a virtual clock: datagrams with
+//! A deterministic network of the real [`PoolMember`] cores on a virtual clock: datagrams with
 //! latency, jitter and loss, partitions, crashes and restarts with or without durable data.
 //! Stream exchanges (push-pull, anti-entropy, flooded changes) complete at once, in order.
 //!
@@ -13,7 +13,7 @@ use std::time::Duration;
 use murmur_catalog::{Change, Hlc, Journaled, Replica, ReplicaConfig, Snapshot};
 use murmur_gossip::{
     GossipConfig, Identities, IdentityFields, Keyring, MemberEvent, MemberEventKind, MemberStatus,
-    Node, NodeIdentity, Output, SecretKey, TimerEvent, UserEvent,
+    NodeIdentity, Output, PoolMember, SecretKey, TimerEvent, UserEvent,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -75,7 +75,7 @@ impl Default for LinkModel {
 /// One node's place in the network, across crashes and restarts.
 pub struct Slot {
     /// The running core; `None` while crashed.
-    pub node: Option<Node>,
+    pub node: Option<PoolMember>,
     /// Bumped on every crash so timers of a dead life are discarded.
     pub life: u64,
     /// Member events the node emitted, in order.
@@ -224,7 +224,7 @@ impl Net {
         self.disturb([i], self.now);
         let rng = StdRng::seed_from_u64(self.rng.random());
         let identity = Self::identity(i, generation);
-        let mut node = Node::with_identities(
+        let mut node = PoolMember::with_identities(
             identity.clone(),
             self.config.clone(),
             keyring,
@@ -268,21 +268,21 @@ impl Net {
     }
 
     /// Node `i`, told the current (virtual) wall-clock time.
-    pub fn node(&mut self, i: usize) -> &mut Node {
+    pub fn node(&mut self, i: usize) -> &mut PoolMember {
         self.live(i).expect("node is running")
     }
 
     /// Runs `call` on node `i` (a client request, say) and carries out what it asked for at
     /// once, as the agent does: its journal entries are persisted before the call returns, so
     /// a crash right after cannot lose what it acknowledged.
-    pub fn call<R>(&mut self, i: usize, call: impl FnOnce(&mut Node) -> R) -> R {
+    pub fn call<R>(&mut self, i: usize, call: impl FnOnce(&mut PoolMember) -> R) -> R {
         let result = call(self.node(i));
         self.drain(i);
         result
     }
 
     /// Node `i` if it runs, told the current wall-clock time.
-    fn live(&mut self, i: usize) -> Option<&mut Node> {
+    fn live(&mut self, i: usize) -> Option<&mut PoolMember> {
         let now_ms = self.now.as_millis() as i64;
         let drift = self
             .drift_ppm
@@ -297,8 +297,8 @@ impl Net {
 
     /// Joins node `i` through seed `seed` (a push-pull over the stream); returns the outcome.
     pub fn join(&mut self, i: usize, seed: usize) -> Result<(), String> {
-        self.node(i).set_seeds(vec![addr(seed)]);
-        let request = self.node(i).push_pull_request();
+        self.node(i).node_mut().set_seeds(vec![addr(seed)]);
+        let request = self.node(i).node_mut().push_pull_request();
         let result = self.stream(i, seed, request, |node, reply| {
             node.handle_reply(addr(seed), reply)
         });
@@ -312,8 +312,8 @@ impl Net {
         let requests: Vec<(usize, Vec<u8>)> = nodes
             .iter()
             .map(|&i| {
-                self.node(i).set_seeds(vec![addr(seed)]);
-                (i, self.node(i).push_pull_request())
+                self.node(i).node_mut().set_seeds(vec![addr(seed)]);
+                (i, self.node(i).node_mut().push_pull_request())
             })
             .collect();
         let replies: Vec<(usize, Vec<u8>)> = requests
@@ -334,7 +334,7 @@ impl Net {
         from: usize,
         to: usize,
         request: Vec<u8>,
-        on_reply: impl FnOnce(&mut Node, &[u8]) -> Result<(), murmur_gossip::GossipError>,
+        on_reply: impl FnOnce(&mut PoolMember, &[u8]) -> Result<(), murmur_gossip::GossipError>,
     ) -> Result<(), String> {
         if self.blocked.contains(&(from, to)) || self.blocked.contains(&(to, from)) {
             // A stream needs both directions.
@@ -420,7 +420,7 @@ impl Net {
             .slots
             .get(j)
             .and_then(|s| s.node.as_ref())
-            .is_some_and(|n| n.identity().generation == member.generation);
+            .is_some_and(|n| n.node().identity().generation == member.generation);
         let quiet_since = self.disturbed_at.get(&j).copied().unwrap_or_default();
         current && !self.is_impaired(j) && self.now >= quiet_since + UNDISTURBED
     }
@@ -508,7 +508,11 @@ impl Net {
     /// Takes every output of node `i` and puts it on the network or the timer queue.
     fn drain(&mut self, i: usize) {
         loop {
-            let Some(output) = self.slots[i].node.as_mut().and_then(Node::poll_output) else {
+            let Some(output) = self.slots[i]
+                .node
+                .as_mut()
+                .and_then(PoolMember::poll_output)
+            else {
                 return;
             };
             match output {
@@ -629,7 +633,7 @@ impl Net {
         if at == of {
             return Some(MemberStatus::Alive);
         }
-        node.peer(&format!("node-{of}")).map(|m| m.status)
+        node.node().peer(&format!("node-{of}")).map(|m| m.status)
     }
 
     /// The nodes that run now.
@@ -645,7 +649,13 @@ impl Net {
     pub fn all_alive(&self) -> bool {
         let running = self.running();
         let counts_fit = running.iter().all(|&at| {
-            self.slots[at].node.as_ref().expect("running").alive_peers() == running.len() - 1
+            self.slots[at]
+                .node
+                .as_ref()
+                .expect("running")
+                .node()
+                .alive_peers()
+                == running.len() - 1
         });
         if !counts_fit {
             return false;
@@ -657,7 +667,7 @@ impl Net {
         names.sort_unstable();
         running.iter().all(|&at| {
             let node = self.slots[at].node.as_ref().expect("running");
-            node.sees_alive(names.iter().map(String::as_str))
+            node.node().sees_alive(names.iter().map(String::as_str))
         })
     }
 

@@ -14,7 +14,10 @@ fn nodes_joined_through_one_seed_all_see_each_other() {
     for n in [5, 20] {
         let net = cluster(n, 7);
         for i in 0..n {
-            assert_eq!(net.slots[i].node.as_ref().unwrap().members().len(), n);
+            assert_eq!(
+                net.slots[i].node.as_ref().unwrap().node().members().len(),
+                n
+            );
         }
     }
 }
@@ -89,7 +92,7 @@ fn restarted_node_supersedes_its_ghost() {
     // The ghost itself still looks alive for a while, so wait for the new life by name.
     let new_life_everywhere = |net: &Net| {
         (0..5).all(|i| {
-            let members = net.slots[i].node.as_ref().unwrap().members();
+            let members = net.slots[i].node.as_ref().unwrap().node().members();
             members.iter().any(|m| {
                 m.identity.name == "node-5"
                     && m.identity.generation >= 2
@@ -258,7 +261,17 @@ fn wrong_key_cannot_join_and_is_told_why() {
     assert!(err.contains("encrypts gossip"), "{err}");
     net.run_for(SECS(5));
     assert_eq!(net.status(0, 3), None, "the outsider never became a member");
-    assert!(net.slots[0].node.as_ref().unwrap().stats().dropped.total() > 0);
+    assert!(
+        net.slots[0]
+            .node
+            .as_ref()
+            .unwrap()
+            .node()
+            .stats()
+            .dropped
+            .total()
+            > 0
+    );
 }
 
 #[test]
@@ -270,8 +283,9 @@ fn duplicate_name_is_refused_at_join() {
     dup.node_id = 4242;
     dup.addr = murmur_sim::addr(7);
     let rng = rand::SeedableRng::seed_from_u64(1);
-    let node = murmur_gossip::Node::new(dup, murmur_gossip::GossipConfig::lan("test"), key(1), rng)
-        .unwrap();
+    let node =
+        murmur_gossip::PoolMember::new(dup, murmur_gossip::GossipConfig::lan("test"), key(1), rng)
+            .unwrap();
     net.slots[7].node = Some(node);
     let err = net.join(7, 0).unwrap_err();
     assert!(err.contains("already taken"), "{err}");
@@ -287,11 +301,11 @@ fn keyring_rotation_spreads_and_old_key_retires() {
         KeyringOp::Use(new),
         KeyringOp::Remove([1; 32]),
     ] {
-        net.node(0).apply_keyring(&op).unwrap();
+        net.node(0).node_mut().apply_keyring(&op).unwrap();
         for peer in 1..4 {
-            let request = net.node(0).keyring_request(op.clone());
+            let request = net.node(0).node_mut().keyring_request(op.clone());
             let reply = net.node(peer).handle_stream(&request);
-            let keys = net.node(0).handle_keyring_reply(&reply).unwrap();
+            let keys = net.node(0).node_mut().handle_keyring_reply(&reply).unwrap();
             assert_eq!(
                 keys[0].as_bytes()[0],
                 if op == KeyringOp::Install(new) { 1 } else { 2 }
@@ -307,30 +321,43 @@ fn keyring_rotation_spreads_and_old_key_retires() {
 fn agent_requests_travel_sealed_and_plaintext_ones_are_refused() {
     use murmur_gossip::StreamReply;
     let mut net = cluster(2, 14);
-    let request = net.node(0).agent_request("sign-leaf", b"web".to_vec());
+    let request = net
+        .node(0)
+        .node_mut()
+        .agent_request("sign-leaf", b"web".to_vec());
     let StreamReply::ForAgent { kind, body } = net.node(1).serve_stream(&request) else {
         panic!("a sealed agent request goes to the agent");
     };
     assert_eq!((kind.as_str(), body.as_slice()), ("sign-leaf", &b"web"[..]));
-    let reply = net.node(1).agent_reply(Ok(b"cert".to_vec()));
-    assert_eq!(net.node(0).open_agent_reply(&reply).unwrap(), b"cert");
-    let refused = net.node(1).agent_reply(Err("no CA key here".into()));
-    let err = net.node(0).open_agent_reply(&refused).unwrap_err();
+    let reply = net.node(1).node_mut().agent_reply(Ok(b"cert".to_vec()));
+    assert_eq!(
+        net.node(0).node_mut().open_agent_reply(&reply).unwrap(),
+        b"cert"
+    );
+    let refused = net
+        .node(1)
+        .node_mut()
+        .agent_reply(Err("no CA key here".into()));
+    let err = net
+        .node(0)
+        .node_mut()
+        .open_agent_reply(&refused)
+        .unwrap_err();
     assert!(err.to_string().contains("no CA key here"), "{err}");
     // A driver that serves no agent requests says so.
-    let request = net.node(0).agent_request("sign-leaf", vec![]);
+    let request = net.node(0).node_mut().agent_request("sign-leaf", vec![]);
     let reply = net.node(1).handle_stream(&request);
-    let err = net.node(0).open_agent_reply(&reply).unwrap_err();
+    let err = net.node(0).node_mut().open_agent_reply(&reply).unwrap_err();
     assert!(err.to_string().contains("does not serve"), "{err}");
 
     // Without gossip encryption anyone could ask, so nobody may.
     net.start(2, 1, murmur_gossip::Keyring::new(None));
     net.start(3, 1, murmur_gossip::Keyring::new(None));
-    let request = net.node(2).agent_request("sign-leaf", vec![]);
+    let request = net.node(2).node_mut().agent_request("sign-leaf", vec![]);
     let StreamReply::Reply(reply) = net.node(3).serve_stream(&request) else {
         panic!("plaintext agent requests are refused");
     };
-    let err = net.node(2).open_agent_reply(&reply).unwrap_err();
+    let err = net.node(2).node_mut().open_agent_reply(&reply).unwrap_err();
     assert!(err.to_string().contains("--encrypt"), "{err}");
 }
 

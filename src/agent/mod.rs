@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use murmur_catalog::{NodeRecord, Replica, ReplicaConfig};
-use murmur_gossip::{GossipConfig, IdentityFields, Keyring, Node, NodeIdentity, SecretKey};
+use murmur_gossip::{GossipConfig, IdentityFields, Keyring, NodeIdentity, PoolMember, SecretKey};
 use rand::RngExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Notify;
@@ -72,7 +72,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let check_store = config.data_dir.as_deref().map(DataDir::open).transpose()?;
     let persisted_checks = Checks::persisted(check_store.as_ref())?;
-    let mut node = Node::new(identity.clone(), gossip, keyring, rand::make_rng())?;
+    let mut node = PoolMember::new(identity.clone(), gossip, keyring, rand::make_rng())?;
     let (replica, persister) = open_replica(&config, &identity)?;
     node.set_replica(replica);
     node.set_now(runtime::wall_ms());
@@ -149,7 +149,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(err) = join_errors.into_iter().chain(retry_errors).next() {
         bail!("cannot use join address {err}");
     }
-    agent.with_node(|n| n.set_seeds(join.iter().chain(&retry).copied().collect()));
+    agent.with_node(|n| {
+        n.node_mut()
+            .set_seeds(join.iter().chain(&retry).copied().collect())
+    });
     if !join.is_empty() {
         match agent.join(&join).await {
             Ok(n) => tracing::info!(contacted = n, "joined the cluster"),

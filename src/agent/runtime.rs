@@ -1,6 +1,6 @@
 //! The tokio driver of the membership core: sockets, a timer heap, and stream exchanges.
 //!
-//! The [`Node`] sits behind a mutex that is held only for one core call and the draining of its
+//! The [`PoolMember`] sits behind a mutex that is held only for one core call and the draining of its
 //! outputs; sending datagrams is non-blocking (`try_send_to`), so no task ever waits on the
 //! lock for I/O and the event loop cannot stall behind a slow peer.
 
@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use murmur_catalog::Replica;
-use murmur_gossip::{KeyringOp, MemberEventKind, Node, Output, SecretKey, StreamReply, TimerEvent};
+use murmur_gossip::{
+    KeyringOp, MemberEventKind, Output, PoolMember, SecretKey, StreamReply, TimerEvent,
+};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -44,7 +46,7 @@ pub trait PeerRequests: Send + Sync {
 /// A running agent: the core plus the handles its tasks share.
 pub struct Agent {
     /// Written by gossip, timers and writes; read in parallel by queries (HTTP and DNS).
-    node: RwLock<Node>,
+    node: RwLock<PoolMember>,
     udp: Arc<UdpSocket>,
     timers: mpsc::UnboundedSender<(Instant, TimerEvent)>,
     data: Option<DataDir>,
@@ -63,7 +65,7 @@ impl Agent {
     /// Starts the UDP reader, TCP acceptor and timer tasks around `node`; with a persister,
     /// every change of the replica is journaled through it.
     pub fn start(
-        node: Node,
+        node: PoolMember,
         udp: UdpSocket,
         tcp: TcpListener,
         data: Option<DataDir>,
@@ -96,7 +98,7 @@ impl Agent {
     /// Runs one call on the core, then carries out what it asked for. Journal entries are
     /// queued for disk before the lock is released, so they reach the journal in the order
     /// the replica made them.
-    pub fn with_node<R>(self: &Arc<Self>, call: impl FnOnce(&mut Node) -> R) -> R {
+    pub fn with_node<R>(self: &Arc<Self>, call: impl FnOnce(&mut PoolMember) -> R) -> R {
         let mut touched = Touched::default();
         let (result, outputs) = {
             let mut node = self.node.write().expect("node lock poisoned");
@@ -131,7 +133,7 @@ impl Agent {
     /// Runs a read-only `call` on the core; reads run in parallel with each other, so a query
     /// load does not queue behind one lock. Reads that must see the clock advance or drain
     /// outputs use [`Agent::with_node`].
-    pub fn read_node<R>(&self, call: impl FnOnce(&Node) -> R) -> R {
+    pub fn read_node<R>(&self, call: impl FnOnce(&PoolMember) -> R) -> R {
         call(&self.node.read().expect("node lock poisoned"))
     }
 
@@ -160,9 +162,9 @@ impl Agent {
         kind: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<Vec<u8>> {
-        let request = self.with_node(|n| n.agent_request(kind, body));
+        let request = self.with_node(|n| n.node_mut().agent_request(kind, body));
         let reply = stream::exchange(to, &request).await?;
-        Ok(self.with_node(|n| n.open_agent_reply(&reply))?)
+        Ok(self.with_node(|n| n.node_mut().open_agent_reply(&reply))?)
     }
 
     async fn compact_when_due(self: Arc<Self>) {
@@ -231,7 +233,7 @@ impl Agent {
                 self.event_index.send_modify(|i| *i += 1);
             }
             Output::KeyringChanged => {
-                let keys = self.with_node(|n| n.keyring().keys().to_vec());
+                let keys = self.with_node(|n| n.node().keyring().keys().to_vec());
                 self.save_keyring(&keys);
             }
         }
@@ -279,7 +281,7 @@ impl Agent {
                                 Some(handler) => handler.answer(&agent, &kind, &body),
                                 None => Err("this agent serves no agent requests yet".into()),
                             };
-                            agent.with_node(|n| n.agent_reply(answer))
+                            agent.with_node(|n| n.node_mut().agent_reply(answer))
                         }
                     };
                     stream::write_frame(&mut conn, &reply).await
@@ -329,7 +331,7 @@ impl Agent {
                 errors.push(format!("{addr} is this agent's own address"));
                 continue;
             }
-            let request = self.with_node(Node::push_pull_request);
+            let request = self.with_node(|n| n.node_mut().push_pull_request());
             let outcome = match stream::exchange(addr, &request).await {
                 Ok(reply) => self
                     .with_node(|n| n.handle_reply(addr, &reply))
@@ -347,6 +349,7 @@ impl Agent {
     /// Applies a keyring step here and on every active member; returns each member's keys.
     pub async fn keyring(self: &Arc<Self>, op: KeyringOp) -> anyhow::Result<KeyringReport> {
         let (local, peers) = self.with_node(|n| {
+            let n = n.node_mut();
             n.apply_keyring(&op)?;
             let peers: Vec<SocketAddr> = n
                 .members()
@@ -366,11 +369,11 @@ impl Agent {
         };
         let requests = peers.into_iter().map(|peer| {
             let agent = self.clone();
-            let request = self.with_node(|n| n.keyring_request(op.clone()));
+            let request = self.with_node(|n| n.node_mut().keyring_request(op.clone()));
             async move {
                 let reply = stream::exchange(peer, &request).await?;
                 agent
-                    .with_node(|n| n.handle_keyring_reply(&reply))
+                    .with_node(|n| n.node_mut().handle_keyring_reply(&reply))
                     .map_err(anyhow::Error::from)
             }
         });
@@ -386,7 +389,7 @@ impl Agent {
 
     /// Leaves the cluster on purpose; the caller keeps the runtime up briefly so it spreads.
     pub fn leave(self: &Arc<Self>) {
-        self.with_node(Node::leave);
+        self.with_node(PoolMember::leave);
     }
 }
 

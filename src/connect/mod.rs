@@ -264,7 +264,7 @@ impl Connect {
                 .records()
                 .iter()
                 .filter(|(_, r)| r.meta.get(SIGNER_META).is_some_and(|id| id == root_id))
-                .filter_map(|(name, _)| n.peer(name).filter(|m| m.status.is_active()))
+                .filter_map(|(name, _)| n.node().peer(name).filter(|m| m.status.is_active()))
                 .map(|m| m.identity.addr)
                 .collect::<Vec<_>>()
         });

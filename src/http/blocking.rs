@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_gossip::Node;
+use murmur_gossip::PoolMember;
 use rand::RngExt;
 use tokio::sync::watch;
 
@@ -57,7 +57,7 @@ pub async fn query<T>(
     agent: &Arc<Agent>,
     params: &HashMap<String, String>,
     topic: Topic,
-    query: impl Fn(&Node) -> (u64, T),
+    query: impl Fn(&PoolMember) -> (u64, T),
 ) -> Result<(u64, T), ApiError> {
     let index = index(params)?;
     let wait = wait(params)?;

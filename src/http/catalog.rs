@@ -211,7 +211,7 @@ fn own_listing<T: serde::Serialize>(
     let filter = filter_of(query)?;
     let listed = api.agent.read_node(|n| {
         let replica = n.replica();
-        let me = n.identity().name.to_string();
+        let me = n.node().identity().name.to_string();
         let index = replica.records().entry(&me).map_or(0, |e| e.modify_index);
         replica
             .own_record()

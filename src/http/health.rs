@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
 use murmur_catalog::{CatalogView, Check, Health, Instance, NodeRecord, Service};
-use murmur_gossip::Node;
+use murmur_gossip::PoolMember;
 use serde::Serialize;
 
 use super::blocking::Topic;
@@ -17,14 +17,15 @@ use super::{
 
 /// A node's id for the `ID` fields (Consul shows node ids as UUIDs), 0 when unknown: a lookup
 /// in the member view, not a map of every member per request.
-pub(super) fn node_id(n: &Node, name: &str) -> u64 {
+pub(super) fn node_id(n: &PoolMember, name: &str) -> u64 {
+    let n = n.node();
     if n.identity().name == name {
         return n.identity().node_id;
     }
     n.peer(name).map_or(0, |m| m.identity.node_id)
 }
 
-/// A node in Consul's shape (`/v1/catalog/nodes`, `Node` of a health entry). Answers are built
+/// A node in Consul's shape (`/v1/catalog/nodes`, `PoolMember` of a health entry). Answers are built
 /// from these typed shapes (owned, so they are serialized after the node lock is released),
 /// not from `serde_json::Value` trees: a map per object was most of a health read's time.
 #[derive(Serialize)]
@@ -158,7 +159,7 @@ pub(super) async fn catalog_query<T: Serialize>(
     api: &Api,
     query: &HashMap<String, String>,
     cache_key: Option<String>,
-    answer: impl Fn(&Node, &CatalogView<'_>) -> T,
+    answer: impl Fn(&PoolMember, &CatalogView<'_>) -> T,
 ) -> ApiResult {
     local_datacenter(api, query)?;
     let filter = filter_of(query)?;
@@ -200,7 +201,7 @@ pub(super) fn split_query(
     (pairs.into_iter().collect(), values)
 }
 
-fn entry_json(n: &Node, view: &CatalogView<'_>, i: &Instance<'_>) -> HealthEntry {
+fn entry_json(n: &PoolMember, view: &CatalogView<'_>, i: &Instance<'_>) -> HealthEntry {
     let index = view.node_index(i.node);
     let checks = i
         .checks

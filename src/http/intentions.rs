@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use murmur_catalog::{
     Action, INTENTION_PREFIX, Intention, MatchBy, WILDCARD, check, matching, ordered,
 };
-use murmur_gossip::Node;
+use murmur_gossip::PoolMember;
 use murmur_proxy::authorize::action_name;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -45,7 +45,7 @@ pub(super) struct IntentionShape {
     modify_index: u64,
 }
 
-fn shape(n: &Node, i: &Intention) -> IntentionShape {
+fn shape(n: &PoolMember, i: &Intention) -> IntentionShape {
     let index = n
         .replica()
         .shared()
@@ -67,7 +67,7 @@ fn shape(n: &Node, i: &Intention) -> IntentionShape {
     }
 }
 
-fn intentions_index(n: &Node) -> u64 {
+fn intentions_index(n: &PoolMember) -> u64 {
     n.replica().shared().prefix_index(INTENTION_PREFIX)
 }
 

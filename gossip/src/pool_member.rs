@@ -1,0 +1,206 @@
+//! One member of a gossip pool with the replicated state it carries: a [`Node`] (membership)
+//! and a [`Replication`] (the replica and its protocol), and the routing between them.
+//!
+//! Drivers (the agent, the simulator) feed a `PoolMember` what arrives and carry out what it
+//! outputs. Each call goes to the node first; what the node learned for the replica (changes
+//! on gossip, members up, health moved) is then handed to the replication in the order it was
+//! learned, and replication messages the node received are answered by the replication.
+
+use std::net::SocketAddr;
+
+use murmur_catalog::{Replica, ReplicaConfig};
+use rand::rngs::StdRng;
+
+use crate::node::{Replied, Served};
+use crate::{
+    EventFilter, GossipConfig, GossipError, Identities, Keyring, Node, NodeIdentity, Output,
+    Replication, TimerEvent, UserEvent,
+};
+
+/// What a stream request asks of the driver.
+#[derive(Debug)]
+pub enum StreamReply {
+    /// The core answered: send this frame back.
+    Reply(Vec<u8>),
+    /// A sealed agent request: the driver answers it with [`Node::agent_reply`].
+    ForAgent {
+        /// Which handler.
+        kind: String,
+        /// Its input.
+        body: Vec<u8>,
+    },
+}
+
+/// One member of a pool: membership plus the replica it carries.
+pub struct PoolMember {
+    node: Node,
+    replication: Replication,
+}
+
+impl PoolMember {
+    /// A member that knows nobody yet, with an empty replica. `rng` drives every random choice
+    /// (probe targets, nonces, event ids, peers for anti-entropy): seed it from the OS in
+    /// production and from the scenario seed in tests.
+    pub fn new(
+        identity: NodeIdentity,
+        config: GossipConfig,
+        keyring: Keyring,
+        rng: StdRng,
+    ) -> Result<Self, GossipError> {
+        Self::with_identities(identity, config, keyring, rng, Identities::default())
+    }
+
+    /// Like [`PoolMember::new`], sharing decoded identities through `identities`: the
+    /// simulator hands one set to all its nodes so each member's identity is held once.
+    pub fn with_identities(
+        identity: NodeIdentity,
+        config: GossipConfig,
+        keyring: Keyring,
+        rng: StdRng,
+        identities: Identities,
+    ) -> Result<Self, GossipError> {
+        let replica = Replica::new(
+            &identity.name,
+            identity.node_id,
+            identity.generation,
+            ReplicaConfig::default(),
+        );
+        let mut node = Node::with_identities(identity, config, keyring, rng, identities)?;
+        let replication = Replication::new(replica, &mut node);
+        Ok(Self { node, replication })
+    }
+
+    /// Membership: who is in the pool, this member's identity, keyring, events, counters.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Membership calls that carry no replicated state (seeds, keyring steps, agent requests,
+    /// user events).
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    /// The replicated state, for queries.
+    pub fn replica(&self) -> &Replica {
+        self.replication.replica()
+    }
+
+    /// Replaces the (empty) replica with one restored from disk; call before anything else.
+    pub fn set_replica(&mut self, replica: Replica) {
+        self.replication.set_replica(replica, &mut self.node);
+    }
+
+    /// Tells the member the wall-clock time (ms since the Unix epoch); call before each input.
+    pub fn set_now(&mut self, wall_ms: u64) {
+        self.replication.set_now(wall_ms);
+    }
+
+    /// Makes a local change (a KV write, this node's record, …); it spreads from here.
+    pub fn write<R>(&mut self, change: impl FnOnce(&mut Replica, u64) -> R) -> R {
+        self.replication.write(&mut self.node, change)
+    }
+
+    /// Record owners that membership does not consider active: their instances get the
+    /// synthetic critical member check.
+    pub fn failed_owners(&self) -> std::collections::BTreeSet<String> {
+        self.replication.failed_owners(&self.node)
+    }
+
+    /// The next thing for the driver to do. Journal entries follow the changes that made
+    /// them: a driver that persists each `Persist` before acknowledging a write never
+    /// acknowledges an unpersisted one.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if !self.node.has_outputs() {
+            let journal = self.replication.take_journal();
+            if !journal.is_empty() {
+                return Some(Output::Persist(journal));
+            }
+        }
+        self.node.poll_output()
+    }
+
+    /// A datagram arrived.
+    pub fn handle_datagram(&mut self, bytes: &[u8]) {
+        self.node.handle_datagram(bytes);
+        self.replication.absorb(&mut self.node);
+    }
+
+    /// A timer the member asked for expired.
+    pub fn handle_timer(&mut self, timer: TimerEvent) {
+        match timer {
+            TimerEvent::Sync => self.replication.on_sync_timer(&mut self.node),
+            timer => self.node.handle_timer(timer),
+        }
+        self.replication.absorb(&mut self.node);
+    }
+
+    /// The reply to an [`Output::Exchange`] (or a join's push-pull) from `from` arrived.
+    pub fn handle_reply(&mut self, from: SocketAddr, reply: &[u8]) -> Result<(), GossipError> {
+        let replied = self.node.handle_reply(reply);
+        self.replication.absorb(&mut self.node);
+        match replied? {
+            // Just joined: fetch the replicated state now, not at the next timer.
+            Replied::PushPull { first: true } => {
+                self.replication.start_sync(&mut self.node, from);
+            }
+            Replied::PushPull { first: false } => {}
+            Replied::Replication(message) => {
+                self.replication.on_reply(&mut self.node, from, message)?;
+            }
+        }
+        self.replication.flush(&mut self.node);
+        Ok(())
+    }
+
+    /// A stream request arrived; the return value is the reply frame body. Agent requests are
+    /// refused here: a driver that serves them calls [`PoolMember::serve_stream`].
+    pub fn handle_stream(&mut self, request: &[u8]) -> Vec<u8> {
+        match self.serve_stream(request) {
+            StreamReply::Reply(reply) => reply,
+            StreamReply::ForAgent { kind, .. } => self
+                .node
+                .reject(&format!("this member does not serve {kind:?} requests")),
+        }
+    }
+
+    /// A stream request arrived: either the reply frame body, or an agent request (sealed
+    /// under the gossip key, never plaintext) for the driver to answer with
+    /// [`Node::agent_reply`].
+    pub fn serve_stream(&mut self, request: &[u8]) -> StreamReply {
+        let served = self.node.serve_stream(request);
+        self.replication.absorb(&mut self.node);
+        match served {
+            Served::Reply(reply) => StreamReply::Reply(reply),
+            Served::Agent { kind, body } => StreamReply::ForAgent { kind, body },
+            Served::Replication(message) => {
+                StreamReply::Reply(self.replication.answer(&mut self.node, message))
+            }
+        }
+    }
+
+    /// Fires a user event to every member; returns it as recorded.
+    pub fn fire_event(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        filter: EventFilter,
+    ) -> Result<UserEvent, GossipError> {
+        let fired = self.node.fire_event(name, payload, filter);
+        self.replication.absorb(&mut self.node);
+        fired
+    }
+
+    /// Leaves the pool on purpose. The record goes empty first, so this member's services
+    /// vanish everywhere at once; then the members hear it is a leave (so they list it as
+    /// left, not failed). The driver should keep running the member for a moment afterwards so
+    /// the news goes out.
+    pub fn leave(&mut self) {
+        if self.node.is_leaving() {
+            return;
+        }
+        self.write(|replica, _| replica.set_own_record(None));
+        self.node.leave();
+        self.replication.absorb(&mut self.node);
+    }
+}

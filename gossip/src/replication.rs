@@ -1,0 +1,315 @@
+//! The replicated state a pool carries: local writes, spreading changes (small ones on gossip
+//! datagrams, large ones by stream), the anti-entropy exchange, and reaping the records of
+//! members gone for good.
+//!
+//! [`Replication`] owns a [`Replica`] and runs its protocol over a [`Node`] given to each call:
+//! the node picks peers, carries broadcasts and seals streams; the replication decides what to
+//! send. It is its own type, not part of the node, so that the agent can carry one replica over
+//! its LAN pool and another (the data every datacenter shares) over a WAN pool.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use murmur_catalog::{Change, Replica, SyncDigest, SyncPush, SyncPushReply, SyncSummary};
+use rand::RngExt;
+
+use crate::GossipError;
+use crate::broadcast::BroadcastItem;
+use crate::node::{Delivery, Node, TimerEvent};
+use crate::wire::{self, DropReason, StreamMessage};
+
+/// Largest encoded change piggybacked on gossip datagrams; larger ones go by stream, so a
+/// change never crowds out membership updates.
+const MAX_BROADCAST_CHANGE: usize = 900;
+/// Most changes waiting in foca's broadcast queue; beyond it changes are dropped (and counted)
+/// and anti-entropy repairs them.
+const MAX_CHANGE_BACKLOG: usize = 4096;
+/// How many members a large change is flooded to, by each member that learns it.
+const FLOOD_FANOUT: usize = 3;
+/// Size budget of one anti-entropy message; the frame limit is 4 MiB.
+const SYNC_BUDGET: usize = 1 << 20;
+/// Most follow-up rounds right after a truncated exchange, before waiting for the next timer.
+const MAX_FOLLOW_UPS: u32 = 64;
+/// When this share (one in `MASS_EXPIRY_SHARE`) or more of the record owners are away at
+/// once, reaping waits `MASS_EXPIRY_FACTOR` times longer: a partition, not a mass death.
+const MASS_EXPIRY_SHARE: usize = 3;
+const MASS_EXPIRY_FACTOR: u32 = 10;
+
+/// A replica and the protocol that keeps it converged with the other members of one pool.
+pub struct Replication {
+    replica: Replica,
+    /// Wall-clock time (ms since the Unix epoch) as last told.
+    now_ms: u64,
+    /// Since when (wall ms) each record owner has not been an active member.
+    away_since: BTreeMap<String, u64>,
+    /// Follow-up rounds run since the last sync tick.
+    follow_ups: u32,
+}
+
+impl Replication {
+    /// Carries `replica`; the first anti-entropy round is scheduled on `node`.
+    pub(crate) fn new(replica: Replica, node: &mut Node) -> Self {
+        let mut replication = Self {
+            replica,
+            now_ms: 0,
+            away_since: BTreeMap::new(),
+            follow_ups: 0,
+        };
+        replication.schedule_sync(node);
+        replication
+    }
+
+    /// The replicated state, for queries.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Replaces the replica (e.g. with one restored from disk).
+    pub(crate) fn set_replica(&mut self, replica: Replica, node: &mut Node) {
+        self.replica = replica;
+        node.set_own_record(self.own_record());
+    }
+
+    /// Tells the wall-clock time (ms since the Unix epoch); time enters the replica only this
+    /// way, so the simulator can skew it.
+    pub(crate) fn set_now(&mut self, wall_ms: u64) {
+        self.now_ms = wall_ms;
+    }
+
+    /// Makes a local change (a KV write, this node's record, …); it spreads from here.
+    pub(crate) fn write<R>(
+        &mut self,
+        node: &mut Node,
+        change: impl FnOnce(&mut Replica, u64) -> R,
+    ) -> R {
+        let result = change(&mut self.replica, self.now_ms);
+        node.set_own_record(self.own_record());
+        self.flush(node);
+        result
+    }
+
+    /// Journal entries since the last call, for the driver to persist in order.
+    pub(crate) fn take_journal(&mut self) -> Vec<murmur_catalog::Journaled> {
+        self.replica.take_journal()
+    }
+
+    /// Applies what `node` learned for this state since the last call, in order.
+    pub(crate) fn absorb(&mut self, node: &mut Node) {
+        for delivery in node.take_deliveries() {
+            match delivery {
+                Delivery::Up(name) => self.replica.forget_reaped(&name),
+                Delivery::HealthMoved => self.replica.membership_moved(),
+                Delivery::Change(change) => {
+                    if let Err(err) = self.replica.apply(&change, self.now_ms) {
+                        tracing::debug!(%err, key = change.subject(), "change refused");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record owners that membership does not consider active: their instances get the
+    /// synthetic critical member check.
+    pub(crate) fn failed_owners(&self, node: &Node) -> std::collections::BTreeSet<String> {
+        let owners = self.replica.records().entries().map(|(owner, _)| owner);
+        node.inactive_among(owners)
+    }
+
+    /// The periodic sync tick: collect old tombstones, reap departed records, start a round.
+    pub(crate) fn on_sync_timer(&mut self, node: &mut Node) {
+        self.replica.collect_garbage(self.now_ms);
+        self.reap_departed(node);
+        self.follow_ups = 0;
+        if let Some(to) = node.random_peer() {
+            self.start_sync(node, to);
+        }
+        self.schedule_sync(node);
+    }
+
+    /// A replication request arrived: the reply frame.
+    pub(crate) fn answer(&mut self, node: &mut Node, message: StreamMessage) -> Vec<u8> {
+        match message {
+            StreamMessage::Sync(digest) => self.answer_sync(node, &digest),
+            StreamMessage::SyncPush(push) => self.answer_sync_push(node, &push),
+            StreamMessage::Changes(changes) => {
+                self.apply_flooded(node, changes);
+                node.seal_message(&StreamMessage::ChangesAck)
+            }
+            other => unreachable!("the node routes only replication requests here: {other:?}"),
+        }
+    }
+
+    /// A replication reply from `from` arrived.
+    pub(crate) fn on_reply(
+        &mut self,
+        node: &mut Node,
+        from: SocketAddr,
+        message: StreamMessage,
+    ) -> Result<(), GossipError> {
+        match message {
+            StreamMessage::SyncSummary(summary) => self.on_sync_summary(node, from, &summary),
+            StreamMessage::SyncPushReply(reply) => {
+                self.on_sync_push_reply(node, from, &reply);
+                Ok(())
+            }
+            StreamMessage::ChangesAck => Ok(()),
+            other => unreachable!("the node routes only replication replies here: {other:?}"),
+        }
+    }
+
+    /// Step 2 arrived (we initiated): send step 3.
+    fn on_sync_summary(
+        &mut self,
+        node: &mut Node,
+        from: SocketAddr,
+        summary: &SyncSummary,
+    ) -> Result<(), GossipError> {
+        let push = self
+            .replica
+            .reconcile(summary, self.now_ms, SYNC_BUDGET)
+            .map_err(|e| node.refused_reply(&e))?;
+        tracing::debug!(
+            peer = %from, records = summary.records.len(), buckets = summary.buckets.len(),
+            pushing = push.changes.len(), wanted = push.wanted.len(), "anti-entropy summary"
+        );
+        node.exchange(from, &StreamMessage::SyncPush(push));
+        Ok(())
+    }
+
+    /// Step 4 arrived: the round is done; a truncated one goes on at once.
+    fn on_sync_push_reply(&mut self, node: &mut Node, from: SocketAddr, reply: &SyncPushReply) {
+        tracing::debug!(
+            peer = %from, received = reply.changes.len(), truncated = reply.truncated,
+            "anti-entropy round done"
+        );
+        self.replica.finish_sync(reply, self.now_ms);
+        if reply.truncated && self.follow_ups < MAX_FOLLOW_UPS {
+            self.follow_ups += 1;
+            self.start_sync(node, from);
+        }
+    }
+
+    /// Step 1 arrived (a peer initiated): the reply frame with step 2.
+    fn answer_sync(&mut self, node: &mut Node, digest: &SyncDigest) -> Vec<u8> {
+        match self.replica.answer_digest(digest, self.now_ms, SYNC_BUDGET) {
+            Ok(summary) => node.seal_message(&StreamMessage::SyncSummary(summary)),
+            Err(err) => {
+                node.count_drop(DropReason::Undecodable);
+                node.reject(&err.to_string())
+            }
+        }
+    }
+
+    /// Step 3 arrived: the reply frame with step 4.
+    fn answer_sync_push(&mut self, node: &mut Node, push: &SyncPush) -> Vec<u8> {
+        let reply = self.replica.answer_push(push, self.now_ms, SYNC_BUDGET);
+        self.flush(node);
+        node.seal_message(&StreamMessage::SyncPushReply(reply))
+    }
+
+    fn schedule_sync(&mut self, node: &mut Node) {
+        let base = node.config().sync_interval;
+        let jitter = base.mul_f64(node.rng().random_range(0.0..0.1));
+        node.schedule(base + jitter, TimerEvent::Sync);
+    }
+
+    /// Starts an anti-entropy round with `to` (also right after joining, through it).
+    pub(crate) fn start_sync(&mut self, node: &mut Node, to: SocketAddr) {
+        let digest = self.replica.sync_digest(self.now_ms);
+        node.exchange(to, &StreamMessage::Sync(digest));
+    }
+
+    /// Spreads the changes made here (local writes, re-asserted records): small ones on gossip
+    /// datagrams, large ones by stream.
+    pub(crate) fn flush(&mut self, node: &mut Node) {
+        let changes = self.replica.take_outbox();
+        if changes.is_empty() {
+            return;
+        }
+        let mut large = Vec::new();
+        for change in changes {
+            let item = BroadcastItem::Change(change);
+            let bytes = wire::encode(&item);
+            match item {
+                BroadcastItem::Change(change) if bytes.len() > MAX_BROADCAST_CHANGE => {
+                    large.push(change);
+                }
+                _ if node.broadcast_backlog() >= MAX_CHANGE_BACKLOG => {
+                    node.count_dropped_change();
+                }
+                _ => {
+                    if let Err(err) = node.enqueue_encoded(&bytes) {
+                        tracing::debug!(%err, "change not queued; anti-entropy will carry it");
+                        node.count_dropped_change();
+                    }
+                }
+            }
+        }
+        Self::flood(node, large);
+        // Settling records our own items as seen and pushes them on at once.
+        node.push_queued();
+        self.absorb(node);
+    }
+
+    /// Sends large changes to a few random members, who forward what was new to them.
+    fn flood(node: &mut Node, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        for to in node.random_peers(FLOOD_FANOUT) {
+            node.exchange(to, &StreamMessage::Changes(changes.clone()));
+        }
+    }
+
+    fn apply_flooded(&mut self, node: &mut Node, changes: Vec<Change>) {
+        let fresh: Vec<Change> = changes
+            .into_iter()
+            .filter(|change| match self.replica.apply(change, self.now_ms) {
+                Ok(changed) => changed,
+                Err(err) => {
+                    tracing::debug!(%err, key = change.subject(), "flooded change refused");
+                    false
+                }
+            })
+            .collect();
+        Self::flood(node, fresh);
+        self.flush(node);
+    }
+
+    /// Reaps the records of owners away longer than the reap time (at once for a graceful
+    /// leave), but slowly when many are away together: that looks like a partition.
+    fn reap_departed(&mut self, node: &Node) {
+        let now = self.now_ms;
+        let away = self.failed_owners(node);
+        self.away_since.retain(|owner, _| away.contains(owner));
+        for owner in &away {
+            self.away_since.entry(owner.clone()).or_insert(now);
+        }
+        let owners = self.replica.records().len();
+        let mass = away.len() > 1 && away.len() * MASS_EXPIRY_SHARE >= owners;
+        let reap_after = if mass {
+            node.config().reap_after * MASS_EXPIRY_FACTOR
+        } else {
+            node.config().reap_after
+        };
+        let reap_after_ms = u64::try_from(reap_after.as_millis()).unwrap_or(u64::MAX);
+        let due: Vec<String> = self
+            .away_since
+            .iter()
+            .filter(|(owner, since)| {
+                node.has_left(owner) || now.saturating_sub(**since) >= reap_after_ms
+            })
+            .map(|(owner, _)| owner.clone())
+            .collect();
+        for owner in due {
+            tracing::info!(%owner, "record reaped");
+            self.replica.reap(&owner);
+            self.away_since.remove(&owner);
+        }
+    }
+
+    /// This node's own record as the replica holds it.
+    fn own_record(&self) -> Option<std::sync::Arc<murmur_catalog::NodeRecord>> {
+        self.replica.records().get(self.replica.me()).cloned()
+    }
+}
