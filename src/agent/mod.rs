@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod persist;
+pub mod pool;
 pub mod runtime;
 mod store;
 mod stream;

@@ -1,12 +1,13 @@
-//! The tokio driver of the membership core: sockets, a timer heap, and stream exchanges.
+//! The tokio driver of the gossip cores: for each [`Pool`], a datagram reader, a stream
+//! acceptor and a timer heap, and the outputs its member asks for carried out.
 //!
-//! The [`PoolMember`] sits behind a mutex that is held only for one core call and the draining of its
-//! outputs; sending datagrams is non-blocking (`try_send_to`), so no task ever waits on the
-//! lock for I/O and the event loop cannot stall behind a slow peer.
+//! Each pool's [`PoolMember`] sits behind a lock that is held only for one core call and the
+//! draining of its outputs; sending datagrams is non-blocking (`try_send_to`), so no task ever
+//! waits on the lock for I/O and the event loop cannot stall behind a slow peer.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -18,6 +19,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::persist::DataDir;
+use super::pool::{DueTimer, Pool};
 use super::store::Persister;
 use super::stream::{self, EXCHANGE_TIMEOUT};
 use super::watchers::{Touched, Watchers};
@@ -43,73 +45,85 @@ pub trait PeerRequests: Send + Sync {
     fn answer(&self, agent: &Agent, kind: &str, body: &[u8]) -> Result<Vec<u8>, String>;
 }
 
-/// A running agent: the core plus the handles its tasks share.
+/// A running agent: its pools plus the handles their tasks share.
 pub struct Agent {
-    /// Written by gossip, timers and writes; read in parallel by queries (HTTP and DNS).
-    node: RwLock<PoolMember>,
-    udp: Arc<UdpSocket>,
-    timers: mpsc::UnboundedSender<(Instant, TimerEvent)>,
+    /// The datacenter's pool: every agent of the datacenter, the replica of its catalog.
+    lan: Arc<Pool>,
     data: Option<DataDir>,
-    persister: Option<Persister>,
     /// Bumped with every delivered user event; blocking event queries watch it.
     pub event_index: watch::Sender<u64>,
     /// Blocking catalog and KV queries, by what they read; a change wakes only its own.
     pub watchers: Arc<Watchers>,
-    /// Where the gossip sockets listen.
+    /// Where the LAN pool's gossip sockets listen.
     pub gossip_addr: SocketAddr,
     /// Who answers peers' agent requests (set once, after start).
     peer_requests: OnceLock<Arc<dyn PeerRequests>>,
 }
 
 impl Agent {
-    /// Starts the UDP reader, TCP acceptor and timer tasks around `node`; with a persister,
-    /// every change of the replica is journaled through it.
+    /// Starts the LAN pool around `member` (its UDP reader, TCP acceptor and timer tasks);
+    /// with a persister, every change of its replica is journaled through it.
     pub fn start(
-        node: PoolMember,
+        member: PoolMember,
         udp: UdpSocket,
         tcp: TcpListener,
         data: Option<DataDir>,
         persister: Option<Persister>,
     ) -> anyhow::Result<Arc<Self>> {
-        let gossip_addr = udp.local_addr()?;
-        let (timers, timer_rx) = mpsc::unbounded_channel();
+        let (lan, due) = Pool::new("lan", member, udp, persister)?;
         let agent = Arc::new(Self {
-            node: RwLock::new(node),
-            udp: Arc::new(udp),
-            timers,
+            gossip_addr: lan.gossip_addr,
+            lan: lan.clone(),
             data,
-            persister,
             event_index: watch::Sender::new(1),
             watchers: Arc::default(),
-            gossip_addr,
             peer_requests: OnceLock::new(),
         });
-        tokio::spawn(agent.clone().read_datagrams());
-        tokio::spawn(agent.clone().accept_streams(tcp));
-        tokio::spawn(agent.clone().run_timers(timer_rx));
-        if agent.persister.is_some() {
-            tokio::spawn(agent.clone().compact_when_due());
-        }
-        // The core queued its first timers when it was built.
-        agent.with_node(|_| ());
+        agent.run_pool(&lan, tcp, due);
         Ok(agent)
     }
 
-    /// Runs one call on the core, then carries out what it asked for. Journal entries are
-    /// queued for disk before the lock is released, so they reach the journal in the order
-    /// the replica made them.
+    /// Spawns the tasks that drive `pool`: datagrams in, streams in, timers, compaction.
+    fn run_pool(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        tcp: TcpListener,
+        due: mpsc::UnboundedReceiver<DueTimer>,
+    ) {
+        tokio::spawn(self.clone().read_datagrams(pool.clone()));
+        tokio::spawn(self.clone().accept_streams(pool.clone(), tcp));
+        tokio::spawn(self.clone().run_timers(pool.clone(), due));
+        if pool.persister.is_some() {
+            tokio::spawn(compact_when_due(pool.clone()));
+        }
+        // The core queued its first timers when it was built.
+        self.with_pool(pool, |_| ());
+    }
+
+    /// Runs one call on the LAN pool's core, then carries out what it asked for.
     pub fn with_node<R>(self: &Arc<Self>, call: impl FnOnce(&mut PoolMember) -> R) -> R {
+        self.with_pool(&self.lan, call)
+    }
+
+    /// Runs one call on `pool`'s core, then carries out what it asked for. Journal entries
+    /// are queued for disk before the lock is released, so they reach the journal in the
+    /// order the replica made them.
+    fn with_pool<R>(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        call: impl FnOnce(&mut PoolMember) -> R,
+    ) -> R {
         let mut touched = Touched::default();
         let (result, outputs) = {
-            let mut node = self.node.write().expect("node lock poisoned");
-            node.set_now(wall_ms());
-            let result = call(&mut node);
+            let mut member = pool.lock();
+            member.set_now(wall_ms());
+            let result = call(&mut member);
             let mut outputs = Vec::new();
-            while let Some(output) = node.poll_output() {
+            while let Some(output) = member.poll_output() {
                 match output {
                     Output::Persist(entries) => {
                         touched.note_entries(&entries);
-                        if let Some(persister) = &self.persister {
+                        if let Some(persister) = &pool.persister {
                             persister.append(entries);
                         }
                     }
@@ -125,16 +139,16 @@ impl Agent {
         };
         self.watchers.wake(&touched);
         for output in outputs {
-            self.dispatch(output);
+            self.dispatch(pool, output);
         }
         result
     }
 
-    /// Runs a read-only `call` on the core; reads run in parallel with each other, so a query
-    /// load does not queue behind one lock. Reads that must see the clock advance or drain
-    /// outputs use [`Agent::with_node`].
+    /// Runs a read-only `call` on the LAN pool's core; reads run in parallel with each other,
+    /// so a query load does not queue behind one lock. Reads that must see the clock advance
+    /// or drain outputs use [`Agent::with_node`].
     pub fn read_node<R>(&self, call: impl FnOnce(&PoolMember) -> R) -> R {
-        call(&self.node.read().expect("node lock poisoned"))
+        call(&self.lan.read())
     }
 
     /// Makes a local change to the replica and returns once it is durable (at once without
@@ -144,7 +158,7 @@ impl Agent {
         change: impl FnOnce(&mut Replica, u64) -> R,
     ) -> anyhow::Result<R> {
         let result = self.with_node(|n| n.write(change));
-        if let Some(persister) = &self.persister {
+        if let Some(persister) = &self.lan.persister {
             persister.wait_durable(persister.last_queued()).await?;
         }
         Ok(result)
@@ -167,43 +181,25 @@ impl Agent {
         Ok(self.with_node(|n| n.node_mut().open_agent_reply(&reply))?)
     }
 
-    async fn compact_when_due(self: Arc<Self>) {
-        let mut every = tokio::time::interval(COMPACT_CHECK);
-        loop {
-            every.tick().await;
-            let Some(persister) = &self.persister else {
-                return;
-            };
-            if persister.wants_snapshot() {
-                let node = self.node.read().expect("node lock poisoned");
-                persister.snapshot(node.replica().snapshot());
-                tracing::info!(
-                    index = node.replica().index(),
-                    "journal compacted into a snapshot"
-                );
-            }
-        }
-    }
-
-    fn dispatch(self: &Arc<Self>, output: Output) {
+    fn dispatch(self: &Arc<Self>, pool: &Arc<Pool>, output: Output) {
         match output {
             Output::Datagram { to, bytes } => {
-                if let Err(err) = self.udp.try_send_to(&bytes, to) {
+                if let Err(err) = pool.udp.try_send_to(&bytes, to) {
                     metrics::counter!("murmur_gossip_send_errors_total").increment(1);
-                    tracing::debug!(%to, %err, "datagram not sent");
+                    tracing::debug!(pool = pool.name, %to, %err, "datagram not sent");
                 }
             }
             Output::Timer { after, timer } => {
                 // The receiver lives as long as the runtime; a closed channel means shutdown.
-                let _ = self.timers.send((Instant::now() + after, timer));
+                let _ = pool.timers.send((Instant::now() + after, timer));
             }
             Output::Exchange { to, request } => {
-                let agent = self.clone();
+                let (agent, pool) = (self.clone(), pool.clone());
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let outcome = match stream::exchange(to, &request).await {
                         Ok(reply) => agent
-                            .with_node(|n| n.handle_reply(to, &reply))
+                            .with_pool(&pool, |n| n.handle_reply(to, &reply))
                             .map_err(anyhow::Error::from),
                         Err(err) => Err(err),
                     };
@@ -211,7 +207,7 @@ impl Agent {
                         .record(started.elapsed().as_secs_f64());
                     if let Err(err) = outcome {
                         metrics::counter!("murmur_exchange_errors_total").increment(1);
-                        tracing::debug!(%to, "stream exchange failed: {err:#}");
+                        tracing::debug!(pool = pool.name, %to, "stream exchange failed: {err:#}");
                     }
                 });
             }
@@ -221,9 +217,11 @@ impl Agent {
                 let addr = event.member.addr;
                 match event.kind {
                     MemberEventKind::Failed => {
-                        tracing::warn!(member = %name, %addr, "member failed")
+                        tracing::warn!(pool = pool.name, member = %name, %addr, "member failed")
                     }
-                    kind => tracing::info!(member = %name, %addr, event = ?kind, "member"),
+                    kind => {
+                        tracing::info!(pool = pool.name, member = %name, %addr, event = ?kind, "member")
+                    }
                 }
                 metrics::counter!("murmur_member_events_total", "kind" => format!("{:?}", event.kind).to_lowercase())
                     .increment(1);
@@ -233,7 +231,7 @@ impl Agent {
                 self.event_index.send_modify(|i| *i += 1);
             }
             Output::KeyringChanged => {
-                let keys = self.with_node(|n| n.node().keyring().keys().to_vec());
+                let keys = self.with_pool(pool, |n| n.node().keyring().keys().to_vec());
                 self.save_keyring(&keys);
             }
         }
@@ -247,17 +245,17 @@ impl Agent {
         }
     }
 
-    async fn read_datagrams(self: Arc<Self>) {
+    async fn read_datagrams(self: Arc<Self>, pool: Arc<Pool>) {
         let mut buf = vec![0u8; 65536];
         loop {
-            match self.udp.recv_from(&mut buf).await {
-                Ok((len, _from)) => self.with_node(|n| n.handle_datagram(&buf[..len])),
-                Err(err) => tracing::debug!(%err, "udp receive error"),
+            match pool.udp.recv_from(&mut buf).await {
+                Ok((len, _from)) => self.with_pool(&pool, |n| n.handle_datagram(&buf[..len])),
+                Err(err) => tracing::debug!(pool = pool.name, %err, "udp receive error"),
             }
         }
     }
 
-    async fn accept_streams(self: Arc<Self>, tcp: TcpListener) {
+    async fn accept_streams(self: Arc<Self>, pool: Arc<Pool>, tcp: TcpListener) {
         let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
         loop {
             let Ok((mut conn, peer)) = tcp.accept().await else {
@@ -266,22 +264,22 @@ impl Agent {
             // Each stream is time-bounded; the cap also bounds how many can pile up at once.
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 metrics::counter!("murmur_gossip_streams_refused_total").increment(1);
-                tracing::debug!(%peer, "too many concurrent streams; connection dropped");
+                tracing::debug!(pool = pool.name, %peer, "too many concurrent streams; connection dropped");
                 continue;
             };
-            let agent = self.clone();
+            let (agent, pool) = (self.clone(), pool.clone());
             tokio::spawn(async move {
                 let _slot = slot;
                 let serve = async {
                     let request = stream::read_frame(&mut conn).await?;
-                    let reply = match agent.with_node(|n| n.serve_stream(&request)) {
+                    let reply = match agent.with_pool(&pool, |n| n.serve_stream(&request)) {
                         StreamReply::Reply(reply) => reply,
                         StreamReply::ForAgent { kind, body } => {
                             let answer = match agent.peer_requests.get() {
                                 Some(handler) => handler.answer(&agent, &kind, &body),
                                 None => Err("this agent serves no agent requests yet".into()),
                             };
-                            agent.with_node(|n| n.node_mut().agent_reply(answer))
+                            agent.with_pool(&pool, |n| n.node_mut().agent_reply(answer))
                         }
                     };
                     stream::write_frame(&mut conn, &reply).await
@@ -297,7 +295,8 @@ impl Agent {
 
     async fn run_timers(
         self: Arc<Self>,
-        mut incoming: mpsc::UnboundedReceiver<(Instant, TimerEvent)>,
+        pool: Arc<Pool>,
+        mut incoming: mpsc::UnboundedReceiver<DueTimer>,
     ) {
         let mut due: BTreeMap<(Instant, u64), TimerEvent> = BTreeMap::new();
         let mut seq = 0u64;
@@ -314,7 +313,7 @@ impl Agent {
                     while let Some(entry) = due.first_entry() {
                         if entry.key().0 > now { break; }
                         let timer = entry.remove();
-                        self.with_node(|n| n.handle_timer(timer));
+                        self.with_pool(&pool, |n| n.handle_timer(timer));
                     }
                 }
             }
@@ -390,6 +389,26 @@ impl Agent {
     /// Leaves the cluster on purpose; the caller keeps the runtime up briefly so it spreads.
     pub fn leave(self: &Arc<Self>) {
         self.with_node(PoolMember::leave);
+    }
+}
+
+/// Compacts `pool`'s journal into a snapshot whenever its writer asks for one.
+async fn compact_when_due(pool: Arc<Pool>) {
+    let Some(persister) = &pool.persister else {
+        return;
+    };
+    let mut every = tokio::time::interval(COMPACT_CHECK);
+    loop {
+        every.tick().await;
+        if persister.wants_snapshot() {
+            let member = pool.read();
+            persister.snapshot(member.replica().snapshot());
+            tracing::info!(
+                pool = pool.name,
+                index = member.replica().index(),
+                "journal compacted into a snapshot"
+            );
+        }
     }
 }
 

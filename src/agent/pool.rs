@@ -1,0 +1,66 @@
+//! One gossip pool the agent takes part in: its member (membership and the replica it carries),
+//! the UDP and TCP sockets it gossips on, the timers it asked for, and the journal its replica
+//! is persisted to, if any.
+//!
+//! Every agent runs a LAN pool; federation adds a WAN pool on the agents selected as gateways.
+//! Each pool keeps its own sockets and timer heap, so a timer or a datagram always reaches the
+//! member that asked for it, and the pools' locks are independent.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use murmur_gossip::{PoolMember, TimerEvent};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::store::Persister;
+
+/// A timer a pool's member asked for, due at an instant.
+pub(super) type DueTimer = (Instant, TimerEvent);
+
+/// One gossip pool of this agent.
+pub struct Pool {
+    /// Which pool ("lan", "wan"): in log lines.
+    pub name: &'static str,
+    /// Written by gossip, timers and writes; read in parallel by queries (HTTP and DNS).
+    member: RwLock<PoolMember>,
+    pub(super) udp: Arc<UdpSocket>,
+    pub(super) timers: mpsc::UnboundedSender<DueTimer>,
+    /// The journal writer of this pool's replica (none in `--dev`).
+    pub(super) persister: Option<Persister>,
+    /// Where the pool's gossip sockets listen.
+    pub gossip_addr: SocketAddr,
+}
+
+impl Pool {
+    /// A pool around `member` gossiping on `udp`; the receiver takes the timers it asks for.
+    pub(super) fn new(
+        name: &'static str,
+        member: PoolMember,
+        udp: UdpSocket,
+        persister: Option<Persister>,
+    ) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<DueTimer>)> {
+        let gossip_addr = udp.local_addr()?;
+        let (timers, due) = mpsc::unbounded_channel();
+        let pool = Self {
+            name,
+            member: RwLock::new(member),
+            udp: Arc::new(udp),
+            timers,
+            persister,
+            gossip_addr,
+        };
+        Ok((Arc::new(pool), due))
+    }
+
+    /// The member, for one read-only call; reads run in parallel with each other.
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, PoolMember> {
+        self.member.read().expect("pool lock poisoned")
+    }
+
+    /// The member, for one call that changes it.
+    pub(super) fn lock(&self) -> RwLockWriteGuard<'_, PoolMember> {
+        self.member.write().expect("pool lock poisoned")
+    }
+}
