@@ -7,6 +7,7 @@ pub mod pool;
 pub mod runtime;
 mod store;
 mod stream;
+pub mod view;
 pub mod watchers;
 
 use std::net::SocketAddr;

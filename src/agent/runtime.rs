@@ -22,6 +22,7 @@ use super::persist::DataDir;
 use super::pool::{DueTimer, Pool};
 use super::store::Persister;
 use super::stream::{self, EXCHANGE_TIMEOUT};
+use super::view::View;
 use super::watchers::{Touched, Watchers};
 
 /// Most stream requests (push-pull, keyring) served at once; more are dropped and counted, and
@@ -144,11 +145,12 @@ impl Agent {
         result
     }
 
-    /// Runs a read-only `call` on the LAN pool's core; reads run in parallel with each other,
-    /// so a query load does not queue behind one lock. Reads that must see the clock advance
-    /// or drain outputs use [`Agent::with_node`].
-    pub fn read_node<R>(&self, call: impl FnOnce(&PoolMember) -> R) -> R {
-        call(&self.lan.read())
+    /// Runs a read-only `call` on a view of the local datacenter (the LAN pool's replica and
+    /// membership); reads run in parallel with each other, so a query load does not queue
+    /// behind one lock. Reads that must see the clock advance or drain outputs use
+    /// [`Agent::with_node`].
+    pub fn view<R>(&self, call: impl FnOnce(&View<'_>) -> R) -> R {
+        call(&View::new(&self.lan.read()))
     }
 
     /// Makes a local change to the replica and returns once it is durable (at once without

@@ -259,12 +259,12 @@ impl Connect {
         root_id: &str,
         request: &SignRequest,
     ) -> anyhow::Result<Leaf> {
-        let signers = agent.read_node(|n| {
-            n.replica()
+        let signers = agent.view(|v| {
+            v.replica()
                 .records()
                 .iter()
                 .filter(|(_, r)| r.meta.get(SIGNER_META).is_some_and(|id| id == root_id))
-                .filter_map(|(name, _)| n.node().peer(name).filter(|m| m.status.is_active()))
+                .filter_map(|(name, _)| v.peer(name).filter(|m| m.status.is_active()))
                 .map(|m| m.identity.addr)
                 .collect::<Vec<_>>()
         });
@@ -290,7 +290,7 @@ impl Connect {
 
 /// The root that signs now, as this agent's replica has the roots.
 fn current_signer(agent: &Agent) -> Option<CaRoot> {
-    agent.read_node(|n| signing_root(n.replica().ca_roots()).cloned())
+    agent.view(|v| signing_root(v.replica().ca_roots()).cloned())
 }
 
 impl PeerRequests for Connect {

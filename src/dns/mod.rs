@@ -47,9 +47,9 @@ fn respond(
 ) -> Option<Vec<u8>> {
     metrics::counter!("murmur_dns_queries", "transport" => if limit.is_some() { "udp" } else { "tcp" })
         .increment(1);
-    agent.read_node(|n| {
-        let failed = n.failed_owners();
-        let view = n.replica().catalog(&failed);
+    agent.view(|v| {
+        let failed = v.failed_owners();
+        let view = v.replica().catalog(&failed);
         answer::respond(packet, &view, settings, &mut rand::rng(), limit)
     })
 }

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_gossip::PoolMember;
 use rand::RngExt;
 use tokio::sync::watch;
 
 use super::ApiError;
 use crate::agent::runtime::Agent;
+use crate::agent::view::View;
 pub use crate::agent::watchers::Topic;
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -57,7 +57,7 @@ pub async fn query<T>(
     agent: &Arc<Agent>,
     params: &HashMap<String, String>,
     topic: Topic,
-    query: impl Fn(&PoolMember) -> (u64, T),
+    query: impl Fn(&View<'_>) -> (u64, T),
 ) -> Result<(u64, T), ApiError> {
     let index = index(params)?;
     let wait = wait(params)?;
@@ -68,7 +68,7 @@ pub async fn query<T>(
     let mut changes = subscription.changes.clone();
     loop {
         changes.borrow_and_update();
-        let (at, answer) = agent.read_node(|n| query(n));
+        let (at, answer) = agent.view(|v| query(v));
         let at = at.max(1);
         if index == 0 || at != index {
             return Ok((at, answer));

@@ -12,7 +12,7 @@ use murmur_catalog::{Instance, NodeRecord};
 use serde_json::{Value, json};
 
 use super::blocking::Topic;
-use super::health::{NodeShape, ServiceShape, check_json, node_id, node_json, service_json};
+use super::health::{NodeShape, ServiceShape, check_json, node_json, service_json};
 use super::health::{catalog_query, split_query};
 use super::{
     Api, ApiError, ApiResult, blocking, filter_of, filtered, local_datacenter, node_uuid,
@@ -75,11 +75,11 @@ pub async fn service(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult {
     let (query, tags) = split_query(pairs, "tag");
-    catalog_query(&api, &query, None, |n, view| {
+    catalog_query(&api, &query, None, |v, view| {
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         view.instances(&name, &tags)
             .iter()
-            .map(|i| instance_json(i, node_id(n, i.node), view.node_index(i.node)))
+            .map(|i| instance_json(i, v.node_id(i.node), view.node_index(i.node)))
             .collect::<Vec<Value>>()
     })
     .await
@@ -148,9 +148,9 @@ pub async fn nodes(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    catalog_query(&api, &query, None, |n, view| {
+    catalog_query(&api, &query, None, |v, view| {
         view.nodes()
-            .map(|(name, record)| node_json(name, record, node_id(n, name), view.node_index(name)))
+            .map(|(name, record)| node_json(name, record, v.node_id(name), view.node_index(name)))
             .collect::<Vec<NodeShape>>()
     })
     .await
@@ -164,9 +164,9 @@ pub async fn node(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     local_datacenter(&api, &query)?;
-    let (index, body) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
-        let failed = n.failed_owners();
-        let replica = n.replica();
+    let (index, body) = blocking::query(&api.agent, &query, Topic::Catalog, |v| {
+        let failed = v.failed_owners();
+        let replica = v.replica();
         let view = replica.catalog(&failed);
         let body = view.node(&name).and_then(|record| {
             let index = view.node_index(&name);
@@ -176,7 +176,7 @@ pub async fn node(
                 .map(|(sid, s)| (sid, service_json(s, index)))
                 .collect();
             serde_json::to_value(CatalogNode {
-                node: node_json(&name, record, node_id(n, &name), index),
+                node: node_json(&name, record, v.node_id(&name), index),
                 services,
             })
             .ok()
@@ -209,9 +209,9 @@ fn own_listing<T: serde::Serialize>(
     list: impl Fn(&str, &NodeRecord, u64) -> BTreeMap<String, T>,
 ) -> ApiResult {
     let filter = filter_of(query)?;
-    let listed = api.agent.read_node(|n| {
-        let replica = n.replica();
-        let me = n.node().identity().name.to_string();
+    let listed = api.agent.view(|v| {
+        let replica = v.replica();
+        let me = v.me().name.to_string();
         let index = replica.records().entry(&me).map_or(0, |e| e.modify_index);
         replica
             .own_record()

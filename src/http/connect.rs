@@ -166,12 +166,12 @@ pub async fn authorize(State(api): State<Api>, body: Bytes) -> ApiResult {
     let caller = ServiceId::parse(&uri).map_err(|e| {
         ApiError::bad_request(format!("ClientCertURI not a valid Connect identifier: {e}"))
     })?;
-    let decision = api.agent.read_node(|n| {
+    let decision = api.agent.view(|v| {
         decide(
             api.connect.trust_domain(),
             &caller,
             &target,
-            n.replica().intentions(),
+            v.replica().intentions(),
             api.connect.default_policy,
         )
     });

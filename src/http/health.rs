@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
 use murmur_catalog::{CatalogView, Check, Health, Instance, NodeRecord, Service};
-use murmur_gossip::PoolMember;
 use serde::Serialize;
 
 use super::blocking::Topic;
@@ -14,18 +13,9 @@ use super::{
     Api, ApiError, ApiResult, blocking, encode, filter_of, flag_or_value, json_bytes,
     local_datacenter, node_uuid,
 };
+use crate::agent::view::View;
 
-/// A node's id for the `ID` fields (Consul shows node ids as UUIDs), 0 when unknown: a lookup
-/// in the member view, not a map of every member per request.
-pub(super) fn node_id(n: &PoolMember, name: &str) -> u64 {
-    let n = n.node();
-    if n.identity().name == name {
-        return n.identity().node_id;
-    }
-    n.peer(name).map_or(0, |m| m.identity.node_id)
-}
-
-/// A node in Consul's shape (`/v1/catalog/nodes`, `PoolMember` of a health entry). Answers are built
+/// A node in Consul's shape (`/v1/catalog/nodes`, `Node` of a health entry). Answers are built
 /// from these typed shapes (owned, so they are serialized after the node lock is released),
 /// not from `serde_json::Value` trees: a map per object was most of a health read's time.
 #[derive(Serialize)]
@@ -159,25 +149,25 @@ pub(super) async fn catalog_query<T: Serialize>(
     api: &Api,
     query: &HashMap<String, String>,
     cache_key: Option<String>,
-    answer: impl Fn(&PoolMember, &CatalogView<'_>) -> T,
+    answer: impl Fn(&View<'_>, &CatalogView<'_>) -> T,
 ) -> ApiResult {
     local_datacenter(api, query)?;
     let filter = filter_of(query)?;
     if let Some(key) = &cache_key {
         let wanted = blocking::index(query)?;
-        let current = api.agent.read_node(|n| n.replica().records_index()).max(1);
+        let current = api.agent.view(|v| v.replica().records_index()).max(1);
         if (wanted == 0 || wanted != current)
             && let Some(bytes) = api.answers.get(key, current)
         {
             return Ok(json_bytes(current, bytes));
         }
     }
-    let (index, body) = blocking::query(&api.agent, query, Topic::Catalog, |n| {
-        let failed = n.failed_owners();
-        let replica = n.replica();
+    let (index, body) = blocking::query(&api.agent, query, Topic::Catalog, |v| {
+        let failed = v.failed_owners();
+        let replica = v.replica();
         (
             replica.records_index(),
-            answer(n, &replica.catalog(&failed)),
+            answer(v, &replica.catalog(&failed)),
         )
     })
     .await?;
@@ -201,7 +191,7 @@ pub(super) fn split_query(
     (pairs.into_iter().collect(), values)
 }
 
-fn entry_json(n: &PoolMember, view: &CatalogView<'_>, i: &Instance<'_>) -> HealthEntry {
+fn entry_json(v: &View<'_>, view: &CatalogView<'_>, i: &Instance<'_>) -> HealthEntry {
     let index = view.node_index(i.node);
     let checks = i
         .checks
@@ -212,7 +202,7 @@ fn entry_json(n: &PoolMember, view: &CatalogView<'_>, i: &Instance<'_>) -> Healt
         })
         .collect();
     HealthEntry {
-        node: node_json(i.node, i.record, node_id(n, i.node), index),
+        node: node_json(i.node, i.record, v.node_id(i.node), index),
         service: service_json(i.service, index),
         checks,
     }
@@ -232,12 +222,12 @@ pub async fn service(
         query.get("filter").map_or("", String::as_str),
         tags.join("\n")
     );
-    catalog_query(&api, &query, Some(key), |n, view| {
+    catalog_query(&api, &query, Some(key), |v, view| {
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         view.instances(&name, &tags)
             .iter()
             .filter(|i| !passing || i.health == Health::Passing)
-            .map(|i| entry_json(n, view, i))
+            .map(|i| entry_json(v, view, i))
             .collect::<Vec<_>>()
     })
     .await

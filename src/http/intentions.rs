@@ -13,9 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use murmur_catalog::{
-    Action, INTENTION_PREFIX, Intention, MatchBy, WILDCARD, check, matching, ordered,
+    Action, INTENTION_PREFIX, Intention, MatchBy, Replica, WILDCARD, check, matching, ordered,
 };
-use murmur_gossip::PoolMember;
 use murmur_proxy::authorize::action_name;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -45,9 +44,8 @@ pub(super) struct IntentionShape {
     modify_index: u64,
 }
 
-fn shape(n: &PoolMember, i: &Intention) -> IntentionShape {
-    let index = n
-        .replica()
+fn shape(replica: &Replica, i: &Intention) -> IntentionShape {
+    let index = replica
         .shared()
         .entry(&Intention::key(&i.source, &i.destination))
         .map_or(0, |e| e.modify_index);
@@ -67,8 +65,8 @@ fn shape(n: &PoolMember, i: &Intention) -> IntentionShape {
     }
 }
 
-fn intentions_index(n: &PoolMember) -> u64 {
-    n.replica().shared().prefix_index(INTENTION_PREFIX)
+fn intentions_index(replica: &Replica) -> u64 {
+    replica.shared().prefix_index(INTENTION_PREFIX)
 }
 
 /// A service name or `*`, as intentions take them.
@@ -163,11 +161,13 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let filter = filter_of(&query)?;
-    let (index, list) = blocking::query(&api.agent, &query, Topic::Other, |n| {
-        let all = ordered(n.replica().intentions());
+    let (index, list) = blocking::query(&api.agent, &query, Topic::Other, |v| {
+        let all = ordered(v.replica().intentions());
         (
-            intentions_index(n),
-            all.iter().map(|i| shape(n, i)).collect::<Vec<_>>(),
+            intentions_index(v.replica()),
+            all.iter()
+                .map(|i| shape(v.replica(), i))
+                .collect::<Vec<_>>(),
         )
     })
     .await?;
@@ -178,8 +178,8 @@ pub async fn list(
 /// one already (use `PUT …/exact` to replace).
 pub async fn create(State(api): State<Api>, body: Bytes) -> ApiResult<Response> {
     let intention = parse(&body_object(&body)?, None, None)?;
-    let exists = api.agent.read_node(|n| {
-        n.replica()
+    let exists = api.agent.view(|v| {
+        v.replica()
             .intentions()
             .any(|i| i.source == intention.source && i.destination == intention.destination)
     });
@@ -231,8 +231,8 @@ pub async fn delete_exact(
 /// The pair of the intention with id `id`, if there is one.
 fn by_id(api: &Api, id: &str) -> Result<(String, String), ApiError> {
     api.agent
-        .read_node(|n| {
-            n.replica()
+        .view(|v| {
+            v.replica()
                 .intentions()
                 .find(|i| Intention::id(&i.source, &i.destination) == id)
                 .map(|i| (i.source.clone(), i.destination.clone()))
@@ -274,13 +274,13 @@ pub async fn delete_id(State(api): State<Api>, Path(id): Path<String>) -> ApiRes
 }
 
 fn one(api: &Api, wanted: impl Fn(&Intention) -> bool) -> ApiResult {
-    let (index, found) = api.agent.read_node(|n| {
-        let found = n
+    let (index, found) = api.agent.view(|v| {
+        let found = v
             .replica()
             .intentions()
             .find(|i| wanted(i))
-            .map(|i| shape(n, i));
-        (intentions_index(n), found)
+            .map(|i| shape(v.replica(), i));
+        (intentions_index(v.replica()), found)
     });
     match found {
         Some(found) => Ok(with_index(index, json!(found))),
@@ -295,9 +295,9 @@ pub async fn check_pair(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let (source, destination) = pair(&query)?;
-    let allowed = api.agent.read_node(|n| {
+    let allowed = api.agent.view(|v| {
         check(
-            n.replica().intentions(),
+            v.replica().intentions(),
             &source,
             &destination,
             api.connect.default_policy,
@@ -328,15 +328,15 @@ pub async fn match_names(
             "required query parameter 'name' not set",
         ));
     }
-    let (index, answer) = blocking::query(&api.agent, &query, Topic::Other, |n| {
+    let (index, answer) = blocking::query(&api.agent, &query, Topic::Other, |v| {
         let answer: BTreeMap<&String, Vec<IntentionShape>> = names
             .iter()
             .map(|name| {
-                let list = matching(n.replica().intentions(), by, name);
-                (name, list.iter().map(|i| shape(n, i)).collect())
+                let list = matching(v.replica().intentions(), by, name);
+                (name, list.iter().map(|i| shape(v.replica(), i)).collect())
             })
             .collect();
-        (intentions_index(n), json!(answer))
+        (intentions_index(v.replica()), json!(answer))
     })
     .await?;
     Ok(with_index(index, answer))

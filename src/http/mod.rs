@@ -369,12 +369,12 @@ fn node_uuid(id: u64) -> String {
 }
 
 async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
-    let (my_name, members, stats, encrypted) = api.agent.with_node(|n| {
+    let (my_name, members, stats, encrypted) = api.agent.view(|v| {
         (
-            n.node().identity().name.clone(),
-            n.node().members(),
-            n.node().stats().clone(),
-            n.node().keyring().is_encrypted(),
+            v.me().name.clone(),
+            v.members(),
+            v.stats().clone(),
+            v.encrypted(),
         )
     });
     let me = members.iter().find(|m| m.identity.name == my_name).cloned();
@@ -432,7 +432,7 @@ async fn agent_members(
             "this agent has no WAN pool: federation is not available yet",
         ));
     }
-    let members = api.agent.with_node(|n| n.node().members());
+    let members = api.agent.view(|v| v.members());
     Ok(Json(Value::Array(
         members.iter().map(member_json).collect(),
     )))
@@ -486,15 +486,10 @@ async fn agent_metrics(
             "murmur serves metrics as ?format=prometheus",
         ));
     }
-    let (stats, members, replica, backlogs) = api.agent.with_node(|n| {
-        let r = n.replica();
+    let (stats, members, replica, backlogs) = api.agent.view(|v| {
+        let r = v.replica();
         let sizes = (r.index(), r.records().len(), r.shared().len(), r.stats());
-        (
-            n.node().stats().clone(),
-            n.node().members(),
-            sizes,
-            n.node().backlogs(),
-        )
+        (v.stats().clone(), v.members(), sizes, v.backlogs())
     });
     for (queue, n) in [
         ("member_updates", backlogs.member_updates),
@@ -575,9 +570,8 @@ async fn event_list(
     let wait = blocking::wait(&query)?;
     let index = blocking::block(api.agent.event_index.subscribe(), index, wait).await;
     let name = query.get("name").filter(|n| !n.is_empty());
-    let events: Vec<Value> = api.agent.with_node(|n| {
-        n.node()
-            .events()
+    let events: Vec<Value> = api.agent.view(|v| {
+        v.events()
             .recent()
             .filter(|e| name.is_none_or(|want| &e.name == want))
             .map(event_json)
@@ -669,13 +663,13 @@ async fn keyring_remove(State(api): State<Api>, body: Bytes) -> ApiResult {
 
 /// `GET /v1/status/leader`: murmur has no leader; every agent serves, so it names itself.
 async fn status_leader(State(api): State<Api>) -> Json<Value> {
-    let me = api.agent.with_node(|n| n.node().identity().addr);
+    let me = api.agent.view(|v| v.me().addr);
     Json(json!(me.to_string()))
 }
 
 /// `GET /v1/status/peers`: with no Raft peers, the alive members (every one of them serves).
 async fn status_peers(State(api): State<Api>) -> Json<Value> {
-    let members = api.agent.with_node(|n| n.node().members());
+    let members = api.agent.view(|v| v.members());
     let mut peers: Vec<String> = members
         .iter()
         .filter(|m| m.status == MemberStatus::Alive)
