@@ -129,6 +129,34 @@ fn health_catalog_and_status_speak_consul_and_follow_membership() {
         assert_eq!(got, status, "{path}: {body}");
         assert!(body.contains(message), "{path}: {body}");
     }
+    // `?dc=` is decided for every datacenter-scoped route alike (the KV endpoints once
+    // ignored it and answered from the local store); the local datacenter passes.
+    for path in [
+        "/v1/kv/a",
+        "/v1/connect/intentions",
+        "/v1/health/state/any",
+        "/v1/catalog/services",
+        "/v1/status/leader",
+    ] {
+        let (got, _, body) = agents[0].request("GET", &format!("{path}?dc=elsewhere"), b"");
+        assert_eq!(
+            (got, body.as_str()),
+            (500, "No path to datacenter"),
+            "{path}"
+        );
+        let (got, _, body) = agents[0].request("GET", &format!("{path}?dc=dc1"), b"");
+        assert!(
+            got == 200 || (got == 404 && path == "/v1/kv/a"),
+            "{path}: {got} {body}"
+        );
+    }
+    let (got, _, _) = agents[0].request("PUT", "/v1/kv/a?dc=elsewhere", b"lost");
+    assert_eq!(
+        got, 500,
+        "a write for another datacenter is refused, not kept here"
+    );
+    let (got, _, _) = agents[0].request("GET", "/v1/kv/a", b"");
+    assert_eq!(got, 404, "the refused write left nothing behind");
     assert_eq!(
         agents[0]
             .get("/v1/health/service/web?passing=false")

@@ -14,17 +14,13 @@ use serde_json::{Value, json};
 use super::blocking::Topic;
 use super::health::{NodeShape, ServiceShape, check_json, node_json, service_json};
 use super::health::{catalog_query, split_query};
-use super::{
-    Api, ApiError, ApiResult, blocking, filter_of, filtered, local_datacenter, node_uuid,
-    with_index,
-};
+use super::{Api, ApiError, ApiResult, blocking, filter_of, filtered, node_uuid, with_index};
 
 /// `GET /v1/catalog/services`: every service name with its tags.
 pub async fn services(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    local_datacenter(&api, &query)?;
     let (index, services) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
         let failed = n.failed_owners();
         let replica = n.replica();
@@ -163,7 +159,6 @@ pub async fn node(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    local_datacenter(&api, &query)?;
     let (index, body) = blocking::query(&api.agent, &query, Topic::Catalog, |v| {
         let failed = v.failed_owners();
         let replica = v.replica();

@@ -7,15 +7,13 @@
 //! a node name that a murmur agent holds is refused (that agent owns its record: register its
 //! services through its `/v1/agent/service/register`), and external nodes have no `serfHealth`.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use murmur_catalog::{Check, ExternalNode, Health, PartKey, Service};
 use serde_json::{Map, Value, json};
 
-use super::{Api, ApiError, ApiResult, local_datacenter, same_datacenter};
+use super::{Api, ApiError, ApiResult, same_datacenter};
 use crate::services::{field, string, string_map};
 
 /// Longest node name (gossip's limit for agents' names too).
@@ -32,15 +30,10 @@ struct Registration {
 }
 
 /// `PUT /v1/catalog/register`.
-pub async fn register(
-    State(api): State<Api>,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> ApiResult {
+pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult {
     let object = json_object(&body)?;
     let registration = parse_registration(&object, &api.config.datacenter)?;
     same_datacenter(&api, &registration.fields.datacenter)?;
-    local_datacenter(&api, &query)?;
     api.agent
         .write(move |r, now| {
             refuse_agent_node(r, &registration.node)?;
@@ -77,12 +70,7 @@ pub async fn register(
 
 /// `PUT /v1/catalog/deregister`: the whole node, or its `ServiceID` (with the checks that
 /// watch it), or its `CheckID`. Removing what is not there succeeds, as in Consul.
-pub async fn deregister(
-    State(api): State<Api>,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> ApiResult {
-    local_datacenter(&api, &query)?;
+pub async fn deregister(State(api): State<Api>, body: Bytes) -> ApiResult {
     let object = json_object(&body)?;
     let node = node_name(&object)?;
     let service_id = string(&object, "ServiceID").map_err(ApiError::bad_request)?;

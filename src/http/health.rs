@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use super::blocking::Topic;
 use super::{
-    Api, ApiError, ApiResult, blocking, encode, filter_of, flag_or_value, json_bytes,
-    local_datacenter, node_uuid,
+    Api, ApiError, ApiResult, blocking, encode, filter_of, flag_or_value, json_bytes, node_uuid,
 };
 use crate::agent::view::View;
 
@@ -151,7 +150,6 @@ pub(super) async fn catalog_query<T: Serialize>(
     cache_key: Option<String>,
     answer: impl Fn(&View<'_>, &CatalogView<'_>) -> T,
 ) -> ApiResult {
-    local_datacenter(api, query)?;
     let filter = filter_of(query)?;
     if let Some(key) = &cache_key {
         let wanted = blocking::index(query)?;

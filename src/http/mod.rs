@@ -9,6 +9,7 @@ mod blocking;
 mod catalog;
 mod checks;
 mod connect;
+mod datacenter;
 mod external;
 mod filter;
 mod health;
@@ -135,6 +136,49 @@ pub fn router(
         sidecars,
         answers: Arc::default(),
     };
+    // Requests for a datacenter (`?dc=`): catalog, health, KV, event fire, intentions, status.
+    let datacenter_scoped = Router::new()
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/node/{name}", get(catalog::node))
+        .route("/v1/catalog/register", put(external::register))
+        .route("/v1/catalog/deregister", put(external::deregister))
+        .route(
+            "/v1/connect/intentions",
+            get(intentions::list).post(intentions::create),
+        )
+        .route(
+            "/v1/connect/intentions/exact",
+            get(intentions::get_exact)
+                .put(intentions::put_exact)
+                .delete(intentions::delete_exact),
+        )
+        .route("/v1/connect/intentions/check", get(intentions::check_pair))
+        .route("/v1/connect/intentions/match", get(intentions::match_names))
+        .route(
+            "/v1/connect/intentions/{id}",
+            get(intentions::get_id)
+                .put(intentions::put_id)
+                .delete(intentions::delete_id),
+        )
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/checks/{name}", get(health::checks))
+        .route("/v1/health/node/{name}", get(health::node))
+        .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
+        .route(
+            "/v1/kv/",
+            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/event/fire/{name}", put(event_fire))
+        .route_layer(datacenter::DatacenterLayer::new(&api.config.datacenter));
+    // Requests for this agent itself: Consul's `/v1/agent/*`, the keyring, event list.
     Router::new()
         .route("/v1/agent/self", get(agent_self))
         .route("/v1/agent/members", get(agent_members))
@@ -173,50 +217,11 @@ pub fn router(
         )
         .route("/v1/agent/services", get(catalog::agent_services))
         .route("/v1/agent/checks", get(catalog::agent_checks))
-        .route("/v1/catalog/services", get(catalog::services))
-        .route("/v1/catalog/service/{name}", get(catalog::service))
-        .route("/v1/catalog/nodes", get(catalog::nodes))
-        .route("/v1/catalog/node/{name}", get(catalog::node))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/agent/connect/ca/roots", get(connect::roots))
         .route("/v1/agent/connect/ca/leaf/{service}", get(connect::leaf))
         .route("/v1/agent/connect/authorize", post(connect::authorize))
         .route("/v1/agent/connect/ca/rotate", put(connect::rotate))
-        .route(
-            "/v1/connect/intentions",
-            get(intentions::list).post(intentions::create),
-        )
-        .route(
-            "/v1/connect/intentions/exact",
-            get(intentions::get_exact)
-                .put(intentions::put_exact)
-                .delete(intentions::delete_exact),
-        )
-        .route("/v1/connect/intentions/check", get(intentions::check_pair))
-        .route("/v1/connect/intentions/match", get(intentions::match_names))
-        .route(
-            "/v1/connect/intentions/{id}",
-            get(intentions::get_id)
-                .put(intentions::put_id)
-                .delete(intentions::delete_id),
-        )
-        .route("/v1/catalog/register", put(external::register))
-        .route("/v1/catalog/deregister", put(external::deregister))
-        .route("/v1/health/service/{name}", get(health::service))
-        .route("/v1/health/checks/{name}", get(health::checks))
-        .route("/v1/health/node/{name}", get(health::node))
-        .route("/v1/health/state/{state}", get(health::state))
-        .route("/v1/status/leader", get(status_leader))
-        .route("/v1/status/peers", get(status_peers))
-        .route(
-            "/v1/kv/",
-            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
-        )
-        .route(
-            "/v1/kv/{*key}",
-            get(kv::get).put(kv::put).delete(kv::delete),
-        )
-        .route("/v1/event/fire/{name}", put(event_fire))
         .route("/v1/event/list", get(event_list))
         .route(
             "/v1/operator/keyring",
@@ -225,6 +230,7 @@ pub fn router(
                 .put(keyring_use)
                 .delete(keyring_remove),
         )
+        .merge(datacenter_scoped)
         // tower's synchronous map keeps the headers step inside the route's future; axum's
         // `middleware::map_response` boxed one more future (712 bytes) for every request, which
         // a parked blocking query holds for as long as it waits.
@@ -318,23 +324,16 @@ fn flag_or_value(query: &HashMap<String, String>, name: &str) -> Result<bool, Ap
     }
 }
 
-/// Refuses `?dc=` naming another datacenter with Consul's answer (federation is not there
-/// yet); the local one, or none, passes.
-fn local_datacenter(api: &Api, query: &HashMap<String, String>) -> Result<(), ApiError> {
-    query
-        .get("dc")
-        .map_or(Ok(()), |dc| same_datacenter(api, dc))
-}
-
-/// Consul's answer for a datacenter this agent cannot reach (any but its own until
-/// federation); empty means the local one.
+/// Refuses a `Datacenter` named in a request body (a catalog registration's) that is not
+/// this agent's, with Consul's answer; empty means the local one. `?dc=` is decided before
+/// the handler, by [`datacenter::DatacenterLayer`].
 fn same_datacenter(api: &Api, dc: &str) -> Result<(), ApiError> {
     if dc.is_empty() || dc == api.config.datacenter {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "No path to datacenter",
+            datacenter::NO_PATH,
         ))
     }
 }
