@@ -1,0 +1,204 @@
+//! Which agents of a datacenter serve as its WAN gateways, decided by every agent alike.
+//!
+//! There is no election: every agent ranks the live agents of its datacenter that may serve
+//! (`--wan-eligible`) by rendezvous hashing of their names, and the top K serve. Two agents
+//! with the same view of their datacenter pick the same gateways; views differ only while a
+//! change spreads, and the rule converges once they agree.
+//!
+//! Selection is sticky: a gateway that serves keeps serving while it is alive, even when an
+//! agent that ranks higher joins later, so a WAN pool does not churn as a datacenter grows or
+//! restarts agents. Which agents serve is itself visible to all (the agent publishes it in its
+//! node record), so the stickiness needs no local memory and a restarted agent agrees at once.
+//! When more than K serve (two agents filled the same vacancy from different views), the
+//! lowest-ranked step down.
+
+use std::cmp::Reverse;
+
+/// How many gateways a datacenter runs unless told otherwise (`--wan-gateways`): enough that
+/// one crash leaves two, few enough that the WAN pool stays small.
+pub const DEFAULT_GATEWAYS: usize = 3;
+
+/// An agent that may serve as a gateway, as one agent sees it: alive in its membership view and
+/// `--wan-eligible`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// The agent's node name: its rank follows from it, so a restart keeps the rank.
+    pub name: &'a str,
+    /// Whether the agent says it serves now (in the WAN pool).
+    pub serving: bool,
+}
+
+/// The agent's rendezvous score: a fixed hash of its name, identical on every platform and
+/// version (the ranks of agents running different builds must agree), so no `std` hasher.
+pub fn score(name: &str) -> u64 {
+    // FNV-1a over the bytes, then splitmix64's finalizer to spread FNV's weak high bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The gateways among `candidates` when `k` should serve, highest rank first: those serving
+/// now (the `k` best ranked if more do), then the best ranked of the others up to `k`.
+/// Candidates are distinct by name; their order does not matter.
+pub fn select<'a>(k: usize, candidates: &[Candidate<'a>]) -> Vec<&'a str> {
+    let ranked = |serving: bool| {
+        let mut names: Vec<&'a str> = candidates
+            .iter()
+            .filter(|c| c.serving == serving)
+            .map(|c| c.name)
+            .collect();
+        // Ties of the 64-bit score are broken by name, so the order is total.
+        names.sort_by_key(|name| (Reverse(score(name)), *name));
+        names
+    };
+    let mut selected = ranked(true);
+    selected.truncate(k);
+    let vacancies = k - selected.len();
+    selected.extend(ranked(false).into_iter().take(vacancies));
+    selected
+}
+
+/// Whether the agent named `me` should serve, by [`select`].
+pub fn should_serve(me: &str, k: usize, candidates: &[Candidate<'_>]) -> bool {
+    select(k, candidates).contains(&me)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn candidates<'a>(
+        names: &'a BTreeSet<String>,
+        serving: &BTreeSet<String>,
+    ) -> Vec<Candidate<'a>> {
+        names
+            .iter()
+            .map(|name| Candidate {
+                name,
+                serving: serving.contains(name),
+            })
+            .collect()
+    }
+
+    /// Runs the selection to its fixed point from nobody serving: each round, the selected
+    /// serve and the others stop, as agents do when they see the result.
+    fn settle(
+        k: usize,
+        names: &BTreeSet<String>,
+        mut serving: BTreeSet<String>,
+    ) -> BTreeSet<String> {
+        for _ in 0..4 {
+            let next: BTreeSet<String> = select(k, &candidates(names, &serving))
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            if next == serving {
+                return serving;
+            }
+            serving = next;
+        }
+        panic!("selection did not settle: {serving:?}");
+    }
+
+    fn names() -> impl Strategy<Value = BTreeSet<String>> {
+        prop::collection::btree_set("[a-z]{1,6}[0-9]{0,2}", 0..24)
+    }
+
+    #[test]
+    fn score_is_fixed_across_builds() {
+        // Agents of different versions must rank alike: these values (computed apart from this
+        // code, by the same definition in Python) may never change.
+        assert_eq!(score(""), 0xf52a_15e9_a9b5_e89b);
+        assert_eq!(score("node-1"), 0x1395_0d4e_f307_e655);
+        assert_eq!(score("dc1-agent-7"), 0xc115_a6e7_a8ea_31bc);
+        let spread: BTreeSet<u64> = (0..1000).map(|i| score(&format!("n{i}")) >> 60).collect();
+        assert_eq!(
+            spread.len(),
+            16,
+            "the top bits of the score spread over names"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn as_many_as_asked_or_all(k in 0usize..6, names in names(), serving in names()) {
+            let serving: BTreeSet<String> = serving.intersection(&names).cloned().collect();
+            let selected = select(k, &candidates(&names, &serving));
+            prop_assert_eq!(selected.len(), k.min(names.len()));
+            let distinct: BTreeSet<&str> = selected.iter().copied().collect();
+            prop_assert_eq!(distinct.len(), selected.len());
+        }
+
+        #[test]
+        fn every_agent_with_the_same_view_picks_the_same(
+            k in 1usize..6, names in names(), serving in names(), seed in any::<u64>()
+        ) {
+            let serving: BTreeSet<String> = serving.intersection(&names).cloned().collect();
+            let mut shuffled = candidates(&names, &serving);
+            let len = shuffled.len().max(1) as u64;
+            shuffled.rotate_left((seed % len) as usize);
+            shuffled.reverse();
+            prop_assert_eq!(select(k, &shuffled), select(k, &candidates(&names, &serving)));
+        }
+
+        #[test]
+        fn from_nobody_serving_the_best_ranked_serve(k in 1usize..6, names in names()) {
+            let settled = settle(k, &names, BTreeSet::new());
+            let mut by_rank: Vec<&String> = names.iter().collect();
+            by_rank.sort_by_key(|n| (Reverse(score(n)), n.as_str()));
+            let top: BTreeSet<String> = by_rank.into_iter().take(k).cloned().collect();
+            prop_assert_eq!(settled, top);
+        }
+
+        #[test]
+        fn a_serving_gateway_stays_when_a_better_ranked_agent_joins(
+            k in 1usize..6, names in names(), newcomer in "[a-z]{1,6}[0-9]{0,2}"
+        ) {
+            let serving = settle(k, &names, BTreeSet::new());
+            let mut grown = names.clone();
+            grown.insert(newcomer);
+            let after = settle(k, &grown, serving.clone());
+            if serving.len() == k {
+                prop_assert_eq!(after, serving);
+            } else {
+                prop_assert!(after.is_superset(&serving));
+            }
+        }
+
+        #[test]
+        fn a_dead_gateway_is_replaced_and_the_others_stay(
+            k in 1usize..6, names in names(), which in any::<prop::sample::Index>()
+        ) {
+            let serving = settle(k, &names, BTreeSet::new());
+            prop_assume!(!serving.is_empty());
+            let dead = serving.iter().nth(which.index(serving.len())).unwrap().clone();
+            let mut alive = names.clone();
+            alive.remove(&dead);
+            let survivors: BTreeSet<String> = serving.iter().filter(|n| **n != dead).cloned().collect();
+            let after = settle(k, &alive, survivors.clone());
+            prop_assert!(after.is_superset(&survivors));
+            prop_assert_eq!(after.len(), k.min(alive.len()));
+            prop_assert!(!after.contains(&dead));
+        }
+
+        #[test]
+        fn too_many_serving_the_lowest_ranked_step_down(k in 1usize..4, names in names()) {
+            // Every agent thinks it serves (each filled a vacancy from its own view).
+            let settled = settle(k, &names, names.clone());
+            prop_assert_eq!(settled.len(), k.min(names.len()));
+            let mut by_rank: Vec<&String> = names.iter().collect();
+            by_rank.sort_by_key(|n| (Reverse(score(n)), n.as_str()));
+            let top: BTreeSet<String> = by_rank.into_iter().take(k).cloned().collect();
+            prop_assert_eq!(settled, top);
+        }
+    }
+}
