@@ -68,6 +68,9 @@ pub enum Command {
         /// Show every tag and the protocol version.
         #[arg(long)]
         detailed: bool,
+        /// The WAN pool's members instead (agents serving as WAN gateways list them).
+        #[arg(long)]
+        wan: bool,
         #[command(flatten)]
         target: HttpTarget,
     },
@@ -76,6 +79,9 @@ pub enum Command {
         /// Gossip addresses (host or host:port; the port defaults to 8301).
         #[arg(required = true)]
         addrs: Vec<String>,
+        /// Join the WAN pool through these WAN addresses (the agent must serve as a gateway).
+        #[arg(long)]
+        wan: bool,
         #[command(flatten)]
         target: HttpTarget,
     },
@@ -663,6 +669,29 @@ pub struct AgentArgs {
     /// [default: 72h]; they are renewed before they expire.
     #[arg(long, value_name = "DURATION")]
     pub leaf_cert_ttl: Option<String>,
+    /// This agent may serve as one of its datacenter's WAN gateways: the agents of a
+    /// datacenter pick --wan-gateways of the live eligible ones (no election), which join the
+    /// WAN pool that links datacenters.
+    #[arg(long)]
+    pub wan_eligible: bool,
+    /// Address to bind WAN gossip (UDP and TCP) to while serving as a gateway [default: the
+    /// --bind IP, port 8302].
+    #[arg(long, value_name = "ADDR")]
+    pub bind_wan: Option<String>,
+    /// Address gateways of other datacenters reach this agent at [default: the --advertise
+    /// IP with the --bind-wan port].
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_wan: Option<String>,
+    /// WAN address of an agent of another datacenter to join through when this agent becomes
+    /// a gateway (repeatable; list several: only those serving answer).
+    #[arg(long, value_name = "ADDR")]
+    pub join_wan: Vec<String>,
+    /// Like --join-wan, retried with backoff until one answers (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub retry_join_wan: Vec<String>,
+    /// How many agents of this datacenter serve as WAN gateways [default: 3].
+    #[arg(long, value_name = "N")]
+    pub wan_gateways: Option<usize>,
 }
 
 #[cfg(test)]

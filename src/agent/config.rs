@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use murmur_catalog::Action;
+use murmur_federation::gateways::DEFAULT_GATEWAYS;
 use serde::Deserialize;
 
 use crate::cli::AgentArgs;
 
 /// Default gossip port (serf's LAN port).
 pub const DEFAULT_GOSSIP_PORT: u16 = 8301;
+/// Default WAN gossip port (serf's WAN port).
+pub const DEFAULT_WAN_PORT: u16 = 8302;
 /// How long failed and left members stay listed by default (Consul's `reconnect_timeout`).
 pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(72 * 3600);
 /// Default HTTP API address (Consul's).
@@ -49,6 +52,15 @@ struct FileConfig {
     dns_ttl: Option<u32>,
     default_intention_policy: Option<String>,
     leaf_cert_ttl: Option<String>,
+    #[serde(default)]
+    wan_eligible: bool,
+    bind_wan: Option<String>,
+    advertise_wan: Option<String>,
+    #[serde(default)]
+    join_wan: Vec<String>,
+    #[serde(default)]
+    retry_join_wan: Vec<String>,
+    wan_gateways: Option<usize>,
 }
 
 /// Resolved agent settings.
@@ -74,12 +86,25 @@ pub struct AgentConfig {
     pub dns_ttl: u32,
     pub default_intention_policy: Action,
     pub leaf_cert_ttl: Duration,
+    /// WAN settings, when this agent may serve as a gateway (`--wan-eligible`).
+    pub wan: Option<WanConfig>,
+}
+
+/// How this agent serves as a WAN gateway when its datacenter selects it.
+#[derive(Debug, Clone)]
+pub struct WanConfig {
+    pub bind: SocketAddr,
+    pub advertise: SocketAddr,
+    pub join: Vec<String>,
+    pub retry_join: Vec<String>,
+    /// How many gateways the datacenter runs (every agent must be given the same).
+    pub gateways: usize,
 }
 
 impl AgentConfig {
     /// Merges flags over the file and fills defaults; errors say which setting is wrong.
     pub fn resolve(args: &AgentArgs) -> anyhow::Result<Self> {
-        let file = match &args.config_file {
+        let mut file: FileConfig = match &args.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -94,11 +119,11 @@ impl AgentConfig {
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
-        let bind = match args.bind.clone().or(file.bind) {
+        let bind = match args.bind.clone().or(file.bind.take()) {
             Some(text) => parse_addr(&text, DEFAULT_GOSSIP_PORT).context("--bind")?,
             None => SocketAddr::new(default_ip, DEFAULT_GOSSIP_PORT),
         };
-        let advertise = match args.advertise.clone().or(file.advertise) {
+        let advertise = match args.advertise.clone().or(file.advertise.take()) {
             Some(text) => parse_addr(&text, bind.port()).context("--advertise")?,
             None if bind.ip().is_unspecified() => bail!(
                 "--bind {bind} listens on every interface, so peers need to be told where to reach this agent: \
@@ -111,6 +136,7 @@ impl AgentConfig {
                 "--advertise {advertise} is not an address peers can reach: give a concrete IP and port"
             );
         }
+        let wan = WanConfig::resolve(args, &file, bind, advertise)?;
         let http_addr = args
             .http_addr
             .clone()
@@ -210,7 +236,70 @@ impl AgentConfig {
             dns_ttl,
             default_intention_policy,
             leaf_cert_ttl,
+            wan,
         })
+    }
+}
+
+impl WanConfig {
+    /// The WAN settings of `--wan-eligible` (none without it; WAN flags without it are an
+    /// error, not silently ignored).
+    fn resolve(
+        args: &AgentArgs,
+        file: &FileConfig,
+        bind: SocketAddr,
+        advertise: SocketAddr,
+    ) -> anyhow::Result<Option<Self>> {
+        let pick = |flag: &[String], file: &[String]| {
+            if flag.is_empty() {
+                file.to_vec()
+            } else {
+                flag.to_vec()
+            }
+        };
+        let join = pick(&args.join_wan, &file.join_wan);
+        let retry_join = pick(&args.retry_join_wan, &file.retry_join_wan);
+        let bind_text = args.bind_wan.clone().or(file.bind_wan.clone());
+        let advertise_text = args.advertise_wan.clone().or(file.advertise_wan.clone());
+        let gateways = args.wan_gateways.or(file.wan_gateways);
+        if !(args.wan_eligible || file.wan_eligible) {
+            let given = [
+                (!join.is_empty(), "--join-wan"),
+                (!retry_join.is_empty(), "--retry-join-wan"),
+                (bind_text.is_some(), "--bind-wan"),
+                (advertise_text.is_some(), "--advertise-wan"),
+                (gateways.is_some(), "--wan-gateways"),
+            ];
+            if let Some((_, flag)) = given.iter().find(|(given, _)| *given) {
+                bail!("{flag} is for WAN gateways: add --wan-eligible (or drop {flag})");
+            }
+            return Ok(None);
+        }
+        let bind = match bind_text {
+            Some(text) => parse_addr(&text, DEFAULT_WAN_PORT).context("--bind-wan")?,
+            None => SocketAddr::new(bind.ip(), DEFAULT_WAN_PORT),
+        };
+        let advertise = match advertise_text {
+            Some(text) => parse_addr(&text, bind.port()).context("--advertise-wan")?,
+            None if bind.ip().is_unspecified() => SocketAddr::new(advertise.ip(), bind.port()),
+            None => bind,
+        };
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            bail!(
+                "--advertise-wan {advertise} is not an address other datacenters can reach: give a concrete IP and port"
+            );
+        }
+        let gateways = gateways.unwrap_or(DEFAULT_GATEWAYS);
+        if gateways == 0 {
+            bail!("--wan-gateways 0 would link no datacenter: give 1 or more (default 3)");
+        }
+        Ok(Some(Self {
+            bind,
+            advertise,
+            join,
+            retry_join,
+            gateways,
+        }))
     }
 }
 
@@ -307,6 +396,43 @@ mod tests {
         std::fs::write(&path, r#"{"nodename":"x"}"#).unwrap();
         let err = AgentConfig::resolve(&args).unwrap_err();
         assert!(format!("{err:#}").contains("nodename"), "{err:#}");
+    }
+
+    #[test]
+    fn wan_flags_need_wan_eligible_and_default_from_the_lan_ones() {
+        let args = AgentArgs {
+            dev: true,
+            join_wan: vec!["10.0.0.9".into()],
+            ..Default::default()
+        };
+        let err = format!("{:#}", AgentConfig::resolve(&args).unwrap_err());
+        assert!(
+            err.contains("--join-wan") && err.contains("--wan-eligible"),
+            "{err}"
+        );
+        let args = AgentArgs {
+            wan_eligible: true,
+            ..args
+        };
+        let wan = AgentConfig::resolve(&args).unwrap().wan.unwrap();
+        assert_eq!(wan.bind, "127.0.0.1:8302".parse().unwrap());
+        assert_eq!(wan.advertise, wan.bind);
+        assert_eq!(wan.gateways, DEFAULT_GATEWAYS);
+        let args = AgentArgs {
+            bind: Some("0.0.0.0".into()),
+            advertise: Some("10.1.2.3".into()),
+            data_dir: Some("/nowhere".into()),
+            wan_eligible: true,
+            ..Default::default()
+        };
+        let wan = AgentConfig::resolve(&args).unwrap().wan.unwrap();
+        assert_eq!(wan.advertise, "10.1.2.3:8302".parse().unwrap());
+        let args = AgentArgs {
+            wan_gateways: Some(0),
+            ..args
+        };
+        let err = format!("{:#}", AgentConfig::resolve(&args).unwrap_err());
+        assert!(err.contains("--wan-gateways"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod runtime;
 mod store;
 mod stream;
 pub mod view;
+pub mod wan;
 pub mod watchers;
 
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use crate::checks::Checks;
 use crate::cli::AgentArgs;
 
 /// How long a leaving agent keeps gossiping so its leave reaches everyone.
-const LEAVE_PROPAGATION: Duration = Duration::from_secs(1);
+pub(crate) const LEAVE_PROPAGATION: Duration = Duration::from_secs(1);
 /// Longest wait between `--retry-join` attempts.
 const RETRY_JOIN_MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -56,6 +57,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tags: config.tags.clone(),
     }
     .into();
+    let gateway = config
+        .wan
+        .as_ref()
+        .map(|wan| wan::Gateway::new(&config, wan, &identity))
+        .transpose()?;
     let encrypted = keyring.is_encrypted();
     let gossip = GossipConfig {
         reap_after: config.reap_after,
@@ -168,6 +174,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if !retry.is_empty() {
         tokio::spawn(retry_join(agent.clone(), retry));
     }
+    if let Some(gateway) = gateway {
+        tokio::spawn(gateway.run(agent.clone()));
+    }
 
     wait_for_shutdown(&leave).await;
     tracing::info!("leaving the cluster");
@@ -232,6 +241,7 @@ fn own_record(
             .services
             .insert(definition.service.id.clone(), definition.service.clone());
     }
+    wan::Gateway::mark_record(config.wan.as_ref(), &mut record);
     record
 }
 

@@ -7,12 +7,13 @@
 //! member that asked for it, and the pools' locks are independent.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use murmur_gossip::{PoolMember, TimerEvent};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 use super::store::Persister;
 
@@ -31,6 +32,9 @@ pub struct Pool {
     pub(super) persister: Option<Persister>,
     /// Where the pool's gossip sockets listen.
     pub gossip_addr: SocketAddr,
+    /// The tasks that drive the pool, stopped together when the agent leaves the pool (a
+    /// gateway that steps down) so its sockets close.
+    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl Pool {
@@ -50,6 +54,7 @@ impl Pool {
             timers,
             persister,
             gossip_addr,
+            tasks: Mutex::default(),
         };
         Ok((Arc::new(pool), due))
     }
@@ -57,6 +62,26 @@ impl Pool {
     /// The member, for one read-only call; reads run in parallel with each other.
     pub(super) fn read(&self) -> RwLockReadGuard<'_, PoolMember> {
         self.member.read().expect("pool lock poisoned")
+    }
+
+    /// Notes a task that drives the pool, for [`Pool::stop`].
+    pub(super) fn drives(&self, task: AbortHandle) {
+        self.tasks
+            .lock()
+            .expect("pool tasks lock poisoned")
+            .push(task);
+    }
+
+    /// Stops the tasks that drive the pool; its sockets close with them.
+    pub(super) fn stop(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .expect("pool tasks lock poisoned")
+            .drain(..)
+        {
+            task.abort();
+        }
     }
 
     /// The member, for one call that changes it.

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -28,6 +28,9 @@ use super::watchers::{Touched, Watchers};
 /// Most stream requests (push-pull, keyring) served at once; more are dropped and counted, and
 /// the peer retries at its next push-pull.
 const MAX_CONCURRENT_STREAMS: usize = 256;
+
+/// Why a WAN operation is refused on an agent that does not serve as a gateway.
+pub const NOT_A_GATEWAY: &str = "this agent is not one of its datacenter's WAN gateways: ask one that is (see the murmur-wan-gateway node meta), or start agents with --wan-eligible";
 
 /// How often the agent checks whether the journal wants compacting.
 const COMPACT_CHECK: Duration = Duration::from_secs(5);
@@ -50,13 +53,13 @@ pub trait PeerRequests: Send + Sync {
 pub struct Agent {
     /// The datacenter's pool: every agent of the datacenter, the replica of its catalog.
     lan: Arc<Pool>,
+    /// The pool linking datacenters, while this agent serves as a gateway.
+    wan: RwLock<Option<Arc<Pool>>>,
     data: Option<DataDir>,
     /// Bumped with every delivered user event; blocking event queries watch it.
     pub event_index: watch::Sender<u64>,
     /// Blocking catalog and KV queries, by what they read; a change wakes only its own.
     pub watchers: Arc<Watchers>,
-    /// Where the LAN pool's gossip sockets listen.
-    pub gossip_addr: SocketAddr,
     /// Who answers peers' agent requests (set once, after start).
     peer_requests: OnceLock<Arc<dyn PeerRequests>>,
 }
@@ -73,8 +76,8 @@ impl Agent {
     ) -> anyhow::Result<Arc<Self>> {
         let (lan, due) = Pool::new("lan", member, udp, persister)?;
         let agent = Arc::new(Self {
-            gossip_addr: lan.gossip_addr,
             lan: lan.clone(),
+            wan: RwLock::default(),
             data,
             event_index: watch::Sender::new(1),
             watchers: Arc::default(),
@@ -91,11 +94,16 @@ impl Agent {
         tcp: TcpListener,
         due: mpsc::UnboundedReceiver<DueTimer>,
     ) {
-        tokio::spawn(self.clone().read_datagrams(pool.clone()));
-        tokio::spawn(self.clone().accept_streams(pool.clone(), tcp));
-        tokio::spawn(self.clone().run_timers(pool.clone(), due));
+        let tasks = [
+            tokio::spawn(self.clone().read_datagrams(pool.clone())),
+            tokio::spawn(self.clone().accept_streams(pool.clone(), tcp)),
+            tokio::spawn(self.clone().run_timers(pool.clone(), due)),
+        ];
+        for task in tasks {
+            pool.drives(task.abort_handle());
+        }
         if pool.persister.is_some() {
-            tokio::spawn(compact_when_due(pool.clone()));
+            pool.drives(tokio::spawn(compact_when_due(pool.clone())).abort_handle());
         }
         // The core queued its first timers when it was built.
         self.with_pool(pool, |_| ());
@@ -322,20 +330,36 @@ impl Agent {
         }
     }
 
-    /// Joins through each address (a push-pull); returns how many answered, or every reason
-    /// when none did.
+    /// Joins the LAN pool through each address (a push-pull); returns how many answered, or
+    /// every reason when none did.
     pub async fn join(self: &Arc<Self>, addrs: &[SocketAddr]) -> Result<usize, Vec<String>> {
+        self.join_pool(&self.lan.clone(), addrs).await
+    }
+
+    /// Like [`Agent::join`], for the WAN pool; refused when this agent is not a gateway.
+    pub async fn join_wan(self: &Arc<Self>, addrs: &[SocketAddr]) -> Result<usize, Vec<String>> {
+        match self.wan() {
+            Some(wan) => self.join_pool(&wan, addrs).await,
+            None => Err(vec![NOT_A_GATEWAY.to_owned()]),
+        }
+    }
+
+    async fn join_pool(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        addrs: &[SocketAddr],
+    ) -> Result<usize, Vec<String>> {
         let mut joined = 0;
         let mut errors = Vec::new();
         for &addr in addrs {
-            if addr == self.gossip_addr {
+            if addr == pool.gossip_addr {
                 errors.push(format!("{addr} is this agent's own address"));
                 continue;
             }
-            let request = self.with_node(|n| n.node_mut().push_pull_request());
+            let request = self.with_pool(pool, |n| n.node_mut().push_pull_request());
             let outcome = match stream::exchange(addr, &request).await {
                 Ok(reply) => self
-                    .with_node(|n| n.handle_reply(addr, &reply))
+                    .with_pool(pool, |n| n.handle_reply(addr, &reply))
                     .map_err(anyhow::Error::from),
                 Err(err) => Err(err),
             };
@@ -345,6 +369,45 @@ impl Agent {
             }
         }
         if joined > 0 { Ok(joined) } else { Err(errors) }
+    }
+
+    /// Starts serving as a gateway: the WAN pool around `member`, on `udp` and `tcp`.
+    pub fn start_wan(
+        self: &Arc<Self>,
+        member: PoolMember,
+        udp: UdpSocket,
+        tcp: TcpListener,
+    ) -> anyhow::Result<()> {
+        let (wan, due) = Pool::new("wan", member, udp, None)?;
+        *self.wan.write().expect("wan slot poisoned") = Some(wan.clone());
+        self.run_pool(&wan, tcp, due);
+        Ok(())
+    }
+
+    /// Stops serving as a gateway: leaves the WAN pool, gives the leave time to spread, and
+    /// closes the pool's sockets.
+    pub async fn stop_wan(self: &Arc<Self>) {
+        let Some(wan) = self.wan() else { return };
+        self.with_pool(&wan, PoolMember::leave);
+        tokio::time::sleep(super::LEAVE_PROPAGATION).await;
+        self.wan.write().expect("wan slot poisoned").take();
+        wan.stop();
+    }
+
+    /// The WAN pool, while this agent serves as a gateway.
+    pub fn wan(&self) -> Option<Arc<Pool>> {
+        self.wan.read().expect("wan slot poisoned").clone()
+    }
+
+    /// Runs a read-only `call` on the WAN pool's member, if this agent serves as a gateway.
+    pub fn read_wan<R>(&self, call: impl FnOnce(&PoolMember) -> R) -> Option<R> {
+        self.wan().map(|wan| call(&wan.read()))
+    }
+
+    /// Runs one call on the WAN pool's member and carries out what it asks for, if this
+    /// agent serves as a gateway.
+    pub fn with_wan<R>(self: &Arc<Self>, call: impl FnOnce(&mut PoolMember) -> R) -> Option<R> {
+        self.wan().map(|wan| self.with_pool(&wan, call))
     }
 
     /// Applies a keyring step here and on every active member; returns each member's keys.
@@ -388,8 +451,10 @@ impl Agent {
         Ok(report)
     }
 
-    /// Leaves the cluster on purpose; the caller keeps the runtime up briefly so it spreads.
+    /// Leaves the cluster on purpose (the WAN pool too, when a gateway); the caller keeps the
+    /// runtime up briefly so it spreads.
     pub fn leave(self: &Arc<Self>) {
+        self.with_wan(PoolMember::leave);
         self.with_node(PoolMember::leave);
     }
 }

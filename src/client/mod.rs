@@ -137,14 +137,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Members {
             status,
             detailed,
+            wan,
             target,
-        } => members(&Client::new(&target), status.as_deref(), detailed).await?,
-        Command::Join { addrs, target } => {
+        } => members(&Client::new(&target), status.as_deref(), detailed, wan).await?,
+        Command::Join { addrs, wan, target } => {
             let client = Client::new(&target);
             let mut joined = 0;
+            let pool = if wan { "?wan" } else { "" };
             for addr in &addrs {
                 match client
-                    .put(&format!("/v1/agent/join/{addr}"), Vec::new())
+                    .put(&format!("/v1/agent/join/{addr}{pool}"), Vec::new())
                     .await
                 {
                     Ok(_) => joined += 1,
@@ -232,12 +234,22 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn members(client: &Client, status: Option<&str>, detailed: bool) -> anyhow::Result<()> {
+async fn members(
+    client: &Client,
+    status: Option<&str>,
+    detailed: bool,
+    wan: bool,
+) -> anyhow::Result<()> {
     let filter = status
         .map(regex::Regex::new)
         .transpose()
         .context("--status is not a valid regular expression")?;
-    let members = client.get("/v1/agent/members").await?;
+    let path = if wan {
+        "/v1/agent/members?wan"
+    } else {
+        "/v1/agent/members"
+    };
+    let members = client.get(path).await?;
     let mut rows = vec![vec![
         "Node".to_owned(),
         "Address".into(),

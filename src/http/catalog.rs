@@ -2,7 +2,7 @@
 //! catalog queries. The local agent owns its record: registering or deregistering rewrites it
 //! and spreads it; every agent answers catalog reads from its own replica.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -190,10 +190,27 @@ struct CatalogNode<'a> {
     services: BTreeMap<&'a String, ServiceShape>,
 }
 
-/// `GET /v1/catalog/datacenters`: this agent's datacenter (the WAN pool of federation will add
-/// the others).
+/// `GET /v1/catalog/datacenters`: this agent's datacenter first, then (on a WAN gateway) the
+/// others its WAN pool has a live member of, by name. Agents that are not gateways list only
+/// their own until the datacenter directory is replicated to them.
 pub async fn datacenters(State(api): State<Api>) -> Json<Value> {
-    Json(json!([api.config.datacenter]))
+    let local = api.config.datacenter.as_str();
+    let others: BTreeSet<String> = api
+        .agent
+        .read_wan(|n| {
+            n.node()
+                .members()
+                .into_iter()
+                .filter(|m| m.status.is_active() && m.identity.datacenter != local)
+                .map(|m| m.identity.datacenter.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(json!(
+        std::iter::once(local.to_owned())
+            .chain(others)
+            .collect::<Vec<_>>()
+    ))
 }
 
 /// Lists something of this agent's own record by id, as the `/v1/agent/*` listings do; `list`

@@ -426,25 +426,37 @@ async fn agent_members(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    if flag(&query, "wan") {
-        return Err(ApiError::bad_request(
-            "this agent has no WAN pool: federation is not available yet",
-        ));
-    }
-    let members = api.agent.view(|v| v.members());
+    // With `?wan`, a gateway lists the WAN pool; other agents, like Consul's clients, have
+    // no WAN members to list.
+    let members = if flag(&query, "wan") {
+        api.agent
+            .read_wan(|n| n.node().members())
+            .unwrap_or_default()
+    } else {
+        api.agent.view(|v| v.members())
+    };
     Ok(Json(Value::Array(
         members.iter().map(member_json).collect(),
     )))
 }
 
-async fn agent_join(State(api): State<Api>, Path(addr): Path<String>) -> ApiResult<StatusCode> {
+/// `PUT /v1/agent/join/:addr`, into the LAN pool, or with `?wan` the WAN pool (gateways
+/// only, as only Consul's servers join the WAN).
+async fn agent_join(
+    State(api): State<Api>,
+    Path(addr): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<StatusCode> {
     let (addrs, errors) = resolve_seeds(std::slice::from_ref(&addr)).await;
     if let Some(err) = errors.into_iter().next() {
         return Err(ApiError::bad_request(err));
     }
-    api.agent
-        .join(&addrs)
-        .await
+    let joined = if flag(&query, "wan") {
+        api.agent.join_wan(&addrs).await
+    } else {
+        api.agent.join(&addrs).await
+    };
+    joined
         .map(|_| StatusCode::OK)
         .map_err(|errors| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, errors.join("; ")))
 }

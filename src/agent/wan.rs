@@ -1,0 +1,191 @@
+//! Serving as a WAN gateway: every `--wan-eligible` agent watches which agents of its
+//! datacenter are selected (`murmur_federation::gateways`) and, when it is, runs the WAN pool
+//! that links datacenters; when it no longer is, it leaves that pool.
+//!
+//! What the selection reads is in the replicated node records, so every agent of the
+//! datacenter sees the same: [`ELIGIBLE_META`] on the agents that may serve (with their WAN
+//! address) and [`GATEWAY_META`] on those that serve now. The selection runs each second on
+//! the local view; no agent asks another.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use murmur_catalog::NodeRecord;
+use murmur_federation::gateways::{Candidate, should_serve};
+use murmur_gossip::{GossipConfig, IdentityFields, Keyring, NodeIdentity, PoolMember};
+use tokio::net::{TcpListener, UdpSocket};
+
+use super::config::{AgentConfig, WanConfig, resolve_seeds};
+use super::runtime::Agent;
+use super::view::View;
+
+/// Node meta of an agent that may serve as a gateway: its WAN address.
+pub const ELIGIBLE_META: &str = "murmur-wan-eligible";
+/// Node meta of an agent that serves as a gateway now: its WAN address.
+pub const GATEWAY_META: &str = "murmur-wan-gateway";
+/// How often an eligible agent re-runs the selection. A gateway's failure is noticed after
+/// the LAN pool declares it failed; one more second is nothing next to that.
+const SELECT_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait between attempts to join the WAN pool through its seeds.
+const JOIN_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// What an eligible agent needs to serve: its WAN settings and its identity in the WAN pool.
+pub struct Gateway {
+    wan: WanConfig,
+    /// In the WAN pool the agent is `node.datacenter`, as Consul names WAN members.
+    identity: NodeIdentity,
+    gossip: GossipConfig,
+    node: String,
+}
+
+impl Gateway {
+    /// The gateway settings of this agent, or why it cannot serve with them.
+    pub fn new(config: &AgentConfig, wan: &WanConfig, lan: &NodeIdentity) -> anyhow::Result<Self> {
+        let identity: NodeIdentity = IdentityFields {
+            name: format!("{}.{}", config.node, config.datacenter).into(),
+            addr: wan.advertise,
+            tags: Vec::new(),
+            ..IdentityFields::clone(lan)
+        }
+        .into();
+        identity.validate().with_context(|| {
+            format!(
+                "--wan-eligible: in the WAN pool this agent is {:?} (node.datacenter): shorten --node or --datacenter",
+                identity.name
+            )
+        })?;
+        Ok(Self {
+            wan: wan.clone(),
+            identity,
+            gossip: GossipConfig {
+                reap_after: config.reap_after,
+                ..GossipConfig::wan(&config.cluster_id)
+            },
+            node: config.node.clone(),
+        })
+    }
+
+    /// Marks this agent's record at start: eligible with its WAN address, and not serving
+    /// (a gateway meta kept from an earlier life is stale).
+    pub fn mark_record(wan: Option<&WanConfig>, record: &mut NodeRecord) {
+        record.meta.remove(GATEWAY_META);
+        match wan {
+            Some(wan) => record
+                .meta
+                .insert(ELIGIBLE_META.into(), wan.advertise.to_string()),
+            None => record.meta.remove(ELIGIBLE_META),
+        };
+    }
+
+    /// Re-runs the selection every second for as long as the agent runs.
+    pub async fn run(self, agent: Arc<Agent>) {
+        let mut every = tokio::time::interval(SELECT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let selected = agent.view(|v| selected(v, &self.node, self.wan.gateways));
+            match (selected, agent.wan().is_some()) {
+                (true, false) => {
+                    if let Err(err) = self.serve(&agent).await {
+                        tracing::error!("cannot serve as a WAN gateway: {err:#}");
+                    }
+                }
+                (false, true) => {
+                    tracing::info!("another agent serves as a WAN gateway: leaving the WAN pool");
+                    if let Err(err) = publish(&agent, None).await {
+                        tracing::error!("cannot withdraw the WAN gateway meta: {err:#}");
+                    }
+                    agent.stop_wan().await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts the WAN pool, says so in this agent's record, and joins through the seeds.
+    async fn serve(&self, agent: &Arc<Agent>) -> anyhow::Result<()> {
+        let bind = self.wan.bind;
+        let udp = UdpSocket::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on the WAN address {bind} (--bind-wan)"))?;
+        let tcp = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on the WAN address {bind} (--bind-wan)"))?;
+        let keys = agent.with_node(|n| n.node().keyring().keys().to_vec());
+        let member = PoolMember::new(
+            self.identity.clone(),
+            self.gossip.clone(),
+            Keyring::from_keys(keys),
+            rand::make_rng(),
+        )?;
+        let (seeds, errors) =
+            resolve_seeds(&[self.wan.join.clone(), self.wan.retry_join.clone()].concat()).await;
+        for err in errors {
+            tracing::warn!("--join-wan/--retry-join-wan address skipped: {err}");
+        }
+        agent.start_wan(member, udp, tcp)?;
+        agent.with_wan(|n| n.node_mut().set_seeds(seeds.clone()));
+        publish(agent, Some(self.wan.advertise)).await?;
+        tracing::info!(wan = %self.wan.advertise, "serving as a WAN gateway");
+        if !seeds.is_empty() {
+            tokio::spawn(join_wan(agent.clone(), seeds));
+        }
+        Ok(())
+    }
+}
+
+/// Whether this agent (`me`) is among the `k` gateways, from what its view says: the live
+/// agents whose records say they are eligible, and which of them serve.
+fn selected(view: &View<'_>, me: &str, k: usize) -> bool {
+    let failed = view.failed_owners();
+    let records = view.replica().records();
+    let candidates: Vec<Candidate<'_>> = records
+        .iter()
+        .filter(|(name, record)| {
+            record.meta.contains_key(ELIGIBLE_META) && (*name == me || !failed.contains(*name))
+        })
+        .map(|(name, record)| Candidate {
+            name,
+            serving: record.meta.contains_key(GATEWAY_META),
+        })
+        .collect();
+    should_serve(me, k, &candidates)
+}
+
+/// Sets (or, with `None`, removes) the gateway meta of this agent's record.
+async fn publish(agent: &Arc<Agent>, wan: Option<SocketAddr>) -> anyhow::Result<()> {
+    agent
+        .write(move |replica, _| {
+            let Some(mut record) = replica.own_record().cloned() else {
+                return;
+            };
+            match wan {
+                Some(addr) => record.meta.insert(GATEWAY_META.into(), addr.to_string()),
+                None => record.meta.remove(GATEWAY_META),
+            };
+            replica.set_own_record(Some(record));
+        })
+        .await
+}
+
+/// Joins the WAN pool through `seeds`, with backoff, until one answers or this agent stops
+/// serving. Unlike `--join`, reaching none does not stop the agent: it already serves its
+/// datacenter, and the other datacenters' gateways may come later.
+async fn join_wan(agent: Arc<Agent>, seeds: Vec<SocketAddr>) {
+    let mut wait = Duration::from_secs(1);
+    while agent.wan().is_some() {
+        match agent.join_wan(&seeds).await {
+            Ok(n) => {
+                tracing::info!(contacted = n, "joined the WAN pool");
+                return;
+            }
+            Err(errors) => {
+                tracing::warn!(retry_in = ?wait, "no WAN seed answered: {}", errors.join("; "));
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(JOIN_MAX_WAIT);
+    }
+}

@@ -1,0 +1,145 @@
+//! End to end: two datacenters of real agents on loopback pick their WAN gateways without an
+//! election, link through them, and replace a gateway killed with `kill -9`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Agent, Spec, free_port, keygen, wait_until};
+use serde_json::Value;
+
+/// Long enough for the LAN pool to declare a killed gateway failed, and one WAN join.
+const REPLACE: Duration = Duration::from_secs(60);
+
+/// The live WAN members an agent lists (empty unless it serves as a gateway).
+fn wan_members(agent: &Agent) -> Vec<String> {
+    let members = agent
+        .try_get("/v1/agent/members?wan")
+        .unwrap_or(Value::Null);
+    let mut names: Vec<String> = members
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["Status"] == 1)
+        .filter_map(|m| m["Name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The agents of `agents` that list the WAN pool as `expected`, by index.
+fn gateways(agents: &[Agent], expected: &[String]) -> Vec<usize> {
+    (0..agents.len())
+        .filter(|&i| wan_members(&agents[i]) == expected)
+        .collect()
+}
+
+/// Two agents of datacenter `dc`, both eligible, one gateway wanted; every agent is given
+/// every WAN address as a seed (only gateways listen on theirs).
+fn datacenter(dc: &str, key: &str, wan: &[SocketAddr], mine: [usize; 2]) -> Vec<Agent> {
+    let seeds: Vec<String> = wan
+        .iter()
+        .flat_map(|a| ["--retry-join-wan".to_owned(), a.to_string()])
+        .collect();
+    let mut agents: Vec<Agent> = Vec::new();
+    for (i, &w) in mine.iter().enumerate() {
+        let mut extra = vec![
+            "--datacenter".to_owned(),
+            dc.to_owned(),
+            "--wan-eligible".into(),
+            "--wan-gateways".into(),
+            "1".into(),
+            "--bind-wan".into(),
+            wan[w].to_string(),
+        ];
+        extra.extend(seeds.iter().cloned());
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        agents.push(Agent::start(Spec {
+            name: &format!("{dc}-{i}"),
+            key: Some(key),
+            join: agents.first().map(|a| a.gossip),
+            extra: &extra,
+        }));
+    }
+    agents
+}
+
+#[test]
+fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() {
+    let key = keygen();
+    let wan: Vec<SocketAddr> = (0..4)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut east = datacenter("east", &key, &wan, [0, 1]);
+    let west = datacenter("west", &key, &wan, [2, 3]);
+
+    // Each datacenter settles on one gateway, and the two find each other.
+    let mut linked = Vec::new();
+    assert!(
+        wait_until(REPLACE, || {
+            let (e, w) = (gateways(&east, &[]), gateways(&west, &[]));
+            let pair =
+                |a: &Agent, b: &Agent| vec![format!("{}.east", a.name), format!("{}.west", b.name)];
+            linked = match (e.as_slice(), w.as_slice()) {
+                ([non_e], [non_w]) => pair(&east[1 - non_e], &west[1 - non_w]),
+                _ => Vec::new(),
+            };
+            !linked.is_empty()
+                && gateways(&east, &linked).len() == 1
+                && gateways(&west, &linked).len() == 1
+        }),
+        "one gateway per datacenter, linked: east {:?} {:?}, west {:?} {:?}\n{}",
+        wan_members(&east[0]),
+        wan_members(&east[1]),
+        wan_members(&west[0]),
+        wan_members(&west[1]),
+        east[0].log()
+    );
+    let gateway = gateways(&east, &linked)[0];
+    let other = 1 - gateway;
+
+    // The gateway knows the other datacenter; the CLI lists the WAN pool as the API does.
+    assert_eq!(
+        east[gateway].get("/v1/catalog/datacenters"),
+        serde_json::json!(["east", "west"])
+    );
+    let out = east[gateway].cli(&["members", "-wan"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for name in &linked {
+        assert!(text.contains(name.as_str()), "{text}");
+    }
+    // Every agent sees who serves, in the node meta.
+    let record = east[other].get(&format!("/v1/catalog/node/{}", east[gateway].name));
+    assert_eq!(
+        record["Node"]["Meta"]["murmur-wan-gateway"],
+        wan[gateway].to_string(),
+        "{record}"
+    );
+    // Joining the WAN is for gateways; the others say so.
+    let path = format!("/v1/agent/join/{}?wan", wan[2]);
+    let (status, _, body) = east[other].request("PUT", &path, b"");
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("not one of its datacenter's WAN gateways"),
+        "{body}"
+    );
+
+    // A killed gateway is replaced by the other agent, which links to west again.
+    east[gateway].kill9();
+    let survivor = format!("{}.east", east[other].name);
+    assert!(
+        wait_until(REPLACE, || {
+            let members = wan_members(&east[other]);
+            members.contains(&survivor) && members.iter().any(|m| m.ends_with(".west"))
+        }),
+        "the other east agent took over: {:?}\n{}",
+        wan_members(&east[other]),
+        east[other].log()
+    );
+    assert_eq!(
+        east[other].get("/v1/catalog/datacenters"),
+        serde_json::json!(["east", "west"])
+    );
+}
