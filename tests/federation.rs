@@ -1,5 +1,6 @@
 //! End to end: two datacenters of real agents on loopback pick their WAN gateways without an
-//! election, link through them, and replace a gateway killed with `kill -9`.
+//! election, link through them, share intentions (and nothing of their catalogs or KV), and
+//! replace a gateway killed with `kill -9`.
 
 mod common;
 
@@ -126,6 +127,46 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
         "{body}"
     );
 
+    // Intentions are global: written on any agent of one datacenter, they reach every agent
+    // of the other through the gateways; the KV store stays in its datacenter.
+    let west_other = (0..2).find(|&i| wan_members(&west[i]).is_empty()).unwrap();
+    let put = |agent: &Agent, source: &str| {
+        let path = format!("/v1/connect/intentions/exact?source={source}&destination=db");
+        let (status, _, body) = agent.request("PUT", &path, br#"{"Action": "allow"}"#);
+        assert_eq!(status, 200, "{body}");
+    };
+    let has = |agent: &Agent, source: &str| {
+        let path = format!("/v1/connect/intentions/exact?source={source}&destination=db");
+        agent.request("GET", &path, b"").0 == 200
+    };
+    put(&west[west_other], "web");
+    let (status, _, _) = west[west_other].request("PUT", "/v1/kv/west-only", b"x");
+    assert_eq!(status, 200);
+    assert!(
+        wait_until(REPLACE, || east.iter().all(|a| has(a, "web"))),
+        "west's intention reached every east agent"
+    );
+    for agent in east.iter().chain(&west) {
+        let here = west.iter().any(|w| w.name == agent.name);
+        let (status, _, _) = agent.request("GET", "/v1/kv/west-only", b"");
+        assert_eq!(
+            status == 200,
+            here,
+            "{}: west's KV stays in west",
+            agent.name
+        );
+    }
+    let (status, _, body) = east[other].request(
+        "DELETE",
+        "/v1/connect/intentions/exact?source=web&destination=db",
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_until(REPLACE, || west.iter().all(|a| !has(a, "web"))),
+        "east's delete reached every west agent"
+    );
+
     // A killed gateway is replaced by the other agent, which links to west again.
     east[gateway].kill9();
     let survivor = format!("{}.east", east[other].name);
@@ -141,5 +182,11 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     assert_eq!(
         east[other].get("/v1/catalog/datacenters"),
         serde_json::json!(["east", "west"])
+    );
+    // The new gateway relays too.
+    put(&east[other], "api");
+    assert!(
+        wait_until(REPLACE, || west.iter().all(|a| has(a, "api"))),
+        "an intention written after the replacement reached west"
     );
 }

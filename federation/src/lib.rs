@@ -9,3 +9,4 @@
 //! clock, no sockets, no randomness. The agent and the simulator drive the same functions.
 
 pub mod gateways;
+pub mod scope;

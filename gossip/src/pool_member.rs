@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use murmur_catalog::{Replica, ReplicaConfig};
+use murmur_catalog::{Change, Replica, ReplicaConfig};
 use rand::rngs::StdRng;
 
 use crate::node::{Replied, Served};
@@ -99,6 +99,12 @@ impl PoolMember {
     /// Makes a local change (a KV write, this node's record, …); it spreads from here.
     pub fn write<R>(&mut self, change: impl FnOnce(&mut Replica, u64) -> R) -> R {
         self.replication.write(&mut self.node, change)
+    }
+
+    /// Applies changes taken from another pool's replica and spreads those that were news
+    /// here; returns how many were (see `Replication::relay`).
+    pub fn relay(&mut self, changes: Vec<Change>) -> usize {
+        self.replication.relay(&mut self.node, changes)
     }
 
     /// Record owners that membership does not consider active: their instances get the
@@ -202,5 +208,67 @@ impl PoolMember {
         self.write(|replica, _| replica.set_own_record(None));
         self.node.leave();
         self.replication.absorb(&mut self.node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use murmur_catalog::{Action, Intention, Journaled};
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::IdentityFields;
+
+    fn member(name: &str, port: u16) -> PoolMember {
+        let identity: NodeIdentity = IdentityFields {
+            name: name.into(),
+            node_id: u64::from(port),
+            generation: 1,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            datacenter: "dc1".into(),
+            tags: Vec::new(),
+        }
+        .into();
+        let mut member = PoolMember::new(
+            identity,
+            GossipConfig::wan("c"),
+            Keyring::new(None),
+            StdRng::seed_from_u64(7),
+        )
+        .unwrap();
+        member.set_now(1_700_000_000_000);
+        member
+    }
+
+    #[test]
+    fn a_relayed_change_lands_once_with_its_stamp() {
+        let mut lan = member("a", 1);
+        lan.write(|r, now| r.put_intention(Intention::new("web", "db", Action::Allow), now));
+        let changes: Vec<Change> = std::iter::from_fn(|| lan.poll_output())
+            .filter_map(|output| match output {
+                Output::Persist(entries) => Some(entries),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|entry| match entry {
+                Journaled::Change { change, .. } => Some(change),
+                _ => None,
+            })
+            .filter(|change| change.subject().starts_with("intention/"))
+            .collect();
+        assert_eq!(changes.len(), 1);
+
+        let mut wan = member("a.dc1", 2);
+        assert_eq!(wan.relay(changes.clone()), 1, "news the first time");
+        assert_eq!(
+            wan.relay(changes),
+            0,
+            "redundant the second: a relay loop ends here"
+        );
+        let key = Intention::key("web", "db");
+        let theirs = wan.replica().shared().entry(&key).unwrap();
+        let ours = lan.replica().shared().entry(&key).unwrap();
+        assert_eq!(theirs.register, ours.register, "the same stamped value");
+        assert_eq!(wan.replica().intentions().count(), 1);
     }
 }

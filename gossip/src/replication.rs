@@ -223,6 +223,31 @@ impl Replication {
     /// datagrams, large ones by stream.
     pub(crate) fn flush(&mut self, node: &mut Node) {
         let changes = self.replica.take_outbox();
+        self.spread(node, changes);
+    }
+
+    /// Applies changes another pool's replica took (a gateway relaying the data every
+    /// datacenter shares between its LAN and WAN pools) and spreads those that were news
+    /// here, as if made here; returns how many were. Their stamps are kept, so the copies in
+    /// both pools stay the same CRDT values.
+    pub(crate) fn relay(&mut self, node: &mut Node, changes: Vec<Change>) -> usize {
+        let fresh: Vec<Change> = changes
+            .into_iter()
+            .filter(|change| match self.replica.apply(change, self.now_ms) {
+                Ok(changed) => changed,
+                Err(err) => {
+                    tracing::debug!(%err, key = change.subject(), "relayed change refused");
+                    false
+                }
+            })
+            .collect();
+        let relayed = fresh.len();
+        self.spread(node, fresh);
+        relayed
+    }
+
+    /// Spreads `changes`: small ones on gossip datagrams, large ones by stream.
+    fn spread(&mut self, node: &mut Node, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
         }

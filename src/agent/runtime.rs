@@ -11,7 +11,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use murmur_catalog::Replica;
+use murmur_catalog::{Change, Journaled, Replica};
+use murmur_federation::scope::{self, Scope};
 use murmur_gossip::{
     KeyringOp, MemberEventKind, Output, PoolMember, SecretKey, StreamReply, TimerEvent,
 };
@@ -123,6 +124,8 @@ impl Agent {
         call: impl FnOnce(&mut PoolMember) -> R,
     ) -> R {
         let mut touched = Touched::default();
+        let relay_to = self.relay_target(pool);
+        let mut relayed = Vec::new();
         let (result, outputs) = {
             let mut member = pool.lock();
             member.set_now(wall_ms());
@@ -131,7 +134,13 @@ impl Agent {
             while let Some(output) = member.poll_output() {
                 match output {
                     Output::Persist(entries) => {
-                        touched.note_entries(&entries);
+                        if relay_to.is_some() {
+                            relayed.extend(global_changes(&entries));
+                        }
+                        // Queries read the LAN replica only; the WAN one holds copies.
+                        if Arc::ptr_eq(pool, &self.lan) {
+                            touched.note_entries(&entries);
+                        }
                         if let Some(persister) = &pool.persister {
                             persister.append(entries);
                         }
@@ -149,6 +158,11 @@ impl Agent {
         self.watchers.wake(&touched);
         for output in outputs {
             self.dispatch(pool, output);
+        }
+        if let Some(to) = relay_to
+            && !relayed.is_empty()
+        {
+            self.relay(&to, relayed);
         }
         result
     }
@@ -371,6 +385,27 @@ impl Agent {
         if joined > 0 { Ok(joined) } else { Err(errors) }
     }
 
+    /// Where a gateway relays the global changes `pool` took: WAN to LAN, and LAN to WAN
+    /// while serving. None on other agents, which relay nothing.
+    fn relay_target(&self, pool: &Arc<Pool>) -> Option<Arc<Pool>> {
+        let wan = self.wan()?;
+        if Arc::ptr_eq(pool, &self.lan) {
+            Some(wan)
+        } else {
+            Some(self.lan.clone())
+        }
+    }
+
+    /// Hands `changes` to `to`'s replica, which spreads those that are news to it. The relay
+    /// back (from `to`'s own journal) finds them redundant, so relaying ends after one hop.
+    fn relay(self: &Arc<Self>, to: &Arc<Pool>, changes: Vec<Change>) {
+        let offered = changes.len();
+        let fresh = self.with_pool(to, |n| n.relay(changes));
+        metrics::counter!("murmur_federation_relayed_total", "to" => to.name)
+            .increment(fresh as u64);
+        tracing::debug!(to = to.name, offered, fresh, "global changes relayed");
+    }
+
     /// Starts serving as a gateway: the WAN pool around `member`, on `udp` and `tcp`.
     pub fn start_wan(
         self: &Arc<Self>,
@@ -381,6 +416,21 @@ impl Agent {
         let (wan, due) = Pool::new("wan", member, udp, None)?;
         *self.wan.write().expect("wan slot poisoned") = Some(wan.clone());
         self.run_pool(&wan, tcp, due);
+        // The WAN replica starts with this datacenter's global data; the other datacenters'
+        // arrives by the WAN pool's gossip and anti-entropy, and is relayed to the LAN.
+        let global: Vec<Change> = self
+            .lan
+            .read()
+            .replica()
+            .shared()
+            .iter()
+            .filter(|(key, _)| scope::of_key(key) == Scope::Global)
+            .map(|(key, entry)| Change::Shared {
+                key: key.clone(),
+                register: entry.register.clone(),
+            })
+            .collect();
+        self.relay(&wan, global);
         Ok(())
     }
 
@@ -457,6 +507,16 @@ impl Agent {
         self.with_wan(PoolMember::leave);
         self.with_node(PoolMember::leave);
     }
+}
+
+/// The changes among journal `entries` that every datacenter shares.
+fn global_changes(entries: &[Journaled]) -> impl Iterator<Item = Change> + '_ {
+    entries.iter().filter_map(|entry| match entry {
+        Journaled::Change { change, .. } if scope::of_change(change) == Scope::Global => {
+            Some(change.clone())
+        }
+        _ => None,
+    })
 }
 
 /// Compacts `pool`'s journal into a snapshot whenever its writer asks for one.

@@ -1,0 +1,59 @@
+//! Which replicated data crosses between datacenters.
+//!
+//! As in Consul, a datacenter's catalog (node records, health, external nodes) and its KV
+//! store stay in the datacenter: other datacenters read them by asking (`?dc=`), never by
+//! holding a copy. What every datacenter shares is *global*: written in any datacenter,
+//! converging everywhere, with no primary to depend on. Gateways relay global changes
+//! between their LAN and WAN pools and nothing else, so no per-datacenter key of one
+//! datacenter ever lands in another's replica.
+//!
+//! Global today: intentions. CA roots join when each datacenter signs with its own root
+//! (a root from another datacenter must never be picked as this one's signer).
+
+use murmur_catalog::{Change, INTENTION_PREFIX};
+
+/// Where a piece of replicated data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Shared by every datacenter, relayed by gateways.
+    Global,
+    /// Kept in the datacenter that wrote it.
+    Datacenter,
+}
+
+/// The scope of the shared-map key `key`.
+pub fn of_key(key: &str) -> Scope {
+    if key.starts_with(INTENTION_PREFIX) {
+        Scope::Global
+    } else {
+        Scope::Datacenter
+    }
+}
+
+/// The scope of `change`: node records are always the datacenter's own.
+pub fn of_change(change: &Change) -> Scope {
+    match change {
+        Change::Record { .. } => Scope::Datacenter,
+        Change::Shared { key, .. } => of_key(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use murmur_catalog::{CA_ROOT_PREFIX, EXTERNAL_PREFIX, Intention, KV_PREFIX};
+
+    use super::*;
+
+    #[test]
+    fn intentions_are_global_and_the_catalog_and_kv_stay_home() {
+        assert_eq!(of_key(&Intention::key("web", "db")), Scope::Global);
+        for key in [
+            format!("{KV_PREFIX}app/color"),
+            format!("{EXTERNAL_PREFIX}db-host"),
+            format!("{CA_ROOT_PREFIX}root-1"),
+            "intention".to_owned(),
+        ] {
+            assert_eq!(of_key(&key), Scope::Datacenter, "{key}");
+        }
+    }
+}
