@@ -594,6 +594,9 @@ pub struct HttpTarget {
     /// HTTP address of the agent to talk to.
     #[arg(long, env = "MURMUR_HTTP_ADDR", default_value = "127.0.0.1:8500")]
     pub http_addr: String,
+    /// Datacenter to ask (its answer comes through the gateways) [default: the agent's own].
+    #[arg(long, env = "MURMUR_DATACENTER")]
+    pub datacenter: Option<String>,
 }
 
 /// Flags of `murmur agent`. Each has a key of the same name (with `_`) in `--config-file`;

@@ -167,6 +167,58 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
         "east's delete reached every west agent"
     );
 
+    // `?dc=west` on a non-gateway east agent is answered by west, reads and writes alike,
+    // through east's gateway and a west one; nothing of it lands in east.
+    let asker = &east[other];
+    let (status, _, body) = asker.request("GET", "/v1/kv/west-only?dc=west&raw", b"");
+    assert_eq!((status, body.as_str()), (200, "x"), "a KV read of west");
+    let (status, _, body) = asker.request("PUT", "/v1/kv/from-east?dc=west", b"1");
+    assert_eq!((status, body.as_str()), (200, "true"), "a KV write to west");
+    assert_eq!(asker.request("GET", "/v1/kv/from-east", b"").0, 404);
+    assert!(
+        wait_until(REPLACE, || west
+            .iter()
+            .all(|a| a.request("GET", "/v1/kv/from-east", b"").0 == 200)),
+        "the forwarded write reached every west agent"
+    );
+    let mut nodes: Vec<String> = asker
+        .get("/v1/catalog/nodes?dc=west")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Node"].as_str().unwrap().to_owned())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["west-0", "west-1"], "west's catalog, from east");
+    // The CLI asks another datacenter as Consul's does, with -datacenter.
+    let out = asker.cli(&["kv", "get", "-datacenter=west", "west-only"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.trim() == "x", "{text}");
+    let out = asker.cli(&["kv", "get", "-datacenter", "nowhere", "west-only"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("No path to datacenter"),
+        "{text}"
+    );
+    let (status, _, body) = asker.request("GET", "/v1/kv/a?dc=nowhere", b"");
+    assert_eq!((status, body.as_str()), (500, "No path to datacenter"));
+    // A blocking query is forwarded whole: it waits in west and wakes on west's change.
+    let (_, headers, _) = asker.request("GET", "/v1/kv/from-east?dc=west", b"");
+    let index = common::header(&headers, "x-consul-index").expect("forwarded index");
+    let blocked = {
+        let http = asker.http;
+        let path = format!("/v1/kv/from-east?dc=west&raw&index={index}&wait=30s");
+        std::thread::spawn(move || common::http(http, "GET", &path, b"").unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(west[0].request("PUT", "/v1/kv/from-east", b"2").0, 200);
+    let (status, _, body) = blocked.join().unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "2"),
+        "the blocking read woke"
+    );
+
     // A killed gateway is replaced by the other agent, which links to west again.
     east[gateway].kill9();
     let survivor = format!("{}.east", east[other].name);
@@ -183,10 +235,28 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
         east[other].get("/v1/catalog/datacenters"),
         serde_json::json!(["east", "west"])
     );
-    // The new gateway relays too.
+    // The new gateway relays too, and forwards.
     put(&east[other], "api");
     assert!(
         wait_until(REPLACE, || west.iter().all(|a| has(a, "api"))),
         "an intention written after the replacement reached west"
     );
+    let (status, _, body) = east[other].request("GET", "/v1/kv/from-east?dc=west&raw", b"");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "2"),
+        "?dc= after the replacement"
+    );
+
+    // West gone: east keeps its own reads and writes, and answers Consul's error for west.
+    for mut agent in west {
+        agent.kill9();
+    }
+    let (status, _, body) = east[other].request("GET", "/v1/kv/from-east?dc=west", b"");
+    assert_eq!(
+        (status, body.as_str()),
+        (500, "Remote DC has no server currently reachable")
+    );
+    assert_eq!(east[other].request("PUT", "/v1/kv/east-local", b"y").0, 200);
+    assert_eq!(east[other].request("GET", "/v1/kv/east-local", b"").0, 200);
 }

@@ -116,7 +116,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 
     let connect = Arc::new(crate::connect::Connect::new(&config)?);
-    agent.serve_peer_requests(connect.clone());
+    agent.serve_peer_requests(crate::connect::SIGN_LEAF, connect.clone());
     connect
         .publish(&agent)
         .await

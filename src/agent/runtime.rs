@@ -5,9 +5,11 @@
 //! draining of its outputs; sending datagrams is non-blocking (`try_send_to`), so no task ever
 //! waits on the lock for I/O and the event loop cannot stall behind a slow peer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -16,8 +18,8 @@ use murmur_federation::scope::{self, Scope};
 use murmur_gossip::{
     KeyringOp, MemberEventKind, Output, PoolMember, SecretKey, StreamReply, TimerEvent,
 };
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::persist::DataDir;
 use super::pool::{DueTimer, Pool};
@@ -29,6 +31,9 @@ use super::watchers::{Touched, Watchers};
 /// Most stream requests (push-pull, keyring) served at once; more are dropped and counted, and
 /// the peer retries at its next push-pull.
 const MAX_CONCURRENT_STREAMS: usize = 256;
+/// Most agent requests (leaf signing, forwarded requests) answered at once; more are refused
+/// with a reason, and the asker tries another agent.
+const MAX_CONCURRENT_ANSWERS: usize = 1024;
 
 /// Why a WAN operation is refused on an agent that does not serve as a gateway.
 pub const NOT_A_GATEWAY: &str = "this agent is not one of its datacenter's WAN gateways: ask one that is (see the murmur-wan-gateway node meta), or start agents with --wan-eligible";
@@ -43,11 +48,26 @@ pub fn wall_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Answers peers' agent requests (e.g. signing a mesh leaf), which the gossip core carries
-/// sealed but does not interpret.
+/// Which pool a peer's request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// From an agent of this datacenter.
+    Lan,
+    /// From another datacenter's gateway (this agent serves as one).
+    Wan,
+}
+
+/// An answer being worked out for a peer.
+pub type PendingAnswer = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+/// Answers one kind of peers' agent requests (signing a mesh leaf, a request forwarded to
+/// this datacenter), which the gossip core carries sealed but does not interpret. The
+/// answer is a future: a forwarded blocking query may take minutes, and it must not hold a
+/// runtime thread or a gossip stream slot while it waits.
 pub trait PeerRequests: Send + Sync {
-    /// The answer to request `kind` with input `body`, or why there is none.
-    fn answer(&self, agent: &Agent, kind: &str, body: &[u8]) -> Result<Vec<u8>, String>;
+    /// The answer to a request with input `body` that arrived `via` a pool, or why there is
+    /// none. The handler bounds its own time.
+    fn answer(&self, agent: Arc<Agent>, via: Via, body: Vec<u8>) -> PendingAnswer;
 }
 
 /// A running agent: its pools plus the handles their tasks share.
@@ -61,8 +81,11 @@ pub struct Agent {
     pub event_index: watch::Sender<u64>,
     /// Blocking catalog and KV queries, by what they read; a change wakes only its own.
     pub watchers: Arc<Watchers>,
-    /// Who answers peers' agent requests (set once, after start).
-    peer_requests: OnceLock<Arc<dyn PeerRequests>>,
+    /// Who answers peers' agent requests, by kind (set after start).
+    peer_requests: RwLock<HashMap<&'static str, Arc<dyn PeerRequests>>>,
+    /// Bounds the agent requests being answered at once, apart from the gossip streams'
+    /// own bound, since some (forwarded blocking queries) wait for minutes.
+    answering: Arc<Semaphore>,
 }
 
 impl Agent {
@@ -82,7 +105,8 @@ impl Agent {
             data,
             event_index: watch::Sender::new(1),
             watchers: Arc::default(),
-            peer_requests: OnceLock::new(),
+            peer_requests: RwLock::default(),
+            answering: Arc::new(Semaphore::new(MAX_CONCURRENT_ANSWERS)),
         });
         agent.run_pool(&lan, tcp, due);
         Ok(agent)
@@ -188,21 +212,67 @@ impl Agent {
         Ok(result)
     }
 
-    /// Sets who answers peers' agent requests.
-    pub fn serve_peer_requests(&self, handler: Arc<dyn PeerRequests>) {
-        let _ = self.peer_requests.set(handler);
+    /// Sets who answers peers' agent requests of `kind`.
+    pub fn serve_peer_requests(&self, kind: &'static str, handler: Arc<dyn PeerRequests>) {
+        self.peer_requests
+            .write()
+            .expect("peer request handlers poisoned")
+            .insert(kind, handler);
     }
 
-    /// Asks the agent at `to` to run its handler `kind` on `body`.
+    /// Asks the agent at `to` (of this datacenter) to run its handler `kind` on `body`.
     pub async fn ask_peer(
         self: &Arc<Self>,
         to: SocketAddr,
         kind: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<Vec<u8>> {
-        let request = self.with_node(|n| n.node_mut().agent_request(kind, body));
-        let reply = stream::exchange(to, &request).await?;
-        Ok(self.with_node(|n| n.node_mut().open_agent_reply(&reply))?)
+        self.ask(Via::Lan, to, kind, body, EXCHANGE_TIMEOUT).await
+    }
+
+    /// Asks the agent at `to`, a member of the pool `via`, to run its handler `kind` on
+    /// `body`, waiting at most `within` for the answer. Asking `via` the WAN pool needs this
+    /// agent to serve as a gateway.
+    pub async fn ask(
+        self: &Arc<Self>,
+        via: Via,
+        to: SocketAddr,
+        kind: &str,
+        body: Vec<u8>,
+        within: Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        let pool = match via {
+            Via::Lan => self.lan.clone(),
+            Via::Wan => self.wan().context(NOT_A_GATEWAY)?,
+        };
+        let request = self.with_pool(&pool, |n| n.node_mut().agent_request(kind, body));
+        let reply = stream::exchange_within(to, &request, within).await?;
+        Ok(self.with_pool(&pool, |n| n.node_mut().open_agent_reply(&reply))?)
+    }
+
+    /// The answer of this agent's handler `kind` to a peer's request.
+    async fn answer_peer(
+        self: &Arc<Self>,
+        via: Via,
+        kind: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let handler = self
+            .peer_requests
+            .read()
+            .expect("peer request handlers poisoned")
+            .get(kind)
+            .cloned();
+        let Some(handler) = handler else {
+            return Err(format!(
+                "this agent answers no agent requests of kind {kind:?}"
+            ));
+        };
+        let Ok(_slot) = self.answering.clone().try_acquire_owned() else {
+            metrics::counter!("murmur_agent_requests_refused_total").increment(1);
+            return Err("this agent answers too many agent requests at once: ask another".into());
+        };
+        handler.answer(self.clone(), via, body).await
     }
 
     fn dispatch(self: &Arc<Self>, pool: &Arc<Pool>, output: Output) {
@@ -282,7 +352,7 @@ impl Agent {
     async fn accept_streams(self: Arc<Self>, pool: Arc<Pool>, tcp: TcpListener) {
         let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS));
         loop {
-            let Ok((mut conn, peer)) = tcp.accept().await else {
+            let Ok((conn, peer)) = tcp.accept().await else {
                 continue;
             };
             // Each stream is time-bounded; the cap also bounds how many can pile up at once.
@@ -292,29 +362,43 @@ impl Agent {
                 continue;
             };
             let (agent, pool) = (self.clone(), pool.clone());
+            let via = if Arc::ptr_eq(&pool, &self.lan) {
+                Via::Lan
+            } else {
+                Via::Wan
+            };
             tokio::spawn(async move {
-                let _slot = slot;
-                let serve = async {
-                    let request = stream::read_frame(&mut conn).await?;
-                    let reply = match agent.with_pool(&pool, |n| n.serve_stream(&request)) {
-                        StreamReply::Reply(reply) => reply,
-                        StreamReply::ForAgent { kind, body } => {
-                            let answer = match agent.peer_requests.get() {
-                                Some(handler) => handler.answer(&agent, &kind, &body),
-                                None => Err("this agent serves no agent requests yet".into()),
-                            };
-                            agent.with_pool(&pool, |n| n.node_mut().agent_reply(answer))
-                        }
-                    };
-                    stream::write_frame(&mut conn, &reply).await
-                };
-                match tokio::time::timeout(EXCHANGE_TIMEOUT, serve).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => tracing::debug!(%peer, "stream failed: {err:#}"),
-                    Err(_) => tracing::debug!(%peer, "stream timed out"),
+                if let Err(err) = agent.serve_stream(&pool, via, conn, slot).await {
+                    tracing::debug!(pool = pool.name, %peer, "stream failed: {err:#}");
                 }
             });
         }
+    }
+
+    /// Serves one stream: reads the request, answers it, writes the reply. Reading and
+    /// writing are time-bounded; an agent request bounds its own answer, and gives back the
+    /// stream `slot` while it is worked out.
+    async fn serve_stream(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        via: Via,
+        mut conn: TcpStream,
+        slot: OwnedSemaphorePermit,
+    ) -> anyhow::Result<()> {
+        let request = tokio::time::timeout(EXCHANGE_TIMEOUT, stream::read_frame(&mut conn))
+            .await
+            .context("no request within the exchange time-out")??;
+        let reply = match self.with_pool(pool, |n| n.serve_stream(&request)) {
+            StreamReply::Reply(reply) => reply,
+            StreamReply::ForAgent { kind, body } => {
+                drop(slot);
+                let answer = self.answer_peer(via, &kind, body).await;
+                self.with_pool(pool, |n| n.node_mut().agent_reply(answer))
+            }
+        };
+        tokio::time::timeout(EXCHANGE_TIMEOUT, stream::write_frame(&mut conn, &reply))
+            .await
+            .context("the reply was not taken within the exchange time-out")?
     }
 
     async fn run_timers(

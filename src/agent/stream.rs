@@ -37,6 +37,15 @@ pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> anyhow::Result<
 
 /// Sends `request` to `to` and returns the reply frame.
 pub async fn exchange(to: SocketAddr, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+    exchange_within(to, request, EXCHANGE_TIMEOUT).await
+}
+
+/// Like [`exchange`], for requests whose answer may take longer (a forwarded blocking query).
+pub async fn exchange_within(
+    to: SocketAddr,
+    request: &[u8],
+    within: Duration,
+) -> anyhow::Result<Vec<u8>> {
     let run = async {
         let mut stream = TcpStream::connect(to).await.with_context(|| {
             format!("cannot connect to {to}: is a murmur agent listening there?")
@@ -44,7 +53,7 @@ pub async fn exchange(to: SocketAddr, request: &[u8]) -> anyhow::Result<Vec<u8>>
         write_frame(&mut stream, request).await?;
         read_frame(&mut stream).await
     };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, run)
+    tokio::time::timeout(within, run)
         .await
-        .with_context(|| format!("{to} did not answer within {EXCHANGE_TIMEOUT:?}"))?
+        .with_context(|| format!("{to} did not answer within {within:?}"))?
 }

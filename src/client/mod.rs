@@ -17,6 +17,8 @@ use crate::cli::{Command, HttpTarget};
 /// An HTTP client for one agent.
 struct Client {
     base: String,
+    /// `--datacenter`: asked of every request, as Consul's CLI does with `-datacenter`.
+    datacenter: Option<String>,
     http: reqwest::Client,
 }
 
@@ -24,7 +26,19 @@ impl Client {
     fn new(target: &HttpTarget) -> Self {
         Self {
             base: murmur_proxy::native::agent_base_url(&target.http_addr),
+            datacenter: target.datacenter.clone().filter(|dc| !dc.is_empty()),
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// The URL of `path` (with its query, if any) on the agent, for `--datacenter` if given.
+    fn url(&self, path: &str) -> String {
+        match &self.datacenter {
+            None => format!("{}{path}", self.base),
+            Some(dc) => {
+                let join = if path.contains('?') { '&' } else { '?' };
+                format!("{}{path}{join}dc={}", self.base, urlencode(dc))
+            }
         }
     }
 
@@ -41,36 +55,24 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        json_of(
-            self.send(self.http.get(format!("{}{path}", self.base)))
-                .await?,
-        )
-        .await
+        json_of(self.send(self.http.get(self.url(path))).await?).await
     }
 
     async fn put(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
-        self.send(self.http.put(format!("{}{path}", self.base)).body(body))
-            .await
+        self.send(self.http.put(self.url(path)).body(body)).await
     }
 
     async fn post(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
-        self.send(self.http.post(format!("{}{path}", self.base)).body(body))
-            .await
+        self.send(self.http.post(self.url(path)).body(body)).await
     }
 
     async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        json_of(
-            self.send(self.http.delete(format!("{}{path}", self.base)))
-                .await?,
-        )
-        .await
+        json_of(self.send(self.http.delete(self.url(path))).await?).await
     }
 
     /// A GET whose 404 means "nothing there" (KV) rather than an error.
     async fn get_or_404(&self, path: &str) -> anyhow::Result<Option<Value>> {
-        let response = self
-            .fetch(self.http.get(format!("{}{path}", self.base)))
-            .await?;
+        let response = self.fetch(self.http.get(self.url(path))).await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -213,7 +215,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             target,
         } => {
             let client = Client::new(&target);
-            let url = format!("{}/v1/operator/keyring", client.base);
+            let url = client.url("/v1/operator/keyring");
             let body = |key: String| json!({ "Key": key }).to_string();
             if list {
                 return keyring_list(&client.get("/v1/operator/keyring").await?);

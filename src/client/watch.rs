@@ -70,7 +70,7 @@ pub async fn follow(
     let mut index = 0u64;
     let mut backoff = Duration::from_millis(250);
     loop {
-        let url = format!("{}{path}index={index}&wait={WAIT}", client.base);
+        let url = client.url(&format!("{path}index={index}&wait={WAIT}"));
         let answer = async {
             let response = client.http.get(&url).send().await?;
             let status = response.status();

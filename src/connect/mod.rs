@@ -24,12 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::config::AgentConfig;
 use crate::agent::persist::{CaKeyFile, DataDir};
-use crate::agent::runtime::{Agent, PeerRequests, wall_ms};
+use crate::agent::runtime::{Agent, PeerRequests, PendingAnswer, Via, wall_ms};
 
 /// Node meta key an agent sets to the id of the root whose key it holds.
 pub const SIGNER_META: &str = "murmur-ca-signer";
 /// The agent request that signs a leaf.
-const SIGN_LEAF: &str = "sign-leaf";
+pub const SIGN_LEAF: &str = "sign-leaf";
 
 /// What an agent asks a signer for.
 #[derive(Debug, Serialize, Deserialize)]
@@ -294,10 +294,16 @@ fn current_signer(agent: &Agent) -> Option<CaRoot> {
 }
 
 impl PeerRequests for Connect {
-    fn answer(&self, agent: &Agent, kind: &str, body: &[u8]) -> Result<Vec<u8>, String> {
-        if kind != SIGN_LEAF {
-            return Err(format!("unknown agent request {kind:?}"));
-        }
+    fn answer(&self, agent: Arc<Agent>, _via: Via, body: Vec<u8>) -> PendingAnswer {
+        // Signing is quick and synchronous: done before the future is handed back.
+        let answer = self.sign_for_peer(&agent, &body);
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+impl Connect {
+    /// Signs the leaf a peer asked for with the current signing root, if this agent holds it.
+    fn sign_for_peer(&self, agent: &Agent, body: &[u8]) -> Result<Vec<u8>, String> {
         let request: SignRequest =
             serde_json::from_slice(body).map_err(|e| format!("bad sign request: {e}"))?;
         let signer = current_signer(agent).ok_or("this agent knows no CA root")?;

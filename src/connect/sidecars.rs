@@ -74,6 +74,7 @@ impl Sidecars {
             metrics_addr: None,
             target: HttpTarget {
                 http_addr: self.http.to_string(),
+                datacenter: None,
             },
         };
         let id = id.to_owned();

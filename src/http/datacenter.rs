@@ -7,31 +7,35 @@
 //! path, query, body), which only a layer holds, and one layer cannot be forgotten by a new
 //! handler the way a per-handler call was (the KV endpoints never checked `?dc=`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use axum::body::Body;
 use axum::extract::Query;
-use axum::http::{Request, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use futures_util::future::{Either, Ready, ready};
+use axum::http::{Request, Uri};
+use axum::response::Response;
+use futures_util::future::Either;
 use tower::{Layer, Service};
 
-/// Consul's answer for a datacenter this agent has no path to.
-pub const NO_PATH: &str = "No path to datacenter";
+use super::forward::Forwarder;
 
 /// Wraps datacenter-scoped routes: requests for the local datacenter go on to the handler;
-/// requests for another one are answered `500 No path to datacenter`, as Consul answers a
-/// datacenter it cannot reach (this agent reaches none but its own until federation).
+/// requests for another one are forwarded there ([`Forwarder`]), which answers with that
+/// datacenter's answer or Consul's error.
 #[derive(Clone)]
 pub struct DatacenterLayer {
     local: Arc<str>,
+    forwarder: Arc<Forwarder>,
 }
 
 impl DatacenterLayer {
     /// A layer for an agent of datacenter `local`.
-    pub fn new(local: &str) -> Self {
+    pub fn new(local: &str, forwarder: Arc<Forwarder>) -> Self {
         Self {
             local: local.into(),
+            forwarder,
         }
     }
 }
@@ -43,6 +47,7 @@ impl<S> Layer<S> for DatacenterLayer {
         Datacenter {
             inner,
             local: self.local.clone(),
+            forwarder: self.forwarder.clone(),
         }
     }
 }
@@ -52,32 +57,44 @@ impl<S> Layer<S> for DatacenterLayer {
 pub struct Datacenter<S> {
     inner: S,
     local: Arc<str>,
+    forwarder: Arc<Forwarder>,
 }
 
-impl<S, B> Service<Request<B>> for Datacenter<S>
+/// A request on its way to another datacenter.
+type Forwarding<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
+impl<S> Service<Request<Body>> for Datacenter<S>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<Body>, Response = Response>,
+    S::Error: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    // Not boxed: a parked blocking query holds this future for as long as it waits.
-    type Future = Either<S::Future, Ready<Result<Response, S::Error>>>;
+    // Local requests are not boxed: a parked blocking query holds this future for as long
+    // as it waits. Forwarded ones are, being rarer and larger.
+    type Future = Either<S::Future, Forwarding<S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        match requested(request.uri()) {
-            Some(dc) if !dc.is_empty() && *dc != *self.local => {
-                metrics::counter!("murmur_http_unreachable_datacenter_total").increment(1);
-                Either::Right(ready(Ok(
-                    (StatusCode::INTERNAL_SERVER_ERROR, NO_PATH).into_response()
-                )))
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match other_datacenter(request.uri(), &self.local) {
+            Some(dc) => {
+                let forwarder = self.forwarder.clone();
+                Either::Right(Box::pin(async move {
+                    Ok(forwarder.answer_elsewhere(dc, request).await)
+                }))
             }
-            _ => Either::Left(self.inner.call(request)),
+            None => Either::Left(self.inner.call(request)),
         }
     }
+}
+
+/// The datacenter `uri` names with `?dc=` when it is not `local`; none for the local one
+/// (named, empty or absent).
+fn other_datacenter(uri: &Uri, local: &str) -> Option<String> {
+    requested(uri).filter(|dc| !dc.is_empty() && dc != local)
 }
 
 /// The `?dc=` of `uri`, percent-decoded; the last one when repeated (as the handlers read
@@ -98,37 +115,15 @@ fn requested(uri: &Uri) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-
     use super::*;
 
-    /// Answers 200 with the path it was called for, so a test sees what got through.
-    #[derive(Clone)]
-    struct Echo;
-
-    impl Service<Request<()>> for Echo {
-        type Response = Response;
-        type Error = Infallible;
-        type Future = Ready<Result<Response, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: Request<()>) -> Self::Future {
-            ready(Ok(request.uri().to_string().into_response()))
-        }
+    fn other(uri: &str) -> Option<String> {
+        other_datacenter(&uri.parse().unwrap(), "dc-1")
     }
 
-    async fn status_of(uri: &str) -> StatusCode {
-        let mut service = DatacenterLayer::new("dc-1").layer(Echo);
-        let request = Request::builder().uri(uri).body(()).unwrap();
-        service.call(request).await.unwrap().status()
-    }
-
-    #[tokio::test]
-    async fn the_local_datacenter_or_none_passes_and_another_is_refused() {
-        for passes in [
+    #[test]
+    fn the_local_datacenter_or_none_stays_and_another_is_named() {
+        for stays in [
             "/v1/kv/a",
             "/v1/kv/a?dc=",
             "/v1/kv/a?dc=dc-1",
@@ -138,16 +133,15 @@ mod tests {
             "/v1/kv/a?dcx=elsewhere",
             "/v1/kv/dc?recurse",
         ] {
-            assert_eq!(status_of(passes).await, StatusCode::OK, "{passes}");
+            assert_eq!(other(stays), None, "{stays}");
         }
-        for refused in [
-            "/v1/kv/a?dc=elsewhere",
-            "/v1/kv/a?dc=DC-1",
-            "/v1/kv/a?recurse&dc=dc-2",
-            "/v1/kv/a?dc=dc-1&dc=dc-2",
+        for (uri, dc) in [
+            ("/v1/kv/a?dc=elsewhere", "elsewhere"),
+            ("/v1/kv/a?dc=DC-1", "DC-1"),
+            ("/v1/kv/a?recurse&dc=dc-2", "dc-2"),
+            ("/v1/kv/a?dc=dc-1&dc=dc-2", "dc-2"),
         ] {
-            let status = status_of(refused).await;
-            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{refused}");
+            assert_eq!(other(uri).as_deref(), Some(dc), "{uri}");
         }
     }
 }

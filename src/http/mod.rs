@@ -12,6 +12,7 @@ mod connect;
 mod datacenter;
 mod external;
 mod filter;
+mod forward;
 mod health;
 mod intentions;
 mod kv;
@@ -136,6 +137,10 @@ pub fn router(
         sidecars,
         answers: Arc::default(),
     };
+    let forwarder = Arc::new(forward::Forwarder::new(
+        api.agent.clone(),
+        &api.config.datacenter,
+    ));
     // Requests for a datacenter (`?dc=`): catalog, health, KV, event fire, intentions, status.
     let datacenter_scoped = Router::new()
         .route("/v1/catalog/services", get(catalog::services))
@@ -177,9 +182,12 @@ pub fn router(
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/v1/event/fire/{name}", put(event_fire))
-        .route_layer(datacenter::DatacenterLayer::new(&api.config.datacenter));
+        .route_layer(datacenter::DatacenterLayer::new(
+            &api.config.datacenter,
+            forwarder.clone(),
+        ));
     // Requests for this agent itself: Consul's `/v1/agent/*`, the keyring, event list.
-    Router::new()
+    let router = Router::new()
         .route("/v1/agent/self", get(agent_self))
         .route("/v1/agent/members", get(agent_members))
         .route("/v1/agent/join/{addr}", put(agent_join))
@@ -235,7 +243,9 @@ pub fn router(
         // `middleware::map_response` boxed one more future (712 bytes) for every request, which
         // a parked blocking query holds for as long as it waits.
         .layer(tower::util::MapResponseLayer::new(consul_headers))
-        .with_state(api)
+        .with_state(api);
+    forwarder.serve(router.clone());
+    router
 }
 
 /// Headers Consul clients rely on for every answer.
@@ -333,7 +343,7 @@ fn same_datacenter(api: &Api, dc: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            datacenter::NO_PATH,
+            murmur_federation::forward::NO_PATH,
         ))
     }
 }
