@@ -1,17 +1,42 @@
 //! End to end: two datacenters of real agents on loopback pick their WAN gateways without an
-//! election, link through them, share intentions (and nothing of their catalogs or KV), and
-//! replace a gateway killed with `kill -9`.
+//! election, link through them, share intentions (and nothing of their catalogs or KV), answer
+//! `?dc=` for each other (HTTP, the CLI, python3-consul; blocking queries too), replace a
+//! gateway killed with `kill -9`, and answer Consul's error when the other side is gone.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, Spec, free_port, keygen, wait_until};
+use common::{Agent, PYTHON, Spec, free_port, has_python_consul, keygen, wait_until};
 use serde_json::Value;
 
 /// Long enough for the LAN pool to declare a killed gateway failed, and one WAN join.
 const REPLACE: Duration = Duration::from_secs(60);
+
+/// Runs `tests/clients/python_consul_dc.py` against `agent`: python3-consul reads `service`
+/// and `key` (holding `value`) of datacenter `dc` with `dc=`. Skipped without python3-consul.
+fn python_asks(agent: &Agent, dc: &str, service: &str, key: &str, value: &str) {
+    if !has_python_consul() {
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/python_consul_dc.py"
+    );
+    let port = agent.http.port().to_string();
+    let out = Command::new(PYTHON)
+        .args([script, &port, dc, service, key, value])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python-consul with dc= failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// The live WAN members an agent lists (empty unless it serves as a gateway).
 fn wan_members(agent: &Agent) -> Vec<String> {
@@ -202,6 +227,14 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     );
     let (status, _, body) = asker.request("GET", "/v1/kv/a?dc=nowhere", b"");
     assert_eq!((status, body.as_str()), (500, "No path to datacenter"));
+    // A Consul client library asks west through east, unchanged.
+    let (status, _, body) = west[0].request(
+        "PUT",
+        "/v1/agent/service/register",
+        br#"{"Name": "west-web", "Port": 80}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    python_asks(asker, "west", "west-web", "west-only", "x");
     // A blocking query is forwarded whole: it waits in west and wakes on west's change.
     let (_, headers, _) = asker.request("GET", "/v1/kv/from-east?dc=west", b"");
     let index = common::header(&headers, "x-consul-index").expect("forwarded index");

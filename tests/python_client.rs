@@ -6,20 +6,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{cluster, keygen};
-
-/// Debian's interpreter, where `python3-consul` installs (a `python3` earlier on PATH may be
-/// another one).
-const PYTHON: &str = "/usr/bin/python3";
+use common::{PYTHON, cluster, has_python_consul, keygen};
 
 #[test]
 fn python_consul_works_unchanged() {
-    let has_client = Command::new(PYTHON)
-        .args(["-c", "import consul"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_client {
-        eprintln!("SKIPPED: python3-consul is not installed (apt-get install python3-consul)");
+    if !has_python_consul() {
         return;
     }
     let agents = cluster("py", 2, &keygen());

@@ -360,3 +360,19 @@ pub fn cluster(prefix: &str, n: usize, key: &str) -> Vec<Agent> {
     assert!(converged, "{n} agents did not all see each other alive");
     agents
 }
+
+/// Debian's interpreter, where `python3-consul` installs (a `python3` earlier on PATH may be
+/// another one).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Whether Debian's python3-consul is installed; says the test is skipped when not.
+pub fn has_python_consul() -> bool {
+    let has = std::process::Command::new(PYTHON)
+        .args(["-c", "import consul"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        eprintln!("SKIPPED: python3-consul is not installed (apt-get install python3-consul)");
+    }
+    has
+}
