@@ -599,6 +599,13 @@ pub struct HttpTarget {
     pub datacenter: Option<String>,
 }
 
+impl HttpTarget {
+    /// The datacenter asked for, if any: an empty `--datacenter` means the agent's own.
+    pub fn datacenter(&self) -> Option<&str> {
+        self.datacenter.as_deref().filter(|dc| !dc.is_empty())
+    }
+}
+
 /// Flags of `murmur agent`. Each has a key of the same name (with `_`) in `--config-file`;
 /// a flag given on the command line wins over the file.
 #[derive(Args, Debug, Default, Clone)]

@@ -6,10 +6,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, PYTHON, Spec, free_port, has_python_consul, keygen, wait_until};
+use common::{Agent, Spec, free_port, has_python_consul, keygen, python_client, wait_until};
 use serde_json::Value;
 
 /// Long enough for the LAN pool to declare a killed gateway failed, and one WAN join.
@@ -21,15 +20,8 @@ fn python_asks(agent: &Agent, dc: &str, service: &str, key: &str, value: &str) {
     if !has_python_consul() {
         return;
     }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_consul_dc.py"
-    );
     let port = agent.http.port().to_string();
-    let out = Command::new(PYTHON)
-        .args([script, &port, dc, service, key, value])
-        .output()
-        .unwrap();
+    let out = python_client("python_consul_dc.py", &[&port, dc, service, key, value]);
     assert!(
         out.status.success(),
         "python-consul with dc= failed:\n{}\n{}",

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{PYTHON, cluster, has_python_consul, keygen};
+use common::{cluster, has_python_consul, keygen, python_client};
 
 #[test]
 fn python_consul_works_unchanged() {
@@ -14,16 +12,8 @@ fn python_consul_works_unchanged() {
         return;
     }
     let agents = cluster("py", 2, &keygen());
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_consul.py"
-    );
-    let out = Command::new(PYTHON)
-        .arg(script)
-        .arg(agents[0].http.port().to_string())
-        .arg(agents[1].http.port().to_string())
-        .output()
-        .unwrap();
+    let ports: Vec<String> = agents.iter().map(|a| a.http.port().to_string()).collect();
+    let out = python_client("python_consul.py", &[&ports[0], &ports[1]]);
     assert!(
         out.status.success(),
         "python-consul failed:\n{}\n{}\nagent log:\n{}",

@@ -78,10 +78,14 @@ pub fn budget(wait: Option<Duration>) -> Duration {
     2 * HOP + held
 }
 
-/// What a gateway may spend on a request whose asker waits `budget`: a little less, so its
-/// "no server reachable" reaches the asker before the asker gives up.
-pub fn gateway_budget(budget: Duration) -> Duration {
-    budget.saturating_sub(REPORT_MARGIN)
+/// What a gateway may spend on the WAN hop of a request whose asker waits `budget`: all of
+/// it when the request came from the gateway's own API, else a little less, so its "no
+/// server reachable" reaches the asking agent before that agent gives up.
+pub fn wan_budget(arrived: Arrived, budget: Duration) -> Duration {
+    match arrived {
+        Arrived::Api => budget,
+        Arrived::Lan | Arrived::Wan => budget.saturating_sub(REPORT_MARGIN),
+    }
 }
 
 /// The order in which to try `candidates` (gateways) for the request of `asker`: a fixed
@@ -134,29 +138,17 @@ pub enum Forwarded {
 
 /// Why a forwarding message could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("undecodable forwarding message: {0}")]
-pub struct Undecodable(String);
+#[error("undecodable forwarding message (truncated, padded, or over the frame limit)")]
+pub struct Undecodable;
 
-/// The largest forwarding message: the gossip stream frame's limit.
-const MAX_MESSAGE: usize = 4 << 20;
-
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_MESSAGE>()
-}
-
-/// Encodes a forwarding message.
+/// Encodes a forwarding message, with the codec (and the limits) of every gossip message.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
-    // Serializing an in-memory value into a Vec cannot fail.
-    bincode::serde::encode_to_vec(message, config()).expect("encodable")
+    murmur_gossip::encode_bounded(message)
 }
 
 /// Decodes a forwarding message, refusing trailing bytes.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Undecodable> {
-    match bincode::serde::decode_from_slice(bytes, config()) {
-        Ok((message, used)) if used == bytes.len() => Ok(message),
-        Ok(_) => Err(Undecodable("trailing bytes".into())),
-        Err(err) => Err(Undecodable(err.to_string())),
-    }
+    murmur_gossip::decode_bounded(bytes).map_err(|_| Undecodable)
 }
 
 #[cfg(test)]
@@ -185,10 +177,13 @@ mod tests {
             Some(Duration::from_secs(600)),
         ] {
             let asker = budget(wait);
-            assert!(gateway_budget(asker) < asker);
+            let gateway = wan_budget(Arrived::Lan, asker);
+            assert!(gateway < asker);
             // The gateway's budget still covers its hop and the whole blocking wait.
             let held = wait.map_or(Duration::ZERO, |w| w + w / 16);
-            assert!(gateway_budget(asker) >= HOP + held);
+            assert!(gateway >= HOP + held);
+            // A gateway asked through its own API has no asking agent to report to.
+            assert_eq!(wan_budget(Arrived::Api, asker), asker);
         }
     }
 

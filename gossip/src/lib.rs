@@ -46,7 +46,10 @@ pub use node::{Backlogs, Node, Output, TimerEvent};
 pub use pool_member::{PoolMember, StreamReply};
 pub use replication::Replication;
 pub use stats::{DropCounts, Stats};
-pub use wire::{DropReason, MAX_DATAGRAM, MAX_FRAME, PROTOCOL_VERSION};
+pub use wire::{
+    DropReason, MAX_DATAGRAM, MAX_FRAME, PROTOCOL_VERSION, decode as decode_bounded,
+    encode as encode_bounded,
+};
 
 /// What can go wrong in the membership core. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -185,14 +185,16 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
-/// Encodes a body with the bounded bincode configuration.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+/// Encodes a body with the bounded bincode configuration: every murmur message, gossip's own
+/// and those other crates carry over gossip (federation's forwarded requests).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing our own in-memory types into a Vec cannot fail.
     bincode::serde::encode_to_vec(value, bincode_config()).expect("encodable")
 }
 
-/// Decodes a body, rejecting trailing bytes so one input has one meaning.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DropReason> {
+/// Decodes a body, rejecting trailing bytes so one input has one meaning, and any length over
+/// [`MAX_FRAME`] before allocating it.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DropReason> {
     match bincode::serde::decode_from_slice(bytes, bincode_config()) {
         Ok((value, used)) if used == bytes.len() => Ok(value),
         _ => Err(DropReason::Undecodable),

@@ -26,7 +26,7 @@ impl Client {
     fn new(target: &HttpTarget) -> Self {
         Self {
             base: murmur_proxy::native::agent_base_url(&target.http_addr),
-            datacenter: target.datacenter.clone().filter(|dc| !dc.is_empty()),
+            datacenter: target.datacenter().map(str::to_owned),
             http: reqwest::Client::new(),
         }
     }

@@ -35,16 +35,19 @@ struct ArrivedForwarded;
 pub struct Forwarder {
     agent: Arc<Agent>,
     local: String,
+    /// This agent's node name: the key of its ranking of gateways.
+    me: String,
     /// The API router, answering forwarded requests as its own (set once it is built).
     router: OnceLock<Router>,
 }
 
 impl Forwarder {
-    /// A forwarder for an agent of datacenter `local`.
-    pub fn new(agent: Arc<Agent>, local: &str) -> Self {
+    /// A forwarder for the agent `me` of datacenter `local`.
+    pub fn new(agent: Arc<Agent>, me: &str, local: &str) -> Self {
         Self {
             agent,
             local: local.to_owned(),
+            me: me.to_owned(),
             router: OnceLock::new(),
         }
     }
@@ -100,11 +103,9 @@ impl Forwarder {
             Route::LocalGateway => Ok(self.via_local_gateway(request).await),
             Route::Wan => {
                 let budget = Duration::from_millis(request.budget_ms);
-                let budget = match arrived {
-                    Arrived::Api => budget,
-                    _ => forward::gateway_budget(budget),
-                };
-                Ok(self.via_wan(request, budget).await)
+                Ok(self
+                    .via_wan(request, forward::wan_budget(arrived, budget))
+                    .await)
             }
             Route::Refuse(why) => Err(why.to_owned()),
         }
@@ -127,8 +128,7 @@ impl Forwarder {
             // This datacenter is linked to no other.
             return Forwarded::NoPath;
         }
-        let me = self.agent.view(|v| v.me().name.to_string());
-        forward::order(&mut gateways, &me, |(name, _)| name);
+        forward::order(&mut gateways, &self.me, |(name, _)| name);
         let budget = Duration::from_millis(request.budget_ms);
         self.ask_in_turn(Via::Lan, &gateways, &request, budget)
             .await
@@ -153,8 +153,7 @@ impl Forwarder {
             .filter(|m| m.status.is_active())
             .map(|m| (m.identity.name.to_string(), m.identity.addr))
             .collect();
-        let me = self.agent.view(|v| v.me().name.to_string());
-        forward::order(&mut gateways, &me, |(name, _)| name);
+        forward::order(&mut gateways, &self.me, |(name, _)| name);
         self.ask_in_turn(Via::Wan, &gateways, &request, budget)
             .await
             .unwrap_or(Forwarded::NoServer)

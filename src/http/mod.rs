@@ -139,6 +139,7 @@ pub fn router(
     };
     let forwarder = Arc::new(forward::Forwarder::new(
         api.agent.clone(),
+        &api.config.node,
         &api.config.datacenter,
     ));
     // Requests for a datacenter (`?dc=`): catalog, health, KV, event fire, intentions, status.

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -363,11 +363,11 @@ pub fn cluster(prefix: &str, n: usize, key: &str) -> Vec<Agent> {
 
 /// Debian's interpreter, where `python3-consul` installs (a `python3` earlier on PATH may be
 /// another one).
-pub const PYTHON: &str = "/usr/bin/python3";
+const PYTHON: &str = "/usr/bin/python3";
 
 /// Whether Debian's python3-consul is installed; says the test is skipped when not.
 pub fn has_python_consul() -> bool {
-    let has = std::process::Command::new(PYTHON)
+    let has = Command::new(PYTHON)
         .args(["-c", "import consul"])
         .output()
         .is_ok_and(|o| o.status.success());
@@ -375,4 +375,12 @@ pub fn has_python_consul() -> bool {
         eprintln!("SKIPPED: python3-consul is not installed (apt-get install python3-consul)");
     }
     has
+}
+
+/// Runs the client script `tests/clients/<script>` with `args` under Debian's interpreter.
+pub fn python_client(script: &str, args: &[&str]) -> Output {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    Command::new(PYTHON).arg(path).args(args).output().unwrap()
 }

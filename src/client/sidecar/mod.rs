@@ -76,7 +76,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 /// Runs the proxy until `stop` returns, then drains and deregisters: what `murmur connect
 /// proxy` runs, and what the agent runs for services registered with a sidecar.
 pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-    if args.target.datacenter.is_some() {
+    if args.target.datacenter().is_some() {
         bail!(
             "--datacenter does not apply to a proxy: it serves a service of its local agent, in that agent's datacenter; drop the flag"
         );
