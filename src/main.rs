@@ -7,6 +7,7 @@ mod client;
 mod connect;
 mod dns;
 mod duration;
+mod forward;
 mod http;
 mod services;
 mod sim;

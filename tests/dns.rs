@@ -6,40 +6,20 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, cluster, keygen, wait_until};
-use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use common::{Agent, cluster, dns_request, dns_udp as udp, keygen, wait_until};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
 
 const SPREAD: Duration = Duration::from_secs(30);
-
-fn request(name: &str, qtype: RecordType) -> Vec<u8> {
-    let mut m = Message::new();
-    m.set_id(42)
-        .set_recursion_desired(true)
-        .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-    m.to_vec().unwrap()
-}
-
-fn udp(dns: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    socket.send_to(&request(name, qtype), dns).unwrap();
-    let mut buf = [0u8; 4096];
-    let (len, _) = socket.recv_from(&mut buf).expect("a DNS answer over UDP");
-    Message::from_vec(&buf[..len]).unwrap()
-}
 
 fn tcp(dns: SocketAddr, name: &str, qtype: RecordType) -> Message {
     let mut stream = TcpStream::connect(dns).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let packet = request(name, qtype);
+    let packet = dns_request(name, qtype);
     let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
     framed.extend(packet);
     stream.write_all(&framed).unwrap();
@@ -127,18 +107,7 @@ fn dns_answers_healthy_instances_on_every_agent() {
     socket.send_to(&[1], agents[0].dns).unwrap();
     assert_eq!(ports(&agents[0], "web.service.consul."), [9000, 9001]);
 
-    if let Ok(out) = Command::new("dig")
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &agents[0].dns.port().to_string(),
-            "+short",
-            "web.service.consul",
-            "SRV",
-        ])
-        .output()
-    {
-        let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(text) = common::dig(agents[0].dns, "web.service.consul", "SRV") {
         assert!(
             text.contains("9000 dn0.node.dc1.consul."),
             "dig said: {text}"

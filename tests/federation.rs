@@ -1,6 +1,6 @@
 //! End to end: two datacenters of real agents on loopback pick their WAN gateways without an
 //! election, link through them, share intentions (and nothing of their catalogs or KV), answer
-//! `?dc=` for each other (HTTP, the CLI, python3-consul; blocking queries too), replace a
+//! `?dc=` for each other (HTTP, the CLI, python3-consul, DNS; blocking queries too), replace a
 //! gateway killed with `kill -9`, and answer Consul's error when the other side is gone.
 
 mod common;
@@ -8,7 +8,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Agent, Spec, free_port, has_python_consul, keygen, python_client, wait_until};
+use common::{
+    Agent, Spec, dns_udp, free_port, has_python_consul, keygen, python_client, wait_until,
+};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
 use serde_json::Value;
 
 /// Long enough for the LAN pool to declare a killed gateway failed, and one WAN join.
@@ -227,6 +231,41 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     );
     assert_eq!(status, 200, "{body}");
     python_asks(asker, "west", "west-web", "west-only", "x");
+    // DNS names another datacenter as Consul's does, answered there too.
+    let srv = |name: &str| {
+        let reply = dns_udp(asker.dns, name, RecordType::SRV);
+        let targets: Vec<String> = reply
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::SRV(s) => Some(format!("{} {}", s.port(), s.target())),
+                _ => None,
+            })
+            .collect();
+        (reply.response_code(), targets)
+    };
+    assert!(
+        wait_until(REPLACE, || srv("west-web.service.west.consul.").1
+            == ["80 west-0.node.west.consul."]),
+        "west's instance by DNS from east: {:?}",
+        srv("west-web.service.west.consul.")
+    );
+    let node = dns_udp(asker.dns, "west-1.node.west.consul.", RecordType::A);
+    assert!(
+        matches!(node.answers().first().map(|r| r.data()), Some(RData::A(a)) if a.0.is_loopback()),
+        "{node:?}"
+    );
+    assert_eq!(
+        srv("west-web.service.nowhere.consul.").0,
+        ResponseCode::NXDomain,
+        "an unknown datacenter"
+    );
+    if let Some(text) = common::dig(asker.dns, "west-web.service.west.consul", "SRV") {
+        assert!(
+            text.contains("80 west-0.node.west.consul."),
+            "dig said: {text}"
+        );
+    }
     // A blocking query is forwarded whole: it waits in west and wakes on west's change.
     let (_, headers, _) = asker.request("GET", "/v1/kv/from-east?dc=west", b"");
     let index = common::header(&headers, "x-consul-index").expect("forwarded index");
@@ -281,6 +320,16 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     assert_eq!(
         (status, body.as_str()),
         (500, "Remote DC has no server currently reachable")
+    );
+    let reply = dns_udp(
+        east[other].dns,
+        "west-web.service.west.consul.",
+        RecordType::SRV,
+    );
+    assert_eq!(
+        reply.response_code(),
+        ResponseCode::ServFail,
+        "DNS for an unreachable datacenter"
     );
     assert_eq!(east[other].request("PUT", "/v1/kv/east-local", b"y").0, 200);
     assert_eq!(east[other].request("GET", "/v1/kv/east-local", b"").0, 200);

@@ -28,8 +28,12 @@ pub const FORWARD: &str = "forward";
 /// work, and the reply.
 const HOP: Duration = Duration::from_secs(10);
 /// Of its budget, what a gateway keeps back to report a failure to the asker before the
-/// asker itself gives up.
+/// asker itself gives up (at most; a quarter of a short budget).
 const REPORT_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a DNS query for another datacenter may take: under the 5 s a stub resolver
+/// (dig, glibc) waits before it retries, so the client gets SERVFAIL rather than silence.
+pub const DNS_BUDGET: Duration = Duration::from_secs(4);
 
 /// How a request reached the agent deciding where it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +88,7 @@ pub fn budget(wait: Option<Duration>) -> Duration {
 pub fn wan_budget(arrived: Arrived, budget: Duration) -> Duration {
     match arrived {
         Arrived::Api => budget,
-        Arrived::Lan | Arrived::Wan => budget.saturating_sub(REPORT_MARGIN),
+        Arrived::Lan | Arrived::Wan => budget.saturating_sub(REPORT_MARGIN.min(budget / 4)),
     }
 }
 
@@ -101,28 +105,47 @@ pub fn order<T>(candidates: &mut [T], asker: &str, name: impl Fn(&T) -> &str) {
     });
 }
 
-/// An HTTP request to be answered in another datacenter, as it travels.
+/// A request to be answered in another datacenter, as it travels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardedRequest {
     /// The datacenter that answers it.
     pub datacenter: String,
-    /// The HTTP method.
-    pub method: String,
-    /// Path and query, `?dc=` included (the answering agent sees it as its own).
-    pub uri: String,
-    /// End-to-end headers (the token, the content type).
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The request body.
-    pub body: Vec<u8>,
-    /// How long the asker waits, in milliseconds (see [`budget`]).
+    /// How long the asker waits, in milliseconds (see [`budget`], [`DNS_BUDGET`]).
     pub budget_ms: u64,
+    /// What is asked.
+    pub question: Question,
+}
+
+/// What a forwarded request asks, in the form its asker got it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Question {
+    /// An HTTP API request, answered by the target's router as its own.
+    Http {
+        /// The HTTP method.
+        method: String,
+        /// Path and query, `?dc=` included (the answering agent sees it as its own).
+        uri: String,
+        /// End-to-end headers (the token, the content type).
+        headers: Vec<(String, Vec<u8>)>,
+        /// The request body.
+        body: Vec<u8>,
+    },
+    /// A DNS query naming the target datacenter (`web.service.dc2.consul`).
+    Dns {
+        /// The query as the client sent it: the reply keeps its id and question.
+        packet: Vec<u8>,
+        /// The asker's `--dns-domain`, which the answer's names are under.
+        domain: String,
+        /// The largest reply the client takes (UDP), or none (TCP).
+        max_len: Option<u32>,
+    },
 }
 
 /// What a forwarded request got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Forwarded {
     /// The answering datacenter's HTTP answer, whatever its status.
-    Answer {
+    Http {
         /// The HTTP status.
         status: u16,
         /// End-to-end headers (`X-Consul-Index` and the like).
@@ -130,6 +153,8 @@ pub enum Forwarded {
         /// The body.
         body: Vec<u8>,
     },
+    /// The answering datacenter's DNS reply, ready to send.
+    Dns(Vec<u8>),
     /// No gateway knows the datacenter: [`NO_PATH`].
     NoPath,
     /// The datacenter is known but none of its gateways answered: [`NO_SERVER`].
@@ -185,6 +210,9 @@ mod tests {
             // A gateway asked through its own API has no asking agent to report to.
             assert_eq!(wan_budget(Arrived::Api, asker), asker);
         }
+        // A DNS query's short budget leaves most of it to the WAN hop.
+        let dns = wan_budget(Arrived::Lan, DNS_BUDGET);
+        assert!(dns < DNS_BUDGET && dns >= DNS_BUDGET * 3 / 4);
     }
 
     proptest! {
@@ -195,22 +223,25 @@ mod tests {
             body in proptest::collection::vec(any::<u8>(), 0..256),
             status in 100u16..600,
         ) {
-            let request = ForwardedRequest {
-                datacenter: "dc2".into(),
+            let http = Question::Http {
                 method,
                 uri,
                 headers: vec![("x-consul-token".into(), b"secret".to_vec())],
                 body: body.clone(),
-                budget_ms: 20_000,
             };
-            prop_assert_eq!(decode::<ForwardedRequest>(&encode(&request)).unwrap(), request);
-            let answer = Forwarded::Answer { status, headers: Vec::new(), body };
-            prop_assert_eq!(decode::<Forwarded>(&encode(&answer)).unwrap(), answer);
+            let dns = Question::Dns { packet: body.clone(), domain: "consul".into(), max_len: Some(512) };
+            for question in [http, dns] {
+                let request = ForwardedRequest { datacenter: "dc2".into(), budget_ms: 20_000, question };
+                prop_assert_eq!(decode::<ForwardedRequest>(&encode(&request)).unwrap(), request);
+            }
+            for answer in [Forwarded::Http { status, headers: Vec::new(), body: body.clone() }, Forwarded::Dns(body)] {
+                prop_assert_eq!(decode::<Forwarded>(&encode(&answer)).unwrap(), answer);
+            }
         }
 
         #[test]
         fn truncated_or_padded_messages_are_refused(cut in 1usize..8) {
-            let bytes = encode(&Forwarded::Answer { status: 200, headers: Vec::new(), body: vec![7; 16] });
+            let bytes = encode(&Forwarded::Http { status: 200, headers: Vec::new(), body: vec![7; 16] });
             prop_assert!(decode::<Forwarded>(&bytes[..bytes.len() - cut]).is_err());
             let mut padded = bytes.clone();
             padded.extend(std::iter::repeat_n(0, cut));

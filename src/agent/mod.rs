@@ -104,7 +104,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         datacenter: config.datacenter.clone(),
         ttl: config.dns_ttl,
     };
-    crate::dns::serve(agent.clone(), config.dns_addr, dns).await?;
+    let forwarder = Arc::new(crate::forward::Forwarder::new(
+        agent.clone(),
+        &config.node,
+        &config.datacenter,
+        dns.clone(),
+    ));
+    crate::dns::serve(agent.clone(), config.dns_addr, dns, forwarder.clone()).await?;
     let checks = Checks::new(agent.clone(), check_store);
     // Checks registered through the API before a restart, then the config dir's (which win
     // on a shared id); statuses the record kept stay until each check's first result.
@@ -131,6 +137,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         checks,
         connect,
         sidecars.clone(),
+        forwarder,
     );
     // Resolve the routes once: served as a plain `Router`, axum re-resolves every route for
     // each new connection (`with_state` per connection), 18.5 KiB per connection that lives as

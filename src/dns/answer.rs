@@ -25,7 +25,7 @@ use rand::seq::SliceRandom;
 pub struct DnsSettings {
     /// The domain answered for, lower case, without dots at the ends (`consul`).
     pub domain: String,
-    /// This agent's datacenter: names may carry it, other datacenters are not known yet.
+    /// This agent's datacenter: names that carry another are answered there.
     pub datacenter: String,
     /// TTL of every answer, in seconds.
     pub ttl: u32,
@@ -184,20 +184,67 @@ fn labels_under(name: &Name, domain: &str) -> Option<Vec<String>> {
     )
 }
 
-fn lookup<'a>(labels: &[String], view: &CatalogView<'a>, settings: &DnsSettings) -> Found<'a> {
-    let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
-    // An optional datacenter label closes each form; it must name ours (the others need
-    // federation).
-    let rfc2782 = l.len() >= 2 && l[0].starts_with('_') && l[1].starts_with('_');
+/// Whether `labels` are of the RFC 2782 form, `_<service>._<tag|tcp>...`.
+fn is_rfc2782(labels: &[&str]) -> bool {
+    labels.len() >= 2 && labels[0].starts_with('_') && labels[1].starts_with('_')
+}
+
+/// Splits the optional datacenter label that closes each form off `labels`; the
+/// datacenter, when one is named.
+fn split_datacenter<'l>(labels: &mut Vec<&'l str>) -> Option<&'l str> {
+    let l = labels.as_slice();
+    let rfc2782 = is_rfc2782(l);
     let has_dc = match l.len() {
         n if n >= 3 && matches!(l[n - 2], "node" | "service") => true,
         3 => rfc2782 && l[2] != "service",
         4 => rfc2782 && l[2] == "service",
         _ => false,
     };
-    if has_dc && l.pop() != Some(settings.datacenter.as_str()) {
+    if has_dc { labels.pop() } else { None }
+}
+
+/// The datacenter other than this agent's that the query in `packet` names, if it does:
+/// such a query is answered there (`crate::forward`), not from this agent's replica.
+pub fn other_datacenter(packet: &[u8], settings: &DnsSettings) -> Option<String> {
+    let request = Message::from_vec(packet).ok()?;
+    let [query] = request.queries() else {
+        return None;
+    };
+    let labels = labels_under(&query.name().to_lowercase(), &settings.domain)?;
+    let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
+    split_datacenter(&mut l)
+        .filter(|dc| *dc != settings.datacenter)
+        .map(str::to_owned)
+}
+
+/// The reply to the query in `packet` that says only `code` (SERVFAIL: the datacenter it
+/// names did not answer; NXDOMAIN: no such datacenter), with the zone's SOA for NXDOMAIN.
+pub fn failure(packet: &[u8], code: ResponseCode, settings: &DnsSettings) -> Option<Vec<u8>> {
+    let request = Message::from_vec(packet).ok()?;
+    let mut reply = Message::new();
+    reply
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired())
+        .set_response_code(code);
+    for query in request.queries() {
+        reply.add_query(query.clone());
+    }
+    if code == ResponseCode::NXDomain {
+        reply.set_authoritative(true);
+        reply.add_name_server(soa(settings));
+    }
+    reply.to_vec().ok()
+}
+
+fn lookup<'a>(labels: &[String], view: &CatalogView<'a>, settings: &DnsSettings) -> Found<'a> {
+    let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
+    // Another datacenter's names are answered there; one that reaches here is not known.
+    if split_datacenter(&mut l).is_some_and(|dc| dc != settings.datacenter) {
         return Found::Nothing;
     }
+    let rfc2782 = is_rfc2782(&l);
     let healthy = |name: &str, tag: Option<&str>| {
         let tags: Vec<&str> = tag.into_iter().collect();
         let list: Vec<Instance<'a>> = view
@@ -450,6 +497,44 @@ mod tests {
             ask("example.com.", RecordType::A).response_code(),
             ResponseCode::Refused
         );
+    }
+
+    #[test]
+    fn names_of_other_datacenters_are_told_apart_and_failed_plainly() {
+        let packet = |name: &str| {
+            let mut request = Message::new();
+            request
+                .set_id(9)
+                .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            request.to_vec().unwrap()
+        };
+        for (name, dc) in [
+            ("web.service.dc2.consul.", Some("dc2")),
+            ("v1.web.service.DC2.consul.", Some("dc2")),
+            ("a.node.dc2.consul.", Some("dc2")),
+            ("_web._tcp.dc2.consul.", Some("dc2")),
+            ("_web._tcp.service.dc2.consul.", Some("dc2")),
+            ("web.service.dc1.consul.", None),
+            ("web.service.consul.", None),
+            ("_web._tcp.consul.", None),
+            ("dc2.example.com.", None),
+        ] {
+            let found = other_datacenter(&packet(name), &settings());
+            assert_eq!(found.as_deref(), dc, "{name}");
+        }
+        for code in [ResponseCode::ServFail, ResponseCode::NXDomain] {
+            let reply = failure(&packet("web.service.dc2.consul."), code, &settings()).unwrap();
+            let reply = Message::from_vec(&reply).unwrap();
+            assert_eq!((reply.id(), reply.response_code()), (9, code));
+            assert_eq!(reply.queries().len(), 1, "the question is echoed");
+            assert!(reply.answers().is_empty());
+            assert_eq!(
+                reply.name_servers().len(),
+                usize::from(code == ResponseCode::NXDomain),
+                "an SOA only with NXDOMAIN"
+            );
+        }
+        assert!(failure(&[1], ResponseCode::ServFail, &settings()).is_none());
     }
 
     #[test]

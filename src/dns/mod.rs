@@ -1,6 +1,10 @@
 //! The DNS interface (Consul's): UDP and TCP on `--dns-addr` (127.0.0.1:8600 by default),
 //! answered from this agent's replica by [`answer`]. Over UDP a reply is cut to the client's
 //! buffer (512 bytes, or its EDNS size) with the TC bit set, so the client retries over TCP.
+//!
+//! A name that carries another datacenter (`web.service.dc2.consul`) is answered in that
+//! datacenter, forwarded as `?dc=` is ([`Forwarder`]), within a few seconds: SERVFAIL when
+//! none of its gateways answered, NXDOMAIN when no datacenter of that name is known.
 
 pub mod answer;
 
@@ -9,44 +13,62 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hickory_proto::op::ResponseCode;
+use murmur_federation::forward::Forwarded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 pub use answer::DnsSettings;
 
 use crate::agent::runtime::Agent;
+use crate::forward::Forwarder;
+
+/// What answers a query: the agent's replica, or another datacenter through the forwarder.
+struct Answerer {
+    agent: Arc<Agent>,
+    forwarder: Arc<Forwarder>,
+    settings: DnsSettings,
+}
 
 /// Smallest UDP reply every client accepts (RFC 1035); EDNS clients may ask for more.
 const UDP_LIMIT: usize = 512;
+/// UDP queries for other datacenters waiting for their answer at once, at most.
+const MAX_WAITING: usize = 256;
 /// A TCP client idle this long is dropped.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
-/// Binds `addr` (UDP and TCP) and serves DNS from `agent` until the process ends.
+/// Binds `addr` (UDP and TCP) and serves DNS from `agent` until the process ends; queries
+/// for other datacenters go through `forwarder`.
 pub async fn serve(
     agent: Arc<Agent>,
     addr: SocketAddr,
     settings: DnsSettings,
+    forwarder: Arc<Forwarder>,
 ) -> anyhow::Result<()> {
     let in_use = |e: std::io::Error| {
         anyhow::anyhow!("cannot serve DNS on {addr}: {e} (choose another address with --dns-addr)")
     };
     let udp = UdpSocket::bind(addr).await.map_err(in_use)?;
     let tcp = TcpListener::bind(addr).await.map_err(in_use)?;
-    let settings = Arc::new(settings);
-    tokio::spawn(serve_udp(agent.clone(), udp, settings.clone()));
-    tokio::spawn(serve_tcp(agent, tcp, settings));
+    let answerer = Arc::new(Answerer {
+        agent,
+        forwarder,
+        settings,
+    });
+    tokio::spawn(serve_udp(answerer.clone(), Arc::new(udp)));
+    tokio::spawn(serve_tcp(answerer, tcp));
     Ok(())
 }
 
-/// Answers `packet` from the agent's current replica.
-fn respond(
-    agent: &Arc<Agent>,
+/// Answers `packet` from the agent's current replica, in `settings`; `None` when the bytes
+/// are not a DNS message at all.
+pub fn answer_locally(
+    agent: &Agent,
     settings: &DnsSettings,
     packet: &[u8],
     limit: Option<usize>,
 ) -> Option<Vec<u8>> {
-    metrics::counter!("murmur_dns_queries", "transport" => if limit.is_some() { "udp" } else { "tcp" })
-        .increment(1);
     agent.view(|v| {
         let failed = v.failed_owners();
         let view = v.replica().catalog(&failed);
@@ -54,8 +76,47 @@ fn respond(
     })
 }
 
-async fn serve_udp(agent: Arc<Agent>, socket: UdpSocket, settings: Arc<DnsSettings>) {
+impl Answerer {
+    /// The datacenter `packet` must be answered in, when it is not this one.
+    fn elsewhere(&self, packet: &[u8]) -> Option<String> {
+        answer::other_datacenter(packet, &self.settings)
+    }
+
+    /// Answers `packet` here, or in the datacenter it names.
+    async fn respond(&self, packet: Vec<u8>, limit: Option<usize>) -> Option<Vec<u8>> {
+        self.respond_in(self.elsewhere(&packet), packet, limit)
+            .await
+    }
+
+    /// Answers `packet` here, or in `elsewhere` when it names another datacenter.
+    async fn respond_in(
+        &self,
+        elsewhere: Option<String>,
+        packet: Vec<u8>,
+        limit: Option<usize>,
+    ) -> Option<Vec<u8>> {
+        let transport = if limit.is_some() { "udp" } else { "tcp" };
+        metrics::counter!("murmur_dns_queries", "transport" => transport).increment(1);
+        let Some(dc) = elsewhere else {
+            return answer_locally(&self.agent, &self.settings, &packet, limit);
+        };
+        let outcome = self
+            .forwarder
+            .dns(dc, packet.clone(), self.settings.domain.clone(), limit)
+            .await;
+        match outcome {
+            Forwarded::Dns(reply) => Some(reply),
+            Forwarded::NoPath => answer::failure(&packet, ResponseCode::NXDomain, &self.settings),
+            Forwarded::NoServer | Forwarded::Http { .. } => {
+                answer::failure(&packet, ResponseCode::ServFail, &self.settings)
+            }
+        }
+    }
+}
+
+async fn serve_udp(answerer: Arc<Answerer>, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 4096];
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -64,26 +125,58 @@ async fn serve_udp(agent: Arc<Agent>, socket: UdpSocket, settings: Arc<DnsSettin
                 continue;
             }
         };
-        // A packet too short to answer is dropped: there is nobody to tell.
-        if let Some(reply) = respond(&agent, &settings, &buf[..len], Some(UDP_LIMIT))
-            && let Err(err) = socket.send_to(&reply, from).await
-        {
-            tracing::debug!(%err, %from, "DNS reply not sent");
+        let packet = buf[..len].to_vec();
+        let elsewhere = answerer.elsewhere(&packet);
+        if elsewhere.is_none() {
+            // Answered in turn, as fast as the replica answers.
+            send_udp(
+                &socket,
+                from,
+                answerer.respond_in(None, packet, Some(UDP_LIMIT)).await,
+            )
+            .await;
+            continue;
         }
+        // A query for another datacenter waits for its answer on its own, so that it holds
+        // up no other; past MAX_WAITING of them the client is told to come back.
+        let Ok(slot) = waiting.clone().try_acquire_owned() else {
+            metrics::counter!("murmur_dns_forward_refused_total").increment(1);
+            let busy = answer::failure(&packet, ResponseCode::ServFail, &answerer.settings);
+            send_udp(&socket, from, busy).await;
+            continue;
+        };
+        let (answerer, socket) = (answerer.clone(), socket.clone());
+        tokio::spawn(async move {
+            let reply = answerer
+                .respond_in(elsewhere, packet, Some(UDP_LIMIT))
+                .await;
+            send_udp(&socket, from, reply).await;
+            drop(slot);
+        });
     }
 }
 
-async fn serve_tcp(agent: Arc<Agent>, listener: TcpListener, settings: Arc<DnsSettings>) {
+/// Sends `reply` to `to`; none (a packet too short to answer) is dropped: there is nobody
+/// to tell.
+async fn send_udp(socket: &UdpSocket, to: SocketAddr, reply: Option<Vec<u8>>) {
+    if let Some(reply) = reply
+        && let Err(err) = socket.send_to(&reply, to).await
+    {
+        tracing::debug!(%err, %to, "DNS reply not sent");
+    }
+}
+
+async fn serve_tcp(answerer: Arc<Answerer>, listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(serve_connection(agent.clone(), stream, settings.clone()));
+        tokio::spawn(serve_connection(answerer.clone(), stream));
     }
 }
 
 /// Answers length-prefixed queries on one connection until the client stops or idles.
-async fn serve_connection(agent: Arc<Agent>, mut stream: TcpStream, settings: Arc<DnsSettings>) {
+async fn serve_connection(answerer: Arc<Answerer>, mut stream: TcpStream) {
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -97,7 +190,7 @@ async fn serve_connection(agent: Arc<Agent>, mut stream: TcpStream, settings: Ar
         ) {
             return;
         }
-        let Some(reply) = respond(&agent, &settings, &packet, None) else {
+        let Some(reply) = answerer.respond(packet, None).await else {
             return;
         };
         let Ok(len) = u16::try_from(reply.len()) else {

@@ -19,7 +19,7 @@ use axum::response::Response;
 use futures_util::future::Either;
 use tower::{Layer, Service};
 
-use super::forward::Forwarder;
+use crate::forward::Forwarder;
 
 /// Wraps datacenter-scoped routes: requests for the local datacenter go on to the handler;
 /// requests for another one are forwarded there ([`Forwarder`]), which answers with that
@@ -82,9 +82,9 @@ where
         match other_datacenter(request.uri(), &self.local) {
             Some(dc) => {
                 let forwarder = self.forwarder.clone();
-                Either::Right(Box::pin(async move {
-                    Ok(forwarder.answer_elsewhere(dc, request).await)
-                }))
+                Either::Right(Box::pin(
+                    async move { Ok(forwarder.http(dc, request).await) },
+                ))
             }
             None => Either::Left(self.inner.call(request)),
         }

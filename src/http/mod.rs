@@ -5,14 +5,13 @@
 //! `X-Consul-Effective-Consistency` is `stale`: each agent answers from its own replica.
 
 mod answers;
-mod blocking;
+pub mod blocking;
 mod catalog;
 mod checks;
 mod connect;
 mod datacenter;
 mod external;
 mod filter;
-mod forward;
 mod health;
 mod intentions;
 mod kv;
@@ -41,6 +40,7 @@ use crate::agent::runtime::Agent;
 use crate::checks::{CheckError, Checks};
 use crate::connect::Connect;
 use crate::connect::sidecars::Sidecars;
+use crate::forward::Forwarder;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -127,6 +127,7 @@ pub fn router(
     checks: Arc<Checks>,
     connect: Arc<Connect>,
     sidecars: Arc<Sidecars>,
+    forwarder: Arc<Forwarder>,
 ) -> Router {
     let api = Api {
         agent,
@@ -137,11 +138,6 @@ pub fn router(
         sidecars,
         answers: Arc::default(),
     };
-    let forwarder = Arc::new(forward::Forwarder::new(
-        api.agent.clone(),
-        &api.config.node,
-        &api.config.datacenter,
-    ));
     // Requests for a datacenter (`?dc=`): catalog, health, KV, event fire, intentions, status.
     let datacenter_scoped = Router::new()
         .route("/v1/catalog/services", get(catalog::services))

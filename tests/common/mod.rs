@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_murmur");
@@ -383,4 +385,42 @@ pub fn python_client(script: &str, args: &[&str]) -> Output {
         .join("tests/clients")
         .join(script);
     Command::new(PYTHON).arg(path).args(args).output().unwrap()
+}
+
+/// A DNS query for `name`, with id 42 and recursion desired, as stub resolvers send.
+pub fn dns_request(name: &str, qtype: RecordType) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(42)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    m.to_vec().unwrap()
+}
+
+/// Asks the DNS server at `dns` about `name` over UDP, waiting at most 5 s.
+pub fn dns_udp(dns: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send_to(&dns_request(name, qtype), dns).unwrap();
+    let mut buf = [0u8; 4096];
+    let (len, _) = socket.recv_from(&mut buf).expect("a DNS answer over UDP");
+    Message::from_vec(&buf[..len]).unwrap()
+}
+
+/// `dig`'s answer lines for `name` of `qtype` from the DNS server at `dns` (`+short`); none
+/// when dig is not installed (`.ci/run` installs it).
+pub fn dig(dns: SocketAddr, name: &str, qtype: &str) -> Option<String> {
+    let out = Command::new("dig")
+        .args([
+            &format!("@{}", dns.ip()),
+            "-p",
+            &dns.port().to_string(),
+            "+short",
+            name,
+            qtype,
+        ])
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }

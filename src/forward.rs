@@ -1,6 +1,7 @@
-//! Answering `?dc=` for another datacenter: the request travels to a gateway of that
-//! datacenter (through one of this datacenter's gateways) and is answered there by the same
-//! router, from that datacenter's replica (`murmur_federation::forward` decides the route).
+//! Answering for another datacenter (`?dc=`, `web.service.dc2.consul`): the request travels
+//! to a gateway of that datacenter (through one of this datacenter's gateways) and is
+//! answered there as if asked there: by the same HTTP router, or the same DNS answer, from
+//! that datacenter's replica (`murmur_federation::forward` decides the route).
 //!
 //! Each hop is an agent request over an existing gossip pool: sealed with that pool's key,
 //! bounded in time by the asker's budget (a blocking query's wait included), and refused
@@ -15,13 +16,15 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use murmur_federation::forward::{
-    self, Arrived, FORWARD, Forwarded, ForwardedRequest, NO_PATH, NO_SERVER, Route,
+    self, Arrived, DNS_BUDGET, FORWARD, Forwarded, ForwardedRequest, NO_PATH, NO_SERVER, Question,
+    Route,
 };
 use tower::ServiceExt;
 
-use super::blocking;
 use crate::agent::runtime::{Agent, PeerRequests, PendingAnswer, Via};
 use crate::agent::wan::GATEWAY_META;
+use crate::dns::DnsSettings;
+use crate::http::blocking;
 
 /// The largest request or answer body a forwarded request carries: the gossip stream's
 /// 4 MiB frame, less room for the envelope and headers.
@@ -39,16 +42,20 @@ pub struct Forwarder {
     me: String,
     /// The API router, answering forwarded requests as its own (set once it is built).
     router: OnceLock<Router>,
+    /// This agent's DNS settings, answering forwarded DNS queries as its own.
+    dns: DnsSettings,
 }
 
 impl Forwarder {
-    /// A forwarder for the agent `me` of datacenter `local`.
-    pub fn new(agent: Arc<Agent>, me: &str, local: &str) -> Self {
+    /// A forwarder for the agent `me` of datacenter `local`, answering forwarded DNS
+    /// queries with `dns` (in the asker's domain).
+    pub fn new(agent: Arc<Agent>, me: &str, local: &str, dns: DnsSettings) -> Self {
         Self {
             agent,
             local: local.to_owned(),
             me: me.to_owned(),
             router: OnceLock::new(),
+            dns,
         }
     }
 
@@ -61,17 +68,47 @@ impl Forwarder {
 
     /// Answers `request`, addressed by `?dc=` to datacenter `dc` (not this one), with the
     /// answer of that datacenter or Consul's error.
-    pub async fn answer_elsewhere(&self, dc: String, request: Request<Body>) -> Response {
+    pub async fn http(&self, dc: String, request: Request<Body>) -> Response {
         if request.extensions().get::<ArrivedForwarded>().is_some() {
             // Only a misrouted request gets here: a gateway answers for its own datacenter.
             return (StatusCode::INTERNAL_SERVER_ERROR, NO_PATH).into_response();
         }
+        match encode_request(dc, request).await {
+            Ok(request) => decode_answer(self.ask(request).await),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Asks datacenter `dc` (not this one) the DNS query `packet`, whose names are under
+    /// `domain`, for a reply of at most `max_len` bytes (UDP); what came back, or why none.
+    pub async fn dns(
+        &self,
+        dc: String,
+        packet: Vec<u8>,
+        domain: String,
+        max_len: Option<usize>,
+    ) -> Forwarded {
+        let max_len = max_len.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
+        self.ask(ForwardedRequest {
+            datacenter: dc,
+            budget_ms: millis(DNS_BUDGET),
+            question: Question::Dns {
+                packet,
+                domain,
+                max_len,
+            },
+        })
+        .await
+    }
+
+    /// Sends `request` on its way from this agent's API and waits for what it gets.
+    async fn ask(&self, request: ForwardedRequest) -> Forwarded {
         let started = Instant::now();
-        let request = match encode_request(dc, request).await {
-            Ok(request) => request,
-            Err(refusal) => return refusal,
-        };
         let target = request.datacenter.clone();
+        let question = match request.question {
+            Question::Http { .. } => "http",
+            Question::Dns { .. } => "dns",
+        };
         let outcome = self
             .forward(Arrived::Api, request)
             .await
@@ -80,14 +117,15 @@ impl Forwarder {
                 Forwarded::NoServer
             });
         let result = match &outcome {
-            Forwarded::Answer { .. } => "answered",
+            Forwarded::Http { .. } | Forwarded::Dns(_) => "answered",
             Forwarded::NoPath => "no_path",
             Forwarded::NoServer => "no_server",
         };
-        metrics::counter!("murmur_federation_forwarded_total", "result" => result).increment(1);
-        metrics::histogram!("murmur_federation_forward_seconds")
+        metrics::counter!("murmur_federation_forwarded_total", "question" => question, "result" => result)
+            .increment(1);
+        metrics::histogram!("murmur_federation_forward_seconds", "question" => question)
             .record(started.elapsed().as_secs_f64());
-        decode_answer(outcome)
+        outcome
     }
 
     /// Takes `request` one hop on, as `route` says from here; an error means this agent
@@ -191,39 +229,70 @@ impl Forwarder {
         None
     }
 
-    /// Answers a request forwarded to this datacenter with this agent's own router.
+    /// Answers a request forwarded to this datacenter as this agent's own API would.
     async fn answer_here(&self, request: ForwardedRequest) -> Result<Forwarded, String> {
+        let within = Duration::from_millis(request.budget_ms);
+        match request.question {
+            Question::Http {
+                method,
+                uri,
+                headers,
+                body,
+            } => {
+                let method = Method::from_bytes(method.as_bytes())
+                    .map_err(|_| format!("bad method {method:?}"))?;
+                let mut http = Request::builder()
+                    .method(method)
+                    .uri(&uri)
+                    .extension(ArrivedForwarded);
+                for (name, value) in &headers {
+                    http = http.header(name.as_str(), value.as_slice());
+                }
+                let http = http
+                    .body(Body::from(body))
+                    .map_err(|e| format!("bad forwarded request: {e}"))?;
+                self.answer_http_here(http, within).await
+            }
+            Question::Dns {
+                packet,
+                domain,
+                max_len,
+            } => {
+                let settings = DnsSettings {
+                    domain,
+                    ..self.dns.clone()
+                };
+                let max_len = max_len.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+                crate::dns::answer_locally(&self.agent, &settings, &packet, max_len)
+                    .map(Forwarded::Dns)
+                    .ok_or_else(|| "a forwarded DNS query too short to answer".to_owned())
+            }
+        }
+    }
+
+    /// Answers a forwarded HTTP request with this agent's own router.
+    async fn answer_http_here(
+        &self,
+        http: Request<Body>,
+        within: Duration,
+    ) -> Result<Forwarded, String> {
         let router = self
             .router
             .get()
             .ok_or("this agent's API is not up yet")?
             .clone();
-        let within = Duration::from_millis(request.budget_ms);
-        let mut http = Request::builder()
-            .method(
-                Method::from_bytes(request.method.as_bytes())
-                    .map_err(|_| format!("bad method {:?}", request.method))?,
-            )
-            .uri(&request.uri)
-            .extension(ArrivedForwarded);
-        for (name, value) in &request.headers {
-            http = http.header(name.as_str(), value.as_slice());
-        }
-        let http = http
-            .body(Body::from(request.body))
-            .map_err(|e| format!("bad forwarded request: {e}"))?;
         let response = tokio::time::timeout(within, router.oneshot(http))
             .await
             .map_err(|_| format!("no answer within {within:?}"))?
             .unwrap_or_else(|never| match never {});
         let (parts, body) = response.into_parts();
         let answer = match axum::body::to_bytes(body, MAX_BODY).await {
-            Ok(body) => Forwarded::Answer {
+            Ok(body) => Forwarded::Http {
                 status: parts.status.as_u16(),
                 headers: end_to_end(&parts.headers),
                 body: body.to_vec(),
             },
-            Err(_) => Forwarded::Answer {
+            Err(_) => Forwarded::Http {
                 status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
                 headers: Vec::new(),
                 body: format!(
@@ -269,24 +338,29 @@ async fn encode_request(dc: String, request: Request<Body>) -> Result<ForwardedR
         .ok()
         .filter(|Query(q)| q.contains_key("index"))
         .and_then(|Query(q)| blocking::wait(&q).ok());
-    let budget = forward::budget(wait);
     Ok(ForwardedRequest {
         datacenter: dc,
-        method: parts.method.to_string(),
-        uri: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), ToString::to_string),
-        headers: end_to_end(&parts.headers),
-        body: body.to_vec(),
-        budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+        budget_ms: millis(forward::budget(wait)),
+        question: Question::Http {
+            method: parts.method.to_string(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_owned(), ToString::to_string),
+            headers: end_to_end(&parts.headers),
+            body: body.to_vec(),
+        },
     })
 }
 
-/// The HTTP answer for what a forwarded request got.
+fn millis(budget: Duration) -> u64 {
+    u64::try_from(budget.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The HTTP answer for what a forwarded HTTP request got.
 fn decode_answer(outcome: Forwarded) -> Response {
     match outcome {
-        Forwarded::Answer {
+        Forwarded::Http {
             status,
             headers,
             body,
@@ -305,7 +379,10 @@ fn decode_answer(outcome: Forwarded) -> Response {
             response
         }
         Forwarded::NoPath => (StatusCode::INTERNAL_SERVER_ERROR, NO_PATH).into_response(),
-        Forwarded::NoServer => (StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER).into_response(),
+        // A DNS reply to an HTTP request is a remote's fault: as if it had not answered.
+        Forwarded::NoServer | Forwarded::Dns(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER).into_response()
+        }
     }
 }
 
