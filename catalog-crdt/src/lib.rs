@@ -17,6 +17,8 @@
 //! - [`ExternalNodes`]: nodes no agent runs, registered through the catalog API, kept as
 //!   shared data part by part ([`ExternalPart`]) and read like any other node;
 //! - [`CaRoot`]: the mesh CA's root certificates, replicated so every agent trusts the same;
+//! - [`Coordinate`]: a node's place in Vivaldi space, to estimate round-trip times;
+//! - [`Gateway`]: the datacenter directory's entries, one per WAN gateway of each datacenter;
 //! - [`Value`] and [`Change`]: what the shared key space holds and the unit of replication;
 //! - [`Replica`]: one node's whole replicated state — applying peers' changes, the four-step
 //!   anti-entropy exchange, tombstone GC, reset-from-peer, and the journal the agent persists.
@@ -30,6 +32,8 @@
 
 mod ca_root;
 mod catalog;
+mod coordinate;
+mod directory;
 mod external;
 mod hlc;
 mod intentions;
@@ -43,6 +47,8 @@ mod value;
 
 pub use ca_root::{CA_ROOT_PREFIX, CaRoot};
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
+pub use coordinate::{COORDINATE_PREFIX, Coordinate, DIMENSIONS, ERROR_MAX, HEIGHT_MIN};
+pub use directory::{DIRECTORY_PREFIX, Gateway};
 pub use external::{
     EXTERNAL_PREFIX, ExternalEntry, ExternalNode, ExternalNodes, ExternalPart, PartKey,
 };

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot};
 use crate::catalog::{CatalogView, NodeRecord};
+use crate::coordinate::{self, COORDINATE_PREFIX, Coordinate};
+use crate::directory::{self, DIRECTORY_PREFIX, Gateway};
 use crate::external::{self, EXTERNAL_PREFIX, ExternalNodes, ExternalPart, PartKey};
 use crate::hlc::{Clock, ClockError, Hlc};
 use crate::intentions::Intention;
@@ -256,11 +258,7 @@ impl Replica {
                 }
                 self.index = ModifyIndex::resume(self.index.last().max(index));
             }
-            Journaled::ForgetRecord { owner } => {
-                self.records.remove(&owner);
-                // The reap took an index of its own; it is not journaled, so take the next.
-                self.records_index = self.index.next();
-            }
+            Journaled::ForgetRecord { owner } => self.forget_record(&owner),
             Journaled::ForgetShared { key } => {
                 self.forget_shared(&key);
             }
@@ -451,6 +449,57 @@ impl Replica {
             .prefix(CA_ROOT_PREFIX)
             .filter_map(|(_, e)| match e.register.value() {
                 Some(Value::CaRoot(root)) => Some(&**root),
+                _ => None,
+            })
+    }
+
+    /// Publishes this node's LAN coordinate.
+    pub fn put_coordinate(&mut self, coordinate: Coordinate, wall_ms: u64) {
+        let key = Coordinate::key(&self.me);
+        self.write_if_different(key, Value::Coordinate(Box::new(coordinate)), wall_ms);
+    }
+
+    /// Withdraws this node's LAN coordinate (it leaves).
+    pub fn delete_coordinate(&mut self, wall_ms: u64) -> bool {
+        self.delete_shared(Coordinate::key(&self.me), wall_ms)
+    }
+
+    /// The LAN coordinate of every node that published one, by node name; with the modify
+    /// index of the last change to any.
+    pub fn coordinates(&self) -> impl Iterator<Item = (&str, &Coordinate, u64)> {
+        self.shared
+            .prefix(COORDINATE_PREFIX)
+            .filter_map(|(key, e)| match e.register.value() {
+                Some(Value::Coordinate(c)) => {
+                    Some((coordinate::node_of_key(key)?, &**c, e.modify_index))
+                }
+                _ => None,
+            })
+    }
+
+    /// The modify index of the last change to any coordinate (0: none ever).
+    pub fn coordinates_index(&self) -> u64 {
+        self.shared.prefix_index(COORDINATE_PREFIX)
+    }
+
+    /// Publishes (or refreshes) a datacenter directory entry.
+    pub fn put_gateway(&mut self, gateway: Gateway, wall_ms: u64) {
+        let key = Gateway::key(&gateway.datacenter, &gateway.node);
+        self.write_if_different(key, Value::Gateway(Box::new(gateway)), wall_ms);
+    }
+
+    /// Withdraws the directory entry of `node` as a gateway of `datacenter`; false when
+    /// there was none.
+    pub fn delete_gateway(&mut self, datacenter: &str, node: &str, wall_ms: u64) -> bool {
+        self.delete_shared(Gateway::key(datacenter, node), wall_ms)
+    }
+
+    /// Every datacenter directory entry, by datacenter then node.
+    pub fn gateways(&self) -> impl Iterator<Item = &Gateway> {
+        self.shared
+            .prefix(DIRECTORY_PREFIX)
+            .filter_map(|(_, e)| match e.register.value() {
+                Some(Value::Gateway(g)) => Some(&**g),
                 _ => None,
             })
     }
@@ -647,6 +696,10 @@ impl Replica {
             }
             Change::Shared { key, register } => {
                 check_shared(key, register)?;
+                // A reaped owner's coordinate went with its record; a late copy stays out.
+                if coordinate::node_of_key(key).is_some_and(|n| self.reaped.contains_key(n)) {
+                    return Err(ApplyError::Reaped);
+                }
                 self.clock.observe(*register.stamp(), wall_ms)?;
                 if self.shared.entry(key).is_none()
                     && !self.is_stale(wall_ms)
@@ -681,8 +734,7 @@ impl Replica {
         let Some(version) = self.records.entry(owner).map(|e| *e.register.stamp()) else {
             return false;
         };
-        self.records.remove(owner);
-        self.records_index = self.index.next();
+        self.forget_record(owner);
         self.journal.push(Journaled::ForgetRecord {
             owner: owner.to_owned(),
         });
@@ -695,6 +747,15 @@ impl Replica {
             }
         }
         true
+    }
+
+    /// Drops `owner`'s record and what exists only with it (its LAN coordinate), with no
+    /// tombstone: every replica reaps the owner on its own.
+    fn forget_record(&mut self, owner: &str) {
+        self.records.remove(owner);
+        // The reap took an index of its own; it is not journaled, so take the next.
+        self.records_index = self.index.next();
+        self.shared.remove(&Coordinate::key(owner));
     }
 
     /// The owner is alive again: its record is welcome whatever its version.
@@ -729,6 +790,8 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
             CONFIG_PREFIX,
             EXTERNAL_PREFIX,
             CA_ROOT_PREFIX,
+            COORDINATE_PREFIX,
+            DIRECTORY_PREFIX,
         ]
         .into_iter()
         .find(|p| key.starts_with(p))
@@ -758,6 +821,22 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
         && key[CA_ROOT_PREFIX.len()..] != root.id
     {
         return Err(ApplyError::Malformed("CA root under another root's key"));
+    }
+    let coordinate_fits = match register.value() {
+        Some(Value::Coordinate(c)) => c.is_valid() && coordinate::node_of_key(key).is_some(),
+        _ => prefix != COORDINATE_PREFIX || coordinate::node_of_key(key).is_some(),
+    };
+    if !coordinate_fits {
+        return Err(ApplyError::Malformed("bad coordinate or coordinate key"));
+    }
+    let gateway_fits = match register.value() {
+        Some(Value::Gateway(g)) => g.fits(key),
+        _ => prefix != DIRECTORY_PREFIX || directory::parse_key(key).is_some(),
+    };
+    if !gateway_fits {
+        return Err(ApplyError::Malformed(
+            "datacenter directory entry does not match its key",
+        ));
     }
     Ok(())
 }
@@ -1213,6 +1292,65 @@ mod tests {
         assert_eq!(a.apply(&copy, 2), Err(ApplyError::Reaped));
         a.forget_reaped("b");
         assert_eq!(a.apply(&copy, 3), Ok(true));
+    }
+
+    #[test]
+    fn a_coordinate_goes_with_its_owners_record_and_nonsense_is_refused() {
+        let (mut a, mut b) = (replica("a", 1), replica("b", 2));
+        b.set_own_record(Some(NodeRecord::default()));
+        b.put_coordinate(Coordinate::default(), 1);
+        deliver(&mut b, &mut [&mut a], 1);
+        assert_eq!(
+            a.coordinates().map(|(n, _, _)| n).collect::<Vec<_>>(),
+            ["b"]
+        );
+        let copy = Change::Shared {
+            key: Coordinate::key("b"),
+            register: a
+                .shared()
+                .entry(&Coordinate::key("b"))
+                .unwrap()
+                .register
+                .clone(),
+        };
+        assert!(a.reap("b"));
+        assert_eq!(a.coordinates().count(), 0, "reaped with the record");
+        assert_eq!(a.apply(&copy, 2), Err(ApplyError::Reaped));
+        // And the reap is replayed from the journal the same way.
+        let restored =
+            Replica::restore("a", 1, 2, ReplicaConfig::default(), None, a.take_journal());
+        assert_eq!(restored.coordinates().count(), 0);
+        let stamp = Hlc {
+            physical_ms: 3,
+            logical: 0,
+            node: 2,
+        };
+        let bad = |key: &str, value: Value| Change::Shared {
+            key: key.into(),
+            register: Lww::new(stamp, Some(value)),
+        };
+        let nan = Coordinate {
+            height: f64::NAN,
+            ..Coordinate::default()
+        };
+        for change in [
+            bad(&Coordinate::key("c"), Value::Coordinate(Box::new(nan))),
+            bad("coordinate/c/d", Value::Coordinate(Box::default())),
+            bad(
+                &Gateway::key("dc1", "c"),
+                Value::Gateway(Box::new(Gateway {
+                    datacenter: "dc2".into(),
+                    node: "c".into(),
+                    wan: String::new(),
+                    coordinate: None,
+                })),
+            ),
+        ] {
+            assert!(
+                matches!(a.apply(&change, 3), Err(ApplyError::Malformed(_))),
+                "{change:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! What the shared key space holds, and the unit of replication.
 //!
-//! KV entries, intentions, config entries, external nodes and CA roots live in **one**
-//! [`SharedMap`] under disjoint key prefixes (`kv/`, `intention/`, `config/`, `external/`,
-//! `ca/root/`), so one digest, one anti-entropy exchange and one
+//! KV entries, intentions, config entries, external nodes, CA roots, coordinates and the
+//! datacenter directory live in **one** [`SharedMap`] under disjoint key prefixes (`kv/`,
+//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`), so one digest, one anti-entropy exchange and one
 //! journal cover them all. A value whose variant does not match its key's prefix is malformed
 //! and refused, so a hostile peer cannot plant an intention under a KV key.
 //!
@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot};
 use crate::catalog::NodeRecord;
+use crate::coordinate::{COORDINATE_PREFIX, Coordinate};
+use crate::directory::{DIRECTORY_PREFIX, Gateway};
 use crate::external::{EXTERNAL_PREFIX, ExternalPart};
 use crate::intentions::Intention;
 use crate::kv::KvValue;
@@ -58,6 +60,10 @@ pub enum Value {
     External(Box<ExternalPart>),
     /// A CA root certificate, under `ca/root/`.
     CaRoot(Box<CaRoot>),
+    /// A node's LAN coordinate, under `coordinate/`.
+    Coordinate(Box<Coordinate>),
+    /// A datacenter directory entry (one WAN gateway), under `datacenter/`.
+    Gateway(Box<Gateway>),
 }
 
 impl Value {
@@ -69,6 +75,8 @@ impl Value {
             Self::Config(_) => CONFIG_PREFIX,
             Self::External(_) => EXTERNAL_PREFIX,
             Self::CaRoot(_) => CA_ROOT_PREFIX,
+            Self::Coordinate(_) => COORDINATE_PREFIX,
+            Self::Gateway(_) => DIRECTORY_PREFIX,
         }
     }
 
@@ -80,6 +88,8 @@ impl Value {
             Self::Config(c) => c.kind.len() + c.name.len() + c.body.len(),
             Self::External(p) => p.weight(),
             Self::CaRoot(r) => r.weight(),
+            Self::Coordinate(c) => c.weight(),
+            Self::Gateway(g) => g.weight(),
         }
     }
 }

@@ -7,10 +7,12 @@
 //! between their LAN and WAN pools and nothing else, so no per-datacenter key of one
 //! datacenter ever lands in another's replica.
 //!
-//! Global today: intentions. CA roots join when each datacenter signs with its own root
-//! (a root from another datacenter must never be picked as this one's signer).
+//! Global today: intentions and the datacenter directory (which gateways serve each
+//! datacenter, with their WAN coordinates). CA roots join when each datacenter signs with its
+//! own root (a root from another datacenter must never be picked as this one's signer). LAN
+//! coordinates stay home: they measure only their own datacenter.
 
-use murmur_catalog::{Change, INTENTION_PREFIX};
+use murmur_catalog::{Change, DIRECTORY_PREFIX, INTENTION_PREFIX};
 
 /// Where a piece of replicated data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub enum Scope {
 
 /// The scope of the shared-map key `key`.
 pub fn of_key(key: &str) -> Scope {
-    if key.starts_with(INTENTION_PREFIX) {
+    if key.starts_with(INTENTION_PREFIX) || key.starts_with(DIRECTORY_PREFIX) {
         Scope::Global
     } else {
         Scope::Datacenter
@@ -40,14 +42,18 @@ pub fn of_change(change: &Change) -> Scope {
 
 #[cfg(test)]
 mod tests {
-    use murmur_catalog::{CA_ROOT_PREFIX, EXTERNAL_PREFIX, Intention, KV_PREFIX};
+    use murmur_catalog::{
+        CA_ROOT_PREFIX, Coordinate, EXTERNAL_PREFIX, Gateway, Intention, KV_PREFIX,
+    };
 
     use super::*;
 
     #[test]
     fn intentions_are_global_and_the_catalog_and_kv_stay_home() {
         assert_eq!(of_key(&Intention::key("web", "db")), Scope::Global);
+        assert_eq!(of_key(&Gateway::key("dc2", "gw")), Scope::Global);
         for key in [
+            Coordinate::key("web-1"),
             format!("{KV_PREFIX}app/color"),
             format!("{EXTERNAL_PREFIX}db-host"),
             format!("{CA_ROOT_PREFIX}root-1"),

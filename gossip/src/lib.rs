@@ -33,6 +33,7 @@ mod node;
 mod pool_member;
 mod replication;
 mod stats;
+pub mod vivaldi;
 mod wire;
 
 pub use config::{GossipConfig, Profile};

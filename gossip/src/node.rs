@@ -28,7 +28,7 @@ use crate::events::{EventFilter, EventLog, UserEvent};
 use crate::keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 use crate::members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
 use crate::stats::Stats;
-use crate::wire::{self, DropReason, PushPullState, StreamMessage, WireCodec};
+use crate::wire::{self, DatagramKind, DropReason, PushPullState, StreamMessage, WireCodec};
 use crate::{GossipConfig, GossipError, Identities, NodeIdentity};
 
 /// The capacity an empty output queue may keep; a bigger one is freed once drained.
@@ -45,6 +45,8 @@ pub enum TimerEvent {
     Rejoin,
     /// Time for anti-entropy with a random member, tombstone collection and reaping.
     Sync,
+    /// Time to ping a random member for a coordinate sample.
+    Coordinate,
 }
 
 /// Something the driver must do.
@@ -124,6 +126,8 @@ pub struct Node {
     own_record: Option<Arc<NodeRecord>>,
     /// What was learned for the carried state, oldest first (see [`Delivery`]).
     deliveries: Vec<Delivery>,
+    /// This node's network coordinate and the ping measuring it.
+    coordinates: coordinates::Coordinates,
 }
 
 /// Something the node learned that the replicated state it carries must hear of. The order is
@@ -181,7 +185,13 @@ impl Runtime<NodeIdentity> for Io<'_> {
     }
 
     fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
-        let bytes = wire::seal(self.cluster_id, self.keyring, self.rng, data);
+        let bytes = wire::seal_datagram(
+            self.cluster_id,
+            self.keyring,
+            self.rng,
+            DatagramKind::Swim,
+            data,
+        );
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         self.outputs
@@ -206,6 +216,7 @@ impl Runtime<NodeIdentity> for Io<'_> {
 }
 
 mod carrier;
+mod coordinates;
 
 /// Sizes of a node's queues (see [`Node::backlogs`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,9 +287,11 @@ impl Node {
             synced: false,
             own_record: None,
             deliveries: Vec::new(),
+            coordinates: coordinates::Coordinates::default(),
             config,
         };
         node.schedule_push_pull();
+        node.schedule_coordinate_ping();
         Ok(node)
     }
 
@@ -391,9 +404,15 @@ impl Node {
                 return;
             }
         };
-        let result = self.with_foca(|foca, io| foca.handle_data(&body, io));
-        if let Err(err) = result {
-            self.stats.count_foca_error(&err);
+        match DatagramKind::split(&body) {
+            Ok((DatagramKind::Swim, swim)) => {
+                let result = self.with_foca(|foca, io| foca.handle_data(swim, io));
+                if let Err(err) = result {
+                    self.stats.count_foca_error(&err);
+                }
+            }
+            Ok((DatagramKind::Coordinate, message)) => self.handle_coordinate(message),
+            Err(reason) => self.stats.dropped.count(reason),
         }
     }
 
@@ -410,6 +429,7 @@ impl Node {
                     self.stats.count_foca_error(&err);
                 }
                 if let Some(event) = reaped.and_then(|id| self.view.reap(&id)) {
+                    self.forget_coordinate_of(&event.member.name);
                     self.outputs.push_back(Output::Member(event));
                 }
             }
@@ -418,6 +438,7 @@ impl Node {
                 self.schedule_push_pull();
             }
             TimerEvent::Rejoin => self.rejoin_if_alone(),
+            TimerEvent::Coordinate => self.ping_for_coordinate(),
             // The replication's timer: `PoolMember` routes it there.
             TimerEvent::Sync => {}
         }

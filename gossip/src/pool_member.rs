@@ -91,9 +91,13 @@ impl PoolMember {
         self.replication.set_replica(replica, &mut self.node);
     }
 
-    /// Tells the member the wall-clock time (ms since the Unix epoch); call before each input.
-    pub fn set_now(&mut self, wall_ms: u64) {
+    /// Tells the member the time; call before each input. `wall_ms` is the wall clock (ms
+    /// since the Unix epoch: stamps, horizons); `elapsed` is monotonic time since any fixed
+    /// moment of the driver's (round trips are measured on it, so a wall-clock step never
+    /// makes one up).
+    pub fn set_now(&mut self, wall_ms: u64, elapsed: std::time::Duration) {
         self.replication.set_now(wall_ms);
+        self.node.set_elapsed(elapsed);
     }
 
     /// Makes a local change (a KV write, this node's record, …); it spreads from here.
@@ -236,7 +240,7 @@ mod tests {
             StdRng::seed_from_u64(7),
         )
         .unwrap();
-        member.set_now(1_700_000_000_000);
+        member.set_now(1_700_000_000_000, std::time::Duration::ZERO);
         member
     }
 

@@ -72,6 +72,8 @@ pub struct Stats {
     pub dropped: DropCounts,
     /// Local changes not queued for gossip because the queue was full (anti-entropy repairs).
     pub changes_dropped: u64,
+    /// Round trips that moved this member's network coordinate.
+    pub coordinate_samples: u64,
 }
 
 impl Stats {

@@ -27,15 +27,19 @@ use crate::{Identities, NodeIdentity};
 /// The wire protocol version this build speaks. Packets of another version are dropped.
 /// 2: user events carry service and tag filters; shared values may be external nodes or CA
 /// roots; agent requests ride on streams.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: datagrams start with their kind (SWIM or coordinate ping); shared values may be
+/// coordinates or datacenter directory entries.
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
 pub const MAX_DATAGRAM: usize = 1400;
 /// Longest cluster id (bytes).
 pub const MAX_CLUSTER_ID_LEN: usize = 32;
 /// Largest stream frame (push-pull of a large member list, keyring replies).
 pub const MAX_FRAME: usize = 4 << 20;
-/// Room the envelope takes around a datagram body; foca packs its messages into what is left.
-pub const ENVELOPE_OVERHEAD: usize = FIXED_HEADER_LEN + MAX_CLUSTER_ID_LEN + NONCE_LEN + TAG_LEN;
+/// Room the envelope takes around a datagram body (the kind byte included); foca packs its
+/// messages into what is left.
+pub const ENVELOPE_OVERHEAD: usize =
+    FIXED_HEADER_LEN + MAX_CLUSTER_ID_LEN + NONCE_LEN + TAG_LEN + 1;
 
 const MAGIC: [u8; 2] = *b"mm";
 /// Magic, protocol version, flags and the cluster id's length, before the cluster id.
@@ -115,6 +119,40 @@ pub(crate) fn seal(
         out.extend_from_slice(body);
     }
     out
+}
+
+/// What a datagram's body is, told by its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DatagramKind {
+    /// foca's SWIM messages.
+    Swim = 0,
+    /// A coordinate ping or its reply.
+    Coordinate = 1,
+}
+
+impl DatagramKind {
+    /// The kind of an opened datagram body, and the rest of it.
+    pub(crate) fn split(body: &[u8]) -> Result<(Self, &[u8]), DropReason> {
+        match body.split_first() {
+            Some((0, rest)) => Ok((Self::Swim, rest)),
+            Some((1, rest)) => Ok((Self::Coordinate, rest)),
+            _ => Err(DropReason::Undecodable),
+        }
+    }
+}
+
+/// Seals a datagram of `kind` carrying `body`.
+pub(crate) fn seal_datagram(
+    cluster_id: &str,
+    keyring: &Keyring,
+    rng: &mut impl Rng,
+    kind: DatagramKind,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(1 + body.len());
+    framed.push(kind as u8);
+    framed.extend_from_slice(body);
+    seal(cluster_id, keyring, rng, &framed)
 }
 
 /// A plaintext envelope, used only for rejections a peer must be able to read whatever its keys.
@@ -329,6 +367,21 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
+
+    #[test]
+    fn a_datagram_says_its_kind_first() {
+        assert_eq!(
+            DatagramKind::split(&[0, 7]),
+            Ok((DatagramKind::Swim, &[7u8][..]))
+        );
+        assert_eq!(
+            DatagramKind::split(&[1]),
+            Ok((DatagramKind::Coordinate, &[][..]))
+        );
+        for unknown in [&[][..], &[2, 0][..], &[255][..]] {
+            assert_eq!(DatagramKind::split(unknown), Err(DropReason::Undecodable));
+        }
+    }
     use crate::keyring::SecretKey;
 
     fn ring(b: u8) -> Keyring {

@@ -291,7 +291,8 @@ impl Net {
         let skew = self.skew_ms.get(&i).copied().unwrap_or(0) + drift;
         let wall_ms = (WALL_CLOCK_BASE_MS + now_ms as u64).saturating_add_signed(skew);
         let node = self.slots.get_mut(i)?.node.as_mut()?;
-        node.set_now(wall_ms);
+        // Monotonic time is the virtual clock itself: skew and drift are the wall clock's.
+        node.set_now(wall_ms, self.now);
         Some(node)
     }
 

@@ -68,7 +68,10 @@ fn register(net: &mut Net, at: usize, service: &str) {
 }
 
 fn instances(net: &mut Net, at: usize, service: &str) -> Vec<(String, Health)> {
-    let node = net.node(at);
+    instances_of(net.node(at), service)
+}
+
+fn instances_of(node: &murmur_gossip::PoolMember, service: &str) -> Vec<(String, Health)> {
     let failed = node.failed_owners();
     node.replica()
         .catalog(&failed)
@@ -94,8 +97,16 @@ fn a_large_value_travels_by_stream() {
     let mut net = cluster(8, 2);
     let big = vec![7u8; 100_000];
     put(&mut net, 5, "blob", &big);
-    let took = until_everywhere(&mut net, "blob", &big, SECS(5)).expect("spread");
-    assert!(took < SECS(2), "took {took:?}");
+    // Too large for a datagram and well before the first anti-entropy round (10 s): only
+    // the flood over streams carries it this far this soon.
+    net.run_for(SECS(2));
+    let holders = (0..8)
+        .filter(|&i| value_at(&mut net, i, "blob").is_some())
+        .count();
+    assert!(holders >= 6, "{holders} of 8 hold it after 2 s");
+    // Each holder floods it to three random peers once, so a node may be missed; the next
+    // anti-entropy round repairs that.
+    until_everywhere(&mut net, "blob", &big, SECS(20)).expect("spread");
 }
 
 #[test]
@@ -114,9 +125,17 @@ fn writes_lost_on_the_network_are_repaired_by_anti_entropy() {
         "the datagrams really were lost"
     );
     until_everywhere(&mut net, "k", b"v", SECS(60)).expect("repaired");
-    for i in 0..6 {
-        assert_eq!(instances(&mut net, i, "web").len(), 1, "node {i}");
-    }
+    // The record (written at node 4) is repaired by the same rounds, not necessarily the
+    // same ones that carried the key (written at node 0).
+    let everywhere = net.run_until(SECS(60), |net| {
+        net.slots
+            .iter()
+            .all(|s| instances_of(s.node.as_ref().unwrap(), "web").len() == 1)
+    });
+    assert!(
+        everywhere.is_some(),
+        "the registration was repaired everywhere"
+    );
 }
 
 #[test]

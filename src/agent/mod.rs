@@ -83,7 +83,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut node = PoolMember::new(identity.clone(), gossip, keyring, rand::make_rng())?;
     let (replica, persister) = open_replica(&config, &identity)?;
     node.set_replica(replica);
-    node.set_now(runtime::wall_ms());
+    node.set_now(runtime::wall_ms(), runtime::elapsed());
     node.write(|replica, _| {
         let record = own_record(&config, replica.kept_own_record(), &definitions);
         replica.set_own_record(Some(record));

@@ -48,6 +48,12 @@ pub fn wall_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Monotonic time since this process first asked: what the cores measure round trips on.
+pub fn elapsed() -> Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
+}
+
 /// Which pool a peer's request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -152,7 +158,7 @@ impl Agent {
         let mut relayed = Vec::new();
         let (result, outputs) = {
             let mut member = pool.lock();
-            member.set_now(wall_ms());
+            member.set_now(wall_ms(), elapsed());
             let result = call(&mut member);
             let mut outputs = Vec::new();
             while let Some(output) = member.poll_output() {
