@@ -157,6 +157,22 @@ pub enum Command {
         #[command(flatten)]
         target: HttpTarget,
     },
+    /// Estimate the round-trip time between two nodes from their network coordinates.
+    ///
+    /// With one node, the other is the local agent. LAN coordinates compare nodes of one
+    /// datacenter (--datacenter picks which); with --wan, nodes are WAN gateways named
+    /// node.datacenter, as `members --wan` lists them.
+    Rtt {
+        /// The first node.
+        node: String,
+        /// The second node (default: the local agent).
+        other: Option<String>,
+        /// Compare WAN coordinates of gateways (node.datacenter) instead.
+        #[arg(long)]
+        wan: bool,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
     /// Show the local agent's state: identity, members, gossip counters.
     Info {
         #[command(flatten)]

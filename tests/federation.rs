@@ -50,6 +50,21 @@ fn wan_members(agent: &Agent) -> Vec<String> {
     names
 }
 
+/// The gateways (`node.dc`) whose WAN coordinates `agent` lists, of datacenter `dc` or all.
+fn directory_nodes(agent: &Agent, dc: Option<&str>) -> Vec<String> {
+    let mut nodes: Vec<String> = agent
+        .get("/v1/coordinate/datacenters")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| dc.is_none_or(|dc| d["Datacenter"] == dc))
+        .flat_map(|d| d["Coordinates"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["Node"].as_str().map(str::to_owned))
+        .collect();
+    nodes.sort();
+    nodes
+}
+
 /// The agents of `agents` that list the WAN pool as `expected`, by index.
 fn gateways(agents: &[Agent], expected: &[String]) -> Vec<usize> {
     (0..agents.len())
@@ -146,6 +161,26 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     assert!(
         body.contains("not one of its datacenter's WAN gateways"),
         "{body}"
+    );
+
+    // The datacenter directory is global: an agent that is no gateway lists the datacenters
+    // too, and the gateways' WAN coordinates once measured (one WAN probe period, 5 s).
+    let wan_coordinates = |agent: &Agent| directory_nodes(agent, None);
+    assert!(
+        wait_until(REPLACE, || wan_coordinates(&east[other]) == linked),
+        "the gateways' WAN coordinates reach a non-gateway: {:?}",
+        wan_coordinates(&east[other])
+    );
+    assert_eq!(
+        east[other].get("/v1/catalog/datacenters"),
+        serde_json::json!(["east", "west"])
+    );
+    let out = east[other].cli(&["rtt", "-wan", &linked[0], &linked[1]]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ms (using WAN coordinates)"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // Intentions are global: written on any agent of one datacenter, they reach every agent
@@ -298,6 +333,15 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     assert_eq!(
         east[other].get("/v1/catalog/datacenters"),
         serde_json::json!(["east", "west"])
+    );
+    // The killed gateway's directory entry is withdrawn by its successor, everywhere.
+    let entries = |agent: &Agent| directory_nodes(agent, Some("east"));
+    assert!(
+        wait_until(REPLACE, || west
+            .iter()
+            .all(|w| entries(w) == [survivor.clone()])),
+        "west lists only the new east gateway: {:?}",
+        entries(&west[0])
     );
     // The new gateway relays too, and forwards.
     put(&east[other], "api");

@@ -2,6 +2,7 @@
 //! and leaves gracefully on SIGINT/SIGTERM or `PUT /v1/agent/leave`.
 
 pub mod config;
+mod coordinates;
 pub mod persist;
 pub mod pool;
 pub mod runtime;
@@ -181,6 +182,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if !retry.is_empty() {
         tokio::spawn(retry_join(agent.clone(), retry));
     }
+    tokio::spawn(coordinates::publish(agent.clone()));
     if let Some(gateway) = gateway {
         tokio::spawn(gateway.run(agent.clone()));
     }

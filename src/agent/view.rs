@@ -31,6 +31,11 @@ impl<'a> View<'a> {
         self.member.failed_owners()
     }
 
+    /// This agent's LAN coordinate as it stands now (published every so often).
+    pub fn coordinate(&self) -> &'a murmur_catalog::Coordinate {
+        self.member.node().coordinate()
+    }
+
     /// This agent's identity.
     pub fn me(&self) -> &'a NodeIdentity {
         self.member.node().identity()

@@ -38,6 +38,7 @@ pub struct Gateway {
     identity: NodeIdentity,
     gossip: GossipConfig,
     node: String,
+    datacenter: String,
 }
 
 impl Gateway {
@@ -64,6 +65,7 @@ impl Gateway {
                 ..GossipConfig::wan(&config.cluster_id)
             },
             node: config.node.clone(),
+            datacenter: config.datacenter.clone(),
         })
     }
 
@@ -79,28 +81,96 @@ impl Gateway {
         };
     }
 
-    /// Re-runs the selection every second for as long as the agent runs.
+    /// Re-runs the selection every second for as long as the agent runs; while serving,
+    /// keeps this datacenter's directory entries true.
     pub async fn run(self, agent: Arc<Agent>) {
         let mut every = tokio::time::interval(SELECT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_entry = tokio::time::Instant::now();
+        // Whether the entry last written carried a coordinate: the first one measured is
+        // published at once rather than an interval later.
+        let mut measured = false;
         loop {
             every.tick().await;
             let selected = agent.view(|v| selected(v, &self.node, self.wan.gateways));
             match (selected, agent.wan().is_some()) {
-                (true, false) => {
-                    if let Err(err) = self.serve(&agent).await {
-                        tracing::error!("cannot serve as a WAN gateway: {err:#}");
+                (true, false) => match self.serve(&agent).await {
+                    Ok(()) => {
+                        next_entry = tokio::time::Instant::now();
+                        measured = false;
                     }
-                }
+                    Err(err) => tracing::error!("cannot serve as a WAN gateway: {err:#}"),
+                },
                 (false, true) => {
                     tracing::info!("another agent serves as a WAN gateway: leaving the WAN pool");
                     if let Err(err) = publish(&agent, None).await {
                         tracing::error!("cannot withdraw the WAN gateway meta: {err:#}");
                     }
+                    self.withdraw_entry(&agent);
                     agent.stop_wan().await;
                 }
-                _ => {}
+                (true, true) => {
+                    let now = tokio::time::Instant::now();
+                    let first_measure = !measured && wan_coordinate(&agent).is_some();
+                    if now >= next_entry || first_measure {
+                        measured = self.publish_entry(&agent);
+                        let gateways = agent.view(|v| v.replica().gateways().count());
+                        next_entry = now + super::coordinates::interval(gateways);
+                    }
+                    self.withdraw_failed(&agent);
+                }
+                (false, false) => {}
             }
+        }
+    }
+
+    /// Writes this gateway's directory entry: its WAN address and, once measured, its WAN
+    /// coordinate (the entry is global: it reaches every datacenter). Says whether the
+    /// coordinate was in it.
+    fn publish_entry(&self, agent: &Arc<Agent>) -> bool {
+        let coordinate = wan_coordinate(agent);
+        let measured = coordinate.is_some();
+        let entry = murmur_catalog::Gateway {
+            datacenter: self.datacenter.clone(),
+            node: self.node.clone(),
+            wan: self.wan.advertise.to_string(),
+            coordinate,
+        };
+        agent.with_node(|n| n.write(|replica, now| replica.put_gateway(entry, now)));
+        measured
+    }
+
+    /// Withdraws this agent's directory entry: it no longer serves.
+    fn withdraw_entry(&self, agent: &Arc<Agent>) {
+        agent.with_node(|n| {
+            n.write(|replica, now| replica.delete_gateway(&self.datacenter, &self.node, now))
+        });
+    }
+
+    /// Withdraws the directory entries of this datacenter's agents that no longer serve:
+    /// failed (a gateway that crashed withdraws nothing itself), or stepped down without
+    /// saying so. Every gateway of the datacenter may do it; the deletes agree.
+    fn withdraw_failed(&self, agent: &Arc<Agent>) {
+        let stale: Vec<String> = agent.view(|v| {
+            let failed = v.failed_owners();
+            let records = v.replica().records();
+            v.replica()
+                .gateways()
+                .filter(|g| g.datacenter == self.datacenter && g.node != self.node)
+                .filter(|g| {
+                    failed.contains(&g.node)
+                        || records
+                            .get(&g.node)
+                            .is_none_or(|r| !r.meta.contains_key(GATEWAY_META))
+                })
+                .map(|g| g.node.clone())
+                .collect()
+        });
+        for node in stale {
+            tracing::info!(%node, "withdrawing the directory entry of a gateway that no longer serves");
+            agent.with_node(|n| {
+                n.write(|replica, now| replica.delete_gateway(&self.datacenter, &node, now))
+            });
         }
     }
 
@@ -134,6 +204,15 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// This gateway's WAN coordinate, once it has measured one.
+fn wan_coordinate(agent: &Agent) -> Option<murmur_catalog::Coordinate> {
+    agent
+        .read_wan(|n| {
+            (n.node().stats().coordinate_samples > 0).then(|| n.node().coordinate().clone())
+        })
+        .flatten()
 }
 
 /// Whether this agent (`me`) is among the `k` gateways, from what its view says: the live

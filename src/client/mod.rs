@@ -3,6 +3,7 @@
 mod catalog;
 mod connect;
 mod kv;
+mod rtt;
 pub mod sidecar;
 mod watch;
 
@@ -202,6 +203,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             target,
         } => catalog::maint(enable, disable, reason, service, &target).await?,
         Command::Info { output, target } => catalog::info(&output, &target).await?,
+        Command::Rtt {
+            node,
+            other,
+            wan,
+            target,
+        } => rtt::run(&Client::new(&target), &node, other.as_deref(), wan).await?,
         Command::Watch {
             spec,
             handler,

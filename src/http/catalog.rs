@@ -2,7 +2,7 @@
 //! catalog queries. The local agent owns its record: registering or deregistering rewrites it
 //! and spreads it; every agent answers catalog reads from its own replica.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -12,6 +12,7 @@ use murmur_catalog::{Instance, NodeRecord};
 use serde_json::{Value, json};
 
 use super::blocking::Topic;
+use super::coordinate::sort_near;
 use super::health::{NodeShape, ServiceShape, check_json, node_json, service_json};
 use super::health::{catalog_query, split_query};
 use super::{Api, ApiError, ApiResult, blocking, filter_of, filtered, node_uuid, with_index};
@@ -73,7 +74,9 @@ pub async fn service(
     let (query, tags) = split_query(pairs, "tag");
     catalog_query(&api, &query, None, |v, view| {
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        view.instances(&name, &tags)
+        let mut instances = view.instances(&name, &tags);
+        sort_near(v, &query, &mut instances, |i| i.node);
+        instances
             .iter()
             .map(|i| instance_json(i, v.node_id(i.node), view.node_index(i.node)))
             .collect::<Vec<Value>>()
@@ -139,13 +142,16 @@ pub async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> ApiRe
     Ok(StatusCode::OK)
 }
 
-/// `GET /v1/catalog/nodes`: every live node, in name order.
+/// `GET /v1/catalog/nodes`: every live node, in name order (or nearest first, `?near=`).
 pub async fn nodes(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     catalog_query(&api, &query, None, |v, view| {
-        view.nodes()
+        let mut nodes: Vec<_> = view.nodes().collect();
+        sort_near(v, &query, &mut nodes, |(name, _)| name);
+        nodes
+            .into_iter()
             .map(|(name, record)| node_json(name, record, v.node_id(name), view.node_index(name)))
             .collect::<Vec<NodeShape>>()
     })
@@ -190,26 +196,12 @@ struct CatalogNode<'a> {
     services: BTreeMap<&'a String, ServiceShape>,
 }
 
-/// `GET /v1/catalog/datacenters`: this agent's datacenter first, then (on a WAN gateway) the
-/// others its WAN pool has a live member of, by name. Agents that are not gateways list only
-/// their own until the datacenter directory is replicated to them.
+/// `GET /v1/catalog/datacenters`: this agent's datacenter first, then the others the
+/// datacenter directory (or, on a gateway, the WAN pool) knows, nearest first.
 pub async fn datacenters(State(api): State<Api>) -> Json<Value> {
-    let local = api.config.datacenter.as_str();
-    let others: BTreeSet<String> = api
-        .agent
-        .read_wan(|n| {
-            n.node()
-                .members()
-                .into_iter()
-                .filter(|m| m.status.is_active() && m.identity.datacenter != local)
-                .map(|m| m.identity.datacenter.to_string())
-                .collect()
-        })
-        .unwrap_or_default();
+    let (_, ranked) = super::coordinate::ranked_datacenters(&api);
     Json(json!(
-        std::iter::once(local.to_owned())
-            .chain(others)
-            .collect::<Vec<_>>()
+        ranked.into_iter().map(|(dc, _)| dc).collect::<Vec<_>>()
     ))
 }
 

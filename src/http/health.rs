@@ -215,16 +215,25 @@ pub async fn service(
 ) -> ApiResult {
     let (query, tags) = split_query(pairs, "tag");
     let passing = flag_or_value(&query, "passing")?;
-    let key = format!(
-        "health/service\n{name}\n{passing}\n{}\n{}",
-        query.get("filter").map_or("", String::as_str),
-        tags.join("\n")
-    );
-    catalog_query(&api, &query, Some(key), |v, view| {
+    // An answer sorted `?near=` depends on coordinates too, which the kept answers are not
+    // keyed by: it is made afresh.
+    let key = (!query.contains_key("near")).then(|| {
+        format!(
+            "health/service\n{name}\n{passing}\n{}\n{}",
+            query.get("filter").map_or("", String::as_str),
+            tags.join("\n")
+        )
+    });
+    catalog_query(&api, &query, key, |v, view| {
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        view.instances(&name, &tags)
-            .iter()
+        let mut instances: Vec<_> = view
+            .instances(&name, &tags)
+            .into_iter()
             .filter(|i| !passing || i.health == Health::Passing)
+            .collect();
+        super::coordinate::sort_near(v, &query, &mut instances, |i| i.node);
+        instances
+            .iter()
             .map(|i| entry_json(v, view, i))
             .collect::<Vec<_>>()
     })

@@ -9,6 +9,7 @@ pub mod blocking;
 mod catalog;
 mod checks;
 mod connect;
+mod coordinate;
 mod datacenter;
 mod external;
 mod filter;
@@ -179,6 +180,8 @@ pub fn router(
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/v1/event/fire/{name}", put(event_fire))
+        .route("/v1/coordinate/nodes", get(coordinate::nodes))
+        .route("/v1/coordinate/node/{name}", get(coordinate::node))
         .route_layer(datacenter::DatacenterLayer::new(
             &api.config.datacenter,
             forwarder.clone(),
@@ -223,6 +226,7 @@ pub fn router(
         .route("/v1/agent/services", get(catalog::agent_services))
         .route("/v1/agent/checks", get(catalog::agent_checks))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/coordinate/datacenters", get(coordinate::datacenters))
         .route("/v1/agent/connect/ca/roots", get(connect::roots))
         .route("/v1/agent/connect/ca/leaf/{service}", get(connect::leaf))
         .route("/v1/agent/connect/authorize", post(connect::authorize))
@@ -375,12 +379,13 @@ fn node_uuid(id: u64) -> String {
 }
 
 async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
-    let (my_name, members, stats, encrypted) = api.agent.view(|v| {
+    let (my_name, members, stats, encrypted, coord) = api.agent.view(|v| {
         (
             v.me().name.clone(),
             v.members(),
             v.stats().clone(),
             v.encrypted(),
+            coordinate::CoordShape::from(v.coordinate()),
         )
     });
     let me = members.iter().find(|m| m.identity.name == my_name).cloned();
@@ -413,6 +418,7 @@ async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
             "Version": env!("CARGO_PKG_VERSION"),
         },
         "Member": member_json(&me),
+        "Coord": coord,
         "Meta": {},
         "Stats": {
             "agent": { "generation": me.identity.generation.to_string(), "cluster_id": api.config.cluster_id },
