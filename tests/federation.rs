@@ -1,6 +1,7 @@
 //! End to end: two datacenters of real agents on loopback pick their WAN gateways without an
 //! election, link through them, share intentions (and nothing of their catalogs or KV), answer
-//! `?dc=` for each other (HTTP, the CLI, python3-consul, DNS; blocking queries too), replace a
+//! `?dc=` for each other (HTTP, the CLI, python3-consul, DNS; blocking queries too), fail
+//! prepared queries over to each other, replace a
 //! gateway killed with `kill -9`, and answer Consul's error when the other side is gone.
 
 mod common;
@@ -301,6 +302,89 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
             "dig said: {text}"
         );
     }
+    // A prepared query is global; executed where its service has no healthy instance, it
+    // fails over to the nearest datacenter that has one (HTTP and DNS), and answers from
+    // home as soon as home has one again.
+    let (status, _, body) = asker.request(
+        "POST",
+        "/v1/query",
+        br#"{"Name": "web-q", "Service": {"Service": "west-web", "Failover": {"NearestN": 1, "Datacenters": ["nowhere", "west"]}}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let execute = |agent: &Agent| -> (String, u64, Vec<u64>) {
+        let answer = agent.get("/v1/query/web-q/execute");
+        let ports = answer["Nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["Service"]["Port"].as_u64())
+            .collect();
+        (
+            answer["Datacenter"].as_str().unwrap_or_default().to_owned(),
+            answer["Failovers"].as_u64().unwrap_or(99),
+            ports,
+        )
+    };
+    assert_eq!(
+        execute(asker),
+        ("west".to_owned(), 1, vec![80]),
+        "failed over to west"
+    );
+    assert_eq!(
+        srv("web-q.query.consul.").1,
+        ["80 west-0.node.west.consul."],
+        "DNS fails over too"
+    );
+    assert!(
+        wait_until(REPLACE, || west[1]
+            .request("GET", "/v1/query/web-q/execute", b"")
+            .0
+            == 200),
+        "the query reached west"
+    );
+    assert_eq!(
+        execute(&west[1]),
+        ("west".to_owned(), 0, vec![80]),
+        "west answers itself"
+    );
+    let register = br#"{"Name": "west-web", "ID": "west-web", "Port": 81, "Check": {"TTL": "60s", "Status": "passing"}}"#;
+    assert_eq!(
+        asker
+            .request("PUT", "/v1/agent/service/register", register)
+            .0,
+        200
+    );
+    assert!(
+        wait_until(REPLACE, || execute(asker)
+            == ("east".to_owned(), 0, vec![81])),
+        "a healthy local instance wins: {:?}",
+        execute(asker)
+    );
+    let (status, _, body) = asker.request("PUT", "/v1/agent/check/fail/service:west-web", b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_until(REPLACE, || execute(asker)
+            == ("west".to_owned(), 1, vec![80])),
+        "critical at home: west again, {:?}",
+        execute(asker)
+    );
+    let (status, _, body) =
+        asker.request("POST", "/v1/query", br#"{"Name": "bad", "Service": {}}"#);
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            500,
+            "Invalid prepared query: Must provide a Service name to query"
+        )
+    );
+    let (status, _, body) = asker.request("GET", "/v1/query/nothing/execute", b"");
+    assert_eq!((status, body.as_str()), (404, "Query not found"));
+    assert_eq!(
+        srv("nothing.query.consul.").0,
+        ResponseCode::NXDomain,
+        "an unknown prepared query"
+    );
+
     // A blocking query is forwarded whole: it waits in west and wakes on west's change.
     let (_, headers, _) = asker.request("GET", "/v1/kv/from-east?dc=west", b"");
     let index = common::header(&headers, "x-consul-index").expect("forwarded index");

@@ -18,6 +18,7 @@
 //!   shared data part by part ([`ExternalPart`]) and read like any other node;
 //! - [`CaRoot`]: the mesh CA's root certificates, replicated so every agent trusts the same;
 //! - [`Coordinate`]: a node's place in Vivaldi space, to estimate round-trip times;
+//! - [`PreparedQuery`]: stored service lookups with failover (global data);
 //! - [`Gateway`]: the datacenter directory's entries, one per WAN gateway of each datacenter;
 //! - [`Value`] and [`Change`]: what the shared key space holds and the unit of replication;
 //! - [`Replica`]: one node's whole replicated state — applying peers' changes, the four-step
@@ -40,6 +41,7 @@ mod intentions;
 mod journal;
 mod kv;
 mod owned;
+mod query;
 mod register;
 mod replica;
 mod shared;
@@ -60,6 +62,7 @@ pub use journal::{
 };
 pub use kv::{KvEntry, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use owned::{Digest, DigestDiff, OwnedEntry, OwnedMap};
+pub use query::{PreparedQuery, QUERY_PREFIX, QueryTemplate};
 pub use register::{Lww, Owned, Register, Version};
 pub use replica::{
     ApplyError, Journaled, KeySummary, Replica, ReplicaConfig, ReplicaStats, Snapshot, SyncDigest,

@@ -30,6 +30,7 @@ use crate::hlc::{Clock, ClockError, Hlc};
 use crate::intentions::Intention;
 use crate::kv::{self, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::owned::{OwnedEntry, OwnedMap};
+use crate::query::{PreparedQuery, QUERY_PREFIX};
 use crate::register::{Lww, Owned, Version};
 use crate::shared::{Entry, ModifyIndex, SharedMap};
 use crate::value::{CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value};
@@ -504,6 +505,32 @@ impl Replica {
             })
     }
 
+    /// Creates or replaces a prepared query.
+    pub fn put_query(&mut self, query: PreparedQuery, wall_ms: u64) {
+        let key = PreparedQuery::key(&query.id);
+        self.write_shared(key, Some(Value::Query(Box::new(query))), wall_ms);
+    }
+
+    /// Deletes the prepared query `id`; false when there was none.
+    pub fn delete_query(&mut self, id: &str, wall_ms: u64) -> bool {
+        self.delete_shared(PreparedQuery::key(id), wall_ms)
+    }
+
+    /// Every prepared query, by id, with the modify index of its last change.
+    pub fn queries(&self) -> impl Iterator<Item = (&PreparedQuery, u64)> {
+        self.shared
+            .prefix(QUERY_PREFIX)
+            .filter_map(|(_, e)| match e.register.value() {
+                Some(Value::Query(q)) => Some((&**q, e.modify_index)),
+                _ => None,
+            })
+    }
+
+    /// The modify index of the last change to any prepared query (0: none ever).
+    pub fn queries_index(&self) -> u64 {
+        self.shared.prefix_index(QUERY_PREFIX)
+    }
+
     /// Creates or replaces a config entry.
     pub fn put_config(&mut self, entry: ConfigEntry, wall_ms: u64) {
         let key = ConfigEntry::key(&entry.kind, &entry.name);
@@ -792,6 +819,7 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
             CA_ROOT_PREFIX,
             COORDINATE_PREFIX,
             DIRECTORY_PREFIX,
+            QUERY_PREFIX,
         ]
         .into_iter()
         .find(|p| key.starts_with(p))
@@ -833,6 +861,13 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
         Some(Value::Gateway(g)) => g.fits(key),
         _ => prefix != DIRECTORY_PREFIX || directory::parse_key(key).is_some(),
     };
+    if let Some(Value::Query(query)) = register.value()
+        && !query.fits(key)
+    {
+        return Err(ApplyError::Malformed(
+            "prepared query under another query's key",
+        ));
+    }
     if !gateway_fits {
         return Err(ApplyError::Malformed(
             "datacenter directory entry does not match its key",

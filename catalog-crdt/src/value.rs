@@ -1,8 +1,8 @@
 //! What the shared key space holds, and the unit of replication.
 //!
-//! KV entries, intentions, config entries, external nodes, CA roots, coordinates and the
-//! datacenter directory live in **one** [`SharedMap`] under disjoint key prefixes (`kv/`,
-//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`), so one digest, one anti-entropy exchange and one
+//! KV entries, intentions, config entries, external nodes, CA roots, coordinates, the
+//! datacenter directory and prepared queries live in **one** [`SharedMap`] under disjoint key prefixes (`kv/`,
+//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`, `query/`), so one digest, one anti-entropy exchange and one
 //! journal cover them all. A value whose variant does not match its key's prefix is malformed
 //! and refused, so a hostile peer cannot plant an intention under a KV key.
 //!
@@ -19,6 +19,7 @@ use crate::directory::{DIRECTORY_PREFIX, Gateway};
 use crate::external::{EXTERNAL_PREFIX, ExternalPart};
 use crate::intentions::Intention;
 use crate::kv::KvValue;
+use crate::query::{PreparedQuery, QUERY_PREFIX};
 use crate::register::{Lww, Owned};
 
 /// Key prefix of KV entries.
@@ -64,6 +65,8 @@ pub enum Value {
     Coordinate(Box<Coordinate>),
     /// A datacenter directory entry (one WAN gateway), under `datacenter/`.
     Gateway(Box<Gateway>),
+    /// A prepared query, under `query/`.
+    Query(Box<PreparedQuery>),
 }
 
 impl Value {
@@ -77,6 +80,7 @@ impl Value {
             Self::CaRoot(_) => CA_ROOT_PREFIX,
             Self::Coordinate(_) => COORDINATE_PREFIX,
             Self::Gateway(_) => DIRECTORY_PREFIX,
+            Self::Query(_) => QUERY_PREFIX,
         }
     }
 
@@ -90,6 +94,7 @@ impl Value {
             Self::CaRoot(r) => r.weight(),
             Self::Coordinate(c) => c.weight(),
             Self::Gateway(g) => g.weight(),
+            Self::Query(q) => q.weight(),
         }
     }
 }

@@ -48,6 +48,36 @@ pub fn rank<'a>(
     ranked
 }
 
+/// The datacenters a prepared query fails over to, in order, from `ranked` (as [`rank`]
+/// returns it, the local datacenter first): the `nearest_n` nearest others, then those of
+/// `listed` not already in. As Consul, a listed datacenter no one knows is skipped (returned
+/// second, to be logged), and the local one is never a failover.
+pub fn failover_order(
+    ranked: &[(String, Option<Duration>)],
+    nearest_n: usize,
+    listed: &[String],
+) -> (Vec<String>, Vec<String>) {
+    let local = ranked.first().map(|(dc, _)| dc.as_str());
+    let mut order: Vec<String> = ranked
+        .iter()
+        .skip(1)
+        .take(nearest_n)
+        .map(|(dc, _)| dc.clone())
+        .collect();
+    let mut unknown = Vec::new();
+    for dc in listed {
+        if Some(dc.as_str()) == local || order.contains(dc) {
+            continue;
+        }
+        if ranked.iter().any(|(known, _)| known == dc) {
+            order.push(dc.clone());
+        } else if !unknown.contains(dc) {
+            unknown.push(dc.clone());
+        }
+    }
+    (order, unknown)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +114,23 @@ mod tests {
         let near = ranked[1].1.unwrap().as_secs_f64();
         assert!((0.02..0.03).contains(&near), "the median pair: {near}");
         assert_eq!(ranked[3].1, None);
+    }
+
+    #[test]
+    fn failover_takes_the_nearest_then_the_listed_and_skips_the_unknown() {
+        let ms = |n| Some(Duration::from_millis(n));
+        let ranked: Vec<(String, Option<Duration>)> =
+            [("home", ms(0)), ("a", ms(10)), ("b", ms(20)), ("c", None)]
+                .into_iter()
+                .map(|(n, d)| (n.to_owned(), d))
+                .collect();
+        let listed = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            failover_order(&ranked, 1, &listed(&["c", "a", "home", "mars", "c"])),
+            (listed(&["a", "c"]), listed(&["mars"]))
+        );
+        assert_eq!(failover_order(&ranked, 9, &[]).0, listed(&["a", "b", "c"]));
+        assert_eq!(failover_order(&ranked, 0, &[]).0, Vec::<String>::new());
     }
 
     #[test]

@@ -7,12 +7,12 @@
 //! between their LAN and WAN pools and nothing else, so no per-datacenter key of one
 //! datacenter ever lands in another's replica.
 //!
-//! Global today: intentions and the datacenter directory (which gateways serve each
+//! Global today: intentions, prepared queries and the datacenter directory (which gateways serve each
 //! datacenter, with their WAN coordinates). CA roots join when each datacenter signs with its
 //! own root (a root from another datacenter must never be picked as this one's signer). LAN
 //! coordinates stay home: they measure only their own datacenter.
 
-use murmur_catalog::{Change, DIRECTORY_PREFIX, INTENTION_PREFIX};
+use murmur_catalog::{Change, DIRECTORY_PREFIX, INTENTION_PREFIX, QUERY_PREFIX};
 
 /// Where a piece of replicated data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,10 @@ pub enum Scope {
 
 /// The scope of the shared-map key `key`.
 pub fn of_key(key: &str) -> Scope {
-    if key.starts_with(INTENTION_PREFIX) || key.starts_with(DIRECTORY_PREFIX) {
+    if [INTENTION_PREFIX, DIRECTORY_PREFIX, QUERY_PREFIX]
+        .iter()
+        .any(|p| key.starts_with(p))
+    {
         Scope::Global
     } else {
         Scope::Datacenter
@@ -52,6 +55,10 @@ mod tests {
     fn intentions_are_global_and_the_catalog_and_kv_stay_home() {
         assert_eq!(of_key(&Intention::key("web", "db")), Scope::Global);
         assert_eq!(of_key(&Gateway::key("dc2", "gw")), Scope::Global);
+        assert_eq!(
+            of_key(&murmur_catalog::PreparedQuery::key("q-1")),
+            Scope::Global
+        );
         for key in [
             Coordinate::key("web-1"),
             format!("{KV_PREFIX}app/color"),

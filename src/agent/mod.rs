@@ -111,7 +111,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         &config.datacenter,
         dns.clone(),
     ));
-    crate::dns::serve(agent.clone(), config.dns_addr, dns, forwarder.clone()).await?;
+    let queries = Arc::new(crate::http::query::Executor::new(
+        agent.clone(),
+        forwarder.clone(),
+        &config.datacenter,
+    ));
+    crate::dns::serve(
+        agent.clone(),
+        config.dns_addr,
+        dns,
+        forwarder.clone(),
+        queries.clone(),
+    )
+    .await?;
     let checks = Checks::new(agent.clone(), check_store);
     // Checks registered through the API before a restart, then the config dir's (which win
     // on a shared id); statuses the record kept stay until each check's first result.
@@ -138,7 +150,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         checks,
         connect,
         sidecars.clone(),
-        forwarder,
+        queries,
     );
     // Resolve the routes once: served as a plain `Router`, axum re-resolves every route for
     // each new connection (`with_state` per connection), 18.5 KiB per connection that lives as

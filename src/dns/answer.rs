@@ -59,10 +59,14 @@ pub fn respond(
             return reply.to_vec().ok();
         }
     };
-    let mut reply = answer(&request, view, settings, rng);
+    let reply = answer(&request, view, settings, rng);
+    encode_within(&request, reply, max_len)
+}
+
+/// Encodes `reply`; over UDP (`max_len`), one too big for the client's buffer is cut to fit
+/// and flagged, so the client asks again over TCP.
+fn encode_within(request: &Message, mut reply: Message, max_len: Option<usize>) -> Option<Vec<u8>> {
     let mut bytes = reply.to_vec().ok()?;
-    // Over UDP, a reply too big for the client's buffer is cut to fit and flagged, so the
-    // client asks again over TCP.
     let limit = max_len.map(|l| l.max(usize::from(request.max_payload())));
     if let Some(limit) = limit
         && bytes.len() > limit
@@ -133,38 +137,135 @@ pub fn answer(
         }
         Found::Instances(mut instances) => {
             instances.shuffle(rng);
-            for i in &instances {
-                let ip = instance_ip(i);
-                if qtype == RecordType::SRV {
-                    let target = node_name(i.node, settings);
-                    let weight = u16::try_from(i.service.weight_passing.max(1)).unwrap_or(u16::MAX);
-                    let weight = if i.health == Health::Warning {
-                        u16::try_from(i.service.weight_warning).unwrap_or(u16::MAX)
-                    } else {
-                        weight
-                    };
-                    let srv = SRV::new(1, weight, i.service.port, target.clone());
-                    reply.add_answer(Record::from_rdata(
-                        query.name().clone(),
-                        ttl,
-                        RData::SRV(srv),
-                    ));
-                    if let Some(ip) = ip
-                        && let Some(a) = address(&target, ip, address_type(ip), ttl)
-                    {
-                        reply.add_additional(a);
-                    }
-                } else if let Some(record) = ip.and_then(|ip| address(query.name(), ip, qtype, ttl))
-                {
-                    reply.add_answer(record);
-                }
-            }
-            if reply.answers().is_empty() {
-                reply.add_name_server(soa(settings));
-            }
+            let targets: Vec<Target> = instances.iter().map(Target::of).collect();
+            add_targets(&mut reply, query, &targets, settings, ttl);
         }
     }
     reply
+}
+
+/// One answer of a service lookup: where an instance is.
+pub struct Target {
+    /// Its node's name.
+    pub node: String,
+    /// Its node's datacenter (a prepared query's failover answers from another).
+    pub datacenter: String,
+    /// Its address, if it has one.
+    pub ip: Option<IpAddr>,
+    /// Its port.
+    pub port: u16,
+    /// Its SRV weight.
+    pub weight: u16,
+}
+
+impl Target {
+    fn of(i: &Instance<'_>) -> Self {
+        let weight = if i.health == Health::Warning {
+            i.service.weight_warning
+        } else {
+            i.service.weight_passing.max(1)
+        };
+        Self {
+            node: i.node.to_owned(),
+            datacenter: i.record.datacenter.clone(),
+            ip: instance_ip(i),
+            port: i.service.port,
+            weight: u16::try_from(weight).unwrap_or(u16::MAX),
+        }
+    }
+}
+
+/// Answers `query` with `targets`: SRV records (the target's address in the additional
+/// section) or A/AAAA, as asked; the SOA when none fits.
+fn add_targets(
+    reply: &mut Message,
+    query: &hickory_proto::op::Query,
+    targets: &[Target],
+    settings: &DnsSettings,
+    ttl: u32,
+) {
+    let qtype = query.query_type();
+    for t in targets {
+        if qtype == RecordType::SRV {
+            let dc = if t.datacenter.is_empty() {
+                &settings.datacenter
+            } else {
+                &t.datacenter
+            };
+            let target = node_name(&t.node, dc, settings);
+            let srv = SRV::new(1, t.weight, t.port, target.clone());
+            reply.add_answer(Record::from_rdata(
+                query.name().clone(),
+                ttl,
+                RData::SRV(srv),
+            ));
+            if let Some(ip) = t.ip
+                && let Some(a) = address(&target, ip, address_type(ip), ttl)
+            {
+                reply.add_additional(a);
+            }
+        } else if let Some(record) = t.ip.and_then(|ip| address(query.name(), ip, qtype, ttl)) {
+            reply.add_answer(record);
+        }
+    }
+    if reply.answers().is_empty() {
+        reply.add_name_server(soa(settings));
+    }
+}
+
+/// The prepared query a query in `packet` names (`<name>.query[.<dc>].<domain>`, the
+/// datacenter this one or none).
+pub fn prepared_query(packet: &[u8], settings: &DnsSettings) -> Option<String> {
+    let labels = question_labels(packet, settings)?;
+    let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
+    if split_datacenter(&mut l).is_some_and(|dc| dc != settings.datacenter) {
+        return None;
+    }
+    match l.as_slice() {
+        [name, "query"] => Some((*name).to_owned()),
+        _ => None,
+    }
+}
+
+/// The reply to the prepared-query lookup in `packet`: `targets` (NXDOMAIN when `None`: no
+/// such query), with `ttl` (the query's own, else the agent's).
+pub fn respond_with_targets(
+    packet: &[u8],
+    targets: Option<&[Target]>,
+    ttl: Option<u32>,
+    settings: &DnsSettings,
+    max_len: Option<usize>,
+) -> Option<Vec<u8>> {
+    let request = Message::from_vec(packet).ok()?;
+    let Some(targets) = targets else {
+        return failure(packet, ResponseCode::NXDomain, settings);
+    };
+    let mut reply = Message::new();
+    reply
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired())
+        .set_authoritative(true);
+    let query = request.queries().first()?;
+    reply.add_query(query.clone());
+    add_targets(
+        &mut reply,
+        query,
+        targets,
+        settings,
+        ttl.unwrap_or(settings.ttl),
+    );
+    encode_within(&request, reply, max_len)
+}
+
+/// The labels under the domain of the one question in `packet`.
+fn question_labels(packet: &[u8], settings: &DnsSettings) -> Option<Vec<String>> {
+    let request = Message::from_vec(packet).ok()?;
+    let [query] = request.queries() else {
+        return None;
+    };
+    labels_under(&query.name().to_lowercase(), &settings.domain)
 }
 
 /// The labels of `name` before `.<domain>.`, in order; `None` outside the domain.
@@ -195,7 +296,7 @@ fn split_datacenter<'l>(labels: &mut Vec<&'l str>) -> Option<&'l str> {
     let l = labels.as_slice();
     let rfc2782 = is_rfc2782(l);
     let has_dc = match l.len() {
-        n if n >= 3 && matches!(l[n - 2], "node" | "service") => true,
+        n if n >= 3 && matches!(l[n - 2], "node" | "service" | "query") => true,
         3 => rfc2782 && l[2] != "service",
         4 => rfc2782 && l[2] == "service",
         _ => false,
@@ -206,11 +307,7 @@ fn split_datacenter<'l>(labels: &mut Vec<&'l str>) -> Option<&'l str> {
 /// The datacenter other than this agent's that the query in `packet` names, if it does:
 /// such a query is answered there (`crate::forward`), not from this agent's replica.
 pub fn other_datacenter(packet: &[u8], settings: &DnsSettings) -> Option<String> {
-    let request = Message::from_vec(packet).ok()?;
-    let [query] = request.queries() else {
-        return None;
-    };
-    let labels = labels_under(&query.name().to_lowercase(), &settings.domain)?;
+    let labels = question_labels(packet, settings)?;
     let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
     split_datacenter(&mut l)
         .filter(|dc| *dc != settings.datacenter)
@@ -298,12 +395,9 @@ fn address(name: &Name, ip: IpAddr, qtype: RecordType, ttl: u32) -> Option<Recor
     Some(Record::from_rdata(name.clone(), ttl, rdata))
 }
 
-fn node_name(node: &str, settings: &DnsSettings) -> Name {
-    Name::from_ascii(format!(
-        "{node}.node.{}.{}.",
-        settings.datacenter, settings.domain
-    ))
-    .unwrap_or_else(|_| Name::root())
+fn node_name(node: &str, datacenter: &str, settings: &DnsSettings) -> Name {
+    Name::from_ascii(format!("{node}.node.{datacenter}.{}.", settings.domain))
+        .unwrap_or_else(|_| Name::root())
 }
 
 /// The zone's SOA, sent with NXDOMAIN and empty answers (its minimum is the negative TTL).
@@ -535,6 +629,51 @@ mod tests {
             );
         }
         assert!(failure(&[1], ResponseCode::ServFail, &settings()).is_none());
+    }
+
+    #[test]
+    fn prepared_query_names_and_their_answers() {
+        let packet = |name: &str, qtype| {
+            let mut request = Message::new();
+            request
+                .set_id(5)
+                .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+            request.to_vec().unwrap()
+        };
+        let name = |n: &str| prepared_query(&packet(n, RecordType::A), &settings());
+        assert_eq!(name("db-q.query.consul.").as_deref(), Some("db-q"));
+        assert_eq!(name("db-q.query.dc1.consul.").as_deref(), Some("db-q"));
+        assert_eq!(name("db-q.query.dc2.consul."), None, "answered in dc2");
+        assert_eq!(name("db.service.consul."), None);
+        assert_eq!(
+            other_datacenter(
+                &packet("db-q.query.dc2.consul.", RecordType::A),
+                &settings()
+            )
+            .as_deref(),
+            Some("dc2")
+        );
+        let targets = [Target {
+            node: "w0".into(),
+            datacenter: "dc2".into(),
+            ip: Some("10.0.0.9".parse().unwrap()),
+            port: 80,
+            weight: 1,
+        }];
+        let srv = packet("db-q.query.consul.", RecordType::SRV);
+        let reply = respond_with_targets(&srv, Some(&targets), Some(7), &settings(), Some(512));
+        let reply = Message::from_vec(&reply.unwrap()).unwrap();
+        assert_eq!(
+            ips(&reply),
+            ["w0.node.dc2.consul.:80"],
+            "the target's own datacenter"
+        );
+        assert_eq!(reply.answers()[0].ttl(), 7, "the query's TTL");
+        let none = respond_with_targets(&srv, None, None, &settings(), None).unwrap();
+        assert_eq!(
+            Message::from_vec(&none).unwrap().response_code(),
+            ResponseCode::NXDomain
+        );
     }
 
     #[test]

@@ -23,11 +23,13 @@ pub use answer::DnsSettings;
 
 use crate::agent::runtime::Agent;
 use crate::forward::Forwarder;
+use crate::http::query::{Executed, Executor};
 
 /// What answers a query: the agent's replica, or another datacenter through the forwarder.
 struct Answerer {
     agent: Arc<Agent>,
     forwarder: Arc<Forwarder>,
+    queries: Arc<Executor>,
     settings: DnsSettings,
 }
 
@@ -39,12 +41,13 @@ const MAX_WAITING: usize = 256;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// Binds `addr` (UDP and TCP) and serves DNS from `agent` until the process ends; queries
-/// for other datacenters go through `forwarder`.
+/// for other datacenters go through `forwarder`, prepared queries through `queries`.
 pub async fn serve(
     agent: Arc<Agent>,
     addr: SocketAddr,
     settings: DnsSettings,
     forwarder: Arc<Forwarder>,
+    queries: Arc<Executor>,
 ) -> anyhow::Result<()> {
     let in_use = |e: std::io::Error| {
         anyhow::anyhow!("cannot serve DNS on {addr}: {e} (choose another address with --dns-addr)")
@@ -54,6 +57,7 @@ pub async fn serve(
     let answerer = Arc::new(Answerer {
         agent,
         forwarder,
+        queries,
         settings,
     });
     tokio::spawn(serve_udp(answerer.clone(), Arc::new(udp)));
@@ -98,6 +102,9 @@ impl Answerer {
         let transport = if limit.is_some() { "udp" } else { "tcp" };
         metrics::counter!("murmur_dns_queries", "transport" => transport).increment(1);
         let Some(dc) = elsewhere else {
+            if let Some(name) = answer::prepared_query(&packet, &self.settings) {
+                return self.prepared_query(&name, &packet, limit).await;
+            }
             return answer_locally(&self.agent, &self.settings, &packet, limit);
         };
         let outcome = self
@@ -114,6 +121,68 @@ impl Answerer {
     }
 }
 
+impl Answerer {
+    /// Whether answering `packet` may wait on another datacenter.
+    fn may_wait(&self, packet: &[u8]) -> bool {
+        self.elsewhere(packet).is_some() || answer::prepared_query(packet, &self.settings).is_some()
+    }
+
+    /// Answers `<name>.query.<domain>`: the prepared query run as the HTTP API runs it,
+    /// failover included; NXDOMAIN for a query that does not exist.
+    async fn prepared_query(
+        &self,
+        name: &str,
+        packet: &[u8],
+        limit: Option<usize>,
+    ) -> Option<Vec<u8>> {
+        let query = match self.queries.resolve(name) {
+            Ok(query) => query,
+            Err(why) => {
+                tracing::warn!(query = %name, "prepared query does not render: {why}");
+                None
+            }
+        };
+        let Some(query) = query else {
+            return answer::respond_with_targets(packet, None, None, &self.settings, limit);
+        };
+        let ttl = crate::duration::parse(&query.dns_ttl)
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        let executed = self.queries.execute(query, None, None, true).await;
+        let targets = targets(&executed);
+        answer::respond_with_targets(packet, Some(&targets), ttl, &self.settings, limit)
+    }
+}
+
+/// Where the instances a prepared query found are, from their health entries.
+fn targets(executed: &Executed) -> Vec<answer::Target> {
+    executed
+        .nodes
+        .iter()
+        .map(|entry| {
+            let (node, service) = (&entry["Node"], &entry["Service"]);
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            let ip = text(&service["Address"])
+                .parse()
+                .or_else(|_| text(&node["Address"]).parse())
+                .ok();
+            answer::Target {
+                node: text(&node["Node"]),
+                datacenter: text(&node["Datacenter"]),
+                ip,
+                port: service["Port"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(0),
+                weight: service["Weights"]["Passing"]
+                    .as_u64()
+                    .and_then(|w| u16::try_from(w).ok())
+                    .unwrap_or(1)
+                    .max(1),
+            }
+        })
+        .collect()
+}
+
 async fn serve_udp(answerer: Arc<Answerer>, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 4096];
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
@@ -126,8 +195,7 @@ async fn serve_udp(answerer: Arc<Answerer>, socket: Arc<UdpSocket>) {
             }
         };
         let packet = buf[..len].to_vec();
-        let elsewhere = answerer.elsewhere(&packet);
-        if elsewhere.is_none() {
+        if !answerer.may_wait(&packet) {
             // Answered in turn, as fast as the replica answers.
             send_udp(
                 &socket,
@@ -137,8 +205,9 @@ async fn serve_udp(answerer: Arc<Answerer>, socket: Arc<UdpSocket>) {
             .await;
             continue;
         }
-        // A query for another datacenter waits for its answer on its own, so that it holds
-        // up no other; past MAX_WAITING of them the client is told to come back.
+        // A query for another datacenter (or a prepared query, which may fail over) waits for
+        // its answer on its own, so that it holds up no other; past MAX_WAITING of them the
+        // client is told to come back.
         let Ok(slot) = waiting.clone().try_acquire_owned() else {
             metrics::counter!("murmur_dns_forward_refused_total").increment(1);
             let busy = answer::failure(&packet, ResponseCode::ServFail, &answerer.settings);
@@ -147,9 +216,7 @@ async fn serve_udp(answerer: Arc<Answerer>, socket: Arc<UdpSocket>) {
         };
         let (answerer, socket) = (answerer.clone(), socket.clone());
         tokio::spawn(async move {
-            let reply = answerer
-                .respond_in(elsewhere, packet, Some(UDP_LIMIT))
-                .await;
+            let reply = answerer.respond(packet, Some(UDP_LIMIT)).await;
             send_udp(&socket, from, reply).await;
             drop(slot);
         });

@@ -199,7 +199,7 @@ struct CatalogNode<'a> {
 /// `GET /v1/catalog/datacenters`: this agent's datacenter first, then the others the
 /// datacenter directory (or, on a gateway, the WAN pool) knows, nearest first.
 pub async fn datacenters(State(api): State<Api>) -> Json<Value> {
-    let (_, ranked) = super::coordinate::ranked_datacenters(&api);
+    let (_, ranked) = super::coordinate::ranked_datacenters(&api.agent, &api.config.datacenter);
     Json(json!(
         ranked.into_iter().map(|(dc, _)| dc).collect::<Vec<_>>()
     ))

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::blocking::{self, Topic};
 use super::{Api, ApiError, ApiResult, with_index};
+use crate::agent::runtime::Agent;
 use crate::agent::view::View;
 
 /// A coordinate in Consul's JSON shape.
@@ -50,7 +51,7 @@ struct NodeCoordinate {
 /// `GET /v1/coordinate/datacenters`: each datacenter with the WAN coordinates of its
 /// gateways (`node.datacenter`, as WAN members are named), nearest datacenter first.
 pub async fn datacenters(State(api): State<Api>) -> Json {
-    let (gateways, ranked) = ranked_datacenters(&api);
+    let (gateways, ranked) = ranked_datacenters(&api.agent, &api.config.datacenter);
     let body = ranked
         .into_iter()
         .map(|(dc, _)| {
@@ -74,10 +75,11 @@ pub async fn datacenters(State(api): State<Api>) -> Json {
 /// The directory's gateways, and every datacenter this agent knows of, ranked by
 /// [`murmur_federation::directory::rank`]: from the directory, and on a gateway also those
 /// its WAN pool has a live member of (before their entries arrive).
-pub fn ranked_datacenters(api: &Api) -> (Vec<Gateway>, Vec<(String, Option<Duration>)>) {
-    let local = api.config.datacenter.as_str();
-    let in_wan: Vec<String> = api
-        .agent
+pub fn ranked_datacenters(
+    agent: &Agent,
+    local: &str,
+) -> (Vec<Gateway>, Vec<(String, Option<Duration>)>) {
+    let in_wan: Vec<String> = agent
         .read_wan(|n| {
             n.node()
                 .members()
@@ -87,9 +89,7 @@ pub fn ranked_datacenters(api: &Api) -> (Vec<Gateway>, Vec<(String, Option<Durat
                 .collect()
         })
         .unwrap_or_default();
-    let gateways: Vec<Gateway> = api
-        .agent
-        .view(|v| v.replica().gateways().cloned().collect());
+    let gateways: Vec<Gateway> = agent.view(|v| v.replica().gateways().cloned().collect());
     let ranked =
         murmur_federation::directory::rank(local, &gateways, in_wan.iter().map(String::as_str));
     (gateways, ranked)

@@ -135,7 +135,7 @@ pub(super) fn check_json(
 /// One entry of `/v1/health/service/:name`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct HealthEntry {
+pub(super) struct HealthEntry {
     node: NodeShape,
     service: ServiceShape,
     checks: Vec<CheckShape>,
@@ -189,7 +189,7 @@ pub(super) fn split_query(
     (pairs.into_iter().collect(), values)
 }
 
-fn entry_json(v: &View<'_>, view: &CatalogView<'_>, i: &Instance<'_>) -> HealthEntry {
+pub(super) fn entry_json(v: &View<'_>, view: &CatalogView<'_>, i: &Instance<'_>) -> HealthEntry {
     let index = view.node_index(i.node);
     let checks = i
         .checks

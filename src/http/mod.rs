@@ -16,6 +16,7 @@ mod filter;
 mod health;
 mod intentions;
 mod kv;
+pub mod query;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -41,7 +42,6 @@ use crate::agent::runtime::Agent;
 use crate::checks::{CheckError, Checks};
 use crate::connect::Connect;
 use crate::connect::sidecars::Sidecars;
-use crate::forward::Forwarder;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -54,6 +54,8 @@ struct Api {
     sidecars: Arc<Sidecars>,
     /// Encoded catalog answers by query, for the current catalog index.
     answers: Arc<answers::Answers>,
+    /// Runs prepared queries (with failover to other datacenters).
+    queries: Arc<query::Executor>,
 }
 
 /// An error answer: status plus a plain-text message, as Consul sends them.
@@ -128,8 +130,9 @@ pub fn router(
     checks: Arc<Checks>,
     connect: Arc<Connect>,
     sidecars: Arc<Sidecars>,
-    forwarder: Arc<Forwarder>,
+    queries: Arc<query::Executor>,
 ) -> Router {
+    let forwarder = queries.forwarder().clone();
     let api = Api {
         agent,
         leave,
@@ -138,6 +141,7 @@ pub fn router(
         connect,
         sidecars,
         answers: Arc::default(),
+        queries,
     };
     // Requests for a datacenter (`?dc=`): catalog, health, KV, event fire, intentions, status.
     let datacenter_scoped = Router::new()
@@ -181,6 +185,14 @@ pub fn router(
         )
         .route("/v1/event/fire/{name}", put(event_fire))
         .route("/v1/coordinate/nodes", get(coordinate::nodes))
+        .route("/v1/query", get(query::list).post(query::create))
+        .route(
+            "/v1/query/{id}",
+            get(query::get).put(query::update).delete(query::delete),
+        )
+        .route("/v1/query/{id}/execute", get(query::execute))
+        .route("/v1/query/{id}/explain", get(query::explain))
+        .route(query::REMOTE_EXECUTE, post(query::execute_remote))
         .route("/v1/coordinate/node/{name}", get(coordinate::node))
         .route_layer(datacenter::DatacenterLayer::new(
             &api.config.datacenter,
