@@ -400,6 +400,18 @@ async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
             coordinate::CoordShape::from(v.coordinate()),
         )
     });
+    // A gateway's WAN pool, as Consul's servers show theirs (null on other agents).
+    let wan = api.agent.read_wan(|n| {
+        let (stats, members) = (n.node().stats(), n.node().members());
+        json!({
+            "members": members.len().to_string(),
+            "alive": members.iter().filter(|m| m.status.code() == 1).count().to_string(),
+            "packets_received": stats.packets_received.to_string(),
+            "packets_sent": stats.packets_sent.to_string(),
+            "bytes_received": stats.bytes_received.to_string(),
+            "bytes_sent": stats.bytes_sent.to_string(),
+        })
+    });
     let me = members.iter().find(|m| m.identity.name == my_name).cloned();
     let me = me.ok_or_else(|| {
         ApiError::new(
@@ -443,6 +455,7 @@ async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
                 "dropped": stats.dropped.total().to_string(),
             },
             "gossip_dropped": dropped,
+            "serf_wan": wan,
         },
     })))
 }
