@@ -25,20 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from membership import free_port, spread, stop, wait_for  # noqa: E402
-
-
-def request(agent, method, path, data=None, timeout=70):
-    req = urllib.request.Request(f"http://127.0.0.1:{agent['api']}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
+from replication import request  # noqa: E402
 
 
 def get(agent, path):

@@ -446,12 +446,23 @@ impl Replica {
 
     /// Every CA root published, in id order.
     pub fn ca_roots(&self) -> impl Iterator<Item = &CaRoot> {
-        self.shared
-            .prefix(CA_ROOT_PREFIX)
-            .filter_map(|(_, e)| match e.register.value() {
-                Some(Value::CaRoot(root)) => Some(&**root),
-                _ => None,
-            })
+        self.values(CA_ROOT_PREFIX, |v| match v {
+            Value::CaRoot(root) => Some(&**root),
+            _ => None,
+        })
+        .map(|(_, root, _)| root)
+    }
+
+    /// The live values under `prefix` that `pick` takes, with their keys and modify indexes
+    /// (tombstones skipped).
+    fn values<'a, T: 'a>(
+        &'a self,
+        prefix: &str,
+        pick: impl Fn(&'a Value) -> Option<&'a T>,
+    ) -> impl Iterator<Item = (&'a String, &'a T, u64)> {
+        self.shared.prefix(prefix).filter_map(move |(key, e)| {
+            Some((key, pick(e.register.value().as_ref()?)?, e.modify_index))
+        })
     }
 
     /// Publishes this node's LAN coordinate.
@@ -468,14 +479,11 @@ impl Replica {
     /// The LAN coordinate of every node that published one, by node name; with the modify
     /// index of the last change to any.
     pub fn coordinates(&self) -> impl Iterator<Item = (&str, &Coordinate, u64)> {
-        self.shared
-            .prefix(COORDINATE_PREFIX)
-            .filter_map(|(key, e)| match e.register.value() {
-                Some(Value::Coordinate(c)) => {
-                    Some((coordinate::node_of_key(key)?, &**c, e.modify_index))
-                }
-                _ => None,
-            })
+        self.values(COORDINATE_PREFIX, |v| match v {
+            Value::Coordinate(c) => Some(&**c),
+            _ => None,
+        })
+        .filter_map(|(key, c, index)| Some((coordinate::node_of_key(key)?, c, index)))
     }
 
     /// The modify index of the last change to any coordinate (0: none ever).
@@ -497,12 +505,11 @@ impl Replica {
 
     /// Every datacenter directory entry, by datacenter then node.
     pub fn gateways(&self) -> impl Iterator<Item = &Gateway> {
-        self.shared
-            .prefix(DIRECTORY_PREFIX)
-            .filter_map(|(_, e)| match e.register.value() {
-                Some(Value::Gateway(g)) => Some(&**g),
-                _ => None,
-            })
+        self.values(DIRECTORY_PREFIX, |v| match v {
+            Value::Gateway(g) => Some(&**g),
+            _ => None,
+        })
+        .map(|(_, gateway, _)| gateway)
     }
 
     /// Creates or replaces a prepared query.
@@ -518,12 +525,11 @@ impl Replica {
 
     /// Every prepared query, by id, with the modify index of its last change.
     pub fn queries(&self) -> impl Iterator<Item = (&PreparedQuery, u64)> {
-        self.shared
-            .prefix(QUERY_PREFIX)
-            .filter_map(|(_, e)| match e.register.value() {
-                Some(Value::Query(q)) => Some((&**q, e.modify_index)),
-                _ => None,
-            })
+        self.values(QUERY_PREFIX, |v| match v {
+            Value::Query(q) => Some(&**q),
+            _ => None,
+        })
+        .map(|(_, query, index)| (query, index))
     }
 
     /// The modify index of the last change to any prepared query (0: none ever).

@@ -99,13 +99,7 @@ pub fn answer(
     settings: &DnsSettings,
     rng: &mut impl Rng,
 ) -> Message {
-    let mut reply = Message::new();
-    reply
-        .set_id(request.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(request.op_code())
-        .set_recursion_desired(request.recursion_desired())
-        .set_authoritative(true);
+    let mut reply = reply_to(request);
     if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
         reply.set_response_code(ResponseCode::NotImp);
         return reply;
@@ -213,20 +207,6 @@ fn add_targets(
     }
 }
 
-/// The prepared query a query in `packet` names (`<name>.query[.<dc>].<domain>`, the
-/// datacenter this one or none).
-pub fn prepared_query(packet: &[u8], settings: &DnsSettings) -> Option<String> {
-    let labels = question_labels(packet, settings)?;
-    let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
-    if split_datacenter(&mut l).is_some_and(|dc| dc != settings.datacenter) {
-        return None;
-    }
-    match l.as_slice() {
-        [name, "query"] => Some((*name).to_owned()),
-        _ => None,
-    }
-}
-
 /// The reply to the prepared-query lookup in `packet`: `targets` (NXDOMAIN when `None`: no
 /// such query), with `ttl` (the query's own, else the agent's).
 pub fn respond_with_targets(
@@ -240,13 +220,7 @@ pub fn respond_with_targets(
     let Some(targets) = targets else {
         return failure(packet, ResponseCode::NXDomain, settings);
     };
-    let mut reply = Message::new();
-    reply
-        .set_id(request.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(request.op_code())
-        .set_recursion_desired(request.recursion_desired())
-        .set_authoritative(true);
+    let mut reply = reply_to(&request);
     let query = request.queries().first()?;
     reply.add_query(query.clone());
     add_targets(
@@ -304,35 +278,61 @@ fn split_datacenter<'l>(labels: &mut Vec<&'l str>) -> Option<&'l str> {
     if has_dc { labels.pop() } else { None }
 }
 
-/// The datacenter other than this agent's that the query in `packet` names, if it does:
-/// such a query is answered there (`crate::forward`), not from this agent's replica.
-pub fn other_datacenter(packet: &[u8], settings: &DnsSettings) -> Option<String> {
-    let labels = question_labels(packet, settings)?;
+/// Who answers a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// This agent, from its replica.
+    Here,
+    /// The datacenter it names, not this one (`crate::forward` takes it there).
+    Datacenter(String),
+    /// The prepared query it names (`<name>.query[.<dc>].<domain>`, this datacenter or
+    /// none): run here, and it may fail over.
+    Query(String),
+}
+
+/// Who answers the query in `packet`: one look at its name, whatever its form.
+pub fn destination(packet: &[u8], settings: &DnsSettings) -> Destination {
+    let Some(labels) = question_labels(packet, settings) else {
+        return Destination::Here;
+    };
     let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
-    split_datacenter(&mut l)
-        .filter(|dc| *dc != settings.datacenter)
-        .map(str::to_owned)
+    if let Some(dc) = split_datacenter(&mut l).filter(|dc| *dc != settings.datacenter) {
+        return Destination::Datacenter(dc.to_owned());
+    }
+    match l.as_slice() {
+        [name, "query"] => Destination::Query((*name).to_owned()),
+        _ => Destination::Here,
+    }
 }
 
 /// The reply to the query in `packet` that says only `code` (SERVFAIL: the datacenter it
 /// names did not answer; NXDOMAIN: no such datacenter), with the zone's SOA for NXDOMAIN.
 pub fn failure(packet: &[u8], code: ResponseCode, settings: &DnsSettings) -> Option<Vec<u8>> {
     let request = Message::from_vec(packet).ok()?;
+    let mut reply = reply_to(&request);
+    // Only a name known not to exist is an authoritative answer.
+    reply
+        .set_response_code(code)
+        .set_authoritative(code == ResponseCode::NXDomain);
+    for query in request.queries() {
+        reply.add_query(query.clone());
+    }
+    if code == ResponseCode::NXDomain {
+        reply.add_name_server(soa(settings));
+    }
+    reply.to_vec().ok()
+}
+
+/// An empty authoritative response to `request`: its id, op code and recursion flag.
+fn reply_to(request: &Message) -> Message {
     let mut reply = Message::new();
     reply
         .set_id(request.id())
         .set_message_type(MessageType::Response)
         .set_op_code(request.op_code())
         .set_recursion_desired(request.recursion_desired())
-        .set_response_code(code);
-    for query in request.queries() {
-        reply.add_query(query.clone());
-    }
-    if code == ResponseCode::NXDomain {
-        reply.set_authoritative(true);
-        reply.add_name_server(soa(settings));
-    }
-    reply.to_vec().ok()
+        .set_authoritative(true);
+    reply
 }
 
 fn lookup<'a>(labels: &[String], view: &CatalogView<'a>, settings: &DnsSettings) -> Found<'a> {
@@ -591,6 +591,20 @@ mod tests {
             ask("example.com.", RecordType::A).response_code(),
             ResponseCode::Refused
         );
+    }
+
+    fn other_datacenter(packet: &[u8], settings: &DnsSettings) -> Option<String> {
+        match destination(packet, settings) {
+            Destination::Datacenter(dc) => Some(dc),
+            _ => None,
+        }
+    }
+
+    fn prepared_query(packet: &[u8], settings: &DnsSettings) -> Option<String> {
+        match destination(packet, settings) {
+            Destination::Query(name) => Some(name),
+            _ => None,
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
+use answer::Destination;
 pub use answer::DnsSettings;
 
 use crate::agent::runtime::Agent;
@@ -81,31 +82,32 @@ pub fn answer_locally(
 }
 
 impl Answerer {
-    /// The datacenter `packet` must be answered in, when it is not this one.
-    fn elsewhere(&self, packet: &[u8]) -> Option<String> {
-        answer::other_datacenter(packet, &self.settings)
+    /// Who answers `packet`.
+    fn destination(&self, packet: &[u8]) -> Destination {
+        answer::destination(packet, &self.settings)
     }
 
-    /// Answers `packet` here, or in the datacenter it names.
+    /// Answers `packet` here, in the datacenter it names, or with the prepared query it names.
     async fn respond(&self, packet: Vec<u8>, limit: Option<usize>) -> Option<Vec<u8>> {
-        self.respond_in(self.elsewhere(&packet), packet, limit)
+        self.respond_to(self.destination(&packet), packet, limit)
             .await
     }
 
-    /// Answers `packet` here, or in `elsewhere` when it names another datacenter.
-    async fn respond_in(
+    /// Answers `packet`, whose destination is `to`.
+    async fn respond_to(
         &self,
-        elsewhere: Option<String>,
+        to: Destination,
         packet: Vec<u8>,
         limit: Option<usize>,
     ) -> Option<Vec<u8>> {
         let transport = if limit.is_some() { "udp" } else { "tcp" };
         metrics::counter!("murmur_dns_queries", "transport" => transport).increment(1);
-        let Some(dc) = elsewhere else {
-            if let Some(name) = answer::prepared_query(&packet, &self.settings) {
-                return self.prepared_query(&name, &packet, limit).await;
+        let dc = match to {
+            Destination::Here => {
+                return answer_locally(&self.agent, &self.settings, &packet, limit);
             }
-            return answer_locally(&self.agent, &self.settings, &packet, limit);
+            Destination::Query(name) => return self.prepared_query(&name, &packet, limit).await,
+            Destination::Datacenter(dc) => dc,
         };
         let outcome = self
             .forwarder
@@ -118,13 +120,6 @@ impl Answerer {
                 answer::failure(&packet, ResponseCode::ServFail, &self.settings)
             }
         }
-    }
-}
-
-impl Answerer {
-    /// Whether answering `packet` may wait on another datacenter.
-    fn may_wait(&self, packet: &[u8]) -> bool {
-        self.elsewhere(packet).is_some() || answer::prepared_query(packet, &self.settings).is_some()
     }
 
     /// Answers `<name>.query.<domain>`: the prepared query run as the HTTP API runs it,
@@ -195,14 +190,11 @@ async fn serve_udp(answerer: Arc<Answerer>, socket: Arc<UdpSocket>) {
             }
         };
         let packet = buf[..len].to_vec();
-        if !answerer.may_wait(&packet) {
+        let to = answerer.destination(&packet);
+        if to == Destination::Here {
             // Answered in turn, as fast as the replica answers.
-            send_udp(
-                &socket,
-                from,
-                answerer.respond_in(None, packet, Some(UDP_LIMIT)).await,
-            )
-            .await;
+            let reply = answerer.respond_to(to, packet, Some(UDP_LIMIT)).await;
+            send_udp(&socket, from, reply).await;
             continue;
         }
         // A query for another datacenter (or a prepared query, which may fail over) waits for
@@ -216,7 +208,7 @@ async fn serve_udp(answerer: Arc<Answerer>, socket: Arc<UdpSocket>) {
         };
         let (answerer, socket) = (answerer.clone(), socket.clone());
         tokio::spawn(async move {
-            let reply = answerer.respond(packet, Some(UDP_LIMIT)).await;
+            let reply = answerer.respond_to(to, packet, Some(UDP_LIMIT)).await;
             send_udp(&socket, from, reply).await;
             drop(slot);
         });

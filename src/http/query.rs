@@ -83,8 +83,7 @@ impl Executor {
     /// The query `id_or_name` resolves to, rendered for that name; `None` when none does.
     pub fn resolve(&self, id_or_name: &str) -> Result<Option<PreparedQuery>, String> {
         let found = self.agent.view(|v| {
-            let queries: Vec<PreparedQuery> =
-                v.replica().queries().map(|(q, _)| q.clone()).collect();
+            let queries: Vec<&PreparedQuery> = v.replica().queries().map(|(q, _)| q).collect();
             lookup(&queries, id_or_name).cloned()
         });
         found.map(|q| render(&q, id_or_name)).transpose()
@@ -190,19 +189,17 @@ impl Executor {
 /// The query named `id_or_name`: by id; else by exact name (not a template; the lowest id
 /// when two datacenters created one name at once); else the template whose name is the
 /// longest prefix of it (Consul's `name_prefix_match`; an empty name matches all).
-fn lookup<'a>(queries: &'a [PreparedQuery], id_or_name: &str) -> Option<&'a PreparedQuery> {
-    queries
-        .iter()
+fn lookup<'a>(queries: &[&'a PreparedQuery], id_or_name: &str) -> Option<&'a PreparedQuery> {
+    let all = || queries.iter().copied();
+    all()
         .find(|q| q.id == id_or_name)
         .or_else(|| {
-            queries
-                .iter()
+            all()
                 .filter(|q| q.template.is_none() && !q.name.is_empty() && q.name == id_or_name)
                 .min_by(|a, b| a.id.cmp(&b.id))
         })
         .or_else(|| {
-            queries
-                .iter()
+            all()
                 .filter(|q| q.template.is_some() && id_or_name.starts_with(&q.name))
                 .max_by(|a, b| a.name.len().cmp(&b.name.len()).then(b.id.cmp(&a.id)))
         })
@@ -648,12 +645,13 @@ mod tests {
 
     #[test]
     fn lookup_by_id_then_name_then_longest_template_prefix() {
-        let queries = [
+        let stored = [
             query("1", "geo-", true),
             query("2", "geo-db-", true),
             query("3", "exact", false),
             query("4", "", true),
         ];
+        let queries: Vec<&PreparedQuery> = stored.iter().collect();
         let id = |q: Option<&PreparedQuery>| q.map(|q| q.id.clone());
         assert_eq!(id(lookup(&queries, "3")), Some("3".into()));
         assert_eq!(id(lookup(&queries, "exact")), Some("3".into()));
