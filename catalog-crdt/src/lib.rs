@@ -47,7 +47,7 @@ mod replica;
 mod shared;
 mod value;
 
-pub use ca_root::{CA_ROOT_PREFIX, CaRoot};
+pub use ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use coordinate::{COORDINATE_PREFIX, Coordinate, DIMENSIONS, ERROR_MAX, HEIGHT_MIN};
 pub use directory::{DIRECTORY_PREFIX, Gateway};

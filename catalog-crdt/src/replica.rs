@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ca_root::{CA_ROOT_PREFIX, CaRoot};
+use crate::ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 use crate::catalog::{CatalogView, NodeRecord};
 use crate::coordinate::{self, COORDINATE_PREFIX, Coordinate};
 use crate::directory::{self, DIRECTORY_PREFIX, Gateway};
@@ -438,19 +438,29 @@ impl Replica {
         self.delete_shared(Intention::key(source, destination), wall_ms)
     }
 
-    /// Publishes a CA root (unchanged roots write nothing).
-    pub fn put_ca_root(&mut self, root: CaRoot, wall_ms: u64) {
-        let key = CaRoot::key(&root.id);
+    /// Publishes a root of `datacenter` (unchanged roots write nothing), and withdraws its
+    /// copy under the key it had before roots named their datacenter.
+    pub fn put_ca_root(&mut self, datacenter: &str, root: CaRoot, wall_ms: u64) {
+        let legacy = CaRoot::legacy_key(&root.id);
+        let key = CaRoot::key(datacenter, &root.id);
         self.write_if_different(key, Value::CaRoot(Box::new(root)), wall_ms);
+        self.delete_shared(legacy, wall_ms);
     }
 
-    /// Every CA root published, in id order.
-    pub fn ca_roots(&self) -> impl Iterator<Item = &CaRoot> {
+    /// Every CA root published, of every datacenter, in key order.
+    pub fn ca_roots(&self) -> impl Iterator<Item = DcRoot<'_>> {
         self.values(CA_ROOT_PREFIX, |v| match v {
             Value::CaRoot(root) => Some(&**root),
             _ => None,
         })
-        .map(|(_, root, _)| root)
+        .filter_map(|(key, root, modify_index)| {
+            let (datacenter, _) = CaRoot::parse_key(key)?;
+            Some(DcRoot {
+                datacenter,
+                root,
+                modify_index,
+            })
+        })
     }
 
     /// The live values under `prefix` that `pick` takes, with their keys and modify indexes
@@ -851,9 +861,11 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
     {
         return Err(ApplyError::Malformed("value too large"));
     }
-    if let Some(Value::CaRoot(root)) = register.value()
-        && key[CA_ROOT_PREFIX.len()..] != root.id
-    {
+    let root_fits = match register.value() {
+        Some(Value::CaRoot(root)) => CaRoot::parse_key(key).is_some_and(|(_, id)| id == root.id),
+        _ => prefix != CA_ROOT_PREFIX || CaRoot::parse_key(key).is_some(),
+    };
+    if !root_fits {
         return Err(ApplyError::Malformed("CA root under another root's key"));
     }
     let coordinate_fits = match register.value() {
@@ -1055,6 +1067,63 @@ mod tests {
             crate::check(r.intentions(), "web", "db", Action::Allow),
             (Action::Allow, None)
         );
+    }
+
+    fn root(id: &str) -> CaRoot {
+        CaRoot {
+            id: id.into(),
+            name: id.into(),
+            cert_pem: "pem".into(),
+            created_ms: 1,
+            not_before_s: 0,
+            not_after_s: 10,
+        }
+    }
+
+    #[test]
+    fn ca_roots_name_their_datacenter_and_a_republished_root_leaves_its_old_key() {
+        let mut old = replica("old", 2);
+        // A root as agents published it before roots named their datacenter.
+        old.write_shared(
+            CaRoot::legacy_key("r1"),
+            Some(Value::CaRoot(Box::new(root("r1")))),
+            1,
+        );
+        let mut r = replica("a", 1);
+        deliver(&mut old, &mut [&mut r], 1);
+        let listed = |r: &Replica| -> Vec<(Option<String>, String)> {
+            r.ca_roots()
+                .map(|e| (e.datacenter.map(str::to_owned), e.root.id.clone()))
+                .collect()
+        };
+        assert_eq!(listed(&r), [(None, "r1".to_owned())]);
+        r.put_ca_root("dc1", root("r1"), 2);
+        r.put_ca_root("dc2", root("r2"), 3);
+        assert_eq!(
+            listed(&r),
+            [
+                (Some("dc1".to_owned()), "r1".to_owned()),
+                (Some("dc2".to_owned()), "r2".to_owned())
+            ]
+        );
+        let under = |key: &str, id: &str| Change::Shared {
+            key: key.into(),
+            register: Lww::new(
+                Hlc {
+                    physical_ms: 9,
+                    logical: 0,
+                    node: 2,
+                },
+                Some(Value::CaRoot(Box::new(root(id)))),
+            ),
+        };
+        for (key, id) in [
+            ("ca/root/dc1/r1", "r9"),
+            ("ca/root/r1", "r9"),
+            ("ca/root/a/b/r1", "r1"),
+        ] {
+            assert!(r.apply(&under(key, id), 9).is_err(), "{key}");
+        }
     }
 
     #[test]

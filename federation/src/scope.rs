@@ -7,12 +7,13 @@
 //! between their LAN and WAN pools and nothing else, so no per-datacenter key of one
 //! datacenter ever lands in another's replica.
 //!
-//! Global today: intentions, prepared queries and the datacenter directory (which gateways serve each
-//! datacenter, with their WAN coordinates). CA roots join when each datacenter signs with its
-//! own root (a root from another datacenter must never be picked as this one's signer). LAN
-//! coordinates stay home: they measure only their own datacenter.
+//! Global: intentions, prepared queries, the datacenter directory (which gateways serve each
+//! datacenter, with their WAN coordinates) and the CA roots of every datacenter (the trust
+//! bundle: each datacenter signs with its own roots and trusts all). A root published before
+//! roots named their datacenter (`ca/root/<id>`) stays home: another datacenter could not tell
+//! whose it is. LAN coordinates stay home: they measure only their own datacenter.
 
-use murmur_catalog::{Change, DIRECTORY_PREFIX, INTENTION_PREFIX, QUERY_PREFIX};
+use murmur_catalog::{CaRoot, Change, DIRECTORY_PREFIX, INTENTION_PREFIX, QUERY_PREFIX};
 
 /// Where a piece of replicated data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,7 @@ pub fn of_key(key: &str) -> Scope {
     if [INTENTION_PREFIX, DIRECTORY_PREFIX, QUERY_PREFIX]
         .iter()
         .any(|p| key.starts_with(p))
+        || CaRoot::parse_key(key).is_some_and(|(dc, _)| dc.is_some())
     {
         Scope::Global
     } else {
@@ -54,6 +56,7 @@ mod tests {
     #[test]
     fn intentions_are_global_and_the_catalog_and_kv_stay_home() {
         assert_eq!(of_key(&Intention::key("web", "db")), Scope::Global);
+        assert_eq!(of_key(&CaRoot::key("dc2", "ab:cd")), Scope::Global);
         assert_eq!(of_key(&Gateway::key("dc2", "gw")), Scope::Global);
         assert_eq!(
             of_key(&murmur_catalog::PreparedQuery::key("q-1")),
@@ -63,7 +66,8 @@ mod tests {
             Coordinate::key("web-1"),
             format!("{KV_PREFIX}app/color"),
             format!("{EXTERNAL_PREFIX}db-host"),
-            format!("{CA_ROOT_PREFIX}root-1"),
+            CaRoot::legacy_key("root-1"),
+            format!("{CA_ROOT_PREFIX}/root-1"),
             "intention".to_owned(),
         ] {
             assert_eq!(of_key(&key), Scope::Datacenter, "{key}");

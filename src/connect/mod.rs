@@ -2,9 +2,11 @@
 //! leaf certificates it hands to the services registered on it.
 //!
 //! Any agent started with a CA key (`murmur ca init`, or `--dev`, which makes one in memory)
-//! publishes its root as shared data and signs. The newest published root signs new leaves
+//! publishes its root as a root of its datacenter (global data: every datacenter trusts it)
+//! and signs. The newest root of the agent's datacenter signs its leaves
 //! (`murmur_proxy::roots`); an agent that does not hold its key asks one that does, over the
-//! sealed agent-to-agent stream. Holders say so in their node record's meta
+//! sealed agent-to-agent stream. A datacenter never signs with another's root, so a
+//! datacenter cut off from the others keeps issuing leaves. Holders say so in their node record's meta
 //! ([`SIGNER_META`]), so askers know where to go. Issued leaves are cached per service and
 //! replaced when due for renewal or when the signing root changes.
 
@@ -114,8 +116,8 @@ impl Connect {
         self.keys.lock().expect("CA keys poisoned")
     }
 
-    /// Publishes the roots whose keys this agent holds and says in its record that it signs
-    /// with the newest; called at start and after a rotation.
+    /// Publishes the roots whose keys this agent holds, as roots of its datacenter, and says
+    /// in its record that it signs with the newest; called at start and after a rotation.
     pub async fn publish(&self, agent: &Arc<Agent>) -> anyhow::Result<()> {
         let (roots, newest): (Vec<CaRoot>, Option<String>) = {
             let keys = self.keys();
@@ -124,10 +126,11 @@ impl Connect {
                 keys.last().map(|k| k.root().id.clone()),
             )
         };
+        let datacenter = self.datacenter.clone();
         agent
             .write(move |replica, now| {
                 for root in roots {
-                    replica.put_ca_root(root, now);
+                    replica.put_ca_root(&datacenter, root, now);
                 }
                 if let (Some(id), Some(mut record)) = (newest, replica.own_record().cloned())
                     && record.meta.get(SIGNER_META) != Some(&id)
@@ -178,11 +181,12 @@ impl Connect {
     /// fresh and signed by the signing root, else a new one.
     pub async fn leaf(&self, agent: &Arc<Agent>, service: &str) -> anyhow::Result<IssuedLeaf> {
         let id = ServiceId::new(&self.trust_domain, &self.datacenter, service)?;
-        let signer = current_signer(agent).ok_or_else(|| {
-                anyhow!(
-                    "the cluster has no CA root yet: run `murmur ca init` and start an agent with that data dir (--dev agents make one)"
-                )
-            })?;
+        let signer = self.current_signer(agent).ok_or_else(|| {
+            anyhow!(
+                "datacenter {} has no CA root yet: run `murmur ca init` and start an agent of this datacenter with that data dir (--dev agents make one); each datacenter signs with its own root",
+                self.datacenter
+            )
+        })?;
         let now_s = wall_ms() / 1000;
         if let Some(cached) = self.leaves().get(service)
             && cached.leaf.root_id == signer.id
@@ -228,6 +232,12 @@ impl Connect {
         self.leaves().insert(service.to_owned(), issued.clone());
         metrics::counter!("murmur_connect_leaves_issued_total").increment(1);
         Ok(issued)
+    }
+
+    /// The root that signs this datacenter's leaves now, as this agent's replica has the
+    /// roots.
+    fn current_signer(&self, agent: &Agent) -> Option<CaRoot> {
+        agent.view(|v| signing_root(v.replica().ca_roots(), &self.datacenter).cloned())
     }
 
     fn leaves(&self) -> std::sync::MutexGuard<'_, HashMap<String, IssuedLeaf>> {
@@ -288,11 +298,6 @@ impl Connect {
     }
 }
 
-/// The root that signs now, as this agent's replica has the roots.
-fn current_signer(agent: &Agent) -> Option<CaRoot> {
-    agent.view(|v| signing_root(v.replica().ca_roots()).cloned())
-}
-
 impl PeerRequests for Connect {
     fn answer(&self, agent: Arc<Agent>, _via: Via, body: Vec<u8>) -> PendingAnswer {
         // Signing is quick and synchronous: done before the future is handed back.
@@ -306,7 +311,9 @@ impl Connect {
     fn sign_for_peer(&self, agent: &Agent, body: &[u8]) -> Result<Vec<u8>, String> {
         let request: SignRequest =
             serde_json::from_slice(body).map_err(|e| format!("bad sign request: {e}"))?;
-        let signer = current_signer(agent).ok_or("this agent knows no CA root")?;
+        let signer = self
+            .current_signer(agent)
+            .ok_or("this agent knows no CA root of its datacenter")?;
         let leaf = self
             .sign(&signer.id, &request)
             .ok_or_else(|| format!("this agent does not hold the key of root {}", signer.id))?

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use murmur_catalog::{CA_ROOT_PREFIX, CaRoot};
+use murmur_catalog::CA_ROOT_PREFIX;
 use murmur_proxy::authorize::authorize as decide;
 use murmur_proxy::identity::ServiceId;
 use serde::Serialize;
@@ -40,6 +40,9 @@ struct RootShape {
     #[serde(rename = "ID")]
     id: String,
     name: String,
+    /// murmur's own field: the datacenter whose leaves this root signs (each datacenter
+    /// has its own; a leaf must chain to a root of the datacenter it names).
+    datacenter: String,
     #[serde(rename = "SigningKeyID")]
     signing_key_id: String,
     not_before: String,
@@ -51,43 +54,44 @@ struct RootShape {
     modify_index: u64,
 }
 
-/// `GET /v1/agent/connect/ca/roots`: the roots to trust now, the signing one first and
-/// `Active`; blocking on the roots' index.
+/// `GET /v1/agent/connect/ca/roots`: the roots to trust now, of every datacenter (the trust
+/// bundle); this datacenter's signing root first and the one `Active`; blocking on the
+/// roots' index.
 pub async fn roots(
     State(api): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let overlap = api.connect.overlap_ms();
-    let (index, roots) = blocking::query(&api.agent, &query, Topic::Other, |n| {
+    let local = api.config.datacenter.as_str();
+    let (index, (active, roots)) = blocking::query(&api.agent, &query, Topic::Other, |n| {
         let replica = n.replica();
         let index = replica.shared().prefix_index(CA_ROOT_PREFIX);
-        let entry_index = |root: &CaRoot| {
-            replica
-                .shared()
-                .entry(&CaRoot::key(&root.id))
-                .map_or(0, |e| e.modify_index)
-        };
-        let trusted = murmur_proxy::roots::trusted_roots(replica.ca_roots(), wall_ms(), overlap);
-        let shapes: Vec<RootShape> = trusted
+        let signing = murmur_proxy::roots::signing_root(replica.ca_roots(), local);
+        let active = signing.map(|r| r.id.clone()).unwrap_or_default();
+        let bundle =
+            murmur_proxy::roots::trust_bundle(replica.ca_roots(), local, wall_ms(), overlap);
+        let shapes: Vec<RootShape> = bundle
             .iter()
-            .enumerate()
-            .map(|(i, root)| RootShape {
-                id: root.id.clone(),
-                name: root.name.clone(),
-                signing_key_id: root.id.clone(),
-                not_before: rfc3339(root.not_before_s),
-                not_after: rfc3339(root.not_after_s),
-                root_cert: root.cert_pem.clone(),
-                intermediate_certs: Vec::new(),
-                active: i == 0,
-                create_index: entry_index(root),
-                modify_index: entry_index(root),
+            .map(|entry| {
+                let root = entry.root;
+                RootShape {
+                    id: root.id.clone(),
+                    name: root.name.clone(),
+                    datacenter: entry.datacenter_or(local).to_owned(),
+                    signing_key_id: root.id.clone(),
+                    not_before: rfc3339(root.not_before_s),
+                    not_after: rfc3339(root.not_after_s),
+                    root_cert: root.cert_pem.clone(),
+                    intermediate_certs: Vec::new(),
+                    active: signing.is_some_and(|s| std::ptr::eq(s, root)),
+                    create_index: entry.modify_index,
+                    modify_index: entry.modify_index,
+                }
             })
             .collect();
-        (index, shapes)
+        (index, (active, shapes))
     })
     .await?;
-    let active = roots.first().map(|r| r.id.clone()).unwrap_or_default();
     Ok(with_index(
         index,
         json!({
