@@ -8,14 +8,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Agent, BIN, cluster, free_port, keygen, wait_until};
+use common::{Agent, BIN, EchoApp, cluster, echo_app, free_port, keygen, round_trip, wait_until};
 use murmur_proxy::native::MeshClient;
+use murmur_proxy::trust::TrustedRoot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SPREAD: Duration = Duration::from_secs(30);
@@ -57,62 +57,6 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// An echo server standing in for db's app; counts the connections that brought it data (the
-/// proxy's health probes connect and bring none), and stops listening (new connections
-/// refused) when `stop` is set.
-struct EchoApp {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-fn echo_app() -> EchoApp {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (count, stopped) = (accepted.clone(), stop.clone());
-    std::thread::spawn(move || {
-        while !stopped.load(Ordering::Relaxed) {
-            let Ok((mut stream, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            stream.set_nonblocking(false).unwrap();
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut reader = stream.try_clone().unwrap();
-                if std::io::copy(&mut reader, &mut stream).is_ok_and(|n| n > 0) {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    EchoApp {
-        addr,
-        accepted,
-        stop,
-    }
-}
-
-/// Sends `payload` through `upstream` and returns what came back (an echo, if allowed).
-fn round_trip(upstream: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(upstream)?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut writer = stream.try_clone()?;
-    let sent = payload.to_vec();
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        writer.write_all(&sent)?;
-        writer.shutdown(std::net::Shutdown::Write)
-    });
-    let mut back = Vec::new();
-    stream.read_to_end(&mut back)?;
-    let _ = sender.join();
-    Ok(back)
 }
 
 /// How many CA roots `agent` trusts.
@@ -311,11 +255,14 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
     assert!(TcpStream::connect_timeout(&quic, Duration::from_secs(5)).is_err());
 
     // A caller with a certificate of another CA is refused in the handshake.
-    let roots: Vec<String> = agents[0].get("/v1/agent/connect/ca/roots")["Roots"]
+    let roots: Vec<TrustedRoot> = agents[0].get("/v1/agent/connect/ca/roots")["Roots"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["RootCert"].as_str().unwrap().to_owned())
+        .map(|r| TrustedRoot {
+            datacenter: r["Datacenter"].as_str().unwrap().to_owned(),
+            cert_pem: r["RootCert"].as_str().unwrap().to_owned(),
+        })
         .collect();
     assert!(foreign_caller_is_refused(db_quic as u16, roots));
     assert_eq!(accepted.load(Ordering::Relaxed), before);
@@ -453,7 +400,7 @@ fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
 
 /// Dials db's proxy with a leaf of a CA of its own (trusting the mesh's real roots, so only
 /// the server can refuse); true when the connection is refused.
-fn foreign_caller_is_refused(port: u16, mesh_roots: Vec<String>) -> bool {
+fn foreign_caller_is_refused(port: u16, mesh_roots: Vec<TrustedRoot>) -> bool {
     use murmur_proxy::ca::{Authority, leaf_key};
     use murmur_proxy::identity::{ServiceId, TrustDomain};
     use murmur_proxy::tls::MeshIdentity;

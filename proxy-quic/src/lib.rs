@@ -4,14 +4,16 @@
 //! - [`ca`]: the built-in certificate authority (roots, leaf certificates);
 //! - [`roots`]: which replicated root signs and which are trusted (rotation overlap);
 //! - [`authorize`]: may this caller reach this service (trust domain, intentions, default);
-//! - [`tls`]: mutual-TLS QUIC configurations from a leaf, its key and the roots;
+//! - [`trust`]: the trust bundle: every datacenter's roots, each vouching only for leaves of
+//!   its own datacenter;
+//! - [`tls`]: mutual-TLS QUIC configurations from a leaf, its key and the trust bundle;
 //! - [`udp`]: the endpoint's socket and the datagram size its connections may reach;
 //! - [`busy_poll`]: keeping a proxy's thread awake for a short while after traffic;
 //! - [`native`]: the SDK: `MeshClient::connect("db")` and `MeshListener::bind(…).accept()`
 //!   give an application mesh identity, authorization and encryption without a proxy;
 //!
 //! What it is **not** responsible for: the agent's state. The decision modules (`identity`,
-//! `ca`, `roots`, `authorize`) take times and serial numbers as arguments and do no I/O; `tls`
+//! `ca`, `roots`, `authorize`, `trust`) take times and serial numbers as arguments and do no I/O; `tls`
 //! builds configurations, `udp` sockets, and `busy_poll` a task that keeps a runtime's thread
 //! polling (it reads the clock); only `native` talks to the network (QUIC, and the local
 //! agent's HTTP API).
@@ -28,4 +30,5 @@ pub mod identity;
 pub mod native;
 pub mod roots;
 pub mod tls;
+pub mod trust;
 pub mod udp;

@@ -9,6 +9,9 @@
 //! let web = MeshClient::new("127.0.0.1:8500", "web").await?;
 //! let mut db = web.connect("db").await?;
 //! db.write_all(b"ping").await?;
+//! // "db" of the datacenter dc2, found through the local agent's ?dc= and checked against
+//! // dc2's roots.
+//! let mut remote_db = web.connect_in("db", Some("dc2")).await?;
 //! // A server: the instance "db-1" (registered on the local agent) takes mesh connections.
 //! let listener = MeshListener::bind("127.0.0.1:8500", "db-1", "127.0.0.1:0".parse().unwrap()).await?;
 //! let (mut stream, caller) = listener.accept().await?;
@@ -36,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::ca::renew_at;
 use crate::identity::ServiceId;
 use crate::tls::{MeshIdentity, TlsError, peer_service};
+use crate::trust::TrustedRoot;
 
 /// What went wrong joining or using the mesh.
 #[derive(Debug, thiserror::Error)]
@@ -86,19 +90,29 @@ pub fn mesh_addresses(list: &Value) -> Vec<SocketAddr> {
 }
 
 /// The mesh identity in the agent's answers to `/v1/agent/connect/ca/leaf/:service` and
-/// `/v1/agent/connect/ca/roots`.
+/// `/v1/agent/connect/ca/roots` (whose roots name their datacenter in `Datacenter`, a field
+/// of murmur's beside Consul's).
 pub fn identity_from_answers(leaf: &Value, roots: &Value) -> Result<MeshIdentity, TlsError> {
     let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
-    let root_pems: Vec<String> = roots["Roots"]
+    let roots: Vec<TrustedRoot> = roots["Roots"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|r| text(r, "RootCert"))
+        .map(|r| TrustedRoot {
+            datacenter: text(r, "Datacenter"),
+            cert_pem: text(r, "RootCert"),
+        })
         .collect();
-    MeshIdentity::from_pem(
-        &text(leaf, "CertPEM"),
-        &text(leaf, "PrivateKeyPEM"),
-        &root_pems,
+    MeshIdentity::from_pem(&text(leaf, "CertPEM"), &text(leaf, "PrivateKeyPEM"), &roots)
+}
+
+/// The blocking health query (ending in `&`) that finds the healthy mesh endpoints of
+/// `service` in `datacenter` (the agent's own when `None`).
+pub fn mesh_health_path(service: &str, datacenter: Option<&str>) -> String {
+    let dc = datacenter.map(|dc| format!("dc={dc}&")).unwrap_or_default();
+    format!(
+        "/v1/health/service/{}?passing&{dc}",
+        mesh_endpoint_name(service)
     )
 }
 
@@ -244,14 +258,18 @@ fn rfc3339_s(text: &str) -> Option<u64> {
     u64::try_from(t.unix_timestamp()).ok()
 }
 
+/// A service to dial and its datacenter (`None`: the local one).
+type Destination = (String, Option<String>);
+
 /// Dials mesh services as one service.
 pub struct MeshClient {
     identity: Arc<Identity>,
     endpoint: quinn::Endpoint,
     pool: Mutex<HashMap<SocketAddr, quinn::Connection>>,
-    /// The healthy instances of each destination dialed so far, kept current by a blocking
-    /// query per destination (so a new connection asks the agent nothing).
-    instances: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>,
+    /// The healthy instances of each destination (service, datacenter) dialed so far, kept
+    /// current by a blocking query per destination (so a new connection asks the agent
+    /// nothing).
+    instances: Arc<Mutex<HashMap<Destination, Vec<SocketAddr>>>>,
     followers: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -276,20 +294,17 @@ impl MeshClient {
 
     /// The healthy instances of `destination`: as last seen, or asked of the agent (once:
     /// then a blocking query keeps them current).
-    async fn instances(&self, destination: &str) -> Result<Vec<SocketAddr>, MeshError> {
+    async fn instances(&self, destination: &Destination) -> Result<Vec<SocketAddr>, MeshError> {
         if let Some(known) = self.known(destination) {
             return Ok(known);
         }
-        let path = format!(
-            "/v1/health/service/{}?passing&",
-            mesh_endpoint_name(destination)
-        );
+        let path = mesh_health_path(&destination.0, destination.1.as_deref());
         let (list, index) = self.identity.agent.get_after(&path, 0).await?;
         let mut instances = self.instances.lock().expect("instances poisoned");
         if !instances.contains_key(destination) {
-            instances.insert(destination.to_owned(), mesh_addresses(&list));
+            instances.insert(destination.clone(), mesh_addresses(&list));
             let (agent, known) = (self.identity.agent.clone(), self.instances.clone());
-            let destination = destination.to_owned();
+            let destination = destination.clone();
             let follower = tokio::spawn(async move {
                 follow(&agent, &path, index, |list| {
                     let mut known = known.lock().expect("instances poisoned");
@@ -304,29 +319,48 @@ impl MeshClient {
         Ok(instances[destination].clone())
     }
 
-    fn known(&self, destination: &str) -> Option<Vec<SocketAddr>> {
+    fn known(&self, destination: &Destination) -> Option<Vec<SocketAddr>> {
         let instances = self.instances.lock().expect("instances poisoned");
         instances.get(destination).cloned()
     }
 
-    /// A stream to a healthy instance of `destination` (another one if a dial fails), over a
-    /// pooled connection when there is one.
+    /// A stream to a healthy instance of `destination` in this datacenter (another one if a
+    /// dial fails), over a pooled connection when there is one.
     pub async fn connect(&self, destination: &str) -> Result<MeshStream, MeshError> {
-        let mut candidates = self.instances(destination).await?;
+        self.connect_in(destination, None).await
+    }
+
+    /// A stream to a healthy instance of `destination` in `datacenter` (this one's when
+    /// `None`): its instances come from the local agent (`?dc=`, answered by that
+    /// datacenter), and its leaf must chain to one of that datacenter's roots.
+    pub async fn connect_in(
+        &self,
+        destination: &str,
+        datacenter: Option<&str>,
+    ) -> Result<MeshStream, MeshError> {
+        let target = (destination.to_owned(), datacenter.map(str::to_owned));
+        let mut candidates = self.instances(&target).await?;
         candidates.shuffle(&mut rand::rng());
         for addr in candidates {
-            match self.stream(destination, addr).await {
+            match self.stream(&target, addr).await {
                 Ok(stream) => return Ok(stream),
                 Err(err) => {
-                    tracing::debug!(%addr, destination, "mesh dial failed: {err}");
+                    tracing::debug!(%addr, destination, ?datacenter, "mesh dial failed: {err}");
                     self.pool.lock().expect("pool poisoned").remove(&addr);
                 }
             }
         }
-        Err(MeshError::Unreachable(destination.to_owned()))
+        Err(MeshError::Unreachable(match datacenter {
+            Some(dc) => format!("{destination} in datacenter {dc}"),
+            None => destination.to_owned(),
+        }))
     }
 
-    async fn stream(&self, destination: &str, addr: SocketAddr) -> Result<MeshStream, MeshError> {
+    async fn stream(
+        &self,
+        destination: &Destination,
+        addr: SocketAddr,
+    ) -> Result<MeshStream, MeshError> {
         let pooled = self.pool.lock().expect("pool poisoned").get(&addr).cloned();
         let connection = match pooled.filter(|c| c.close_reason().is_none()) {
             Some(connection) => connection,
@@ -357,13 +391,10 @@ impl MeshClient {
     async fn dial(
         &self,
         current: &Current,
-        destination: &str,
+        (service, datacenter): &Destination,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, MeshError> {
-        let server = ServiceId {
-            service: destination.to_owned(),
-            ..current.identity.id.clone()
-        };
+        let server = current.identity.destination(service, datacenter.as_deref());
         self.endpoint
             .connect_with(current.identity.client_config()?, addr, &server.dns_name())
             .map_err(|e| MeshError::Quic(e.to_string()))?

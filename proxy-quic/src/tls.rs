@@ -1,19 +1,19 @@
 //! Mutual TLS for mesh connections: QUIC configurations built from a service's leaf, its key
-//! and the trusted roots. Both ends present a leaf of the mesh CA; the server checks the
+//! and the trust bundle. Both ends present a leaf of the mesh CA; the server checks the
 //! client's chain (any mesh service may knock, the intentions then decide), the client checks
 //! the server's chain *and* its name, `<service>.svc.<dc>.<trust-domain>`, so it cannot be
-//! handed to an impostor of another service.
+//! handed to an impostor of another service. Either chain must reach a root of the
+//! datacenter the leaf names (`trust`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::ca::{CaError, leaf_identity, pem_der};
 use crate::identity::ServiceId;
+use crate::trust::{TrustBundle, TrustedRoot, provider};
 
 /// The ALPN protocol of murmur's data plane; a peer that does not speak it is refused in the
 /// handshake.
@@ -43,7 +43,7 @@ pub struct MeshIdentity {
     pub id: ServiceId,
     leaf: CertificateDer<'static>,
     key: Arc<PrivatePkcs8KeyDer<'static>>,
-    roots: Arc<RootCertStore>,
+    trust: Arc<TrustBundle>,
 }
 
 impl std::fmt::Debug for MeshIdentity {
@@ -54,31 +54,32 @@ impl std::fmt::Debug for MeshIdentity {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 impl MeshIdentity {
     /// From the PEM texts the agent hands out: the leaf, its key, and the roots to trust.
-    pub fn from_pem(leaf_pem: &str, key_pem: &str, root_pems: &[String]) -> Result<Self, TlsError> {
+    pub fn from_pem(
+        leaf_pem: &str,
+        key_pem: &str,
+        roots: &[TrustedRoot],
+    ) -> Result<Self, TlsError> {
         let leaf = CertificateDer::from(pem_der(leaf_pem, "the leaf certificate")?);
         let id = leaf_identity(&leaf)?;
         let key = PrivatePkcs8KeyDer::from(pem_der(key_pem, "the leaf key")?);
-        let mut roots = RootCertStore::empty();
-        for pem in root_pems {
-            roots
-                .add(CertificateDer::from(pem_der(pem, "a root certificate")?))
-                .map_err(|e| TlsError::Roots(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(TlsError::Roots("the agent listed none".into()));
-        }
         Ok(Self {
             id,
             leaf,
             key: Arc::new(key),
-            roots: Arc::new(roots),
+            trust: Arc::new(TrustBundle::new(roots)?),
         })
+    }
+
+    /// The identity of `service` in `datacenter` (this one's when `None`): the name a
+    /// client checks that service's servers against.
+    pub fn destination(&self, service: &str, datacenter: Option<&str>) -> ServiceId {
+        ServiceId {
+            service: service.to_owned(),
+            datacenter: datacenter.unwrap_or(&self.id.datacenter).to_owned(),
+            ..self.id.clone()
+        }
     }
 
     fn key(&self) -> PrivateKeyDer<'static> {
@@ -87,9 +88,7 @@ impl MeshIdentity {
 
     /// The QUIC server side: requires a client certificate chained to the roots.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Roots(e.to_string()))?;
+        let verifier = self.trust.client_verifier()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -105,7 +104,8 @@ impl MeshIdentity {
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.roots.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(self.trust.server_verifier()?)
             .with_client_auth_cert(vec![self.leaf.clone()], self.key())?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
@@ -175,15 +175,35 @@ mod tests {
             .as_secs()
     }
 
-    /// `service`'s identity with a leaf of `ca` issued at `issued_s` for `ttl_s`.
-    fn identity_issued(ca: &Authority, service: &str, issued_s: u64, ttl_s: u64) -> MeshIdentity {
+    /// The identity of `service` of datacenter `dc` with a leaf signed by `ca`, issued at
+    /// `issued_s` for `ttl_s`, trusting `bundle`.
+    fn leaf_of(
+        ca: &Authority,
+        dc: &str,
+        service: &str,
+        (issued_s, ttl_s): (u64, u64),
+        bundle: &[TrustedRoot],
+    ) -> MeshIdentity {
         let td = TrustDomain::of_cluster("murmur").unwrap();
-        let id = ServiceId::new(&td, "dc1", service).unwrap();
+        let id = ServiceId::new(&td, dc, service).unwrap();
         let (key, public) = leaf_key().unwrap();
         let leaf = ca
             .sign_leaf(&id, &public, issued_s, ttl_s, [9; 16])
             .unwrap();
-        MeshIdentity::from_pem(&leaf.cert_pem, &key, &[ca.root().cert_pem.clone()]).unwrap()
+        MeshIdentity::from_pem(&leaf.cert_pem, &key, bundle).unwrap()
+    }
+
+    /// `ca`'s root as a root of `dc`.
+    fn root_of(dc: &str, ca: &Authority) -> TrustedRoot {
+        TrustedRoot {
+            datacenter: dc.into(),
+            cert_pem: ca.root().cert_pem.clone(),
+        }
+    }
+
+    /// `service`'s identity in dc1 with a leaf of `ca` issued at `issued_s` for `ttl_s`.
+    fn identity_issued(ca: &Authority, service: &str, issued_s: u64, ttl_s: u64) -> MeshIdentity {
+        leaf_of(ca, "dc1", service, (issued_s, ttl_s), &[root_of("dc1", ca)])
     }
 
     fn identity(ca: &Authority, service: &str) -> MeshIdentity {
@@ -274,7 +294,7 @@ mod tests {
         let stranger = identity(&authority(), "web");
         // The stranger does not trust our root either; give it ours to isolate the server side.
         let mut posing = stranger.clone();
-        posing.roots = db.roots.clone();
+        posing.trust = db.trust.clone();
         let err = dial(&posing, &server, &server_name(&db.id))
             .await
             .unwrap_err();
@@ -285,6 +305,57 @@ mod tests {
         let cache = ServiceId::new(&td, "dc1", "cache").unwrap();
         let err = dial(&web, &server, &server_name(&cache)).await.unwrap_err();
         assert!(err.contains("certificate") || err.contains("name"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn each_datacenter_vouches_for_its_own_leaves_only() {
+        let (ca1, ca2) = (authority(), authority());
+        let bundle = [root_of("dc1", &ca1), root_of("dc2", &ca2)];
+        let hour = (unix_now(), 3600);
+        let db2 = leaf_of(&ca2, "dc2", "db", hour, &bundle);
+        // web of dc1 reaches db of dc2: each leaf chains to a root of its own datacenter.
+        let (server, accepted) = serve(&db2);
+        let web1 = leaf_of(&ca1, "dc1", "web", hour, &bundle);
+        let db_name = server_name(&web1.destination("db", Some("dc2")));
+        let connection = dial(&web1, &server, &db_name).await.unwrap();
+        let peer = peer_service(&connection).unwrap();
+        assert_eq!(
+            (peer.datacenter.as_str(), peer.service.as_str()),
+            ("dc2", "db")
+        );
+        connection.close(0u32.into(), b"done");
+        assert_eq!(accepted.await.unwrap().as_deref(), Some("web"));
+
+        // dc1's signer mints a client leaf claiming dc2: dc2's roots did not sign it.
+        let (server, _accepted) = serve(&db2);
+        let forged = leaf_of(&ca1, "dc2", "web", hour, &bundle);
+        let err = dial(&forged, &server, &db_name).await.unwrap_err();
+        assert!(!err.is_empty());
+        // ... or a server leaf claiming dc2: the client refuses it.
+        let (server, _accepted) = serve(&leaf_of(&ca1, "dc2", "db", hour, &bundle));
+        let err = dial(&web1, &server, &db_name).await.unwrap_err();
+        assert!(
+            err.contains("no root of dc2") || err.contains("certificate"),
+            "{err}"
+        );
+        // A leaf of a datacenter with no trusted root at all.
+        let (server, _accepted) = serve(&db2);
+        let stranger = leaf_of(&ca1, "dc9", "web", hour, &bundle);
+        assert!(dial(&stranger, &server, &db_name).await.is_err());
+    }
+
+    #[test]
+    fn a_bundle_needs_roots_that_name_their_datacenter() {
+        let ca = authority();
+        let unnamed = TrustedRoot {
+            datacenter: String::new(),
+            cert_pem: ca.root().cert_pem.clone(),
+        };
+        let err = TrustBundle::new(&[unnamed]).unwrap_err().to_string();
+        assert!(err.contains("names no datacenter"), "{err}");
+        assert!(TrustBundle::new(&[]).is_err());
+        let bundle = TrustBundle::new(&[root_of("dc2", &ca), root_of("dc1", &ca)]).unwrap();
+        assert_eq!(bundle.datacenters().collect::<Vec<_>>(), ["dc1", "dc2"]);
     }
 
     #[tokio::test]

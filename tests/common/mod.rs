@@ -7,6 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query};
@@ -423,4 +425,60 @@ pub fn dig(dns: SocketAddr, name: &str, qtype: &str) -> Option<String> {
         .output()
         .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An echo server standing in for db's app; counts the connections that brought it data (the
+/// proxy's health probes connect and bring none), and stops listening (new connections
+/// refused) when `stop` is set.
+pub struct EchoApp {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub stop: Arc<AtomicBool>,
+}
+
+pub fn echo_app() -> EchoApp {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (count, stopped) = (accepted.clone(), stop.clone());
+    std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                if std::io::copy(&mut reader, &mut stream).is_ok_and(|n| n > 0) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    EchoApp {
+        addr,
+        accepted,
+        stop,
+    }
+}
+
+/// Sends `payload` through `upstream` and returns what came back (an echo, if allowed).
+pub fn round_trip(upstream: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(upstream)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut writer = stream.try_clone()?;
+    let sent = payload.to_vec();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&sent)?;
+        writer.shutdown(std::net::Shutdown::Write)
+    });
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back)?;
+    let _ = sender.join();
+    Ok(back)
 }
