@@ -498,7 +498,8 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "SERVICE_ID")]
     pub sidecar_for: String,
     /// An upstream, NAME:PORT (listens on 127.0.0.1:PORT) or NAME:IP:PORT; repeatable.
-    #[arg(long, value_name = "NAME:PORT")]
+    /// NAME@DC:PORT reaches NAME in datacenter DC (found through the agent's ?dc=).
+    #[arg(long, value_name = "NAME[@DC]:PORT")]
     pub upstream: Vec<String>,
     /// UDP address of the inbound QUIC endpoint [default: the agent's address, any free port].
     #[arg(long, value_name = "ADDR")]

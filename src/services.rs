@@ -27,13 +27,25 @@ pub struct Definition {
     pub sidecar: Option<Vec<Upstream>>,
 }
 
-/// An upstream of a sidecar (`DestinationName`, `LocalBindPort`).
+/// An upstream of a sidecar (`DestinationName`, `Datacenter`, `LocalBindPort`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// The service it reaches.
     pub destination: String,
+    /// Its datacenter, when not the local one.
+    pub datacenter: Option<String>,
     /// The loopback port the app dials.
     pub port: u16,
+}
+
+impl Upstream {
+    /// The `--upstream` flag of `murmur connect proxy` that serves it.
+    pub fn flag(&self) -> String {
+        match &self.datacenter {
+            Some(dc) => format!("{}@{dc}:{}", self.destination, self.port),
+            None => format!("{}:{}", self.destination, self.port),
+        }
+    }
 }
 
 /// `Connect.SidecarService.Proxy.Upstreams`, as Consul's service definitions write them.
@@ -70,7 +82,17 @@ fn sidecar(object: &serde_json::Map<String, Value>) -> Result<Option<Vec<Upstrea
             if port == 0 {
                 return Err(format!("upstream {destination:?} needs LocalBindPort"));
             }
-            Ok(Upstream { destination, port })
+            let datacenter = string(u, "Datacenter")?;
+            if datacenter.contains(['@', ':', '/']) {
+                return Err(format!(
+                    "upstream {destination:?}: Datacenter {datacenter:?} is not a datacenter name"
+                ));
+            }
+            Ok(Upstream {
+                destination,
+                datacenter: (!datacenter.is_empty()).then_some(datacenter),
+                port,
+            })
         })
         .collect::<Result<Vec<_>, String>>()
         .map(Some)
@@ -318,17 +340,33 @@ mod tests {
         let def = parse(&json!({
             "Name": "web", "Port": 8080,
             "Connect": {"SidecarService": {"Proxy": {"Upstreams": [
-                {"DestinationName": "db", "LocalBindPort": 9191}
+                {"DestinationName": "db", "LocalBindPort": 9191},
+                {"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9192}
             ]}}}
         }))
         .unwrap();
+        let upstreams = def.sidecar.unwrap();
         assert_eq!(
-            def.sidecar,
-            Some(vec![Upstream {
-                destination: "db".into(),
-                port: 9191
-            }])
+            upstreams,
+            [
+                Upstream {
+                    destination: "db".into(),
+                    datacenter: None,
+                    port: 9191
+                },
+                Upstream {
+                    destination: "db".into(),
+                    datacenter: Some("dc2".into()),
+                    port: 9192
+                }
+            ]
         );
+        let flags: Vec<String> = upstreams.iter().map(Upstream::flag).collect();
+        assert_eq!(flags, ["db:9191", "db@dc2:9192"]);
+        let err = parse(&json!({"Name": "x", "Connect": {"SidecarService": {"Proxy":
+            {"Upstreams": [{"DestinationName": "db", "Datacenter": "a:b", "LocalBindPort": 1}]}}}}))
+        .unwrap_err();
+        assert!(err.contains("not a datacenter name"), "{err}");
         let bare = parse(&json!({"name": "db", "connect": {"sidecar_service": {}}})).unwrap();
         assert_eq!(bare.sidecar, Some(vec![]));
         assert_eq!(parse(&json!({"Name": "x"})).unwrap().sidecar, None);

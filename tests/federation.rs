@@ -2,7 +2,9 @@
 //! election, link through them, share intentions (and nothing of their catalogs or KV), answer
 //! `?dc=` for each other (HTTP, the CLI, python3-consul, DNS; blocking queries too), fail
 //! prepared queries over to each other, replace a
-//! gateway killed with `kill -9`, and answer Consul's error when the other side is gone.
+//! gateway killed with `kill -9`, and answer Consul's error when the other side is gone; and a
+//! service of one reaches a service of the other over mutual TLS, each datacenter signing with
+//! its own root, under intentions written in either.
 
 mod common;
 
@@ -14,7 +16,9 @@ use common::{
 };
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
+use murmur_proxy::native::MeshClient;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Long enough for the LAN pool to declare a killed gateway failed, and one WAN join.
 const REPLACE: Duration = Duration::from_secs(60);
@@ -103,6 +107,33 @@ fn datacenter(dc: &str, key: &str, wan: &[SocketAddr], mine: [usize; 2]) -> Vec<
     agents
 }
 
+/// Waits until each datacenter (east, west) serves one gateway and the two are linked; the
+/// WAN members (`node.dc`) they then list.
+fn link(east: &[Agent], west: &[Agent]) -> Vec<String> {
+    let mut linked = Vec::new();
+    assert!(
+        wait_until(REPLACE, || {
+            let (e, w) = (gateways(east, &[]), gateways(west, &[]));
+            let pair =
+                |a: &Agent, b: &Agent| vec![format!("{}.east", a.name), format!("{}.west", b.name)];
+            linked = match (e.as_slice(), w.as_slice()) {
+                ([non_e], [non_w]) => pair(&east[1 - non_e], &west[1 - non_w]),
+                _ => Vec::new(),
+            };
+            !linked.is_empty()
+                && gateways(east, &linked).len() == 1
+                && gateways(west, &linked).len() == 1
+        }),
+        "one gateway per datacenter, linked: east {:?} {:?}, west {:?} {:?}\n{}",
+        wan_members(&east[0]),
+        wan_members(&east[1]),
+        wan_members(&west[0]),
+        wan_members(&west[1]),
+        east[0].log()
+    );
+    linked
+}
+
 #[test]
 fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() {
     let key = keygen();
@@ -113,27 +144,7 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     let west = datacenter("west", &key, &wan, [2, 3]);
 
     // Each datacenter settles on one gateway, and the two find each other.
-    let mut linked = Vec::new();
-    assert!(
-        wait_until(REPLACE, || {
-            let (e, w) = (gateways(&east, &[]), gateways(&west, &[]));
-            let pair =
-                |a: &Agent, b: &Agent| vec![format!("{}.east", a.name), format!("{}.west", b.name)];
-            linked = match (e.as_slice(), w.as_slice()) {
-                ([non_e], [non_w]) => pair(&east[1 - non_e], &west[1 - non_w]),
-                _ => Vec::new(),
-            };
-            !linked.is_empty()
-                && gateways(&east, &linked).len() == 1
-                && gateways(&west, &linked).len() == 1
-        }),
-        "one gateway per datacenter, linked: east {:?} {:?}, west {:?} {:?}\n{}",
-        wan_members(&east[0]),
-        wan_members(&east[1]),
-        wan_members(&west[0]),
-        wan_members(&west[1]),
-        east[0].log()
-    );
+    let linked = link(&east, &west);
     let gateway = gateways(&east, &linked)[0];
     let other = 1 - gateway;
 
@@ -461,4 +472,127 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     );
     assert_eq!(east[other].request("PUT", "/v1/kv/east-local", b"y").0, 200);
     assert_eq!(east[other].request("GET", "/v1/kv/east-local", b"").0, 200);
+}
+
+/// The datacenters of the roots `agent` trusts, sorted.
+fn bundle(agent: &Agent) -> Vec<String> {
+    let mut dcs: Vec<String> = agent.get("/v1/agent/connect/ca/roots")["Roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["Datacenter"].as_str().map(str::to_owned))
+        .collect();
+    dcs.sort();
+    dcs.dedup();
+    dcs
+}
+
+#[test]
+fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_written_anywhere() {
+    let key = keygen();
+    let wan: Vec<SocketAddr> = (0..4)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let east = datacenter("east", &key, &wan, [0, 1]);
+    let west = datacenter("west", &key, &wan, [2, 3]);
+    link(&east, &west);
+
+    // Each datacenter makes a root of its own; every agent of both trusts both.
+    for agent in [&east[0], &west[0]] {
+        let out = agent.cli(&["ca", "rotate"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(
+        wait_until(REPLACE, || east
+            .iter()
+            .chain(&west)
+            .all(|a| bundle(a) == ["east", "west"])),
+        "the trust bundle reached every agent: {:?} {:?}",
+        bundle(&east[1]),
+        bundle(&west[1])
+    );
+    // Each signs with its own root, for identities of its own datacenter.
+    for (agent, dc) in [(&east[1], "east"), (&west[1], "west")] {
+        let roots = agent.get("/v1/agent/connect/ca/roots");
+        let active = roots["ActiveRootID"].as_str().unwrap().to_owned();
+        let active_dc = roots["Roots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ID"] == active.as_str() && r["Active"] == true)
+            .map(|r| r["Datacenter"].clone());
+        assert_eq!(active_dc, Some(Value::from(dc)), "{roots}");
+        let leaf = agent.get("/v1/agent/connect/ca/leaf/web");
+        let uri = leaf["ServiceURI"].as_str().unwrap();
+        assert!(uri.ends_with(&format!("/dc/{dc}/svc/web")), "{uri}");
+    }
+
+    // db runs in west behind its agent's sidecar; web in east has an upstream to west's db
+    // (Consul's Upstreams[].Datacenter), which it dials directly.
+    let app = common::echo_app();
+    let register = |agent: &Agent, body: String| {
+        let (status, _, text) = agent.request("PUT", "/v1/agent/service/register", body.as_bytes());
+        assert_eq!(status, 200, "{text}");
+    };
+    register(
+        &west[1],
+        format!(
+            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
+            app.addr.port()
+        ),
+    );
+    let port = free_port();
+    register(
+        &east[1],
+        format!(
+            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+                {{"Upstreams": [{{"DestinationName": "db", "Datacenter": "west", "LocalBindPort": {port}}}]}}}}}}}}"#
+        ),
+    );
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+    let through = || common::round_trip(upstream, b"hi").is_ok_and(|b| b == b"hi");
+
+    // Intentions are global and enforced where the destination is: written in east, they
+    // decide at db's proxy in west (agents with data dirs deny by default).
+    let intend = |agent: &Agent, action: &str| {
+        let body = format!(r#"{{"Action": "{action}"}}"#);
+        let path = "/v1/connect/intentions/exact?source=web&destination=db";
+        let (status, _, text) = agent.request("PUT", path, body.as_bytes());
+        assert_eq!(status, 200, "{text}");
+    };
+    intend(&east[0], "allow");
+    assert!(
+        wait_until(REPLACE, through),
+        "web in east reached db in west:\n{}\n{}",
+        east[1].log(),
+        west[1].log()
+    );
+    // The native SDK reaches it the same way.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sdk = runtime
+        .block_on(MeshClient::new(&east[0].http.to_string(), "web"))
+        .unwrap();
+    let sdk_round_trip = || {
+        runtime.block_on(async {
+            let mut stream = sdk.connect_in("db", Some("west")).await.ok()?;
+            stream.write_all(b"sdk").await.ok()?;
+            stream.shutdown().await.ok()?;
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).await.ok()?;
+            Some(back)
+        })
+    };
+    assert_eq!(sdk_round_trip().as_deref(), Some(&b"sdk"[..]));
+    let unknown = runtime.block_on(sdk.connect_in("db", Some("nowhere")));
+    assert!(unknown.is_err(), "a datacenter nobody knows");
+
+    intend(&east[0], "deny");
+    assert!(
+        wait_until(REPLACE, || !through()),
+        "east's deny closed the way at db's proxy in west"
+    );
+    assert!(sdk_round_trip().is_none_or(|b| b.is_empty()), "the SDK too");
 }

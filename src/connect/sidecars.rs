@@ -59,10 +59,7 @@ impl Sidecars {
         );
         let args = ProxyArgs {
             sidecar_for: id.to_owned(),
-            upstream: upstreams
-                .iter()
-                .map(|u| format!("{}:{}", u.destination, u.port))
-                .collect(),
+            upstream: upstreams.iter().map(Upstream::flag).collect(),
             listen: None,
             // Runs on the agent's runtime: the flag only sizes the runtime of a standalone
             // `murmur connect proxy`.

@@ -1,7 +1,9 @@
 //! Upstreams: a loopback TCP listener per destination service. Each accepted connection
 //! becomes one bidirectional QUIC stream on a pooled connection to a healthy instance of the
 //! destination's proxy (so a new TCP connection costs no handshake); an instance that cannot
-//! be reached is skipped for the next one.
+//! be reached is skipped for the next one. An upstream in another datacenter finds its
+//! instances through the agent's `?dc=` and dials them directly (mesh gateways are for when
+//! datacenters cannot reach each other).
 
 use murmur_proxy::quinn;
 use std::collections::HashMap;
@@ -9,8 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use murmur_proxy::identity::ServiceId;
-use murmur_proxy::native::{mesh_addresses, mesh_endpoint_name};
+use murmur_proxy::native::{mesh_addresses, mesh_health_path};
 use rand::seq::SliceRandom;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -23,15 +24,24 @@ use crate::client::watch::follow;
 pub struct Upstream {
     /// Destination service.
     pub service: String,
+    /// Its datacenter, when not the local one.
+    pub datacenter: Option<String>,
     /// Where the app connects.
     pub listen: SocketAddr,
 }
 
-/// Parses `NAME:PORT` (on 127.0.0.1) or `NAME:IP:PORT`.
+/// Parses `NAME[@DC]:PORT` (on 127.0.0.1) or `NAME[@DC]:IP:PORT`.
 pub fn parse(text: &str) -> anyhow::Result<Upstream> {
-    let (service, addr) = text.split_once(':').with_context(|| {
-        format!("--upstream {text:?} must be NAME:PORT or NAME:IP:PORT, e.g. db:9191")
+    let (name, addr) = text.split_once(':').with_context(|| {
+        format!("--upstream {text:?} must be NAME[@DC]:PORT or NAME[@DC]:IP:PORT, e.g. db:9191 or db@dc2:9191")
     })?;
+    let (service, datacenter) = match name.split_once('@') {
+        Some((_, "")) => {
+            bail!("--upstream {text:?} names no datacenter after '@', e.g. db@dc2:9191")
+        }
+        Some((service, dc)) => (service, Some(dc.to_owned())),
+        None => (name, None),
+    };
     let listen = match addr.parse::<u16>() {
         Ok(port) => SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
         Err(_) => crate::agent::config::parse_addr(addr, 0)
@@ -42,6 +52,7 @@ pub fn parse(text: &str) -> anyhow::Result<Upstream> {
     }
     Ok(Upstream {
         service: service.to_owned(),
+        datacenter,
         listen,
     })
 }
@@ -56,10 +67,7 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
     })?;
     let instances: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
     let pool: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>> = Arc::default();
-    let path = format!(
-        "/v1/health/service/{}?passing&",
-        mesh_endpoint_name(&upstream.service)
-    );
+    let path = mesh_health_path(&upstream.service, upstream.datacenter.as_deref());
     let known = instances.clone();
     let watcher = follow(&sidecar.client, &path, move |list| {
         *known.lock().expect("instances poisoned") = mesh_addresses(list);
@@ -69,14 +77,14 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
         loop {
             let (tcp, _) = listener.accept().await?;
             let (sidecar, instances, pool) = (sidecar.clone(), instances.clone(), pool.clone());
-            let service = upstream.service.clone();
+            let upstream = upstream.clone();
             tokio::spawn(async move {
                 let candidates = {
                     let mut list = instances.lock().expect("instances poisoned").clone();
                     list.shuffle(&mut rand::rng());
                     list
                 };
-                carry(&sidecar, &pool, &service, &candidates, tcp).await;
+                carry(&sidecar, &pool, &upstream, &candidates, tcp).await;
             });
         }
         #[allow(unreachable_code)]
@@ -89,17 +97,18 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
 async fn carry(
     sidecar: &Sidecar,
     pool: &Mutex<HashMap<SocketAddr, quinn::Connection>>,
-    service: &str,
+    upstream: &Upstream,
     candidates: &[SocketAddr],
     tcp: TcpStream,
 ) {
+    let service = upstream.service.as_str();
     let labels = [
         ("source", sidecar.fronted.name.clone()),
         ("destination", service.to_owned()),
     ];
     let started = std::time::Instant::now();
     for &addr in candidates {
-        let stream = match connection(sidecar, pool, service, addr).await {
+        let stream = match connection(sidecar, pool, upstream, addr).await {
             Ok(connection) => connection.open_bi().await.map_err(anyhow::Error::from),
             Err(err) => Err(err),
         };
@@ -128,7 +137,7 @@ async fn carry(
 async fn connection(
     sidecar: &Sidecar,
     pool: &Mutex<HashMap<SocketAddr, quinn::Connection>>,
-    service: &str,
+    upstream: &Upstream,
     addr: SocketAddr,
 ) -> anyhow::Result<quinn::Connection> {
     if let Some(open) = pool.lock().expect("pool poisoned").get(&addr)
@@ -137,10 +146,7 @@ async fn connection(
         return Ok(open.clone());
     }
     let identity = sidecar.identity();
-    let destination = ServiceId {
-        service: service.to_owned(),
-        ..identity.id.clone()
-    };
+    let destination = identity.destination(&upstream.service, upstream.datacenter.as_deref());
     let connection = sidecar
         .endpoint
         .connect_with(identity.client_config()?, addr, &destination.dns_name())?
@@ -162,14 +168,26 @@ mod tests {
             parse("db:9191").unwrap(),
             Upstream {
                 service: "db".into(),
+                datacenter: None,
                 listen: "127.0.0.1:9191".parse().unwrap()
             }
         );
+        let remote = parse("db@dc2:10.0.0.1:9191").unwrap();
+        assert_eq!(remote.datacenter.as_deref(), Some("dc2"));
+        assert_eq!(remote.service, "db");
         assert_eq!(
             parse("db:10.0.0.1:9191").unwrap().listen,
             "10.0.0.1:9191".parse().unwrap()
         );
-        for bad in ["db", "db:", ":9191", "db:0", "db:x:y"] {
+        for bad in [
+            "db",
+            "db:",
+            ":9191",
+            "db:0",
+            "db:x:y",
+            "db@:9191",
+            "@dc2:9191",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
