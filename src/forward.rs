@@ -22,9 +22,9 @@ use murmur_federation::forward::{
 use tower::ServiceExt;
 
 use crate::agent::runtime::{Agent, PeerRequests, PendingAnswer, Via};
-use crate::agent::wan::GATEWAY_META;
 use crate::dns::DnsSettings;
 use crate::http::blocking;
+use murmur_federation::gateways::GATEWAY_META;
 
 /// The largest request or answer body a forwarded request carries: the gossip stream's
 /// 4 MiB frame, less room for the envelope and headers.

@@ -13,6 +13,14 @@
 //! lowest-ranked step down.
 
 use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use murmur_catalog::Replica;
+
+/// Node meta of an agent that may serve as a gateway: its WAN address.
+pub const ELIGIBLE_META: &str = "murmur-wan-eligible";
+/// Node meta of an agent that serves as a gateway now: its WAN address.
+pub const GATEWAY_META: &str = "murmur-wan-gateway";
 
 /// How many gateways a datacenter runs unless told otherwise (`--wan-gateways`): enough that
 /// one crash leaves two, few enough that the WAN pool stays small.
@@ -66,6 +74,24 @@ pub fn select<'a>(k: usize, candidates: &[Candidate<'a>]) -> Vec<&'a str> {
 /// Whether the agent named `me` should serve, by [`select`].
 pub fn should_serve(me: &str, k: usize, candidates: &[Candidate<'_>]) -> bool {
     select(k, candidates).contains(&me)
+}
+
+/// Whether the agent named `me` should serve, from what its replica says: the agents whose
+/// records carry [`ELIGIBLE_META`] and are not among `failed` (owners its membership does not
+/// consider active; `me` counts as live), and which of them carry [`GATEWAY_META`].
+pub fn selected(replica: &Replica, failed: &BTreeSet<String>, me: &str, k: usize) -> bool {
+    let candidates: Vec<Candidate<'_>> = replica
+        .records()
+        .iter()
+        .filter(|(name, record)| {
+            record.meta.contains_key(ELIGIBLE_META) && (*name == me || !failed.contains(*name))
+        })
+        .map(|(name, record)| Candidate {
+            name,
+            serving: record.meta.contains_key(GATEWAY_META),
+        })
+        .collect();
+    should_serve(me, k, &candidates)
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@
 //! roots named their datacenter (`ca/root/<id>`) stays home: another datacenter could not tell
 //! whose it is. LAN coordinates stay home: they measure only their own datacenter.
 
-use murmur_catalog::{CaRoot, Change, DIRECTORY_PREFIX, INTENTION_PREFIX, QUERY_PREFIX};
+use murmur_catalog::{
+    CaRoot, Change, DIRECTORY_PREFIX, INTENTION_PREFIX, Journaled, QUERY_PREFIX, Replica,
+};
 
 /// Where a piece of replicated data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,31 @@ pub fn of_change(change: &Change) -> Scope {
         Change::Record { .. } => Scope::Datacenter,
         Change::Shared { key, .. } => of_key(key),
     }
+}
+
+/// The changes among journal `entries` that every datacenter shares: what a gateway relays
+/// from the pool that took them to its other pool.
+pub fn global_changes(entries: &[Journaled]) -> impl Iterator<Item = Change> + '_ {
+    entries.iter().filter_map(|entry| match entry {
+        Journaled::Change { change, .. } if of_change(change) == Scope::Global => {
+            Some(change.clone())
+        }
+        _ => None,
+    })
+}
+
+/// Every global entry `replica` holds (tombstones too), as changes: what a new gateway's WAN
+/// replica starts with.
+pub fn global_entries(replica: &Replica) -> Vec<Change> {
+    replica
+        .shared()
+        .iter()
+        .filter(|(key, _)| of_key(key) == Scope::Global)
+        .map(|(key, entry)| Change::Shared {
+            key: key.clone(),
+            register: entry.register.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

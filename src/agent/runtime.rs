@@ -13,8 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use murmur_catalog::{Change, Journaled, Replica};
-use murmur_federation::scope::{self, Scope};
+use murmur_catalog::{Change, Replica};
+use murmur_federation::scope;
 use murmur_gossip::{
     KeyringOp, MemberEventKind, Output, PoolMember, SecretKey, StreamReply, TimerEvent,
 };
@@ -165,7 +165,7 @@ impl Agent {
                 match output {
                     Output::Persist(entries) => {
                         if relay_to.is_some() {
-                            relayed.extend(global_changes(&entries));
+                            relayed.extend(scope::global_changes(&entries));
                         }
                         // Queries read the LAN replica only; the WAN one holds copies.
                         if Arc::ptr_eq(pool, &self.lan) {
@@ -508,18 +508,7 @@ impl Agent {
         self.run_pool(&wan, tcp, due);
         // The WAN replica starts with this datacenter's global data; the other datacenters'
         // arrives by the WAN pool's gossip and anti-entropy, and is relayed to the LAN.
-        let global: Vec<Change> = self
-            .lan
-            .read()
-            .replica()
-            .shared()
-            .iter()
-            .filter(|(key, _)| scope::of_key(key) == Scope::Global)
-            .map(|(key, entry)| Change::Shared {
-                key: key.clone(),
-                register: entry.register.clone(),
-            })
-            .collect();
+        let global = scope::global_entries(self.lan.read().replica());
         self.relay(&wan, global);
         Ok(())
     }
@@ -597,16 +586,6 @@ impl Agent {
         self.with_wan(PoolMember::leave);
         self.with_node(PoolMember::leave);
     }
-}
-
-/// The changes among journal `entries` that every datacenter shares.
-fn global_changes(entries: &[Journaled]) -> impl Iterator<Item = Change> + '_ {
-    entries.iter().filter_map(|entry| match entry {
-        Journaled::Change { change, .. } if scope::of_change(change) == Scope::Global => {
-            Some(change.clone())
-        }
-        _ => None,
-    })
 }
 
 /// Compacts `pool`'s journal into a snapshot whenever its writer asks for one.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use murmur_catalog::NodeRecord;
-use murmur_federation::gateways::{Candidate, should_serve};
+use murmur_federation::gateways::{self, ELIGIBLE_META, GATEWAY_META};
 use murmur_gossip::{GossipConfig, IdentityFields, Keyring, NodeIdentity, PoolMember};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -21,10 +21,6 @@ use super::config::{AgentConfig, WanConfig, resolve_seeds};
 use super::runtime::Agent;
 use super::view::View;
 
-/// Node meta of an agent that may serve as a gateway: its WAN address.
-pub const ELIGIBLE_META: &str = "murmur-wan-eligible";
-/// Node meta of an agent that serves as a gateway now: its WAN address.
-pub const GATEWAY_META: &str = "murmur-wan-gateway";
 /// How often an eligible agent re-runs the selection. A gateway's failure is noticed after
 /// the LAN pool declares it failed; one more second is nothing next to that.
 const SELECT_EVERY: Duration = Duration::from_secs(1);
@@ -215,22 +211,9 @@ fn wan_coordinate(agent: &Agent) -> Option<murmur_catalog::Coordinate> {
         .flatten()
 }
 
-/// Whether this agent (`me`) is among the `k` gateways, from what its view says: the live
-/// agents whose records say they are eligible, and which of them serve.
+/// Whether this agent (`me`) is among the `k` gateways, from what its view says.
 fn selected(view: &View<'_>, me: &str, k: usize) -> bool {
-    let failed = view.failed_owners();
-    let records = view.replica().records();
-    let candidates: Vec<Candidate<'_>> = records
-        .iter()
-        .filter(|(name, record)| {
-            record.meta.contains_key(ELIGIBLE_META) && (*name == me || !failed.contains(*name))
-        })
-        .map(|(name, record)| Candidate {
-            name,
-            serving: record.meta.contains_key(GATEWAY_META),
-        })
-        .collect();
-    should_serve(me, k, &candidates)
+    gateways::selected(view.replica(), &view.failed_owners(), me, k)
 }
 
 /// Sets (or, with `None`, removes) the gateway meta of this agent's record.
