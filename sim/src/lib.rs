@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod chaos;
+pub mod federation;
 pub mod measure;
 pub mod net;
 pub mod scenario;

@@ -16,7 +16,7 @@ const MAX_OPEN_WRITE_WATCHES: usize = 16;
 const MAX_CURVES: usize = 24;
 
 /// Percentiles of a set of durations.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Percentiles {
     /// How many were measured.
     pub count: usize,

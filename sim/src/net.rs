@@ -32,7 +32,8 @@ enum Delivery {
 }
 
 /// How datagrams travel: latency within and between datacenters, jitter, reordering and each
-/// node's egress bandwidth. Node `i` sits in datacenter `i % datacenters`.
+/// node's egress bandwidth. Node `i` sits in datacenter `i % datacenters` (a WAN member, in
+/// the datacenter of the node it serves: see [`Net::wan_from`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkModel {
     /// Number of datacenters the nodes are spread over (round-robin).
@@ -145,6 +146,19 @@ pub struct Net {
     /// One shared copy of each identity for all nodes: each node holds every member, so
     /// per-node copies grew with N² (~300 bytes per pair).
     identities: Identities,
+    /// Where WAN pool members start: slot `wan_from + i` is node `i`'s member of the WAN pool
+    /// while node `i` serves as a gateway (`usize::MAX`: no federation, one pool spanning
+    /// every datacenter).
+    pub wan_from: usize,
+    /// The configuration WAN members start with.
+    pub wan_config: GossipConfig,
+    /// The other pool of each gateway: LAN node ↔ its WAN member, both ways. Global changes
+    /// one of the two persists are handed to the other at once, as the agent relays them.
+    relay: BTreeMap<usize, usize>,
+    /// Global changes handed from one pool to the other so far (offered, news).
+    pub relayed: (u64, u64),
+    /// Bytes WAN members sent: datagrams, and both ways of the streams they opened.
+    pub wan_bytes: u64,
 }
 
 /// How long a node must have been left alone before declaring it failed counts as a false
@@ -193,6 +207,37 @@ impl Net {
             skew_ms: BTreeMap::new(),
             drift_ppm: BTreeMap::new(),
             identities: Identities::default(),
+            wan_from: usize::MAX,
+            wan_config: GossipConfig::wan("test"),
+            relay: BTreeMap::new(),
+            relayed: (0, 0),
+            wan_bytes: 0,
+        }
+    }
+
+    /// The datacenter (0-based) node `i` is in.
+    pub fn datacenter_of(&self, i: usize) -> usize {
+        let lan = if i >= self.wan_from {
+            i - self.wan_from
+        } else {
+            i
+        };
+        lan % self.link.datacenters.max(1)
+    }
+
+    /// Whether slot `i` holds a WAN pool member.
+    pub fn is_wan(&self, i: usize) -> bool {
+        i >= self.wan_from
+    }
+
+    /// Pairs LAN node `lan` and WAN member `wan` (one gateway), or unpairs them (`None`).
+    pub fn pair(&mut self, lan: usize, wan: Option<usize>) {
+        if let Some(old) = self.relay.remove(&lan) {
+            self.relay.remove(&old);
+        }
+        if let Some(wan) = wan {
+            self.relay.insert(lan, wan);
+            self.relay.insert(wan, lan);
         }
     }
 
@@ -223,10 +268,22 @@ impl Net {
     fn boot(&mut self, i: usize, generation: u64, keyring: Keyring, with_data: bool) {
         self.disturb([i], self.now);
         let rng = StdRng::seed_from_u64(self.rng.random());
-        let identity = Self::identity(i, generation);
+        let mut identity = Self::identity(i, generation);
+        if self.wan_from != usize::MAX {
+            identity = IdentityFields {
+                datacenter: format!("dc{}", self.datacenter_of(i) + 1).into(),
+                ..IdentityFields::clone(&identity)
+            }
+            .into();
+        }
+        let config = if self.is_wan(i) {
+            &self.wan_config
+        } else {
+            &self.config
+        };
         let mut node = PoolMember::with_identities(
             identity.clone(),
-            self.config.clone(),
+            config.clone(),
             keyring,
             rng,
             self.identities.clone(),
@@ -348,6 +405,9 @@ impl Net {
             return Err("connection refused (down)".into());
         };
         let reply = peer.handle_stream(&request);
+        if self.is_wan(from) {
+            self.wan_bytes += (request.len() + reply.len()) as u64;
+        }
         self.drain(to);
         let result = on_reply(self.node(from), &reply).map_err(|e| e.to_string());
         self.drain(from);
@@ -487,8 +547,7 @@ impl Net {
     /// reordering hold-back.
     fn transit(&mut self, from: usize, to: usize) -> Duration {
         let link = &self.link;
-        let dcs = link.datacenters.max(1);
-        let (base, jitter) = if from % dcs == to % dcs {
+        let (base, jitter) = if self.datacenter_of(from) == self.datacenter_of(to) {
             (link.lan_latency, link.lan_jitter)
         } else {
             (link.wan_latency, link.wan_jitter)
@@ -506,21 +565,26 @@ impl Net {
         self.queue.insert((at, self.seq), delivery);
     }
 
-    /// Takes every output of node `i` and puts it on the network or the timer queue.
+    /// Takes every output of node `i` and puts it on the network or the timer queue; hands
+    /// the global changes it persisted to its other pool, if it is a gateway.
     fn drain(&mut self, i: usize) {
+        let mut global = Vec::new();
         loop {
             let Some(output) = self.slots[i]
                 .node
                 .as_mut()
                 .and_then(PoolMember::poll_output)
             else {
-                return;
+                break;
             };
             match output {
                 Output::Datagram { to, bytes } => {
                     let to = usize::from(to.port() - 20000);
                     self.datagrams_sent += 1;
                     self.bytes_sent += bytes.len() as u64;
+                    if self.is_wan(i) {
+                        self.wan_bytes += bytes.len() as u64;
+                    }
                     if self.blocked.contains(&(i, to)) || self.rng.random_bool(self.loss) {
                         continue;
                     }
@@ -571,6 +635,9 @@ impl Net {
                     }
                 }
                 Output::Persist(entries) => {
+                    if self.relay.contains_key(&i) {
+                        global.extend(murmur_federation::scope::global_changes(&entries));
+                    }
                     for entry in &entries {
                         if let Journaled::Change {
                             change: Change::Shared { key, register },
@@ -585,6 +652,17 @@ impl Net {
                     self.compact_if_large(i);
                 }
                 Output::KeyringChanged => {}
+            }
+        }
+        if let Some(&other) = self.relay.get(&i)
+            && !global.is_empty()
+        {
+            self.relayed.0 += global.len() as u64;
+            if let Some(member) = self.live(other) {
+                // What is news there spreads from there; what comes back from its journal is
+                // redundant here, so the relay ends after one hop.
+                self.relayed.1 += member.relay(global) as u64;
+                self.drain(other);
             }
         }
     }
