@@ -693,6 +693,12 @@ impl Replica {
         }
     }
 
+    /// Wall-clock ms of the last complete anti-entropy exchange (either side), 0 for never:
+    /// until one, a replica restored from disk shows its peers as they were.
+    pub fn last_contact_ms(&self) -> u64 {
+        self.last_contact_ms
+    }
+
     /// Whether no complete anti-entropy exchange happened within the GC horizon.
     pub fn is_stale(&self, wall_ms: u64) -> bool {
         self.last_contact_ms.saturating_add(self.horizon_ms()) < wall_ms

@@ -76,19 +76,45 @@ pub fn should_serve(me: &str, k: usize, candidates: &[Candidate<'_>]) -> bool {
     select(k, candidates).contains(&me)
 }
 
+/// Whether a node's view is current enough to run the selection on: its replica completed an
+/// anti-entropy exchange since `life_started_ms` (this life's start, wall-clock ms), or the
+/// node knows no live peer to exchange with. A replica restored from disk shows the
+/// datacenter as it was before the restart: deciding on it, a gateway that crashed and came
+/// back sees its successor as not serving, takes a seat, and then (the higher ranked of too
+/// many) displaces the successor.
+pub fn view_is_current(replica: &Replica, life_started_ms: u64, live_peers: usize) -> bool {
+    live_peers == 0 || replica.last_contact_ms() >= life_started_ms
+}
+
 /// Whether the agent named `me` should serve, from what its replica says: the agents whose
 /// records carry [`ELIGIBLE_META`] and are not among `failed` (owners its membership does not
-/// consider active; `me` counts as live), and which of them carry [`GATEWAY_META`].
-pub fn selected(replica: &Replica, failed: &BTreeSet<String>, me: &str, k: usize) -> bool {
-    let candidates: Vec<Candidate<'_>> = replica
-        .records()
+/// consider active; `me` counts as live), and which of them carry [`GATEWAY_META`] in a
+/// record of their current life. `life` gives an agent's current generation as membership
+/// knows it: a record written in an earlier life still says what the agent did before it
+/// restarted (a gateway that crashed) until the new life's record arrives, and counting that
+/// claim made a successor step down for the restarted agent.
+pub fn selected(
+    replica: &Replica,
+    failed: &BTreeSet<String>,
+    me: &str,
+    k: usize,
+    life: impl Fn(&str) -> Option<u64>,
+) -> bool {
+    let records = replica.records();
+    let candidates: Vec<Candidate<'_>> = records
         .iter()
         .filter(|(name, record)| {
             record.meta.contains_key(ELIGIBLE_META) && (*name == me || !failed.contains(*name))
         })
-        .map(|(name, record)| Candidate {
-            name,
-            serving: record.meta.contains_key(GATEWAY_META),
+        .map(|(name, record)| {
+            let written_in = records
+                .entry(name)
+                .map_or(0, |e| e.register.stamp().generation);
+            Candidate {
+                name,
+                serving: record.meta.contains_key(GATEWAY_META)
+                    && life(name).is_none_or(|current| written_in >= current),
+            }
         })
         .collect();
     should_serve(me, k, &candidates)
@@ -113,6 +139,64 @@ mod tests {
                 serving: serving.contains(name),
             })
             .collect()
+    }
+
+    /// A replica of `me` holding the records of `owners` (name, generation, serving).
+    fn replica_with(me: &str, owners: &[(&str, u64, bool)]) -> Replica {
+        let mut replica = Replica::new(me, 1, 1, murmur_catalog::ReplicaConfig::default());
+        for &(name, generation, serving) in owners {
+            let mut owner = Replica::new(
+                name,
+                9,
+                generation,
+                murmur_catalog::ReplicaConfig::default(),
+            );
+            let mut record = murmur_catalog::NodeRecord::default();
+            record.meta.insert(ELIGIBLE_META.into(), "wan".into());
+            if serving {
+                record.meta.insert(GATEWAY_META.into(), "wan".into());
+            }
+            owner.set_own_record(Some(record));
+            for change in owner.take_outbox() {
+                replica.apply(&change, 1).unwrap();
+            }
+        }
+        replica
+    }
+
+    #[test]
+    fn a_claim_from_an_earlier_life_does_not_hold_a_seat() {
+        // "a" ranks above "b"; "a" served, crashed and came back as generation 2, but only
+        // the record of its first life (still serving) has arrived. "b" serves.
+        let (a, b) = if score("a") > score("b") {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        };
+        let replica = replica_with("me", &[(a, 1, true), (b, 1, true)]);
+        let none = BTreeSet::new();
+        let restarted = |name: &str| Some(if name == a { 2 } else { 1 });
+        assert!(
+            selected(&replica, &none, b, 1, restarted),
+            "b keeps its seat: a's claim is its old life's"
+        );
+        let unchanged = |_: &str| Some(1);
+        assert!(
+            !selected(&replica, &none, b, 1, unchanged),
+            "two live claims for one seat: the higher ranked keeps it"
+        );
+    }
+
+    #[test]
+    fn a_restored_view_is_current_only_after_an_exchange_or_when_alone() {
+        let replica = replica_with("me", &[]);
+        assert_eq!(replica.last_contact_ms(), 0);
+        assert!(!view_is_current(&replica, 5, 3), "restored, not yet synced");
+        assert!(
+            view_is_current(&replica, 5, 0),
+            "alone: nobody to sync with"
+        );
+        assert!(view_is_current(&replica, 0, 3), "nothing to be newer than");
     }
 
     /// Runs the selection to its fixed point from nobody serving: each round, the selected

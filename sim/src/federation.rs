@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::measure::Percentiles;
-use crate::net::{JOIN_SPACING, LinkModel, Net, addr, key};
+use crate::net::{JOIN_SPACING, LinkModel, Net, WALL_CLOCK_BASE_MS, addr, key};
 
 /// How often every eligible node re-runs the gateway selection, as the agent does.
 pub const SELECT_EVERY: Duration = Duration::from_secs(1);
@@ -112,6 +112,8 @@ pub struct Federation {
     /// The most WAN members that ran at once.
     pub most_wan_members: usize,
     spread: Spread,
+    /// Wall-clock ms at which each LAN node's current life started.
+    life_started_ms: Vec<u64>,
 }
 
 /// The LAN nodes' datacenter name, as the identities say it.
@@ -142,6 +144,7 @@ impl Federation {
             stopping: Vec::new(),
             most_wan_members: 0,
             spread: Spread::default(),
+            life_started_ms: vec![0; nodes],
         };
         for i in 0..nodes {
             federation.net.start(i, 1, federation.keyring.clone());
@@ -198,9 +201,14 @@ impl Federation {
             .collect()
     }
 
-    /// How many gateways each datacenter should run.
-    pub fn gateways_wanted(&self) -> usize {
-        self.config.gateways.min(self.config.nodes_per_dc)
+    /// How many gateways datacenter `dc` should run: `gateways`, or all its running nodes
+    /// when it has fewer.
+    pub fn gateways_wanted(&self, dc: usize) -> usize {
+        let running = self
+            .lan(dc)
+            .into_iter()
+            .filter(|&i| self.member(i).is_some());
+        self.config.gateways.min(running.count())
     }
 
     /// The WAN members of datacenter `dc` that run now.
@@ -233,7 +241,8 @@ impl Federation {
     /// alive.
     pub fn wan_formed(&self) -> bool {
         let members = self.wan_members();
-        (0..self.config.datacenters).all(|dc| self.gateways_of(dc).len() == self.gateways_wanted())
+        (0..self.config.datacenters)
+            .all(|dc| self.gateways_of(dc).len() == self.gateways_wanted(dc))
             && members.iter().all(|&w| {
                 self.member(w).expect("running").node().alive_peers() == members.len() - 1
             })
@@ -276,8 +285,20 @@ impl Federation {
             let Some(member) = self.member(i) else {
                 continue;
             };
+            let started = self.life_started_ms.get(i).copied().unwrap_or(0);
+            if !gateways::view_is_current(member.replica(), started, member.node().alive_peers()) {
+                continue;
+            }
             let name = member.node().identity().name.clone();
-            let chosen = gateways::selected(member.replica(), &member.failed_owners(), &name, k);
+            let life = |n: &str| {
+                if n == name.as_str() {
+                    Some(member.node().identity().generation)
+                } else {
+                    member.node().peer(n).map(|m| m.identity.generation)
+                }
+            };
+            let chosen =
+                gateways::selected(member.replica(), &member.failed_owners(), &name, k, life);
             let w = self.net.wan_from + i;
             match (chosen, self.member(w).is_some()) {
                 (true, false) => self.serve(i),
@@ -367,6 +388,8 @@ impl Federation {
         let generation = self.net.slots[i].life + 1;
         self.net
             .restart_with_data(i, generation, self.keyring.clone());
+        // Federated runs skew no clock: a node's wall clock is the base plus virtual time.
+        self.life_started_ms[i] = WALL_CLOCK_BASE_MS + self.net.now.as_millis() as u64;
         self.mark_record(i);
         let dc = self.net.datacenter_of(i);
         let seed = self
@@ -881,7 +904,7 @@ pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
         f.net.config.failure_detection_bound(f.config.nodes_per_dc) + Duration::from_secs(30);
     let replaced_in = f
         .run_until(bound, |f| {
-            f.wan_formed() && f.gateways_of(dc).len() == f.gateways_wanted()
+            f.wan_formed() && f.gateways_of(dc).len() == f.gateways_wanted(dc)
         })
         .ok_or_else(|| {
             fail(format!(
@@ -896,7 +919,7 @@ pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
             "the restarted node-{victim} displaced a serving gateway"
         )));
     }
-    let most = dcs * f.gateways_wanted() + dcs;
+    let most = dcs * (f.config.gateways.min(f.config.nodes_per_dc) + 1);
     if f.most_wan_members > most {
         return Err(fail(format!(
             "{} WAN members at once, more than {most} (K per datacenter plus one handover each)",

@@ -36,6 +36,11 @@ impl<'a> View<'a> {
         self.member.node().coordinate()
     }
 
+    /// How many members this agent sees alive (itself not counted).
+    pub fn alive_peers(&self) -> usize {
+        self.member.node().alive_peers()
+    }
+
     /// This agent's identity.
     pub fn me(&self) -> &'a NodeIdentity {
         self.member.node().identity()

@@ -80,6 +80,7 @@ impl Gateway {
     /// Re-runs the selection every second for as long as the agent runs; while serving,
     /// keeps this datacenter's directory entries true.
     pub async fn run(self, agent: Arc<Agent>) {
+        let started_ms = super::runtime::wall_ms();
         let mut every = tokio::time::interval(SELECT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_entry = tokio::time::Instant::now();
@@ -88,6 +89,11 @@ impl Gateway {
         let mut measured = false;
         loop {
             every.tick().await;
+            let current =
+                agent.view(|v| gateways::view_is_current(v.replica(), started_ms, v.alive_peers()));
+            if !current {
+                continue;
+            }
             let selected = agent.view(|v| selected(v, &self.node, self.wan.gateways));
             match (selected, agent.wan().is_some()) {
                 (true, false) => match self.serve(&agent).await {
@@ -213,7 +219,14 @@ fn wan_coordinate(agent: &Agent) -> Option<murmur_catalog::Coordinate> {
 
 /// Whether this agent (`me`) is among the `k` gateways, from what its view says.
 fn selected(view: &View<'_>, me: &str, k: usize) -> bool {
-    gateways::selected(view.replica(), &view.failed_owners(), me, k)
+    let life = |name: &str| {
+        if name == me {
+            Some(view.me().generation)
+        } else {
+            view.peer(name).map(|m| m.identity.generation)
+        }
+    };
+    gateways::selected(view.replica(), &view.failed_owners(), me, k, life)
 }
 
 /// Sets (or, with `None`, removes) the gateway meta of this agent's record.
