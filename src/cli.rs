@@ -220,7 +220,9 @@ pub struct SimArgs {
     #[arg(long)]
     pub duration: Option<String>,
     /// What happens: a built-in scenario (chaos, quiet, partition, flapping, crashes, wan,
-    /// lossy) or a TOML file written like those in sim/scenarios/.
+    /// lossy, federation) or a TOML file written like those in sim/scenarios/. A scenario
+    /// with [federation] runs federated datacenters (--nodes in all, a multiple of its
+    /// datacenters).
     #[arg(long, default_value = "chaos", value_name = "NAME|FILE.toml")]
     pub scenario: String,
     /// Draw how the first watched writes spread (fraction of nodes holding each over time)

@@ -134,6 +134,10 @@ pub fn run(config: ChaosConfig) -> Report {
 
 /// Runs one seeded scenario, telling `progress` after every virtual second.
 pub fn run_with_progress(config: ChaosConfig, mut progress: impl FnMut(Progress)) -> Report {
+    assert!(
+        config.scenario.federation.is_none(),
+        "a scenario with [federation] runs with federation::run (Scenario::federation_config)"
+    );
     let gossip = GossipConfig {
         reap_after: Duration::from_secs(3600),
         ..GossipConfig::lan("sim")

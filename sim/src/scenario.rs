@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::federation::{FederationConfig, WanCut};
 use crate::net::LinkModel;
 
 /// A whole scenario.
@@ -37,6 +38,53 @@ pub struct Scenario {
     /// Faults at given times.
     #[serde(default)]
     pub events: Vec<Event>,
+    /// Present: the datacenters are federated (a LAN pool each, linked by the WAN pool of
+    /// their gateways) and the run is `federation::run`'s, not the chaos run; `workload`,
+    /// `faults`, `events` and `duration_s` do not apply.
+    #[serde(default)]
+    pub federation: Option<FederationScenario>,
+}
+
+/// How a federated run goes (see `federation::run`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationScenario {
+    /// Gateways each datacenter runs (`--wan-gateways`).
+    pub gateways: usize,
+    /// How the WAN is cut.
+    pub cut: CutKind,
+    /// How long the WAN stays cut.
+    pub cut_for_s: f64,
+    /// Seconds of nothing written after forming, to measure the idle WAN traffic.
+    pub quiet_s: f64,
+    /// Global writes followed to every node.
+    pub global_writes: usize,
+}
+
+impl Default for FederationScenario {
+    fn default() -> Self {
+        Self {
+            gateways: murmur_federation::gateways::DEFAULT_GATEWAYS,
+            cut: CutKind::Random,
+            cut_for_s: 30.0,
+            quiet_s: 30.0,
+            global_writes: 20,
+        }
+    }
+}
+
+/// Which WAN cut a federated run makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutKind {
+    /// One of the others, chosen by the seed (and the datacenters too).
+    Random,
+    /// No datacenter reaches another.
+    Whole,
+    /// The first two datacenters do not reach each other.
+    Between,
+    /// What the first datacenter's gateways send to the second's is lost.
+    OneWay,
 }
 
 /// The network model (see [`LinkModel`]); loss and duplication apply to every datagram.
@@ -240,6 +288,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("crashes", include_str!("../scenarios/crashes.toml")),
     ("wan", include_str!("../scenarios/wan.toml")),
     ("lossy", include_str!("../scenarios/lossy.toml")),
+    ("federation", include_str!("../scenarios/federation.toml")),
 ];
 
 impl Scenario {
@@ -313,7 +362,74 @@ impl Scenario {
                 .validate()
                 .map_err(|e| format!("events[{i}] (at_s = {}): {e}", event.at_s))?;
         }
+        if let Some(federation) = &self.federation {
+            self.validate_federation(federation)?;
+        }
         Ok(())
+    }
+
+    fn validate_federation(&self, federation: &FederationScenario) -> Result<(), String> {
+        let unused = [
+            ("[workload]", self.workload != Workload::default()),
+            ("[faults]", self.faults != RandomFaults::default()),
+            ("[[events]]", !self.events.is_empty()),
+            ("duration_s", self.duration_s.is_some()),
+        ];
+        if let Some((what, _)) = unused.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{what} does not apply to a federated run: it writes, cuts and crashes in its own \
+                 phases; set [federation] (gateways, cut, cut_for_s, quiet_s, global_writes)"
+            ));
+        }
+        if self.network.datacenters < 2 {
+            return Err("[federation] needs network.datacenters of at least 2".into());
+        }
+        if federation.gateways == 0 {
+            return Err("federation.gateways must be at least 1".into());
+        }
+        for (what, t) in [
+            ("federation.cut_for_s", federation.cut_for_s),
+            ("federation.quiet_s", federation.quiet_s),
+        ] {
+            if !(t > 0.0 && t <= 1e6) {
+                return Err(format!("{what} = {t} must be positive and at most 1000000"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The federated run this scenario describes for `nodes` nodes in all (spread evenly over
+    /// the datacenters) and `seed`; an error when it is no federation scenario or `nodes`
+    /// does not spread evenly.
+    pub fn federation_config(&self, nodes: usize, seed: u64) -> Result<FederationConfig, String> {
+        let federation = self
+            .federation
+            .as_ref()
+            .ok_or("the scenario has no [federation] section")?;
+        let dcs = self.network.datacenters;
+        if nodes < dcs || !nodes.is_multiple_of(dcs) {
+            return Err(format!(
+                "--nodes {nodes} must be a multiple of the scenario's {dcs} datacenters"
+            ));
+        }
+        let cut = match federation.cut {
+            CutKind::Random => None,
+            CutKind::Whole => Some(WanCut::Whole),
+            CutKind::Between => Some(WanCut::Between(0, 1)),
+            CutKind::OneWay => Some(WanCut::OneWay(0, 1)),
+        };
+        Ok(FederationConfig {
+            datacenters: dcs,
+            nodes_per_dc: nodes / dcs,
+            gateways: federation.gateways,
+            seed,
+            link: self.network.link(),
+            loss: self.network.loss,
+            cut,
+            cut_for: secs(federation.cut_for_s),
+            quiet_for: secs(federation.quiet_s),
+            global_writes: federation.global_writes,
+        })
     }
 }
 

@@ -26,3 +26,19 @@ fn sweep() {
 fn one_seed_is_one_run() {
     assert_eq!(check(3, 4, 77), check(3, 4, 77));
 }
+
+/// The seed that caught a gateway's claim from its earlier life (crashed, restarted, its old
+/// record still saying it served) displacing its successor. It needs 200 nodes per
+/// datacenter (about 80 s in a release build), so it runs on request:
+/// `cargo test --release -p murmur-sim --test federation -- --ignored`; the unit test
+/// `a_claim_from_an_earlier_life_does_not_hold_a_seat` (murmur-federation) guards the rule
+/// in every run.
+#[test]
+#[ignore = "about 80 s in a release build"]
+fn the_seed_that_caught_a_stale_gateway_claim() {
+    let scenario = murmur_sim::Scenario::load("federation").unwrap();
+    let config = scenario.federation_config(1000, 1).unwrap();
+    if let Err(violation) = run(config) {
+        panic!("{violation}");
+    }
+}

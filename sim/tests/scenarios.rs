@@ -26,10 +26,57 @@ fn run_scenario(name: &str, nodes: usize, seed: u64) -> Report {
 #[test]
 fn every_built_in_scenario_keeps_every_invariant() {
     for (name, _) in BUILT_IN {
+        let federated = Scenario::load(name).expect("built-in").federation.is_some();
         for seed in 0..3 {
-            run_scenario(name, 12 + 9 * seed as usize, seed);
+            if federated {
+                run_federated(name, 15 + 5 * seed as usize, seed);
+            } else {
+                run_scenario(name, 12 + 9 * seed as usize, seed);
+            }
         }
     }
+}
+
+/// A federated scenario's run of `nodes` in all.
+fn run_federated(name: &str, nodes: usize, seed: u64) -> murmur_sim::federation::FederationReport {
+    let config = Scenario::load(name)
+        .expect("built-in")
+        .federation_config(nodes, seed)
+        .unwrap();
+    murmur_sim::federation::run(config).unwrap_or_else(|violation| {
+        panic!("{violation}\n  replay: murmur sim --scenario {name} --nodes {nodes} --seed {seed}")
+    })
+}
+
+#[test]
+fn a_federation_scenario_refuses_what_does_not_apply_to_it() {
+    let with = |extra: &str| {
+        let text = format!("[network]\ndatacenters = 2\n[federation]\n{extra}");
+        Scenario::parse("test", &text)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    assert!(with("").is_ok());
+    let err = with("[faults]\nper_s = 1.0\n").unwrap_err();
+    assert!(
+        err.contains("[faults] does not apply to a federated run"),
+        "{err}"
+    );
+    let err = with("cut = \"sideways\"\n").unwrap_err();
+    assert!(err.contains("sideways"), "{err}");
+    let one = Scenario::parse("one", "[federation]\n")
+        .map(drop)
+        .unwrap_err();
+    assert!(
+        one.to_string().contains("datacenters of at least 2"),
+        "{one}"
+    );
+    let scenario = Scenario::load("federation").unwrap();
+    let err = scenario.federation_config(12, 1).unwrap_err();
+    assert!(
+        err.contains("multiple of the scenario's 5 datacenters"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use murmur_sim::federation::FederationReport;
 use murmur_sim::{ChaosConfig, Progress, Report, Scenario, run_with_progress};
 
 use crate::cli::SimArgs;
@@ -63,6 +64,9 @@ fn plan(args: &SimArgs) -> Result<Plan, String> {
 }
 
 fn execute(args: &SimArgs, plan: &Plan) -> ExitCode {
+    if plan.scenario.federation.is_some() {
+        return execute_federated(args, plan);
+    }
     let total = plan.seeds.end - plan.seeds.start;
     let single = total == 1;
     let mut failed = 0;
@@ -123,6 +127,68 @@ fn execute(args: &SimArgs, plan: &Plan) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Runs the seeds of a federated scenario (`[federation]`), one line each.
+fn execute_federated(args: &SimArgs, plan: &Plan) -> ExitCode {
+    if args.duration.is_some() || args.plot.is_some() {
+        eprintln!(
+            "error: --duration and --plot do not apply to a federated scenario: its phases are set in [federation]"
+        );
+        return ExitCode::FAILURE;
+    }
+    let total = plan.seeds.end - plan.seeds.start;
+    let mut failed = 0;
+    for (done, seed) in plan.seeds.clone().enumerate() {
+        let started = Instant::now();
+        let config = match plan.scenario.federation_config(plan.nodes, seed) {
+            Ok(config) => config,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (dcs, per_dc) = (config.datacenters, config.nodes_per_dc);
+        match murmur_sim::federation::run(config) {
+            Ok(report) => println!(
+                "[{}/{total}] seed {seed}: {dcs} datacenters x {per_dc} nodes, {}, {:.1}s wall",
+                done + 1,
+                federated_summary(&report),
+                started.elapsed().as_secs_f64()
+            ),
+            Err(violation) => {
+                failed += 1;
+                println!("[{}/{total}] seed {seed}: violated: {violation}", done + 1);
+                println!(
+                    "  replay: murmur sim --scenario {} --nodes {} --seed {seed}",
+                    args.scenario, plan.nodes
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {total} runs broke an invariant");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn federated_summary(report: &FederationReport) -> String {
+    format!(
+        "formed in {:.1}s, idle WAN {} B per datacenter-second, a global write reached every \
+         node in {}, WAN cut {:?}: 0 LAN failures, ?dc= {} answered {} refused, agreed {:.1}s \
+         after the heal, a crashed gateway replaced in {:.1}s, at most {} WAN members, trace {:016x}",
+        report.formed_in.as_secs_f64(),
+        report.wan_bytes_per_dc_s,
+        report.global_write,
+        report.cut,
+        report.asks.0,
+        report.asks.1,
+        report.converged_in.as_secs_f64(),
+        report.replaced_in.as_secs_f64(),
+        report.most_wan_members,
+        report.trace,
+    )
 }
 
 fn summary(nodes: usize, report: &Report) -> String {
