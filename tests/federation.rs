@@ -1,10 +1,10 @@
-//! End to end: two datacenters of real agents on loopback pick their WAN gateways without an
-//! election, link through them, share intentions (and nothing of their catalogs or KV), answer
-//! `?dc=` for each other (HTTP, the CLI, python3-consul, DNS; blocking queries too), fail
-//! prepared queries over to each other, replace a
-//! gateway killed with `kill -9`, and answer Consul's error when the other side is gone; and a
-//! service of one reaches a service of the other over mutual TLS, each datacenter signing with
-//! its own root, under intentions written in either.
+//! End to end: two datacenters of three real agents each on loopback pick their WAN gateways
+//! without an election, link through them, share intentions (and nothing of their catalogs
+//! or KV), answer `?dc=` for each other (HTTP, the CLI, python3-consul, DNS; blocking queries
+//! too), fail prepared queries over to each other, replace a gateway killed with `kill -9`,
+//! and answer Consul's error when the other side is gone; and a service of one reaches a
+//! service of the other over mutual TLS, each datacenter signing with its own root, under
+//! intentions written in either.
 
 mod common;
 
@@ -77,9 +77,9 @@ fn gateways(agents: &[Agent], expected: &[String]) -> Vec<usize> {
         .collect()
 }
 
-/// Two agents of datacenter `dc`, both eligible, one gateway wanted; every agent is given
-/// every WAN address as a seed (only gateways listen on theirs).
-fn datacenter(dc: &str, key: &str, wan: &[SocketAddr], mine: [usize; 2]) -> Vec<Agent> {
+/// Agents of datacenter `dc`, one per WAN address of `mine`, all eligible, one gateway
+/// wanted; every agent is given every WAN address as a seed (only gateways listen on theirs).
+fn datacenter(dc: &str, key: &str, wan: &[SocketAddr], mine: &[usize]) -> Vec<Agent> {
     let seeds: Vec<String> = wan
         .iter()
         .flat_map(|a| ["--retry-join-wan".to_owned(), a.to_string()])
@@ -111,24 +111,27 @@ fn datacenter(dc: &str, key: &str, wan: &[SocketAddr], mine: [usize; 2]) -> Vec<
 /// WAN members (`node.dc`) they then list.
 fn link(east: &[Agent], west: &[Agent]) -> Vec<String> {
     let mut linked = Vec::new();
+    let serving = |agents: &[Agent]| -> Vec<usize> {
+        (0..agents.len())
+            .filter(|&i| !wan_members(&agents[i]).is_empty())
+            .collect()
+    };
     assert!(
         wait_until(REPLACE, || {
-            let (e, w) = (gateways(east, &[]), gateways(west, &[]));
-            let pair =
-                |a: &Agent, b: &Agent| vec![format!("{}.east", a.name), format!("{}.west", b.name)];
-            linked = match (e.as_slice(), w.as_slice()) {
-                ([non_e], [non_w]) => pair(&east[1 - non_e], &west[1 - non_w]),
+            linked = match (serving(east).as_slice(), serving(west).as_slice()) {
+                (&[e], &[w]) => vec![
+                    format!("{}.east", east[e].name),
+                    format!("{}.west", west[w].name),
+                ],
                 _ => Vec::new(),
             };
             !linked.is_empty()
                 && gateways(east, &linked).len() == 1
                 && gateways(west, &linked).len() == 1
         }),
-        "one gateway per datacenter, linked: east {:?} {:?}, west {:?} {:?}\n{}",
-        wan_members(&east[0]),
-        wan_members(&east[1]),
-        wan_members(&west[0]),
-        wan_members(&west[1]),
+        "one gateway per datacenter, linked: east {:?}, west {:?}\n{}",
+        east.iter().map(wan_members).collect::<Vec<_>>(),
+        west.iter().map(wan_members).collect::<Vec<_>>(),
         east[0].log()
     );
     linked
@@ -137,16 +140,16 @@ fn link(east: &[Agent], west: &[Agent]) -> Vec<String> {
 #[test]
 fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() {
     let key = keygen();
-    let wan: Vec<SocketAddr> = (0..4)
+    let wan: Vec<SocketAddr> = (0..6)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();
-    let mut east = datacenter("east", &key, &wan, [0, 1]);
-    let west = datacenter("west", &key, &wan, [2, 3]);
+    let mut east = datacenter("east", &key, &wan, &[0, 1, 2]);
+    let west = datacenter("west", &key, &wan, &[3, 4, 5]);
 
     // Each datacenter settles on one gateway, and the two find each other.
     let linked = link(&east, &west);
     let gateway = gateways(&east, &linked)[0];
-    let other = 1 - gateway;
+    let other = (0..east.len()).find(|&i| i != gateway).unwrap();
 
     // The gateway knows the other datacenter; the CLI lists the WAN pool as the API does.
     assert_eq!(
@@ -197,7 +200,9 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
 
     // Intentions are global: written on any agent of one datacenter, they reach every agent
     // of the other through the gateways; the KV store stays in its datacenter.
-    let west_other = (0..2).find(|&i| wan_members(&west[i]).is_empty()).unwrap();
+    let west_other = (0..west.len())
+        .find(|&i| wan_members(&west[i]).is_empty())
+        .unwrap();
     let put = |agent: &Agent, source: &str| {
         let path = format!("/v1/connect/intentions/exact?source={source}&destination=db");
         let (status, _, body) = agent.request("PUT", &path, br#"{"Action": "allow"}"#);
@@ -257,7 +262,11 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
         .map(|n| n["Node"].as_str().unwrap().to_owned())
         .collect();
     nodes.sort();
-    assert_eq!(nodes, ["west-0", "west-1"], "west's catalog, from east");
+    assert_eq!(
+        nodes,
+        ["west-0", "west-1", "west-2"],
+        "west's catalog, from east"
+    );
     // The CLI asks another datacenter as Consul's does, with -datacenter.
     let out = asker.cli(&["kv", "get", "-datacenter=west", "west-only"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -413,18 +422,23 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
         "the blocking read woke"
     );
 
-    // A killed gateway is replaced by the other agent, which links to west again.
+    // A killed gateway is replaced by another agent, which links to west again.
     east[gateway].kill9();
-    let survivor = format!("{}.east", east[other].name);
+    let mut successor = None;
     assert!(
         wait_until(REPLACE, || {
-            let members = wan_members(&east[other]);
-            members.contains(&survivor) && members.iter().any(|m| m.ends_with(".west"))
+            successor = (0..east.len()).filter(|&i| i != gateway).find(|&i| {
+                let members = wan_members(&east[i]);
+                members.contains(&format!("{}.east", east[i].name))
+                    && members.iter().any(|m| m.ends_with(".west"))
+            });
+            successor.is_some()
         }),
-        "the other east agent took over: {:?}\n{}",
-        wan_members(&east[other]),
+        "another east agent took over: {:?}\n{}",
+        east.iter().map(wan_members).collect::<Vec<_>>(),
         east[other].log()
     );
+    let survivor = format!("{}.east", east[successor.unwrap()].name);
     assert_eq!(
         east[other].get("/v1/catalog/datacenters"),
         serde_json::json!(["east", "west"])
@@ -493,8 +507,8 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
     let wan: Vec<SocketAddr> = (0..4)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();
-    let east = datacenter("east", &key, &wan, [0, 1]);
-    let west = datacenter("west", &key, &wan, [2, 3]);
+    let east = datacenter("east", &key, &wan, &[0, 1]);
+    let west = datacenter("west", &key, &wan, &[2, 3]);
     link(&east, &west);
 
     // Each datacenter makes a root of its own; every agent of both trusts both.
