@@ -423,6 +423,62 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     );
 
     // A killed gateway is replaced by another agent, which links to west again.
+    // A would-be gateway of another cluster (another gossip key, or another cluster id)
+    // knocking on east's WAN port is refused and counted there, never listed.
+    let wan_port = wan[gateway];
+    let wan_drops = |reason: &str| -> u64 {
+        east[gateway].get("/v1/agent/self")["Stats"]["serf_wan"]["gossip_dropped"][reason]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = (wan_drops("undecryptable"), wan_drops("wrong_cluster"));
+    let other_key = keygen();
+    let intruders: Vec<Agent> = [
+        ("mars", other_key.as_str(), None),
+        ("venus", key.as_str(), Some("other")),
+    ]
+    .into_iter()
+    .map(|(dc, their_key, cluster)| {
+        let wan_addr = SocketAddr::from(([127, 0, 0, 1], free_port())).to_string();
+        let mut extra = vec![
+            "--datacenter",
+            dc,
+            "--wan-eligible",
+            "--wan-gateways",
+            "1",
+            "--bind-wan",
+            &wan_addr,
+            "--retry-join-wan",
+        ];
+        let seed = wan_port.to_string();
+        extra.push(&seed);
+        if let Some(id) = cluster {
+            extra.extend(["--cluster-id", id]);
+        }
+        Agent::start(Spec {
+            name: &format!("{dc}-0"),
+            key: Some(their_key),
+            join: None,
+            extra: &extra,
+        })
+    })
+    .collect();
+    assert!(
+        wait_until(REPLACE, || wan_drops("undecryptable") > before.0
+            && wan_drops("wrong_cluster") > before.1),
+        "the intruders' WAN messages were counted: {}",
+        east[gateway].get("/v1/agent/self")["Stats"]["serf_wan"]
+    );
+    assert!(
+        wan_members(&east[gateway])
+            .iter()
+            .all(|m| !m.ends_with(".mars") && !m.ends_with(".venus")),
+        "{:?}",
+        wan_members(&east[gateway])
+    );
+    drop(intruders);
+
     east[gateway].kill9();
     let mut successor = None;
     assert!(

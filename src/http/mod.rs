@@ -410,6 +410,8 @@ async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
             "packets_sent": stats.packets_sent.to_string(),
             "bytes_received": stats.bytes_received.to_string(),
             "bytes_sent": stats.bytes_sent.to_string(),
+            "dropped": stats.dropped.total().to_string(),
+            "gossip_dropped": drop_counts(stats),
         })
     });
     let me = members.iter().find(|m| m.identity.name == my_name).cloned();
@@ -426,12 +428,7 @@ async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
             .count()
             .to_string()
     };
-    let dropped: BTreeMap<&str, String> = stats
-        .dropped
-        .named()
-        .iter()
-        .map(|(k, v)| (*k, v.to_string()))
-        .collect();
+    let dropped = drop_counts(&stats);
     Ok(Json(json!({
         "Config": {
             "Datacenter": me.identity.datacenter,
@@ -458,6 +455,16 @@ async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
             "serf_wan": wan,
         },
     })))
+}
+
+/// A pool's dropped messages by reason, as `/v1/agent/self` lists them.
+fn drop_counts(stats: &murmur_gossip::Stats) -> BTreeMap<&'static str, String> {
+    stats
+        .dropped
+        .named()
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect()
 }
 
 async fn agent_members(
