@@ -423,6 +423,34 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
     );
 
     // A killed gateway is replaced by another agent, which links to west again.
+    // Every datacenter's catalog in brief reaches every agent as global data: no request
+    // crosses the WAN to list what west runs.
+    let west_brief = |agent: &Agent| -> Value {
+        let listed = agent.get("/v1/catalog/datacenters?summary");
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["Datacenter"] == "west")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(REPLACE, || {
+            let brief = west_brief(&east[other]);
+            brief["Nodes"] == 3 && brief["Services"]["west-web"]["Instances"] == 1
+        }),
+        "west's summary on a non-gateway east agent: {}",
+        west_brief(&east[other])
+    );
+    let listed = east[other].get("/v1/catalog/datacenters?summary");
+    assert_eq!(listed[0]["Datacenter"], "east", "{listed}");
+    assert_eq!(
+        listed[0]["Services"]["west-web"],
+        serde_json::json!({"Instances": 1, "Passing": 0}),
+        "east's own, computed now: its west-web fails its check"
+    );
+
     // A would-be gateway of another cluster (another gossip key, or another cluster id)
     // knocking on east's WAN port is refused and counted there, never listed.
     let wan_port = wan[gateway];

@@ -218,22 +218,8 @@ impl<'a> CatalogView<'a> {
                 {
                     continue;
                 }
-                let checks: Vec<Check> = self
-                    .member_check(node)
-                    .into_iter()
-                    .chain(
-                        record
-                            .checks
-                            .values()
-                            .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
-                            .cloned(),
-                    )
-                    .collect();
-                let health = checks
-                    .iter()
-                    .map(|c| c.status)
-                    .max()
-                    .unwrap_or(Health::Passing);
+                let checks = self.instance_checks(node, record, service);
+                let health = worst(&checks);
                 out.push(Instance {
                     node,
                     record,
@@ -270,7 +256,36 @@ where
     })
 }
 
+/// The worst status among `checks`; passing when there are none.
+fn worst(checks: &[Check]) -> Health {
+    checks
+        .iter()
+        .map(|c| c.status)
+        .max()
+        .unwrap_or(Health::Passing)
+}
+
 impl CatalogView<'_> {
+    /// The checks that decide the health of `service` on `node`: the member check, the
+    /// node's own checks and the service's.
+    fn instance_checks(&self, node: &str, record: &NodeRecord, service: &Service) -> Vec<Check> {
+        self.member_check(node)
+            .into_iter()
+            .chain(
+                record
+                    .checks
+                    .values()
+                    .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
+                    .cloned(),
+            )
+            .collect()
+    }
+
+    /// The health of `service` on `node`: the worst of its checks.
+    pub fn instance_health(&self, node: &str, record: &NodeRecord, service: &Service) -> Health {
+        worst(&self.instance_checks(node, record, service))
+    }
+
     /// The synthetic check of `node`'s membership: passing, or critical once it failed; none
     /// for an external node, which no agent runs.
     fn member_check(&self, node: &str) -> Option<Check> {

@@ -45,6 +45,7 @@ mod query;
 mod register;
 mod replica;
 mod shared;
+mod summary;
 mod value;
 
 pub use ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
@@ -69,4 +70,5 @@ pub use replica::{
     SyncError, SyncPush, SyncPushReply, SyncSummary,
 };
 pub use shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of};
+pub use summary::{DcSummary, SUMMARY_PREFIX, ServiceCounts};
 pub use value::{CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value};

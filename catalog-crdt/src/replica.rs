@@ -33,6 +33,7 @@ use crate::owned::{OwnedEntry, OwnedMap};
 use crate::query::{PreparedQuery, QUERY_PREFIX};
 use crate::register::{Lww, Owned, Version};
 use crate::shared::{Entry, ModifyIndex, SharedMap};
+use crate::summary::{DcSummary, SUMMARY_PREFIX};
 use crate::value::{CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value};
 
 /// Most reaped owners remembered, so a late copy of a reaped record is not taken back in.
@@ -522,6 +523,28 @@ impl Replica {
         .map(|(_, gateway, _)| gateway)
     }
 
+    /// Publishes a datacenter's catalog summary (an unchanged one writes nothing).
+    pub fn put_summary(&mut self, summary: DcSummary, wall_ms: u64) {
+        let key = DcSummary::key(&summary.datacenter);
+        self.write_if_different(key, Value::Summary(Box::new(summary)), wall_ms);
+    }
+
+    /// Every datacenter's catalog summary, with when it was written (wall-clock ms of its
+    /// stamp), in datacenter order.
+    pub fn summaries(&self) -> impl Iterator<Item = (&DcSummary, u64)> {
+        self.values(SUMMARY_PREFIX, |v| match v {
+            Value::Summary(s) => Some(&**s),
+            _ => None,
+        })
+        .map(|(key, summary, _)| {
+            let written = self
+                .shared
+                .entry(key)
+                .map_or(0, |e| e.register.stamp().physical_ms);
+            (summary, written)
+        })
+    }
+
     /// Creates or replaces a prepared query.
     pub fn put_query(&mut self, query: PreparedQuery, wall_ms: u64) {
         let key = PreparedQuery::key(&query.id);
@@ -842,6 +865,7 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
             COORDINATE_PREFIX,
             DIRECTORY_PREFIX,
             QUERY_PREFIX,
+            SUMMARY_PREFIX,
         ]
         .into_iter()
         .find(|p| key.starts_with(p))
@@ -885,6 +909,13 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
         Some(Value::Gateway(g)) => g.fits(key),
         _ => prefix != DIRECTORY_PREFIX || directory::parse_key(key).is_some(),
     };
+    if let Some(Value::Summary(summary)) = register.value()
+        && !summary.fits(key)
+    {
+        return Err(ApplyError::Malformed(
+            "datacenter summary under another datacenter's key",
+        ));
+    }
     if let Some(Value::Query(query)) = register.value()
         && !query.fits(key)
     {

@@ -21,6 +21,7 @@ use crate::intentions::Intention;
 use crate::kv::KvValue;
 use crate::query::{PreparedQuery, QUERY_PREFIX};
 use crate::register::{Lww, Owned};
+use crate::summary::{DcSummary, SUMMARY_PREFIX};
 
 /// Key prefix of KV entries.
 pub const KV_PREFIX: &str = "kv/";
@@ -67,6 +68,8 @@ pub enum Value {
     Gateway(Box<Gateway>),
     /// A prepared query, under `query/`.
     Query(Box<PreparedQuery>),
+    /// A datacenter's catalog in brief, under `summary/`.
+    Summary(Box<DcSummary>),
 }
 
 impl Value {
@@ -81,6 +84,7 @@ impl Value {
             Self::Coordinate(_) => COORDINATE_PREFIX,
             Self::Gateway(_) => DIRECTORY_PREFIX,
             Self::Query(_) => QUERY_PREFIX,
+            Self::Summary(_) => SUMMARY_PREFIX,
         }
     }
 
@@ -95,6 +99,7 @@ impl Value {
             Self::Coordinate(c) => c.weight(),
             Self::Gateway(g) => g.weight(),
             Self::Query(q) => q.weight(),
+            Self::Summary(s) => s.weight(),
         }
     }
 }

@@ -8,13 +8,14 @@
 //! datacenter ever lands in another's replica.
 //!
 //! Global: intentions, prepared queries, the datacenter directory (which gateways serve each
-//! datacenter, with their WAN coordinates) and the CA roots of every datacenter (the trust
+//! datacenter, with their WAN coordinates), each datacenter's catalog summary and the CA roots of every datacenter (the trust
 //! bundle: each datacenter signs with its own roots and trusts all). A root published before
 //! roots named their datacenter (`ca/root/<id>`) stays home: another datacenter could not tell
 //! whose it is. LAN coordinates stay home: they measure only their own datacenter.
 
 use murmur_catalog::{
     CaRoot, Change, DIRECTORY_PREFIX, INTENTION_PREFIX, Journaled, QUERY_PREFIX, Replica,
+    SUMMARY_PREFIX,
 };
 
 /// Where a piece of replicated data lives.
@@ -28,9 +29,14 @@ pub enum Scope {
 
 /// The scope of the shared-map key `key`.
 pub fn of_key(key: &str) -> Scope {
-    if [INTENTION_PREFIX, DIRECTORY_PREFIX, QUERY_PREFIX]
-        .iter()
-        .any(|p| key.starts_with(p))
+    if [
+        INTENTION_PREFIX,
+        DIRECTORY_PREFIX,
+        QUERY_PREFIX,
+        SUMMARY_PREFIX,
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
         || CaRoot::parse_key(key).is_some_and(|(dc, _)| dc.is_some())
     {
         Scope::Global
@@ -84,6 +90,10 @@ mod tests {
     fn intentions_are_global_and_the_catalog_and_kv_stay_home() {
         assert_eq!(of_key(&Intention::key("web", "db")), Scope::Global);
         assert_eq!(of_key(&CaRoot::key("dc2", "ab:cd")), Scope::Global);
+        assert_eq!(
+            of_key(&murmur_catalog::DcSummary::key("dc2")),
+            Scope::Global
+        );
         assert_eq!(of_key(&Gateway::key("dc2", "gw")), Scope::Global);
         assert_eq!(
             of_key(&murmur_catalog::PreparedQuery::key("q-1")),

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use murmur_catalog::{
-    Action, CaRoot, Change, Hlc, Intention, KV_PREFIX, KvValue, NodeRecord, Replica,
+    Action, CaRoot, Change, DcSummary, Hlc, Intention, KV_PREFIX, KvValue, NodeRecord, Replica,
 };
 use murmur_federation::forward::{self, Arrived, Route};
 use murmur_federation::gateways::{self, ELIGIBLE_META, GATEWAY_META};
@@ -26,6 +26,9 @@ use crate::net::{JOIN_SPACING, LinkModel, Net, WALL_CLOCK_BASE_MS, addr, key};
 
 /// How often every eligible node re-runs the gateway selection, as the agent does.
 pub const SELECT_EVERY: Duration = Duration::from_secs(1);
+/// Every how many selection rounds a gateway writes its datacenter's summary (the agent's
+/// directory pace: 15 s).
+const SUMMARY_EVERY: u64 = 15;
 
 /// What a federated run is made of.
 #[derive(Debug, Clone)]
@@ -114,6 +117,8 @@ pub struct Federation {
     spread: Spread,
     /// Wall-clock ms at which each LAN node's current life started.
     life_started_ms: Vec<u64>,
+    /// Selection rounds so far.
+    rounds: u64,
 }
 
 /// The LAN nodes' datacenter name, as the identities say it.
@@ -145,6 +150,7 @@ impl Federation {
             most_wan_members: 0,
             spread: Spread::default(),
             life_started_ms: vec![0; nodes],
+            rounds: 0,
         };
         for i in 0..nodes {
             federation.net.start(i, 1, federation.keyring.clone());
@@ -310,6 +316,25 @@ impl Federation {
             }
         }
         self.most_wan_members = self.most_wan_members.max(self.wan_members().len());
+        self.rounds += 1;
+        self.publish_summaries();
+    }
+
+    /// Every gateway writes its datacenter's catalog summary every [`SUMMARY_EVERY`] rounds
+    /// (staggered by node), when it changed, as the agent does at its directory entry's pace.
+    fn publish_summaries(&mut self) {
+        for i in 0..self.net.wan_from {
+            let serving = self.member(self.net.wan_from + i).is_some();
+            if !serving || !(self.rounds + i as u64).is_multiple_of(SUMMARY_EVERY) {
+                continue;
+            }
+            let dc = dc_name(self.net.datacenter_of(i));
+            self.net.call(i, |m| {
+                let failed = m.failed_owners();
+                let summary = DcSummary::of(&dc, &m.replica().catalog(&failed));
+                m.write(|r, now| r.put_summary(summary, now));
+            });
+        }
     }
 
     /// Node `i` starts serving: its WAN member starts with its datacenter's global data,
@@ -892,6 +917,12 @@ pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
         })?;
     if let Some(violation) = f.foreign_data() {
         return Err(fail(violation));
+    }
+    let summarized = f.member(0).expect("running").replica().summaries().count();
+    if summarized != dcs {
+        return Err(fail(format!(
+            "{summarized} datacenter summaries after the heal, not {dcs}"
+        )));
     }
     f.ask_all(&mut asks).map_err(fail)?;
 

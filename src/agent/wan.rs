@@ -116,6 +116,7 @@ impl Gateway {
                     let first_measure = !measured && wan_coordinate(&agent).is_some();
                     if now >= next_entry || first_measure {
                         measured = self.publish_entry(&agent);
+                        self.publish_summary(&agent);
                         let gateways = agent.view(|v| v.replica().gateways().count());
                         next_entry = now + super::coordinates::interval(gateways);
                     }
@@ -140,6 +141,17 @@ impl Gateway {
         };
         agent.with_node(|n| n.write(|replica, now| replica.put_gateway(entry, now)));
         measured
+    }
+
+    /// Writes this datacenter's catalog summary (global: every datacenter holds it), when it
+    /// changed. Every gateway of the datacenter writes it, at the directory entry's pace; the
+    /// last write wins.
+    fn publish_summary(&self, agent: &Arc<Agent>) {
+        let summary = agent.view(|v| {
+            let failed = v.failed_owners();
+            murmur_catalog::DcSummary::of(&self.datacenter, &v.replica().catalog(&failed))
+        });
+        agent.with_node(|n| n.write(|replica, now| replica.put_summary(summary, now)));
     }
 
     /// Withdraws this agent's directory entry: it no longer serves.

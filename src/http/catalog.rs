@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use murmur_catalog::{Instance, NodeRecord};
+use murmur_catalog::{DcSummary, Instance, NodeRecord};
 use serde_json::{Value, json};
 
 use super::blocking::Topic;
@@ -16,6 +16,7 @@ use super::coordinate::sort_near;
 use super::health::{NodeShape, ServiceShape, check_json, node_json, service_json};
 use super::health::{catalog_query, split_query};
 use super::{Api, ApiError, ApiResult, blocking, filter_of, filtered, node_uuid, with_index};
+use crate::agent::runtime::wall_ms;
 
 /// `GET /v1/catalog/services`: every service name with its tags.
 pub async fn services(
@@ -198,11 +199,58 @@ struct CatalogNode<'a> {
 
 /// `GET /v1/catalog/datacenters`: this agent's datacenter first, then the others the
 /// datacenter directory (or, on a gateway, the WAN pool) knows, nearest first.
-pub async fn datacenters(State(api): State<Api>) -> Json<Value> {
-    let (_, ranked) = super::coordinate::ranked_datacenters(&api.agent, &api.config.datacenter);
-    Json(json!(
-        ranked.into_iter().map(|(dc, _)| dc).collect::<Vec<_>>()
-    ))
+///
+/// With `?summary` (murmur's own), each datacenter comes with its catalog in brief: its node
+/// count and, per service, its instances and how many pass, from the summaries the gateways
+/// publish as global data (`Updated` says when; this datacenter's is computed now), so no
+/// request crosses the WAN; `null` for a datacenter whose summary has not arrived.
+pub async fn datacenters(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let local = api.config.datacenter.as_str();
+    let (_, ranked) = super::coordinate::ranked_datacenters(&api.agent, local);
+    let names = ranked.into_iter().map(|(dc, _)| dc);
+    if !super::flag(&query, "summary") {
+        return Json(json!(names.collect::<Vec<_>>()));
+    }
+    let shape = |summary: Option<&DcSummary>, updated_ms: u64| {
+        let services: Option<BTreeMap<&str, Value>> = summary.map(|s| {
+            s.services
+                .iter()
+                .map(|(name, c)| {
+                    let counts = json!({"Instances": c.instances, "Passing": c.passing});
+                    (name.as_str(), counts)
+                })
+                .collect()
+        });
+        json!({
+            "Nodes": summary.map(|s| s.nodes),
+            "Services": services,
+            "Updated": summary.map(|_| super::connect::rfc3339(updated_ms / 1000)),
+        })
+    };
+    let listed: Vec<Value> = api.agent.view(|v| {
+        let failed = v.failed_owners();
+        let here = DcSummary::of(local, &v.replica().catalog(&failed));
+        let published: BTreeMap<&str, (&DcSummary, u64)> = v
+            .replica()
+            .summaries()
+            .map(|(s, at)| (s.datacenter.as_str(), (s, at)))
+            .collect();
+        names
+            .map(|dc| {
+                let mut entry = match published.get(dc.as_str()) {
+                    _ if dc == local => shape(Some(&here), wall_ms()),
+                    Some((summary, at)) => shape(Some(summary), *at),
+                    None => shape(None, 0),
+                };
+                entry["Datacenter"] = json!(dc);
+                entry
+            })
+            .collect()
+    });
+    Json(json!(listed))
 }
 
 /// Lists something of this agent's own record by id, as the `/v1/agent/*` listings do; `list`

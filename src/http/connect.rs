@@ -25,7 +25,7 @@ use crate::connect::IssuedLeaf;
 use crate::services::string;
 
 /// RFC 3339, as Consul writes times.
-fn rfc3339(unix_s: u64) -> String {
+pub(super) fn rfc3339(unix_s: u64) -> String {
     i64::try_from(unix_s)
         .ok()
         .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
