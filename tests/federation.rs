@@ -18,7 +18,6 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use murmur_proxy::native::MeshClient;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Long enough for the LAN pool to declare a killed gateway failed, and one WAN join.
 const REPLACE: Duration = Duration::from_secs(60);
@@ -107,6 +106,18 @@ fn datacenter(dc: &str, key: &str, wan: &[SocketAddr], mine: &[usize]) -> Vec<Ag
     agents
 }
 
+/// Datacenters east and west of `per_dc` agents each, every agent with a WAN address of its
+/// own (the list returned: east's first).
+fn east_and_west(key: &str, per_dc: usize) -> (Vec<Agent>, Vec<Agent>, Vec<SocketAddr>) {
+    let wan: Vec<SocketAddr> = (0..2 * per_dc)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mine = |dc: usize| (dc * per_dc..(dc + 1) * per_dc).collect::<Vec<_>>();
+    let east = datacenter("east", key, &wan, &mine(0));
+    let west = datacenter("west", key, &wan, &mine(1));
+    (east, west, wan)
+}
+
 /// Waits until each datacenter (east, west) serves one gateway and the two are linked; the
 /// WAN members (`node.dc`) they then list.
 fn link(east: &[Agent], west: &[Agent]) -> Vec<String> {
@@ -140,11 +151,7 @@ fn link(east: &[Agent], west: &[Agent]) -> Vec<String> {
 #[test]
 fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() {
     let key = keygen();
-    let wan: Vec<SocketAddr> = (0..6)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect();
-    let mut east = datacenter("east", &key, &wan, &[0, 1, 2]);
-    let west = datacenter("west", &key, &wan, &[3, 4, 5]);
+    let (mut east, west, wan) = east_and_west(&key, 3);
 
     // Each datacenter settles on one gateway, and the two find each other.
     let linked = link(&east, &west);
@@ -588,11 +595,7 @@ fn bundle(agent: &Agent) -> Vec<String> {
 #[test]
 fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_written_anywhere() {
     let key = keygen();
-    let wan: Vec<SocketAddr> = (0..4)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect();
-    let east = datacenter("east", &key, &wan, &[0, 1]);
-    let west = datacenter("west", &key, &wan, &[2, 3]);
+    let (east, west, _) = east_and_west(&key, 2);
     link(&east, &west);
 
     // Each datacenter makes a root of its own; every agent of both trusts both.
@@ -675,12 +678,7 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
         .unwrap();
     let sdk_round_trip = || {
         runtime.block_on(async {
-            let mut stream = sdk.connect_in("db", Some("west")).await.ok()?;
-            stream.write_all(b"sdk").await.ok()?;
-            stream.shutdown().await.ok()?;
-            let mut back = Vec::new();
-            stream.read_to_end(&mut back).await.ok()?;
-            Some(back)
+            common::mesh_exchange(sdk.connect_in("db", Some("west")).await, b"sdk").await
         })
     };
     assert_eq!(sdk_round_trip().as_deref(), Some(&b"sdk"[..]));

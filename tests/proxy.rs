@@ -16,7 +16,6 @@ use std::time::Duration;
 use common::{Agent, BIN, EchoApp, cluster, echo_app, free_port, keygen, round_trip, wait_until};
 use murmur_proxy::native::MeshClient;
 use murmur_proxy::trust::TrustedRoot;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SPREAD: Duration = Duration::from_secs(30);
 
@@ -365,14 +364,7 @@ fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
         .block_on(MeshClient::new(&agents[0].http.to_string(), "web"))
         .unwrap();
     let sdk_round_trip = |payload: &[u8]| {
-        runtime.block_on(async {
-            let mut stream = sdk.connect("db").await.ok()?;
-            stream.write_all(payload).await.ok()?;
-            stream.shutdown().await.ok()?;
-            let mut back = Vec::new();
-            stream.read_to_end(&mut back).await.ok()?;
-            Some(back)
-        })
+        runtime.block_on(async { common::mesh_exchange(sdk.connect("db").await, payload).await })
     };
     assert_eq!(sdk_round_trip(b"sdk").as_deref(), Some(&b"sdk"[..]));
 

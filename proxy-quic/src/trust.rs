@@ -81,26 +81,31 @@ impl TrustBundle {
 
     /// What a client checks a server's leaf with.
     pub fn server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
-        let mut by_datacenter = BTreeMap::new();
-        for (dc, store) in &self.by_datacenter {
-            let verifier = WebPkiServerVerifier::builder_with_provider(store.clone(), provider())
-                .build()
-                .map_err(|e| TlsError::Roots(e.to_string()))?;
-            by_datacenter.insert(dc.clone(), verifier);
-        }
-        Ok(Arc::new(ByDatacenter::new(by_datacenter)))
+        let verifiers = self.per_datacenter(|roots| {
+            WebPkiServerVerifier::builder_with_provider(roots, provider()).build()
+        })?;
+        Ok(Arc::new(verifiers))
     }
 
     /// What a server checks a client's leaf with (a leaf is required).
     pub fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let verifiers = self.per_datacenter(|roots| {
+            WebPkiClientVerifier::builder_with_provider(roots, provider()).build()
+        })?;
+        Ok(Arc::new(verifiers))
+    }
+
+    /// A verifier per datacenter, each made by `build` from that datacenter's roots alone.
+    fn per_datacenter<V: ?Sized, E: std::fmt::Display>(
+        &self,
+        build: impl Fn(Arc<RootCertStore>) -> Result<Arc<V>, E>,
+    ) -> Result<ByDatacenter<V>, TlsError> {
         let mut by_datacenter = BTreeMap::new();
-        for (dc, store) in &self.by_datacenter {
-            let verifier = WebPkiClientVerifier::builder_with_provider(store.clone(), provider())
-                .build()
-                .map_err(|e| TlsError::Roots(e.to_string()))?;
+        for (dc, roots) in &self.by_datacenter {
+            let verifier = build(roots.clone()).map_err(|e| TlsError::Roots(e.to_string()))?;
             by_datacenter.insert(dc.clone(), verifier);
         }
-        Ok(Arc::new(ByDatacenter::new(by_datacenter)))
+        Ok(ByDatacenter::new(by_datacenter))
     }
 }
 
@@ -140,24 +145,34 @@ impl<V: ?Sized> ByDatacenter<V> {
                 ))
             })
     }
+}
 
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
+/// The signature checks both verifier traits ask for: the same on either side, and not
+/// about roots at all (the leaf was judged by then).
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
 
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
 }
 
 impl ServerCertVerifier for ByDatacenter<WebPkiServerVerifier> {
@@ -178,27 +193,7 @@ impl ServerCertVerifier for ByDatacenter<WebPkiServerVerifier> {
         )
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signature_checks!();
 }
 
 impl ClientCertVerifier for ByDatacenter<dyn ClientCertVerifier> {
@@ -217,25 +212,5 @@ impl ClientCertVerifier for ByDatacenter<dyn ClientCertVerifier> {
             .verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signature_checks!();
 }

@@ -482,3 +482,18 @@ pub fn round_trip(upstream: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u
     let _ = sender.join();
     Ok(back)
 }
+
+/// Writes `payload` on a mesh stream (the SDK's dial, as it came), closes the sending side
+/// and reads what comes back; `None` when any step failed.
+pub async fn mesh_exchange(
+    stream: Result<murmur_proxy::native::MeshStream, murmur_proxy::native::MeshError>,
+    payload: &[u8],
+) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = stream.ok()?;
+    stream.write_all(payload).await.ok()?;
+    stream.shutdown().await.ok()?;
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.ok()?;
+    Some(back)
+}
