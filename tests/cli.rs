@@ -181,8 +181,13 @@ fn watch_runs_the_handler_at_every_change() {
         read()
     );
     run(&agents[0], &["kv", "put", "app/w", "two"]);
+    // The handler writes the value, then its separator: wait for both, or a loaded machine
+    // kills the watch between the two.
     assert!(
-        wait_until(Duration::from_secs(30), || read().contains("\"dHdv\"")),
+        wait_until(Duration::from_secs(30), || {
+            let seen = read();
+            seen.contains("\"dHdv\"") && seen.matches("--").count() >= 3
+        }),
         "{}",
         read()
     );
