@@ -83,3 +83,34 @@ fn a_scenario_file_with_a_mistake_is_refused_with_its_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chaos, quiet, partition"), "{err}");
 }
+
+#[test]
+fn a_federated_scenario_runs_its_phases_and_refuses_what_does_not_apply() {
+    let run = sim(&["--scenario", "federation", "--nodes", "15", "--seed", "2"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(run.status.success(), "{out}{err}");
+    assert!(
+        out.starts_with("[1/1] seed 2: 5 datacenters x 3 nodes"),
+        "{out}"
+    );
+    assert!(out.contains("0 LAN failures"), "{out}");
+    assert!(
+        err.contains("cutting the WAN"),
+        "a single run says its phases: {err}"
+    );
+    let uneven = sim(&["--scenario", "federation", "--nodes", "12"]);
+    let err = String::from_utf8_lossy(&uneven.stderr);
+    assert!(
+        !uneven.status.success() && err.contains("multiple of"),
+        "{err}"
+    );
+    let timed = sim(&["--scenario", "federation", "--duration", "30s"]);
+    let err = String::from_utf8_lossy(&timed.stderr);
+    assert!(
+        !timed.status.success() && err.contains("do not apply"),
+        "{err}"
+    );
+}

@@ -796,9 +796,19 @@ const AGREE_WITHIN: Duration = Duration::from_secs(180);
 /// heal; converge; crash a gateway and restart it. Every federation invariant is checked on
 /// the way; the first broken one is the error.
 pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
+    run_with_progress(config, |_| {})
+}
+
+/// [`run`], telling `progress` the name of each phase as it starts (forming, idle WAN,
+/// global writes, workload, WAN cut, heal, gateway crash), for runs long enough to watch.
+pub fn run_with_progress(
+    config: FederationConfig,
+    mut progress: impl FnMut(&'static str),
+) -> Result<FederationReport, Violation> {
     let seed = config.seed;
     let fail = |what: String| format!("seed {seed}: {what}");
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_fed0);
+    progress("forming the datacenters and the WAN pool");
     let mut f = Federation::form(config)?;
     let formed_in = f.net.now;
     let dcs = f.config.datacenters;
@@ -806,6 +816,7 @@ pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
     let mut ops = 0;
 
     // Idle WAN traffic, then the spread of global writes to every node of every datacenter.
+    progress("measuring the idle WAN traffic, then following global writes");
     let (bytes_before, quiet) = (f.net.wan_bytes, f.config.quiet_for);
     f.run_for(quiet);
     let wan_bytes_per_dc_s =
@@ -831,6 +842,7 @@ pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
     let global_write = Percentiles::of(std::mem::take(&mut f.spread.samples));
 
     // Each datacenter's first node holds a root of its own datacenter.
+    progress("writing and asking across datacenters");
     for dc in 0..dcs {
         let root = CaRoot {
             id: format!("root-{dc}"),
@@ -847,6 +859,7 @@ pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
     f.workload(&mut rng, Duration::from_secs(10), &mut ops);
     f.ask_all(&mut asks).map_err(fail)?;
 
+    progress("cutting the WAN");
     // The WAN cut: every datacenter keeps its own reads and writes (they reach all its
     // nodes), signs with its own root, and its LAN pool sees no failure.
     let cut = f
@@ -902,6 +915,7 @@ pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
         }
     }
 
+    progress("healing the WAN and waiting for agreement");
     // Heal: every global key becomes identical everywhere; every datacenter agrees with
     // itself; no datacenter holds another's data.
     f.net.heal();
@@ -926,6 +940,7 @@ pub fn run(config: FederationConfig) -> Result<FederationReport, Violation> {
     }
     f.ask_all(&mut asks).map_err(fail)?;
 
+    progress("crashing a gateway, then restarting it");
     // A crashed gateway is replaced; restarted, it does not displace its successor.
     let dc = rng.random_range(0..dcs);
     let gateways = f.gateways_of(dc);

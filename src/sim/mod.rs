@@ -149,7 +149,13 @@ fn execute_federated(args: &SimArgs, plan: &Plan) -> ExitCode {
             }
         };
         let (dcs, per_dc) = (config.datacenters, config.nodes_per_dc);
-        match murmur_sim::federation::run(config) {
+        // A single run says what it is doing: a large one takes minutes.
+        let progress = |phase: &str| {
+            if total == 1 {
+                eprintln!("  {:>6.1}s wall: {phase}", started.elapsed().as_secs_f64());
+            }
+        };
+        match murmur_sim::federation::run_with_progress(config, progress) {
             Ok(report) => println!(
                 "[{}/{total}] seed {seed}: {dcs} datacenters x {per_dc} nodes, {}, {:.1}s wall",
                 done + 1,
