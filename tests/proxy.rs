@@ -580,3 +580,73 @@ fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_met
             .get("web-1-sidecar-proxy")
             .is_none()));
 }
+
+/// The output of the check of `proxy_id` on `agent` (empty while it has none).
+fn proxy_check_output(agent: &Agent, proxy_id: &str) -> String {
+    agent.get("/v1/agent/checks")[format!("service:{proxy_id}")]["Output"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
+    // Agents with data dirs and no CA yet: the agent-run sidecar cannot get a leaf.
+    let agents = cluster("wt", 2, &keygen());
+    let EchoApp { addr: app, .. } = echo_app();
+    register(
+        &agents[1],
+        &format!(
+            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
+            app.port()
+        ),
+    );
+    // It is in the catalog, critical, and its check says why, instead of stopping for good.
+    assert!(
+        wait_until(SPREAD, || proxy_check_output(
+            &agents[1],
+            "db-1-sidecar-proxy"
+        )
+        .contains("has no CA root yet")),
+        "{:?}\n{}",
+        proxy_check_output(&agents[1], "db-1-sidecar-proxy"),
+        agents[1].log()
+    );
+    let critical = agents[0].get("/v1/health/checks/db-sidecar-proxy");
+    assert_eq!(critical[0]["Status"], "critical", "{critical}");
+    assert!(!passing_db_proxies(&agents[0], 1));
+
+    // A root appears: the same sidecar comes up by itself, with no restart and no
+    // re-registration, and carries web's connections.
+    assert!(agents[0].cli(&["ca", "rotate"]).status.success());
+    assert!(
+        agents[0]
+            .cli(&["intention", "create", "-allow", "web", "db"])
+            .status
+            .success()
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || passing_db_proxies(
+            &agents[0], 1
+        )),
+        "{:?}\n{}",
+        proxy_check_output(&agents[1], "db-1-sidecar-proxy"),
+        agents[1].log()
+    );
+    let upstream = free_port();
+    register(
+        &agents[0],
+        &format!(
+            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+                {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {upstream}}}]}}}}}}}}"#
+        ),
+    );
+    let upstream = SocketAddr::from(([127, 0, 0, 1], upstream));
+    assert!(
+        wait_until(SPREAD, || round_trip(upstream, b"hi")
+            .is_ok_and(|b| b == b"hi")),
+        "{}\n{}",
+        agents[0].log(),
+        agents[1].log()
+    );
+}

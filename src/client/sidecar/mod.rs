@@ -8,7 +8,9 @@
 //!
 //! It registers itself as `<ID>-sidecar-proxy` (service `<name>-sidecar-proxy`, port = its
 //! QUIC port) with a TTL check it keeps passing, so upstream proxies find it in the catalog
-//! and stop picking it when it dies; it deregisters when it stops.
+//! and stop picking it when it dies; it deregisters when it stops. Until the agent can give it
+//! a leaf (no CA root yet, no signer reachable, gossip not encrypted), it keeps asking with
+//! capped backoff and keeps that check critical with the reason, then comes up by itself.
 
 mod inbound;
 mod refusals;
@@ -25,6 +27,7 @@ use anyhow::{Context, anyhow, bail};
 use murmur_proxy::busy_poll::BusyPoll;
 use murmur_proxy::native::{identity_from_answers, mesh_endpoint_name};
 use murmur_proxy::tls::MeshIdentity;
+use rand::RngExt;
 use serde_json::{Value, json};
 
 use super::Client;
@@ -36,6 +39,11 @@ use crate::cli::ProxyArgs;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a stopping proxy waits for open streams to finish.
 const DRAIN: Duration = Duration::from_secs(10);
+/// The first wait before asking the agent for the proxy's identity again after it could not
+/// give one; each failure doubles it, up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between two asks for the identity.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The service instance a sidecar fronts.
 #[derive(Debug, Clone)]
@@ -92,18 +100,28 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
         .iter()
         .map(|u| upstream::parse(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let identity = fetch_identity(&client, &fronted.name).await?;
     let listen = match &args.listen {
         Some(text) => crate::agent::config::parse_addr(text, 0).context("--listen")?,
         None => SocketAddr::new(agent_ip(&client).await?, 0),
     };
     let busy_poll = args.busy_poll.map(BusyPoll::new);
+    // Bound first and taking connections only once it has an identity: until then the proxy
+    // is in the catalog with its check critical and the reason (so the health API says why).
     let endpoint =
-        murmur_proxy::udp::endpoint(listen, Some(identity.server_config()?), busy_poll.clone())
-            .with_context(|| {
-                format!("cannot listen for QUIC on {listen}: pick another with --listen")
-            })?;
+        murmur_proxy::udp::endpoint(listen, None, busy_poll.clone()).with_context(|| {
+            format!("cannot listen for QUIC on {listen}: pick another with --listen")
+        })?;
     let bound = endpoint.local_addr()?;
+    let proxy_id = register(&client, &fronted, bound).await?;
+    tokio::pin!(stop);
+    let identity = tokio::select! {
+        identity = await_identity(&client, &fronted.name, &proxy_id) => identity,
+        () = &mut stop => {
+            deregister(&client, &proxy_id).await;
+            return Ok(());
+        }
+    };
+    endpoint.set_server_config(Some(identity.server_config()?));
     let sidecar = Arc::new(Sidecar {
         client,
         fronted,
@@ -114,7 +132,7 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
         active: std::sync::atomic::AtomicUsize::new(0),
         refusals: refusals::Refusals::default(),
     });
-    let proxy_id = register(&sidecar, bound).await?;
+    report(&sidecar, &proxy_id).await?;
     tracing::info!(
         service = %sidecar.fronted.id, quic = %bound, app = %sidecar.fronted.app,
         upstreams = upstreams.len(), "sidecar proxy running"
@@ -138,7 +156,7 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
         });
     }
     tokio::select! {
-        () = stop => {}
+        () = &mut stop => {}
         Some(ended) = tasks.join_next() => {
             // A task ends only on a fatal error (a port in use, an agent that is no agent).
             let err = match ended {
@@ -146,7 +164,7 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
                 Ok(Ok(())) => anyhow!("a proxy task ended"),
                 Err(panic) => anyhow!("a proxy task failed: {panic}"),
             };
-            deregister(&sidecar, &proxy_id).await;
+            deregister(&sidecar.client, &proxy_id).await;
             return Err(err);
         }
     }
@@ -180,7 +198,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener) -> anyhow::Result<()> 
 
 /// Stops taking connections, lets open streams finish (up to [`DRAIN`]), and leaves.
 async fn drain(sidecar: &Sidecar, proxy_id: &str) {
-    deregister(sidecar, proxy_id).await;
+    deregister(&sidecar.client, proxy_id).await;
     sidecar.endpoint.set_server_config(None);
     let started = tokio::time::Instant::now();
     while sidecar.active.load(std::sync::atomic::Ordering::Relaxed) > 0 && started.elapsed() < DRAIN
@@ -226,6 +244,37 @@ async fn agent_ip(client: &Client) -> anyhow::Result<IpAddr> {
         .ok_or_else(|| anyhow!("the agent did not say its address: give --listen"))
 }
 
+/// The mesh identity of `service`, asked of the agent again with capped exponential backoff
+/// (and jitter, so a fleet does not retry in step) until it hands one out: a cluster with no
+/// CA root yet, no signer reachable, or gossip without encryption are conditions an operator
+/// fixes while the proxy waits, and it then comes up with no restart. Meanwhile the proxy's
+/// check (`proxy_id`) stays critical with the reason, renewed every [`HEARTBEAT`] so its TTL
+/// does not replace the reason.
+async fn await_identity(client: &Client, service: &str, proxy_id: &str) -> MeshIdentity {
+    let mut wait = RETRY_MIN;
+    let mut next_ask = tokio::time::Instant::now();
+    let mut why = String::new();
+    loop {
+        if tokio::time::Instant::now() >= next_ask {
+            match fetch_identity(client, service).await {
+                Ok(identity) => return identity,
+                Err(err) => {
+                    why = format!("no mesh identity yet (asking again within {wait:?}): {err:#}");
+                    tracing::warn!(service, "{why}");
+                    let jitter = wait.mul_f64(rand::rng().random_range(0.0..0.25));
+                    next_ask = tokio::time::Instant::now() + wait + jitter;
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if let Err(err) = set_check(client, proxy_id, "fail", &why).await {
+            tracing::warn!("cannot report the proxy's health: {err:#}");
+        }
+        let now = tokio::time::Instant::now();
+        tokio::time::sleep(HEARTBEAT.min(next_ask.saturating_duration_since(now))).await;
+    }
+}
+
 async fn fetch_identity(client: &Client, service: &str) -> anyhow::Result<MeshIdentity> {
     let leaf = client
         .get(&format!("/v1/agent/connect/ca/leaf/{service}"))
@@ -266,26 +315,25 @@ async fn follow_identity(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
     tokio::try_join!(leaves, roots).map(drop)
 }
 
-/// Registers the proxy in the catalog with a TTL check; returns its service ID.
-async fn register(sidecar: &Sidecar, bound: SocketAddr) -> anyhow::Result<String> {
-    let id = mesh_endpoint_name(&sidecar.fronted.id);
+/// Registers the proxy in the catalog with a TTL check (critical until reported); returns
+/// its service ID.
+async fn register(client: &Client, fronted: &Fronted, bound: SocketAddr) -> anyhow::Result<String> {
+    let id = mesh_endpoint_name(&fronted.id);
     let body = json!({
         "ID": id,
-        "Name": mesh_endpoint_name(&sidecar.fronted.name),
+        "Name": mesh_endpoint_name(&fronted.name),
         "Address": bound.ip().to_string(),
         "Port": bound.port(),
         "Meta": {
-            "murmur-proxy-for": sidecar.fronted.id,
-            "murmur-destination-service": sidecar.fronted.name,
+            "murmur-proxy-for": fronted.id,
+            "murmur-destination-service": fronted.name,
         },
         "Check": {"Name": "sidecar proxy and its app", "TTL": format!("{}s", HEARTBEAT.as_secs() * 5)},
     });
-    sidecar
-        .client
+    client
         .put("/v1/agent/service/register", serde_json::to_vec(&body)?)
         .await
         .context("cannot register the sidecar proxy")?;
-    report(sidecar, &id).await?;
     Ok(id)
 }
 
@@ -297,11 +345,16 @@ async fn report(sidecar: &Sidecar, id: &str) -> anyhow::Result<()> {
         Ok(()) => ("pass", "proxy and app up".to_owned()),
         Err(why) => ("fail", why),
     };
+    set_check(&sidecar.client, id, verdict, &note).await
+}
+
+/// Sets the proxy `id`'s TTL check: `verdict` is `pass` or `fail`, `note` its output.
+async fn set_check(client: &Client, id: &str, verdict: &str, note: &str) -> anyhow::Result<()> {
     let path = format!(
         "/v1/agent/check/{verdict}/service:{id}?note={}",
-        super::urlencode(&note)
+        super::urlencode(note)
     );
-    sidecar.client.put(&path, Vec::new()).await.map(drop)
+    client.put(&path, Vec::new()).await.map(drop)
 }
 
 async fn app_health(sidecar: &Sidecar) -> Result<(), String> {
@@ -335,9 +388,9 @@ async fn heartbeat(sidecar: Arc<Sidecar>, id: String) -> anyhow::Result<()> {
     }
 }
 
-async fn deregister(sidecar: &Sidecar, id: &str) {
+async fn deregister(client: &Client, id: &str) {
     let path = format!("/v1/agent/service/deregister/{id}");
-    if let Err(err) = sidecar.client.put(&path, Vec::new()).await {
+    if let Err(err) = client.put(&path, Vec::new()).await {
         tracing::warn!("cannot deregister the sidecar proxy: {err:#}");
     }
 }
