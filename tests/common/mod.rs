@@ -90,7 +90,10 @@ impl Agent {
             wait_until(Duration::from_secs(10), || {
                 agent.try_get("/v1/agent/self").is_some() || agent.exited()
             });
-            let port_taken = agent.exited() && agent.log().contains("Address already in use");
+            // Ports are picked free, then bound by the agent: another process can take one in
+            // between. The agent says so in its own words ("... is already in use"), the OS in
+            // its ("Address already in use").
+            let port_taken = agent.exited() && agent.log().contains("already in use");
             if port_taken && attempt < ATTEMPTS {
                 continue;
             }
