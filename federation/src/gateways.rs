@@ -15,12 +15,15 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use murmur_catalog::Replica;
+use murmur_catalog::{NodeRecord, Replica};
 
 /// Node meta of an agent that may serve as a gateway: its WAN address.
 pub const ELIGIBLE_META: &str = "murmur-wan-eligible";
 /// Node meta of an agent that serves as a gateway now: its WAN address.
 pub const GATEWAY_META: &str = "murmur-wan-gateway";
+/// Node meta beside [`GATEWAY_META`]: the membership generation of the agent's life that
+/// claimed the seat. A claim counts only while it is the claimant's current generation.
+pub const GATEWAY_LIFE_META: &str = "murmur-wan-gateway-life";
 
 /// How many gateways a datacenter runs unless told otherwise (`--wan-gateways`): enough that
 /// one crash leaves two, few enough that the WAN pool stays small.
@@ -88,11 +91,8 @@ pub fn view_is_current(replica: &Replica, life_started_ms: u64, live_peers: usiz
 
 /// Whether the agent named `me` should serve, from what its replica says: the agents whose
 /// records carry [`ELIGIBLE_META`] and are not among `failed` (owners its membership does not
-/// consider active; `me` counts as live), and which of them carry [`GATEWAY_META`] in a
-/// record of their current life. `life` gives an agent's current generation as membership
-/// knows it: a record written in an earlier life still says what the agent did before it
-/// restarted (a gateway that crashed) until the new life's record arrives, and counting that
-/// claim made a successor step down for the restarted agent.
+/// consider active; `me` counts as live), and which of them hold a seat ([`holds_seat`]).
+/// `life` gives an agent's current generation as membership knows it.
 pub fn selected(
     replica: &Replica,
     failed: &BTreeSet<String>,
@@ -106,18 +106,44 @@ pub fn selected(
         .filter(|(name, record)| {
             record.meta.contains_key(ELIGIBLE_META) && (*name == me || !failed.contains(*name))
         })
-        .map(|(name, record)| {
-            let written_in = records
-                .entry(name)
-                .map_or(0, |e| e.register.stamp().generation);
-            Candidate {
-                name,
-                serving: record.meta.contains_key(GATEWAY_META)
-                    && life(name).is_none_or(|current| written_in >= current),
-            }
+        .map(|(name, record)| Candidate {
+            name,
+            serving: holds_seat(record, life(name)),
         })
         .collect();
     should_serve(me, k, &candidates)
+}
+
+/// Whether `record` claims a gateway seat for its owner's life `current` (membership's
+/// generation of it; `None`: unknown). A record of an earlier life still says what the agent
+/// did before it restarted (a gateway that crashed) until the new life's record arrives, and
+/// counting that claim made a successor step down for the restarted agent. A claim that names
+/// no life (an agent of an older version) counts.
+pub fn holds_seat(record: &NodeRecord, current: Option<u64>) -> bool {
+    let claimed = record.meta.get(GATEWAY_LIFE_META).map(|l| l.parse::<u64>());
+    record.meta.contains_key(GATEWAY_META)
+        && match (claimed, current) {
+            (Some(Ok(claimed)), Some(current)) => claimed == current,
+            (Some(Err(_)), _) => false,
+            _ => true,
+        }
+}
+
+/// Sets `record`'s claim of a gateway seat: serving at WAN address `wan` in the life
+/// `generation`, or (`None`) not serving.
+pub fn claim_seat(record: &mut NodeRecord, wan: Option<&str>, generation: u64) {
+    match wan {
+        Some(wan) => {
+            record.meta.insert(GATEWAY_META.into(), wan.to_owned());
+            record
+                .meta
+                .insert(GATEWAY_LIFE_META.into(), generation.to_string());
+        }
+        None => {
+            record.meta.remove(GATEWAY_META);
+            record.meta.remove(GATEWAY_LIFE_META);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -153,9 +179,7 @@ mod tests {
             );
             let mut record = murmur_catalog::NodeRecord::default();
             record.meta.insert(ELIGIBLE_META.into(), "wan".into());
-            if serving {
-                record.meta.insert(GATEWAY_META.into(), "wan".into());
-            }
+            claim_seat(&mut record, serving.then_some("wan"), generation);
             owner.set_own_record(Some(record));
             for change in owner.take_outbox() {
                 replica.apply(&change, 1).unwrap();
@@ -185,6 +209,23 @@ mod tests {
             !selected(&replica, &none, b, 1, unchanged),
             "two live claims for one seat: the higher ranked keeps it"
         );
+    }
+
+    #[test]
+    fn a_claim_names_its_life_and_one_without_a_life_counts() {
+        let mut record = NodeRecord::default();
+        assert!(!holds_seat(&record, Some(1)), "no claim");
+        claim_seat(&mut record, Some("10.0.0.1:8302"), 3);
+        assert!(holds_seat(&record, Some(3)));
+        assert!(holds_seat(&record, None), "life unknown");
+        assert!(!holds_seat(&record, Some(4)), "renewed or restarted since");
+        record.meta.remove(GATEWAY_LIFE_META);
+        assert!(holds_seat(&record, Some(4)), "an older agent's claim");
+        record.meta.insert(GATEWAY_LIFE_META.into(), "x".into());
+        assert!(!holds_seat(&record, Some(4)), "garbage claims nothing");
+        claim_seat(&mut record, None, 4);
+        assert!(!holds_seat(&record, None));
+        assert!(!record.meta.contains_key(GATEWAY_LIFE_META));
     }
 
     #[test]

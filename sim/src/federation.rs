@@ -186,7 +186,7 @@ impl Federation {
                     datacenter: dc,
                     ..NodeRecord::default()
                 });
-                record.meta.remove(GATEWAY_META);
+                gateways::claim_seat(&mut record, None, 0);
                 record.meta.insert(ELIGIBLE_META.into(), wan);
                 r.set_own_record(Some(record));
             })
@@ -309,8 +309,19 @@ impl Federation {
             match (chosen, self.member(w).is_some()) {
                 (true, false) => self.serve(i),
                 (false, true) => self.step_down(i),
-                (true, true) if self.member(w).is_some_and(|m| m.node().active_peers() == 0) => {
-                    self.join_wan(w)
+                (true, true) => {
+                    let member = self.member(i).expect("running");
+                    let generation = member.node().identity().generation;
+                    let stale = member
+                        .replica()
+                        .own_record()
+                        .is_some_and(|r| !gateways::holds_seat(r, Some(generation)));
+                    if stale {
+                        self.set_gateway_meta(i, true);
+                    }
+                    if self.member(w).is_some_and(|m| m.node().active_peers() == 0) {
+                        self.join_wan(w);
+                    }
                 }
                 _ => {}
             }
@@ -368,15 +379,12 @@ impl Federation {
     fn set_gateway_meta(&mut self, i: usize, serving: bool) {
         let wan = addr(self.net.wan_from + i).to_string();
         self.net.call(i, |m| {
+            let generation = m.node().identity().generation;
             m.write(|r, _| {
                 let Some(mut record) = r.own_record().cloned() else {
                     return;
                 };
-                if serving {
-                    record.meta.insert(GATEWAY_META.into(), wan);
-                } else {
-                    record.meta.remove(GATEWAY_META);
-                }
+                gateways::claim_seat(&mut record, serving.then_some(wan.as_str()), generation);
                 r.set_own_record(Some(record));
             })
         });

@@ -68,7 +68,7 @@ impl Gateway {
     /// Marks this agent's record at start: eligible with its WAN address, and not serving
     /// (a gateway meta kept from an earlier life is stale).
     pub fn mark_record(wan: Option<&WanConfig>, record: &mut NodeRecord) {
-        record.meta.remove(GATEWAY_META);
+        gateways::claim_seat(record, None, 0);
         match wan {
             Some(wan) => record
                 .meta
@@ -112,6 +112,11 @@ impl Gateway {
                     agent.stop_wan().await;
                 }
                 (true, true) => {
+                    if agent.view(claim_is_stale)
+                        && let Err(err) = publish(&agent, Some(self.wan.advertise)).await
+                    {
+                        tracing::error!("cannot renew the WAN gateway meta: {err:#}");
+                    }
                     let now = tokio::time::Instant::now();
                     let first_measure = !measured && wan_coordinate(&agent).is_some();
                     if now >= next_entry || first_measure {
@@ -241,20 +246,28 @@ fn selected(view: &View<'_>, me: &str, k: usize) -> bool {
     gateways::selected(view.replica(), &view.failed_owners(), me, k, life)
 }
 
-/// Sets (or, with `None`, removes) the gateway meta of this agent's record.
+/// Claims (or, with `None`, gives up) a gateway seat in this agent's record, for its current
+/// membership generation.
 async fn publish(agent: &Arc<Agent>, wan: Option<SocketAddr>) -> anyhow::Result<()> {
+    let generation = agent.view(|v| v.me().generation);
     agent
         .write(move |replica, _| {
             let Some(mut record) = replica.own_record().cloned() else {
                 return;
             };
-            match wan {
-                Some(addr) => record.meta.insert(GATEWAY_META.into(), addr.to_string()),
-                None => record.meta.remove(GATEWAY_META),
-            };
+            let wan = wan.map(|addr| addr.to_string());
+            gateways::claim_seat(&mut record, wan.as_deref(), generation);
             replica.set_own_record(Some(record));
         })
         .await
+}
+
+/// Whether this agent serves under a claim of an earlier generation (membership renewed its
+/// identity after declaring it down): peers no longer count it until it claims again.
+fn claim_is_stale(view: &View<'_>) -> bool {
+    view.replica()
+        .own_record()
+        .is_some_and(|r| !gateways::holds_seat(r, Some(view.me().generation)))
 }
 
 /// Joins the WAN pool through `seeds`, with backoff, until one answers or this agent stops
