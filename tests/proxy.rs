@@ -88,6 +88,29 @@ fn register(agent: &Agent, body: &str) {
     assert_eq!(status, 200, "{text}");
 }
 
+/// Registers db-1 (its app on `port`) on `agent` with Consul's sidecar block.
+fn register_db_with_sidecar(agent: &Agent, port: u16) {
+    register(
+        agent,
+        &format!(
+            r#"{{"Name": "db", "ID": "db-1", "Port": {port}, "Connect": {{"SidecarService": {{}}}}}}"#
+        ),
+    );
+}
+
+/// Registers web-1 on `agent` with a sidecar whose db upstream listens on loopback `port`;
+/// the address web dials.
+fn register_web_with_db_upstream(agent: &Agent, port: u16) -> SocketAddr {
+    register(
+        agent,
+        &format!(
+            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+                {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {port}}}]}}}}}}}}"#
+        ),
+    );
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 #[test]
 fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
     let agents = cluster("px", 2, &keygen());
@@ -526,22 +549,9 @@ fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_met
     );
     let EchoApp { addr: app, .. } = echo_app();
     let upstream = free_port();
-    register(
-        &agents[1],
-        &format!(
-            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
-            app.port()
-        ),
-    );
+    register_db_with_sidecar(&agents[1], app.port());
     assert!(wait_until(SPREAD, || root_count(&agents[0]) > 0));
-    register(
-        &agents[0],
-        &format!(
-            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
-                {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {upstream}}}]}}}}}}}}"#
-        ),
-    );
-    let upstream = SocketAddr::from(([127, 0, 0, 1], upstream));
+    let upstream = register_web_with_db_upstream(&agents[0], upstream);
     assert!(
         wait_until(SPREAD, || round_trip(upstream, b"hi")
             .is_ok_and(|b| b == b"hi")),
@@ -594,13 +604,7 @@ fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
     // Agents with data dirs and no CA yet: the agent-run sidecar cannot get a leaf.
     let agents = cluster("wt", 2, &keygen());
     let EchoApp { addr: app, .. } = echo_app();
-    register(
-        &agents[1],
-        &format!(
-            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
-            app.port()
-        ),
-    );
+    register_db_with_sidecar(&agents[1], app.port());
     // It is in the catalog, critical, and its check says why, instead of stopping for good.
     assert!(
         wait_until(SPREAD, || proxy_check_output(
@@ -634,14 +638,7 @@ fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
         agents[1].log()
     );
     let upstream = free_port();
-    register(
-        &agents[0],
-        &format!(
-            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
-                {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {upstream}}}]}}}}}}}}"#
-        ),
-    );
-    let upstream = SocketAddr::from(([127, 0, 0, 1], upstream));
+    let upstream = register_web_with_db_upstream(&agents[0], upstream);
     assert!(
         wait_until(SPREAD, || round_trip(upstream, b"hi")
             .is_ok_and(|b| b == b"hi")),
