@@ -657,6 +657,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "ADDR")]
     pub retry_join: Vec<String>,
     /// Gossip encryption key (base64, from `murmur keygen`); every member needs the same key.
+    /// The service mesh needs it: an agent that holds no CA key gets its services' leaf
+    /// certificates from one that does, and such agent requests are refused unencrypted.
     #[arg(long, value_name = "KEY")]
     pub encrypt: Option<String>,
     /// Directory for the node id, generation, keyring and the replicated state (journal and

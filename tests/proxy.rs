@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Agent, BIN, EchoApp, cluster, echo_app, free_port, keygen, round_trip, wait_until};
+use common::{
+    Agent, BIN, EchoApp, Spec, cluster, echo_app, free_port, keygen, round_trip, wait_until,
+};
 use murmur_proxy::native::MeshClient;
 use murmur_proxy::trust::TrustedRoot;
 
@@ -646,4 +648,46 @@ fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
         agents[0].log(),
         agents[1].log()
     );
+}
+
+#[test]
+fn a_registration_with_a_sidecar_says_at_once_why_it_cannot_get_a_leaf() {
+    // Gossip without encryption: an agent holding no CA key cannot ask one that does.
+    let first = Agent::start(Spec {
+        name: "plain-0",
+        key: None,
+        join: None,
+        extra: &[],
+    });
+    let second = Agent::start(Spec {
+        name: "plain-1",
+        key: None,
+        join: Some(first.gossip),
+        extra: &[],
+    });
+    let body = br#"{"Name": "db", "ID": "db-1", "Port": 5432, "Connect": {"SidecarService": {}}}"#;
+    let (status, headers, text) = second.request("PUT", "/v1/agent/service/register", body);
+    assert_eq!(status, 200, "registered all the same: {text}");
+    let warning = common::header(&headers, "x-murmur-warning").unwrap_or_default();
+    assert!(warning.contains("has no CA root yet"), "{headers:?}");
+
+    assert!(first.cli(&["ca", "rotate"]).status.success());
+    assert!(wait_until(SPREAD, || root_count(&second) > 0));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.json");
+    let mut definition = b"{\"service\": ".to_vec();
+    definition.extend_from_slice(body);
+    definition.push(b'}');
+    std::fs::write(&file, definition).unwrap();
+    let out = second.cli(&["services", "register", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("--encrypt"),
+        "the CLI says why: {stderr}"
+    );
+    // The agent that holds the key signs for itself: no warning there.
+    let (status, headers, _) = first.request("PUT", "/v1/agent/service/register", body);
+    assert_eq!(status, 200);
+    assert_eq!(common::header(&headers, "x-murmur-warning"), None);
 }

@@ -158,7 +158,7 @@ pub async fn services(command: ServicesCommand) -> anyhow::Result<()> {
             };
             let client = Client::new(&target);
             for definition in definitions {
-                client
+                let answer = client
                     .put(
                         "/v1/agent/service/register",
                         definition.to_string().into_bytes(),
@@ -169,6 +169,9 @@ pub async fn services(command: ServicesCommand) -> anyhow::Result<()> {
                     .or(definition["Name"].as_str())
                     .unwrap_or("?");
                 println!("Registered service: {shown}");
+                if let Some(why) = answer.headers().get(crate::http::WARNING_HEADER) {
+                    eprintln!("warning: {}", why.to_str().unwrap_or("(unreadable)"));
+                }
             }
         }
         ServicesCommand::Deregister { id_or_file, target } => {

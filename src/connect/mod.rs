@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::config::AgentConfig;
 use crate::agent::persist::{CaKeyFile, DataDir};
 use crate::agent::runtime::{Agent, PeerRequests, PendingAnswer, Via, wall_ms};
+use crate::agent::view::View;
 
 /// Node meta key an agent sets to the id of the root whose key it holds.
 pub const SIGNER_META: &str = "murmur-ca-signer";
@@ -181,12 +182,9 @@ impl Connect {
     /// fresh and signed by the signing root, else a new one.
     pub async fn leaf(&self, agent: &Arc<Agent>, service: &str) -> anyhow::Result<IssuedLeaf> {
         let id = ServiceId::new(&self.trust_domain, &self.datacenter, service)?;
-        let signer = self.current_signer(agent).ok_or_else(|| {
-            anyhow!(
-                "datacenter {} has no CA root yet: run `murmur ca init` and start an agent of this datacenter with that data dir (--dev agents make one); each datacenter signs with its own root",
-                self.datacenter
-            )
-        })?;
+        let signer = self
+            .current_signer(agent)
+            .ok_or_else(|| anyhow!(self.no_root()))?;
         let now_s = wall_ms() / 1000;
         if let Some(cached) = self.leaves().get(service)
             && cached.leaf.root_id == signer.id
@@ -234,6 +232,38 @@ impl Connect {
         Ok(issued)
     }
 
+    /// Why this agent could not hand out a leaf now, found without signing or asking anyone
+    /// (`None`: nothing known stands in the way): no root in this datacenter, no encryption
+    /// for the agent request to a signer, or no live signer. What a registration with a
+    /// sidecar block answers at once, instead of a log line later.
+    pub fn why_no_leaf(&self, agent: &Agent) -> Option<String> {
+        let Some(signer) = self.current_signer(agent) else {
+            return Some(self.no_root());
+        };
+        if self.keys().iter().any(|k| k.root().id == signer.id) {
+            return None;
+        }
+        agent.view(|v| {
+            if !v.encrypted() {
+                Some(
+                    "this agent holds no CA key and asks a signer for leaves, and agent requests need gossip encryption: start every agent with --encrypt".to_owned(),
+                )
+            } else if live_signers(v, &signer.id).is_empty() {
+                Some(no_signer(&signer.id))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Why there is no leaf when this datacenter has no root.
+    fn no_root(&self) -> String {
+        format!(
+            "datacenter {} has no CA root yet: run `murmur ca init` and start an agent of this datacenter with that data dir (--dev agents make one); each datacenter signs with its own root",
+            self.datacenter
+        )
+    }
+
     /// The root that signs this datacenter's leaves now, as this agent's replica has the
     /// roots.
     fn current_signer(&self, agent: &Agent) -> Option<CaRoot> {
@@ -269,19 +299,9 @@ impl Connect {
         root_id: &str,
         request: &SignRequest,
     ) -> anyhow::Result<Leaf> {
-        let signers = agent.view(|v| {
-            v.replica()
-                .records()
-                .iter()
-                .filter(|(_, r)| r.meta.get(SIGNER_META).is_some_and(|id| id == root_id))
-                .filter_map(|(name, _)| v.peer(name).filter(|m| m.status.is_active()))
-                .map(|m| m.identity.addr)
-                .collect::<Vec<_>>()
-        });
+        let signers = agent.view(|v| live_signers(v, root_id));
         if signers.is_empty() {
-            bail!(
-                "no live agent holds the key of the signing CA root {root_id}: start one with the data dir that holds it"
-            );
+            bail!(no_signer(root_id));
         }
         let body = serde_json::to_vec(request)?;
         let mut errors = Vec::new();
@@ -296,6 +316,24 @@ impl Connect {
         }
         bail!("no signer could sign: {}", errors.join("; "))
     }
+}
+
+/// The gossip addresses of the live agents that hold the key of root `root_id`.
+fn live_signers(view: &View<'_>, root_id: &str) -> Vec<std::net::SocketAddr> {
+    view.replica()
+        .records()
+        .iter()
+        .filter(|(_, r)| r.meta.get(SIGNER_META).is_some_and(|id| id == root_id))
+        .filter_map(|(name, _)| view.peer(name).filter(|m| m.status.is_active()))
+        .map(|m| m.identity.addr)
+        .collect()
+}
+
+/// Why there is no leaf when no live agent holds the signing root's key.
+fn no_signer(root_id: &str) -> String {
+    format!(
+        "no live agent holds the key of the signing CA root {root_id}: start one with the data dir that holds it"
+    )
 }
 
 impl PeerRequests for Connect {

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use murmur_catalog::{DcSummary, Instance, NodeRecord};
 use serde_json::{Value, json};
 
@@ -86,7 +87,11 @@ pub async fn service(
 }
 
 /// `PUT /v1/agent/service/register`: adds or replaces a service on this agent's record.
-pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCode> {
+///
+/// A service with a sidecar block on an agent that cannot hand out a leaf yet is registered
+/// all the same (its sidecar waits, critical, and comes up once the cause is fixed), and the
+/// answer says why in [`super::WARNING_HEADER`], so the mistake shows where it is made.
+pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<axum::response::Response> {
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let definition = crate::services::parse(&value).map_err(ApiError::bad_request)?;
@@ -108,11 +113,20 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCo
     for check in checks {
         api.checks.register(check, false).await?;
     }
+    let mut response = StatusCode::OK.into_response();
     match &sidecar {
-        Some(upstreams) => api.sidecars.start(&id, upstreams),
+        Some(upstreams) => {
+            api.sidecars.start(&id, upstreams);
+            if let Some(why) = api.connect.why_no_leaf(&api.agent) {
+                tracing::warn!(service = %id, "its sidecar cannot get a leaf yet: {why}");
+                if let Ok(value) = axum::http::HeaderValue::from_str(&why) {
+                    response.headers_mut().insert(super::WARNING_HEADER, value);
+                }
+            }
+        }
         None => api.sidecars.stop(&id),
     }
-    Ok(StatusCode::OK)
+    Ok(response)
 }
 
 /// `PUT /v1/agent/service/deregister/:id`.

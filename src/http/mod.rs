@@ -457,6 +457,10 @@ async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
     })))
 }
 
+/// A header of murmur's own: what the agent did but could not complete (a sidecar that
+/// cannot get a leaf yet), on an answer that is otherwise Consul's.
+pub const WARNING_HEADER: &str = "X-Murmur-Warning";
+
 /// A pool's dropped messages by reason, as `/v1/agent/self` lists them.
 fn drop_counts(stats: &murmur_gossip::Stats) -> BTreeMap<&'static str, String> {
     stats
