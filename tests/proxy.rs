@@ -594,7 +594,7 @@ fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_met
 }
 
 /// The output of the check of `proxy_id` on `agent` (empty while it has none).
-fn proxy_check_output(agent: &Agent, proxy_id: &str) -> String {
+fn proxy_check_output_of(agent: &Agent, proxy_id: &str) -> String {
     agent.get("/v1/agent/checks")[format!("service:{proxy_id}")]["Output"]
         .as_str()
         .unwrap_or_default()
@@ -609,13 +609,13 @@ fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
     register_db_with_sidecar(&agents[1], app.port());
     // It is in the catalog, critical, and its check says why, instead of stopping for good.
     assert!(
-        wait_until(SPREAD, || proxy_check_output(
+        wait_until(SPREAD, || proxy_check_output_of(
             &agents[1],
             "db-1-sidecar-proxy"
         )
         .contains("has no CA root yet")),
         "{:?}\n{}",
-        proxy_check_output(&agents[1], "db-1-sidecar-proxy"),
+        proxy_check_output_of(&agents[1], "db-1-sidecar-proxy"),
         agents[1].log()
     );
     let critical = agents[0].get("/v1/health/checks/db-sidecar-proxy");
@@ -636,7 +636,7 @@ fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
             &agents[0], 1
         )),
         "{:?}\n{}",
-        proxy_check_output(&agents[1], "db-1-sidecar-proxy"),
+        proxy_check_output_of(&agents[1], "db-1-sidecar-proxy"),
         agents[1].log()
     );
     let upstream = free_port();
@@ -690,4 +690,66 @@ fn a_registration_with_a_sidecar_says_at_once_why_it_cannot_get_a_leaf() {
     let (status, headers, _) = first.request("PUT", "/v1/agent/service/register", body);
     assert_eq!(status, 200);
     assert_eq!(common::header(&headers, "x-murmur-warning"), None);
+}
+
+#[test]
+fn with_the_signer_down_open_connections_flow_and_new_leaves_wait_for_it() {
+    let mut agents = cluster("sd", 3, &keygen());
+    assert!(agents[0].cli(&["ca", "rotate"]).status.success());
+    assert!(
+        agents[0]
+            .cli(&["intention", "create", "-allow", "web", "db"])
+            .status
+            .success()
+    );
+    assert!(wait_until(SPREAD, || root_count(&agents[2]) > 0));
+    let EchoApp { addr: app, .. } = echo_app();
+    register_db_with_sidecar(&agents[1], app.port());
+    let upstream = register_web_with_db_upstream(&agents[2], free_port());
+    assert!(
+        wait_until(SPREAD, || round_trip(upstream, b"hi")
+            .is_ok_and(|b| b == b"hi")),
+        "{}",
+        agents[2].log()
+    );
+    // A connection opened before the signer dies keeps flowing after.
+    let mut open = TcpStream::connect(upstream).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut echo = |payload: &[u8]| -> Vec<u8> {
+        open.write_all(payload).unwrap();
+        let mut back = vec![0; payload.len()];
+        open.read_exact(&mut back).unwrap();
+        back
+    };
+    assert_eq!(echo(b"before"), b"before");
+    agents[0].kill9();
+    assert_eq!(echo(b"after"), b"after", "the open connection flows on");
+    assert_eq!(
+        round_trip(upstream, b"new").unwrap(),
+        b"new",
+        "new connections too: the leaves in use stay valid"
+    );
+    // A service registered now cannot get a leaf until the signer is back, and says so.
+    let body =
+        br#"{"Name": "cache", "ID": "cache-1", "Port": 6379, "Connect": {"SidecarService": {}}}"#;
+    assert!(wait_until(SPREAD, || {
+        let (_, headers, _) = agents[2].request("PUT", "/v1/agent/service/register", body);
+        common::header(&headers, "x-murmur-warning")
+            .is_some_and(|w| w.contains("no live agent holds the key"))
+    }));
+    let cache_passing_or_app_down = |agent: &Agent| {
+        proxy_check_output_of(agent, "cache-1-sidecar-proxy").contains("the app at")
+    };
+    assert!(!cache_passing_or_app_down(&agents[2]));
+    let seed = agents[1].gossip;
+    agents[0].start_again(Some(seed), &[]);
+    // With a leaf, the proxy goes on to check its app (none listens): its reason changes.
+    assert!(
+        wait_until(Duration::from_secs(60), || cache_passing_or_app_down(
+            &agents[2]
+        )),
+        "{:?}",
+        proxy_check_output_of(&agents[2], "cache-1-sidecar-proxy")
+    );
 }
