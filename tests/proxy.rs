@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{
-    Agent, BIN, EchoApp, Spec, cluster, echo_app, free_port, keygen, round_trip, wait_until,
+    Agent, BIN, EchoApp, Spec, carries, cluster, echo_app, free_port, keygen, round_trip,
+    wait_until,
 };
 use murmur_proxy::native::MeshClient;
 use murmur_proxy::trust::TrustedRoot;
@@ -555,8 +556,7 @@ fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_met
     assert!(wait_until(SPREAD, || root_count(&agents[0]) > 0));
     let upstream = register_web_with_db_upstream(&agents[0], upstream);
     assert!(
-        wait_until(SPREAD, || round_trip(upstream, b"hi")
-            .is_ok_and(|b| b == b"hi")),
+        wait_until(SPREAD, || carries(upstream)),
         "the agents' own sidecars carry web's connection to db:\n{}\n{}",
         agents[0].log(),
         agents[1].log()
@@ -639,11 +639,9 @@ fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
         proxy_check_output_of(&agents[1], "db-1-sidecar-proxy"),
         agents[1].log()
     );
-    let upstream = free_port();
-    let upstream = register_web_with_db_upstream(&agents[0], upstream);
+    let upstream = register_web_with_db_upstream(&agents[0], free_port());
     assert!(
-        wait_until(SPREAD, || round_trip(upstream, b"hi")
-            .is_ok_and(|b| b == b"hi")),
+        wait_until(SPREAD, || carries(upstream)),
         "{}\n{}",
         agents[0].log(),
         agents[1].log()
@@ -707,8 +705,7 @@ fn with_the_signer_down_open_connections_flow_and_new_leaves_wait_for_it() {
     register_db_with_sidecar(&agents[1], app.port());
     let upstream = register_web_with_db_upstream(&agents[2], free_port());
     assert!(
-        wait_until(SPREAD, || round_trip(upstream, b"hi")
-            .is_ok_and(|b| b == b"hi")),
+        wait_until(SPREAD, || carries(upstream)),
         "{}",
         agents[2].log()
     );

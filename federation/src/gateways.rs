@@ -129,6 +129,13 @@ pub fn holds_seat(record: &NodeRecord, current: Option<u64>) -> bool {
         }
 }
 
+/// Whether a serving agent, whose own record is `own` and whose membership generation is
+/// `generation`, must claim its seat again: the record claims none for that generation
+/// (membership renewed its identity after declaring it down), so peers no longer count it.
+pub fn claim_is_stale(own: Option<&NodeRecord>, generation: u64) -> bool {
+    own.is_some_and(|r| !holds_seat(r, Some(generation)))
+}
+
 /// Sets `record`'s claim of a gateway seat: serving at WAN address `wan` in the life
 /// `generation`, or (`None`) not serving.
 pub fn claim_seat(record: &mut NodeRecord, wan: Option<&str>, generation: u64) {
@@ -223,8 +230,14 @@ mod tests {
         assert!(holds_seat(&record, Some(4)), "an older agent's claim");
         record.meta.insert(GATEWAY_LIFE_META.into(), "x".into());
         assert!(!holds_seat(&record, Some(4)), "garbage claims nothing");
+        assert!(claim_is_stale(Some(&record), 4));
         claim_seat(&mut record, None, 4);
         assert!(!holds_seat(&record, None));
+        assert!(
+            claim_is_stale(Some(&record), 4),
+            "serving with no claim: claim again"
+        );
+        assert!(!claim_is_stale(None, 4), "no record yet");
         assert!(!record.meta.contains_key(GATEWAY_LIFE_META));
     }
 

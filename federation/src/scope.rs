@@ -8,10 +8,11 @@
 //! datacenter ever lands in another's replica.
 //!
 //! Global: intentions, prepared queries, the datacenter directory (which gateways serve each
-//! datacenter, with their WAN coordinates), each datacenter's catalog summary and the CA roots of every datacenter (the trust
-//! bundle: each datacenter signs with its own roots and trusts all). A root published before
-//! roots named their datacenter (`ca/root/<id>`) stays home: another datacenter could not tell
-//! whose it is. LAN coordinates stay home: they measure only their own datacenter.
+//! datacenter, with their WAN coordinates), each datacenter's catalog summary, and the CA
+//! roots of every datacenter (the trust bundle: each datacenter signs with its own roots and
+//! trusts all). A root published before roots named their datacenter (`ca/root/<id>`) stays
+//! home: another datacenter could not tell whose it is. LAN coordinates stay home: they
+//! measure only their own datacenter.
 
 use murmur_catalog::{
     CaRoot, Change, DIRECTORY_PREFIX, INTENTION_PREFIX, Journaled, QUERY_PREFIX, Replica,

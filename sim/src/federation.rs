@@ -312,11 +312,7 @@ impl Federation {
                 (true, true) => {
                     let member = self.member(i).expect("running");
                     let generation = member.node().identity().generation;
-                    let stale = member
-                        .replica()
-                        .own_record()
-                        .is_some_and(|r| !gateways::holds_seat(r, Some(generation)));
-                    if stale {
+                    if gateways::claim_is_stale(member.replica().own_record(), generation) {
                         self.set_gateway_meta(i, true);
                     }
                     if self.member(w).is_some_and(|m| m.node().active_peers() == 0) {

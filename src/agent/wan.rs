@@ -262,12 +262,9 @@ async fn publish(agent: &Arc<Agent>, wan: Option<SocketAddr>) -> anyhow::Result<
         .await
 }
 
-/// Whether this agent serves under a claim of an earlier generation (membership renewed its
-/// identity after declaring it down): peers no longer count it until it claims again.
+/// Whether this serving agent must claim its seat again (see `gateways::claim_is_stale`).
 fn claim_is_stale(view: &View<'_>) -> bool {
-    view.replica()
-        .own_record()
-        .is_some_and(|r| !gateways::holds_seat(r, Some(view.me().generation)))
+    gateways::claim_is_stale(view.replica().own_record(), view.me().generation)
 }
 
 /// Joins the WAN pool through `seeds`, with backoff, until one answers or this agent stops

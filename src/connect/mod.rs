@@ -6,8 +6,8 @@
 //! and signs. The newest root of the agent's datacenter signs its leaves
 //! (`murmur_proxy::roots`); an agent that does not hold its key asks one that does, over the
 //! sealed agent-to-agent stream. A datacenter never signs with another's root, so a
-//! datacenter cut off from the others keeps issuing leaves. Holders say so in their node record's meta
-//! ([`SIGNER_META`]), so askers know where to go. Issued leaves are cached per service and
+//! datacenter cut off from the others keeps issuing leaves. Holders say so in their node
+//! record's meta ([`SIGNER_META`]), so askers know where to go. Issued leaves are cached per service and
 //! replaced when due for renewal or when the signing root changes.
 
 pub mod sidecars;

@@ -486,6 +486,11 @@ pub fn round_trip(upstream: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u
     Ok(back)
 }
 
+/// Whether a connection to `upstream` (a sidecar's upstream listener) echoes "hi" back.
+pub fn carries(upstream: SocketAddr) -> bool {
+    round_trip(upstream, b"hi").is_ok_and(|b| b == b"hi")
+}
+
 /// Writes `payload` on a mesh stream (the SDK's dial, as it came), closes the sending side
 /// and reads what comes back; `None` when any step failed.
 pub async fn mesh_exchange(
