@@ -700,6 +700,12 @@ pub struct AgentArgs {
     /// [default: 72h]; they are renewed before they expire.
     #[arg(long, value_name = "DURATION")]
     pub leaf_cert_ttl: Option<String>,
+    /// Whether this agent may make its datacenter's mesh CA root when there is none (or when
+    /// no live agent has held the signing key for a minute): the first agent by name that
+    /// may, once it has joined, makes it and keeps its key in its data dir; the others ask it
+    /// to sign. `false` to bring your own root with `murmur ca init` [default: true].
+    #[arg(long, value_name = "true|false")]
+    pub ca_bootstrap: Option<bool>,
     /// This agent may serve as one of its datacenter's WAN gateways: the agents of a
     /// datacenter pick --wan-gateways of the live eligible ones (no election), which join the
     /// WAN pool that links datacenters.

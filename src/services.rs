@@ -28,7 +28,7 @@ pub struct Definition {
 }
 
 /// An upstream of a sidecar (`DestinationName`, `Datacenter`, `LocalBindPort`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Upstream {
     /// The service it reaches.
     pub destination: String,

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, cluster, header, http, keygen, wait_until};
+use common::{Agent, OWN_ROOT, cluster, cluster_with, header, http, keygen, wait_until};
 use murmur_proxy::ca::{leaf_identity, pem_der};
 use serde_json::Value;
 
@@ -63,7 +63,7 @@ fn authorize(agent: &Agent, source: &str, target: &str) -> (bool, String) {
 
 #[test]
 fn roots_replicate_leaves_are_signed_by_the_key_holder_and_follow_rotation() {
-    let agents = cluster("cn", 3, &keygen());
+    let agents = cluster_with("cn", 3, &keygen(), OWN_ROOT);
     // No root yet: the agents say what to do.
     let (status, _, text) = agents[2].request("GET", "/v1/agent/connect/ca/leaf/web", b"");
     assert_eq!(status, 500, "{text}");

@@ -14,11 +14,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{
-    Agent, BIN, EchoApp, Spec, carries, cluster, echo_app, free_port, keygen, round_trip,
-    wait_until,
+    Agent, BIN, EchoApp, OWN_ROOT, Spec, carries, cluster, cluster_with, echo_app, free_port,
+    keygen, round_trip, wait_until,
 };
 use murmur_proxy::native::MeshClient;
 use murmur_proxy::trust::TrustedRoot;
+use serde_json::Value;
 
 const SPREAD: Duration = Duration::from_secs(30);
 
@@ -116,13 +117,8 @@ fn register_web_with_db_upstream(agent: &Agent, port: u16) -> SocketAddr {
 
 #[test]
 fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
+    // No `ca init`: the first agent makes the datacenter's root by itself.
     let agents = cluster("px", 2, &keygen());
-    let out = agents[0].cli(&["ca", "rotate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let EchoApp {
         addr: app,
         accepted,
@@ -323,7 +319,8 @@ fn passing_db_proxies(agent: &Agent, n: usize) -> bool {
 
 #[test]
 fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
-    let agents = cluster("pf", 2, &keygen());
+    // Roots made by hand only, so that the rotation below is counted.
+    let agents = cluster_with("pf", 2, &keygen(), OWN_ROOT);
     let out = agents[0].cli(&["ca", "rotate"]);
     assert!(out.status.success());
     let out = agents[0].cli(&["intention", "create", "--allow", "web", "db"]);
@@ -474,7 +471,6 @@ fn native(agent: &Agent, args: &[&str]) -> Command {
 #[test]
 fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
     let agents = cluster("nv", 2, &keygen());
-    assert!(agents[0].cli(&["ca", "rotate"]).status.success());
     let out = agents[0].cli(&["intention", "create", "--allow", "web", "*"]);
     assert!(out.status.success());
     // db: an echo app behind a sidecar on agent 1.
@@ -543,7 +539,6 @@ fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
 #[test]
 fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_metrics() {
     let agents = cluster("as", 2, &keygen());
-    assert!(agents[0].cli(&["ca", "rotate"]).status.success());
     assert!(
         agents[0]
             .cli(&["intention", "create", "--allow", "web", "db"])
@@ -603,8 +598,9 @@ fn proxy_check_output_of(agent: &Agent, proxy_id: &str) -> String {
 
 #[test]
 fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
-    // Agents with data dirs and no CA yet: the agent-run sidecar cannot get a leaf.
-    let agents = cluster("wt", 2, &keygen());
+    // Agents that bring their own root, before they have one: the agent-run sidecar cannot
+    // get a leaf.
+    let agents = cluster_with("wt", 2, &keygen(), OWN_ROOT);
     let EchoApp { addr: app, .. } = echo_app();
     register_db_with_sidecar(&agents[1], app.port());
     // It is in the catalog, critical, and its check says why, instead of stopping for good.
@@ -655,13 +651,13 @@ fn a_registration_with_a_sidecar_says_at_once_why_it_cannot_get_a_leaf() {
         name: "plain-0",
         key: None,
         join: None,
-        extra: &[],
+        extra: OWN_ROOT,
     });
     let second = Agent::start(Spec {
         name: "plain-1",
         key: None,
         join: Some(first.gossip),
-        extra: &[],
+        extra: OWN_ROOT,
     });
     let body = br#"{"Name": "db", "ID": "db-1", "Port": 5432, "Connect": {"SidecarService": {}}}"#;
     let (status, headers, text) = second.request("PUT", "/v1/agent/service/register", body);
@@ -692,8 +688,8 @@ fn a_registration_with_a_sidecar_says_at_once_why_it_cannot_get_a_leaf() {
 
 #[test]
 fn with_the_signer_down_open_connections_flow_and_new_leaves_wait_for_it() {
+    // sd0, the first by name, makes the root and holds its key.
     let mut agents = cluster("sd", 3, &keygen());
-    assert!(agents[0].cli(&["ca", "rotate"]).status.success());
     assert!(
         agents[0]
             .cli(&["intention", "create", "-allow", "web", "db"])
@@ -748,5 +744,158 @@ fn with_the_signer_down_open_connections_flow_and_new_leaves_wait_for_it() {
         )),
         "{:?}",
         proxy_check_output_of(&agents[2], "cache-1-sidecar-proxy")
+    );
+}
+
+/// The ID of the root `agent` signs with ("" while there is none).
+fn active_root(agent: &Agent) -> String {
+    agent.get("/v1/agent/connect/ca/roots")["ActiveRootID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn two_agents_with_data_dirs_and_a_key_and_no_ca_init_connect_sidecars_within_30_s() {
+    // The README's mesh quick start, as a new user runs it: no `ca init`, no manual step.
+    let started = std::time::Instant::now();
+    let agents = cluster("fr", 2, &keygen());
+    assert!(
+        agents[0]
+            .cli(&["intention", "create", "-allow", "web", "db"])
+            .status
+            .success()
+    );
+    let EchoApp { addr: app, .. } = echo_app();
+    register_db_with_sidecar(&agents[1], app.port());
+    let upstream = register_web_with_db_upstream(&agents[0], free_port());
+    let limit = Duration::from_secs(30).saturating_sub(started.elapsed());
+    assert!(
+        wait_until(limit, || carries(upstream)),
+        "web's sidecar did not reach db's within 30 s of start:\n{}\n{}",
+        agents[0].log(),
+        agents[1].log()
+    );
+    // One root, made by the first agent by name, which holds its key.
+    let roots = agents[1].get("/v1/agent/connect/ca/roots");
+    assert_eq!(roots["Roots"].as_array().map(Vec::len), Some(1), "{roots}");
+    let holder = agents[1].get("/v1/catalog/node/fr0")["Node"]["Meta"]["murmur-ca-signer"].clone();
+    assert_eq!(holder, roots["ActiveRootID"], "fr0 signs");
+}
+
+#[test]
+fn agents_that_each_made_a_root_apart_end_with_one_active_root_once_joined() {
+    let key = keygen();
+    let apart: Vec<Agent> = ["race-0", "race-1"]
+        .into_iter()
+        .map(|name| {
+            Agent::start(Spec {
+                name,
+                key: Some(&key),
+                join: None,
+                extra: &[],
+            })
+        })
+        .collect();
+    // Each is alone, so each is the first of its datacenter and makes a root.
+    assert!(
+        wait_until(SPREAD, || apart.iter().all(|a| !active_root(a).is_empty())),
+        "{}",
+        apart[0].log()
+    );
+    let own = [active_root(&apart[0]), active_root(&apart[1])];
+    assert_ne!(own[0], own[1]);
+    let joined = apart[1].cli(&["join", &apart[0].gossip.to_string()]);
+    assert!(joined.status.success(), "{joined:?}");
+    // The newest root signs everywhere; the other stays trusted, and neither agent makes a
+    // third.
+    let agreed = || {
+        let active = active_root(&apart[0]);
+        own.contains(&active)
+            && apart
+                .iter()
+                .all(|a| active_root(a) == active && root_count(a) == 2)
+    };
+    assert!(
+        wait_until(SPREAD, agreed),
+        "{}\n{}",
+        apart[0].get("/v1/agent/connect/ca/roots"),
+        apart[1].get("/v1/agent/connect/ca/roots")
+    );
+    let active = active_root(&apart[0]);
+    for agent in &apart {
+        let leaf = agent.get("/v1/agent/connect/ca/leaf/web");
+        assert_eq!(
+            leaf["ServiceURI"],
+            "spiffe://murmur.consul/ns/default/dc/dc1/svc/web"
+        );
+        let roots = agent.get("/v1/agent/connect/ca/roots");
+        let actives: Vec<&Value> = roots["Roots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["Active"] == true)
+            .collect();
+        assert_eq!(actives.len(), 1, "{roots}");
+        assert_eq!(actives[0]["ID"], active.as_str());
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(apart.iter().all(|a| root_count(a) == 2), "no third root");
+}
+
+#[test]
+fn without_a_key_the_sidecar_says_why_and_comes_up_when_the_agents_restart_with_one() {
+    let first = Agent::start(Spec {
+        name: "nokey-0",
+        key: None,
+        join: None,
+        extra: &[],
+    });
+    let seed = first.gossip;
+    let second = Agent::start(Spec {
+        name: "nokey-1",
+        key: None,
+        join: Some(seed),
+        extra: &[],
+    });
+    let mut agents = [first, second];
+    // nokey-0 makes the root; nokey-1 holds no key and cannot ask for leaves unencrypted.
+    let body = br#"{"Name": "db", "ID": "db-1", "Port": 1, "Connect": {"SidecarService": {}}}"#;
+    assert!(
+        wait_until(SPREAD, || {
+            let (_, headers, _) = agents[1].request("PUT", "/v1/agent/service/register", body);
+            common::header(&headers, "x-murmur-warning").is_some_and(|w| w.contains("--encrypt"))
+        }),
+        "{}",
+        agents[1].log()
+    );
+    assert!(
+        wait_until(SPREAD, || proxy_check_output_of(
+            &agents[1],
+            "db-1-sidecar-proxy"
+        )
+        .contains("--encrypt")),
+        "{:?}",
+        proxy_check_output_of(&agents[1], "db-1-sidecar-proxy")
+    );
+
+    // Restarted with a key, on the same data dirs, and nothing registered again: the sidecar
+    // gets its leaf and goes on to check its app (none listens on port 1).
+    let key = keygen();
+    for agent in &mut agents {
+        assert!(agent.terminate());
+        agent.key = Some(key.clone());
+    }
+    agents[0].start_again(None, &[]);
+    agents[1].start_again(Some(seed), &[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || proxy_check_output_of(
+            &agents[1],
+            "db-1-sidecar-proxy"
+        )
+        .contains("the app at")),
+        "{:?}\n{}",
+        proxy_check_output_of(&agents[1], "db-1-sidecar-proxy"),
+        agents[1].log()
     );
 }

@@ -86,6 +86,11 @@ impl PoolMember {
         self.replication.replica()
     }
 
+    /// How many anti-entropy rounds this member started and saw through.
+    pub fn sync_rounds_done(&self) -> u64 {
+        self.replication.rounds_done()
+    }
+
     /// Replaces the (empty) replica with one restored from disk; call before anything else.
     pub fn set_replica(&mut self, replica: Replica) {
         self.replication.set_replica(replica, &mut self.node);

@@ -44,6 +44,8 @@ pub struct Replication {
     away_since: BTreeMap<String, u64>,
     /// Follow-up rounds run since the last sync tick.
     follow_ups: u32,
+    /// Anti-entropy rounds this member started and saw through (step 4 arrived).
+    rounds_done: u64,
 }
 
 impl Replication {
@@ -54,6 +56,7 @@ impl Replication {
             now_ms: 0,
             away_since: BTreeMap::new(),
             follow_ups: 0,
+            rounds_done: 0,
         };
         replication.schedule_sync(node);
         replication
@@ -62,6 +65,13 @@ impl Replication {
     /// The replicated state, for queries.
     pub fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    /// How many anti-entropy rounds this member started and saw through: after the first,
+    /// it holds everything the peer it joined through held then (what a decision "nobody has
+    /// X yet" waits for).
+    pub fn rounds_done(&self) -> u64 {
+        self.rounds_done
     }
 
     /// Replaces the replica (e.g. with one restored from disk).
@@ -183,6 +193,7 @@ impl Replication {
             "anti-entropy round done"
         );
         self.replica.finish_sync(reply, self.now_ms);
+        self.rounds_done += 1;
         if reply.truncated && self.follow_ups < MAX_FOLLOW_UPS {
             self.follow_ups += 1;
             self.start_sync(node, from);

@@ -52,6 +52,7 @@ struct FileConfig {
     dns_ttl: Option<u32>,
     default_intention_policy: Option<String>,
     leaf_cert_ttl: Option<String>,
+    ca_bootstrap: Option<bool>,
     #[serde(default)]
     wan_eligible: bool,
     bind_wan: Option<String>,
@@ -86,6 +87,8 @@ pub struct AgentConfig {
     pub dns_ttl: u32,
     pub default_intention_policy: Action,
     pub leaf_cert_ttl: Duration,
+    /// This agent may make its datacenter's CA root (`crate::connect::bootstrap`).
+    pub ca_bootstrap: bool,
     /// WAN settings, when this agent may serve as a gateway (`--wan-eligible`).
     pub wan: Option<WanConfig>,
 }
@@ -236,6 +239,7 @@ impl AgentConfig {
             dns_ttl,
             default_intention_policy,
             leaf_cert_ttl,
+            ca_bootstrap: args.ca_bootstrap.or(file.ca_bootstrap).unwrap_or(true),
             wan,
         })
     }

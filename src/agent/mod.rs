@@ -135,6 +135,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 
     let connect = Arc::new(crate::connect::Connect::new(&config)?);
+    let bootstrap = config.ca_bootstrap.then(|| connect.clone());
     agent.serve_peer_requests(crate::connect::SIGN_LEAF, connect.clone());
     connect
         .publish(&agent)
@@ -142,7 +143,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .context("cannot publish this agent's CA root")?;
 
     let leave = Arc::new(Notify::new());
-    let sidecars = Arc::new(crate::connect::sidecars::Sidecars::new(config.http_addr));
+    let sidecar_store = config.data_dir.as_deref().map(DataDir::open).transpose()?;
+    let sidecars = Arc::new(crate::connect::sidecars::Sidecars::new(
+        config.http_addr,
+        sidecar_store,
+    ));
+    let persisted_sidecars = sidecars.persisted()?;
     let api = crate::http::router(
         agent.clone(),
         leave.clone(),
@@ -161,11 +167,28 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             tracing::error!("HTTP API stopped: {err}");
         }
     });
-    // Services of --config-dir with a sidecar block get their proxies once the API serves.
-    for definition in &definitions {
-        if let Some(upstreams) = &definition.sidecar {
-            sidecars.start(&definition.service.id, upstreams);
-        }
+    // Services with a sidecar block get their proxies once the API serves: those registered
+    // through the API before a restart (if still registered), then --config-dir's (which win).
+    let registered = agent.view(|v| {
+        v.replica()
+            .own_record()
+            .map(|r| {
+                r.services
+                    .keys()
+                    .cloned()
+                    .collect::<std::collections::BTreeSet<_>>()
+            })
+            .unwrap_or_default()
+    });
+    let from_config = definitions
+        .iter()
+        .filter_map(|d| Some((d.service.id.clone(), d.sidecar.clone()?)));
+    for (id, upstreams) in persisted_sidecars
+        .into_iter()
+        .filter(|(id, _)| registered.contains(id))
+        .chain(from_config)
+    {
+        sidecars.start(&id, &upstreams)?;
     }
     tracing::info!(
         node = %config.node, gossip = %config.bind, advertise = %config.advertise, http = %config.http_addr, dns = %config.dns_addr,
@@ -177,6 +200,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(err) = join_errors.into_iter().chain(retry_errors).next() {
         bail!("cannot use join address {err}");
     }
+    let has_seeds = !join.is_empty() || !retry.is_empty();
     agent.with_node(|n| {
         n.node_mut()
             .set_seeds(join.iter().chain(&retry).copied().collect())
@@ -195,6 +219,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tokio::spawn(retry_join(agent.clone(), retry));
     }
     tokio::spawn(coordinates::publish(agent.clone()));
+    if let Some(connect) = bootstrap {
+        tokio::spawn(crate::connect::bootstrap::run(
+            agent.clone(),
+            connect,
+            has_seeds,
+        ));
+    }
     if let Some(gateway) = gateway {
         tokio::spawn(gateway.run(agent.clone()));
     }
@@ -263,6 +294,12 @@ fn own_record(
             .insert(definition.service.id.clone(), definition.service.clone());
     }
     wan::Gateway::mark_record(config.wan.as_ref(), &mut record);
+    let opted_out = crate::connect::bootstrap::NO_BOOTSTRAP_META;
+    if config.ca_bootstrap {
+        record.meta.remove(opted_out);
+    } else {
+        record.meta.insert(opted_out.into(), "false".into());
+    }
     record
 }
 

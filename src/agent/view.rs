@@ -81,6 +81,11 @@ impl<'a> View<'a> {
         self.member.node().backlogs()
     }
 
+    /// How many anti-entropy rounds this agent started and saw through.
+    pub fn sync_rounds_done(&self) -> u64 {
+        self.member.sync_rounds_done()
+    }
+
     /// Whether gossip is encrypted.
     pub fn encrypted(&self) -> bool {
         self.member.node().keyring().is_encrypted()

@@ -10,6 +10,7 @@
 //! record's meta ([`SIGNER_META`]), so askers know where to go. Issued leaves are cached per service and
 //! replaced when due for renewal or when the signing root changes.
 
+pub mod bootstrap;
 pub mod sidecars;
 
 use std::collections::HashMap;
@@ -256,10 +257,41 @@ impl Connect {
         })
     }
 
+    /// What the bootstrap rule looks at ([`bootstrap::Outlook`]), as this agent sees it now.
+    pub fn outlook(&self, agent: &Agent, has_seeds: bool) -> bootstrap::Outlook {
+        let signer = self.current_signer(agent);
+        let held_here = signer
+            .as_ref()
+            .is_some_and(|s| self.keys().iter().any(|k| k.root().id == s.id));
+        agent.view(|v| {
+            let records = v.replica().records();
+            let may_bootstrap = |name: &str| {
+                records.get(name).is_none_or(|r| {
+                    r.meta.get(bootstrap::NO_BOOTSTRAP_META).map(String::as_str) != Some("false")
+                })
+            };
+            let me = v.me().name.to_string();
+            let first = v
+                .members()
+                .into_iter()
+                .filter(|m| m.status.is_active() && *m.identity.datacenter == *self.datacenter)
+                .map(|m| m.identity.name.to_string())
+                .find(|name| may_bootstrap(name))
+                .is_some_and(|name| name == me);
+            bootstrap::Outlook {
+                has_root: signer.is_some(),
+                signer_alive: held_here
+                    || signer.is_some_and(|s| !live_signers(v, &s.id).is_empty()),
+                synced: !has_seeds || v.sync_rounds_done() > 0,
+                first,
+            }
+        })
+    }
+
     /// Why there is no leaf when this datacenter has no root.
     fn no_root(&self) -> String {
         format!(
-            "datacenter {} has no CA root yet: run `murmur ca init` and start an agent of this datacenter with that data dir (--dev agents make one); each datacenter signs with its own root",
+            "datacenter {} has no CA root yet: the first agent of the datacenter by name makes one a few seconds after it has joined (unless started with --ca-bootstrap=false: then run `murmur ca init` and start an agent with that data dir); each datacenter signs with its own root",
             self.datacenter
         )
     }

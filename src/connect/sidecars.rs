@@ -2,19 +2,27 @@
 //! `Connect.SidecarService` block: the same proxy as `murmur connect proxy`, as a task of the
 //! agent, so its metrics are the agent's (`/v1/agent/metrics`). Re-registering the service
 //! replaces its proxy; deregistering it stops the proxy (which drains and deregisters itself).
+//! Which services have one is kept in the data dir (`sidecars.json`), so a restarted agent
+//! runs them again, as it restores the services themselves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
 use tokio::sync::Notify;
 
+use crate::agent::persist::DataDir;
 use crate::cli::{HttpTarget, ProxyArgs};
 use crate::services::Upstream;
+
+/// File under `--data-dir` with the upstreams of each sidecar the agent runs.
+const SIDECARS_FILE: &str = "sidecars.json";
 
 /// The agent's own sidecars, by the ID of the service each fronts.
 pub struct Sidecars {
     http: SocketAddr,
+    store: Option<DataDir>,
     running: Mutex<HashMap<String, Running>>,
 }
 
@@ -25,12 +33,41 @@ struct Running {
 }
 
 impl Sidecars {
-    /// Sidecars that reach their agent at `http`.
-    pub fn new(http: SocketAddr) -> Self {
+    /// Sidecars that reach their agent at `http`, kept in `store` (none with `--dev`).
+    pub fn new(http: SocketAddr, store: Option<DataDir>) -> Self {
         Self {
             http,
+            store,
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The sidecars that ran before a restart, by service ID.
+    pub fn persisted(&self) -> anyhow::Result<BTreeMap<String, Vec<Upstream>>> {
+        let Some(text) = self
+            .store
+            .as_ref()
+            .map(|s| s.read(SIDECARS_FILE))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(BTreeMap::new());
+        };
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{SIDECARS_FILE} in the data dir is corrupt: delete it and register the services with sidecars again"
+            )
+        })
+    }
+
+    /// Writes which sidecars run, under the lock that changed them.
+    fn persist(&self, running: &HashMap<String, Running>) -> anyhow::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let kept: BTreeMap<&String, &Vec<Upstream>> =
+            running.iter().map(|(id, r)| (id, &r.upstreams)).collect();
+        store.write(SIDECARS_FILE, &serde_json::to_string_pretty(&kept)?)
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -40,23 +77,25 @@ impl Sidecars {
     /// Starts the proxy of service `id` with `upstreams`; one already running with the same
     /// upstreams is kept (a service registered again keeps its connections), one with
     /// others is replaced.
-    pub fn start(&self, id: &str, upstreams: &[Upstream]) {
-        if self
-            .running()
-            .get(id)
-            .is_some_and(|r| r.upstreams == upstreams)
-        {
-            return;
-        }
-        self.stop(id);
+    pub fn start(&self, id: &str, upstreams: &[Upstream]) -> anyhow::Result<()> {
         let stop = Arc::new(Notify::new());
-        self.running().insert(
-            id.to_owned(),
-            Running {
-                upstreams: upstreams.to_vec(),
-                stop: stop.clone(),
-            },
-        );
+        {
+            let mut running = self.running();
+            if running.get(id).is_some_and(|r| r.upstreams == upstreams) {
+                return Ok(());
+            }
+            let replaced = running.insert(
+                id.to_owned(),
+                Running {
+                    upstreams: upstreams.to_vec(),
+                    stop: stop.clone(),
+                },
+            );
+            if let Some(old) = replaced {
+                old.stop.notify_one();
+            }
+            self.persist(&running)?;
+        }
         let args = ProxyArgs {
             sidecar_for: id.to_owned(),
             upstream: upstreams.iter().map(Upstream::flag).collect(),
@@ -81,12 +120,16 @@ impl Sidecars {
                 tracing::warn!(service = %id, "the sidecar proxy stopped: {err:#}");
             }
         });
+        Ok(())
     }
 
     /// Stops the proxy of service `id`, if the agent runs one.
-    pub fn stop(&self, id: &str) {
-        if let Some(running) = self.running().remove(id) {
-            running.stop.notify_one();
+    pub fn stop(&self, id: &str) -> anyhow::Result<()> {
+        let mut running = self.running();
+        if let Some(stopped) = running.remove(id) {
+            stopped.stop.notify_one();
+            self.persist(&running)?;
         }
+        Ok(())
     }
 }

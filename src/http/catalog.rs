@@ -116,7 +116,9 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<axum::re
     let mut response = StatusCode::OK.into_response();
     match &sidecar {
         Some(upstreams) => {
-            api.sidecars.start(&id, upstreams);
+            api.sidecars
+                .start(&id, upstreams)
+                .map_err(ApiError::internal)?;
             if let Some(why) = api.connect.why_no_leaf(&api.agent) {
                 tracing::warn!(service = %id, "its sidecar cannot get a leaf yet: {why}");
                 if let Ok(value) = axum::http::HeaderValue::from_str(&why) {
@@ -124,7 +126,7 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<axum::re
                 }
             }
         }
-        None => api.sidecars.stop(&id),
+        None => api.sidecars.stop(&id).map_err(ApiError::internal)?,
     }
     Ok(response)
 }
@@ -145,7 +147,7 @@ pub async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> ApiRe
         .await
         .map_err(ApiError::internal)?;
     api.checks.forget_service(&id).map_err(ApiError::internal)?;
-    api.sidecars.stop(&id);
+    api.sidecars.stop(&id).map_err(ApiError::internal)?;
     if !found {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

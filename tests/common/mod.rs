@@ -341,13 +341,22 @@ pub fn keygen() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Flags of agents that bring their own CA root (`ca init`, `ca rotate`) and never make one
+/// by themselves: for tests that count roots or need a datacenter with none.
+pub const OWN_ROOT: &[&str] = &["--ca-bootstrap=false"];
+
 /// A seed plus `n - 1` agents joined through it, all seeing all alive.
 pub fn cluster(prefix: &str, n: usize, key: &str) -> Vec<Agent> {
+    cluster_with(prefix, n, key, &[])
+}
+
+/// [`cluster`] with `extra` flags for every agent.
+pub fn cluster_with(prefix: &str, n: usize, key: &str, extra: &[&str]) -> Vec<Agent> {
     let seed = Agent::start(Spec {
         name: &format!("{prefix}0"),
         key: Some(key),
         join: None,
-        extra: &[],
+        extra,
     });
     let seed_addr = seed.gossip;
     let mut agents = vec![seed];
@@ -356,7 +365,7 @@ pub fn cluster(prefix: &str, n: usize, key: &str) -> Vec<Agent> {
             name: &format!("{prefix}{i}"),
             key: Some(key),
             join: Some(seed_addr),
-            extra: &[],
+            extra,
         }));
     }
     let converged = wait_until(Duration::from_secs(20), || {
