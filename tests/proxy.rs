@@ -899,3 +899,57 @@ fn without_a_key_the_sidecar_says_why_and_comes_up_when_the_agents_restart_with_
         agents[1].log()
     );
 }
+
+#[test]
+fn the_native_sdk_made_before_there_is_a_root_says_why_and_works_once_there_is_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agents = cluster_with("sk", 2, &keygen(), OWN_ROOT);
+    register(&agents[1], r#"{"Name": "api", "ID": "api-1", "Port": 1}"#);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Both sides are made with no root in the cluster: neither fails, and the client says why.
+    let listener = runtime
+        .block_on(murmur_proxy::native::MeshListener::bind(
+            &agents[1].http.to_string(),
+            "api-1",
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        ))
+        .unwrap();
+    let client = runtime
+        .block_on(MeshClient::new(&agents[0].http.to_string(), "web"))
+        .unwrap();
+    let early = runtime.block_on(client.connect("api")).err().unwrap();
+    assert!(early.to_string().contains("has no CA root yet"), "{early}");
+    runtime.spawn(async move {
+        while let Ok((mut stream, _caller)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let _ = stream.read_to_end(&mut buf).await;
+                let _ = stream.write_all(&buf).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+
+    // A root and an intention appear: the same client and listener come up by themselves.
+    assert!(agents[0].cli(&["ca", "rotate"]).status.success());
+    assert!(
+        agents[0]
+            .cli(&["intention", "create", "-allow", "web", "api"])
+            .status
+            .success()
+    );
+    let exchange = || {
+        runtime.block_on(async { common::mesh_exchange(client.connect("api").await, b"hi").await })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || exchange().as_deref()
+            == Some(&b"hi"[..])),
+        "{:?}\n{}",
+        runtime.block_on(client.connect("api")).err(),
+        agents[1].get("/v1/health/service/api-sidecar-proxy")
+    );
+}

@@ -4,6 +4,7 @@
 //! - [`ca`]: the built-in certificate authority (roots, leaf certificates);
 //! - [`roots`]: which replicated root signs and which are trusted (rotation overlap);
 //! - [`authorize`]: may this caller reach this service (trust domain, intentions, default);
+//! - [`backoff`]: when to ask the agent again for a leaf it could not give yet;
 //! - [`trust`]: the trust bundle: every datacenter's roots, each vouching only for leaves of
 //!   its own datacenter;
 //! - [`tls`]: mutual-TLS QUIC configurations from a leaf, its key and the trust bundle;
@@ -13,7 +14,7 @@
 //!   give an application mesh identity, authorization and encryption without a proxy;
 //!
 //! What it is **not** responsible for: the agent's state. The decision modules (`identity`,
-//! `ca`, `roots`, `authorize`, `trust`) take times and serial numbers as arguments and do no I/O; `tls`
+//! `ca`, `roots`, `authorize`, `trust`, `backoff`) take times and serial numbers as arguments and do no I/O; `tls`
 //! builds configurations, `udp` sockets, and `busy_poll` a task that keeps a runtime's thread
 //! polling (it reads the clock); only `native` talks to the network (QUIC, and the local
 //! agent's HTTP API).
@@ -24,6 +25,7 @@
 pub use quinn;
 
 pub mod authorize;
+pub mod backoff;
 pub mod busy_poll;
 pub mod ca;
 pub mod identity;

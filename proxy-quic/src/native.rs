@@ -19,7 +19,11 @@
 //! ```
 //!
 //! Both sides learn their leaf and the roots from the local agent's HTTP API and fetch them
-//! again when the leaf is due for renewal. A listener also follows the roots, so callers with
+//! again when the leaf is due for renewal. When the agent cannot give one (no CA root yet, no
+//! signer reachable, the agent restarting) neither side fails for it: both keep asking with
+//! capped exponential backoff and jitter ([`crate::backoff`]); meanwhile a client's `connect`
+//! answers [`MeshError::NoIdentityYet`] with the agent's reason, and a listener registers its
+//! endpoint only once it can serve. A listener also follows the roots, so callers with
 //! leaves of a new root get in at once after a rotation; a client whose handshake fails fetches
 //! its identity again and retries once. A listener is
 //! found by clients, sidecars included, as `<ID>-sidecar-proxy` in the catalog, like a sidecar;
@@ -36,6 +40,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::backoff::Backoff;
 use crate::ca::renew_at;
 use crate::identity::ServiceId;
 use crate::tls::{MeshIdentity, TlsError, peer_service};
@@ -58,6 +63,18 @@ pub enum MeshError {
     /// QUIC.
     #[error("QUIC: {0}")]
     Quic(String),
+    /// The agent could not give this service a leaf yet (no CA root, no signer reachable, no
+    /// gossip encryption, the agent down); it is asked again in the background with capped
+    /// backoff, and a later call succeeds once the cause is fixed.
+    #[error("no mesh identity for {service} yet (asking the agent again in {retry_in:.1?}): {why}")]
+    NoIdentityYet {
+        /// The service whose leaf was asked for.
+        service: String,
+        /// The agent's answer.
+        why: String,
+        /// When it is asked again.
+        retry_in: std::time::Duration,
+    },
     /// No instance of the destination could be reached.
     #[error("no healthy instance of {0} could be reached")]
     Unreachable(String),
@@ -204,13 +221,32 @@ impl Agent {
 struct Current {
     identity: MeshIdentity,
     renew_at_s: u64,
+    /// When its leaf expires: until then it serves even if a renewal fails.
+    valid_before_s: u64,
 }
 
-/// This process's identity in the mesh, refreshed from the agent when due.
+/// The last failed fetch, and when the next may be tried.
+struct Failure {
+    why: String,
+    retry_at: tokio::time::Instant,
+}
+
+/// What [`Identity`] holds between calls.
+#[derive(Default)]
+struct Held {
+    current: Option<Arc<Current>>,
+    failure: Option<Failure>,
+    backoff: Backoff,
+}
+
+/// This process's identity in the mesh, refreshed from the agent when due. Failed fetches
+/// are retried with capped exponential backoff and jitter ([`Backoff`]): between two tries a
+/// call answers at once with the last reason instead of asking the agent again, and a leaf
+/// that is still valid keeps serving meanwhile.
 struct Identity {
     agent: Agent,
     service: String,
-    current: Mutex<Option<Arc<Current>>>,
+    held: Mutex<Held>,
 }
 
 fn now_s() -> u64 {
@@ -220,15 +256,71 @@ fn now_s() -> u64 {
 }
 
 impl Identity {
+    fn new(agent: Agent, service: &str) -> Self {
+        Self {
+            agent,
+            service: service.to_owned(),
+            held: Mutex::default(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().expect("identity poisoned")
+    }
+
     /// The identity, fetched again if due, or if `stale` is the one in use (a handshake
     /// failed with it: the roots may have moved, as after a rotation).
     async fn get(&self, stale: Option<&Arc<Current>>) -> Result<Arc<Current>, MeshError> {
-        if let Some(current) = self.current.lock().expect("identity poisoned").clone()
-            && !stale.is_some_and(|s| Arc::ptr_eq(s, &current))
-            && now_s() < current.renew_at_s
         {
-            return Ok(current);
+            let held = self.held();
+            let usable = held.current.clone().filter(|c| now_s() < c.valid_before_s);
+            if let Some(current) = &usable
+                && !stale.is_some_and(|s| Arc::ptr_eq(s, current))
+                && now_s() < current.renew_at_s
+            {
+                return Ok(current.clone());
+            }
+            if let Some(failure) = &held.failure {
+                let now = tokio::time::Instant::now();
+                if now < failure.retry_at {
+                    return usable.ok_or_else(|| MeshError::NoIdentityYet {
+                        service: self.service.clone(),
+                        why: failure.why.clone(),
+                        retry_in: failure.retry_at - now,
+                    });
+                }
+            }
         }
+        match self.fetch().await {
+            Ok(current) => {
+                let mut held = self.held();
+                held.current = Some(current.clone());
+                held.failure = None;
+                held.backoff.reset();
+                Ok(current)
+            }
+            Err(err) => {
+                let mut held = self.held();
+                let retry_in = held.backoff.next(rand::random());
+                tracing::warn!(service = %self.service, "no mesh identity (asking again in {retry_in:.1?}): {err}");
+                held.failure = Some(Failure {
+                    why: err.to_string(),
+                    retry_at: tokio::time::Instant::now() + retry_in,
+                });
+                match held.current.clone().filter(|c| now_s() < c.valid_before_s) {
+                    Some(current) => Ok(current),
+                    None => Err(MeshError::NoIdentityYet {
+                        service: self.service.clone(),
+                        why: err.to_string(),
+                        retry_in,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Asks the agent for the leaf and the roots.
+    async fn fetch(&self) -> Result<Arc<Current>, MeshError> {
         let leaf = self
             .agent
             .get(&format!("/v1/agent/connect/ca/leaf/{}", self.service))
@@ -242,12 +334,44 @@ impl Identity {
             .as_str()
             .and_then(rfc3339_s)
             .unwrap_or(now + 60);
-        let current = Arc::new(Current {
+        Ok(Arc::new(Current {
             identity,
             renew_at_s: renew_at(now, valid_before, 0.0),
-        });
-        *self.current.lock().expect("identity poisoned") = Some(current.clone());
-        Ok(current)
+            valid_before_s: valid_before,
+        }))
+    }
+
+    /// How long until the identity should be asked for again: at its renewal, or at the
+    /// next try after a failure.
+    fn next_due(&self) -> std::time::Duration {
+        let held = self.held();
+        if let Some(failure) = &held.failure {
+            return failure
+                .retry_at
+                .saturating_duration_since(tokio::time::Instant::now());
+        }
+        let renew_at = held.current.as_ref().map_or(0, |c| c.renew_at_s);
+        std::time::Duration::from_secs(renew_at.saturating_sub(now_s()))
+    }
+}
+
+/// Keeps `identity` fetched: at start, after each failure once its backoff has passed, and
+/// when due for renewal; each new one goes to `on_new`. Runs until its task is aborted.
+async fn keep_fetched(identity: Arc<Identity>, mut on_new: impl FnMut(Arc<Current>)) {
+    let mut last: Option<Arc<Current>> = None;
+    loop {
+        if let Ok(current) = identity.get(None).await
+            && !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &current))
+        {
+            on_new(current.clone());
+            last = Some(current);
+        }
+        tokio::time::sleep(
+            identity
+                .next_due()
+                .max(std::time::Duration::from_millis(100)),
+        )
+        .await;
     }
 }
 
@@ -275,20 +399,23 @@ pub struct MeshClient {
 
 impl MeshClient {
     /// Joins the mesh as `service` through the agent at `agent_http` (e.g. `127.0.0.1:8500`).
+    ///
+    /// The identity is asked for at once and kept current in the background. If the agent
+    /// cannot give one yet (no CA root, no signer, the agent restarting) the client is made
+    /// all the same: it keeps asking with capped backoff, [`Self::connect`] answers
+    /// [`MeshError::NoIdentityYet`] with the agent's reason meanwhile, and works once the
+    /// cause is fixed, with no new client.
     pub async fn new(agent_http: &str, service: &str) -> Result<Self, MeshError> {
-        let identity = Arc::new(Identity {
-            agent: Agent::new(agent_http),
-            service: service.to_owned(),
-            current: Mutex::new(None),
-        });
-        identity.get(None).await?;
+        let identity = Arc::new(Identity::new(Agent::new(agent_http), service));
+        let _ready_now = identity.get(None).await;
         let endpoint = crate::udp::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None, None)?;
+        let keeper = tokio::spawn(keep_fetched(identity.clone(), |_| {}));
         Ok(Self {
             identity,
             endpoint,
             pool: Mutex::new(HashMap::new()),
             instances: Arc::default(),
-            followers: Mutex::default(),
+            followers: Mutex::new(vec![keeper.abort_handle()]),
         })
     }
 
@@ -338,6 +465,8 @@ impl MeshClient {
         destination: &str,
         datacenter: Option<&str>,
     ) -> Result<MeshStream, MeshError> {
+        // Without an identity no dial can succeed: say why, rather than that nothing answered.
+        self.identity.get(None).await?;
         let target = (destination.to_owned(), datacenter.map(str::to_owned));
         let mut candidates = self.instances(&target).await?;
         candidates.shuffle(&mut rand::rng());
@@ -419,6 +548,11 @@ const BACKLOG: usize = 1024;
 impl MeshListener {
     /// Listens at `addr` for the instance `service_id` (registered on the agent at
     /// `agent_http`) and registers the endpoint so that clients and sidecars find it.
+    ///
+    /// The service must be registered (an error says so otherwise). If the agent cannot give
+    /// it a leaf yet, the listener is made all the same: it keeps asking with capped backoff,
+    /// and takes connections and registers its endpoint once it has one, with no new
+    /// listener.
     pub async fn bind(
         agent_http: &str,
         service_id: &str,
@@ -434,13 +568,13 @@ impl MeshListener {
                 ))
             })?
             .to_owned();
-        let identity = Arc::new(Identity {
-            agent: agent.clone(),
-            service: service.clone(),
-            current: Mutex::new(None),
-        });
-        let current = identity.get(None).await?;
-        let endpoint = crate::udp::endpoint(addr, Some(current.identity.server_config()?), None)?;
+        let identity = Arc::new(Identity::new(agent.clone(), &service));
+        let current = identity.get(None).await.ok();
+        let server_config = current
+            .as_ref()
+            .map(|c| c.identity.server_config())
+            .transpose()?;
+        let endpoint = crate::udp::endpoint(addr, server_config, None)?;
         let bound = endpoint.local_addr()?;
         let registration = mesh_endpoint_name(service_id);
         let body = json!({
@@ -450,19 +584,13 @@ impl MeshListener {
             "Port": bound.port(),
             "Meta": {"murmur-proxy-for": service_id, "murmur-native": "true"},
         });
-        agent
-            .call(
-                reqwest::Method::PUT,
-                "/v1/agent/service/register",
-                Some(body),
-            )
-            .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
-        let in_use: Arc<Mutex<Option<Arc<Current>>>> = Arc::new(Mutex::new(Some(current)));
-        let roots = tokio::spawn(follow_roots(
+        let in_use: Arc<Mutex<Option<Arc<Current>>>> = Arc::new(Mutex::new(current));
+        let serving = tokio::spawn(serve_and_follow(
             identity.clone(),
             endpoint.clone(),
             in_use.clone(),
+            body,
         ));
         let acceptor = tokio::spawn(accept_loop(identity, endpoint.clone(), tx, in_use));
         Ok(Self {
@@ -470,7 +598,7 @@ impl MeshListener {
             endpoint,
             registration,
             streams: tokio::sync::Mutex::new(rx),
-            tasks: [acceptor, roots],
+            tasks: [acceptor, serving],
         })
     }
 
@@ -540,26 +668,55 @@ where
     }
 }
 
-/// Follows the roots; when they change (a rotation), fetches the leaf and roots again so
-/// callers with leaves of the new root are let in at once.
-async fn follow_roots(
+/// Waits for an identity (asking with backoff), serves with it, registers the endpoint
+/// (`registration`, retried with backoff while the agent refuses), then follows the roots:
+/// when they change (a rotation) it fetches the leaf and roots again, so callers with leaves
+/// of the new root are let in at once; renewals are taken as they come due.
+async fn serve_and_follow(
     identity: Arc<Identity>,
     endpoint: quinn::Endpoint,
     in_use: Arc<Mutex<Option<Arc<Current>>>>,
+    registration: Value,
 ) {
     let (identity, endpoint, in_use) = (&identity, &endpoint, &in_use);
-    follow(
-        &identity.agent,
-        "/v1/agent/connect/ca/roots?",
-        0,
-        |_| async move {
-            let stale = in_use.lock().expect("identity poisoned").clone();
-            if let Ok(fresh) = identity.get(stale.as_ref()).await {
-                serve_with(endpoint, in_use, fresh);
-            }
-        },
-    )
-    .await
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let keeper = keep_fetched(identity.clone(), {
+        let ready = ready.clone();
+        move |current| {
+            serve_with(endpoint, in_use, current);
+            ready.notify_one();
+        }
+    });
+    let register_and_follow = async {
+        ready.notified().await;
+        let mut backoff = Backoff::default();
+        while let Err(err) = identity
+            .agent
+            .call(
+                reqwest::Method::PUT,
+                "/v1/agent/service/register",
+                Some(registration.clone()),
+            )
+            .await
+        {
+            let wait = backoff.next(rand::random());
+            tracing::warn!("cannot register the mesh endpoint (again in {wait:.1?}): {err}");
+            tokio::time::sleep(wait).await;
+        }
+        follow(
+            &identity.agent,
+            "/v1/agent/connect/ca/roots?",
+            0,
+            |_| async move {
+                let stale = in_use.lock().expect("identity poisoned").clone();
+                if let Ok(fresh) = identity.get(stale.as_ref()).await {
+                    serve_with(endpoint, in_use, fresh);
+                }
+            },
+        )
+        .await;
+    };
+    tokio::join!(keeper, register_and_follow);
 }
 
 impl Drop for MeshClient {

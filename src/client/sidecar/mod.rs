@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use murmur_proxy::backoff::Backoff;
 use murmur_proxy::busy_poll::BusyPoll;
 use murmur_proxy::native::{identity_from_answers, mesh_endpoint_name};
 use murmur_proxy::tls::MeshIdentity;
@@ -39,11 +40,6 @@ use crate::cli::ProxyArgs;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a stopping proxy waits for open streams to finish.
 const DRAIN: Duration = Duration::from_secs(10);
-/// The first wait before asking the agent for the proxy's identity again after it could not
-/// give one; each failure doubles it, up to [`RETRY_MAX`].
-const RETRY_MIN: Duration = Duration::from_secs(1);
-/// The longest wait between two asks for the identity.
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The service instance a sidecar fronts.
 #[derive(Debug, Clone)]
@@ -251,7 +247,7 @@ async fn agent_ip(client: &Client) -> anyhow::Result<IpAddr> {
 /// check (`proxy_id`) stays critical with the reason, renewed every [`HEARTBEAT`] so its TTL
 /// does not replace the reason.
 async fn await_identity(client: &Client, service: &str, proxy_id: &str) -> MeshIdentity {
-    let mut wait = RETRY_MIN;
+    let mut backoff = Backoff::default();
     let mut next_ask = tokio::time::Instant::now();
     let mut why = String::new();
     loop {
@@ -259,11 +255,10 @@ async fn await_identity(client: &Client, service: &str, proxy_id: &str) -> MeshI
             match fetch_identity(client, service).await {
                 Ok(identity) => return identity,
                 Err(err) => {
-                    why = format!("no mesh identity yet (asking again within {wait:?}): {err:#}");
+                    let wait = backoff.next(rand::rng().random_range(0.0..1.0));
+                    why = format!("no mesh identity yet (asking again in {wait:.1?}): {err:#}");
                     tracing::warn!(service, "{why}");
-                    let jitter = wait.mul_f64(rand::rng().random_range(0.0..0.25));
-                    next_ask = tokio::time::Instant::now() + wait + jitter;
-                    wait = (wait * 2).min(RETRY_MAX);
+                    next_ask = tokio::time::Instant::now() + wait;
                 }
             }
         }
