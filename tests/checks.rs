@@ -236,7 +236,8 @@ fn checks_run_where_the_service_lives_and_their_status_replicates() {
             .len()
     };
     assert!(wait_until(SPREAD, || passing(&agents[1]) == 1));
-    let on = "/v1/agent/service/maintenance/web?enable=true&reason=upgrading";
+    // `True`/`False` as python-consul sends them: Go's ParseBool reads them, so does murmur.
+    let on = "/v1/agent/service/maintenance/web?enable=True&reason=upgrading";
     assert_eq!(put(&agents[0], on, "").0, 200);
     assert!(wait_until(SPREAD, || passing(&agents[1]) == 0));
     let checks = agents[1].get("/v1/health/checks/web");
@@ -247,7 +248,7 @@ fn checks_run_where_the_service_lives_and_their_status_replicates() {
         .find(|c| c["CheckID"] == "_service_maintenance:web")
         .expect("the maintenance check replicated");
     assert_eq!(maint["Output"], "upgrading");
-    let off = "/v1/agent/service/maintenance/web?enable=false";
+    let off = "/v1/agent/service/maintenance/web?enable=False";
     assert_eq!(put(&agents[0], off, "").0, 200);
     assert!(wait_until(SPREAD, || passing(&agents[1]) == 1));
     assert_eq!(

@@ -9,8 +9,8 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::{Agent, cluster, dns_request, dns_udp as udp, keygen, wait_until};
-use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 
 const SPREAD: Duration = Duration::from_secs(30);
 
@@ -106,6 +106,27 @@ fn dns_answers_healthy_instances_on_every_agent() {
     );
     socket.send_to(&[1], agents[0].dns).unwrap();
     assert_eq!(ports(&agents[0], "web.service.consul."), [9000, 9001]);
+
+    // A query with an OPT record (`dig +bufsize=1232`) gets one back (RFC 6891 §6.1.1).
+    let mut query = Message::new();
+    query.set_id(6).add_query(Query::query(
+        Name::from_ascii("web.service.consul.").unwrap(),
+        RecordType::SRV,
+    ));
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    query.set_edns(edns);
+    socket
+        .send_to(&query.to_vec().unwrap(), agents[0].dns)
+        .unwrap();
+    let (len, _) = socket.recv_from(&mut buf).unwrap();
+    let reply = Message::from_vec(&buf[..len]).unwrap();
+    assert_eq!(reply.answers().len(), 2);
+    assert_eq!(
+        reply.extensions().as_ref().map(Edns::max_payload),
+        Some(1232),
+        "the answer carries OPT"
+    );
 
     if let Some(text) = common::dig(agents[0].dns, "web.service.consul", "SRV") {
         assert!(

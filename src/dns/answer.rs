@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use murmur_catalog::{CatalogView, Health, Instance};
@@ -102,6 +102,15 @@ pub fn answer(
     let mut reply = reply_to(request);
     if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
         reply.set_response_code(ResponseCode::NotImp);
+        return reply;
+    }
+    // Only EDNS version 0 exists; a higher one gets BADVERS with our version (RFC 6891 §6.1.3).
+    if request
+        .extensions()
+        .as_ref()
+        .is_some_and(|e| e.version() > 0)
+    {
+        reply.set_response_code(ResponseCode::BADVERS);
         return reply;
     }
     let [query] = request.queries() else {
@@ -324,6 +333,9 @@ pub fn failure(packet: &[u8], code: ResponseCode, settings: &DnsSettings) -> Opt
 }
 
 /// An empty authoritative response to `request`: its id, op code and recursion flag.
+/// The reply's header, with an OPT record when the request has one (RFC 6891 §6.1.1: a
+/// responder that sees OPT answers with OPT), offering the buffer size the client offered, as
+/// Consul does (never below 512).
 fn reply_to(request: &Message) -> Message {
     let mut reply = Message::new();
     reply
@@ -332,6 +344,13 @@ fn reply_to(request: &Message) -> Message {
         .set_op_code(request.op_code())
         .set_recursion_desired(request.recursion_desired())
         .set_authoritative(true);
+    if let Some(asked) = request.extensions() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(asked.max_payload().max(512))
+            .set_version(0)
+            .set_dnssec_ok(false);
+        reply.set_edns(edns);
+    }
     reply
 }
 
@@ -746,5 +765,42 @@ mod tests {
             .unwrap();
         assert!(!tcp.truncated());
         assert_eq!(tcp.answers().len(), 100);
+    }
+
+    #[test]
+    fn a_request_with_opt_gets_opt_back_and_an_unknown_edns_version_gets_badvers() {
+        let map = OwnedMap::default();
+        let failed = BTreeSet::new();
+        let view = CatalogView::new(&map, &failed);
+        let mut rng = StdRng::seed_from_u64(1);
+        let ask = |edns: Option<Edns>, rng: &mut StdRng| {
+            let mut request = Message::new();
+            request.set_id(3).add_query(Query::query(
+                Name::from_ascii("nowhere.node.consul.").unwrap(),
+                RecordType::A,
+            ));
+            if let Some(edns) = edns {
+                request.set_edns(edns);
+            }
+            let packet = request.to_vec().unwrap();
+            Message::from_vec(&respond(&packet, &view, &settings(), rng, Some(512)).unwrap())
+                .unwrap()
+        };
+        let plain = ask(None, &mut rng);
+        assert!(plain.extensions().is_none(), "no OPT unless asked with one");
+        let mut offered = Edns::new();
+        offered.set_max_payload(1232);
+        let reply = ask(Some(offered.clone()), &mut rng);
+        let opt = reply.extensions().as_ref().expect("OPT in the answer");
+        assert_eq!((opt.max_payload(), opt.version()), (1232, 0));
+        assert_eq!(reply.response_code(), ResponseCode::NXDomain);
+        offered.set_version(1);
+        let reply = ask(Some(offered), &mut rng);
+        // BADVERS and BADSIG share the code 16 (RFC 6891, RFC 8945).
+        assert_eq!(
+            u16::from(reply.response_code()),
+            u16::from(ResponseCode::BADVERS)
+        );
+        assert_eq!(reply.extensions().as_ref().map(Edns::version), Some(0));
     }
 }

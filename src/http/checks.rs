@@ -116,11 +116,11 @@ const NO_REASON: &str =
 fn enable(query: &HashMap<String, String>) -> ApiResult<bool> {
     match query.get("enable").map(String::as_str) {
         None | Some("") => Err(ApiError::bad_request("Missing value for enable")),
-        Some("true") => Ok(true),
-        Some("false") => Ok(false),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "Invalid value for enable: {other:?}: use true or false"
-        ))),
+        Some(text) => super::go_bool(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid value for enable: {text:?}: use true or false (or 1, t, T, TRUE, True; 0, f, F, FALSE, False)"
+            ))
+        }),
     }
 }
 

@@ -324,11 +324,22 @@ fn json_bytes(index: u64, bytes: axum::body::Bytes) -> Response {
     indexed(index, ([(header::CONTENT_TYPE, "application/json")], bytes))
 }
 
-/// A Consul-style presence flag: `?flag`, `?flag=`, `?flag=1`, `?flag=true` all mean on.
+/// A boolean as Go's `strconv.ParseBool` reads it, which is how Consul reads its boolean
+/// parameters (clients such as python-consul send `True`).
+pub(crate) fn go_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// A Consul-style presence flag: `?flag`, `?flag=`, `?flag=1`, `?flag=true` all mean on, and
+/// only a Go false (`0`, `f`, `false`, …) turns it off.
 fn flag(query: &HashMap<String, String>, name: &str) -> bool {
     query
         .get(name)
-        .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"))
+        .is_some_and(|v| v.is_empty() || go_bool(v) != Some(false))
 }
 
 /// A flag that is on when given empty and otherwise must be a boolean (`?passing`,
@@ -337,13 +348,11 @@ fn flag_or_value(query: &HashMap<String, String>, name: &str) -> Result<bool, Ap
     match query.get(name).map(String::as_str) {
         None => Ok(false),
         Some("") => Ok(true),
-        Some(v) => match v {
-            "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-            _ => Err(ApiError::bad_request(format!(
+        Some(v) => go_bool(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
                 "Failed to parse {name} parameter {v:?}: use true or false"
-            ))),
-        },
+            ))
+        }),
     }
 }
 
