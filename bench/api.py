@@ -146,6 +146,9 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         try:
             system = Murmur(args.murmur, args.key, workdir)
+            # The 10,000 parked queries all come from 127.0.0.1: lift the per-client cap
+            # (200 by default, as Consul's http_max_conns_per_client).
+            system.extra = lambda i: ["--http-max-conns-per-client", "20000", "--http-max-conns", "20000"]
             start_cluster(system, 3, agents)
             register(agents)
             rps, p99 = http_load(agents[0], args.seconds)

@@ -672,6 +672,19 @@ pub struct AgentArgs {
     /// HTTP API address.
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<String>,
+    /// How long a client has to send each request's head, counted from the connection's start
+    /// or the end of the previous answer; an HTTP connection idle that long is closed (Go
+    /// duration) [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub http_header_timeout: Option<String>,
+    /// Most HTTP connections open at once; past it new ones get 503 [default: half the
+    /// open-files limit left after 512 kept for gossip, DNS, checks and sidecars].
+    #[arg(long, value_name = "N")]
+    pub http_max_conns: Option<usize>,
+    /// Most HTTP connections open at once from one client address; past it new ones get 429
+    /// (Consul's http_max_conns_per_client) [default: 200].
+    #[arg(long, value_name = "N")]
+    pub http_max_conns_per_client: Option<usize>,
     /// How long failed and left members stay listed before they are forgotten (Go duration).
     #[arg(long, value_name = "DURATION")]
     pub reap_after: Option<String>,

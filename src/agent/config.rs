@@ -42,6 +42,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     config_dir: Option<PathBuf>,
     http_addr: Option<String>,
+    http_header_timeout: Option<String>,
+    http_max_conns: Option<usize>,
+    http_max_conns_per_client: Option<usize>,
     reap_after: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
@@ -78,6 +81,12 @@ pub struct AgentConfig {
     pub data_dir: Option<PathBuf>,
     pub config_dir: Option<PathBuf>,
     pub http_addr: SocketAddr,
+    /// `--http-header-timeout`.
+    pub http_header_timeout: Duration,
+    /// `--http-max-conns`; `None`: from the open-files limit, known once it is raised.
+    pub http_max_conns: Option<usize>,
+    /// `--http-max-conns-per-client`.
+    pub http_max_conns_per_client: usize,
     pub tags: Vec<(String, String)>,
     pub reap_after: Duration,
     pub dev: bool,
@@ -146,6 +155,32 @@ impl AgentConfig {
             .or(file.http_addr)
             .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
         let http_addr = parse_addr(&http_addr, 8500).context("--http-addr")?;
+        let http_header_timeout = match args
+            .http_header_timeout
+            .clone()
+            .or(file.http_header_timeout)
+        {
+            Some(text) => crate::duration::parse(&text)
+                .filter(|d| !d.is_zero())
+                .with_context(|| {
+                    format!("--http-header-timeout {text:?} is not a positive duration such as 10s")
+                })?,
+            None => crate::http::serve::DEFAULT_HEADER_TIMEOUT,
+        };
+        let positive = |flag: &str, n: Option<usize>| match n {
+            Some(0) => bail!("{flag} 0 would refuse every connection: give at least 1"),
+            n => Ok(n),
+        };
+        let http_max_conns = positive(
+            "--http-max-conns",
+            args.http_max_conns.or(file.http_max_conns),
+        )?;
+        let http_max_conns_per_client = positive(
+            "--http-max-conns-per-client",
+            args.http_max_conns_per_client
+                .or(file.http_max_conns_per_client),
+        )?
+        .unwrap_or(crate::http::serve::DEFAULT_MAX_CONNS_PER_CLIENT);
         let dns_addr = args
             .dns_addr
             .clone()
@@ -230,6 +265,9 @@ impl AgentConfig {
             data_dir,
             config_dir: args.config_dir.clone().or(file.config_dir),
             http_addr,
+            http_header_timeout,
+            http_max_conns,
+            http_max_conns_per_client,
             tags: tags.into_iter().collect(),
             reap_after,
             dev,

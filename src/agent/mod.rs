@@ -38,6 +38,7 @@ const RETRY_JOIN_MAX_WAIT: Duration = Duration::from_secs(30);
 /// Runs the agent until it is told to leave.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig::resolve(&args)?;
+    let nofile = crate::http::serve::raise_nofile_limit();
     let data = config.data_dir.as_deref().map(DataDir::open).transpose()?;
     let keyring = load_keyring(&config, data.as_ref())?;
     let now_ms = SystemTime::now()
@@ -161,12 +162,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Resolve the routes once: served as a plain `Router`, axum re-resolves every route for
     // each new connection (`with_state` per connection), 18.5 KiB per connection that lives as
     // long as the connection does — 185 MiB for 10,000 parked blocking queries (heaptrack).
-    let api = api.with_state(()).into_make_service();
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(http, api).await {
-            tracing::error!("HTTP API stopped: {err}");
-        }
-    });
+    let api = api.with_state(());
+    let limits = crate::http::serve::HttpLimits {
+        header_timeout: config.http_header_timeout,
+        max_conns_per_client: config.http_max_conns_per_client,
+        max_conns: config
+            .http_max_conns
+            .unwrap_or_else(|| crate::http::serve::HttpLimits::default_max_conns(nofile)),
+    };
+    tracing::info!(
+        open_files = nofile, max_conns = limits.max_conns, max_conns_per_client = limits.max_conns_per_client,
+        header_timeout = ?limits.header_timeout, "HTTP API limits"
+    );
+    tokio::spawn(crate::http::serve::serve(http, api, limits));
     // Services with a sidecar block get their proxies once the API serves: those registered
     // through the API before a restart (if still registered), then --config-dir's (which win).
     let registered = agent.view(|v| {

@@ -17,6 +17,7 @@ mod health;
 mod intentions;
 mod kv;
 pub mod query;
+pub mod serve;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
