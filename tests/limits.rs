@@ -127,3 +127,74 @@ fn a_zero_cap_is_refused_at_start_with_the_flag_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--http-max-conns 0"), "{stderr}");
 }
+
+#[test]
+fn oversized_writes_get_413_naming_the_limit_and_leave_nothing_behind() {
+    let agent = agent("sizes", &[]);
+    let put = |path: &str, body: &[u8]| http(agent.http, "PUT", path, body).unwrap();
+    let big_tags = |bytes: usize| {
+        let tag = "t".repeat(1000);
+        let tags: Vec<String> = (0..bytes / 1004).map(|i| format!("\"{i}{tag}\"")).collect();
+        tags.join(",")
+    };
+
+    // A 1.5 MB service registration (once accepted and gossiped to every agent).
+    let body = format!(r#"{{"Name": "huge", "Tags": [{}]}}"#, big_tags(1_500_000));
+    let (status, _, text) = put("/v1/agent/service/register", body.as_bytes());
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("limit of 65536 bytes"), "{text}");
+    let services = agent.get("/v1/agent/services");
+    assert!(
+        services.get("huge").is_none(),
+        "nothing written: {services}"
+    );
+
+    // A 1 MB intention description.
+    let body = format!(
+        r#"{{"SourceName": "web", "DestinationName": "db", "Action": "allow", "Description": "{}"}}"#,
+        "d".repeat(1_000_000)
+    );
+    let (status, _, text) = put(
+        "/v1/connect/intentions/exact?source=web&destination=db",
+        body.as_bytes(),
+    );
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("an intention of"), "{text}");
+
+    // A KV value over Consul's 512 KiB.
+    let (status, _, text) = put("/v1/kv/big", &vec![b'v'; 600 * 1024]);
+    assert_eq!(status, 413, "{text}");
+
+    // Services that each fit, until the node record as a whole would not.
+    let mut refused = None;
+    for i in 0..12 {
+        let body = format!(r#"{{"Name": "s{i}", "Tags": [{}]}}"#, big_tags(60_000));
+        let (status, _, text) = put("/v1/agent/service/register", body.as_bytes());
+        if status != 200 {
+            refused = Some((i, status, text));
+            break;
+        }
+    }
+    let (i, status, text) = refused.expect("the node record is capped");
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("node record"), "{text}");
+    assert!(i >= 8, "{i} services of 60 KB fit under 512 KiB");
+
+    // A TTL check's long output is kept cut to 4 KiB, as Consul cuts it.
+    let (status, _, text) = put(
+        "/v1/agent/check/register",
+        br#"{"Name": "beat", "TTL": "60s"}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let body = format!(
+        r#"{{"Status": "passing", "Output": "{}"}}"#,
+        "o".repeat(10_000)
+    );
+    let (status, _, text) = put("/v1/agent/check/update/beat", body.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    let checks = agent.get("/v1/agent/checks");
+    assert_eq!(checks["beat"]["Output"].as_str().map(str::len), Some(4096));
+
+    let (status, _, _) = http(agent.http, "GET", "/v1/agent/self", b"").unwrap();
+    assert_eq!(status, 200, "the agent answers afterwards");
+}

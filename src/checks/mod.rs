@@ -173,7 +173,13 @@ impl Checks {
     }
 
     /// A TTL check's report: sets its status and output and restarts its TTL.
-    pub async fn report(&self, id: &str, status: Health, output: String) -> Result<(), CheckError> {
+    pub async fn report(
+        &self,
+        id: &str,
+        status: Health,
+        mut output: String,
+    ) -> Result<(), CheckError> {
+        truncate(&mut output);
         {
             let running = self.lock();
             let running = running

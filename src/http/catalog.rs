@@ -92,6 +92,7 @@ pub async fn service(
 /// all the same (its sidecar waits, critical, and comes up once the cause is fixed), and the
 /// answer says why in [`super::WARNING_HEADER`], so the mistake shows where it is made.
 pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<axum::response::Response> {
+    super::limits::SERVICE.check(body.len())?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let definition = crate::services::parse(&value).map_err(ApiError::bad_request)?;
@@ -106,10 +107,14 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<axum::re
             record
                 .services
                 .insert(definition.service.id.clone(), definition.service);
+            // The record is one replicated value: it must fit an anti-entropy message.
+            let size = serde_json::to_vec(&record).map_or(usize::MAX, |v| v.len());
+            super::limits::NODE_RECORD.check(size)?;
             r.set_own_record(Some(record));
+            Ok::<_, ApiError>(())
         })
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)??;
     for check in checks {
         api.checks.register(check, false).await?;
     }

@@ -15,6 +15,7 @@ use crate::services::{field, string};
 /// `PUT /v1/agent/check/register`: a node-level check, or one of a service of this agent
 /// (`ServiceID`).
 pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCode> {
+    super::limits::CHECK.check(body.len())?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let definition =
@@ -75,6 +76,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    super::limits::CHECK_UPDATE.check(body.len())?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let object = value

@@ -31,6 +31,7 @@ struct Registration {
 
 /// `PUT /v1/catalog/register`.
 pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult {
+    super::limits::CATALOG_REGISTRATION.check(body.len())?;
     let object = json_object(&body)?;
     let registration = parse_registration(&object, &api.config.datacenter)?;
     same_datacenter(&api, &registration.fields.datacenter)?;

@@ -97,6 +97,7 @@ fn action(text: &str) -> Result<Action, ApiError> {
 }
 
 fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    super::limits::INTENTION.check(body.len())?;
     match serde_json::from_slice(body) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(ApiError::bad_request(

@@ -16,6 +16,7 @@ mod filter;
 mod health;
 mod intentions;
 mod kv;
+mod limits;
 pub mod query;
 pub mod serve;
 

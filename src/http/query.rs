@@ -478,6 +478,7 @@ pub(super) async fn create(State(api): State<Api>, body: Bytes) -> ApiResult {
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
     let id = murmur_catalog::uuid_text(&id);
+    super::limits::PREPARED_QUERY.check(body.len())?;
     let query = parse(&body, &id)?;
     store(&api, query).await?;
     Ok(axum::Json(json!({"ID": id})).into_response())
@@ -549,6 +550,7 @@ pub(super) async fn update(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     exists(&api, &id)?;
+    super::limits::PREPARED_QUERY.check(body.len())?;
     store(&api, parse(&body, &id)?).await?;
     Ok(StatusCode::OK)
 }
