@@ -108,12 +108,14 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let (durable, durable_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
-            failed: Mutex::new(None),
+            failed: Mutex::default(),
             wants_snapshot: AtomicBool::new(false),
         });
+        let written = journal.metadata()?.len();
         let writer = Writer {
             store: self,
             journal,
+            written,
             rx,
             durable,
             shared: shared.clone(),
@@ -168,8 +170,25 @@ enum Job {
 }
 
 struct Shared {
-    failed: Mutex<Option<String>>,
+    /// Batches that could not be written (a full or read-only disk), with why; the oldest are
+    /// forgotten past [`FAILURES_KEPT`] (their waiters were answered long ago).
+    failed: Mutex<std::collections::VecDeque<(std::ops::RangeInclusive<u64>, String)>>,
     wants_snapshot: AtomicBool,
+}
+
+/// How many failed write rounds [`Shared::failed`] remembers.
+const FAILURES_KEPT: usize = 1024;
+
+impl Shared {
+    /// Why batch `seq` was not written, if it was not.
+    fn failure_of(&self, seq: u64) -> Option<String> {
+        let failed = self.failed.lock().expect("poisoned");
+        failed
+            .iter()
+            .rev()
+            .find(|(seqs, _)| seqs.contains(&seq))
+            .map(|(_, why)| why.clone())
+    }
 }
 
 /// The agent's handle on the writer thread.
@@ -208,12 +227,14 @@ impl Persister {
         self.seq.load(Ordering::SeqCst)
     }
 
-    /// Waits until batch `seq` is on disk.
+    /// Waits until batch `seq` is on disk; an error if it could not be written.
     pub async fn wait_durable(&self, seq: u64) -> anyhow::Result<()> {
         let mut durable = self.durable.clone();
         let reached = durable.wait_for(|&done| done >= seq).await.is_ok();
-        if let Some(why) = self.shared.failed.lock().expect("poisoned").clone() {
-            bail!("the change is applied but could not be made durable: {why}");
+        if let Some(why) = self.shared.failure_of(seq) {
+            bail!(
+                "the change is applied in memory and spreads to the other agents, but this agent could not write it to its data dir, so it would lose it if it restarted now: {why}"
+            );
         }
         if !reached {
             bail!("the persistence thread stopped");
@@ -225,6 +246,9 @@ impl Persister {
 struct Writer {
     store: Store,
     journal: File,
+    /// Length of the journal up to its last whole, synced batch: a failed append is cut back
+    /// to it, so a later batch never lands after a half-written one.
+    written: u64,
     rx: mpsc::Receiver<Job>,
     durable: watch::Sender<u64>,
     shared: Arc<Shared>,
@@ -235,17 +259,22 @@ impl Writer {
         while let Ok(first) = self.rx.recv() {
             let mut jobs = vec![first];
             jobs.extend(self.rx.try_iter());
-            let last = jobs
-                .iter()
-                .map(|j| match j {
-                    Job::Append(seq, _) | Job::Snapshot(seq, _) => *seq,
-                })
-                .max()
-                .unwrap_or(0);
+            let seqs = jobs.iter().map(|j| match j {
+                Job::Append(seq, _) | Job::Snapshot(seq, _) => *seq,
+            });
+            let (first, last) = (seqs.clone().min().unwrap_or(0), seqs.max().unwrap_or(0));
             let started = std::time::Instant::now();
             if let Err(err) = self.write(jobs) {
-                tracing::error!("cannot persist the replicated state: {err:#}");
-                *self.shared.failed.lock().expect("poisoned") = Some(format!("{err:#}"));
+                tracing::error!(
+                    "cannot persist the replicated state (the writes are refused with 500 until it can): {err:#}"
+                );
+                metrics::counter!("murmur_persist_failures_total").increment(1);
+                self.cut_back();
+                let mut failed = self.shared.failed.lock().expect("poisoned");
+                if failed.len() == FAILURES_KEPT {
+                    failed.pop_front();
+                }
+                failed.push_back((first..=last, format!("{err:#}")));
             }
             metrics::histogram!("murmur_persist_seconds").record(started.elapsed().as_secs_f64());
             self.durable.send_replace(last);
@@ -263,19 +292,49 @@ impl Writer {
                 }
                 Job::Snapshot(_, snapshot) => {
                     self.journal.write_all(&pending)?;
+                    self.journal.sync_data()?;
                     pending.clear();
+                    self.written = self.journal.metadata()?.len();
                     self.store.compact(&mut self.journal, &snapshot)?;
+                    self.written = self.journal.metadata()?.len();
                 }
             }
         }
         if !pending.is_empty() {
+            if self.written == 0 {
+                // A compaction failed between emptying the journal and writing its header.
+                self.journal.write_all(journal_header())?;
+            }
             self.journal.write_all(&pending)?;
             self.journal.sync_data()?;
         }
+        self.written = self.journal.metadata()?.len();
         if self.journal.metadata()?.len() > COMPACT_AFTER {
             self.shared.wants_snapshot.store(true, Ordering::SeqCst);
         }
         Ok(())
+    }
+}
+
+impl Writer {
+    /// After a failed write: drops whatever part of it reached the journal, so the journal
+    /// ends with the last whole batch, and a half-written snapshot's temp file.
+    fn cut_back(&mut self) {
+        let _ = fs::remove_file(self.store.dir.join(".snapshot.tmp"));
+        // Only ever shorter: a compaction that failed after emptying the journal left a
+        // journal whose contents are all in the snapshot.
+        let now = self.journal.metadata().map_or(self.written, |m| m.len());
+        self.written = self.written.min(now);
+        if let Err(err) = self
+            .journal
+            .set_len(self.written)
+            .and_then(|()| self.journal.sync_data())
+        {
+            tracing::error!(
+                "cannot cut the journal back to its last whole batch ({} bytes): {err}",
+                self.written
+            );
+        }
     }
 }
 

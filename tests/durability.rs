@@ -1,0 +1,252 @@
+//! Durability end to end: no acknowledged write is lost across kill -9, and a disk that fills
+//! up refuses writes with the reason instead of acknowledging them, keeps serving reads, and
+//! takes writes again once there is room. RELIABILITY.md reports these runs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Agent, Spec, http, keygen, wait_until};
+use rand::{RngExt, SeedableRng};
+
+/// How many times the agent is killed in the middle of a burst.
+const KILL_POINTS: usize = 20;
+/// KV writes and registrations a burst tries, at most, before its kill.
+const BURST_KV: usize = 2000;
+const BURST_SERVICES: usize = 50;
+/// Clients writing at once.
+const WRITERS: usize = 6;
+
+/// What the clients were told was written.
+#[derive(Default)]
+struct Acknowledged {
+    keys: BTreeSet<String>,
+    services: BTreeSet<String>,
+}
+
+/// Writes `round`'s keys and services to the agent at `addr` from [`WRITERS`] threads until
+/// `stop`, recording each acknowledged one.
+fn burst(
+    addr: std::net::SocketAddr,
+    round: usize,
+    stop: &Arc<AtomicBool>,
+    acked: &Arc<Mutex<Acknowledged>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..WRITERS)
+        .map(|w| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                for i in (w..BURST_KV + BURST_SERVICES).step_by(WRITERS) {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if i < BURST_KV {
+                        let key = format!("burst/{round}/{i}");
+                        let value = format!("value of {key}");
+                        let path = format!("/v1/kv/{key}");
+                        if http(addr, "PUT", &path, value.as_bytes())
+                            .is_ok_and(|(s, _, body)| s == 200 && body.trim() == "true")
+                        {
+                            acked.lock().unwrap().keys.insert(key);
+                        }
+                    } else {
+                        let id = format!("svc-{round}-{i}");
+                        let body = format!(r#"{{"Name": "burst", "ID": "{id}", "Port": 80}}"#);
+                        if http(addr, "PUT", "/v1/agent/service/register", body.as_bytes())
+                            .is_ok_and(|(s, _, _)| s == 200)
+                        {
+                            acked.lock().unwrap().services.insert(id);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The `burst/` keys `agent` holds.
+fn keys_on(agent: &Agent) -> BTreeSet<String> {
+    let (status, _, body) = agent.request("GET", "/v1/kv/burst/?keys", b"");
+    if status == 404 {
+        return BTreeSet::new();
+    }
+    serde_json::from_str::<Vec<String>>(&body)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_across_kill_9_at_random_points() {
+    let seed: u64 = std::env::var("MURMUR_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("kill points drawn with MURMUR_KILL_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let key = keygen();
+    let peer = Agent::start(Spec {
+        name: "keeper",
+        key: Some(&key),
+        join: None,
+        extra: &[],
+    });
+    let mut victim = Agent::start(Spec {
+        name: "victim",
+        key: Some(&key),
+        join: None,
+        extra: &[],
+    });
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let started = Instant::now();
+    let mut mid_burst = 0;
+    for round in 0..KILL_POINTS {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = burst(victim.http, round, &stop, &acked);
+        std::thread::sleep(Duration::from_millis(rng.random_range(10..400)));
+        victim.kill9();
+        let cut = writers.iter().any(|w| !w.is_finished());
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        mid_burst += usize::from(cut);
+        // Restarted alone on its data dir: what it holds now came from its disk only.
+        victim.start_again(None, &[]);
+        let acked = acked.lock().unwrap();
+        let held = keys_on(&victim);
+        let missing: Vec<&String> = acked.keys.difference(&held).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round} (MURMUR_KILL_SEED={seed}): {} acknowledged keys lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        let services = victim.get("/v1/agent/services");
+        let lost: Vec<&String> = acked
+            .services
+            .iter()
+            .filter(|id| services.get(id.as_str()).is_none())
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round} (MURMUR_KILL_SEED={seed}): acknowledged registrations lost: {lost:?}"
+        );
+    }
+    let acked = acked.lock().unwrap();
+    eprintln!(
+        "{KILL_POINTS} kills ({mid_burst} in the middle of a burst) in {:?}: {} KV writes and {} registrations acknowledged, none lost",
+        started.elapsed(),
+        acked.keys.len(),
+        acked.services.len()
+    );
+    assert!(
+        mid_burst >= KILL_POINTS / 2,
+        "most kills land in the middle of a burst"
+    );
+    // Its peer gets every one of them once they meet.
+    let (status, _, body) = victim.request("PUT", &format!("/v1/agent/join/{}", peer.gossip), b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_until(Duration::from_secs(60), || acked
+            .keys
+            .is_subset(&keys_on(&peer))),
+        "the peer lacks {} acknowledged keys",
+        acked.keys.difference(&keys_on(&peer)).count()
+    );
+}
+
+/// Mounts a tmpfs of `size` at `dir`; `false` (and why, on stderr) where this test cannot.
+fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here (needs root): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            false
+        }
+        Err(err) => {
+            eprintln!("SKIPPED: no mount command: {err}");
+            false
+        }
+    }
+}
+
+/// Unmounts the tmpfs when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_with_the_reason_serves_reads_and_recovers_when_room_returns() {
+    let mut agent = Agent::start(Spec {
+        name: "full-disk",
+        key: None,
+        join: None,
+        extra: &[],
+    });
+    agent.kill9();
+    // The data dir becomes a 2 MiB disk (the agent starts afresh on it).
+    if !mount_tmpfs(&agent.data_dir, "2m") {
+        return;
+    }
+    let _mounted = Mounted(agent.data_dir.clone());
+    agent.start_again(None, &[]);
+    let value = vec![b'v'; 200 * 1024];
+    let mut written = Vec::new();
+    let refused = (0..40).find_map(|i| {
+        let path = format!("/v1/kv/fill/{i}");
+        let (status, _, body) = agent.request("PUT", &path, &value);
+        match status {
+            200 => {
+                written.push(path);
+                None
+            }
+            _ => Some((status, body)),
+        }
+    });
+    let (status, body) = refused.expect("a 2 MiB disk fills up");
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("could not write it to its data dir") && body.contains("space"),
+        "the reason is given: {body}"
+    );
+    assert!(!written.is_empty());
+    // Reads go on, writes keep being refused (never acknowledged).
+    let (status, _, _) = agent.request("GET", &format!("{}?raw", written[0]), b"");
+    assert_eq!(status, 200);
+    let (status, _, _) = agent.request("PUT", "/v1/kv/fill/more", &value);
+    assert_eq!(status, 500);
+
+    // Room returns: writes are taken again, and everything acknowledged survives a restart.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&agent.data_dir)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let (status, _, body) = agent.request("PUT", "/v1/kv/after", b"room again");
+    assert_eq!(status, 200, "{body}");
+    agent.kill9();
+    agent.start_again(None, &[]);
+    for path in written.iter().chain([&"/v1/kv/after".to_owned()]) {
+        let (status, _, _) = agent.request("GET", path, b"");
+        assert_eq!(status, 200, "{path} survived the restart:\n{}", agent.log());
+    }
+}
