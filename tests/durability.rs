@@ -250,3 +250,72 @@ fn a_full_disk_refuses_writes_with_the_reason_serves_reads_and_recovers_when_roo
         assert_eq!(status, 200, "{path} survived the restart:\n{}", agent.log());
     }
 }
+
+#[test]
+fn a_torn_journal_is_repaired_a_damaged_one_stops_the_agent_and_peers_refill_what_was_moved_away() {
+    let key = keygen();
+    let keeper = Agent::start(Spec {
+        name: "keeper",
+        key: Some(&key),
+        join: None,
+        extra: &[],
+    });
+    let mut patient = Agent::start(Spec {
+        name: "patient",
+        key: Some(&key),
+        join: Some(keeper.gossip),
+        extra: &[],
+    });
+    for i in 0..50 {
+        let (status, _, _) = patient.request("PUT", &format!("/v1/kv/burst/{i}"), b"v");
+        assert_eq!(status, 200);
+    }
+    let all: BTreeSet<String> = (0..50).map(|i| format!("burst/{i}")).collect();
+    assert!(wait_until(Duration::from_secs(30), || keys_on(&keeper) == all));
+    let journal = patient.data_dir.join("state/journal");
+
+    // A torn tail (a crash in the middle of an append): cut off with a warning, nothing lost.
+    patient.kill9();
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2]);
+    std::fs::write(&journal, &bytes).unwrap();
+    patient.start_again(Some(keeper.gossip), &[]);
+    assert_eq!(keys_on(&patient), all);
+    assert!(patient.log().contains("torn write"), "{}", patient.log());
+
+    // A flipped byte in the middle: the agent refuses to start, naming the file, the offset
+    // and what to do, and changes nothing.
+    patient.kill9();
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&journal, &bytes).unwrap();
+    let out = patient.rerun_to_exit(Some(keeper.gossip), &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains(&journal.display().to_string())
+            && said.contains("record at byte")
+            && said.contains("move"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&journal).unwrap(), bytes, "nothing changed");
+
+    // Emptied, or removed: refused the same way, not a start with less than it acknowledged.
+    std::fs::write(&journal, b"").unwrap();
+    let out = patient.rerun_to_exit(Some(keeper.gossip), &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it is empty"));
+    std::fs::remove_file(&journal).unwrap();
+    let out = patient.rerun_to_exit(Some(keeper.gossip), &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it is missing"));
+
+    // Doing what it says (moving state/ away): the agent starts empty and its peer refills it.
+    let state = patient.data_dir.join("state");
+    std::fs::rename(&state, patient.data_dir.join("state.damaged")).unwrap();
+    patient.start_again(Some(keeper.gossip), &[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || keys_on(&patient) == all),
+        "refilled by anti-entropy: {} of 50",
+        keys_on(&patient).len()
+    );
+}

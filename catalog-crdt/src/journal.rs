@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! journal:  "MMJ1" | record*        record: len u32 LE | crc32(payload) u32 LE | payload
+//!           "MMJS" | record*        (the same, continuing a snapshot)
 //! snapshot: "MMS1" | crc32(payload) u32 LE | payload
 //! ```
 //!
@@ -20,6 +21,9 @@ use crate::replica::{Journaled, Snapshot};
 
 /// Journal file magic and format version.
 pub const JOURNAL_MAGIC: &[u8; 4] = b"MMJ1";
+/// Magic of a journal begun by a compaction: its entries follow a snapshot, so a journal
+/// with this header and no snapshot beside it has lost its beginning.
+pub const JOURNAL_AFTER_SNAPSHOT_MAGIC: &[u8; 4] = b"MMJS";
 /// Snapshot file magic and format version.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"MMS1";
 /// Largest journal record (a change carries at most a 512 KiB value or one node's record).
@@ -59,6 +63,8 @@ pub struct JournalContents {
     pub valid_len: usize,
     /// Whether a torn write was found.
     pub torn: bool,
+    /// Whether the journal continues a snapshot (it was begun by a compaction).
+    pub follows_snapshot: bool,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -82,6 +88,11 @@ pub fn journal_header() -> &'static [u8] {
     JOURNAL_MAGIC
 }
 
+/// The header of a journal begun by a compaction, whose entries follow a snapshot.
+pub fn journal_header_after_snapshot() -> &'static [u8] {
+    JOURNAL_AFTER_SNAPSHOT_MAGIC
+}
+
 /// One framed journal record.
 pub fn encode_record(entry: &Journaled) -> Vec<u8> {
     let payload = encode(entry);
@@ -98,6 +109,7 @@ pub fn decode_journal(bytes: &[u8]) -> Result<JournalContents, JournalError> {
         entries: Vec::new(),
         valid_len: 0,
         torn: false,
+        follows_snapshot: false,
     };
     if bytes.is_empty() {
         return Ok(contents);
@@ -107,7 +119,9 @@ pub fn decode_journal(bytes: &[u8]) -> Result<JournalContents, JournalError> {
         contents.torn = true;
         return Ok(contents);
     }
-    if &bytes[..4] != JOURNAL_MAGIC {
+    if &bytes[..4] == JOURNAL_AFTER_SNAPSHOT_MAGIC {
+        contents.follows_snapshot = true;
+    } else if &bytes[..4] != JOURNAL_MAGIC {
         return Err(JournalError::WrongFormat {
             what: "journal",
             found: bytes[..4].to_vec(),

@@ -58,8 +58,9 @@ pub use external::{
 pub use hlc::{Clock, ClockError, Hlc};
 pub use intentions::{Action, Intention, MatchBy, WILDCARD, check, matching, ordered, uuid_text};
 pub use journal::{
-    JOURNAL_MAGIC, JournalContents, JournalError, MAX_RECORD, SNAPSHOT_MAGIC, decode_journal,
-    decode_snapshot, encode_record, encode_snapshot, journal_header,
+    JOURNAL_AFTER_SNAPSHOT_MAGIC, JOURNAL_MAGIC, JournalContents, JournalError, MAX_RECORD,
+    SNAPSHOT_MAGIC, decode_journal, decode_snapshot, encode_record, encode_snapshot,
+    journal_header, journal_header_after_snapshot,
 };
 pub use kv::{KvEntry, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use owned::{Digest, DigestDiff, OwnedEntry, OwnedMap};

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use anyhow::{Context, bail};
 use murmur_catalog::{
     Journaled, Snapshot, decode_journal, decode_snapshot, encode_record, encode_snapshot,
-    journal_header,
+    journal_header, journal_header_after_snapshot,
 };
 use tokio::sync::watch;
 
@@ -35,15 +35,19 @@ pub struct Loaded {
 /// The `state/` directory.
 pub struct Store {
     dir: PathBuf,
+    /// Whether `state/` was there before this start: once it is, it always holds a journal
+    /// (the first start writes one, compactions only empty it).
+    existed: bool,
 }
 
 impl Store {
     /// Opens (creating) `root/state`.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         let dir = root.join("state");
+        let existed = dir.is_dir();
         fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}: check permissions", dir.display()))?;
-        Ok(Self { dir })
+        Ok(Self { dir, existed })
     }
 
     fn journal_path(&self) -> PathBuf {
@@ -54,13 +58,13 @@ impl Store {
         self.dir.join("snapshot")
     }
 
-    fn damaged(path: &Path, err: impl std::fmt::Display) -> anyhow::Error {
+    fn damaged(&self, path: &Path, err: impl std::fmt::Display) -> anyhow::Error {
         anyhow::anyhow!(
             "{} is damaged: {err}. Nothing was changed: restore the data dir from a backup, or \
              move {} away to start this node with empty replicated state (its peers will \
              refill it, but writes only this node held are lost)",
             path.display(),
-            path.display()
+            self.dir.display()
         )
     }
 
@@ -69,7 +73,7 @@ impl Store {
     pub fn load(&self) -> anyhow::Result<Loaded> {
         let snapshot = match fs::read(self.snapshot_path()) {
             Ok(bytes) => {
-                Some(decode_snapshot(&bytes).map_err(|e| Self::damaged(&self.snapshot_path(), e))?)
+                Some(decode_snapshot(&bytes).map_err(|e| self.damaged(&self.snapshot_path(), e))?)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
@@ -80,10 +84,26 @@ impl Store {
         let path = self.journal_path();
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.existed => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.damaged(&path, "it is missing (removed?), so this node would start without the writes it acknowledged"));
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let contents = decode_journal(&bytes).map_err(|e| Self::damaged(&path, e))?;
+        // Empty is what a crash in a compaction leaves, after the snapshot took everything.
+        if bytes.is_empty() && self.existed && snapshot.is_none() {
+            return Err(self.damaged(
+                &path,
+                "it is empty and there is no snapshot, so this node would start without the writes it acknowledged",
+            ));
+        }
+        let contents = decode_journal(&bytes).map_err(|e| self.damaged(&path, e))?;
+        if contents.follows_snapshot && snapshot.is_none() {
+            return Err(self.damaged(
+                &self.snapshot_path(),
+                "it is missing, and the journal continues it (removed?)",
+            ));
+        }
         if contents.torn {
             tracing::warn!(
                 path = %path.display(),
@@ -156,9 +176,9 @@ impl Store {
         file.sync_all()?;
         fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()?;
-        // Everything journaled so far is in the snapshot: the journal starts over.
+        // Everything journaled so far is in the snapshot: the journal starts over, saying so.
         journal.set_len(0)?;
-        journal.write_all(journal_header())?;
+        journal.write_all(journal_header_after_snapshot())?;
         journal.sync_all()?;
         Ok(())
     }
@@ -303,7 +323,7 @@ impl Writer {
         if !pending.is_empty() {
             if self.written == 0 {
                 // A compaction failed between emptying the journal and writing its header.
-                self.journal.write_all(journal_header())?;
+                self.journal.write_all(journal_header_after_snapshot())?;
             }
             self.journal.write_all(&pending)?;
             self.journal.sync_data()?;
@@ -404,5 +424,55 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::read(state.join("snapshot")).unwrap(), b"garbage!");
+    }
+
+    #[tokio::test]
+    async fn a_removed_or_emptied_file_stops_the_start_instead_of_starting_with_less() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = Replica::new("a", 1, 1, ReplicaConfig::default());
+        {
+            let persister = Store::open(dir.path()).unwrap().start_writer().unwrap();
+            let seq = persister.append(write(&mut replica, "one"));
+            persister.wait_durable(seq).await.unwrap();
+        }
+        let state = dir.path().join("state");
+        let journal = state.join("journal");
+        let refused = |what: &str| {
+            let err = format!(
+                "{:#}",
+                Store::open(dir.path()).unwrap().load().err().unwrap()
+            );
+            assert!(err.contains(what), "{err}");
+            assert!(
+                err.contains(&format!("move {} away", state.display())),
+                "{err}"
+            );
+        };
+        let kept = fs::read(&journal).unwrap();
+        fs::write(&journal, b"").unwrap();
+        refused("journal is damaged: it is empty");
+        fs::remove_file(&journal).unwrap();
+        refused("journal is damaged: it is missing");
+        fs::write(&journal, &kept).unwrap();
+        assert_eq!(
+            Store::open(dir.path())
+                .unwrap()
+                .load()
+                .unwrap()
+                .journal
+                .len(),
+            1
+        );
+
+        // After a compaction the journal continues the snapshot: without it, it is refused.
+        {
+            let persister = Store::open(dir.path()).unwrap().start_writer().unwrap();
+            persister.snapshot(replica.snapshot());
+            let seq = persister.append(write(&mut replica, "two"));
+            persister.wait_durable(seq).await.unwrap();
+        }
+        assert!(fs::read(&journal).unwrap().starts_with(b"MMJS"));
+        fs::remove_file(state.join("snapshot")).unwrap();
+        refused("snapshot is damaged: it is missing, and the journal continues it");
     }
 }

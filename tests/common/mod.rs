@@ -162,9 +162,14 @@ impl Agent {
 
     /// Runs an agent to completion (for agents expected to fail at start).
     pub fn run_to_exit(spec: Spec<'_>) -> Output {
-        let agent = Self::prepare(spec.name, spec.key);
-        let mut child = agent
-            .command(spec.join, spec.extra)
+        Self::prepare(spec.name, spec.key).rerun_to_exit(spec.join, spec.extra)
+    }
+
+    /// Runs this (stopped) agent again on its data dir to completion, for a start expected
+    /// to fail.
+    pub fn rerun_to_exit(&self, join: Option<SocketAddr>, extra: &[&str]) -> Output {
+        let mut child = self
+            .command(join, extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
