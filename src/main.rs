@@ -1,6 +1,8 @@
 //! The `murmur` binary: the agent and the CLI that talks to it.
 
 mod agent;
+#[cfg(test)]
+mod arbitrary_json;
 mod checks;
 mod cli;
 mod client;

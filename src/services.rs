@@ -290,6 +290,17 @@ mod tests {
 
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_a_definition_or_an_error_never_a_panic(value in crate::arbitrary_json::json()) {
+            let _ = parse(&value);
+            let _ = parse_file(&value);
+            if let Ok(definition) = parse(&value) {
+                let _ = definition.check_definitions(true);
+            }
+        }
+    }
+
     #[test]
     fn consul_shape_in_any_letter_case() {
         let def = parse(&json!({

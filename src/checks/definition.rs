@@ -210,6 +210,14 @@ mod tests {
 
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_a_check_or_an_error_never_a_panic(value in crate::arbitrary_json::json()) {
+            let _ = parse(&value, None, None, true);
+            let _ = parse(&value, Some(("web-1", "web")), Some(2), false);
+        }
+    }
+
     #[test]
     fn each_kind_in_any_letter_case_with_consuls_defaults() {
         let ttl = parse(&json!({"ttl": "15s"}), Some(("web-1", "web")), None, false).unwrap();

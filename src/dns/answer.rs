@@ -449,6 +449,38 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever arrives on the DNS port gets an answer that fits the client's buffer, or
+        /// none (too short to carry an id), never a panic: random bytes, and real queries with
+        /// bytes flipped.
+        #[test]
+        fn any_datagram_is_answered_within_its_buffer_or_dropped(
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            name in "[a-z0-9._-]{0,40}",
+            flips in proptest::collection::vec((0usize..64, proptest::prelude::any::<u8>()), 0..4),
+        ) {
+            let map = OwnedMap::default();
+            let failed = BTreeSet::new();
+            let view = CatalogView::new(&map, &failed);
+            let mut rng = StdRng::seed_from_u64(1);
+            let mut query = Message::new();
+            if let Ok(name) = Name::from_ascii(format!("{name}.service.consul.")) {
+                query.add_query(Query::query(name, RecordType::SRV));
+            }
+            let mut mutated = query.to_vec().unwrap();
+            for (at, byte) in flips {
+                if let Some(b) = mutated.get_mut(at) {
+                    *b ^= byte;
+                }
+            }
+            for packet in [random, mutated] {
+                if let Some(reply) = respond(&packet, &view, &settings(), &mut rng, Some(512)) {
+                    proptest::prop_assert!(reply.len() <= 512 || packet.len() > 512);
+                }
+            }
+        }
+    }
+
     fn node(
         address: &str,
         services: &[(&str, &str, &[&str], u16)],

@@ -246,6 +246,13 @@ fn parse_check(value: &Value, node: &str) -> Result<Check, ApiError> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_a_registration_or_an_error_never_a_panic(object in crate::arbitrary_json::object()) {
+            let _ = parse_registration(&object, "dc1");
+        }
+    }
+
     fn parse(value: Value) -> Result<Registration, String> {
         let Value::Object(object) = value else {
             panic!("test input must be an object")

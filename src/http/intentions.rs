@@ -342,3 +342,16 @@ pub async fn match_names(
     .await?;
     Ok(with_index(index, answer))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_an_intention_or_an_error_never_a_panic(object in crate::arbitrary_json::object()) {
+            let _ = parse(&object, None, None);
+            let _ = parse(&object, Some("web"), Some("db"));
+        }
+    }
+}

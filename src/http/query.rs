@@ -631,6 +631,13 @@ pub(super) async fn execute_remote(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_a_query_or_an_error_never_a_panic(value in crate::arbitrary_json::json()) {
+            let _ = parse(&serde_json::to_vec(&value).unwrap(), "id");
+        }
+    }
+
     fn query(id: &str, name: &str, template: bool) -> PreparedQuery {
         PreparedQuery {
             id: id.into(),
