@@ -953,3 +953,61 @@ fn the_native_sdk_made_before_there_is_a_root_says_why_and_works_once_there_is_o
         agents[1].get("/v1/health/service/api-sidecar-proxy")
     );
 }
+
+#[test]
+fn an_agent_run_sidecar_that_fails_is_started_again_and_all_come_back_after_kill_9() {
+    let mut agents = cluster("rs", 2, &keygen());
+    assert!(
+        agents[0]
+            .cli(&["intention", "create", "-allow", "web", "db"])
+            .status
+            .success()
+    );
+    let EchoApp { addr: app, .. } = echo_app();
+    register_db_with_sidecar(&agents[1], app.port());
+    // web's upstream port is taken: its sidecar fails at start, and the agent starts it again
+    // with backoff instead of leaving it stopped.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = register_web_with_db_upstream(&agents[0], taken.local_addr().unwrap().port());
+    assert!(
+        wait_until(SPREAD, || agents[0].log().contains("starting it again")),
+        "{}",
+        agents[0].log()
+    );
+    drop(taken);
+    assert!(
+        wait_until(Duration::from_secs(60), || carries(upstream)),
+        "the sidecar came back once its port was free:\n{}",
+        agents[0].log()
+    );
+
+    // kill -9 of the agent that runs web's sidecar: an open flow ends (no hang), and once the
+    // agent is back on its data dir its sidecars are too, with nothing registered again.
+    let mut open = TcpStream::connect(upstream).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    open.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    open.read_exact(&mut back).unwrap();
+    agents[0].kill9();
+    let ended = open.read(&mut back);
+    assert!(
+        matches!(ended, Ok(0))
+            || ended
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "the open flow ended: {ended:?}"
+    );
+    let seed = agents[1].gossip;
+    let restarted = std::time::Instant::now();
+    agents[0].start_again(Some(seed), &[]);
+    assert!(
+        wait_until(SPREAD, || carries(upstream)),
+        "new connections within 30 s of the restart:\n{}",
+        agents[0].log()
+    );
+    eprintln!(
+        "new connections flowed {:?} after the restart",
+        restarted.elapsed()
+    );
+}

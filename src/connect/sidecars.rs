@@ -9,12 +9,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use anyhow::Context;
+use murmur_proxy::backoff::Backoff;
+use rand::RngExt;
 use tokio::sync::Notify;
 
 use crate::agent::persist::DataDir;
 use crate::cli::{HttpTarget, ProxyArgs};
 use crate::services::Upstream;
+
+/// A sidecar that ran this long before it failed starts again after the shortest wait.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// File under `--data-dir` with the upstreams of each sidecar the agent runs.
 const SIDECARS_FILE: &str = "sidecars.json";
@@ -113,13 +120,7 @@ impl Sidecars {
                 datacenter: None,
             },
         };
-        let id = id.to_owned();
-        tokio::spawn(async move {
-            let stopped = async move { stop.notified().await };
-            if let Err(err) = crate::client::sidecar::serve(args, stopped).await {
-                tracing::warn!(service = %id, "the sidecar proxy stopped: {err:#}");
-            }
-        });
+        tokio::spawn(keep_running(id.to_owned(), args, stop));
         Ok(())
     }
 
@@ -131,5 +132,29 @@ impl Sidecars {
             self.persist(&running)?;
         }
         Ok(())
+    }
+}
+
+/// Runs the proxy of service `id` until `stop` is notified; a proxy that fails (its upstream
+/// port taken, say) is started again with capped backoff, so fixing the cause brings it back
+/// without re-registering the service.
+async fn keep_running(id: String, args: ProxyArgs, stop: Arc<Notify>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let started = tokio::time::Instant::now();
+        let stopped = stop.notified();
+        let Err(err) = crate::client::sidecar::serve(args.clone(), stopped).await else {
+            return;
+        };
+        if started.elapsed() > HEALTHY_RUN {
+            backoff.reset();
+        }
+        let wait = backoff.next(rand::rng().random_range(0.0..1.0));
+        metrics::counter!("murmur_sidecar_restarts_total").increment(1);
+        tracing::warn!(service = %id, "the sidecar proxy stopped: {err:#}; starting it again in {wait:.1?}");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.notified() => return,
+        }
     }
 }
