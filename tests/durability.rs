@@ -319,3 +319,60 @@ fn a_torn_journal_is_repaired_a_damaged_one_stops_the_agent_and_peers_refill_wha
         keys_on(&patient).len()
     );
 }
+
+#[test]
+fn a_hundred_watchers_all_see_the_last_of_500_writes_made_elsewhere_while_a_member_dies() {
+    let key = keygen();
+    let mut agents = common::cluster("load", 3, &key);
+    let mut victim = agents.pop().unwrap();
+    let (watched, writer) = (&agents[0], &agents[1]);
+    let (status, headers, _) = watched.request("GET", "/v1/kv/load/last", b"");
+    assert_eq!(status, 404);
+    let start_index = common::header(&headers, "x-consul-index").unwrap();
+    let rss_before = watched.rss_kib();
+    let last_written = Arc::new(Mutex::new(None::<Instant>));
+    let addr = watched.http;
+    let watchers: Vec<_> = (0..100)
+        .map(|_| {
+            let (mut index, last_written) = (start_index.clone(), last_written.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(90);
+                while Instant::now() < deadline {
+                    let path = format!("/v1/kv/load/last?raw&index={index}&wait=30s");
+                    let Ok((status, headers, body)) = http(addr, "GET", &path, b"") else {
+                        continue;
+                    };
+                    if status == 200 && body == "499" {
+                        let written = last_written.lock().unwrap().expect("written before seen");
+                        return Some(written.elapsed());
+                    }
+                    index = common::header(&headers, "x-consul-index").unwrap_or(index);
+                }
+                None
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..500 {
+        if i == 250 {
+            victim.kill9();
+        }
+        if i == 499 {
+            // Timed from the moment the last write is sent (a watcher may see it before the
+            // writer has its acknowledgement).
+            *last_written.lock().unwrap() = Some(Instant::now());
+        }
+        let (status, _, body) = writer.request("PUT", "/v1/kv/load/last", i.to_string().as_bytes());
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut waits: Vec<Duration> = watchers
+        .into_iter()
+        .map(|w| w.join().unwrap().expect("every watcher saw the last value"))
+        .collect();
+    waits.sort();
+    let rss_after = watched.rss_kib();
+    eprintln!(
+        "100 watchers woke {:?} (p50) / {:?} (p99) / {:?} (max) after the last of 500 writes on another agent was sent; watched agent RSS {} → {} KiB",
+        waits[49], waits[98], waits[99], rss_before, rss_after
+    );
+}

@@ -519,3 +519,19 @@ pub async fn mesh_exchange(
     stream.read_to_end(&mut back).await.ok()?;
     Some(back)
 }
+
+impl Agent {
+    /// The resident memory of the agent's process, in KiB (0 when it is not running).
+    pub fn rss_kib(&self) -> u64 {
+        let Some(child) = &self.child else { return 0 };
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
