@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use murmur_catalog::{
-    JOURNAL_MAGIC, Replica, ReplicaConfig, SNAPSHOT_MAGIC, decode_journal, decode_snapshot,
+    JOURNAL_AFTER_SNAPSHOT_MAGIC, JOURNAL_MAGIC, Replica, ReplicaConfig, SNAPSHOT_MAGIC,
+    decode_journal, decode_snapshot,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -14,8 +15,12 @@ fuzz_target!(|data: &[u8]| {
     snapshot.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
     snapshot.extend_from_slice(data);
     let _ = decode_journal(data);
-    let entries = decode_journal(&journal).map(|c| c.entries).unwrap_or_default();
+    let mut continued = JOURNAL_AFTER_SNAPSHOT_MAGIC.to_vec();
+    continued.extend_from_slice(data);
+    let _ = decode_journal(&continued);
+    let entries = decode_journal(&journal)
+        .map(|c| c.entries)
+        .unwrap_or_default();
     let snapshot = decode_snapshot(&snapshot).ok();
     let _ = Replica::restore("fuzz", 1, 1, ReplicaConfig::default(), snapshot, entries);
 });
-

@@ -1,17 +1,17 @@
-//! What the fuzz targets share: a node to feed, and the plaintext envelope that gets input past
+//! What the fuzz targets share: a pool member (membership and replication) to feed, and the plaintext envelope that gets input past
 //! the header check to the decoders behind it.
 
 use std::net::SocketAddr;
 
-use murmur_gossip::{GossipConfig, IdentityFields, Keyring, Node, PROTOCOL_VERSION};
+use murmur_gossip::{GossipConfig, IdentityFields, Keyring, PROTOCOL_VERSION, PoolMember};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 /// The cluster id the targets' node belongs to.
 pub const CLUSTER: &str = "fuzz";
 
-/// A node with no gossip key, so plaintext envelopes reach the decoders.
-pub fn node() -> Node {
+/// A member with no gossip key, so plaintext envelopes reach the decoders.
+pub fn node() -> PoolMember {
     let identity = IdentityFields {
         name: "fuzz".into(),
         node_id: 1,
@@ -21,14 +21,14 @@ pub fn node() -> Node {
         tags: vec![],
     }
     .into();
-    let mut node = Node::new(
+    let mut node = PoolMember::new(
         identity,
         GossipConfig::lan(CLUSTER),
         Keyring::new(None),
         StdRng::seed_from_u64(1),
     )
     .expect("valid node");
-    node.set_now(1_700_000_000_000);
+    node.set_now(1_700_000_000_000, std::time::Duration::from_secs(1));
     node
 }
 
@@ -41,6 +41,6 @@ pub fn envelope(body: &[u8]) -> Vec<u8> {
 }
 
 /// Takes every output, so queues cannot grow across inputs.
-pub fn drain(node: &mut Node) {
+pub fn drain(node: &mut PoolMember) {
     while node.poll_output().is_some() {}
 }
