@@ -376,3 +376,43 @@ fn a_hundred_watchers_all_see_the_last_of_500_writes_made_elsewhere_while_a_memb
         waits[49], waits[98], waits[99], rss_before, rss_after
     );
 }
+
+#[test]
+fn a_read_only_data_dir_stops_the_start_with_the_reason_and_its_data_intact() {
+    let mut agent = Agent::start(Spec {
+        name: "read-only",
+        key: None,
+        join: None,
+        extra: &[],
+    });
+    agent.kill9();
+    if !mount_tmpfs(&agent.data_dir, "8m") {
+        return;
+    }
+    let _mounted = Mounted(agent.data_dir.clone());
+    agent.start_again(None, &[]);
+    let (status, _, _) = agent.request("PUT", "/v1/kv/kept", b"before");
+    assert_eq!(status, 200);
+    agent.kill9();
+    let remount = |mode: &str| {
+        std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&agent.data_dir)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(remount("ro"));
+    let out = agent.rerun_to_exit(None, &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.to_lowercase().contains("read-only"), "{said}");
+    assert!(
+        said.contains(&agent.data_dir.display().to_string()),
+        "names the dir: {said}"
+    );
+    assert!(remount("rw"));
+    agent.start_again(None, &[]);
+    let (status, _, body) = agent.request("GET", "/v1/kv/kept?raw", b"");
+    assert_eq!((status, body.as_str()), (200, "before"));
+}
