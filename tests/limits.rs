@@ -35,6 +35,13 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
     }
 }
 
+/// Whether the agent at `addr` answers a request again within 5 s.
+fn answers_again(addr: SocketAddr) -> bool {
+    common::wait_until(Duration::from_secs(5), || {
+        http(addr, "GET", "/v1/agent/self", b"").is_ok_and(|(s, _, _)| s == 200)
+    })
+}
+
 fn open(addr: SocketAddr, n: usize, send: &[u8]) -> Vec<TcpStream> {
     (0..n)
         .map(|_| {
@@ -92,13 +99,7 @@ fn past_the_connection_caps_new_connections_get_429_or_503_naming_the_flag() {
         Some("1")
     );
     drop(held);
-    assert!(common::wait_until(Duration::from_secs(5), || http(
-        agent.http,
-        "GET",
-        "/v1/agent/self",
-        b""
-    )
-    .is_ok_and(|(s, _, _)| s == 200)));
+    assert!(answers_again(agent.http));
 
     let agent = self::agent("capped-total", &["--http-max-conns", "8"]);
     let held = open(agent.http, 8, b"");
@@ -106,13 +107,7 @@ fn past_the_connection_caps_new_connections_get_429_or_503_naming_the_flag() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("--http-max-conns"), "{body}");
     drop(held);
-    assert!(common::wait_until(Duration::from_secs(5), || http(
-        agent.http,
-        "GET",
-        "/v1/agent/self",
-        b""
-    )
-    .is_ok_and(|(s, _, _)| s == 200)));
+    assert!(answers_again(agent.http));
 }
 
 #[test]

@@ -102,6 +102,12 @@ fn register_db_with_sidecar(agent: &Agent, port: u16) {
     );
 }
 
+/// Creates the intention that lets web reach db, through `agent`.
+fn allow_web_to_db(agent: &Agent) {
+    let out = agent.cli(&["intention", "create", "-allow", "web", "db"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// Registers web-1 on `agent` with a sidecar whose db upstream listens on loopback `port`;
 /// the address web dials.
 fn register_web_with_db_upstream(agent: &Agent, port: u16) -> SocketAddr {
@@ -539,12 +545,7 @@ fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
 #[test]
 fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_metrics() {
     let agents = cluster("as", 2, &keygen());
-    assert!(
-        agents[0]
-            .cli(&["intention", "create", "--allow", "web", "db"])
-            .status
-            .success()
-    );
+    allow_web_to_db(&agents[0]);
     let EchoApp { addr: app, .. } = echo_app();
     let upstream = free_port();
     register_db_with_sidecar(&agents[1], app.port());
@@ -621,12 +622,7 @@ fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
     // A root appears: the same sidecar comes up by itself, with no restart and no
     // re-registration, and carries web's connections.
     assert!(agents[0].cli(&["ca", "rotate"]).status.success());
-    assert!(
-        agents[0]
-            .cli(&["intention", "create", "-allow", "web", "db"])
-            .status
-            .success()
-    );
+    allow_web_to_db(&agents[0]);
     assert!(
         wait_until(Duration::from_secs(60), || passing_db_proxies(
             &agents[0], 1
@@ -690,12 +686,7 @@ fn a_registration_with_a_sidecar_says_at_once_why_it_cannot_get_a_leaf() {
 fn with_the_signer_down_open_connections_flow_and_new_leaves_wait_for_it() {
     // sd0, the first by name, makes the root and holds its key.
     let mut agents = cluster("sd", 3, &keygen());
-    assert!(
-        agents[0]
-            .cli(&["intention", "create", "-allow", "web", "db"])
-            .status
-            .success()
-    );
+    allow_web_to_db(&agents[0]);
     assert!(wait_until(SPREAD, || root_count(&agents[2]) > 0));
     let EchoApp { addr: app, .. } = echo_app();
     register_db_with_sidecar(&agents[1], app.port());
@@ -760,12 +751,7 @@ fn two_agents_with_data_dirs_and_a_key_and_no_ca_init_connect_sidecars_within_30
     // The README's mesh quick start, as a new user runs it: no `ca init`, no manual step.
     let started = std::time::Instant::now();
     let agents = cluster("fr", 2, &keygen());
-    assert!(
-        agents[0]
-            .cli(&["intention", "create", "-allow", "web", "db"])
-            .status
-            .success()
-    );
+    allow_web_to_db(&agents[0]);
     let EchoApp { addr: app, .. } = echo_app();
     register_db_with_sidecar(&agents[1], app.port());
     let upstream = register_web_with_db_upstream(&agents[0], free_port());
@@ -957,12 +943,7 @@ fn the_native_sdk_made_before_there_is_a_root_says_why_and_works_once_there_is_o
 #[test]
 fn an_agent_run_sidecar_that_fails_is_started_again_and_all_come_back_after_kill_9() {
     let mut agents = cluster("rs", 2, &keygen());
-    assert!(
-        agents[0]
-            .cli(&["intention", "create", "-allow", "web", "db"])
-            .status
-            .success()
-    );
+    allow_web_to_db(&agents[0]);
     let EchoApp { addr: app, .. } = echo_app();
     register_db_with_sidecar(&agents[1], app.port());
     // web's upstream port is taken: its sidecar fails at start, and the agent starts it again

@@ -54,6 +54,21 @@ impl DataDir {
         }
     }
 
+    /// The JSON file `name` of an optional data dir, decoded; `T::default()` when there is no
+    /// data dir or no such file. A file that does not decode is an error naming it, with
+    /// `remedy` (what the user does about it).
+    pub fn read_json<T: serde::de::DeserializeOwned + Default>(
+        dir: Option<&Self>,
+        name: &str,
+        remedy: &str,
+    ) -> anyhow::Result<T> {
+        let Some(text) = dir.map(|d| d.read(name)).transpose()?.flatten() else {
+            return Ok(T::default());
+        };
+        serde_json::from_str(&text)
+            .with_context(|| format!("{name} in the data dir is corrupt: {remedy}"))
+    }
+
     fn corrupt(&self, name: &str, what: &str) -> anyhow::Error {
         anyhow::anyhow!(
             "{} is corrupt ({what}): restore it from a backup, or delete it to start this node afresh",

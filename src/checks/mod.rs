@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use murmur_catalog::{Check, Health};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -75,18 +74,11 @@ impl Checks {
 
     /// Definitions persisted by an earlier run of this agent.
     pub fn persisted(store: Option<&DataDir>) -> anyhow::Result<Vec<CheckDefinition>> {
-        let Some(text) = store
-            .map(|s| s.read(DEFINITIONS_FILE))
-            .transpose()?
-            .flatten()
-        else {
-            return Ok(Vec::new());
-        };
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{DEFINITIONS_FILE} in the data dir is corrupt: delete it and register the checks again"
-            )
-        })
+        DataDir::read_json(
+            store,
+            DEFINITIONS_FILE,
+            "delete it and register the checks again",
+        )
     }
 
     /// Starts running `definition` (replacing a check with the same id). With `keep_status`,

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use anyhow::Context;
 use murmur_proxy::backoff::Backoff;
 use rand::RngExt;
 use tokio::sync::Notify;
@@ -51,20 +50,11 @@ impl Sidecars {
 
     /// The sidecars that ran before a restart, by service ID.
     pub fn persisted(&self) -> anyhow::Result<BTreeMap<String, Vec<Upstream>>> {
-        let Some(text) = self
-            .store
-            .as_ref()
-            .map(|s| s.read(SIDECARS_FILE))
-            .transpose()?
-            .flatten()
-        else {
-            return Ok(BTreeMap::new());
-        };
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{SIDECARS_FILE} in the data dir is corrupt: delete it and register the services with sidecars again"
-            )
-        })
+        DataDir::read_json(
+            self.store.as_ref(),
+            SIDECARS_FILE,
+            "delete it and register the services with sidecars again",
+        )
     }
 
     /// Writes which sidecars run, under the lock that changed them.
