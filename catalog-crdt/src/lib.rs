@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod acl;
 mod ca_root;
 mod catalog;
 mod coordinate;
@@ -48,6 +49,7 @@ mod shared;
 mod summary;
 mod value;
 
+pub use acl::{ACL_POLICY_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclToken};
 pub use ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use coordinate::{COORDINATE_PREFIX, Coordinate, DIMENSIONS, ERROR_MAX, HEIGHT_MIN};

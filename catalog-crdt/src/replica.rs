@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{ACL_POLICY_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclToken};
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 use crate::catalog::{CatalogView, NodeRecord};
 use crate::coordinate::{self, COORDINATE_PREFIX, Coordinate};
@@ -545,6 +546,52 @@ impl Replica {
         })
     }
 
+    /// Creates or replaces an ACL token.
+    pub fn put_acl_token(&mut self, token: AclToken, wall_ms: u64) {
+        let key = AclToken::key(&token.accessor_id);
+        self.write_shared(key, Some(Value::AclToken(Box::new(token))), wall_ms);
+    }
+
+    /// Deletes the ACL token `accessor_id`; false when there was none.
+    pub fn delete_acl_token(&mut self, accessor_id: &str, wall_ms: u64) -> bool {
+        self.delete_shared(AclToken::key(accessor_id), wall_ms)
+    }
+
+    /// Every ACL token, with the modify index of its last change.
+    pub fn acl_tokens(&self) -> impl Iterator<Item = (&AclToken, u64)> {
+        self.values(ACL_TOKEN_PREFIX, |v| match v {
+            Value::AclToken(t) => Some(&**t),
+            _ => None,
+        })
+        .map(|(_, token, index)| (token, index))
+    }
+
+    /// Creates or replaces an ACL policy.
+    pub fn put_acl_policy(&mut self, policy: AclPolicy, wall_ms: u64) {
+        let key = AclPolicy::key(&policy.id);
+        self.write_shared(key, Some(Value::AclPolicy(Box::new(policy))), wall_ms);
+    }
+
+    /// Deletes the ACL policy `id`; false when there was none.
+    pub fn delete_acl_policy(&mut self, id: &str, wall_ms: u64) -> bool {
+        self.delete_shared(AclPolicy::key(id), wall_ms)
+    }
+
+    /// Every ACL policy, with the modify index of its last change.
+    pub fn acl_policies(&self) -> impl Iterator<Item = (&AclPolicy, u64)> {
+        self.values(ACL_POLICY_PREFIX, |v| match v {
+            Value::AclPolicy(p) => Some(&**p),
+            _ => None,
+        })
+        .map(|(_, policy, index)| (policy, index))
+    }
+
+    /// The modify index of the last change to any ACL token or policy (0: none ever): what
+    /// an agent's cache of authorizers is keyed on.
+    pub fn acl_index(&self) -> u64 {
+        self.shared.prefix_index("acl/")
+    }
+
     /// Creates or replaces a prepared query.
     pub fn put_query(&mut self, query: PreparedQuery, wall_ms: u64) {
         let key = PreparedQuery::key(&query.id);
@@ -914,6 +961,16 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
     {
         return Err(ApplyError::Malformed(
             "datacenter summary under another datacenter's key",
+        ));
+    }
+    let acl_fits = match register.value() {
+        Some(Value::AclToken(t)) => t.fits(key),
+        Some(Value::AclPolicy(p)) => p.fits(key),
+        _ => true,
+    };
+    if !acl_fits {
+        return Err(ApplyError::Malformed(
+            "ACL token or policy under another's key",
         ));
     }
     if let Some(Value::Query(query)) = register.value()

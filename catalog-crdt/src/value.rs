@@ -1,8 +1,8 @@
 //! What the shared key space holds, and the unit of replication.
 //!
 //! KV entries, intentions, config entries, external nodes, CA roots, coordinates, the
-//! datacenter directory and prepared queries live in **one** [`SharedMap`] under disjoint key prefixes (`kv/`,
-//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`, `query/`), so one digest, one anti-entropy exchange and one
+//! datacenter directory, prepared queries and ACL tokens and policies live in **one** [`SharedMap`] under disjoint key prefixes (`kv/`,
+//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`, `query/`, `acl/token/`, `acl/policy/`), so one digest, one anti-entropy exchange and one
 //! journal cover them all. A value whose variant does not match its key's prefix is malformed
 //! and refused, so a hostile peer cannot plant an intention under a KV key.
 //!
@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{ACL_POLICY_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclToken};
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot};
 use crate::catalog::NodeRecord;
 use crate::coordinate::{COORDINATE_PREFIX, Coordinate};
@@ -70,6 +71,10 @@ pub enum Value {
     Query(Box<PreparedQuery>),
     /// A datacenter's catalog in brief, under `summary/`.
     Summary(Box<DcSummary>),
+    /// An ACL token, under `acl/token/`.
+    AclToken(Box<AclToken>),
+    /// An ACL policy, under `acl/policy/`.
+    AclPolicy(Box<AclPolicy>),
 }
 
 impl Value {
@@ -85,6 +90,8 @@ impl Value {
             Self::Gateway(_) => DIRECTORY_PREFIX,
             Self::Query(_) => QUERY_PREFIX,
             Self::Summary(_) => SUMMARY_PREFIX,
+            Self::AclToken(_) => ACL_TOKEN_PREFIX,
+            Self::AclPolicy(_) => ACL_POLICY_PREFIX,
         }
     }
 
@@ -100,6 +107,8 @@ impl Value {
             Self::Gateway(g) => g.weight(),
             Self::Query(q) => q.weight(),
             Self::Summary(s) => s.weight(),
+            Self::AclToken(t) => t.weight(),
+            Self::AclPolicy(p) => p.weight(),
         }
     }
 }

@@ -15,8 +15,8 @@
 //! measure only their own datacenter.
 
 use murmur_catalog::{
-    CaRoot, Change, DIRECTORY_PREFIX, INTENTION_PREFIX, Journaled, QUERY_PREFIX, Replica,
-    SUMMARY_PREFIX,
+    ACL_POLICY_PREFIX, ACL_TOKEN_PREFIX, CaRoot, Change, DIRECTORY_PREFIX, INTENTION_PREFIX,
+    Journaled, QUERY_PREFIX, Replica, SUMMARY_PREFIX,
 };
 
 /// Where a piece of replicated data lives.
@@ -35,6 +35,10 @@ pub fn of_key(key: &str) -> Scope {
         DIRECTORY_PREFIX,
         QUERY_PREFIX,
         SUMMARY_PREFIX,
+        // Tokens and policies, local ones included: a local token carries its datacenter
+        // and is refused elsewhere, as Consul refuses it.
+        ACL_TOKEN_PREFIX,
+        ACL_POLICY_PREFIX,
     ]
     .iter()
     .any(|p| key.starts_with(p))
@@ -98,6 +102,11 @@ mod tests {
         assert_eq!(of_key(&Gateway::key("dc2", "gw")), Scope::Global);
         assert_eq!(
             of_key(&murmur_catalog::PreparedQuery::key("q-1")),
+            Scope::Global
+        );
+        assert_eq!(of_key(&murmur_catalog::AclToken::key("a-1")), Scope::Global);
+        assert_eq!(
+            of_key(&murmur_catalog::AclPolicy::key("p-1")),
             Scope::Global
         );
         for key in [
