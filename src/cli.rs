@@ -125,6 +125,9 @@ pub enum Command {
     /// The mesh certificate authority: create a root, rotate it, show the trusted roots.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// ACL tokens and policies (like `consul acl`); the agents need --acl-enabled.
+    #[command(subcommand)]
+    Acl(AclCommand),
     /// The service mesh data plane.
     #[command(subcommand)]
     Connect(ConnectCommand),
@@ -571,6 +574,75 @@ pub enum CaCommand {
     },
 }
 
+/// `murmur acl …`.
+#[derive(Subcommand, Debug)]
+pub enum AclCommand {
+    /// Make the first management token (once per cluster; refused after that). Keep its
+    /// SecretID: it is shown only now.
+    Bootstrap {
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Policies: named rules.
+    #[command(subcommand)]
+    Policy(AclPolicyCommand),
+    /// Tokens: who a request is.
+    #[command(subcommand)]
+    Token(AclTokenCommand),
+}
+
+/// `murmur acl policy …`.
+#[derive(Subcommand, Debug)]
+pub enum AclPolicyCommand {
+    /// Create a policy from rules in Consul's language (HCL or JSON).
+    Create {
+        /// Its unique name.
+        #[arg(long)]
+        name: String,
+        /// The rules, or @FILE to read them from a file.
+        #[arg(long)]
+        rules: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// List the policies.
+    List {
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+}
+
+/// `murmur acl token …`.
+#[derive(Subcommand, Debug)]
+pub enum AclTokenCommand {
+    /// Create a token linked to policies (by name); prints its AccessorID and SecretID.
+    Create {
+        /// A policy to link, by name (repeatable).
+        #[arg(long = "policy-name")]
+        policy_names: Vec<String>,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// List the tokens (their secrets are never shown).
+    List {
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+    /// Delete a token by its AccessorID: it stops working on every agent.
+    Delete {
+        /// The token's AccessorID.
+        accessor_id: String,
+        #[command(flatten)]
+        target: HttpTarget,
+    },
+}
+
 /// `murmur services …`.
 #[derive(Subcommand, Debug)]
 pub enum ServicesCommand {
@@ -607,18 +679,52 @@ pub enum ServicesCommand {
     },
 }
 
-/// Which agent a client command talks to.
-#[derive(Args, Debug, Clone)]
+/// Which agent a client command talks to, and as whom.
+#[derive(Args, Debug, Clone, Default)]
 pub struct HttpTarget {
-    /// HTTP address of the agent to talk to.
-    #[arg(long, env = "MURMUR_HTTP_ADDR", default_value = "127.0.0.1:8500")]
-    pub http_addr: String,
+    /// HTTP address of the agent to talk to (also read from Consul's CONSUL_HTTP_ADDR, so
+    /// scripts written for Consul work) [default: 127.0.0.1:8500].
+    #[arg(long, env = "MURMUR_HTTP_ADDR")]
+    pub http_addr: Option<String>,
     /// Datacenter to ask (its answer comes through the gateways) [default: the agent's own].
     #[arg(long, env = "MURMUR_DATACENTER")]
     pub datacenter: Option<String>,
+    /// ACL token to send (also read from Consul's CONSUL_HTTP_TOKEN) [default: none, the
+    /// anonymous token].
+    #[arg(long, env = "MURMUR_HTTP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
+/// Where client commands go by default (Consul's address).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
+
 impl HttpTarget {
+    /// A target at `addr` with no datacenter and no token.
+    pub fn at(addr: impl Into<String>) -> Self {
+        Self {
+            http_addr: Some(addr.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The agent's address: `--http-addr`, `MURMUR_HTTP_ADDR`, Consul's `CONSUL_HTTP_ADDR`,
+    /// or the default.
+    pub fn addr(&self) -> String {
+        self.http_addr
+            .clone()
+            .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned())
+    }
+
+    /// The ACL token: `--token`, `MURMUR_HTTP_TOKEN`, or Consul's `CONSUL_HTTP_TOKEN`.
+    pub fn token(&self) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+    }
+
     /// The datacenter asked for, if any: an empty `--datacenter` means the agent's own.
     pub fn datacenter(&self) -> Option<&str> {
         self.datacenter.as_deref().filter(|dc| !dc.is_empty())
@@ -719,6 +825,22 @@ pub struct AgentArgs {
     /// to sign. `false` to bring your own root with `murmur ca init` [default: true].
     #[arg(long, value_name = "true|false")]
     pub ca_bootstrap: Option<bool>,
+    /// Turn ACLs on: every API request is checked against its token's policies (Consul's
+    /// acl.enabled). Make the first management token with `murmur acl bootstrap`.
+    #[arg(long)]
+    pub acl_enabled: bool,
+    /// What a request may do where no rule of its token says: `allow` (Consul's default) or
+    /// `deny` (recommended: only what a policy grants).
+    #[arg(long, value_name = "allow|deny")]
+    pub acl_default_policy: Option<String>,
+    /// Token the agent itself acts with: the sidecars of --config-dir services.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "MURMUR_ACL_AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub acl_agent_token: Option<String>,
     /// This agent may serve as one of its datacenter's WAN gateways: the agents of a
     /// datacenter pick --wan-gateways of the live eligible ones (no election), which join the
     /// WAN pool that links datacenters.

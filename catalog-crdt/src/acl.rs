@@ -121,5 +121,12 @@ mod tests {
         assert!(replica.delete_acl_token("acc-1", 12));
         assert_eq!(replica.acl_tokens().count(), 0);
         assert!(replica.acl_index() > before, "a deletion moves the index");
+        // Every change, deletions included, is accepted by another replica.
+        let mut other = Replica::new("b", 2, 1, ReplicaConfig::default());
+        for change in replica.take_outbox() {
+            other.apply(&change, 20).unwrap();
+        }
+        assert_eq!(other.acl_tokens().count(), 0);
+        assert_eq!(other.acl_policies().count(), 1);
     }
 }

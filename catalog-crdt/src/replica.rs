@@ -913,6 +913,8 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
             DIRECTORY_PREFIX,
             QUERY_PREFIX,
             SUMMARY_PREFIX,
+            ACL_TOKEN_PREFIX,
+            ACL_POLICY_PREFIX,
         ]
         .into_iter()
         .find(|p| key.starts_with(p))

@@ -151,10 +151,25 @@ struct Agent {
 }
 
 impl Agent {
+    /// The agent at `addr`, asked with the ACL token in `MURMUR_HTTP_TOKEN` (or Consul's
+    /// `CONSUL_HTTP_TOKEN`) if either is set: the leaf of a service needs `service:write`
+    /// on it when the agents run with ACLs.
     fn new(addr: &str) -> Self {
+        let token = ["MURMUR_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|t| !t.is_empty()));
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(mut value) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&t).ok())
+        {
+            value.set_sensitive(true);
+            headers.insert("X-Consul-Token", value);
+        }
         Self {
             base: agent_base_url(addr),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
         }
     }
 

@@ -57,6 +57,10 @@ struct FileConfig {
     leaf_cert_ttl: Option<String>,
     ca_bootstrap: Option<bool>,
     #[serde(default)]
+    acl_enabled: bool,
+    acl_default_policy: Option<String>,
+    acl_agent_token: Option<String>,
+    #[serde(default)]
     wan_eligible: bool,
     bind_wan: Option<String>,
     advertise_wan: Option<String>,
@@ -98,6 +102,12 @@ pub struct AgentConfig {
     pub leaf_cert_ttl: Duration,
     /// This agent may make its datacenter's CA root (`crate::connect::bootstrap`).
     pub ca_bootstrap: bool,
+    /// `--acl-enabled`.
+    pub acl_enabled: bool,
+    /// `--acl-default-policy allow` (true) or `deny`.
+    pub acl_default_allow: bool,
+    /// `--acl-agent-token`.
+    pub acl_agent_token: Option<String>,
     /// WAN settings, when this agent may serve as a gateway (`--wan-eligible`).
     pub wan: Option<WanConfig>,
 }
@@ -235,6 +245,15 @@ impl AgentConfig {
                 })?,
             None => DEFAULT_LEAF_CERT_TTL,
         };
+        let acl_default_allow = match args
+            .acl_default_policy
+            .as_deref()
+            .or(file.acl_default_policy.as_deref())
+        {
+            None | Some("allow") => true,
+            Some("deny") => false,
+            Some(other) => bail!("--acl-default-policy {other:?} must be allow or deny"),
+        };
         let join = if args.join.is_empty() {
             file.join
         } else {
@@ -278,6 +297,9 @@ impl AgentConfig {
             default_intention_policy,
             leaf_cert_ttl,
             ca_bootstrap: args.ca_bootstrap.or(file.ca_bootstrap).unwrap_or(true),
+            acl_enabled: args.acl_enabled || file.acl_enabled,
+            acl_default_allow,
+            acl_agent_token: args.acl_agent_token.clone().or(file.acl_agent_token),
             wan,
         })
     }

@@ -188,15 +188,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             })
             .unwrap_or_default()
     });
-    let from_config = definitions
-        .iter()
-        .filter_map(|d| Some((d.service.id.clone(), d.sidecar.clone()?)));
-    for (id, upstreams) in persisted_sidecars
+    let from_config = definitions.iter().filter_map(|d| {
+        let spec = crate::connect::sidecars::SidecarSpec {
+            upstreams: d.sidecar.clone()?,
+            token: config.acl_agent_token.clone(),
+        };
+        Some((d.service.id.clone(), spec))
+    });
+    for (id, spec) in persisted_sidecars
         .into_iter()
         .filter(|(id, _)| registered.contains(id))
         .chain(from_config)
     {
-        sidecars.start(&id, &upstreams)?;
+        sidecars.start(&id, spec)?;
     }
     tracing::info!(
         node = %config.node, gossip = %config.bind, advertise = %config.advertise, http = %config.http_addr, dns = %config.dns_addr,

@@ -1,5 +1,6 @@
 //! The client commands: each is one or a few HTTP calls to the local agent, printed for humans.
 
+mod acl;
 mod catalog;
 mod connect;
 mod kv;
@@ -25,10 +26,25 @@ struct Client {
 
 impl Client {
     fn new(target: &HttpTarget) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = target.token() {
+            match reqwest::header::HeaderValue::from_str(&token) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    headers.insert("X-Consul-Token", value);
+                }
+                Err(_) => eprintln!(
+                    "warning: the ACL token has characters a header cannot carry; sending none"
+                ),
+            }
+        }
         Self {
-            base: murmur_proxy::native::agent_base_url(&target.http_addr),
+            base: murmur_proxy::native::agent_base_url(&target.addr()),
             datacenter: target.datacenter().map(str::to_owned),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -194,6 +210,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Services(command) => catalog::services(command).await?,
         Command::Intention(command) => connect::intention(command).await?,
         Command::Ca(command) => connect::ca(command).await?,
+        Command::Acl(command) => acl::run(command).await?,
         Command::Connect(crate::cli::ConnectCommand::Proxy(args)) => sidecar::run(args).await?,
         Command::Maint {
             enable,

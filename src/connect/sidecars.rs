@@ -32,9 +32,20 @@ pub struct Sidecars {
     running: Mutex<HashMap<String, Running>>,
 }
 
-/// One proxy the agent runs: its upstreams, and how to stop it.
+/// What a sidecar is started with: its upstreams, and the ACL token of the registration that
+/// asked for it (the proxy acts with it, as Consul's sidecars use their service's token).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SidecarSpec {
+    /// Its upstreams.
+    pub upstreams: Vec<Upstream>,
+    /// The registration's token, if it came with one (kept in the data dir, 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// One proxy the agent runs: what it runs with, and how to stop it.
 struct Running {
-    upstreams: Vec<Upstream>,
+    spec: SidecarSpec,
     stop: Arc<Notify>,
 }
 
@@ -49,7 +60,7 @@ impl Sidecars {
     }
 
     /// The sidecars that ran before a restart, by service ID.
-    pub fn persisted(&self) -> anyhow::Result<BTreeMap<String, Vec<Upstream>>> {
+    pub fn persisted(&self) -> anyhow::Result<BTreeMap<String, SidecarSpec>> {
         DataDir::read_json(
             self.store.as_ref(),
             SIDECARS_FILE,
@@ -62,8 +73,8 @@ impl Sidecars {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let kept: BTreeMap<&String, &Vec<Upstream>> =
-            running.iter().map(|(id, r)| (id, &r.upstreams)).collect();
+        let kept: BTreeMap<&String, &SidecarSpec> =
+            running.iter().map(|(id, r)| (id, &r.spec)).collect();
         store.write(SIDECARS_FILE, &serde_json::to_string_pretty(&kept)?)
     }
 
@@ -71,20 +82,21 @@ impl Sidecars {
         self.running.lock().expect("sidecars poisoned")
     }
 
-    /// Starts the proxy of service `id` with `upstreams`; one already running with the same
-    /// upstreams is kept (a service registered again keeps its connections), one with
-    /// others is replaced.
-    pub fn start(&self, id: &str, upstreams: &[Upstream]) -> anyhow::Result<()> {
+    /// Starts the proxy of service `id` as `spec` says; one already running the same way is
+    /// kept (a service registered again keeps its connections), another is replaced.
+    pub fn start(&self, id: &str, spec: SidecarSpec) -> anyhow::Result<()> {
         let stop = Arc::new(Notify::new());
+        let upstreams = spec.upstreams.clone();
+        let token = spec.token.clone();
         {
             let mut running = self.running();
-            if running.get(id).is_some_and(|r| r.upstreams == upstreams) {
+            if running.get(id).is_some_and(|r| r.spec == spec) {
                 return Ok(());
             }
             let replaced = running.insert(
                 id.to_owned(),
                 Running {
-                    upstreams: upstreams.to_vec(),
+                    spec,
                     stop: stop.clone(),
                 },
             );
@@ -106,8 +118,8 @@ impl Sidecars {
             // The agent's own /v1/agent/metrics exports them.
             metrics_addr: None,
             target: HttpTarget {
-                http_addr: self.http.to_string(),
-                datacenter: None,
+                token,
+                ..HttpTarget::at(self.http.to_string())
             },
         };
         tokio::spawn(keep_running(id.to_owned(), args, stop));

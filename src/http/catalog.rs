@@ -9,19 +9,23 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use murmur_acl::{Access, Resource};
 use murmur_catalog::{DcSummary, Instance, NodeRecord};
 use serde_json::{Value, json};
 
+use super::acl::Auth;
 use super::blocking::Topic;
 use super::coordinate::sort_near;
 use super::health::{NodeShape, ServiceShape, check_json, node_json, service_json};
 use super::health::{catalog_query, split_query};
 use super::{Api, ApiError, ApiResult, blocking, filter_of, filtered, node_uuid, with_index};
 use crate::agent::runtime::wall_ms;
+use crate::connect::sidecars::SidecarSpec;
 
 /// `GET /v1/catalog/services`: every service name with its tags.
 pub async fn services(
     State(api): State<Api>,
+    auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let (index, services) = blocking::query(&api.agent, &query, Topic::Catalog, |n| {
@@ -31,6 +35,7 @@ pub async fn services(
             .catalog(&failed)
             .services()
             .into_iter()
+            .filter(|(name, _)| auth.can(Resource::Service, name, Access::Read))
             .map(|(name, tags)| {
                 (
                     name.to_owned(),
@@ -70,11 +75,16 @@ fn instance_json(i: &Instance<'_>, node_id: u64, index: u64) -> Value {
 /// `GET /v1/catalog/service/:name` with any number of `?tag=`.
 pub async fn service(
     State(api): State<Api>,
+    auth: Auth,
     Path(name): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult {
     let (query, tags) = split_query(pairs, "tag");
-    catalog_query(&api, &query, None, |v, view| {
+    let readable = auth.can(Resource::Service, &name, Access::Read);
+    let answer = catalog_query(&api, &query, None, |v, view| {
+        if !readable {
+            return Vec::new();
+        }
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         let mut instances = view.instances(&name, &tags);
         sort_near(v, &query, &mut instances, |i| i.node);
@@ -83,7 +93,8 @@ pub async fn service(
             .map(|i| instance_json(i, v.node_id(i.node), view.node_index(i.node)))
             .collect::<Vec<Value>>()
     })
-    .await
+    .await;
+    super::acl::filtered_unless(readable, answer)
 }
 
 /// `PUT /v1/agent/service/register`: adds or replaces a service on this agent's record.
@@ -91,11 +102,33 @@ pub async fn service(
 /// A service with a sidecar block on an agent that cannot hand out a leaf yet is registered
 /// all the same (its sidecar waits, critical, and comes up once the cause is fixed), and the
 /// answer says why in [`super::WARNING_HEADER`], so the mistake shows where it is made.
-pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<axum::response::Response> {
+pub async fn register(
+    State(api): State<Api>,
+    auth: Auth,
+    body: Bytes,
+) -> ApiResult<axum::response::Response> {
     super::limits::SERVICE.check(body.len())?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let definition = crate::services::parse(&value).map_err(ApiError::bad_request)?;
+    // A sidecar (`<name>-sidecar-proxy`) is written by who may write the service it fronts,
+    // as in Consul, where a proxy registration needs write on its destination service.
+    let governing = definition
+        .service
+        .name
+        .strip_suffix("-sidecar-proxy")
+        .unwrap_or(&definition.service.name);
+    auth.require(Resource::Service, governing, Access::Write)?;
+    // Replacing an instance of another service needs write on that one too.
+    let replaced = api.agent.view(|v| {
+        v.replica()
+            .own_record()
+            .and_then(|r| r.services.get(&definition.service.id))
+            .map(|s| s.name.clone())
+    });
+    if let Some(name) = replaced {
+        auth.require(Resource::Service, &name, Access::Write)?;
+    }
     // Every check is validated before anything is written: a bad one leaves nothing behind.
     let checks = definition
         .check_definitions(api.config.enable_script_checks)
@@ -121,9 +154,11 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<axum::re
     let mut response = StatusCode::OK.into_response();
     match &sidecar {
         Some(upstreams) => {
-            api.sidecars
-                .start(&id, upstreams)
-                .map_err(ApiError::internal)?;
+            let spec = SidecarSpec {
+                upstreams: upstreams.clone(),
+                token: auth.secret.clone(),
+            };
+            api.sidecars.start(&id, spec).map_err(ApiError::internal)?;
             if let Some(why) = api.connect.why_no_leaf(&api.agent) {
                 tracing::warn!(service = %id, "its sidecar cannot get a leaf yet: {why}");
                 if let Ok(value) = axum::http::HeaderValue::from_str(&why) {
@@ -137,7 +172,20 @@ pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<axum::re
 }
 
 /// `PUT /v1/agent/service/deregister/:id`.
-pub async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn deregister(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let name = api.agent.view(|v| {
+        v.replica()
+            .own_record()
+            .and_then(|r| r.services.get(&id))
+            .map(|s| s.name.clone())
+    });
+    if let Some(name) = name {
+        auth.require(Resource::Service, &name, Access::Write)?;
+    }
     let found = api
         .agent
         .write(|r, _| {
@@ -296,12 +344,14 @@ fn own_listing<T: serde::Serialize>(
 /// `GET /v1/agent/services`: the services this agent registered, by id.
 pub async fn agent_services(
     State(api): State<Api>,
+    auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     own_listing(&api, &query, |_, record, index| {
         record
             .services
             .iter()
+            .filter(|(_, s)| auth.can(Resource::Service, &s.name, Access::Read))
             .map(|(id, s)| (id.clone(), service_json(s, index)))
             .collect()
     })

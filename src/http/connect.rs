@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use murmur_acl::{Access, Resource};
 use murmur_catalog::CA_ROOT_PREFIX;
 use murmur_proxy::authorize::authorize as decide;
 use murmur_proxy::identity::ServiceId;
@@ -18,6 +19,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::acl::Auth;
 use super::blocking::{self, Topic};
 use super::{Api, ApiError, ApiResult, with_index};
 use crate::agent::runtime::wall_ms;
@@ -120,9 +122,12 @@ fn leaf_json(issued: &IssuedLeaf) -> Value {
 /// it waits until a new leaf replaces that one (renewal, or a new signing root).
 pub async fn leaf(
     State(api): State<Api>,
+    auth: Auth,
     Path(service): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    // A leaf and its key let the holder act as the service: only who may write it gets one.
+    auth.require(Resource::Service, &service, Access::Write)?;
     ServiceId::new(api.connect.trust_domain(), &api.config.datacenter, &service)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let index = blocking::index(&query)?;
@@ -153,7 +158,7 @@ pub async fn leaf(
 }
 
 /// `POST /v1/agent/connect/authorize`: may the holder of `ClientCertURI` reach `Target`?
-pub async fn authorize(State(api): State<Api>, body: Bytes) -> ApiResult {
+pub async fn authorize(State(api): State<Api>, auth: Auth, body: Bytes) -> ApiResult {
     let object = match serde_json::from_slice(&body) {
         Ok(Value::Object(object)) => object,
         _ => {
@@ -166,6 +171,7 @@ pub async fn authorize(State(api): State<Api>, body: Bytes) -> ApiResult {
     if target.is_empty() {
         return Err(ApiError::bad_request("Target service must be specified"));
     }
+    auth.require(Resource::Service, &target, Access::Write)?;
     let uri = string(&object, "ClientCertURI").map_err(ApiError::bad_request)?;
     let caller = ServiceId::parse(&uri).map_err(|e| {
         ApiError::bad_request(format!("ClientCertURI not a valid Connect identifier: {e}"))
@@ -193,7 +199,11 @@ pub async fn authorize(State(api): State<Api>, body: Bytes) -> ApiResult {
 
 /// `PUT /v1/agent/connect/ca/rotate` (murmur's own): a new root, made and kept by this agent,
 /// signs from now on; the old ones stay trusted for one leaf lifetime.
-pub async fn rotate(State(api): State<Api>) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+pub async fn rotate(
+    State(api): State<Api>,
+    auth: Auth,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    auth.require_operator(Access::Write)?;
     let root = api
         .connect
         .rotate(&api.agent)

@@ -5,9 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
+use murmur_acl::{Access, Resource};
 use murmur_catalog::{CatalogView, Check, Health, Instance, NodeRecord, Service};
 use serde::Serialize;
 
+use super::acl::Auth;
 use super::blocking::Topic;
 use super::{
     Api, ApiError, ApiResult, blocking, encode, filter_of, flag_or_value, json_bytes, node_uuid,
@@ -210,21 +212,26 @@ pub(super) fn entry_json(v: &View<'_>, view: &CatalogView<'_>, i: &Instance<'_>)
 /// those whose every check passes, `?tag=` (repeatable) those carrying every tag.
 pub async fn service(
     State(api): State<Api>,
+    auth: Auth,
     Path(name): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult {
     let (query, tags) = split_query(pairs, "tag");
     let passing = flag_or_value(&query, "passing")?;
+    let readable = auth.can(Resource::Service, &name, Access::Read);
     // An answer sorted `?near=` depends on coordinates too, which the kept answers are not
-    // keyed by: it is made afresh.
-    let key = (!query.contains_key("near")).then(|| {
+    // keyed by: it is made afresh; so is one filtered by ACLs (the kept ones are shared).
+    let key = (readable && !query.contains_key("near")).then(|| {
         format!(
             "health/service\n{name}\n{passing}\n{}\n{}",
             query.get("filter").map_or("", String::as_str),
             tags.join("\n")
         )
     });
-    catalog_query(&api, &query, key, |v, view| {
+    let answer = catalog_query(&api, &query, key, |v, view| {
+        if !readable {
+            return Vec::new();
+        }
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         let mut instances: Vec<_> = view
             .instances(&name, &tags)
@@ -237,7 +244,8 @@ pub async fn service(
             .map(|i| entry_json(v, view, i))
             .collect::<Vec<_>>()
     })
-    .await
+    .await;
+    super::acl::filtered_unless(readable, answer)
 }
 
 /// `GET /v1/health/checks/:service`: the checks of every instance of a service (node-level

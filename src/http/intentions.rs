@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use murmur_acl::Access;
 use murmur_catalog::{
     Action, INTENTION_PREFIX, Intention, MatchBy, Replica, WILDCARD, check, matching, ordered,
 };
@@ -19,6 +20,7 @@ use murmur_proxy::authorize::action_name;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::acl::Auth;
 use super::blocking::{self, Topic};
 use super::{Api, ApiError, ApiResult, filter_of, filtered, with_index};
 use crate::services::{string, string_map};
@@ -141,14 +143,21 @@ fn pair(query: &HashMap<String, String>) -> Result<(String, String), ApiError> {
     Ok((get("source")?, get("destination")?))
 }
 
-async fn put_intention(api: &Api, intention: Intention) -> Result<(), ApiError> {
+async fn put_intention(api: &Api, auth: &Auth, intention: Intention) -> Result<(), ApiError> {
+    auth.require_intention(&intention.destination, Access::Write)?;
     api.agent
         .write(move |r, now| r.put_intention(intention, now))
         .await
         .map_err(ApiError::internal)
 }
 
-async fn delete_pair(api: &Api, source: String, destination: String) -> Result<(), ApiError> {
+async fn delete_pair(
+    api: &Api,
+    auth: &Auth,
+    source: String,
+    destination: String,
+) -> Result<(), ApiError> {
+    auth.require_intention(&destination, Access::Write)?;
     api.agent
         .write(move |r, now| r.delete_intention(&source, &destination, now))
         .await
@@ -159,6 +168,7 @@ async fn delete_pair(api: &Api, source: String, destination: String) -> Result<(
 /// `GET /v1/connect/intentions`: every intention, in precedence order; blocking, `?filter=`.
 pub async fn list(
     State(api): State<Api>,
+    auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let filter = filter_of(&query)?;
@@ -167,6 +177,7 @@ pub async fn list(
         (
             intentions_index(v.replica()),
             all.iter()
+                .filter(|i| auth.can_intention(&i.destination, Access::Read))
                 .map(|i| shape(v.replica(), i))
                 .collect::<Vec<_>>(),
         )
@@ -177,7 +188,7 @@ pub async fn list(
 
 /// `POST /v1/connect/intentions` (Consul's legacy create): `{"ID": …}`; 409 when the pair has
 /// one already (use `PUT …/exact` to replace).
-pub async fn create(State(api): State<Api>, body: Bytes) -> ApiResult<Response> {
+pub async fn create(State(api): State<Api>, auth: Auth, body: Bytes) -> ApiResult<Response> {
     let intention = parse(&body_object(&body)?, None, None)?;
     let exists = api.agent.view(|v| {
         v.replica()
@@ -194,7 +205,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> ApiResult<Response> 
         ));
     }
     let id = Intention::id(&intention.source, &intention.destination);
-    put_intention(&api, intention).await?;
+    put_intention(&api, &auth, intention).await?;
     Ok(Json(json!({"ID": id})).into_response())
 }
 
@@ -210,22 +221,24 @@ pub async fn get_exact(
 /// `PUT /v1/connect/intentions/exact?source=&destination=`: create or replace; `true`.
 pub async fn put_exact(
     State(api): State<Api>,
+    auth: Auth,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let (source, destination) = pair(&query)?;
     let intention = parse(&body_object(&body)?, Some(&source), Some(&destination))?;
-    put_intention(&api, intention).await?;
+    put_intention(&api, &auth, intention).await?;
     Ok(Json(json!(true)).into_response())
 }
 
 /// `DELETE /v1/connect/intentions/exact?source=&destination=`: `true`, also when absent.
 pub async fn delete_exact(
     State(api): State<Api>,
+    auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let (source, destination) = pair(&query)?;
-    delete_pair(&api, source, destination).await?;
+    delete_pair(&api, &auth, source, destination).await?;
     Ok(Json(json!(true)).into_response())
 }
 
@@ -251,6 +264,7 @@ pub async fn get_id(State(api): State<Api>, Path(id): Path<String>) -> ApiResult
 /// the pair is its identity).
 pub async fn put_id(
     State(api): State<Api>,
+    auth: Auth,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -263,14 +277,18 @@ pub async fn put_id(
             "an intention's source and destination cannot change: delete it and create another",
         ));
     }
-    put_intention(&api, intention).await?;
+    put_intention(&api, &auth, intention).await?;
     Ok(Json(json!(true)).into_response())
 }
 
 /// `DELETE /v1/connect/intentions/:id`.
-pub async fn delete_id(State(api): State<Api>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn delete_id(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let (source, destination) = by_id(&api, &id)?;
-    delete_pair(&api, source, destination).await?;
+    delete_pair(&api, &auth, source, destination).await?;
     Ok(Json(json!(true)).into_response())
 }
 

@@ -11,9 +11,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use murmur_acl::{Access, Resource};
 use murmur_catalog::{KvEntry, KvError, KvValue};
 use serde_json::{Value, json};
 
+use super::acl::Auth;
 use super::blocking::Topic;
 use super::{Api, ApiError, ApiResult, blocking, flag, indexed, with_index};
 
@@ -59,22 +61,33 @@ fn refuse_sessions(query: &HashMap<String, String>) -> ApiResult<()> {
 }
 
 /// `GET /v1/kv/` (the whole store, with `?recurse` or `?keys`).
-pub async fn get_root(state: State<Api>, query: Query<HashMap<String, String>>) -> ApiResult {
-    get(state, Path(String::new()), query).await
+pub async fn get_root(
+    state: State<Api>,
+    auth: Auth,
+    query: Query<HashMap<String, String>>,
+) -> ApiResult {
+    get(state, auth, Path(String::new()), query).await
 }
 
 /// `GET /v1/kv/:key` with `?recurse`, `?keys&separator=`, `?raw`, `?index&wait`.
 pub async fn get(
     State(api): State<Api>,
+    auth: Auth,
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    let recurse = flag(&query, "recurse");
+    if !recurse && !flag(&query, "keys") {
+        auth.require(Resource::Key, &key, Access::Read)?;
+    }
     if flag(&query, "keys") {
         // Consul accepts its historical misspelling too.
         let separator = query.get("separator").or(query.get("seperator")).cloned();
         let (index, keys) = blocking::query(&api.agent, &query, Topic::Kv(key.clone()), |n| {
             let kv = n.replica().kv();
-            (kv.prefix_index(&key), kv.keys(&key, separator.as_deref()))
+            let mut keys = kv.keys(&key, separator.as_deref());
+            keys.retain(|k| auth.can(Resource::Key, k, Access::List));
+            (kv.prefix_index(&key), keys)
         })
         .await?;
         if keys.is_empty() {
@@ -82,11 +95,11 @@ pub async fn get(
         }
         return Ok(with_index(index, json!(keys)));
     }
-    let recurse = flag(&query, "recurse");
     let (index, entries) = blocking::query(&api.agent, &query, Topic::Kv(key.clone()), |n| {
         let kv = n.replica().kv();
         let entries: Vec<(Value, Vec<u8>)> = if recurse {
             kv.list(&key)
+                .filter(|e| auth.can(Resource::Key, e.key, Access::Read))
                 .map(|e| (entry_json(&e), Vec::new()))
                 .collect()
         } else {
@@ -113,11 +126,13 @@ pub async fn get(
 /// `PUT /v1/kv/:key` with the value as the body, `?flags=`, `?cas=`.
 pub async fn put(
     State(api): State<Api>,
+    auth: Auth,
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult {
     refuse_sessions(&query)?;
+    auth.require(Resource::Key, &key, Access::Write)?;
     let value = KvValue {
         flags: number(&query, "flags")?.unwrap_or(0),
         value: body.to_vec(),
@@ -139,10 +154,12 @@ pub async fn put_root() -> ApiError {
 /// `DELETE /v1/kv/:key` with `?recurse` or `?cas=`.
 pub async fn delete(
     State(api): State<Api>,
+    auth: Auth,
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let cas = number(&query, "cas")?;
+    auth.require(Resource::Key, &key, Access::Write)?;
     let deleted = if flag(&query, "recurse") {
         if cas.is_some() {
             return Err(ApiError::bad_request("cas cannot be combined with recurse"));
@@ -150,9 +167,20 @@ pub async fn delete(
         api.agent
             .write(|r, now| {
                 let keys: Vec<String> = r.kv().list(&key).map(|e| e.key.to_owned()).collect();
+                // A recursive delete needs write on every key it would remove, as Consul's.
+                if let Some(k) = keys
+                    .iter()
+                    .find(|k| !auth.can(Resource::Key, k, Access::Write))
+                {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("Permission denied: token lacks permission 'key:write' on {k:?}"),
+                    ));
+                }
                 keys.iter()
                     .try_for_each(|k| r.kv_write(k, None, None, now).map(drop))
                     .map(|()| true)
+                    .map_err(ApiError::from)
             })
             .await
     } else {
@@ -162,7 +190,7 @@ pub async fn delete(
                     // Nothing to delete: no tombstone for a key that is not there.
                     return Ok(true);
                 }
-                r.kv_write(&key, None, cas, now)
+                r.kv_write(&key, None, cas, now).map_err(ApiError::from)
             })
             .await
     };
@@ -171,9 +199,13 @@ pub async fn delete(
 }
 
 /// `DELETE /v1/kv/` with `?recurse`: the whole store.
-pub async fn delete_root(state: State<Api>, query: Query<HashMap<String, String>>) -> ApiResult {
+pub async fn delete_root(
+    state: State<Api>,
+    auth: Auth,
+    query: Query<HashMap<String, String>>,
+) -> ApiResult {
     if !flag(&query, "recurse") {
         return Err(ApiError::bad_request("Missing key name"));
     }
-    delete(state, Path(String::new()), query).await
+    delete(state, auth, Path(String::new()), query).await
 }

@@ -4,6 +4,7 @@
 //! murmur has no leader: `X-Consul-KnownLeader` is always `true` (every agent serves) and
 //! `X-Consul-Effective-Consistency` is `stale`: each agent answers from its own replica.
 
+mod acl;
 mod answers;
 pub mod blocking;
 mod catalog;
@@ -32,6 +33,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use murmur_acl::{Access, Resource};
 use murmur_gossip::{
     EventFilter, GossipError, KeyringOp, MemberState, MemberStatus, PROTOCOL_VERSION, SecretKey,
     UserEvent,
@@ -58,6 +60,8 @@ struct Api {
     answers: Arc<answers::Answers>,
     /// Runs prepared queries (with failover to other datacenters).
     queries: Arc<query::Executor>,
+    /// ACL settings and cached authorizers.
+    acl: Arc<acl::Acl>,
 }
 
 /// An error answer: status plus a plain-text message, as Consul sends them.
@@ -135,15 +139,26 @@ pub fn router(
     queries: Arc<query::Executor>,
 ) -> Router {
     let forwarder = queries.forwarder().clone();
+    let acl_policy = config.acl_enabled.then_some(if config.acl_default_allow {
+        "allow"
+    } else {
+        "deny"
+    });
+    let config = Arc::new(config);
     let api = Api {
         agent,
         leave,
-        config: Arc::new(config),
+        config: config.clone(),
         checks,
         connect,
         sidecars,
         answers: Arc::default(),
         queries,
+        acl: Arc::new(acl::Acl::new(
+            config.acl_enabled,
+            config.acl_default_allow,
+            &config.datacenter,
+        )),
     };
     // Requests for a datacenter (`?dc=`): catalog, health, KV, event fire, intentions, status.
     let datacenter_scoped = Router::new()
@@ -246,6 +261,25 @@ pub fn router(
         .route("/v1/agent/connect/authorize", post(connect::authorize))
         .route("/v1/agent/connect/ca/rotate", put(connect::rotate))
         .route("/v1/event/list", get(event_list))
+        .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/token", put(acl::create_token))
+        .route("/v1/acl/token/self", get(acl::token_self))
+        .route(
+            "/v1/acl/token/{accessor}",
+            get(acl::read_token)
+                .put(acl::update_token)
+                .delete(acl::delete_token),
+        )
+        .route("/v1/acl/tokens", get(acl::list_tokens))
+        .route("/v1/acl/policy", put(acl::create_policy))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl::read_policy)
+                .put(acl::update_policy)
+                .delete(acl::delete_policy),
+        )
+        .route("/v1/acl/policy/name/{name}", get(acl::read_policy_by_name))
+        .route("/v1/acl/policies", get(acl::list_policies))
         .route(
             "/v1/operator/keyring",
             get(keyring_list)
@@ -257,15 +291,23 @@ pub fn router(
         // tower's synchronous map keeps the headers step inside the route's future; axum's
         // `middleware::map_response` boxed one more future (712 bytes) for every request, which
         // a parked blocking query holds for as long as it waits.
-        .layer(tower::util::MapResponseLayer::new(consul_headers))
+        .layer(tower::util::MapResponseLayer::new(move |r| {
+            consul_headers(r, acl_policy)
+        }))
         .with_state(api);
     forwarder.serve(router.clone());
     router
 }
 
-/// Headers Consul clients rely on for every answer.
-fn consul_headers(mut response: Response) -> Response {
+/// Headers Consul clients rely on for every answer; with ACLs on, the default policy.
+fn consul_headers(mut response: Response, acl_policy: Option<&'static str>) -> Response {
     let headers = response.headers_mut();
+    if let Some(policy) = acl_policy {
+        headers.insert(
+            "X-Consul-Default-ACL-Policy",
+            HeaderValue::from_static(policy),
+        );
+    }
     headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
     headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
     headers.insert(
@@ -504,9 +546,11 @@ async fn agent_members(
 /// only, as only Consul's servers join the WAN).
 async fn agent_join(
     State(api): State<Api>,
+    auth: acl::Auth,
     Path(addr): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
+    auth.require(Resource::Agent, &api.config.node, Access::Write)?;
     let (addrs, errors) = resolve_seeds(std::slice::from_ref(&addr)).await;
     if let Some(err) = errors.into_iter().next() {
         return Err(ApiError::bad_request(err));
@@ -521,9 +565,10 @@ async fn agent_join(
         .map_err(|errors| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, errors.join("; ")))
 }
 
-async fn agent_leave(State(api): State<Api>) -> StatusCode {
+async fn agent_leave(State(api): State<Api>, auth: acl::Auth) -> ApiResult<StatusCode> {
+    auth.require(Resource::Agent, &api.config.node, Access::Write)?;
     api.leave.notify_one();
-    StatusCode::OK
+    Ok(StatusCode::OK)
 }
 
 fn prometheus() -> &'static PrometheusHandle {
@@ -617,10 +662,12 @@ fn event_json(e: &UserEvent) -> Value {
 
 async fn event_fire(
     State(api): State<Api>,
+    auth: acl::Auth,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    auth.require(Resource::Event, &name, Access::Write)?;
     let param = |key: &str| query.get(key).cloned().unwrap_or_default();
     let filter = EventFilter {
         node: param("node"),
@@ -716,19 +763,23 @@ async fn keyring(api: &Api, op: KeyringOp) -> ApiResult {
     .into_response())
 }
 
-async fn keyring_list(State(api): State<Api>) -> ApiResult {
+async fn keyring_list(State(api): State<Api>, auth: acl::Auth) -> ApiResult {
+    auth.require_keyring(Access::Read)?;
     keyring(&api, KeyringOp::List).await
 }
 
-async fn keyring_install(State(api): State<Api>, body: Bytes) -> ApiResult {
+async fn keyring_install(State(api): State<Api>, auth: acl::Auth, body: Bytes) -> ApiResult {
+    auth.require_keyring(Access::Write)?;
     keyring(&api, KeyringOp::Install(*key_from_body(&body)?.as_bytes())).await
 }
 
-async fn keyring_use(State(api): State<Api>, body: Bytes) -> ApiResult {
+async fn keyring_use(State(api): State<Api>, auth: acl::Auth, body: Bytes) -> ApiResult {
+    auth.require_keyring(Access::Write)?;
     keyring(&api, KeyringOp::Use(*key_from_body(&body)?.as_bytes())).await
 }
 
-async fn keyring_remove(State(api): State<Api>, body: Bytes) -> ApiResult {
+async fn keyring_remove(State(api): State<Api>, auth: acl::Auth, body: Bytes) -> ApiResult {
+    auth.require_keyring(Access::Write)?;
     keyring(&api, KeyringOp::Remove(*key_from_body(&body)?.as_bytes())).await
 }
 

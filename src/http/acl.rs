@@ -1,0 +1,816 @@
+//! ACLs on the HTTP API: which token a request carries (`X-Consul-Token`, `Authorization:
+//! Bearer`, or `?token=`), what its policies allow ([`Auth`], from `murmur_acl`), and Consul's
+//! `/v1/acl/*` endpoints for tokens and policies. Tokens and policies are replicated data,
+//! so every agent decides from its own replica; a token deleted anywhere stops working here
+//! as soon as the deletion arrives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::Response;
+use murmur_acl::{
+    ANONYMOUS_ACCESSOR, Access, Authorizer, GLOBAL_MANAGEMENT_ID, GLOBAL_MANAGEMENT_NAME, Resource,
+    Rules, secret_hash,
+};
+use murmur_catalog::{AclPolicy, AclToken, Replica};
+use serde_json::{Map, Value, json};
+
+use super::{Api, ApiError, ApiResult, with_index};
+
+/// The agent's ACL settings and its cache of authorizers.
+pub struct Acl {
+    enabled: bool,
+    default_allow: bool,
+    datacenter: String,
+    /// Authorizers by secret hash, valid while the replica's ACL index stays where it was.
+    cache: Mutex<(u64, HashMap<String, Resolved>)>,
+}
+
+/// A token found, and what it may do.
+#[derive(Clone)]
+struct Resolved {
+    accessor: String,
+    authorizer: Arc<Authorizer>,
+}
+
+/// Most authorizers cached; past it the cache starts over (a flood of unknown secrets cannot
+/// grow it without bound).
+const CACHE_MAX: usize = 10_000;
+
+impl Acl {
+    /// ACLs as `--acl-enabled` and `--acl-default-policy` set them, in `datacenter`.
+    pub fn new(enabled: bool, default_allow: bool, datacenter: &str) -> Self {
+        Self {
+            enabled,
+            default_allow,
+            datacenter: datacenter.to_owned(),
+            cache: Mutex::default(),
+        }
+    }
+
+    /// What the holder of `secret` (none: the anonymous token) may do.
+    fn resolve(
+        &self,
+        replica: &Replica,
+        index: u64,
+        secret: Option<&str>,
+    ) -> Result<Resolved, ApiError> {
+        if !self.enabled {
+            return Ok(Resolved {
+                accessor: String::new(),
+                authorizer: Arc::new(Authorizer::Management),
+            });
+        }
+        let hash = secret.map(secret_hash).unwrap_or_default();
+        {
+            let mut cache = self.cache.lock().expect("ACL cache poisoned");
+            if cache.0 != index || cache.1.len() >= CACHE_MAX {
+                *cache = (index, HashMap::new());
+            }
+            if let Some(found) = cache.1.get(&hash) {
+                return Ok(found.clone());
+            }
+        }
+        let token = match secret {
+            None => replica
+                .acl_tokens()
+                .map(|(t, _)| t)
+                .find(|t| t.accessor_id == ANONYMOUS_ACCESSOR)
+                .cloned()
+                .unwrap_or_else(|| AclToken {
+                    accessor_id: ANONYMOUS_ACCESSOR.into(),
+                    ..AclToken::default()
+                }),
+            Some(_) => replica
+                .acl_tokens()
+                .map(|(t, _)| t)
+                .find(|t| t.secret_hash == hash)
+                .cloned()
+                .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "ACL not found"))?,
+        };
+        if token.local && token.datacenter != self.datacenter {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "ACL not found: the token is local to datacenter {}",
+                    token.datacenter
+                ),
+            ));
+        }
+        let resolved = Resolved {
+            accessor: token.accessor_id.clone(),
+            authorizer: Arc::new(self.authorizer_of(replica, &token)),
+        };
+        let mut cache = self.cache.lock().expect("ACL cache poisoned");
+        if cache.0 == index {
+            cache.1.insert(hash, resolved.clone());
+        }
+        Ok(resolved)
+    }
+
+    fn authorizer_of(&self, replica: &Replica, token: &AclToken) -> Authorizer {
+        if token.policies.iter().any(|p| p == GLOBAL_MANAGEMENT_ID) {
+            return Authorizer::Management;
+        }
+        let rules: Vec<Rules> = replica
+            .acl_policies()
+            .map(|(p, _)| p)
+            .filter(|p| token.policies.contains(&p.id))
+            .filter(|p| p.datacenters.is_empty() || p.datacenters.contains(&self.datacenter))
+            .filter_map(|p| match Rules::parse(&p.rules) {
+                Ok(rules) => Some(rules),
+                Err(err) => {
+                    tracing::warn!(policy = %p.name, "policy ignored: {err}");
+                    None
+                }
+            })
+            .collect();
+        Authorizer::of(&rules, self.default_allow)
+    }
+}
+
+/// The secret a request carries, if any: `X-Consul-Token`, `Authorization: Bearer`, or
+/// `?token=`. One that is not plain visible text is refused (400) rather than looked up.
+fn secret_of(parts: &Parts) -> Result<Option<String>, ApiError> {
+    let bad = || {
+        ApiError::bad_request("the ACL token is not valid text: send it as printed by murmur acl")
+    };
+    if let Some(value) = parts.headers.get("X-Consul-Token") {
+        return value
+            .to_str()
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|_| bad());
+    }
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let text = value.to_str().map_err(|_| bad())?;
+        if let Some(token) = text.strip_prefix("Bearer ") {
+            return Ok(Some(token.trim().to_owned()));
+        }
+    }
+    let query = parts.uri.query().unwrap_or_default();
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("token=") {
+            let decoded = percent_decode(value).ok_or_else(bad)?;
+            if decoded.chars().any(char::is_control) {
+                return Err(bad());
+            }
+            return Ok(Some(decoded));
+        }
+    }
+    Ok(None)
+}
+
+/// `%XX` and `+` decoding of a query value; `None` when it is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What the request's token may do; handlers take it as an argument.
+pub struct Auth {
+    /// The token's accessor (empty with ACLs off).
+    pub accessor: String,
+    /// The token's secret as sent (for the sidecar a registration asks for).
+    pub secret: Option<String>,
+    authorizer: Arc<Authorizer>,
+}
+
+impl FromRequestParts<Api> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, ApiError> {
+        let secret = secret_of(parts)?;
+        let resolved = api.agent.view(|v| {
+            let replica = v.replica();
+            api.acl
+                .resolve(replica, replica.acl_index(), secret.as_deref())
+        })?;
+        Ok(Self {
+            accessor: resolved.accessor,
+            secret,
+            authorizer: resolved.authorizer,
+        })
+    }
+}
+
+/// An answer that ACLs emptied says so, as Consul's do (`X-Consul-Results-Filtered-By-ACLs`).
+pub fn filtered_unless(readable: bool, answer: ApiResult) -> ApiResult {
+    let mut answer = answer?;
+    if !readable {
+        answer.headers_mut().insert(
+            "X-Consul-Results-Filtered-By-ACLs",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(answer)
+}
+
+/// Consul's 403.
+fn denied(what: &str, on: Option<&str>) -> ApiError {
+    let on = on.map(|n| format!(" on {n:?}")).unwrap_or_default();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("Permission denied: token lacks permission '{what}'{on}"),
+    )
+}
+
+impl Auth {
+    /// The authorizer, for checks a handler makes itself (filtering lists).
+    pub fn can(&self, kind: Resource, name: &str, need: Access) -> bool {
+        self.authorizer.allows(kind, name, need)
+    }
+
+    /// `Ok` when it may act on `name` of `kind` with `need`, else Consul's 403.
+    pub fn require(&self, kind: Resource, name: &str, need: Access) -> Result<(), ApiError> {
+        if self.can(kind, name, need) {
+            return Ok(());
+        }
+        Err(denied(&permission(kind, need), Some(name)))
+    }
+
+    /// Whether it may read or change intentions whose destination is `destination`.
+    pub fn can_intention(&self, destination: &str, need: Access) -> bool {
+        self.authorizer.intention(destination, need)
+    }
+
+    /// `Ok` when it may read or change intentions whose destination is `destination`.
+    pub fn require_intention(&self, destination: &str, need: Access) -> Result<(), ApiError> {
+        if self.can_intention(destination, need) {
+            return Ok(());
+        }
+        Err(denied(
+            &format!("intention:{}", word(need)),
+            Some(destination),
+        ))
+    }
+
+    /// `Ok` when it has `operator:<need>`.
+    pub fn require_operator(&self, need: Access) -> Result<(), ApiError> {
+        if self.authorizer.operator(need) {
+            return Ok(());
+        }
+        Err(denied(&format!("operator:{}", word(need)), None))
+    }
+
+    /// `Ok` when it has `acl:<need>`.
+    pub fn require_acl(&self, need: Access) -> Result<(), ApiError> {
+        if self.authorizer.acl(need) {
+            return Ok(());
+        }
+        Err(denied(&format!("acl:{}", word(need)), None))
+    }
+
+    /// `Ok` when it has `keyring:<need>`.
+    pub fn require_keyring(&self, need: Access) -> Result<(), ApiError> {
+        if self.authorizer.keyring(need) {
+            return Ok(());
+        }
+        Err(denied(&format!("keyring:{}", word(need)), None))
+    }
+}
+
+fn word(need: Access) -> &'static str {
+    match need {
+        Access::Deny => "deny",
+        Access::List => "list",
+        Access::Read => "read",
+        Access::Write => "write",
+    }
+}
+
+fn permission(kind: Resource, need: Access) -> String {
+    let kind = match kind {
+        Resource::Service => "service",
+        Resource::Node => "node",
+        Resource::Key => "key",
+        Resource::Event => "event",
+        Resource::Agent => "agent",
+        Resource::Query => "query",
+        Resource::Session => "session",
+    };
+    format!("{kind}:{}", word(need))
+}
+
+/// A fresh random UUID (version 4), for accessor and secret IDs and policy IDs.
+fn uuid() -> String {
+    let mut id = [0u8; 16];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    murmur_catalog::uuid_text(&id)
+}
+
+fn disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "ACL support disabled: start the agents with --acl-enabled",
+    )
+}
+
+/// Consul's token JSON; the secret only when the caller is entitled to see it (it is not
+/// kept: only at creation, and to its own holder).
+fn token_json(replica: &Replica, token: &AclToken, secret: Option<&str>, index: u64) -> Value {
+    let policies: Vec<Value> = token
+        .policies
+        .iter()
+        .map(|id| {
+            let name = if id == GLOBAL_MANAGEMENT_ID {
+                GLOBAL_MANAGEMENT_NAME.to_owned()
+            } else {
+                replica
+                    .acl_policies()
+                    .find(|(p, _)| &p.id == id)
+                    .map(|(p, _)| p.name.clone())
+                    .unwrap_or_default()
+            };
+            json!({"ID": id, "Name": name})
+        })
+        .collect();
+    let mut out = json!({
+        "AccessorID": token.accessor_id,
+        "Description": token.description,
+        "Policies": policies,
+        "Local": token.local,
+        "CreateTime": create_time(token.create_ms),
+        "Hash": token.secret_hash,
+        "CreateIndex": index,
+        "ModifyIndex": index,
+    });
+    if let Some(secret) = secret {
+        out["SecretID"] = json!(secret);
+    }
+    out
+}
+
+fn create_time(ms: u64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn policy_json(policy: &AclPolicy, index: u64) -> Value {
+    json!({
+        "ID": policy.id,
+        "Name": policy.name,
+        "Description": policy.description,
+        "Rules": policy.rules,
+        "Datacenters": policy.datacenters,
+        "CreateIndex": index,
+        "ModifyIndex": index,
+    })
+}
+
+fn builtin_management_json() -> Value {
+    json!({
+        "ID": GLOBAL_MANAGEMENT_ID,
+        "Name": GLOBAL_MANAGEMENT_NAME,
+        "Description": "Builtin Policy that grants unlimited access",
+        "Rules": "",
+        "Datacenters": [],
+        "CreateIndex": 1,
+        "ModifyIndex": 1,
+    })
+}
+
+fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(ApiError::bad_request(
+            "Request decode failed: the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("Request decode failed: {e}"))),
+    }
+}
+
+fn text(o: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
+    match o
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+    {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::bad_request(format!("{key} must be a string"))),
+    }
+}
+
+fn field<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    o.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+/// The policy IDs a token body names (`Policies: [{ID} | {Name}]`), each checked to exist.
+fn policy_ids(replica: &Replica, o: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let Some(list) = field(o, "Policies") else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("Policies must be a list of {ID} or {Name}"))?;
+    list.iter()
+        .map(|link| {
+            let link = link.as_object().ok_or_else(|| {
+                ApiError::bad_request("Policies must be a list of {ID} or {Name}")
+            })?;
+            let (id, name) = (text(link, "ID")?, text(link, "Name")?);
+            if id == GLOBAL_MANAGEMENT_ID || name == GLOBAL_MANAGEMENT_NAME {
+                return Ok(GLOBAL_MANAGEMENT_ID.to_owned());
+            }
+            replica
+                .acl_policies()
+                .map(|(p, _)| p)
+                .find(|p| (!id.is_empty() && p.id == id) || (!name.is_empty() && p.name == name))
+                .map(|p| p.id.clone())
+                .ok_or_else(|| {
+                    let which = if id.is_empty() { name } else { id };
+                    ApiError::bad_request(format!("cannot find policy {which:?}"))
+                })
+        })
+        .collect()
+}
+
+/// `PUT /v1/acl/bootstrap`: the first management token; refused once any token exists.
+pub async fn bootstrap(State(api): State<Api>) -> ApiResult {
+    if !api.acl.enabled {
+        return Err(disabled());
+    }
+    let (accessor, secret) = (uuid(), uuid());
+    let datacenter = api.config.datacenter.clone();
+    let token = AclToken {
+        accessor_id: accessor.clone(),
+        secret_hash: secret_hash(&secret),
+        description: "Bootstrap Token (Global Management)".into(),
+        policies: vec![GLOBAL_MANAGEMENT_ID.into()],
+        local: false,
+        datacenter,
+        create_ms: crate::agent::runtime::wall_ms(),
+    };
+    let made = api
+        .agent
+        .write(move |r, now| {
+            if r.acl_tokens()
+                .any(|(t, _)| t.accessor_id != ANONYMOUS_ACCESSOR)
+            {
+                return None;
+            }
+            r.put_acl_token(token.clone(), now);
+            Some(token)
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(token) = made else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ACL bootstrap no longer allowed: a token exists already (manage tokens with a management token)",
+        ));
+    };
+    answer_token(&api, &token, Some(&secret))
+}
+
+fn answer_token(api: &Api, token: &AclToken, secret: Option<&str>) -> ApiResult {
+    let (body, index) = api.agent.view(|v| {
+        let replica = v.replica();
+        (
+            token_json(replica, token, secret, replica.acl_index()),
+            replica.acl_index(),
+        )
+    });
+    Ok(with_index(index, body))
+}
+
+/// `PUT /v1/acl/token`: a new token (`acl:write`); its secret is in this answer only.
+pub async fn create_token(State(api): State<Api>, auth: Auth, body: Bytes) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    let o = object(&body)?;
+    let secret = match text(&o, "SecretID")? {
+        s if s.is_empty() => uuid(),
+        s => s,
+    };
+    let accessor = match text(&o, "AccessorID")? {
+        a if a.is_empty() => uuid(),
+        a => a,
+    };
+    let policies = api.agent.view(|v| policy_ids(v.replica(), &o))?;
+    let token = AclToken {
+        accessor_id: accessor,
+        secret_hash: secret_hash(&secret),
+        description: text(&o, "Description")?,
+        policies,
+        local: field(&o, "Local").and_then(Value::as_bool).unwrap_or(false),
+        datacenter: api.config.datacenter.clone(),
+        create_ms: crate::agent::runtime::wall_ms(),
+    };
+    let written = token.clone();
+    let clash = api
+        .agent
+        .write(move |r, now| {
+            let clash = r.acl_tokens().any(|(t, _)| {
+                t.accessor_id == written.accessor_id || t.secret_hash == written.secret_hash
+            });
+            if !clash {
+                r.put_acl_token(written, now);
+            }
+            clash
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    if clash {
+        return Err(ApiError::bad_request(
+            "Invalid Token: AccessorID or SecretID already in use",
+        ));
+    }
+    answer_token(&api, &token, Some(&secret))
+}
+
+fn enabled(api: &Api) -> Result<(), ApiError> {
+    if api.acl.enabled {
+        Ok(())
+    } else {
+        Err(disabled())
+    }
+}
+
+fn find_token(api: &Api, accessor: &str) -> Result<AclToken, ApiError> {
+    api.agent
+        .view(|v| {
+            v.replica()
+                .acl_tokens()
+                .find(|(t, _)| t.accessor_id == accessor)
+                .map(|(t, _)| t.clone())
+        })
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "ACL not found"))
+}
+
+/// `GET /v1/acl/token/self`: the request's own token, with its secret.
+pub async fn token_self(State(api): State<Api>, auth: Auth) -> ApiResult {
+    enabled(&api)?;
+    if auth.secret.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ACL not found: send a token",
+        ));
+    }
+    let token = find_token(&api, &auth.accessor)?;
+    answer_token(&api, &token, auth.secret.as_deref())
+}
+
+/// `GET /v1/acl/token/:accessor` (`acl:read`).
+pub async fn read_token(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(accessor): Path<String>,
+) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Read)?;
+    let token = find_token(&api, &accessor)?;
+    answer_token(&api, &token, None)
+}
+
+/// `PUT /v1/acl/token/:accessor` (`acl:write`): new description and policies.
+pub async fn update_token(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(accessor): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    let o = object(&body)?;
+    let mut token = find_token(&api, &accessor)?;
+    token.description = text(&o, "Description")?;
+    token.policies = api.agent.view(|v| policy_ids(v.replica(), &o))?;
+    let written = token.clone();
+    api.agent
+        .write(move |r, now| r.put_acl_token(written, now))
+        .await
+        .map_err(ApiError::internal)?;
+    answer_token(&api, &token, None)
+}
+
+/// `DELETE /v1/acl/token/:accessor` (`acl:write`): `true`.
+pub async fn delete_token(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(accessor): Path<String>,
+) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    if accessor == ANONYMOUS_ACCESSOR {
+        return Err(ApiError::bad_request(
+            "the anonymous token cannot be deleted",
+        ));
+    }
+    api.agent
+        .write(move |r, now| r.delete_acl_token(&accessor, now))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(json_true(&api))
+}
+
+fn json_true(api: &Api) -> Response {
+    let index = api.agent.view(|v| v.replica().acl_index());
+    with_index(index, json!(true))
+}
+
+/// `GET /v1/acl/tokens` (`acl:read`).
+pub async fn list_tokens(State(api): State<Api>, auth: Auth) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Read)?;
+    let (list, index) = api.agent.view(|v| {
+        let replica = v.replica();
+        let list: Vec<Value> = replica
+            .acl_tokens()
+            .map(|(t, i)| token_json(replica, t, None, i))
+            .collect();
+        (list, replica.acl_index())
+    });
+    Ok(with_index(index, json!(list)))
+}
+
+/// `PUT /v1/acl/policy` (`acl:write`): a new policy; its rules must parse.
+pub async fn create_policy(State(api): State<Api>, auth: Auth, body: Bytes) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    let policy = parse_policy(&object(&body)?, uuid())?;
+    store_policy(&api, policy).await
+}
+
+/// `PUT /v1/acl/policy/:id` (`acl:write`).
+pub async fn update_policy(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    if id == GLOBAL_MANAGEMENT_ID {
+        return Err(ApiError::bad_request(
+            "the builtin global-management policy cannot change",
+        ));
+    }
+    find_policy(&api, |p| p.id == id)?;
+    let policy = parse_policy(&object(&body)?, id)?;
+    store_policy(&api, policy).await
+}
+
+fn parse_policy(o: &Map<String, Value>, id: String) -> Result<AclPolicy, ApiError> {
+    let name = text(o, "Name")?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid Policy: invalid Name {name:?}: use letters, digits, '-' and '_'"
+        )));
+    }
+    let rules = text(o, "Rules")?;
+    Rules::parse(&rules).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let datacenters = match field(o, "Datacenters") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|d| d.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::bad_request("Datacenters must be a list of names"))?,
+        Some(_) => return Err(ApiError::bad_request("Datacenters must be a list of names")),
+    };
+    Ok(AclPolicy {
+        id,
+        name,
+        description: text(o, "Description")?,
+        rules,
+        datacenters,
+    })
+}
+
+async fn store_policy(api: &Api, policy: AclPolicy) -> ApiResult {
+    let written = policy.clone();
+    let clash = api
+        .agent
+        .write(move |r, now| {
+            let clash = written.name == GLOBAL_MANAGEMENT_NAME
+                || r.acl_policies()
+                    .any(|(p, _)| p.name == written.name && p.id != written.id);
+            if !clash {
+                r.put_acl_policy(written, now);
+            }
+            clash
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    if clash {
+        return Err(ApiError::bad_request(format!(
+            "Invalid Policy: A Policy with Name {:?} already exists",
+            policy.name
+        )));
+    }
+    let index = api.agent.view(|v| v.replica().acl_index());
+    Ok(with_index(index, policy_json(&policy, index)))
+}
+
+fn find_policy(
+    api: &Api,
+    which: impl Fn(&AclPolicy) -> bool,
+) -> Result<(AclPolicy, u64), ApiError> {
+    api.agent
+        .view(|v| {
+            v.replica()
+                .acl_policies()
+                .find(|(p, _)| which(p))
+                .map(|(p, i)| (p.clone(), i))
+        })
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "ACL policy not found"))
+}
+
+/// `GET /v1/acl/policy/:id` (`acl:read`).
+pub async fn read_policy(State(api): State<Api>, auth: Auth, Path(id): Path<String>) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Read)?;
+    if id == GLOBAL_MANAGEMENT_ID {
+        return Ok(with_index(1, builtin_management_json()));
+    }
+    let (policy, index) = find_policy(&api, |p| p.id == id)?;
+    Ok(with_index(index, policy_json(&policy, index)))
+}
+
+/// `GET /v1/acl/policy/name/:name` (`acl:read`).
+pub async fn read_policy_by_name(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Read)?;
+    if name == GLOBAL_MANAGEMENT_NAME {
+        return Ok(with_index(1, builtin_management_json()));
+    }
+    let (policy, index) = find_policy(&api, |p| p.name == name)?;
+    Ok(with_index(index, policy_json(&policy, index)))
+}
+
+/// `DELETE /v1/acl/policy/:id` (`acl:write`): `true`.
+pub async fn delete_policy(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    if id == GLOBAL_MANAGEMENT_ID {
+        return Err(ApiError::bad_request(
+            "the builtin global-management policy cannot be deleted",
+        ));
+    }
+    api.agent
+        .write(move |r, now| r.delete_acl_policy(&id, now))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(json_true(&api))
+}
+
+/// `GET /v1/acl/policies` (`acl:read`), the builtin one first.
+pub async fn list_policies(State(api): State<Api>, auth: Auth) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Read)?;
+    let (mut list, index) = api.agent.view(|v| {
+        let replica = v.replica();
+        let list: Vec<Value> = replica
+            .acl_policies()
+            .map(|(p, i)| policy_json(p, i))
+            .collect();
+        (list, replica.acl_index())
+    });
+    list.insert(0, builtin_management_json());
+    Ok(with_index(index, json!(list)))
+}

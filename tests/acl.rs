@@ -1,0 +1,294 @@
+//! ACLs end to end: two agents with `--acl-enabled --acl-default-policy deny`, tokens and
+//! policies made through the CLI and the API, checked on both agents the way clients reach
+//! them (HTTP headers, `?token=`, the CLI with `CONSUL_HTTP_TOKEN`).
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Agent, BIN, Spec, http, keygen, wait_until};
+use serde_json::Value;
+
+const ACL: &[&str] = &["--acl-enabled", "--acl-default-policy", "deny"];
+
+fn pair() -> Vec<Agent> {
+    let key = keygen();
+    let first = Agent::start(Spec {
+        name: "acl-0",
+        key: Some(&key),
+        join: None,
+        extra: ACL,
+    });
+    let seed = first.gossip;
+    vec![
+        first,
+        Agent::start(Spec {
+            name: "acl-1",
+            key: Some(&key),
+            join: Some(seed),
+            extra: ACL,
+        }),
+    ]
+}
+
+/// A request with `token` in `X-Consul-Token`: status and body.
+fn call(agent: &Agent, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(agent.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let header = token
+        .map(|t| format!("X-Consul-Token: {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// Runs the CLI against `agent` with `CONSUL_HTTP_TOKEN` (Consul's variable) set to `token`.
+fn cli(agent: &Agent, token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("CONSUL_HTTP_ADDR", agent.http.to_string())
+        .env_remove("MURMUR_HTTP_ADDR")
+        .env_remove("MURMUR_HTTP_TOKEN");
+    match token {
+        Some(t) => cmd.env("CONSUL_HTTP_TOKEN", t),
+        None => cmd.env_remove("CONSUL_HTTP_TOKEN"),
+    };
+    cmd.output().unwrap()
+}
+
+/// The `SecretID:` line of a token the CLI printed.
+fn secret_of(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("SecretID:"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no SecretID in {text}"))
+}
+
+/// Makes a policy with `rules` and a token linked to it; the token's secret.
+fn token_with(agent: &Agent, management: &str, name: &str, rules: &str) -> String {
+    let out = cli(
+        agent,
+        Some(management),
+        &["acl", "policy", "create", "--name", name, "--rules", rules],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secret_of(&cli(
+        agent,
+        Some(management),
+        &["acl", "token", "create", "--policy-name", name],
+    ))
+}
+
+#[test]
+fn tokens_and_policies_decide_what_each_request_may_do_on_every_agent() {
+    let agents = pair();
+    let (a, b) = (&agents[0], &agents[1]);
+
+    // Anonymous, default deny: nothing readable, nothing writable.
+    let (status, body) = call(
+        a,
+        "PUT",
+        "/v1/agent/service/register",
+        None,
+        r#"{"Name": "web"}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.starts_with("Permission denied"), "{body}");
+    assert_eq!(call(a, "PUT", "/v1/kv/app/x", None, "v").0, 403);
+
+    // Bootstrap once; a second time is refused.
+    let management = secret_of(&cli(a, None, &["acl", "bootstrap"]));
+    let again = cli(b, None, &["acl", "bootstrap"]);
+    assert!(!again.status.success());
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let out = cli(b, None, &["acl", "bootstrap"]);
+            String::from_utf8_lossy(&out.stderr).contains("no longer allowed")
+        }),
+        "the bootstrap token reached the other agent"
+    );
+
+    let web = token_with(
+        a,
+        &management,
+        "web-writer",
+        r#"service "web" { policy = "write" }"#,
+    );
+    let app = token_with(
+        a,
+        &management,
+        "app-kv",
+        r#"key_prefix "app/" { policy = "write" }"#,
+    );
+    assert!(wait_until(Duration::from_secs(30), || call(
+        b,
+        "GET",
+        "/v1/acl/token/self",
+        Some(&web),
+        ""
+    )
+    .0 == 200));
+
+    // web's token registers web, not db; gets web's leaf, not db's.
+    let register = |token: &str, name: &str| {
+        call(
+            b,
+            "PUT",
+            "/v1/agent/service/register",
+            Some(token),
+            &format!(r#"{{"Name": "{name}", "Port": 80}}"#),
+        )
+        .0
+    };
+    assert_eq!(register(&web, "web"), 200);
+    assert_eq!(register(&web, "db"), 403);
+    assert_eq!(register(&management, "db"), 200);
+    assert_eq!(
+        call(b, "GET", "/v1/agent/connect/ca/leaf/db", Some(&web), "").0,
+        403
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || call(
+            b,
+            "GET",
+            "/v1/agent/connect/ca/leaf/web",
+            Some(&web),
+            ""
+        )
+        .0 == 200),
+        "web's leaf for web's token"
+    );
+    // What each may read: the anonymous token sees no services, web's only web.
+    let services = |token: Option<&str>| {
+        let (status, body) = call(b, "GET", "/v1/catalog/services", token, "");
+        assert_eq!(status, 200, "{body}");
+        let map: Value = serde_json::from_str(&body).unwrap();
+        let mut names: Vec<String> = map.as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    };
+    assert!(services(None).is_empty());
+    assert_eq!(services(Some(&web)), ["web"]);
+    assert_eq!(services(Some(&management)), ["db", "web"]);
+    let (status, body) = call(b, "GET", "/v1/health/service/db", Some(&web), "");
+    assert_eq!((status, body.as_str()), (200, "[]"));
+
+    // app's keys: app/ only.
+    assert_eq!(
+        call(a, "PUT", "/v1/kv/app/color", Some(&app), "blue").0,
+        200
+    );
+    assert_eq!(call(a, "PUT", "/v1/kv/other", Some(&app), "x").0, 403);
+    assert_eq!(
+        call(a, "PUT", "/v1/kv/other", Some(&management), "x").0,
+        200
+    );
+    assert_eq!(call(a, "GET", "/v1/kv/other", Some(&app), "").0, 403);
+    let (status, body) = call(a, "GET", "/v1/kv/?recurse", Some(&app), "");
+    assert_eq!(status, 200);
+    let keys: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(keys.len(), 1, "only app/ is listed: {body}");
+    // ?token= and Authorization: Bearer are read too.
+    let (status, _, _) = http(
+        a.http,
+        "GET",
+        &format!("/v1/kv/app/color?raw&token={app}"),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+
+    // The CLI with Consul's CONSUL_HTTP_TOKEN.
+    let out = cli(a, Some(&app), &["kv", "put", "app/size", "L"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(a, None, &["kv", "put", "app/size", "L"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+
+    // A token deleted on one agent is refused on the other within seconds.
+    let accessor: Value =
+        serde_json::from_str(&call(a, "GET", "/v1/acl/token/self", Some(&app), "").1).unwrap();
+    let accessor = accessor["AccessorID"].as_str().unwrap().to_owned();
+    let out = cli(a, Some(&management), &["acl", "token", "delete", &accessor]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gone = wait_until(Duration::from_secs(10), || {
+        let (status, body) = call(b, "GET", "/v1/kv/app/color", Some(&app), "");
+        status == 403 && body.contains("ACL not found")
+    });
+    assert!(
+        gone,
+        "the deleted token still works on the other agent: {:?} / on a: {:?}",
+        call(b, "GET", "/v1/kv/app/color", Some(&app), ""),
+        call(a, "GET", "/v1/kv/app/color", Some(&app), ""),
+    );
+}
+
+#[test]
+fn bad_rules_tokens_and_headers_are_refused_with_the_reason_and_change_nothing() {
+    let agents = pair();
+    let a = &agents[0];
+    let management = secret_of(&cli(a, None, &["acl", "bootstrap"]));
+    let (status, body) = call(
+        a,
+        "PUT",
+        "/v1/acl/policy",
+        Some(&management),
+        r#"{"Name": "broken", "Rules": "service \"web\" { policy = \"writ\" }"}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("Failed to parse ACL rules"), "{body}");
+    let (status, body) = call(
+        a,
+        "PUT",
+        "/v1/acl/token",
+        Some(&management),
+        r#"{"Policies": [{"Name": "no-such-policy"}]}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("no-such-policy"), "{body}");
+    let (status, body) = call(a, "GET", "/v1/kv/x", Some("not-a-known-secret"), "");
+    assert_eq!((status, body.as_str()), (403, "ACL not found"));
+    let (status, _) = call(a, "GET", "/v1/kv/x?token=%01%02", None, "");
+    assert_eq!(status, 400, "a token with control characters");
+    let (status, body) = call(a, "GET", "/v1/acl/policies", Some(&management), "");
+    assert_eq!(status, 200);
+    let policies: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(policies.len(), 1, "only the builtin policy: {body}");
+    let (status, _) = call(a, "GET", "/v1/agent/self", None, "");
+    assert_eq!(status, 200, "the agent answers afterwards");
+}
