@@ -65,6 +65,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .map(|wan| wan::Gateway::new(&config, wan, &identity))
         .transpose()?;
     let encrypted = keyring.is_encrypted();
+    for warning in insecure_settings(&config, encrypted) {
+        tracing::warn!("{warning}");
+    }
     let gossip = GossipConfig {
         reap_after: config.reap_after,
         ..GossipConfig::lan(&config.cluster_id)
@@ -250,6 +253,33 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One warning for each way this agent is open to anyone who can reach it: the HTTP API or DNS
+/// on a non-loopback address without ACLs, gossip unencrypted on a non-loopback address.
+fn insecure_settings(config: &AgentConfig, encrypted: bool) -> Vec<String> {
+    let exposed = |addr: &SocketAddr| !addr.ip().is_loopback();
+    let mut warnings = Vec::new();
+    if !config.acl_enabled {
+        for (what, addr, flag) in [
+            ("HTTP API", config.http_addr, "--http-addr"),
+            ("DNS interface", config.dns_addr, "--dns-addr"),
+        ] {
+            if exposed(&addr) {
+                warnings.push(format!(
+                    "the {what} listens on {addr}, reachable from other hosts, and ACLs are off: anyone who reaches it can read the catalog{}; start with --acl-enabled --acl-default-policy deny, or bind {flag} to 127.0.0.1",
+                    if what == "HTTP API" { ", write every key and ask for any service's certificate" } else { "" }
+                ));
+            }
+        }
+    }
+    if !encrypted && exposed(&config.bind) {
+        warnings.push(format!(
+            "gossip on {} is not encrypted: anyone on the network can read and forge membership and replicated data; give every agent --encrypt KEY (from murmur keygen)",
+            config.bind
+        ));
+    }
+    warnings
+}
+
 /// The replica: restored from `--data-dir` (with a writer for its journal), or empty and in
 /// memory without one.
 fn open_replica(
@@ -388,5 +418,42 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = sigterm => tracing::info!("terminated"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: impl FnOnce(&mut AgentArgs)) -> AgentConfig {
+        let mut args = AgentArgs {
+            dev: true,
+            ..AgentArgs::default()
+        };
+        extra(&mut args);
+        AgentConfig::resolve(&args).unwrap()
+    }
+
+    #[test]
+    fn an_agent_open_to_other_hosts_says_which_flag_closes_it() {
+        assert!(
+            insecure_settings(&config(|_| {}), false).is_empty(),
+            "loopback"
+        );
+        let open = config(|a| {
+            a.http_addr = Some("0.0.0.0:8500".into());
+            a.dns_addr = Some("0.0.0.0:8600".into());
+            a.bind = Some("10.0.0.1:8301".into());
+        });
+        let warnings = insecure_settings(&open, false);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("--acl-enabled") && warnings[0].contains("--http-addr"));
+        assert!(warnings[1].contains("--dns-addr"));
+        assert!(warnings[2].contains("--encrypt"));
+        let closed = config(|a| {
+            a.http_addr = Some("0.0.0.0:8500".into());
+            a.acl_enabled = true;
+        });
+        assert!(insecure_settings(&closed, true).is_empty());
     }
 }
