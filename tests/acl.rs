@@ -200,6 +200,39 @@ fn tokens_and_policies_decide_what_each_request_may_do_on_every_agent() {
     let (status, body) = call(b, "GET", "/v1/health/service/db", Some(&web), "");
     assert_eq!((status, body.as_str()), (200, "[]"));
 
+    // A service's TTL check is reported by who may write the service; a node's by node:write.
+    let (status, body) = call(
+        b,
+        "PUT",
+        "/v1/agent/check/register",
+        Some(&web),
+        r#"{"Name": "beat", "ServiceID": "web", "TTL": "30s"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        call(b, "PUT", "/v1/agent/check/pass/beat", Some(&web), "").0,
+        200
+    );
+    assert_eq!(call(b, "PUT", "/v1/agent/check/pass/beat", None, "").0, 403);
+    let (status, _) = call(
+        b,
+        "PUT",
+        "/v1/agent/check/register",
+        Some(&web),
+        r#"{"Name": "disk", "TTL": "30s"}"#,
+    );
+    assert_eq!(status, 403, "a node check needs node:write");
+    // Nodes are read with node:read: web's token has none.
+    let (status, body) = call(b, "GET", "/v1/catalog/nodes", Some(&web), "");
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    let (status, body) = call(b, "GET", "/v1/catalog/nodes", Some(&management), "");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&body).unwrap().len(), 2);
+    assert_eq!(
+        call(b, "GET", "/v1/catalog/node/acl-0", Some(&web), "").0,
+        403
+    );
+
     // app's keys: app/ only.
     assert_eq!(
         call(a, "PUT", "/v1/kv/app/color", Some(&app), "blue").0,
@@ -291,4 +324,27 @@ fn bad_rules_tokens_and_headers_are_refused_with_the_reason_and_change_nothing()
     assert_eq!(policies.len(), 1, "only the builtin policy: {body}");
     let (status, _) = call(a, "GET", "/v1/agent/self", None, "");
     assert_eq!(status, 200, "the agent answers afterwards");
+}
+
+#[test]
+fn python_consul_passes_its_token_and_gets_consuls_answers() {
+    if !common::has_python_consul() {
+        return;
+    }
+    let agents = pair();
+    let a = &agents[0];
+    let management = secret_of(&cli(a, None, &["acl", "bootstrap"]));
+    let app = token_with(
+        a,
+        &management,
+        "app-kv",
+        r#"key_prefix "app/" { policy = "write" }"#,
+    );
+    let out = common::python_client("python_consul_acl.py", &[&a.http.port().to_string(), &app]);
+    assert!(
+        out.status.success(),
+        "python-consul failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -215,10 +215,14 @@ pub async fn deregister(
 /// `GET /v1/catalog/nodes`: every live node, in name order (or nearest first, `?near=`).
 pub async fn nodes(
     State(api): State<Api>,
+    auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     catalog_query(&api, &query, None, |v, view| {
-        let mut nodes: Vec<_> = view.nodes().collect();
+        let mut nodes: Vec<_> = view
+            .nodes()
+            .filter(|(name, _)| auth.can(Resource::Node, name, Access::Read))
+            .collect();
         sort_near(v, &query, &mut nodes, |(name, _)| name);
         nodes
             .into_iter()
@@ -232,9 +236,11 @@ pub async fn nodes(
 /// as Consul answers.
 pub async fn node(
     State(api): State<Api>,
+    auth: Auth,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    auth.require(Resource::Node, &name, Access::Read)?;
     let (index, body) = blocking::query(&api.agent, &query, Topic::Catalog, |v| {
         let failed = v.failed_owners();
         let replica = v.replica();
@@ -244,6 +250,7 @@ pub async fn node(
             let services: BTreeMap<&String, ServiceShape> = record
                 .services
                 .iter()
+                .filter(|(_, s)| auth.can(Resource::Service, &s.name, Access::Read))
                 .map(|(sid, s)| (sid, service_json(s, index)))
                 .collect();
             serde_json::to_value(CatalogNode {

@@ -6,29 +6,64 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use murmur_acl::{Access, Resource};
 use murmur_catalog::Health;
 use serde_json::Value;
 
+use super::acl::Auth;
 use super::{Api, ApiError, ApiResult};
 use crate::services::{field, string};
 
 /// `PUT /v1/agent/check/register`: a node-level check, or one of a service of this agent
 /// (`ServiceID`).
-pub async fn register(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCode> {
+pub async fn register(State(api): State<Api>, auth: Auth, body: Bytes) -> ApiResult<StatusCode> {
     super::limits::CHECK.check(body.len())?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let definition =
         crate::checks::definition::parse(&value, None, None, api.config.enable_script_checks)
             .map_err(ApiError::bad_request)?;
+    may_write_check(&api, &auth, None, Some(&definition.service_id))?;
     api.checks.register(definition, false).await?;
     Ok(StatusCode::OK)
 }
 
 /// `PUT /v1/agent/check/deregister/:id`.
-pub async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn deregister(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    may_write_check(&api, &auth, Some(&id), None)?;
     api.checks.deregister(&id).await?;
     Ok(StatusCode::OK)
+}
+
+/// May the request write the check `id` (or, for a new check, one of `service_id`)? A
+/// service's check needs `service:write` on the service (a sidecar's, on the service it
+/// fronts), a node's `node:write` on this agent's node, as Consul checks them.
+fn may_write_check(
+    api: &Api,
+    auth: &Auth,
+    id: Option<&str>,
+    service_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let service_name = api.agent.view(|v| {
+        let record = v.replica().own_record()?;
+        let service_id = match (service_id, id) {
+            (Some(s), _) if !s.is_empty() => s.to_owned(),
+            (_, Some(id)) => record.checks.get(id)?.service_id.clone(),
+            _ => return None,
+        };
+        record.services.get(&service_id).map(|s| s.name.clone())
+    });
+    match service_name {
+        Some(name) => {
+            let governing = name.strip_suffix("-sidecar-proxy").unwrap_or(&name);
+            auth.require(Resource::Service, governing, Access::Write)
+        }
+        None => auth.require(Resource::Node, &api.config.node, Access::Write),
+    }
 }
 
 async fn report(
@@ -46,37 +81,45 @@ async fn report(
 /// `PUT /v1/agent/check/pass/:id?note=`.
 pub async fn pass(
     State(api): State<Api>,
+    auth: Auth,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
+    may_write_check(&api, &auth, Some(&id), None)?;
     report(&api, &id, Health::Passing, q.get("note")).await
 }
 
 /// `PUT /v1/agent/check/warn/:id?note=`.
 pub async fn warn(
     State(api): State<Api>,
+    auth: Auth,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
+    may_write_check(&api, &auth, Some(&id), None)?;
     report(&api, &id, Health::Warning, q.get("note")).await
 }
 
 /// `PUT /v1/agent/check/fail/:id?note=`.
 pub async fn fail(
     State(api): State<Api>,
+    auth: Auth,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
+    may_write_check(&api, &auth, Some(&id), None)?;
     report(&api, &id, Health::Critical, q.get("note")).await
 }
 
 /// `PUT /v1/agent/check/update/:id` with `{"Status": "passing|warning|critical", "Output": …}`.
 pub async fn update(
     State(api): State<Api>,
+    auth: Auth,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     super::limits::CHECK_UPDATE.check(body.len())?;
+    may_write_check(&api, &auth, Some(&id), None)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let object = value
@@ -175,8 +218,10 @@ async fn set_maintenance(
 /// instance on it critical) or back.
 pub async fn maintenance(
     State(api): State<Api>,
+    auth: Auth,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
+    auth.require(Resource::Node, &api.config.node, Access::Write)?;
     let on = enable(&q)?;
     set_maintenance(
         &api,
@@ -192,9 +237,11 @@ pub async fn maintenance(
 /// `PUT /v1/agent/service/maintenance/:id?enable=true|false&reason=`: one instance.
 pub async fn service_maintenance(
     State(api): State<Api>,
+    auth: Auth,
     Path(service_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
+    may_write_check(&api, &auth, None, Some(&service_id))?;
     let on = enable(&q)?;
     let id = format!("_service_maintenance:{service_id}");
     let found = set_maintenance(&api, id, service_id.clone(), on, q.get("reason")).await?;

@@ -279,9 +279,11 @@ fn service_of<'a>(view: &CatalogView<'a>, node: &str, c: &Check) -> Option<&'a S
 /// `GET /v1/health/node/:node`: every check of a node, `serfHealth` first; `[]` when unknown.
 pub async fn node(
     State(api): State<Api>,
+    auth: Auth,
     Path(node): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    auth.require(Resource::Node, &node, Access::Read)?;
     catalog_query(&api, &query, None, |_, view| {
         let index = view.node_index(&node);
         view.node_checks(&node)

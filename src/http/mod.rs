@@ -526,6 +526,7 @@ fn drop_counts(stats: &murmur_gossip::Stats) -> BTreeMap<&'static str, String> {
 
 async fn agent_members(
     State(api): State<Api>,
+    auth: acl::Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     // With `?wan`, a gateway lists the WAN pool; other agents, like Consul's clients, have
@@ -538,7 +539,11 @@ async fn agent_members(
         api.agent.view(|v| v.members())
     };
     Ok(Json(Value::Array(
-        members.iter().map(member_json).collect(),
+        members
+            .iter()
+            .filter(|m| auth.can(Resource::Node, &m.identity.name, Access::Read))
+            .map(member_json)
+            .collect(),
     )))
 }
 
