@@ -58,9 +58,10 @@ def register(agents):
     wait_for(lambda: all(complete(a) for a in agents), 120, "every agent to hold all instances")
 
 
-def http_load(agent, seconds):
+def http_load(agent, seconds, token=None):
     url = f"http://127.0.0.1:{agent['api']}/v1/health/service/svc7?passing"
-    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url],
+    header = ["-H", f"X-Consul-Token: {token}"] if token else []
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", *header, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -68,7 +69,8 @@ def http_load(agent, seconds):
     if "Non-2xx" in out:
         sys.exit(f"wrk got error answers:\n{out}")
     # Every answer must be the whole list: compare wrk's bytes per request with one answer.
-    with urllib.request.urlopen(url) as r:
+    req = urllib.request.Request(url, headers={"X-Consul-Token": token} if token else {})
+    with urllib.request.urlopen(req) as r:
         one = len(r.read())
     transfer = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
     per_second = float(transfer.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[transfer.group(2)]

@@ -3,7 +3,10 @@
 //! SHA-256 of its secret, never the secret: what is gossiped and journaled cannot be used to
 //! authenticate. A deleted token is a tombstone like any deleted key, so it stops working on
 //! an agent as soon as the deletion reaches it, and a revoked token never comes back after a
-//! partition heals (last writer wins on the hybrid clock, and a revocation is the later write).
+//! partition heals. Deleting alone would not do that: with last-writer-wins, an update made to
+//! the token on the other side of a partition after the deletion would bring it back. So a
+//! deletion also writes a revocation (`acl/revoked/<accessor>`) that nothing ever removes, and a
+//! revoked token is not a token, whatever its record says.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +14,33 @@ use serde::{Deserialize, Serialize};
 pub const ACL_TOKEN_PREFIX: &str = "acl/token/";
 /// Key prefix of policies.
 pub const ACL_POLICY_PREFIX: &str = "acl/policy/";
+/// Key prefix of revocations.
+pub const ACL_REVOKED_PREFIX: &str = "acl/revoked/";
+
+/// A token that was deleted, for good: the mark outlives any concurrent update of the token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AclRevocation {
+    /// The token's `AccessorID`.
+    pub accessor_id: String,
+    /// When it was revoked (ms since the Unix epoch).
+    pub revoked_ms: u64,
+}
+
+impl AclRevocation {
+    /// The shared-map key of the revocation of `accessor_id`.
+    pub fn key(accessor_id: &str) -> String {
+        format!("{ACL_REVOKED_PREFIX}{accessor_id}")
+    }
+
+    /// Whether it sits under its own key.
+    pub fn fits(&self, key: &str) -> bool {
+        key.strip_prefix(ACL_REVOKED_PREFIX) == Some(self.accessor_id.as_str())
+    }
+
+    pub(crate) fn weight(&self) -> usize {
+        self.accessor_id.len() + 8
+    }
+}
 
 /// A token: who a request is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -118,7 +148,7 @@ mod tests {
             [&token]
         );
         assert_eq!(replica.acl_policies().count(), 1);
-        assert!(replica.delete_acl_token("acc-1", 12));
+        assert!(replica.revoke_acl_token("acc-1", 12));
         assert_eq!(replica.acl_tokens().count(), 0);
         assert!(replica.acl_index() > before, "a deletion moves the index");
         // Every change, deletions included, is accepted by another replica.

@@ -49,7 +49,9 @@ mod shared;
 mod summary;
 mod value;
 
-pub use acl::{ACL_POLICY_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclToken};
+pub use acl::{
+    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclRevocation, AclToken,
+};
 pub use ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
 pub use coordinate::{COORDINATE_PREFIX, Coordinate, DIMENSIONS, ERROR_MAX, HEIGHT_MIN};

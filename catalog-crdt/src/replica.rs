@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{ACL_POLICY_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclToken};
+use crate::acl::{
+    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclRevocation, AclToken,
+};
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 use crate::catalog::{CatalogView, NodeRecord};
 use crate::coordinate::{self, COORDINATE_PREFIX, Coordinate};
@@ -552,18 +554,44 @@ impl Replica {
         self.write_shared(key, Some(Value::AclToken(Box::new(token))), wall_ms);
     }
 
-    /// Deletes the ACL token `accessor_id`; false when there was none.
-    pub fn delete_acl_token(&mut self, accessor_id: &str, wall_ms: u64) -> bool {
+    /// Revokes the ACL token `accessor_id` for good: its record is deleted and a revocation
+    /// written, which an update of the token made concurrently elsewhere cannot undo. False
+    /// when there was no such token.
+    pub fn revoke_acl_token(&mut self, accessor_id: &str, wall_ms: u64) -> bool {
+        let revocation = AclRevocation {
+            accessor_id: accessor_id.to_owned(),
+            revoked_ms: wall_ms,
+        };
+        self.write_shared(
+            AclRevocation::key(accessor_id),
+            Some(Value::AclRevoked(Box::new(revocation))),
+            wall_ms,
+        );
         self.delete_shared(AclToken::key(accessor_id), wall_ms)
     }
 
-    /// Every ACL token, with the modify index of its last change.
+    /// Whether any token was ever made here or anywhere this replica heard from (revoked and
+    /// deleted ones count): once so, bootstrapping is over for good, as in Consul.
+    pub fn acl_bootstrapped(&self) -> bool {
+        self.shared.prefix(ACL_TOKEN_PREFIX).next().is_some()
+            || self.shared.prefix(ACL_REVOKED_PREFIX).next().is_some()
+    }
+
+    /// Whether the token `accessor_id` was ever revoked (its accessor cannot be used again).
+    pub fn acl_revoked(&self, accessor_id: &str) -> bool {
+        self.shared
+            .entry(&AclRevocation::key(accessor_id))
+            .is_some_and(|e| e.register.value().is_some())
+    }
+
+    /// Every ACL token that is not revoked, with the modify index of its last change.
     pub fn acl_tokens(&self) -> impl Iterator<Item = (&AclToken, u64)> {
         self.values(ACL_TOKEN_PREFIX, |v| match v {
             Value::AclToken(t) => Some(&**t),
             _ => None,
         })
         .map(|(_, token, index)| (token, index))
+        .filter(|(token, _)| !self.acl_revoked(&token.accessor_id))
     }
 
     /// Creates or replaces an ACL policy.
@@ -915,6 +943,7 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
             SUMMARY_PREFIX,
             ACL_TOKEN_PREFIX,
             ACL_POLICY_PREFIX,
+            ACL_REVOKED_PREFIX,
         ]
         .into_iter()
         .find(|p| key.starts_with(p))
@@ -968,6 +997,7 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
     let acl_fits = match register.value() {
         Some(Value::AclToken(t)) => t.fits(key),
         Some(Value::AclPolicy(p)) => p.fits(key),
+        Some(Value::AclRevoked(r)) => r.fits(key),
         _ => true,
     };
     if !acl_fits {

@@ -2,7 +2,7 @@
 //!
 //! KV entries, intentions, config entries, external nodes, CA roots, coordinates, the
 //! datacenter directory, prepared queries and ACL tokens and policies live in **one** [`SharedMap`] under disjoint key prefixes (`kv/`,
-//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`, `query/`, `acl/token/`, `acl/policy/`), so one digest, one anti-entropy exchange and one
+//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`, `query/`, `acl/token/`, `acl/policy/`, `acl/revoked/`), so one digest, one anti-entropy exchange and one
 //! journal cover them all. A value whose variant does not match its key's prefix is malformed
 //! and refused, so a hostile peer cannot plant an intention under a KV key.
 //!
@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{ACL_POLICY_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclToken};
+use crate::acl::{
+    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclRevocation, AclToken,
+};
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot};
 use crate::catalog::NodeRecord;
 use crate::coordinate::{COORDINATE_PREFIX, Coordinate};
@@ -75,6 +77,8 @@ pub enum Value {
     AclToken(Box<AclToken>),
     /// An ACL policy, under `acl/policy/`.
     AclPolicy(Box<AclPolicy>),
+    /// A revoked ACL token, under `acl/revoked/`.
+    AclRevoked(Box<AclRevocation>),
 }
 
 impl Value {
@@ -92,6 +96,7 @@ impl Value {
             Self::Summary(_) => SUMMARY_PREFIX,
             Self::AclToken(_) => ACL_TOKEN_PREFIX,
             Self::AclPolicy(_) => ACL_POLICY_PREFIX,
+            Self::AclRevoked(_) => ACL_REVOKED_PREFIX,
         }
     }
 
@@ -109,6 +114,7 @@ impl Value {
             Self::Summary(s) => s.weight(),
             Self::AclToken(t) => t.weight(),
             Self::AclPolicy(p) => p.weight(),
+            Self::AclRevoked(r) => r.weight(),
         }
     }
 }

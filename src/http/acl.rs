@@ -476,9 +476,7 @@ pub async fn bootstrap(State(api): State<Api>) -> ApiResult {
     let made = api
         .agent
         .write(move |r, now| {
-            if r.acl_tokens()
-                .any(|(t, _)| t.accessor_id != ANONYMOUS_ACCESSOR)
-            {
+            if r.acl_bootstrapped() {
                 return None;
             }
             r.put_acl_token(token.clone(), now);
@@ -533,9 +531,10 @@ pub async fn create_token(State(api): State<Api>, auth: Auth, body: Bytes) -> Ap
     let clash = api
         .agent
         .write(move |r, now| {
-            let clash = r.acl_tokens().any(|(t, _)| {
-                t.accessor_id == written.accessor_id || t.secret_hash == written.secret_hash
-            });
+            let clash = r.acl_revoked(&written.accessor_id)
+                || r.acl_tokens().any(|(t, _)| {
+                    t.accessor_id == written.accessor_id || t.secret_hash == written.secret_hash
+                });
             if !clash {
                 r.put_acl_token(written, now);
             }
@@ -630,7 +629,7 @@ pub async fn delete_token(
         ));
     }
     api.agent
-        .write(move |r, now| r.delete_acl_token(&accessor, now))
+        .write(move |r, now| r.revoke_acl_token(&accessor, now))
         .await
         .map_err(ApiError::internal)?;
     Ok(json_true(&api))
