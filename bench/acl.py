@@ -52,6 +52,7 @@ def main():
         clusters = {}
         try:
             for mode in ("off", "on"):
+                os.makedirs(f"{workdir}/{mode}")
                 system = Murmur(args.murmur, args.key, f"{workdir}/{mode}")
                 if mode == "on":
                     system.extra = lambda i: ["--acl-enabled", "--acl-default-policy", "allow"]

@@ -20,14 +20,32 @@ use murmur_catalog::{AclPolicy, AclToken, Replica};
 use serde_json::{Map, Value, json};
 
 use super::{Api, ApiError, ApiResult, with_index};
+use crate::agent::watchers::Subscription;
 
 /// The agent's ACL settings and its cache of authorizers.
 pub struct Acl {
     enabled: bool,
     default_allow: bool,
     datacenter: String,
-    /// Authorizers by secret hash, valid while the replica's ACL index stays where it was.
-    cache: Mutex<(u64, HashMap<String, Resolved>)>,
+    /// Authorizers by secret, dropped whenever replicated data other than the catalog and KV
+    /// changes (ACL data among it), so a cache hit costs no look at the replica.
+    cache: Mutex<Cache>,
+}
+
+/// The cache and what invalidates it.
+struct Cache {
+    /// Bumped by the agent on every change to intentions, roots, ACL data, … (none with
+    /// ACLs off: a subscription costs every write a look at the topics).
+    changes: Option<Subscription>,
+    /// The bump the entries were made at.
+    seen: u64,
+    by_secret: HashMap<String, Resolved>,
+}
+
+impl Cache {
+    fn generation(&self) -> u64 {
+        self.changes.as_ref().map_or(0, |c| *c.changes.borrow())
+    }
 }
 
 /// A token found, and what it may do.
@@ -42,39 +60,50 @@ struct Resolved {
 const CACHE_MAX: usize = 10_000;
 
 impl Acl {
-    /// ACLs as `--acl-enabled` and `--acl-default-policy` set them, in `datacenter`.
-    pub fn new(enabled: bool, default_allow: bool, datacenter: &str) -> Self {
+    /// ACLs as `--acl-enabled` and `--acl-default-policy` set them, in `datacenter`; `changes`
+    /// wakes on every change of replicated data outside the catalog and KV.
+    pub fn new(
+        enabled: bool,
+        default_allow: bool,
+        datacenter: &str,
+        changes: Option<Subscription>,
+    ) -> Self {
         Self {
             enabled,
             default_allow,
             datacenter: datacenter.to_owned(),
-            cache: Mutex::default(),
+            cache: Mutex::new(Cache {
+                changes,
+                seen: 0,
+                by_secret: HashMap::new(),
+            }),
         }
     }
 
-    /// What the holder of `secret` (none: the anonymous token) may do.
-    fn resolve(
-        &self,
-        replica: &Replica,
-        index: u64,
-        secret: Option<&str>,
-    ) -> Result<Resolved, ApiError> {
-        if !self.enabled {
-            return Ok(Resolved {
-                accessor: String::new(),
-                authorizer: Arc::new(Authorizer::Management),
-            });
+    /// The cached answer for `secret` (`""`: anonymous), and the generation to store a new
+    /// one at.
+    fn cached(&self, secret: &str) -> (Option<Resolved>, u64) {
+        let mut cache = self.cache.lock().expect("ACL cache poisoned");
+        let now = cache.generation();
+        if now != cache.seen || cache.by_secret.len() >= CACHE_MAX {
+            cache.seen = now;
+            cache.by_secret.clear();
         }
+        (cache.by_secret.get(secret).cloned(), now)
+    }
+
+    /// Keeps `resolved` for `secret` unless ACL data changed since `generation` (it may have
+    /// been read before the change).
+    fn store(&self, secret: String, generation: u64, resolved: Resolved) {
+        let mut cache = self.cache.lock().expect("ACL cache poisoned");
+        if cache.seen == generation && cache.generation() == generation {
+            cache.by_secret.insert(secret, resolved);
+        }
+    }
+
+    /// What the holder of `secret` (none: the anonymous token) may do, read from `replica`.
+    fn resolve(&self, replica: &Replica, secret: Option<&str>) -> Result<Resolved, ApiError> {
         let hash = secret.map(secret_hash).unwrap_or_default();
-        {
-            let mut cache = self.cache.lock().expect("ACL cache poisoned");
-            if cache.0 != index || cache.1.len() >= CACHE_MAX {
-                *cache = (index, HashMap::new());
-            }
-            if let Some(found) = cache.1.get(&hash) {
-                return Ok(found.clone());
-            }
-        }
         let token = match secret {
             None => replica
                 .acl_tokens()
@@ -101,15 +130,10 @@ impl Acl {
                 ),
             ));
         }
-        let resolved = Resolved {
+        Ok(Resolved {
             accessor: token.accessor_id.clone(),
             authorizer: Arc::new(self.authorizer_of(replica, &token)),
-        };
-        let mut cache = self.cache.lock().expect("ACL cache poisoned");
-        if cache.0 == index {
-            cache.1.insert(hash, resolved.clone());
-        }
-        Ok(resolved)
+        })
     }
 
     fn authorizer_of(&self, replica: &Replica, token: &AclToken) -> Authorizer {
@@ -202,12 +226,25 @@ impl FromRequestParts<Api> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, ApiError> {
+        if !api.acl.enabled {
+            return Ok(Self {
+                accessor: String::new(),
+                secret: None,
+                authorizer: Arc::new(Authorizer::Management),
+            });
+        }
         let secret = secret_of(parts)?;
-        let resolved = api.agent.view(|v| {
-            let replica = v.replica();
-            api.acl
-                .resolve(replica, replica.acl_index(), secret.as_deref())
-        })?;
+        let key = secret.clone().unwrap_or_default();
+        let resolved = match api.acl.cached(&key) {
+            (Some(hit), _) => hit,
+            (None, generation) => {
+                let resolved = api
+                    .agent
+                    .view(|v| api.acl.resolve(v.replica(), secret.as_deref()))?;
+                api.acl.store(key, generation, resolved.clone());
+                resolved
+            }
+        };
         Ok(Self {
             accessor: resolved.accessor,
             secret,

@@ -145,6 +145,9 @@ pub fn router(
         "deny"
     });
     let config = Arc::new(config);
+    let acl_changes = config
+        .acl_enabled
+        .then(|| agent.watchers.subscribe(blocking::Topic::Other));
     let api = Api {
         agent,
         leave,
@@ -158,6 +161,7 @@ pub fn router(
             config.acl_enabled,
             config.acl_default_allow,
             &config.datacenter,
+            acl_changes,
         )),
     };
     // Requests for a datacenter (`?dc=`): catalog, health, KV, event fire, intentions, status.
