@@ -59,6 +59,25 @@ fn call(agent: &Agent, method: &str, path: &str, token: Option<&str>, body: &str
     (status, body.to_owned())
 }
 
+/// How many answers an A query for `name` gets from `agent`'s DNS (`None`: NXDOMAIN).
+fn dns_answers(agent: &Agent, name: &str) -> Option<usize> {
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut query = Message::new();
+    query
+        .set_id(7)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    socket.send_to(&query.to_vec().unwrap(), agent.dns).unwrap();
+    let mut buf = [0u8; 1500];
+    let (len, _) = socket.recv_from(&mut buf).unwrap();
+    let reply = Message::from_vec(&buf[..len]).unwrap();
+    (reply.response_code() != ResponseCode::NXDomain).then(|| reply.answers().len())
+}
+
 /// Runs the CLI against `agent` with `CONSUL_HTTP_TOKEN` (Consul's variable) set to `token`.
 fn cli(agent: &Agent, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
@@ -231,6 +250,47 @@ fn tokens_and_policies_decide_what_each_request_may_do_on_every_agent() {
     assert_eq!(
         call(b, "GET", "/v1/catalog/node/acl-0", Some(&web), "").0,
         403
+    );
+
+    // DNS answers as the anonymous token: nothing, until the anonymous token (Consul's
+    // accessor 00…02) is given a policy that reads services and nodes.
+    assert_eq!(
+        dns_answers(b, "web.service.consul."),
+        None,
+        "NXDOMAIN for anonymous"
+    );
+    let out = cli(
+        a,
+        Some(&management),
+        &[
+            "acl",
+            "policy",
+            "create",
+            "--name",
+            "dns-read",
+            "--rules",
+            r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = call(
+        a,
+        "PUT",
+        "/v1/acl/token",
+        Some(&management),
+        r#"{"AccessorID": "00000000-0000-0000-0000-000000000002", "Description": "Anonymous Token", "Policies": [{"Name": "dns-read"}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_until(Duration::from_secs(30), || dns_answers(
+            b,
+            "web.service.consul."
+        ) == Some(1)),
+        "DNS answers once the anonymous token may read"
     );
 
     // app's keys: app/ only.

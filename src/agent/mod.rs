@@ -108,6 +108,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         domain: config.dns_domain.clone(),
         datacenter: config.datacenter.clone(),
         ttl: config.dns_ttl,
+        acl_default_allow: config.acl_enabled.then_some(config.acl_default_allow),
+        reader: Arc::new(murmur_acl::Authorizer::Management),
     };
     let forwarder = Arc::new(crate::forward::Forwarder::new(
         agent.clone(),

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use murmur_acl::{Access, Resource};
 use murmur_catalog::{CatalogView, Health, Instance};
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -29,6 +30,11 @@ pub struct DnsSettings {
     pub datacenter: String,
     /// TTL of every answer, in seconds.
     pub ttl: u32,
+    /// With ACLs on, their default policy (`allow`: true); `None` with ACLs off.
+    pub acl_default_allow: Option<bool>,
+    /// What the answers may show: names the anonymous token may read (everything with ACLs
+    /// off); set for each query from the replica it is answered from.
+    pub reader: std::sync::Arc<murmur_acl::Authorizer>,
 }
 
 /// What a lookup resolved to.
@@ -361,12 +367,16 @@ fn lookup<'a>(labels: &[String], view: &CatalogView<'a>, settings: &DnsSettings)
         return Found::Nothing;
     }
     let rfc2782 = is_rfc2782(&l);
+    let readable = |kind, name: &str| settings.reader.allows(kind, name, Access::Read);
     let healthy = |name: &str, tag: Option<&str>| {
+        if !readable(Resource::Service, name) {
+            return Found::Nothing;
+        }
         let tags: Vec<&str> = tag.into_iter().collect();
         let list: Vec<Instance<'a>> = view
             .instances(name, &tags)
             .into_iter()
-            .filter(|i| i.health < Health::Critical)
+            .filter(|i| i.health < Health::Critical && readable(Resource::Node, i.node))
             .collect();
         if list.is_empty() {
             Found::Nothing
@@ -377,7 +387,7 @@ fn lookup<'a>(labels: &[String], view: &CatalogView<'a>, settings: &DnsSettings)
     match l.as_slice() {
         [node, "node"] => view
             .nodes()
-            .find(|(n, _)| n.eq_ignore_ascii_case(node))
+            .find(|(n, _)| n.eq_ignore_ascii_case(node) && readable(Resource::Node, n))
             .and_then(|(_, record)| IpAddr::from_str(&record.address).ok())
             .map_or(Found::Nothing, Found::Node),
         [service, proto] | [service, proto, "service"] if rfc2782 => {
@@ -446,6 +456,8 @@ mod tests {
             domain: "consul".into(),
             datacenter: "dc1".into(),
             ttl: 0,
+            acl_default_allow: None,
+            reader: std::sync::Arc::new(murmur_acl::Authorizer::Management),
         }
     }
 

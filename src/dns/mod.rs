@@ -77,6 +77,23 @@ pub fn answer_locally(
     agent.view(|v| {
         let failed = v.failed_owners();
         let view = v.replica().catalog(&failed);
+        // With ACLs on, answers show only what the anonymous token may read (its policies
+        // can change with any replicated write, so it is found again for each query).
+        let filtered;
+        let settings = match settings.acl_default_allow {
+            None => settings,
+            Some(default_allow) => {
+                filtered = DnsSettings {
+                    reader: Arc::new(crate::http::anonymous_authorizer(
+                        v.replica(),
+                        default_allow,
+                        &settings.datacenter,
+                    )),
+                    ..settings.clone()
+                };
+                &filtered
+            }
+        };
         answer::respond(packet, &view, settings, &mut rand::rng(), limit)
     })
 }

@@ -105,15 +105,7 @@ impl Acl {
     fn resolve(&self, replica: &Replica, secret: Option<&str>) -> Result<Resolved, ApiError> {
         let hash = secret.map(secret_hash).unwrap_or_default();
         let token = match secret {
-            None => replica
-                .acl_tokens()
-                .map(|(t, _)| t)
-                .find(|t| t.accessor_id == ANONYMOUS_ACCESSOR)
-                .cloned()
-                .unwrap_or_else(|| AclToken {
-                    accessor_id: ANONYMOUS_ACCESSOR.into(),
-                    ..AclToken::default()
-                }),
+            None => anonymous_token(replica),
             Some(_) => replica
                 .acl_tokens()
                 .map(|(t, _)| t)
@@ -137,24 +129,63 @@ impl Acl {
     }
 
     fn authorizer_of(&self, replica: &Replica, token: &AclToken) -> Authorizer {
-        if token.policies.iter().any(|p| p == GLOBAL_MANAGEMENT_ID) {
-            return Authorizer::Management;
-        }
-        let rules: Vec<Rules> = replica
-            .acl_policies()
-            .map(|(p, _)| p)
-            .filter(|p| token.policies.contains(&p.id))
-            .filter(|p| p.datacenters.is_empty() || p.datacenters.contains(&self.datacenter))
-            .filter_map(|p| match Rules::parse(&p.rules) {
-                Ok(rules) => Some(rules),
-                Err(err) => {
-                    tracing::warn!(policy = %p.name, "policy ignored: {err}");
-                    None
-                }
-            })
-            .collect();
-        Authorizer::of(&rules, self.default_allow)
+        authorizer_for(replica, token, self.default_allow, &self.datacenter)
     }
+}
+
+/// What `token`'s policies allow in `datacenter`, under the default policy.
+fn authorizer_for(
+    replica: &Replica,
+    token: &AclToken,
+    default_allow: bool,
+    datacenter: &str,
+) -> Authorizer {
+    if token.policies.iter().any(|p| p == GLOBAL_MANAGEMENT_ID) {
+        return Authorizer::Management;
+    }
+    let rules: Vec<Rules> = replica
+        .acl_policies()
+        .map(|(p, _)| p)
+        .filter(|p| token.policies.contains(&p.id))
+        .filter(|p| p.datacenters.is_empty() || p.datacenters.iter().any(|d| d == datacenter))
+        .filter_map(|p| match Rules::parse(&p.rules) {
+            Ok(rules) => Some(rules),
+            Err(err) => {
+                tracing::warn!(policy = %p.name, "policy ignored: {err}");
+                None
+            }
+        })
+        .collect();
+    Authorizer::of(&rules, default_allow)
+}
+
+/// The anonymous token: the one under Consul's anonymous accessor if it was made (to give
+/// requests without a token some policies), else one with none.
+fn anonymous_token(replica: &Replica) -> AclToken {
+    replica
+        .acl_tokens()
+        .map(|(t, _)| t)
+        .find(|t| t.accessor_id == ANONYMOUS_ACCESSOR)
+        .cloned()
+        .unwrap_or_else(|| AclToken {
+            accessor_id: ANONYMOUS_ACCESSOR.into(),
+            ..AclToken::default()
+        })
+}
+
+/// What a request without a token may read: what DNS answers with ACLs on, as Consul's DNS
+/// answers with the anonymous (or default) token.
+pub fn anonymous_authorizer(
+    replica: &Replica,
+    default_allow: bool,
+    datacenter: &str,
+) -> Authorizer {
+    authorizer_for(
+        replica,
+        &anonymous_token(replica),
+        default_allow,
+        datacenter,
+    )
 }
 
 /// The secret a request carries, if any: `X-Consul-Token`, `Authorization: Bearer`, or

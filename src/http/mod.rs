@@ -5,6 +5,7 @@
 //! `X-Consul-Effective-Consistency` is `stale`: each agent answers from its own replica.
 
 mod acl;
+pub use acl::anonymous_authorizer;
 mod answers;
 pub mod blocking;
 mod catalog;
