@@ -382,8 +382,17 @@ fn bad_rules_tokens_and_headers_are_refused_with_the_reason_and_change_nothing()
     assert_eq!(status, 200);
     let policies: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(policies.len(), 1, "only the builtin policy: {body}");
-    let (status, _) = call(a, "GET", "/v1/agent/self", None, "");
+    let (status, _) = call(a, "GET", "/v1/status/leader", None, "");
     assert_eq!(status, 200, "the agent answers afterwards");
+    let (status, body) = call(a, "GET", "/v1/agent/self", None, "");
+    assert_eq!(
+        status, 403,
+        "agent:read for the agent's own endpoints: {body}"
+    );
+    assert_eq!(
+        call(a, "GET", "/v1/agent/self", Some(&management), "").0,
+        200
+    );
 }
 
 #[test]
@@ -406,5 +415,67 @@ fn python_consul_passes_its_token_and_gets_consuls_answers() {
         "python-consul failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sidecars_registered_with_service_tokens_carry_the_mesh_under_default_deny() {
+    let agents = pair();
+    let (a, b) = (&agents[0], &agents[1]);
+    let management = secret_of(&cli(a, None, &["acl", "bootstrap"]));
+    let rules = |service: &str| {
+        format!(
+            r#"service "{service}" {{ policy = "write" }} service_prefix "" {{ policy = "read" }} node_prefix "" {{ policy = "read" }}"#
+        )
+    };
+    let db = token_with(a, &management, "db-svc", &rules("db"));
+    let web = token_with(a, &management, "web-svc", &rules("web"));
+    let out = cli(
+        a,
+        Some(&management),
+        &["intention", "create", "-allow", "web", "db"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app = common::echo_app();
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let register = |agent: &Agent, token: &str, body: String| {
+        assert!(
+            wait_until(Duration::from_secs(30), || call(
+                agent,
+                "PUT",
+                "/v1/agent/service/register",
+                Some(token),
+                &body
+            )
+            .0 == 200),
+            "registered with its token"
+        );
+    };
+    register(
+        b,
+        &db,
+        format!(
+            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
+            app.addr.port()
+        ),
+    );
+    register(
+        a,
+        &web,
+        format!(
+            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+                {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {}}}]}}}}}}}}"#,
+            upstream.port()
+        ),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || common::carries(upstream)),
+        "web's sidecar reaches db's, each acting with its service's token:\n{}\n{}",
+        a.log(),
+        b.log()
     );
 }

@@ -152,6 +152,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let sidecar_store = config.data_dir.as_deref().map(DataDir::open).transpose()?;
     let sidecars = Arc::new(crate::connect::sidecars::Sidecars::new(
         config.http_addr,
+        config.advertise.ip(),
         sidecar_store,
     ));
     let persisted_sidecars = sidecars.persisted()?;

@@ -28,6 +28,9 @@ const SIDECARS_FILE: &str = "sidecars.json";
 /// The agent's own sidecars, by the ID of the service each fronts.
 pub struct Sidecars {
     http: SocketAddr,
+    /// Where the proxies listen for mesh traffic: the agent's advertised address (given, so a
+    /// proxy need not ask `/v1/agent/self`, which needs `agent:read` under ACLs).
+    listen_ip: std::net::IpAddr,
     store: Option<DataDir>,
     running: Mutex<HashMap<String, Running>>,
 }
@@ -50,10 +53,12 @@ struct Running {
 }
 
 impl Sidecars {
-    /// Sidecars that reach their agent at `http`, kept in `store` (none with `--dev`).
-    pub fn new(http: SocketAddr, store: Option<DataDir>) -> Self {
+    /// Sidecars that reach their agent at `http` and listen on `listen_ip`, kept in `store`
+    /// (none with `--dev`).
+    pub fn new(http: SocketAddr, listen_ip: std::net::IpAddr, store: Option<DataDir>) -> Self {
         Self {
             http,
+            listen_ip,
             store,
             running: Mutex::new(HashMap::new()),
         }
@@ -108,7 +113,7 @@ impl Sidecars {
         let args = ProxyArgs {
             sidecar_for: id.to_owned(),
             upstream: upstreams.iter().map(Upstream::flag).collect(),
-            listen: None,
+            listen: Some(SocketAddr::new(self.listen_ip, 0).to_string()),
             // Runs on the agent's runtime: the flag only sizes the runtime of a standalone
             // `murmur connect proxy`.
             worker_threads: 1,

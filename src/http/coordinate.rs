@@ -9,10 +9,12 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use std::time::Duration;
 
+use murmur_acl::{Access, Resource};
 use murmur_catalog::{Coordinate, Gateway};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::acl::Auth;
 use super::blocking::{self, Topic};
 use super::{Api, ApiError, ApiResult, with_index};
 use crate::agent::runtime::Agent;
@@ -101,12 +103,14 @@ type Json = axum::Json<Value>;
 /// published one, by name; a blocking query.
 pub async fn nodes(
     State(api): State<Api>,
+    auth: Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let (index, listed) = blocking::query(&api.agent, &query, Topic::Other, |v| {
+    let (index, mut listed) = blocking::query(&api.agent, &query, Topic::Other, |v| {
         (v.replica().coordinates_index(), listed(v, None))
     })
     .await?;
+    listed.retain(|c| auth.can(Resource::Node, &c.node, Access::Read));
     Ok(with_index(index, json!(listed)))
 }
 
@@ -114,9 +118,11 @@ pub async fn nodes(
 /// it published none.
 pub async fn node(
     State(api): State<Api>,
+    auth: Auth,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
+    auth.require(Resource::Node, &name, Access::Read)?;
     let (index, listed) = blocking::query(&api.agent, &query, Topic::Other, |v| {
         (v.replica().coordinates_index(), listed(v, Some(&name)))
     })

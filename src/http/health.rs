@@ -252,10 +252,15 @@ pub async fn service(
 /// checks included, as they decide the instances' health).
 pub async fn checks(
     State(api): State<Api>,
+    auth: Auth,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    catalog_query(&api, &query, None, |_, view| {
+    let readable = auth.can(Resource::Service, &name, Access::Read);
+    let answer = catalog_query(&api, &query, None, |_, view| {
+        if !readable {
+            return Vec::new();
+        }
         view.instances(&name, &[])
             .iter()
             .flat_map(|i| {
@@ -268,7 +273,8 @@ pub async fn checks(
             })
             .collect::<Vec<_>>()
     })
-    .await
+    .await;
+    super::acl::filtered_unless(readable, answer)
 }
 
 fn service_of<'a>(view: &CatalogView<'a>, node: &str, c: &Check) -> Option<&'a Service> {
@@ -299,6 +305,7 @@ pub async fn node(
 /// `maintenance`, or all of them with `any`.
 pub async fn state(
     State(api): State<Api>,
+    auth: Auth,
     Path(state): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
@@ -314,6 +321,12 @@ pub async fn state(
         view.all_checks()
             .iter()
             .filter(|(_, c)| wanted.is_none_or(|w| c.status == w))
+            .filter(|(node, c)| {
+                // A service's check is read with the service, a node's with the node.
+                let service = service_of(view, node, c);
+                auth.can(Resource::Node, node, Access::Read)
+                    && service.is_none_or(|s| auth.can(Resource::Service, &s.name, Access::Read))
+            })
             .map(|(node, c)| check_json(node, c, service_of(view, node, c), view.node_index(node)))
             .collect::<Vec<_>>()
     })

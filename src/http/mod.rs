@@ -448,7 +448,8 @@ fn node_uuid(id: u64) -> String {
     format!("{}-{}-{}-0000-000000000000", &h[..8], &h[8..12], &h[12..16])
 }
 
-async fn agent_self(State(api): State<Api>) -> ApiResult<Json<Value>> {
+async fn agent_self(State(api): State<Api>, auth: acl::Auth) -> ApiResult<Json<Value>> {
+    auth.require(Resource::Agent, &api.config.node, Access::Read)?;
     let (my_name, members, stats, encrypted, coord) = api.agent.view(|v| {
         (
             v.me().name.clone(),
@@ -605,8 +606,10 @@ pub fn render_metrics() -> impl axum::response::IntoResponse {
 
 async fn agent_metrics(
     State(api): State<Api>,
+    auth: acl::Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    auth.require(Resource::Agent, &api.config.node, Access::Read)?;
     if query.get("format").map(String::as_str) != Some("prometheus") {
         return Err(ApiError::bad_request(
             "murmur serves metrics as ?format=prometheus",
@@ -692,6 +695,7 @@ async fn event_fire(
 
 async fn event_list(
     State(api): State<Api>,
+    auth: acl::Auth,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let index = blocking::index(&query)?;
@@ -702,6 +706,7 @@ async fn event_list(
         v.events()
             .recent()
             .filter(|e| name.is_none_or(|want| &e.name == want))
+            .filter(|e| auth.can(Resource::Event, &e.name, Access::Read))
             .map(event_json)
             .collect()
     });

@@ -88,7 +88,7 @@ impl Agent {
             let mut agent = Self::prepare(spec.name, spec.key);
             agent.spawn(spec.join, spec.extra);
             wait_until(Duration::from_secs(10), || {
-                agent.try_get("/v1/agent/self").is_some() || agent.exited()
+                agent.answers() || agent.exited()
             });
             // Ports are picked free, then bound by the agent: another process can take one in
             // between. The agent says so in its own words ("... is already in use"), the OS in
@@ -103,6 +103,11 @@ impl Agent {
         unreachable!("the last attempt returns or panics")
     }
 
+    /// Whether the agent's API answers (`/v1/status/leader`, which needs no ACL token).
+    fn answers(&self) -> bool {
+        self.try_get("/v1/status/leader").is_some()
+    }
+
     /// Whether the agent's process has ended.
     fn exited(&mut self) -> bool {
         self.child
@@ -112,9 +117,7 @@ impl Agent {
 
     fn wait_ready(&self, what: &str) {
         assert!(
-            wait_until(Duration::from_secs(10), || self
-                .try_get("/v1/agent/self")
-                .is_some()),
+            wait_until(Duration::from_secs(10), || self.answers()),
             "agent {} did not {what}:\n{}",
             self.name,
             self.log()
