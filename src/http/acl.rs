@@ -822,13 +822,7 @@ fn find_policy(
 
 /// `GET /v1/acl/policy/:id` (`acl:read`).
 pub async fn read_policy(State(api): State<Api>, auth: Auth, Path(id): Path<String>) -> ApiResult {
-    enabled(&api)?;
-    auth.require_acl(Access::Read)?;
-    if id == GLOBAL_MANAGEMENT_ID {
-        return Ok(with_index(1, builtin_management_json()));
-    }
-    let (policy, index) = find_policy(&api, |p| p.id == id)?;
-    Ok(with_index(index, policy_json(&policy, index)))
+    answer_policy(&api, &auth, id == GLOBAL_MANAGEMENT_ID, |p| p.id == id)
 }
 
 /// `GET /v1/acl/policy/name/:name` (`acl:read`).
@@ -837,12 +831,24 @@ pub async fn read_policy_by_name(
     auth: Auth,
     Path(name): Path<String>,
 ) -> ApiResult {
-    enabled(&api)?;
+    answer_policy(&api, &auth, name == GLOBAL_MANAGEMENT_NAME, |p| {
+        p.name == name
+    })
+}
+
+/// One policy (`acl:read`): the builtin one, or the one `which` picks.
+fn answer_policy(
+    api: &Api,
+    auth: &Auth,
+    builtin: bool,
+    which: impl Fn(&AclPolicy) -> bool,
+) -> ApiResult {
+    enabled(api)?;
     auth.require_acl(Access::Read)?;
-    if name == GLOBAL_MANAGEMENT_NAME {
+    if builtin {
         return Ok(with_index(1, builtin_management_json()));
     }
-    let (policy, index) = find_policy(&api, |p| p.name == name)?;
+    let (policy, index) = find_policy(api, which)?;
     Ok(with_index(index, policy_json(&policy, index)))
 }
 
