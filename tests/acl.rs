@@ -382,6 +382,31 @@ fn bad_rules_tokens_and_headers_are_refused_with_the_reason_and_change_nothing()
     assert_eq!(status, 200);
     let policies: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(policies.len(), 1, "only the builtin policy: {body}");
+    let by_name = call(
+        a,
+        "GET",
+        "/v1/acl/policy/name/global-management",
+        Some(&management),
+        "",
+    );
+    let by_id = call(
+        a,
+        "GET",
+        "/v1/acl/policy/00000000-0000-0000-0000-000000000001",
+        Some(&management),
+        "",
+    );
+    assert_eq!(by_name, by_id);
+    assert_eq!(by_name.0, 200);
+    assert_eq!(
+        call(a, "GET", "/v1/acl/policy/name/nope", Some(&management), "").0,
+        404
+    );
+    assert_eq!(
+        call(a, "GET", "/v1/acl/policies", None, "").0,
+        403,
+        "acl:read needed"
+    );
     let (status, _) = call(a, "GET", "/v1/status/leader", None, "");
     assert_eq!(status, 200, "the agent answers afterwards");
     let (status, body) = call(a, "GET", "/v1/agent/self", None, "");
