@@ -504,3 +504,65 @@ fn sidecars_registered_with_service_tokens_carry_the_mesh_under_default_deny() {
         b.log()
     );
 }
+
+#[test]
+fn a_role_gives_its_tokens_its_policies_and_changing_the_role_changes_them_all() {
+    let agents = pair();
+    let (a, b) = (&agents[0], &agents[1]);
+    let management = secret_of(&cli(a, None, &["acl", "bootstrap"]));
+    let put = |path: &str, body: &str| {
+        let (status, text) = call(a, "PUT", path, Some(&management), body);
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    put(
+        "/v1/acl/policy",
+        r#"{"Name": "web-writer", "Rules": "service \"web\" { policy = \"write\" }"}"#,
+    );
+    let role = put(
+        "/v1/acl/role",
+        r#"{"Name": "web-role", "Policies": [{"Name": "web-writer"}]}"#,
+    );
+    let token = put("/v1/acl/token", r#"{"Roles": [{"Name": "web-role"}]}"#);
+    assert_eq!(token["Roles"][0]["Name"], "web-role");
+    let secret = token["SecretID"].as_str().unwrap().to_owned();
+    let register = |name: &str| {
+        call(
+            b,
+            "PUT",
+            "/v1/agent/service/register",
+            Some(&secret),
+            &format!(r#"{{"Name": "{name}"}}"#),
+        )
+        .0
+    };
+    assert!(wait_until(Duration::from_secs(30), || register("web") == 200));
+    assert_eq!(register("db"), 403);
+    // The role loses its policy: every token of the role loses what it gave.
+    let id = role["ID"].as_str().unwrap();
+    put(
+        &format!("/v1/acl/role/{id}"),
+        r#"{"Name": "web-role", "Policies": []}"#,
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || register("web") == 403),
+        "the role's change reached the other agent"
+    );
+    let (status, body) = call(
+        a,
+        "GET",
+        "/v1/acl/role/name/web-role",
+        Some(&management),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        a,
+        "PUT",
+        "/v1/acl/token",
+        Some(&management),
+        r#"{"Roles": [{"Name": "nope"}]}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("cannot find role \"nope\""), "{body}");
+}

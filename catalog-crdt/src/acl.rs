@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub const ACL_TOKEN_PREFIX: &str = "acl/token/";
 /// Key prefix of policies.
 pub const ACL_POLICY_PREFIX: &str = "acl/policy/";
+/// Key prefix of roles.
+pub const ACL_ROLE_PREFIX: &str = "acl/role/";
 /// Key prefix of revocations.
 pub const ACL_REVOKED_PREFIX: &str = "acl/revoked/";
 
@@ -53,6 +55,8 @@ pub struct AclToken {
     pub description: String,
     /// IDs of its policies.
     pub policies: Vec<String>,
+    /// IDs of its roles (each a named set of policies).
+    pub roles: Vec<String>,
     /// Valid only in the datacenter that made it (Consul's `Local`).
     pub local: bool,
     /// Where it was made.
@@ -77,8 +81,41 @@ impl AclToken {
             + self.secret_hash.len()
             + self.description.len()
             + self.policies.iter().map(String::len).sum::<usize>()
+            + self.roles.iter().map(String::len).sum::<usize>()
             + self.datacenter.len()
             + 16
+    }
+}
+
+/// A role: a named set of policies, so that many tokens can share them and change together.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AclRole {
+    /// Its id.
+    pub id: String,
+    /// Its unique name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// IDs of its policies.
+    pub policies: Vec<String>,
+}
+
+impl AclRole {
+    /// The shared-map key of the role `id`.
+    pub fn key(id: &str) -> String {
+        format!("{ACL_ROLE_PREFIX}{id}")
+    }
+
+    /// Whether it sits under its own key.
+    pub fn fits(&self, key: &str) -> bool {
+        key.strip_prefix(ACL_ROLE_PREFIX) == Some(self.id.as_str())
+    }
+
+    pub(crate) fn weight(&self) -> usize {
+        self.id.len()
+            + self.name.len()
+            + self.description.len()
+            + self.policies.iter().map(String::len).sum::<usize>()
     }
 }
 

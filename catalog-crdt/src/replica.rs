@@ -22,7 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{
-    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclRevocation, AclToken,
+    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_ROLE_PREFIX, ACL_TOKEN_PREFIX, AclPolicy,
+    AclRevocation, AclRole, AclToken,
 };
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 use crate::catalog::{CatalogView, NodeRecord};
@@ -614,6 +615,26 @@ impl Replica {
         .map(|(_, policy, index)| (policy, index))
     }
 
+    /// Creates or replaces an ACL role.
+    pub fn put_acl_role(&mut self, role: AclRole, wall_ms: u64) {
+        let key = AclRole::key(&role.id);
+        self.write_shared(key, Some(Value::AclRole(Box::new(role))), wall_ms);
+    }
+
+    /// Deletes the ACL role `id`; false when there was none.
+    pub fn delete_acl_role(&mut self, id: &str, wall_ms: u64) -> bool {
+        self.delete_shared(AclRole::key(id), wall_ms)
+    }
+
+    /// Every ACL role, with the modify index of its last change.
+    pub fn acl_roles(&self) -> impl Iterator<Item = (&AclRole, u64)> {
+        self.values(ACL_ROLE_PREFIX, |v| match v {
+            Value::AclRole(r) => Some(&**r),
+            _ => None,
+        })
+        .map(|(_, role, index)| (role, index))
+    }
+
     /// The modify index of the last change to any ACL token or policy (0: none ever): what
     /// an agent's cache of authorizers is keyed on.
     pub fn acl_index(&self) -> u64 {
@@ -944,6 +965,7 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
             ACL_TOKEN_PREFIX,
             ACL_POLICY_PREFIX,
             ACL_REVOKED_PREFIX,
+            ACL_ROLE_PREFIX,
         ]
         .into_iter()
         .find(|p| key.starts_with(p))
@@ -998,6 +1020,7 @@ fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
         Some(Value::AclToken(t)) => t.fits(key),
         Some(Value::AclPolicy(p)) => p.fits(key),
         Some(Value::AclRevoked(r)) => r.fits(key),
+        Some(Value::AclRole(r)) => r.fits(key),
         _ => true,
     };
     if !acl_fits {

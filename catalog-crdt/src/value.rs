@@ -2,7 +2,7 @@
 //!
 //! KV entries, intentions, config entries, external nodes, CA roots, coordinates, the
 //! datacenter directory, prepared queries and ACL tokens and policies live in **one** [`SharedMap`] under disjoint key prefixes (`kv/`,
-//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`, `query/`, `acl/token/`, `acl/policy/`, `acl/revoked/`), so one digest, one anti-entropy exchange and one
+//! `intention/`, `config/`, `external/`, `ca/root/`, `coordinate/`, `datacenter/`, `query/`, `acl/token/`, `acl/policy/`, `acl/role/`, `acl/revoked/`), so one digest, one anti-entropy exchange and one
 //! journal cover them all. A value whose variant does not match its key's prefix is malformed
 //! and refused, so a hostile peer cannot plant an intention under a KV key.
 //!
@@ -13,7 +13,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{
-    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_TOKEN_PREFIX, AclPolicy, AclRevocation, AclToken,
+    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_ROLE_PREFIX, ACL_TOKEN_PREFIX, AclPolicy,
+    AclRevocation, AclRole, AclToken,
 };
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot};
 use crate::catalog::NodeRecord;
@@ -79,6 +80,8 @@ pub enum Value {
     AclPolicy(Box<AclPolicy>),
     /// A revoked ACL token, under `acl/revoked/`.
     AclRevoked(Box<AclRevocation>),
+    /// An ACL role, under `acl/role/`.
+    AclRole(Box<AclRole>),
 }
 
 impl Value {
@@ -97,6 +100,7 @@ impl Value {
             Self::AclToken(_) => ACL_TOKEN_PREFIX,
             Self::AclPolicy(_) => ACL_POLICY_PREFIX,
             Self::AclRevoked(_) => ACL_REVOKED_PREFIX,
+            Self::AclRole(_) => ACL_ROLE_PREFIX,
         }
     }
 
@@ -115,6 +119,7 @@ impl Value {
             Self::AclToken(t) => t.weight(),
             Self::AclPolicy(p) => p.weight(),
             Self::AclRevoked(r) => r.weight(),
+            Self::AclRole(r) => r.weight(),
         }
     }
 }

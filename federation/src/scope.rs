@@ -15,8 +15,8 @@
 //! measure only their own datacenter.
 
 use murmur_catalog::{
-    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_TOKEN_PREFIX, CaRoot, Change, DIRECTORY_PREFIX,
-    INTENTION_PREFIX, Journaled, QUERY_PREFIX, Replica, SUMMARY_PREFIX,
+    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_ROLE_PREFIX, ACL_TOKEN_PREFIX, CaRoot, Change,
+    DIRECTORY_PREFIX, INTENTION_PREFIX, Journaled, QUERY_PREFIX, Replica, SUMMARY_PREFIX,
 };
 
 /// Where a piece of replicated data lives.
@@ -40,6 +40,7 @@ pub fn of_key(key: &str) -> Scope {
         ACL_TOKEN_PREFIX,
         ACL_POLICY_PREFIX,
         ACL_REVOKED_PREFIX,
+        ACL_ROLE_PREFIX,
     ]
     .iter()
     .any(|p| key.starts_with(p))

@@ -16,7 +16,7 @@ use murmur_acl::{
     ANONYMOUS_ACCESSOR, Access, Authorizer, GLOBAL_MANAGEMENT_ID, GLOBAL_MANAGEMENT_NAME, Resource,
     Rules, secret_hash,
 };
-use murmur_catalog::{AclPolicy, AclToken, Replica};
+use murmur_catalog::{AclPolicy, AclRole, AclToken, Replica};
 use serde_json::{Map, Value, json};
 
 use super::{Api, ApiError, ApiResult, with_index};
@@ -140,13 +140,20 @@ fn authorizer_for(
     default_allow: bool,
     datacenter: &str,
 ) -> Authorizer {
-    if token.policies.iter().any(|p| p == GLOBAL_MANAGEMENT_ID) {
+    // The token's own policies, and those of its roles.
+    let mut policies: Vec<&String> = token.policies.iter().collect();
+    for (role, _) in replica.acl_roles() {
+        if token.roles.contains(&role.id) {
+            policies.extend(&role.policies);
+        }
+    }
+    if policies.iter().any(|p| *p == GLOBAL_MANAGEMENT_ID) {
         return Authorizer::Management;
     }
     let rules: Vec<Rules> = replica
         .acl_policies()
         .map(|(p, _)| p)
-        .filter(|p| token.policies.contains(&p.id))
+        .filter(|p| policies.contains(&&p.id))
         .filter(|p| p.datacenters.is_empty() || p.datacenters.iter().any(|d| d == datacenter))
         .filter_map(|p| match Rules::parse(&p.rules) {
             Ok(rules) => Some(rules),
@@ -417,10 +424,23 @@ fn token_json(replica: &Replica, token: &AclToken, secret: Option<&str>, index: 
             json!({"ID": id, "Name": name})
         })
         .collect();
+    let roles: Vec<Value> = token
+        .roles
+        .iter()
+        .map(|id| {
+            let name = replica
+                .acl_roles()
+                .find(|(r, _)| &r.id == id)
+                .map(|(r, _)| r.name.clone())
+                .unwrap_or_default();
+            json!({"ID": id, "Name": name})
+        })
+        .collect();
     let mut out = json!({
         "AccessorID": token.accessor_id,
         "Description": token.description,
         "Policies": policies,
+        "Roles": roles,
         "Local": token.local,
         "CreateTime": create_time(token.create_ms),
         "Hash": token.secret_hash,
@@ -495,34 +515,56 @@ fn field<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
         .map(|(_, v)| v)
 }
 
-/// The policy IDs a token body names (`Policies: [{ID} | {Name}]`), each checked to exist.
-fn policy_ids(replica: &Replica, o: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
-    let Some(list) = field(o, "Policies") else {
+/// The IDs a body's `field` (`Policies`, `Roles`) names as `[{ID} | {Name}]`, each found by
+/// `find(id, name)`; one that names nothing is a 400 saying which.
+fn linked_ids(
+    o: &Map<String, Value>,
+    field_name: &str,
+    what: &str,
+    find: impl Fn(&str, &str) -> Option<String>,
+) -> Result<Vec<String>, ApiError> {
+    let Some(list) = field(o, field_name) else {
         return Ok(Vec::new());
     };
-    let list = list
-        .as_array()
-        .ok_or_else(|| ApiError::bad_request("Policies must be a list of {ID} or {Name}"))?;
-    list.iter()
+    let shape =
+        || ApiError::bad_request(format!("{field_name} must be a list of {{ID}} or {{Name}}"));
+    list.as_array()
+        .ok_or_else(shape)?
+        .iter()
         .map(|link| {
-            let link = link.as_object().ok_or_else(|| {
-                ApiError::bad_request("Policies must be a list of {ID} or {Name}")
-            })?;
+            let link = link.as_object().ok_or_else(shape)?;
             let (id, name) = (text(link, "ID")?, text(link, "Name")?);
-            if id == GLOBAL_MANAGEMENT_ID || name == GLOBAL_MANAGEMENT_NAME {
-                return Ok(GLOBAL_MANAGEMENT_ID.to_owned());
-            }
-            replica
-                .acl_policies()
-                .map(|(p, _)| p)
-                .find(|p| (!id.is_empty() && p.id == id) || (!name.is_empty() && p.name == name))
-                .map(|p| p.id.clone())
-                .ok_or_else(|| {
-                    let which = if id.is_empty() { name } else { id };
-                    ApiError::bad_request(format!("cannot find policy {which:?}"))
-                })
+            find(&id, &name).ok_or_else(|| {
+                let which = if id.is_empty() { name } else { id };
+                ApiError::bad_request(format!("cannot find {what} {which:?}"))
+            })
         })
         .collect()
+}
+
+/// The policy IDs a body names (`Policies`), the builtin one included.
+fn policy_ids(replica: &Replica, o: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    linked_ids(o, "Policies", "policy", |id, name| {
+        if id == GLOBAL_MANAGEMENT_ID || name == GLOBAL_MANAGEMENT_NAME {
+            return Some(GLOBAL_MANAGEMENT_ID.to_owned());
+        }
+        replica
+            .acl_policies()
+            .map(|(p, _)| p)
+            .find(|p| (!id.is_empty() && p.id == id) || (!name.is_empty() && p.name == name))
+            .map(|p| p.id.clone())
+    })
+}
+
+/// The role IDs a body names (`Roles`).
+fn role_ids(replica: &Replica, o: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    linked_ids(o, "Roles", "role", |id, name| {
+        replica
+            .acl_roles()
+            .map(|(r, _)| r)
+            .find(|r| (!id.is_empty() && r.id == id) || (!name.is_empty() && r.name == name))
+            .map(|r| r.id.clone())
+    })
 }
 
 /// `PUT /v1/acl/bootstrap`: the first management token; refused once any token exists.
@@ -537,6 +579,7 @@ pub async fn bootstrap(State(api): State<Api>) -> ApiResult {
         secret_hash: secret_hash(&secret),
         description: "Bootstrap Token (Global Management)".into(),
         policies: vec![GLOBAL_MANAGEMENT_ID.into()],
+        roles: Vec::new(),
         local: false,
         datacenter,
         create_ms: crate::agent::runtime::wall_ms(),
@@ -585,12 +628,15 @@ pub async fn create_token(State(api): State<Api>, auth: Auth, body: Bytes) -> Ap
         a if a.is_empty() => uuid(),
         a => a,
     };
-    let policies = api.agent.view(|v| policy_ids(v.replica(), &o))?;
+    let (policies, roles) = api
+        .agent
+        .view(|v| Ok::<_, ApiError>((policy_ids(v.replica(), &o)?, role_ids(v.replica(), &o)?)))?;
     let token = AclToken {
         accessor_id: accessor,
         secret_hash: secret_hash(&secret),
         description: text(&o, "Description")?,
         policies,
+        roles,
         local: field(&o, "Local").and_then(Value::as_bool).unwrap_or(false),
         datacenter: api.config.datacenter.clone(),
         create_ms: crate::agent::runtime::wall_ms(),
@@ -674,7 +720,9 @@ pub async fn update_token(
     let o = object(&body)?;
     let mut token = find_token(&api, &accessor)?;
     token.description = text(&o, "Description")?;
-    token.policies = api.agent.view(|v| policy_ids(v.replica(), &o))?;
+    (token.policies, token.roles) = api
+        .agent
+        .view(|v| Ok::<_, ApiError>((policy_ids(v.replica(), &o)?, role_ids(v.replica(), &o)?)))?;
     let written = token.clone();
     api.agent
         .write(move |r, now| r.put_acl_token(written, now))
@@ -885,5 +933,159 @@ pub async fn list_policies(State(api): State<Api>, auth: Auth) -> ApiResult {
         (list, replica.acl_index())
     });
     list.insert(0, builtin_management_json());
+    Ok(with_index(index, json!(list)))
+}
+
+fn role_json(replica: &Replica, role: &AclRole, index: u64) -> Value {
+    let policies: Vec<Value> = role
+        .policies
+        .iter()
+        .map(|id| {
+            let name = if id == GLOBAL_MANAGEMENT_ID {
+                GLOBAL_MANAGEMENT_NAME.to_owned()
+            } else {
+                replica
+                    .acl_policies()
+                    .find(|(p, _)| &p.id == id)
+                    .map(|(p, _)| p.name.clone())
+                    .unwrap_or_default()
+            };
+            json!({"ID": id, "Name": name})
+        })
+        .collect();
+    json!({
+        "ID": role.id,
+        "Name": role.name,
+        "Description": role.description,
+        "Policies": policies,
+        "CreateIndex": index,
+        "ModifyIndex": index,
+    })
+}
+
+/// `PUT /v1/acl/role` (`acl:write`): a named set of policies.
+pub async fn create_role(State(api): State<Api>, auth: Auth, body: Bytes) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    store_role(&api, &object(&body)?, uuid()).await
+}
+
+/// `PUT /v1/acl/role/:id` (`acl:write`).
+pub async fn update_role(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    find_role(&api, |r| r.id == id)?;
+    store_role(&api, &object(&body)?, id).await
+}
+
+async fn store_role(api: &Api, o: &Map<String, Value>, id: String) -> ApiResult {
+    let name = text(o, "Name")?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid Role: invalid Name {name:?}: use letters, digits, '-' and '_'"
+        )));
+    }
+    let policies = api.agent.view(|v| policy_ids(v.replica(), o))?;
+    let role = AclRole {
+        id,
+        name,
+        description: text(o, "Description")?,
+        policies,
+    };
+    let written = role.clone();
+    let clash = api
+        .agent
+        .write(move |r, now| {
+            let clash = r
+                .acl_roles()
+                .any(|(o, _)| o.name == written.name && o.id != written.id);
+            if !clash {
+                r.put_acl_role(written, now);
+            }
+            clash
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    if clash {
+        return Err(ApiError::bad_request(format!(
+            "Invalid Role: A Role with Name {:?} already exists",
+            role.name
+        )));
+    }
+    let (body, index) = api.agent.view(|v| {
+        let replica = v.replica();
+        (
+            role_json(replica, &role, replica.acl_index()),
+            replica.acl_index(),
+        )
+    });
+    Ok(with_index(index, body))
+}
+
+fn find_role(api: &Api, which: impl Fn(&AclRole) -> bool) -> Result<(Value, u64), ApiError> {
+    api.agent
+        .view(|v| {
+            let replica = v.replica();
+            replica
+                .acl_roles()
+                .find(|(r, _)| which(r))
+                .map(|(r, i)| (role_json(replica, r, i), i))
+        })
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "ACL role not found"))
+}
+
+/// `GET /v1/acl/role/:id` (`acl:read`).
+pub async fn read_role(State(api): State<Api>, auth: Auth, Path(id): Path<String>) -> ApiResult {
+    answer_role(&api, &auth, |r| r.id == id)
+}
+
+/// `GET /v1/acl/role/name/:name` (`acl:read`).
+pub async fn read_role_by_name(
+    State(api): State<Api>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> ApiResult {
+    answer_role(&api, &auth, |r| r.name == name)
+}
+
+fn answer_role(api: &Api, auth: &Auth, which: impl Fn(&AclRole) -> bool) -> ApiResult {
+    enabled(api)?;
+    auth.require_acl(Access::Read)?;
+    let (role, index) = find_role(api, which)?;
+    Ok(with_index(index, role))
+}
+
+/// `DELETE /v1/acl/role/:id` (`acl:write`): `true`.
+pub async fn delete_role(State(api): State<Api>, auth: Auth, Path(id): Path<String>) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Write)?;
+    api.agent
+        .write(move |r, now| r.delete_acl_role(&id, now))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(json_true(&api))
+}
+
+/// `GET /v1/acl/roles` (`acl:read`).
+pub async fn list_roles(State(api): State<Api>, auth: Auth) -> ApiResult {
+    enabled(&api)?;
+    auth.require_acl(Access::Read)?;
+    let (list, index) = api.agent.view(|v| {
+        let replica = v.replica();
+        let list: Vec<Value> = replica
+            .acl_roles()
+            .map(|(r, i)| role_json(replica, r, i))
+            .collect();
+        (list, replica.acl_index())
+    });
     Ok(with_index(index, json!(list)))
 }

@@ -285,6 +285,15 @@ pub fn router(
         )
         .route("/v1/acl/policy/name/{name}", get(acl::read_policy_by_name))
         .route("/v1/acl/policies", get(acl::list_policies))
+        .route("/v1/acl/role", put(acl::create_role))
+        .route(
+            "/v1/acl/role/{id}",
+            get(acl::read_role)
+                .put(acl::update_role)
+                .delete(acl::delete_role),
+        )
+        .route("/v1/acl/role/name/{name}", get(acl::read_role_by_name))
+        .route("/v1/acl/roles", get(acl::list_roles))
         .route(
             "/v1/operator/keyring",
             get(keyring_list)
