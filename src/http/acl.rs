@@ -11,7 +11,6 @@ use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::response::Response;
 use murmur_acl::{
     ANONYMOUS_ACCESSOR, Access, Authorizer, GLOBAL_MANAGEMENT_ID, GLOBAL_MANAGEMENT_NAME, Resource,
     Rules, secret_hash,
@@ -405,12 +404,9 @@ fn disabled() -> ApiError {
     )
 }
 
-/// Consul's token JSON; the secret only when the caller is entitled to see it (it is not
-/// kept: only at creation, and to its own holder).
-fn token_json(replica: &Replica, token: &AclToken, secret: Option<&str>, index: u64) -> Value {
-    let policies: Vec<Value> = token
-        .policies
-        .iter()
+/// `[{ID, Name}]` of the policies `ids`, as tokens and roles show their links.
+fn policy_links(replica: &Replica, ids: &[String]) -> Vec<Value> {
+    ids.iter()
         .map(|id| {
             let name = if id == GLOBAL_MANAGEMENT_ID {
                 GLOBAL_MANAGEMENT_NAME.to_owned()
@@ -423,7 +419,13 @@ fn token_json(replica: &Replica, token: &AclToken, secret: Option<&str>, index: 
             };
             json!({"ID": id, "Name": name})
         })
-        .collect();
+        .collect()
+}
+
+/// Consul's token JSON; the secret only when the caller is entitled to see it (it is not
+/// kept: only at creation, and to its own holder).
+fn token_json(replica: &Replica, token: &AclToken, secret: Option<&str>, index: u64) -> Value {
+    let policies = policy_links(replica, &token.policies);
     let roles: Vec<Value> = token
         .roles
         .iter()
@@ -731,29 +733,35 @@ pub async fn update_token(
     answer_token(&api, &token, None)
 }
 
-/// `DELETE /v1/acl/token/:accessor` (`acl:write`): `true`.
+/// `DELETE /v1/acl/token/:accessor` (`acl:write`): `true`. The token is revoked for good.
 pub async fn delete_token(
     State(api): State<Api>,
     auth: Auth,
     Path(accessor): Path<String>,
 ) -> ApiResult {
-    enabled(&api)?;
-    auth.require_acl(Access::Write)?;
-    if accessor == ANONYMOUS_ACCESSOR {
-        return Err(ApiError::bad_request(
-            "the anonymous token cannot be deleted",
-        ));
-    }
-    api.agent
-        .write(move |r, now| r.revoke_acl_token(&accessor, now))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(json_true(&api))
+    let refused =
+        (accessor == ANONYMOUS_ACCESSOR).then_some("the anonymous token cannot be deleted");
+    acl_delete(&api, &auth, refused, move |r, now| {
+        r.revoke_acl_token(&accessor, now);
+    })
+    .await
 }
 
-fn json_true(api: &Api) -> Response {
+/// A deletion under `acl:write` (`refused`: why this one may not be deleted): `true`.
+async fn acl_delete(
+    api: &Api,
+    auth: &Auth,
+    refused: Option<&str>,
+    delete: impl FnOnce(&mut Replica, u64),
+) -> ApiResult {
+    enabled(api)?;
+    auth.require_acl(Access::Write)?;
+    if let Some(why) = refused {
+        return Err(ApiError::bad_request(why));
+    }
+    api.agent.write(delete).await.map_err(ApiError::internal)?;
     let index = api.agent.view(|v| v.replica().acl_index());
-    with_index(index, json!(true))
+    Ok(with_index(index, json!(true)))
 }
 
 /// `GET /v1/acl/tokens` (`acl:read`).
@@ -800,15 +808,7 @@ pub async fn update_policy(
 
 fn parse_policy(o: &Map<String, Value>, id: String) -> Result<AclPolicy, ApiError> {
     let name = text(o, "Name")?;
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(ApiError::bad_request(format!(
-            "Invalid Policy: invalid Name {name:?}: use letters, digits, '-' and '_'"
-        )));
-    }
+    valid_name("Policy", &name)?;
     let rules = text(o, "Rules")?;
     Rules::parse(&rules).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let datacenters = match field(o, "Datacenters") {
@@ -830,28 +830,64 @@ fn parse_policy(o: &Map<String, Value>, id: String) -> Result<AclPolicy, ApiErro
 }
 
 async fn store_policy(api: &Api, policy: AclPolicy) -> ApiResult {
-    let written = policy.clone();
-    let clash = api
+    let (checked, written) = (policy.clone(), policy.clone());
+    write_unique(
+        api,
+        "Policy",
+        &policy.name,
+        move |r| {
+            checked.name == GLOBAL_MANAGEMENT_NAME
+                || r.acl_policies()
+                    .any(|(p, _)| p.name == checked.name && p.id != checked.id)
+        },
+        move |r, now| r.put_acl_policy(written, now),
+    )
+    .await?;
+    let index = api.agent.view(|v| v.replica().acl_index());
+    Ok(with_index(index, policy_json(&policy, index)))
+}
+
+/// Writes a policy or role (`kind`) unless its name is `taken` by another (checked and written
+/// in one step, so two writers on this agent cannot both take it).
+async fn write_unique(
+    api: &Api,
+    kind: &str,
+    name: &str,
+    taken: impl FnOnce(&Replica) -> bool,
+    write: impl FnOnce(&mut Replica, u64),
+) -> Result<(), ApiError> {
+    let written = api
         .agent
         .write(move |r, now| {
-            let clash = written.name == GLOBAL_MANAGEMENT_NAME
-                || r.acl_policies()
-                    .any(|(p, _)| p.name == written.name && p.id != written.id);
-            if !clash {
-                r.put_acl_policy(written, now);
+            if taken(r) {
+                return false;
             }
-            clash
+            write(r, now);
+            true
         })
         .await
         .map_err(ApiError::internal)?;
-    if clash {
+    if written {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "Invalid {kind}: A {kind} with Name {name:?} already exists"
+        )))
+    }
+}
+
+/// A policy or role name (`kind`): letters, digits, `-` and `_`, as Consul's.
+fn valid_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(ApiError::bad_request(format!(
-            "Invalid Policy: A Policy with Name {:?} already exists",
-            policy.name
+            "Invalid {kind}: invalid Name {name:?}: use letters, digits, '-' and '_'"
         )));
     }
-    let index = api.agent.view(|v| v.replica().acl_index());
-    Ok(with_index(index, policy_json(&policy, index)))
+    Ok(())
 }
 
 fn find_policy(
@@ -906,18 +942,12 @@ pub async fn delete_policy(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult {
-    enabled(&api)?;
-    auth.require_acl(Access::Write)?;
-    if id == GLOBAL_MANAGEMENT_ID {
-        return Err(ApiError::bad_request(
-            "the builtin global-management policy cannot be deleted",
-        ));
-    }
-    api.agent
-        .write(move |r, now| r.delete_acl_policy(&id, now))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(json_true(&api))
+    let refused = (id == GLOBAL_MANAGEMENT_ID)
+        .then_some("the builtin global-management policy cannot be deleted");
+    acl_delete(&api, &auth, refused, move |r, now| {
+        r.delete_acl_policy(&id, now);
+    })
+    .await
 }
 
 /// `GET /v1/acl/policies` (`acl:read`), the builtin one first.
@@ -937,22 +967,7 @@ pub async fn list_policies(State(api): State<Api>, auth: Auth) -> ApiResult {
 }
 
 fn role_json(replica: &Replica, role: &AclRole, index: u64) -> Value {
-    let policies: Vec<Value> = role
-        .policies
-        .iter()
-        .map(|id| {
-            let name = if id == GLOBAL_MANAGEMENT_ID {
-                GLOBAL_MANAGEMENT_NAME.to_owned()
-            } else {
-                replica
-                    .acl_policies()
-                    .find(|(p, _)| &p.id == id)
-                    .map(|(p, _)| p.name.clone())
-                    .unwrap_or_default()
-            };
-            json!({"ID": id, "Name": name})
-        })
-        .collect();
+    let policies = policy_links(replica, &role.policies);
     json!({
         "ID": role.id,
         "Name": role.name,
@@ -985,15 +1000,7 @@ pub async fn update_role(
 
 async fn store_role(api: &Api, o: &Map<String, Value>, id: String) -> ApiResult {
     let name = text(o, "Name")?;
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(ApiError::bad_request(format!(
-            "Invalid Role: invalid Name {name:?}: use letters, digits, '-' and '_'"
-        )));
-    }
+    valid_name("Role", &name)?;
     let policies = api.agent.view(|v| policy_ids(v.replica(), o))?;
     let role = AclRole {
         id,
@@ -1001,26 +1008,18 @@ async fn store_role(api: &Api, o: &Map<String, Value>, id: String) -> ApiResult 
         description: text(o, "Description")?,
         policies,
     };
-    let written = role.clone();
-    let clash = api
-        .agent
-        .write(move |r, now| {
-            let clash = r
-                .acl_roles()
-                .any(|(o, _)| o.name == written.name && o.id != written.id);
-            if !clash {
-                r.put_acl_role(written, now);
-            }
-            clash
-        })
-        .await
-        .map_err(ApiError::internal)?;
-    if clash {
-        return Err(ApiError::bad_request(format!(
-            "Invalid Role: A Role with Name {:?} already exists",
-            role.name
-        )));
-    }
+    let (checked, written) = (role.clone(), role.clone());
+    write_unique(
+        api,
+        "Role",
+        &role.name,
+        move |r| {
+            r.acl_roles()
+                .any(|(o, _)| o.name == checked.name && o.id != checked.id)
+        },
+        move |r, now| r.put_acl_role(written, now),
+    )
+    .await?;
     let (body, index) = api.agent.view(|v| {
         let replica = v.replica();
         (
@@ -1066,13 +1065,10 @@ fn answer_role(api: &Api, auth: &Auth, which: impl Fn(&AclRole) -> bool) -> ApiR
 
 /// `DELETE /v1/acl/role/:id` (`acl:write`): `true`.
 pub async fn delete_role(State(api): State<Api>, auth: Auth, Path(id): Path<String>) -> ApiResult {
-    enabled(&api)?;
-    auth.require_acl(Access::Write)?;
-    api.agent
-        .write(move |r, now| r.delete_acl_role(&id, now))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(json_true(&api))
+    acl_delete(&api, &auth, None, move |r, now| {
+        r.delete_acl_role(&id, now);
+    })
+    .await
 }
 
 /// `GET /v1/acl/roles` (`acl:read`).
