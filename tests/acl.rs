@@ -339,10 +339,15 @@ fn tokens_and_policies_decide_what_each_request_may_do_on_every_agent() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let deleted = std::time::Instant::now();
     let gone = wait_until(Duration::from_secs(10), || {
         let (status, body) = call(b, "GET", "/v1/kv/app/color", Some(&app), "");
         status == 403 && body.contains("ACL not found")
     });
+    eprintln!(
+        "the deleted token was refused on the other agent {:?} after the delete answered",
+        deleted.elapsed()
+    );
     assert!(
         gone,
         "the deleted token still works on the other agent: {:?} / on a: {:?}",

@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Key prefix of all ACL data (tokens, policies, roles, revocations), all of it global.
+pub const ACL_PREFIX: &str = "acl/";
 /// Key prefix of tokens.
 pub const ACL_TOKEN_PREFIX: &str = "acl/token/";
 /// Key prefix of policies.

@@ -50,8 +50,8 @@ mod summary;
 mod value;
 
 pub use acl::{
-    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_ROLE_PREFIX, ACL_TOKEN_PREFIX, AclPolicy,
-    AclRevocation, AclRole, AclToken,
+    ACL_POLICY_PREFIX, ACL_PREFIX, ACL_REVOKED_PREFIX, ACL_ROLE_PREFIX, ACL_TOKEN_PREFIX,
+    AclPolicy, AclRevocation, AclRole, AclToken,
 };
 pub use ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};

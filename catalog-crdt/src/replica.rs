@@ -22,8 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{
-    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_ROLE_PREFIX, ACL_TOKEN_PREFIX, AclPolicy,
-    AclRevocation, AclRole, AclToken,
+    ACL_POLICY_PREFIX, ACL_PREFIX, ACL_REVOKED_PREFIX, ACL_ROLE_PREFIX, ACL_TOKEN_PREFIX,
+    AclPolicy, AclRevocation, AclRole, AclToken,
 };
 use crate::ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 use crate::catalog::{CatalogView, NodeRecord};
@@ -38,7 +38,9 @@ use crate::query::{PreparedQuery, QUERY_PREFIX};
 use crate::register::{Lww, Owned, Version};
 use crate::shared::{Entry, ModifyIndex, SharedMap};
 use crate::summary::{DcSummary, SUMMARY_PREFIX};
-use crate::value::{CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value};
+use crate::value::{
+    CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, SHARED_PREFIXES, Value,
+};
 
 /// Most reaped owners remembered, so a late copy of a reaped record is not taken back in.
 const REAPED_MEMORY: usize = 4096;
@@ -638,7 +640,7 @@ impl Replica {
     /// The modify index of the last change to any ACL token or policy (0: none ever): what
     /// an agent's cache of authorizers is keyed on.
     pub fn acl_index(&self) -> u64 {
-        self.shared.prefix_index("acl/")
+        self.shared.prefix_index(ACL_PREFIX)
     }
 
     /// Creates or replaces a prepared query.
@@ -952,24 +954,10 @@ impl Replica {
 fn check_shared(key: &str, register: &Lww<Value>) -> Result<(), ApplyError> {
     let prefix = match register.value() {
         Some(value) => value.prefix(),
-        None => [
-            KV_PREFIX,
-            INTENTION_PREFIX,
-            CONFIG_PREFIX,
-            EXTERNAL_PREFIX,
-            CA_ROOT_PREFIX,
-            COORDINATE_PREFIX,
-            DIRECTORY_PREFIX,
-            QUERY_PREFIX,
-            SUMMARY_PREFIX,
-            ACL_TOKEN_PREFIX,
-            ACL_POLICY_PREFIX,
-            ACL_REVOKED_PREFIX,
-            ACL_ROLE_PREFIX,
-        ]
-        .into_iter()
-        .find(|p| key.starts_with(p))
-        .ok_or(ApplyError::Malformed("key outside every prefix"))?,
+        None => SHARED_PREFIXES
+            .into_iter()
+            .find(|p| key.starts_with(p))
+            .ok_or(ApplyError::Malformed("key outside every prefix"))?,
     };
     if !key.starts_with(prefix) {
         return Err(ApplyError::Malformed("value kind does not match its key"));

@@ -84,8 +84,27 @@ pub enum Value {
     AclRole(Box<AclRole>),
 }
 
+/// Every key prefix of the shared map, one per [`Value`] variant (as [`Value::prefix`] names
+/// them): where a tombstone, which carries no value to tell its kind, belongs. A variant whose
+/// prefix is missing here has its deletions refused by every other replica.
+pub const SHARED_PREFIXES: [&str; 13] = [
+    KV_PREFIX,
+    INTENTION_PREFIX,
+    CONFIG_PREFIX,
+    EXTERNAL_PREFIX,
+    CA_ROOT_PREFIX,
+    COORDINATE_PREFIX,
+    DIRECTORY_PREFIX,
+    QUERY_PREFIX,
+    SUMMARY_PREFIX,
+    ACL_TOKEN_PREFIX,
+    ACL_POLICY_PREFIX,
+    ACL_REVOKED_PREFIX,
+    ACL_ROLE_PREFIX,
+];
+
 impl Value {
-    /// The key prefix this variant must live under.
+    /// The key prefix this variant must live under (one of [`SHARED_PREFIXES`]).
     pub fn prefix(&self) -> &'static str {
         match self {
             Self::Kv(_) => KV_PREFIX,

@@ -15,8 +15,8 @@
 //! measure only their own datacenter.
 
 use murmur_catalog::{
-    ACL_POLICY_PREFIX, ACL_REVOKED_PREFIX, ACL_ROLE_PREFIX, ACL_TOKEN_PREFIX, CaRoot, Change,
-    DIRECTORY_PREFIX, INTENTION_PREFIX, Journaled, QUERY_PREFIX, Replica, SUMMARY_PREFIX,
+    ACL_PREFIX, CaRoot, Change, DIRECTORY_PREFIX, INTENTION_PREFIX, Journaled, QUERY_PREFIX,
+    Replica, SUMMARY_PREFIX,
 };
 
 /// Where a piece of replicated data lives.
@@ -35,12 +35,9 @@ pub fn of_key(key: &str) -> Scope {
         DIRECTORY_PREFIX,
         QUERY_PREFIX,
         SUMMARY_PREFIX,
-        // Tokens and policies, local ones included: a local token carries its datacenter
-        // and is refused elsewhere, as Consul refuses it.
-        ACL_TOKEN_PREFIX,
-        ACL_POLICY_PREFIX,
-        ACL_REVOKED_PREFIX,
-        ACL_ROLE_PREFIX,
+        // All ACL data, local tokens included: a local token carries its datacenter and is
+        // refused elsewhere, as Consul refuses it.
+        ACL_PREFIX,
     ]
     .iter()
     .any(|p| key.starts_with(p))

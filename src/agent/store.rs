@@ -311,12 +311,12 @@ impl Writer {
                     }
                 }
                 Job::Snapshot(_, snapshot) => {
+                    // No sync: the snapshot holds these entries too, and empties the journal.
                     self.journal.write_all(&pending)?;
-                    self.journal.sync_data()?;
+                    self.written += pending.len() as u64;
                     pending.clear();
-                    self.written = self.journal.metadata()?.len();
                     self.store.compact(&mut self.journal, &snapshot)?;
-                    self.written = self.journal.metadata()?.len();
+                    self.written = journal_header_after_snapshot().len() as u64;
                 }
             }
         }
@@ -324,12 +324,13 @@ impl Writer {
             if self.written == 0 {
                 // A compaction failed between emptying the journal and writing its header.
                 self.journal.write_all(journal_header_after_snapshot())?;
+                self.written = journal_header_after_snapshot().len() as u64;
             }
             self.journal.write_all(&pending)?;
             self.journal.sync_data()?;
+            self.written += pending.len() as u64;
         }
-        self.written = self.journal.metadata()?.len();
-        if self.journal.metadata()?.len() > COMPACT_AFTER {
+        if self.written > COMPACT_AFTER {
             self.shared.wants_snapshot.store(true, Ordering::SeqCst);
         }
         Ok(())

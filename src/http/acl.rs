@@ -24,6 +24,8 @@ use crate::agent::watchers::Subscription;
 /// The agent's ACL settings and its cache of authorizers.
 pub struct Acl {
     enabled: bool,
+    /// What every request may do with ACLs off: made once, not per request.
+    everything: Arc<Authorizer>,
     default_allow: bool,
     datacenter: String,
     /// Authorizers by secret, dropped whenever replicated data other than the catalog and KV
@@ -69,6 +71,7 @@ impl Acl {
     ) -> Self {
         Self {
             enabled,
+            everything: Arc::new(Authorizer::Management),
             default_allow,
             datacenter: datacenter.to_owned(),
             cache: Mutex::new(Cache {
@@ -212,42 +215,14 @@ fn secret_of(parts: &Parts) -> Result<Option<String>, ApiError> {
             return Ok(Some(token.trim().to_owned()));
         }
     }
-    let query = parts.uri.query().unwrap_or_default();
-    for pair in query.split('&') {
-        if let Some(value) = pair.strip_prefix("token=") {
-            let decoded = percent_decode(value).ok_or_else(bad)?;
-            if decoded.chars().any(char::is_control) {
-                return Err(bad());
-            }
-            return Ok(Some(decoded));
-        }
+    // Query decoding is axum's, as every handler's `?…` parameters are read.
+    let query = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map_err(|_| bad())?;
+    match query.0.get("token") {
+        Some(token) if token.chars().any(char::is_control) => Err(bad()),
+        Some(token) => Ok(Some(token.clone())),
+        None => Ok(None),
     }
-    Ok(None)
-}
-
-/// `%XX` and `+` decoding of a query value; `None` when it is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// What the request's token may do; handlers take it as an argument.
@@ -267,7 +242,7 @@ impl FromRequestParts<Api> for Auth {
             return Ok(Self {
                 accessor: String::new(),
                 secret: None,
-                authorizer: Arc::new(Authorizer::Management),
+                authorizer: api.acl.everything.clone(),
             });
         }
         let secret = secret_of(parts)?;
@@ -388,15 +363,6 @@ fn permission(kind: Resource, need: Access) -> String {
     format!("{kind}:{}", word(need))
 }
 
-/// A fresh random UUID (version 4), for accessor and secret IDs and policy IDs.
-fn uuid() -> String {
-    let mut id = [0u8; 16];
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    murmur_catalog::uuid_text(&id)
-}
-
 fn disabled() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -444,7 +410,7 @@ fn token_json(replica: &Replica, token: &AclToken, secret: Option<&str>, index: 
         "Policies": policies,
         "Roles": roles,
         "Local": token.local,
-        "CreateTime": create_time(token.create_ms),
+        "CreateTime": super::connect::rfc3339(token.create_ms / 1000),
         "Hash": token.secret_hash,
         "CreateIndex": index,
         "ModifyIndex": index,
@@ -453,13 +419,6 @@ fn token_json(replica: &Replica, token: &AclToken, secret: Option<&str>, index: 
         out["SecretID"] = json!(secret);
     }
     out
-}
-
-fn create_time(ms: u64) -> String {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn policy_json(policy: &AclPolicy, index: u64) -> Value {
@@ -574,7 +533,7 @@ pub async fn bootstrap(State(api): State<Api>) -> ApiResult {
     if !api.acl.enabled {
         return Err(disabled());
     }
-    let (accessor, secret) = (uuid(), uuid());
+    let (accessor, secret) = (super::new_uuid(), super::new_uuid());
     let datacenter = api.config.datacenter.clone();
     let token = AclToken {
         accessor_id: accessor.clone(),
@@ -623,11 +582,11 @@ pub async fn create_token(State(api): State<Api>, auth: Auth, body: Bytes) -> Ap
     auth.require_acl(Access::Write)?;
     let o = object(&body)?;
     let secret = match text(&o, "SecretID")? {
-        s if s.is_empty() => uuid(),
+        s if s.is_empty() => super::new_uuid(),
         s => s,
     };
     let accessor = match text(&o, "AccessorID")? {
-        a if a.is_empty() => uuid(),
+        a if a.is_empty() => super::new_uuid(),
         a => a,
     };
     let (policies, roles) = api
@@ -747,6 +706,17 @@ pub async fn delete_token(
     .await
 }
 
+/// A listing under `acl:read`, made by `list` from the replica, at the ACL index.
+fn acl_list(api: &Api, auth: &Auth, list: impl FnOnce(&Replica) -> Vec<Value>) -> ApiResult {
+    enabled(api)?;
+    auth.require_acl(Access::Read)?;
+    let (list, index) = api.agent.view(|v| {
+        let replica = v.replica();
+        (list(replica), replica.acl_index())
+    });
+    Ok(with_index(index, json!(list)))
+}
+
 /// A deletion under `acl:write` (`refused`: why this one may not be deleted): `true`.
 async fn acl_delete(
     api: &Api,
@@ -766,24 +736,18 @@ async fn acl_delete(
 
 /// `GET /v1/acl/tokens` (`acl:read`).
 pub async fn list_tokens(State(api): State<Api>, auth: Auth) -> ApiResult {
-    enabled(&api)?;
-    auth.require_acl(Access::Read)?;
-    let (list, index) = api.agent.view(|v| {
-        let replica = v.replica();
-        let list: Vec<Value> = replica
-            .acl_tokens()
-            .map(|(t, i)| token_json(replica, t, None, i))
-            .collect();
-        (list, replica.acl_index())
-    });
-    Ok(with_index(index, json!(list)))
+    acl_list(&api, &auth, |r| {
+        r.acl_tokens()
+            .map(|(t, i)| token_json(r, t, None, i))
+            .collect()
+    })
 }
 
 /// `PUT /v1/acl/policy` (`acl:write`): a new policy; its rules must parse.
 pub async fn create_policy(State(api): State<Api>, auth: Auth, body: Bytes) -> ApiResult {
     enabled(&api)?;
     auth.require_acl(Access::Write)?;
-    let policy = parse_policy(&object(&body)?, uuid())?;
+    let policy = parse_policy(&object(&body)?, super::new_uuid())?;
     store_policy(&api, policy).await
 }
 
@@ -952,18 +916,11 @@ pub async fn delete_policy(
 
 /// `GET /v1/acl/policies` (`acl:read`), the builtin one first.
 pub async fn list_policies(State(api): State<Api>, auth: Auth) -> ApiResult {
-    enabled(&api)?;
-    auth.require_acl(Access::Read)?;
-    let (mut list, index) = api.agent.view(|v| {
-        let replica = v.replica();
-        let list: Vec<Value> = replica
-            .acl_policies()
-            .map(|(p, i)| policy_json(p, i))
-            .collect();
-        (list, replica.acl_index())
-    });
-    list.insert(0, builtin_management_json());
-    Ok(with_index(index, json!(list)))
+    acl_list(&api, &auth, |r| {
+        std::iter::once(builtin_management_json())
+            .chain(r.acl_policies().map(|(p, i)| policy_json(p, i)))
+            .collect()
+    })
 }
 
 fn role_json(replica: &Replica, role: &AclRole, index: u64) -> Value {
@@ -982,7 +939,7 @@ fn role_json(replica: &Replica, role: &AclRole, index: u64) -> Value {
 pub async fn create_role(State(api): State<Api>, auth: Auth, body: Bytes) -> ApiResult {
     enabled(&api)?;
     auth.require_acl(Access::Write)?;
-    store_role(&api, &object(&body)?, uuid()).await
+    store_role(&api, &object(&body)?, super::new_uuid()).await
 }
 
 /// `PUT /v1/acl/role/:id` (`acl:write`).
@@ -1073,15 +1030,7 @@ pub async fn delete_role(State(api): State<Api>, auth: Auth, Path(id): Path<Stri
 
 /// `GET /v1/acl/roles` (`acl:read`).
 pub async fn list_roles(State(api): State<Api>, auth: Auth) -> ApiResult {
-    enabled(&api)?;
-    auth.require_acl(Access::Read)?;
-    let (list, index) = api.agent.view(|v| {
-        let replica = v.replica();
-        let list: Vec<Value> = replica
-            .acl_roles()
-            .map(|(r, i)| role_json(replica, r, i))
-            .collect();
-        (list, replica.acl_index())
-    });
-    Ok(with_index(index, json!(list)))
+    acl_list(&api, &auth, |r| {
+        r.acl_roles().map(|(o, i)| role_json(r, o, i)).collect()
+    })
 }

@@ -331,6 +331,16 @@ fn consul_headers(mut response: Response, acl_policy: Option<&'static str>) -> R
     response
 }
 
+/// A fresh random UUID (version 4), as Consul makes IDs: prepared queries, ACL tokens
+/// (accessor and secret), policies and roles.
+fn new_uuid() -> String {
+    let mut id = [0u8; 16];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    murmur_catalog::uuid_text(&id)
+}
+
 fn with_index(index: u64, body: Value) -> Response {
     indexed(index, Json(body))
 }

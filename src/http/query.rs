@@ -473,11 +473,7 @@ fn check_name(v: &View<'_>, query: &PreparedQuery) -> Result<(), ApiError> {
 
 /// `POST /v1/query`: creates a query; answers `{"ID": …}`.
 pub(super) async fn create(State(api): State<Api>, body: Bytes) -> ApiResult {
-    let mut id = [0u8; 16];
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    let id = murmur_catalog::uuid_text(&id);
+    let id = super::new_uuid();
     super::limits::PREPARED_QUERY.check(body.len())?;
     let query = parse(&body, &id)?;
     store(&api, query).await?;
