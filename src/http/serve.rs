@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Limits of the HTTP API's connections.
@@ -191,15 +191,32 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: HttpLimits)
 }
 
 /// Answers a connection turned away and closes it, within a second whatever the client does.
+///
+/// The close lingers: the client's request is read and dropped (up to [`REFUSED_READ_LIMIT`]
+/// bytes) until it closes its side, because closing a socket with unread data sends a reset, and
+/// a client still writing its request would then see "connection reset" or "broken pipe" instead
+/// of the answer that names the limit.
 async fn refuse(mut stream: TcpStream, peer: SocketAddr, answer: String) {
-    let write = async {
+    let answer_then_drain = async {
         stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut drained = 0;
+        let mut sink = [0u8; 4096];
+        while drained < REFUSED_READ_LIMIT {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        std::io::Result::Ok(())
     };
-    if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(1), write).await {
+    if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(1), answer_then_drain).await {
         tracing::debug!(%peer, "could not tell a refused client why: {err}");
     }
 }
+
+/// How much of a refused client's request is read (and dropped) before its connection is closed.
+const REFUSED_READ_LIMIT: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
