@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use murmur_proxy::agent_api::AgentApiSettings;
 
 /// murmur: a leaderless, gossip-first service mesh.
 #[derive(Parser, Debug)]
@@ -693,10 +694,19 @@ pub struct HttpTarget {
     /// anonymous token].
     #[arg(long, env = "MURMUR_HTTP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) that signed the agent's HTTPS certificate (also read from
+    /// CONSUL_CACERT) [default: the system's roots]. HTTPS is spoken to an address given as
+    /// `https://HOST:PORT`, or to any address when MURMUR_HTTP_SSL (or CONSUL_HTTP_SSL) is true.
+    #[arg(long, env = "MURMUR_CACERT", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for an agent started with --tls-verify-incoming (also read from
+    /// CONSUL_CLIENT_CERT).
+    #[arg(long, env = "MURMUR_CLIENT_CERT", value_name = "PATH")]
+    pub client_cert: Option<PathBuf>,
+    /// Key (PEM) of --client-cert (also read from CONSUL_CLIENT_KEY).
+    #[arg(long, env = "MURMUR_CLIENT_KEY", value_name = "PATH")]
+    pub client_key: Option<PathBuf>,
 }
-
-/// Where client commands go by default (Consul's address).
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 
 impl HttpTarget {
     /// A target at `addr` with no datacenter and no token.
@@ -707,22 +717,20 @@ impl HttpTarget {
         }
     }
 
-    /// The agent's address: `--http-addr`, `MURMUR_HTTP_ADDR`, Consul's `CONSUL_HTTP_ADDR`,
-    /// or the default.
-    pub fn addr(&self) -> String {
-        self.http_addr
+    /// How to reach the agent: the environment's settings (murmur's names, then Consul's), with
+    /// the flags given on top.
+    pub fn settings(&self) -> anyhow::Result<AgentApiSettings> {
+        let mut settings = AgentApiSettings::from_env(self.http_addr.as_deref())?;
+        let given = |flag: &Option<PathBuf>, env: Option<PathBuf>| flag.clone().or(env);
+        settings.token = self
+            .token
             .clone()
-            .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
-            .filter(|a| !a.is_empty())
-            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned())
-    }
-
-    /// The ACL token: `--token`, `MURMUR_HTTP_TOKEN`, or Consul's `CONSUL_HTTP_TOKEN`.
-    pub fn token(&self) -> Option<String> {
-        self.token
-            .clone()
-            .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
             .filter(|t| !t.is_empty())
+            .or(settings.token);
+        settings.ca_file = given(&self.ca_file, settings.ca_file);
+        settings.client_cert = given(&self.client_cert, settings.client_cert);
+        settings.client_key = given(&self.client_key, settings.client_key);
+        Ok(settings)
     }
 
     /// The datacenter asked for, if any: an empty `--datacenter` means the agent's own.
@@ -778,6 +786,22 @@ pub struct AgentArgs {
     /// HTTP API address.
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<String>,
+    /// HTTPS API address (Consul's port is 8501) [default: off]; needs --tls-cert-file and
+    /// --tls-key-file. The plain --http-addr keeps serving: bind it to 127.0.0.1 for local tools.
+    #[arg(long, value_name = "ADDR")]
+    pub https_addr: Option<String>,
+    /// The HTTPS API's certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert-file; keep it readable by the agent only.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that sign the clients' certificates, for --tls-verify-incoming.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Refuse HTTPS clients that present no certificate signed by --tls-ca-file.
+    #[arg(long)]
+    pub tls_verify_incoming: bool,
     /// How long a client has to send each request's head, counted from the connection's start
     /// or the end of the previous answer; an HTTP connection idle that long is closed (Go
     /// duration) [default: 10s].

@@ -24,6 +24,7 @@
 /// The QUIC implementation, re-exported so drivers use the very version these configs are for.
 pub use quinn;
 
+pub mod agent_api;
 pub mod authorize;
 pub mod backoff;
 pub mod busy_poll;

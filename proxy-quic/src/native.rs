@@ -40,6 +40,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::agent_api::AgentApiSettings;
 use crate::backoff::Backoff;
 use crate::ca::renew_at;
 use crate::identity::ServiceId;
@@ -133,16 +134,6 @@ pub fn mesh_health_path(service: &str, datacenter: Option<&str>) -> String {
     )
 }
 
-/// The base URL of an agent's HTTP API given as `host:port` or a URL.
-pub fn agent_base_url(addr: &str) -> String {
-    let addr = addr.trim_end_matches('/');
-    if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// The local agent's HTTP API, as much as the SDK needs.
 #[derive(Clone)]
 struct Agent {
@@ -151,26 +142,21 @@ struct Agent {
 }
 
 impl Agent {
-    /// The agent at `addr`, asked with the ACL token in `MURMUR_HTTP_TOKEN` (or Consul's
-    /// `CONSUL_HTTP_TOKEN`) if either is set: the leaf of a service needs `service:write`
-    /// on it when the agents run with ACLs.
-    fn new(addr: &str) -> Self {
-        let token = ["MURMUR_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"]
-            .iter()
-            .find_map(|name| std::env::var(name).ok().filter(|t| !t.is_empty()));
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(mut value) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&t).ok())
-        {
-            value.set_sensitive(true);
-            headers.insert("X-Consul-Token", value);
-        }
-        Self {
-            base: agent_base_url(addr),
-            http: reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap_or_default(),
-        }
+    /// The agent at `addr` (`host:port` or a URL), asked as the environment says
+    /// ([`AgentApiSettings::from_env`]): with the ACL token in `MURMUR_HTTP_TOKEN` or Consul's
+    /// `CONSUL_HTTP_TOKEN` (the leaf of a service needs `service:write` on it when the agents
+    /// run with ACLs), over HTTPS with `MURMUR_HTTP_SSL` and the CA in `MURMUR_CACERT`.
+    fn new(addr: &str) -> Result<Self, MeshError> {
+        let api = AgentApiSettings::from_env(Some(addr))
+            .and_then(|settings| settings.connect())
+            .map_err(|e| MeshError::Agent {
+                base: addr.to_owned(),
+                why: e.to_string(),
+            })?;
+        Ok(Self {
+            base: api.base,
+            http: api.http,
+        })
     }
 
     fn error(&self, why: impl std::fmt::Display) -> MeshError {
@@ -421,7 +407,7 @@ impl MeshClient {
     /// [`MeshError::NoIdentityYet`] with the agent's reason meanwhile, and works once the
     /// cause is fixed, with no new client.
     pub async fn new(agent_http: &str, service: &str) -> Result<Self, MeshError> {
-        let identity = Arc::new(Identity::new(Agent::new(agent_http), service));
+        let identity = Arc::new(Identity::new(Agent::new(agent_http)?, service));
         let _ready_now = identity.get(None).await;
         let endpoint = crate::udp::endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None, None)?;
         let keeper = tokio::spawn(keep_fetched(identity.clone(), |_| {}));
@@ -573,7 +559,7 @@ impl MeshListener {
         service_id: &str,
         addr: SocketAddr,
     ) -> Result<Self, MeshError> {
-        let agent = Agent::new(agent_http);
+        let agent = Agent::new(agent_http)?;
         let services = agent.get("/v1/agent/services").await?;
         let service = services[service_id]["Service"]
             .as_str()

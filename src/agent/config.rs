@@ -11,6 +11,7 @@ use murmur_federation::gateways::DEFAULT_GATEWAYS;
 use serde::Deserialize;
 
 use crate::cli::AgentArgs;
+use crate::http::tls::{HttpsConfig, TlsFlags};
 
 /// Default gossip port (serf's LAN port).
 pub const DEFAULT_GOSSIP_PORT: u16 = 8301;
@@ -18,8 +19,6 @@ pub const DEFAULT_GOSSIP_PORT: u16 = 8301;
 pub const DEFAULT_WAN_PORT: u16 = 8302;
 /// How long failed and left members stay listed by default (Consul's `reconnect_timeout`).
 pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(72 * 3600);
-/// Default HTTP API address (Consul's).
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 /// Where the DNS interface listens unless told otherwise (Consul's port).
 pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
 /// Lifetime of mesh leaf certificates (Consul's default).
@@ -42,6 +41,12 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     config_dir: Option<PathBuf>,
     http_addr: Option<String>,
+    https_addr: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_verify_incoming: bool,
     http_header_timeout: Option<String>,
     http_max_conns: Option<usize>,
     http_max_conns_per_client: Option<usize>,
@@ -85,6 +90,8 @@ pub struct AgentConfig {
     pub data_dir: Option<PathBuf>,
     pub config_dir: Option<PathBuf>,
     pub http_addr: SocketAddr,
+    /// `--https-addr` and the TLS files, when the API also serves HTTPS.
+    pub https: Option<HttpsConfig>,
     /// `--http-header-timeout`.
     pub http_header_timeout: Duration,
     /// `--http-max-conns`; `None`: from the open-files limit, known once it is raised.
@@ -163,8 +170,20 @@ impl AgentConfig {
             .http_addr
             .clone()
             .or(file.http_addr)
-            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
+            .unwrap_or_else(|| murmur_proxy::agent_api::DEFAULT_HTTP_ADDR.into());
         let http_addr = parse_addr(&http_addr, 8500).context("--http-addr")?;
+        let https = HttpsConfig::from_flags(TlsFlags {
+            https_addr: args
+                .https_addr
+                .clone()
+                .or(file.https_addr)
+                .map(|addr| parse_addr(&addr, 8501).context("--https-addr"))
+                .transpose()?,
+            cert_file: args.tls_cert_file.clone().or(file.tls_cert_file),
+            key_file: args.tls_key_file.clone().or(file.tls_key_file),
+            ca_file: args.tls_ca_file.clone().or(file.tls_ca_file),
+            verify_incoming: args.tls_verify_incoming || file.tls_verify_incoming,
+        })?;
         let http_header_timeout = match args
             .http_header_timeout
             .clone()
@@ -284,6 +303,7 @@ impl AgentConfig {
             data_dir,
             config_dir: args.config_dir.clone().or(file.config_dir),
             http_addr,
+            https,
             http_header_timeout,
             http_max_conns,
             http_max_conns_per_client,

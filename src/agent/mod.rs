@@ -103,6 +103,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let http = TcpListener::bind(config.http_addr)
         .await
         .map_err(|e| in_use(e, "HTTP", config.http_addr, "--http-addr"))?;
+    let https = match &config.https {
+        Some(https) => {
+            let listener = TcpListener::bind(https.addr)
+                .await
+                .map_err(|e| in_use(e, "HTTPS", https.addr, "--https-addr"))?;
+            Some((listener, https.acceptor()?))
+        }
+        None => None,
+    };
     let agent = Agent::start(node, udp, tcp, data, persister)?;
     let dns = crate::dns::DnsSettings {
         domain: config.dns_domain.clone(),
@@ -180,7 +189,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         open_files = nofile, max_conns = limits.max_conns, max_conns_per_client = limits.max_conns_per_client,
         header_timeout = ?limits.header_timeout, "HTTP API limits"
     );
-    tokio::spawn(crate::http::serve::serve(http, api, limits));
+    let server = crate::http::serve::ApiServer::new(api, limits);
+    tokio::spawn(server.clone().serve(http, None));
+    if let Some((listener, tls)) = https {
+        tokio::spawn(server.serve(listener, Some(tls)));
+    }
     // Services with a sidecar block get their proxies once the API serves: those registered
     // through the API before a restart (if still registered), then --config-dir's (which win).
     let registered = agent.view(|v| {
@@ -209,7 +222,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         sidecars.start(&id, spec)?;
     }
     tracing::info!(
-        node = %config.node, gossip = %config.bind, advertise = %config.advertise, http = %config.http_addr, dns = %config.dns_addr,
+        node = %config.node, gossip = %config.bind, advertise = %config.advertise, http = %config.http_addr,
+        https = ?config.https.as_ref().map(|h| h.addr), dns = %config.dns_addr,
         datacenter = %config.datacenter, encrypted, dev = config.dev, "murmur agent running"
     );
 
@@ -262,11 +276,13 @@ fn insecure_settings(config: &AgentConfig, encrypted: bool) -> Vec<String> {
     let exposed = |addr: &SocketAddr| !addr.ip().is_loopback();
     let mut warnings = Vec::new();
     if !config.acl_enabled {
+        let https = config.https.as_ref().map(|h| h.addr);
         for (what, addr, flag) in [
-            ("HTTP API", config.http_addr, "--http-addr"),
-            ("DNS interface", config.dns_addr, "--dns-addr"),
+            ("HTTP API", Some(config.http_addr), "--http-addr"),
+            ("HTTP API", https, "--https-addr"),
+            ("DNS interface", Some(config.dns_addr), "--dns-addr"),
         ] {
-            if exposed(&addr) {
+            if let Some(addr) = addr.filter(exposed) {
                 warnings.push(format!(
                     "the {what} listens on {addr}, reachable from other hosts, and ACLs are off: anyone who reaches it can read the catalog{}; start with --acl-enabled --acl-default-policy deny, or bind {flag} to 127.0.0.1",
                     if what == "HTTP API" { ", write every key and ask for any service's certificate" } else { "" }

@@ -41,7 +41,7 @@ fn print_token(token: &Value) {
 pub async fn run(command: AclCommand) -> anyhow::Result<()> {
     match command {
         AclCommand::Bootstrap { target } => {
-            let response = Client::new(&target)
+            let response = Client::new(&target)?
                 .put("/v1/acl/bootstrap", Vec::new())
                 .await?;
             print_token(&json_of(response).await?);
@@ -58,7 +58,7 @@ pub async fn run(command: AclCommand) -> anyhow::Result<()> {
                 None => rules,
             };
             let body = json!({"Name": name, "Rules": rules, "Description": description});
-            let response = Client::new(&target)
+            let response = Client::new(&target)?
                 .put("/v1/acl/policy", body.to_string().into_bytes())
                 .await?;
             let policy = json_of(response).await?;
@@ -67,7 +67,7 @@ pub async fn run(command: AclCommand) -> anyhow::Result<()> {
             println!("Rules:\n{}", policy["Rules"].as_str().unwrap_or(""));
         }
         AclCommand::Policy(AclPolicyCommand::List { target }) => {
-            let list = Client::new(&target).get("/v1/acl/policies").await?;
+            let list = Client::new(&target)?.get("/v1/acl/policies").await?;
             for policy in list.as_array().into_iter().flatten() {
                 println!(
                     "{}  {}",
@@ -83,13 +83,13 @@ pub async fn run(command: AclCommand) -> anyhow::Result<()> {
         }) => {
             let policies: Vec<Value> = policy_names.iter().map(|n| json!({"Name": n})).collect();
             let body = json!({"Description": description, "Policies": policies});
-            let response = Client::new(&target)
+            let response = Client::new(&target)?
                 .put("/v1/acl/token", body.to_string().into_bytes())
                 .await?;
             print_token(&json_of(response).await?);
         }
         AclCommand::Token(AclTokenCommand::List { target }) => {
-            let list = Client::new(&target).get("/v1/acl/tokens").await?;
+            let list = Client::new(&target)?.get("/v1/acl/tokens").await?;
             for token in list.as_array().into_iter().flatten() {
                 print_token(token);
                 println!();
@@ -99,7 +99,7 @@ pub async fn run(command: AclCommand) -> anyhow::Result<()> {
             accessor_id,
             target,
         }) => {
-            Client::new(&target)
+            Client::new(&target)?
                 .delete(&format!("/v1/acl/token/{accessor_id}"))
                 .await?;
             println!("Token {accessor_id:?} deleted");

@@ -19,7 +19,7 @@ pub async fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
             output,
             target,
         } => {
-            let services = Client::new(&target).get("/v1/catalog/services").await?;
+            let services = Client::new(&target)?.get("/v1/catalog/services").await?;
             if output.format == Format::Json {
                 return print_json(&services);
             }
@@ -42,7 +42,7 @@ pub async fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
             output,
             target,
         } => {
-            let client = Client::new(&target);
+            let client = Client::new(&target)?;
             let mut nodes = client.get("/v1/catalog/nodes").await?;
             if let Some(service) = service {
                 let instances = client
@@ -93,7 +93,7 @@ pub async fn catalog(command: CatalogCommand) -> anyhow::Result<()> {
             if let Some(tag) = tag {
                 path.push_str(&format!("?tag={}", urlencode(&tag)));
             }
-            let entries = Client::new(&target).get(&path).await?;
+            let entries = Client::new(&target)?.get(&path).await?;
             if output.format == Format::Json {
                 return print_json(&entries);
             }
@@ -156,7 +156,7 @@ pub async fn services(command: ServicesCommand) -> anyhow::Result<()> {
                     "Tags": tag,
                 })],
             };
-            let client = Client::new(&target);
+            let client = Client::new(&target)?;
             for definition in definitions {
                 let answer = client
                     .put(
@@ -184,7 +184,7 @@ pub async fn services(command: ServicesCommand) -> anyhow::Result<()> {
             } else {
                 vec![id_or_file]
             };
-            let client = Client::new(&target);
+            let client = Client::new(&target)?;
             for id in ids {
                 client
                     .put(
@@ -207,7 +207,7 @@ pub async fn maint(
     service: Option<String>,
     target: &HttpTarget,
 ) -> anyhow::Result<()> {
-    let client = Client::new(target);
+    let client = Client::new(target)?;
     if !enable && !disable {
         let checks = client.get("/v1/agent/checks").await?;
         let mut any = false;
@@ -244,7 +244,7 @@ pub async fn maint(
 
 /// `murmur info`.
 pub async fn info(output: &Output, target: &HttpTarget) -> anyhow::Result<()> {
-    let me = Client::new(target).get("/v1/agent/self").await?;
+    let me = Client::new(target)?.get("/v1/agent/self").await?;
     if output.format == Format::Json {
         return print_json(&me);
     }

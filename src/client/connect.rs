@@ -67,7 +67,7 @@ pub async fn intention(command: IntentionCommand) -> anyhow::Result<()> {
             replace,
             target,
         } => {
-            let client = Client::new(&target);
+            let client = Client::new(&target)?;
             let action = if deny { "deny" } else { "allow" };
             let body = json!({
                 "SourceName": source, "DestinationName": destination,
@@ -88,7 +88,7 @@ pub async fn intention(command: IntentionCommand) -> anyhow::Result<()> {
             target,
         } => {
             let path = exact_path(&source, &destination);
-            Client::new(&target).delete(&path).await?;
+            Client::new(&target)?.delete(&path).await?;
             println!("Intention deleted.");
         }
         IntentionCommand::Get {
@@ -98,13 +98,13 @@ pub async fn intention(command: IntentionCommand) -> anyhow::Result<()> {
             target,
         } => {
             let path = exact_path(&source, &destination);
-            let Some(found) = Client::new(&target).get_or_404(&path).await? else {
+            let Some(found) = Client::new(&target)?.get_or_404(&path).await? else {
                 bail!("no intention {source} => {destination}");
             };
             print_intentions(&Value::Array(vec![found]), output.format)?;
         }
         IntentionCommand::List { output, target } => {
-            let list = Client::new(&target).get("/v1/connect/intentions").await?;
+            let list = Client::new(&target)?.get("/v1/connect/intentions").await?;
             print_intentions(&list, output.format)?;
         }
         IntentionCommand::Check {
@@ -116,7 +116,7 @@ pub async fn intention(command: IntentionCommand) -> anyhow::Result<()> {
                 "/v1/connect/intentions/check?{}",
                 pair_query(&source, &destination)
             );
-            let answer = Client::new(&target).get(&path).await?;
+            let answer = Client::new(&target)?.get(&path).await?;
             if answer["Allowed"].as_bool() == Some(true) {
                 println!("Allowed");
             } else {
@@ -135,7 +135,7 @@ pub async fn intention(command: IntentionCommand) -> anyhow::Result<()> {
                 "/v1/connect/intentions/match?by={by}&name={}",
                 urlencode(&name)
             );
-            let answer = Client::new(&target).get(&path).await?;
+            let answer = Client::new(&target)?.get(&path).await?;
             print_intentions(&answer[&name], output.format)?;
         }
     }
@@ -175,7 +175,7 @@ pub async fn ca(command: CaCommand) -> anyhow::Result<()> {
             );
         }
         CaCommand::Rotate { target } => {
-            let response = Client::new(&target)
+            let response = Client::new(&target)?
                 .put("/v1/agent/connect/ca/rotate", Vec::new())
                 .await?;
             let root = json_of(response).await?;
@@ -185,7 +185,7 @@ pub async fn ca(command: CaCommand) -> anyhow::Result<()> {
             );
         }
         CaCommand::Roots { output, target } => {
-            let roots = Client::new(&target)
+            let roots = Client::new(&target)?
                 .get("/v1/agent/connect/ca/roots")
                 .await?;
             if output.format == Format::Json {

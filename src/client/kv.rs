@@ -21,7 +21,7 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             output,
             target,
         } => {
-            let client = Client::new(&target);
+            let client = Client::new(&target)?;
             let path = format!("/v1/kv/{}", urlencode_path(&key));
             if keys {
                 let mut query = "?keys".to_owned();
@@ -85,7 +85,7 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
                 query.push(format!("flags={f}"));
             }
             query.extend(cas_query(&cas));
-            let ok = put(&Client::new(&target), &key, body, &query).await?;
+            let ok = put(&Client::new(&target)?, &key, body, &query).await?;
             if !ok {
                 bail!("did not write {key:?}: {}", cas_refused(&cas));
             }
@@ -103,7 +103,7 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             }
             query.extend(cas_query(&cas));
             let path = format!("/v1/kv/{}{}", urlencode_path(&key), join_query(&query));
-            let answer = Client::new(&target).delete(&path).await?;
+            let answer = Client::new(&target)?.delete(&path).await?;
             if answer != Value::Bool(true) {
                 bail!("did not delete {key:?}: {}", cas_refused(&cas));
             }
@@ -116,7 +116,7 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
         KvCommand::Export { prefix, target } => {
             let prefix = prefix.unwrap_or_default();
             let path = format!("/v1/kv/{}?recurse", urlencode_path(&prefix));
-            let entries = Client::new(&target)
+            let entries = Client::new(&target)?
                 .get_or_404(&path)
                 .await?
                 .unwrap_or(json!([]));
@@ -150,7 +150,7 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
                 let flags = e["flags"].as_u64().unwrap_or(0);
                 writes.push((key.to_owned(), value, flags));
             }
-            let client = Client::new(&target);
+            let client = Client::new(&target)?;
             for (key, value, flags) in &writes {
                 put(&client, key, value.clone(), &[format!("flags={flags}")]).await?;
                 println!("Imported: {key}");

@@ -25,27 +25,16 @@ struct Client {
 }
 
 impl Client {
-    fn new(target: &HttpTarget) -> Self {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = target.token() {
-            match reqwest::header::HeaderValue::from_str(&token) {
-                Ok(mut value) => {
-                    value.set_sensitive(true);
-                    headers.insert("X-Consul-Token", value);
-                }
-                Err(_) => eprintln!(
-                    "warning: the ACL token has characters a header cannot carry; sending none"
-                ),
-            }
-        }
-        Self {
-            base: murmur_proxy::native::agent_base_url(&target.addr()),
+    fn new(target: &HttpTarget) -> anyhow::Result<Self> {
+        let api = target
+            .settings()?
+            .connect()
+            .context("cannot set up the connection to the murmur agent")?;
+        Ok(Self {
+            base: api.base,
             datacenter: target.datacenter().map(str::to_owned),
-            http: reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap_or_default(),
-        }
+            http: api.http,
+        })
     }
 
     /// The URL of `path` (with its query, if any) on the agent, for `--datacenter` if given.
@@ -158,9 +147,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             detailed,
             wan,
             target,
-        } => members(&Client::new(&target), status.as_deref(), detailed, wan).await?,
+        } => members(&Client::new(&target)?, status.as_deref(), detailed, wan).await?,
         Command::Join { addrs, wan, target } => {
-            let client = Client::new(&target);
+            let client = Client::new(&target)?;
             let mut joined = 0;
             let pool = if wan { "?wan" } else { "" };
             for addr in &addrs {
@@ -178,7 +167,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("Successfully joined cluster by contacting {joined} nodes.");
         }
         Command::Leave { target } => {
-            Client::new(&target)
+            Client::new(&target)?
                 .put("/v1/agent/leave", Vec::new())
                 .await?;
             println!("Graceful leave complete");
@@ -199,7 +188,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if !filters.is_empty() {
                 path.push_str(&format!("?{}", filters.join("&")));
             }
-            let response = Client::new(&target)
+            let response = Client::new(&target)?
                 .put(&path, payload.unwrap_or_default().into_bytes())
                 .await?;
             let event = json_of(response).await?;
@@ -225,12 +214,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             other,
             wan,
             target,
-        } => rtt::run(&Client::new(&target), &node, other.as_deref(), wan).await?,
+        } => rtt::run(&Client::new(&target)?, &node, other.as_deref(), wan).await?,
         Command::Watch {
             spec,
             handler,
             target,
-        } => watch::run(&Client::new(&target), &spec, handler.as_deref()).await?,
+        } => watch::run(&Client::new(&target)?, &spec, handler.as_deref()).await?,
         Command::Keyring {
             list,
             install,
@@ -238,7 +227,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             remove,
             target,
         } => {
-            let client = Client::new(&target);
+            let client = Client::new(&target)?;
             let url = client.url("/v1/operator/keyring");
             let body = |key: String| json!({ "Key": key }).to_string();
             if list {

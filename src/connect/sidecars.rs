@@ -124,7 +124,9 @@ impl Sidecars {
             metrics_addr: None,
             target: HttpTarget {
                 token,
-                ..HttpTarget::at(self.http.to_string())
+                // The scheme said, so that an HTTPS setting in the agent's environment (meant
+                // for the CLI) does not turn the sidecars to the plain listener.
+                ..HttpTarget::at(format!("http://{}", self.http))
             },
         };
         tokio::spawn(keep_running(id.to_owned(), args, stop));

@@ -21,6 +21,7 @@ mod kv;
 mod limits;
 pub mod query;
 pub mod serve;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -392,15 +393,8 @@ fn json_bytes(index: u64, bytes: axum::body::Bytes) -> Response {
     indexed(index, ([(header::CONTENT_TYPE, "application/json")], bytes))
 }
 
-/// A boolean as Go's `strconv.ParseBool` reads it, which is how Consul reads its boolean
-/// parameters (clients such as python-consul send `True`).
-pub(crate) fn go_bool(text: &str) -> Option<bool> {
-    match text {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
-}
+/// Consul reads its boolean parameters as Go's `strconv.ParseBool` does.
+pub(crate) use murmur_proxy::agent_api::go_bool;
 
 /// A Consul-style presence flag: `?flag`, `?flag=`, `?flag=1`, `?flag=true` all mean on, and
 /// only a Go false (`0`, `f`, `false`, …) turns it off.

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// Limits of the HTTP API's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,75 +145,148 @@ impl Open {
     }
 }
 
-/// Serves `app` on `listener` under `limits` until the process ends.
-pub async fn serve(listener: TcpListener, app: axum::Router, limits: HttpLimits) {
-    let open = Arc::new(Mutex::new(Open::default()));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    let mut last_accept_error: Option<tokio::time::Instant> = None;
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of descriptors (EMFILE/ENFILE) or a connection reset before accept: wait a
-                // little instead of spinning, and say so at most once a minute.
-                metrics::counter!("murmur_http_accept_errors_total").increment(1);
-                if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    tracing::warn!("HTTP API cannot accept connections: {err}");
-                    last_accept_error = Some(tokio::time::Instant::now());
+/// The HTTP API's server: one app and one set of limits for every listener, plain HTTP and
+/// HTTPS alike, so that the connection caps count the process's descriptors wherever the
+/// connections came in.
+pub struct ApiServer {
+    app: axum::Router,
+    limits: HttpLimits,
+    open: Arc<Mutex<Open>>,
+    http: hyper::server::conn::http1::Builder,
+}
+
+impl ApiServer {
+    /// A server of `app` under `limits`.
+    pub fn new(app: axum::Router, limits: HttpLimits) -> Arc<Self> {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true);
+        Arc::new(Self {
+            app,
+            limits,
+            open: Arc::new(Mutex::new(Open::default())),
+            http,
+        })
+    }
+
+    /// Serves `listener` until the process ends, with a TLS handshake first when `tls` is
+    /// given (`--https-addr`).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        let mut last_accept_error: Option<tokio::time::Instant> = None;
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors (EMFILE/ENFILE) or a connection reset before accept:
+                    // wait a little instead of spinning, and say so at most once a minute.
+                    metrics::counter!("murmur_http_accept_errors_total").increment(1);
+                    if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!("HTTP API cannot accept connections: {err}");
+                        last_accept_error = Some(tokio::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+            };
+            match Open::admit(&self.open, peer.ip(), &self.limits) {
+                Ok(slot) => {
+                    tokio::spawn(self.clone().connection(stream, peer, tls.clone(), slot));
+                }
+                Err(refusal) => {
+                    metrics::counter!("murmur_http_refused_connections_total", "limit" => match refusal {
+                        Refusal::Client => "per-client",
+                        Refusal::Total => "total",
+                    })
+                    .increment(1);
+                    tokio::spawn(refuse(
+                        stream,
+                        peer,
+                        tls.clone(),
+                        refusal.answer(&self.limits),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Serves one admitted connection, holding its `slot` until it closes. The TLS handshake
+    /// has the time a request's head has: a client that opens a connection and says nothing
+    /// is closed as soon over HTTPS as over HTTP.
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        _slot: Slot,
+    ) {
+        let service = TowerToHyperService::new(self.app.clone());
+        let served = match tls {
+            None => {
+                self.http
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+            }
+            Some(tls) => {
+                let stream = match tokio::time::timeout(
+                    self.limits.header_timeout,
+                    tls.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        metrics::counter!("murmur_http_tls_handshake_failures_total").increment(1);
+                        tracing::debug!(%peer, "HTTPS handshake failed: {err}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                self.http
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
             }
         };
-        match Open::admit(&open, peer.ip(), &limits) {
-            Ok(slot) => {
-                let connection = http
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    if let Err(err) = connection.await {
-                        tracing::debug!(%peer, "HTTP connection ended: {err}");
-                    }
-                });
-            }
-            Err(refusal) => {
-                metrics::counter!("murmur_http_refused_connections_total", "limit" => match refusal {
-                    Refusal::Client => "per-client",
-                    Refusal::Total => "total",
-                })
-                .increment(1);
-                tokio::spawn(refuse(stream, peer, refusal.answer(&limits)));
-            }
+        if let Err(err) = served {
+            tracing::debug!(%peer, "HTTP connection ended: {err}");
         }
     }
 }
 
-/// Answers a connection turned away and closes it, within a second whatever the client does.
+/// Answers a connection turned away and closes it, within a second whatever the client does
+/// (over TLS when it came to the HTTPS listener, so the client can read why).
 ///
 /// The close lingers: the client's request is read and dropped (up to [`REFUSED_READ_LIMIT`]
 /// bytes) until it closes its side, because closing a socket with unread data sends a reset, and
 /// a client still writing its request would then see "connection reset" or "broken pipe" instead
 /// of the answer that names the limit.
-async fn refuse(mut stream: TcpStream, peer: SocketAddr, answer: String) {
-    let answer_then_drain = async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut drained = 0;
-        let mut sink = [0u8; 4096];
-        while drained < REFUSED_READ_LIMIT {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => drained += n,
-            }
+async fn refuse(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, answer: String) {
+    let answered = async {
+        match tls {
+            None => answer_then_drain(stream, &answer).await,
+            Some(tls) => answer_then_drain(tls.accept(stream).await?, &answer).await,
         }
-        std::io::Result::Ok(())
     };
-    if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(1), answer_then_drain).await {
+    if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(1), answered).await {
         tracing::debug!(%peer, "could not tell a refused client why: {err}");
     }
+}
+
+async fn answer_then_drain(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    answer: &str,
+) -> std::io::Result<()> {
+    stream.write_all(answer.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut drained = 0;
+    let mut sink = [0u8; 4096];
+    while drained < REFUSED_READ_LIMIT {
+        match stream.read(&mut sink).await? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
 }
 
 /// How much of a refused client's request is read (and dropped) before its connection is closed.

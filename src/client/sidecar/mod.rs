@@ -89,7 +89,7 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
         Some(text) => Some(metrics_listener(text).await?),
         None => None,
     };
-    let client = Client::new(&args.target);
+    let client = Client::new(&args.target)?;
     let fronted = fronted(&client, &args.sidecar_for).await?;
     let upstreams = args
         .upstream
