@@ -113,11 +113,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => None,
     };
     let agent = Agent::start(node, udp, tcp, data, persister)?;
+    // One ACL cache for the HTTP API and DNS, emptied on every change of replicated data
+    // outside the catalog and KV (ACL data among it; none subscribed with ACLs off).
+    let acl = Arc::new(crate::http::Acl::new(
+        config.acl_enabled,
+        config.acl_default_allow,
+        &config.datacenter,
+        config.acl_enabled.then(|| {
+            agent
+                .watchers
+                .subscribe(crate::http::blocking::Topic::Other)
+        }),
+    ));
     let dns = crate::dns::DnsSettings {
         domain: config.dns_domain.clone(),
         datacenter: config.datacenter.clone(),
         ttl: config.dns_ttl,
-        acl_default_allow: config.acl_enabled.then_some(config.acl_default_allow),
+        acl: config.acl_enabled.then(|| acl.clone()),
         reader: Arc::new(murmur_acl::Authorizer::Management),
     };
     let forwarder = Arc::new(crate::forward::Forwarder::new(
@@ -165,15 +177,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         sidecar_store,
     ));
     let persisted_sidecars = sidecars.persisted()?;
-    let api = crate::http::router(
-        agent.clone(),
-        leave.clone(),
-        config.clone(),
+    let api = crate::http::router(crate::http::ApiParts {
+        agent: agent.clone(),
+        leave: leave.clone(),
+        config: config.clone(),
         checks,
         connect,
-        sidecars.clone(),
+        sidecars: sidecars.clone(),
         queries,
-    );
+        acl,
+    });
     // Resolve the routes once: served as a plain `Router`, axum re-resolves every route for
     // each new connection (`with_state` per connection), 18.5 KiB per connection that lives as
     // long as the connection does — 185 MiB for 10,000 parked blocking queries (heaptrack).

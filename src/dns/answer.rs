@@ -30,8 +30,8 @@ pub struct DnsSettings {
     pub datacenter: String,
     /// TTL of every answer, in seconds.
     pub ttl: u32,
-    /// With ACLs on, their default policy (`allow`: true); `None` with ACLs off.
-    pub acl_default_allow: Option<bool>,
+    /// With ACLs on, the agent's ACLs (shared with the HTTP API); `None` with ACLs off.
+    pub acl: Option<std::sync::Arc<crate::http::Acl>>,
     /// What the answers may show: names the anonymous token may read (everything with ACLs
     /// off); set for each query from the replica it is answered from.
     pub reader: std::sync::Arc<murmur_acl::Authorizer>,
@@ -456,7 +456,7 @@ mod tests {
             domain: "consul".into(),
             datacenter: "dc1".into(),
             ttl: 0,
-            acl_default_allow: None,
+            acl: None,
             reader: std::sync::Arc::new(murmur_acl::Authorizer::Management),
         }
     }

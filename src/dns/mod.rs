@@ -77,18 +77,14 @@ pub fn answer_locally(
     agent.view(|v| {
         let failed = v.failed_owners();
         let view = v.replica().catalog(&failed);
-        // With ACLs on, answers show only what the anonymous token may read (its policies
-        // can change with any replicated write, so it is found again for each query).
+        // With ACLs on, answers show only what the anonymous token may read (from the ACL
+        // cache, emptied whenever ACL data changes).
         let filtered;
-        let settings = match settings.acl_default_allow {
+        let settings = match &settings.acl {
             None => settings,
-            Some(default_allow) => {
+            Some(acl) => {
                 filtered = DnsSettings {
-                    reader: Arc::new(crate::http::anonymous_authorizer(
-                        v.replica(),
-                        default_allow,
-                        &settings.datacenter,
-                    )),
+                    reader: acl.anonymous(v.replica()),
                     ..settings.clone()
                 };
                 &filtered

@@ -33,6 +33,15 @@ pub struct Acl {
     cache: Mutex<Cache>,
 }
 
+impl std::fmt::Debug for Acl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acl")
+            .field("enabled", &self.enabled)
+            .field("default_allow", &self.default_allow)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The cache and what invalidates it.
 struct Cache {
     /// Bumped by the agent on every change to intentions, roots, ACL data, … (none with
@@ -82,6 +91,24 @@ impl Acl {
         }
     }
 
+    /// What a request without a token may do: what DNS answers show, as Consul's DNS answers
+    /// with the anonymous token. Cached as the HTTP API's anonymous requests are, so a query
+    /// costs no policy parsing until ACL data changes.
+    pub fn anonymous(&self, replica: &Replica) -> Arc<Authorizer> {
+        if !self.enabled {
+            return self.everything.clone();
+        }
+        match self.cached("") {
+            (Some(hit), _) => hit.authorizer,
+            (None, generation) => {
+                let resolved = self.resolve_anonymous(replica);
+                let authorizer = resolved.authorizer.clone();
+                self.store(String::new(), generation, resolved);
+                authorizer
+            }
+        }
+    }
+
     /// The cached answer for `secret` (`""`: anonymous), and the generation to store a new
     /// one at.
     fn cached(&self, secret: &str) -> (Option<Resolved>, u64) {
@@ -103,18 +130,27 @@ impl Acl {
         }
     }
 
+    /// What a request without a token may do, read from `replica`.
+    fn resolve_anonymous(&self, replica: &Replica) -> Resolved {
+        let token = anonymous_token(replica);
+        Resolved {
+            accessor: token.accessor_id.clone(),
+            authorizer: Arc::new(self.authorizer_of(replica, &token)),
+        }
+    }
+
     /// What the holder of `secret` (none: the anonymous token) may do, read from `replica`.
     fn resolve(&self, replica: &Replica, secret: Option<&str>) -> Result<Resolved, ApiError> {
-        let hash = secret.map(secret_hash).unwrap_or_default();
-        let token = match secret {
-            None => anonymous_token(replica),
-            Some(_) => replica
-                .acl_tokens()
-                .map(|(t, _)| t)
-                .find(|t| t.secret_hash == hash)
-                .cloned()
-                .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "ACL not found"))?,
+        let Some(secret) = secret else {
+            return Ok(self.resolve_anonymous(replica));
         };
+        let hash = secret_hash(secret);
+        let token = replica
+            .acl_tokens()
+            .map(|(t, _)| t)
+            .find(|t| t.secret_hash == hash)
+            .cloned()
+            .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "ACL not found"))?;
         if token.local && token.datacenter != self.datacenter {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -180,21 +216,6 @@ fn anonymous_token(replica: &Replica) -> AclToken {
             accessor_id: ANONYMOUS_ACCESSOR.into(),
             ..AclToken::default()
         })
-}
-
-/// What a request without a token may read: what DNS answers with ACLs on, as Consul's DNS
-/// answers with the anonymous (or default) token.
-pub fn anonymous_authorizer(
-    replica: &Replica,
-    default_allow: bool,
-    datacenter: &str,
-) -> Authorizer {
-    authorizer_for(
-        replica,
-        &anonymous_token(replica),
-        default_allow,
-        datacenter,
-    )
 }
 
 /// The secret a request carries, if any: `X-Consul-Token`, `Authorization: Bearer`, or

@@ -5,7 +5,7 @@
 //! `X-Consul-Effective-Consistency` is `stale`: each agent answers from its own replica.
 
 mod acl;
-pub use acl::anonymous_authorizer;
+pub use acl::Acl;
 mod answers;
 pub mod blocking;
 mod catalog;
@@ -130,16 +130,32 @@ impl From<GossipError> for ApiError {
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 
+/// What the HTTP API serves from: the agent and the services beside it.
+pub struct ApiParts {
+    pub agent: Arc<Agent>,
+    /// Notified by `/v1/agent/leave`.
+    pub leave: Arc<Notify>,
+    pub config: AgentConfig,
+    pub checks: Arc<Checks>,
+    pub connect: Arc<Connect>,
+    pub sidecars: Arc<Sidecars>,
+    pub queries: Arc<query::Executor>,
+    /// Shared with DNS, which answers with the anonymous token's view.
+    pub acl: Arc<Acl>,
+}
+
 /// Builds the router.
-pub fn router(
-    agent: Arc<Agent>,
-    leave: Arc<Notify>,
-    config: AgentConfig,
-    checks: Arc<Checks>,
-    connect: Arc<Connect>,
-    sidecars: Arc<Sidecars>,
-    queries: Arc<query::Executor>,
-) -> Router {
+pub fn router(parts: ApiParts) -> Router {
+    let ApiParts {
+        agent,
+        leave,
+        config,
+        checks,
+        connect,
+        sidecars,
+        queries,
+        acl,
+    } = parts;
     let forwarder = queries.forwarder().clone();
     let acl_policy = config.acl_enabled.then_some(if config.acl_default_allow {
         "allow"
@@ -147,9 +163,6 @@ pub fn router(
         "deny"
     });
     let config = Arc::new(config);
-    let acl_changes = config
-        .acl_enabled
-        .then(|| agent.watchers.subscribe(blocking::Topic::Other));
     let api = Api {
         agent,
         leave,
@@ -159,12 +172,7 @@ pub fn router(
         sidecars,
         answers: Arc::default(),
         queries,
-        acl: Arc::new(acl::Acl::new(
-            config.acl_enabled,
-            config.acl_default_allow,
-            &config.datacenter,
-            acl_changes,
-        )),
+        acl,
     };
     // Requests for a datacenter (`?dc=`): catalog, health, KV, event fire, intentions, status.
     let datacenter_scoped = Router::new()
