@@ -200,6 +200,16 @@ fn the_cli_speaks_https_with_client_certificates_under_murmurs_flags_and_consuls
         );
     }
 
+    // Each refused handshake is counted (the client without a certificate may fail after the
+    // handshake, on its first read, so at least the stranger's and the untrusting one's).
+    let (_, _, metrics) = agent.request("GET", "/v1/agent/metrics?format=prometheus", b"");
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("murmur_http_tls_handshake_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 2.0, "{failures} handshake failures counted");
+
     // Plain HTTP to the HTTPS port gets no answer it could mistake for one.
     assert!(
         common::http(https, "GET", "/v1/kv/tls/color?raw", b"")
