@@ -843,6 +843,10 @@ pub struct AgentArgs {
     /// [default: 72h]; they are renewed before they expire.
     #[arg(long, value_name = "DURATION")]
     pub leaf_cert_ttl: Option<String>,
+    /// Serve the web UI at /ui/ (and redirect / to it) [default: true]; `--ui=false` turns
+    /// it off.
+    #[arg(long, value_name = "true|false")]
+    pub ui: Option<bool>,
     /// Whether this agent may make its datacenter's mesh CA root when there is none (or when
     /// no live agent has held the signing key for a minute): the first agent by name that
     /// may, once it has joined, makes it and keeps its key in its data dir; the others ask it

@@ -13,6 +13,7 @@ mod forward;
 mod http;
 mod services;
 mod sim;
+mod ui;
 
 use std::io::IsTerminal;
 

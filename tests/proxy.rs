@@ -199,15 +199,16 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
     // web's proxy serves its own metrics (--metrics-addr): the 100 MB went up and came back.
     // (A connection's bytes are counted when it ends, just after the app saw it end.)
     let scrape = || common::http(web_metrics, "GET", "/metrics", b"").ok();
-    let labels = r#"{source="web",destination="db"}"#;
+    let pair = r#"{source="web",destination="db"}"#;
+    let upstream_side = r#"{source="web",destination="db",side="upstream"}"#;
     let counted = |text: &str| {
         [
-            ("murmur_proxy_upstream_connections_total", 2.0),
-            ("murmur_proxy_bytes_out_total", 100e6),
-            ("murmur_proxy_bytes_in_total", 100e6),
+            ("murmur_proxy_upstream_connections_total", pair, 2.0),
+            ("murmur_proxy_bytes_out_total", upstream_side, 100e6),
+            ("murmur_proxy_bytes_in_total", upstream_side, 100e6),
         ]
         .iter()
-        .all(|(metric, at_least)| {
+        .all(|(metric, labels, at_least)| {
             text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{metric}{labels} ")))
                 .and_then(|v| v.parse::<f64>().ok())

@@ -61,6 +61,7 @@ struct FileConfig {
     default_intention_policy: Option<String>,
     leaf_cert_ttl: Option<String>,
     ca_bootstrap: Option<bool>,
+    ui: Option<bool>,
     #[serde(default)]
     acl_enabled: bool,
     acl_default_policy: Option<String>,
@@ -109,6 +110,8 @@ pub struct AgentConfig {
     pub leaf_cert_ttl: Duration,
     /// This agent may make its datacenter's CA root (`crate::connect::bootstrap`).
     pub ca_bootstrap: bool,
+    /// `--ui`: serve the web UI at `/ui/`.
+    pub ui: bool,
     /// `--acl-enabled`.
     pub acl_enabled: bool,
     /// `--acl-default-policy allow` (true) or `deny`.
@@ -317,6 +320,7 @@ impl AgentConfig {
             default_intention_policy,
             leaf_cert_ttl,
             ca_bootstrap: args.ca_bootstrap.or(file.ca_bootstrap).unwrap_or(true),
+            ui: args.ui.or(file.ui).unwrap_or(true),
             acl_enabled: args.acl_enabled || file.acl_enabled,
             acl_default_allow,
             acl_agent_token: args.acl_agent_token.clone().or(file.acl_agent_token),

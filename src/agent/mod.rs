@@ -177,6 +177,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         sidecar_store,
     ));
     let persisted_sidecars = sidecars.persisted()?;
+    agent.serve_peer_requests(
+        crate::ui::topology::PROXY_STATS,
+        Arc::new(crate::http::ui::ProxyStats {
+            sidecars: sidecars.clone(),
+        }),
+    );
     let api = crate::http::router(crate::http::ApiParts {
         agent: agent.clone(),
         leave: leave.clone(),

@@ -83,6 +83,19 @@ impl Sidecars {
         store.write(SIDECARS_FILE, &serde_json::to_string_pretty(&kept)?)
     }
 
+    /// The upstreams the running sidecars declare: (service id, destination service).
+    pub fn declared(&self) -> Vec<(String, String)> {
+        self.running()
+            .iter()
+            .flat_map(|(id, r)| {
+                r.spec
+                    .upstreams
+                    .iter()
+                    .map(move |u| (id.clone(), u.destination.clone()))
+            })
+            .collect()
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().expect("sidecars poisoned")
     }

@@ -22,6 +22,7 @@ mod limits;
 pub mod query;
 pub mod serve;
 pub mod tls;
+pub mod ui;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -200,6 +201,12 @@ pub fn router(parts: ApiParts) -> Router {
                 .put(intentions::put_id)
                 .delete(intentions::delete_id),
         )
+        .route("/v1/internal/ui/services", get(ui::services))
+        .route("/v1/internal/ui/nodes", get(ui::nodes))
+        .route(
+            "/v1/internal/ui/service-topology/{service}",
+            get(ui::topology),
+        )
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/checks/{name}", get(health::checks))
         .route("/v1/health/node/{name}", get(health::node))
@@ -311,6 +318,11 @@ pub fn router(parts: ApiParts) -> Router {
                 .delete(keyring_remove),
         )
         .merge(datacenter_scoped)
+        .merge(if config.ui {
+            crate::ui::routes()
+        } else {
+            Router::new()
+        })
         // tower's synchronous map keeps the headers step inside the route's future; axum's
         // `middleware::map_response` boxed one more future (712 bytes) for every request, which
         // a parked blocking query holds for as long as it waits.
@@ -603,7 +615,7 @@ async fn agent_leave(State(api): State<Api>, auth: acl::Auth) -> ApiResult<Statu
     Ok(StatusCode::OK)
 }
 
-fn prometheus() -> &'static PrometheusHandle {
+pub(crate) fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()

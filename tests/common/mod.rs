@@ -317,11 +317,25 @@ fn exits_within(child: &mut Child, limit: Duration) -> bool {
 /// A minimal HTTP/1.1 client (one request per connection), enough for JSON APIs.
 /// Returns status, headers (lower-cased names) and body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<Answer> {
+    http_as(addr, method, path, body, None)
+}
+
+/// [`http`] with an ACL token in `X-Consul-Token`.
+pub fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> std::io::Result<Answer> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let token = token
+        .map(|t| format!("X-Consul-Token: {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{token}Content-Length: {}\r\n\r\n",
         body.len()
     )?;
     stream.write_all(body)?;

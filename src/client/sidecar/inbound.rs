@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use super::Sidecar;
-use super::splice::splice;
+use super::splice::{count_bytes, splice};
 use crate::client::watch::follow;
 
 /// QUIC close code for a caller the intentions refuse.
@@ -81,8 +81,7 @@ async fn serve(sidecar: Arc<Sidecar>, connection: quinn::Connection) {
                 }
             };
             if let Ok((to_app, from_app)) = splice(&sidecar, tcp, send, recv).await {
-                metrics::counter!("murmur_proxy_bytes_in_total", &labels).increment(to_app);
-                metrics::counter!("murmur_proxy_bytes_out_total", &labels).increment(from_app);
+                count_bytes(&labels, "inbound", from_app, to_app);
             }
         });
     }

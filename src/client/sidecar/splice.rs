@@ -64,6 +64,20 @@ pub async fn splice(
     result
 }
 
+/// Counts the bytes of a finished connection of the pair `labels` (source, destination), as
+/// seen by the proxy on `side` (`upstream`: the source's; `inbound`: the destination's): `out`
+/// is what that proxy sent on, `into` what it received. The side is a label so that two
+/// proxies of one agent, each end of the same pair, count into different series.
+pub fn count_bytes(labels: &[(&'static str, String); 2], side: &'static str, out: u64, into: u64) {
+    let labels = [
+        labels[0].clone(),
+        labels[1].clone(),
+        ("side", side.to_owned()),
+    ];
+    metrics::counter!("murmur_proxy_bytes_out_total", &labels).increment(out);
+    metrics::counter!("murmur_proxy_bytes_in_total", &labels).increment(into);
+}
+
 /// Reads TCP until its end, handing each read to the stream as one chunk. The read buffer
 /// is taken once the socket is readable and given away with the bytes (or dropped after a
 /// small read), so an idle connection holds none.

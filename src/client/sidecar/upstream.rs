@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Sidecar;
-use super::splice::splice;
+use super::splice::{count_bytes, splice};
 use crate::client::watch::follow;
 
 /// One `--upstream`.
@@ -118,8 +118,7 @@ async fn carry(
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("murmur_proxy_upstream_connections_total", &labels).increment(1);
                 if let Ok((up, down)) = splice(sidecar, tcp, send, recv).await {
-                    metrics::counter!("murmur_proxy_bytes_out_total", &labels).increment(up);
-                    metrics::counter!("murmur_proxy_bytes_in_total", &labels).increment(down);
+                    count_bytes(&labels, "upstream", up, down);
                 }
                 return;
             }
