@@ -6,6 +6,8 @@
 //! service of the other over mutual TLS, each datacenter signing with its own root, under
 //! intentions written in either.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
 use std::net::SocketAddr;
@@ -688,4 +690,39 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
         "east's deny closed the way at db's proxy in west"
     );
     assert!(sdk_round_trip().is_none_or(|b| b.is_empty()), "the SDK too");
+
+    // The web UI of an east agent switches to west: its pages' reads go there with `?dc=`.
+    let (status, _, body) = east[0].request("GET", "/v1/internal/ui/services?dc=west", b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""Name":"db""#), "{body}");
+    let Some(binary) = browser::chromium() else {
+        eprintln!("SKIPPED: the UI's datacenter switcher (chromium is not installed)");
+        return;
+    };
+    let mut page = browser::Browser::launch(&binary);
+    page.open(&format!("http://{}/ui/#/services", east[0].http));
+    assert!(
+        page.wait_for(
+            r#"[...document.querySelectorAll('#dc option')].map(o => o.value).join() === 'east,west'
+               && document.querySelector('[data-service="web"]')
+               && !document.querySelector('[data-service="db"]')"#,
+            Duration::from_secs(10)
+        )
+        .is_some(),
+        "east's own services first: {}",
+        page.text()
+    );
+    page.eval(
+        r#"const dc = document.getElementById('dc'); dc.value = 'west';
+                 dc.dispatchEvent(new Event('change')); true"#,
+    );
+    assert!(
+        page.wait_for(
+            r#"document.querySelector('[data-service="db"]') && !document.querySelector('[data-service="web"]')"#,
+            Duration::from_secs(10)
+        )
+        .is_some(),
+        "west's services once switched: {}",
+        page.text()
+    );
 }

@@ -2,6 +2,8 @@
 //! page, run JavaScript in it, wait for a condition, take a screenshot. Debian's `chromium`
 //! is what `.ci/run` installs.
 
+#![allow(dead_code)] // each test file uses a different part of the driver
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
