@@ -18,6 +18,9 @@ use browser::Browser;
 use common::{Agent, Spec, wait_until};
 use serde_json::json;
 
+/// The API path of the key the test makes in the UI as `ui/made "here" <b>é</b>`.
+const KEY_PATH: &str = "/v1/kv/ui/made%20%22here%22%20%3Cb%3E%C3%A9%3C/b%3E";
+
 /// A tag that would run script if the page ever put data in as markup.
 const HOSTILE_TAG: &str = r#"<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>"#;
 
@@ -149,26 +152,27 @@ fn the_ui_shows_the_cluster_live_writes_through_the_api_and_shows_hostile_names_
     );
     page.screenshot(&screenshots().join("nodes.png"));
 
-    // Key/value: a key made in the UI is read over the API on another agent.
+    // Key/value: a key made in the UI (quotes, markup and unicode in its name) is read over
+    // the API on another agent.
     page.open(&format!("{ui}#/kv/"));
     page.wait_for(
         "document.getElementById('kv-create')",
         Duration::from_secs(5),
     );
     page.eval(
-        r#"document.getElementById('kv-new-key').value = 'ui/made-here';
+        r#"document.getElementById('kv-new-key').value = 'ui/made "here" <b>é</b>';
                  document.getElementById('kv-new-value').value = 'from the ui';
                  document.getElementById('kv-new-flags').value = '42';
                  document.getElementById('kv-create').click(); true"#,
     );
     assert!(
         wait_until(Duration::from_secs(10), || {
-            let (status, _, body) = agents[2].request("GET", "/v1/kv/ui/made-here", b"");
+            let (status, _, body) = agents[2].request("GET", KEY_PATH, b"");
             status == 200 && body.contains("\"Flags\":42")
         }),
         "the key made in the UI did not reach another agent"
     );
-    let (_, _, raw) = agents[2].request("GET", "/v1/kv/ui/made-here?raw", b"");
+    let (_, _, raw) = agents[2].request("GET", &format!("{KEY_PATH}?raw"), b"");
     assert_eq!(raw, "from the ui");
     // The UI went to the key's page; someone else changes the key: the UI's save is refused
     // with the reason, and their value stays.
@@ -182,7 +186,7 @@ fn the_ui_shows_the_cluster_live_writes_through_the_api_and_shows_hostile_names_
         page.text()
     );
     page.screenshot(&screenshots().join("kv.png"));
-    agents[1].request("PUT", "/v1/kv/ui/made-here", b"someone else's");
+    agents[1].request("PUT", KEY_PATH, b"someone else's");
     page.eval(
         r#"document.getElementById('kv-value').value = 'mine';
                  document.getElementById('kv-save').click(); true"#,
@@ -195,7 +199,7 @@ fn the_ui_shows_the_cluster_live_writes_through_the_api_and_shows_hostile_names_
         "no conflict shown: {}",
         page.text()
     );
-    let (_, _, raw) = agents[0].request("GET", "/v1/kv/ui/made-here?raw", b"");
+    let (_, _, raw) = agents[0].request("GET", &format!("{KEY_PATH}?raw"), b"");
     assert_eq!(raw, "someone else's", "the UI overwrote a concurrent write");
 
     // Intentions: a deny made in the UI is what the API's check answers, and the UI's own
