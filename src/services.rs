@@ -194,6 +194,69 @@ fn integer(object: &serde_json::Map<String, Value>, name: &str, max: u64) -> Res
     }
 }
 
+/// The meta key that keeps a registration's `Kind` (`mesh-gateway`, …): the replicated
+/// service record has no field of its own for it.
+pub const KIND_META: &str = "murmur-kind";
+/// The prefix of the meta keys that keep a registration's `TaggedAddresses` (`lan`, `wan`),
+/// each as `address:port`.
+pub const TAGGED_META_PREFIX: &str = "murmur-tagged-";
+
+/// The kinds of service Consul registers beside typical ones, that murmur knows.
+const KINDS: &[&str] = &["connect-proxy", "mesh-gateway", "terminating-gateway"];
+
+/// A service's `Kind` ("" for a typical service).
+pub fn kind(service: &Service) -> &str {
+    service.meta.get(KIND_META).map_or("", String::as_str)
+}
+
+/// A service's tagged addresses, by name: (address, port).
+pub fn tagged_addresses(service: &Service) -> BTreeMap<String, (String, u16)> {
+    service
+        .meta
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = key.strip_prefix(TAGGED_META_PREFIX)?;
+            let (address, port) = value.rsplit_once(':')?;
+            Some((name.to_owned(), (address.to_owned(), port.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// `Kind` and `TaggedAddresses` of a definition, as the meta keys that keep them.
+fn kind_and_tagged_meta(
+    object: &serde_json::Map<String, Value>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut meta = BTreeMap::new();
+    let kind = string(object, "Kind")?;
+    if !kind.is_empty() {
+        if !KINDS.contains(&kind.as_str()) {
+            return Err(format!(
+                "Kind {kind:?} is not one murmur knows: use {}, or none for a typical service",
+                KINDS.join(", ")
+            ));
+        }
+        meta.insert(KIND_META.to_owned(), kind);
+    }
+    match field(object, "TaggedAddresses") {
+        None => {}
+        Some(Value::Object(tagged)) => {
+            for (name, value) in tagged {
+                let entry = value.as_object().ok_or_else(|| {
+                    format!("TaggedAddresses.{name} must be {{\"Address\", \"Port\"}}")
+                })?;
+                let address = string(entry, "Address")?;
+                let port = integer(entry, "Port", u64::from(u16::MAX))?;
+                meta.insert(
+                    format!("{TAGGED_META_PREFIX}{name}"),
+                    format!("{address}:{port}"),
+                );
+            }
+        }
+        Some(_) => return Err("TaggedAddresses must be an object".into()),
+    }
+    Ok(meta)
+}
+
 /// Parses one service definition.
 pub fn parse(value: &Value) -> Result<Definition, String> {
     let object = value
@@ -233,7 +296,11 @@ pub fn parse(value: &Value) -> Result<Definition, String> {
             tags: strings(object, "Tags")?,
             address: string(object, "Address")?,
             port,
-            meta: string_map(object, "Meta")?,
+            meta: {
+                let mut meta = string_map(object, "Meta")?;
+                meta.extend(kind_and_tagged_meta(object)?);
+                meta
+            },
             weight_passing,
             weight_warning,
         },
@@ -289,6 +356,28 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn kind_and_tagged_addresses_are_kept_and_read_back() {
+        let gateway = parse(&json!({
+            "Name": "mesh-gateway", "Kind": "mesh-gateway", "Port": 8443,
+            "TaggedAddresses": {
+                "lan": {"Address": "10.0.0.1", "Port": 8443},
+                "wan": {"Address": "198.51.100.1", "Port": 443},
+            },
+        }))
+        .unwrap()
+        .service;
+        assert_eq!(kind(&gateway), "mesh-gateway");
+        let tagged = tagged_addresses(&gateway);
+        assert_eq!(tagged["wan"], ("198.51.100.1".to_owned(), 443));
+        assert_eq!(tagged["lan"], ("10.0.0.1".to_owned(), 8443));
+        assert_eq!(kind(&parse(&json!({"Name": "web"})).unwrap().service), "");
+        let err = parse(&json!({"Name": "x", "Kind": "rocket"})).unwrap_err();
+        assert!(err.contains("mesh-gateway"), "{err}");
+        let err = parse(&json!({"Name": "x", "TaggedAddresses": {"wan": "1.2.3.4"}})).unwrap_err();
+        assert!(err.contains("TaggedAddresses.wan"), "{err}");
+    }
 
     proptest::proptest! {
         #[test]

@@ -61,8 +61,10 @@ pub(super) struct ServiceShape {
     #[serde(rename = "ID")]
     id: String,
     service: String,
+    kind: String,
     tags: Vec<String>,
     address: String,
+    tagged_addresses: BTreeMap<String, TaggedAddress>,
     meta: BTreeMap<String, String>,
     port: u16,
     weights: Weights,
@@ -71,13 +73,31 @@ pub(super) struct ServiceShape {
     modify_index: u64,
 }
 
+/// One of a service's tagged addresses, in Consul's shape.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct TaggedAddress {
+    address: String,
+    port: u16,
+}
+
+/// A service's tagged addresses in Consul's shape (`{"wan": {"Address", "Port"}}`).
+pub(super) fn tagged_addresses_json(s: &Service) -> BTreeMap<String, TaggedAddress> {
+    crate::services::tagged_addresses(s)
+        .into_iter()
+        .map(|(name, (address, port))| (name, TaggedAddress { address, port }))
+        .collect()
+}
+
 /// A service instance in Consul's shape.
 pub(super) fn service_json(s: &Service, index: u64) -> ServiceShape {
     ServiceShape {
         id: s.id.clone(),
         service: s.name.clone(),
+        kind: crate::services::kind(s).to_owned(),
         tags: s.tags.clone(),
         address: s.address.clone(),
+        tagged_addresses: tagged_addresses_json(s),
         meta: s.meta.clone(),
         port: s.port,
         weights: Weights {
