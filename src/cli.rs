@@ -495,6 +495,39 @@ pub enum ConnectCommand {
     /// app; outbound, a loopback TCP listener per --upstream that carries each connection as
     /// one QUIC stream to a healthy instance's proxy.
     Proxy(ProxyArgs),
+    /// Run a mesh gateway: it registers itself (Kind mesh-gateway, its LAN and WAN
+    /// addresses), reads the server name of each new QUIC flow from its first datagram, and
+    /// forwards the flow to a healthy instance of that service here or to a gateway of the
+    /// datacenter the name carries, without terminating TLS. Sidecars whose upstreams say
+    /// `/local` or `/remote` reach other datacenters through gateways.
+    Gateway(GatewayArgs),
+}
+
+/// Flags of `murmur connect gateway`.
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// The kind of gateway: `mesh` (the only one yet).
+    #[arg(long, default_value = "mesh")]
+    pub kind: String,
+    /// The service name it registers as; sidecars look for `mesh-gateway`, Consul's default.
+    #[arg(long, default_value = "mesh-gateway")]
+    pub service: String,
+    /// The instance id [default: the service name].
+    #[arg(long)]
+    pub id: Option<String>,
+    /// UDP address it listens on for its datacenter's proxies (its LAN address).
+    #[arg(long, value_name = "ADDR")]
+    pub address: String,
+    /// UDP address other datacenters' gateways reach it at (listened on too when it differs
+    /// from --address) [default: --address].
+    #[arg(long, value_name = "ADDR")]
+    pub wan_address: Option<String>,
+    /// Serve the gateway's metrics for Prometheus at http://ADDR/metrics (flows by route and
+    /// destination, bytes each way, drops by reason) [default: not served].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    #[command(flatten)]
+    pub target: HttpTarget,
 }
 
 /// Flags of `murmur connect proxy`.

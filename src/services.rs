@@ -11,6 +11,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use murmur_catalog::Service;
+use murmur_proxy::gateway::GatewayMode;
 
 use crate::checks::CheckDefinition;
 use serde_json::Value;
@@ -36,14 +37,20 @@ pub struct Upstream {
     pub datacenter: Option<String>,
     /// The loopback port the app dials.
     pub port: u16,
+    /// How it is reached when in another datacenter (`MeshGateway.Mode`).
+    #[serde(default)]
+    pub mesh_gateway: GatewayMode,
 }
 
 impl Upstream {
     /// The `--upstream` flag of `murmur connect proxy` that serves it.
     pub fn flag(&self) -> String {
-        match &self.datacenter {
-            Some(dc) => format!("{}@{dc}:{}", self.destination, self.port),
-            None => format!("{}:{}", self.destination, self.port),
+        match (&self.datacenter, self.mesh_gateway) {
+            (Some(dc), GatewayMode::None) => format!("{}@{dc}:{}", self.destination, self.port),
+            (Some(dc), mode) => {
+                format!("{}@{dc}/{}:{}", self.destination, mode.as_str(), self.port)
+            }
+            (None, _) => format!("{}:{}", self.destination, self.port),
         }
     }
 }
@@ -88,10 +95,24 @@ fn sidecar(object: &serde_json::Map<String, Value>) -> Result<Option<Vec<Upstrea
                     "upstream {destination:?}: Datacenter {datacenter:?} is not a datacenter name"
                 ));
             }
+            let mode = match field(u, "MeshGateway") {
+                None => String::new(),
+                Some(Value::Object(gateway)) => string(gateway, "Mode")?,
+                Some(_) => return Err("MeshGateway must be an object {\"Mode\": …}".into()),
+            };
+            let mesh_gateway = GatewayMode::parse(&mode).ok_or_else(|| {
+                format!("upstream {destination:?}: MeshGateway.Mode {mode:?} must be none, local or remote")
+            })?;
+            if mesh_gateway != GatewayMode::None && datacenter.is_empty() {
+                return Err(format!(
+                    "upstream {destination:?}: MeshGateway.Mode {mode:?} is for an upstream in another datacenter: give its Datacenter"
+                ));
+            }
             Ok(Upstream {
                 destination,
                 datacenter: (!datacenter.is_empty()).then_some(datacenter),
                 port,
+                mesh_gateway,
             })
         })
         .collect::<Result<Vec<_>, String>>()
@@ -441,7 +462,9 @@ mod tests {
             "Name": "web", "Port": 8080,
             "Connect": {"SidecarService": {"Proxy": {"Upstreams": [
                 {"DestinationName": "db", "LocalBindPort": 9191},
-                {"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9192}
+                {"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9192},
+                {"DestinationName": "db", "Datacenter": "dc2", "LocalBindPort": 9193,
+                 "MeshGateway": {"Mode": "local"}}
             ]}}}
         }))
         .unwrap();
@@ -452,17 +475,29 @@ mod tests {
                 Upstream {
                     destination: "db".into(),
                     datacenter: None,
-                    port: 9191
+                    port: 9191,
+                    mesh_gateway: GatewayMode::None,
                 },
                 Upstream {
                     destination: "db".into(),
                     datacenter: Some("dc2".into()),
-                    port: 9192
+                    port: 9192,
+                    mesh_gateway: GatewayMode::None,
+                },
+                Upstream {
+                    destination: "db".into(),
+                    datacenter: Some("dc2".into()),
+                    port: 9193,
+                    mesh_gateway: GatewayMode::Local,
                 }
             ]
         );
         let flags: Vec<String> = upstreams.iter().map(Upstream::flag).collect();
-        assert_eq!(flags, ["db:9191", "db@dc2:9192"]);
+        assert_eq!(flags, ["db:9191", "db@dc2:9192", "db@dc2/local:9193"]);
+        let err = parse(&json!({"Name": "x", "Connect": {"SidecarService": {"Proxy":
+            {"Upstreams": [{"DestinationName": "db", "LocalBindPort": 1, "MeshGateway": {"Mode": "local"}}]}}}}))
+        .unwrap_err();
+        assert!(err.contains("give its Datacenter"), "{err}");
         let err = parse(&json!({"Name": "x", "Connect": {"SidecarService": {"Proxy":
             {"Upstreams": [{"DestinationName": "db", "Datacenter": "a:b", "LocalBindPort": 1}]}}}}))
         .unwrap_err();

@@ -726,3 +726,178 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
         page.text()
     );
 }
+
+/// A `murmur connect gateway --kind mesh` process, stopped when dropped.
+struct MeshGateway {
+    child: std::process::Child,
+    wan: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl MeshGateway {
+    fn start(agent: &Agent) -> Self {
+        let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (lan, wan, metrics) = (port(0), port(1), port(2));
+        let child = std::process::Command::new(common::BIN)
+            .args(["connect", "gateway", "--kind", "mesh", "--address"])
+            .arg(lan.to_string())
+            .arg("--wan-address")
+            .arg(wan.to_string())
+            .arg("--metrics-addr")
+            .arg(metrics.to_string())
+            .arg("--http-addr")
+            .arg(agent.http.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            wan,
+            metrics,
+        }
+    }
+
+    /// The value of the gateway's metric whose line starts with `prefix`, summed.
+    fn metric(&self, prefix: &str) -> f64 {
+        common::http(self.metrics, "GET", "/metrics", b"")
+            .map(|(_, _, text)| {
+                text.lines()
+                    .filter(|l| l.starts_with(prefix))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for MeshGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote() {
+    let key = keygen();
+    let (east, west, _) = east_and_west(&key, 2);
+    link(&east, &west);
+    assert!(
+        wait_until(REPLACE, || east
+            .iter()
+            .chain(&west)
+            .all(|a| bundle(a) == ["east", "west"])),
+        "both roots everywhere"
+    );
+    let east_gateway = MeshGateway::start(&east[0]);
+    let west_gateway = MeshGateway::start(&west[0]);
+    let app = common::echo_app();
+    let register = |agent: &Agent, body: String| {
+        let (status, _, text) = agent.request("PUT", "/v1/agent/service/register", body.as_bytes());
+        assert_eq!(status, 200, "{text}");
+    };
+    register(
+        &west[1],
+        format!(
+            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
+            app.addr.port()
+        ),
+    );
+    let (local_port, remote_port) = (free_port(), free_port());
+    register(
+        &east[1],
+        format!(
+            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+                {{"Upstreams": [
+                  {{"DestinationName": "db", "Datacenter": "west", "LocalBindPort": {local_port}, "MeshGateway": {{"Mode": "local"}}}},
+                  {{"DestinationName": "db", "Datacenter": "west", "LocalBindPort": {remote_port}, "MeshGateway": {{"Mode": "remote"}}}}
+                ]}}}}}}}}"#
+        ),
+    );
+    let (_, _, body) = east[0].request(
+        "PUT",
+        "/v1/connect/intentions/exact?source=web&destination=db",
+        br#"{"Action": "allow"}"#,
+    );
+    assert_eq!(body.trim(), "true", "{body}");
+
+    // The gateways are in the catalog as Consul shows them.
+    let gateways = west[1].get("/v1/health/service/mesh-gateway?passing");
+    assert!(
+        wait_until(REPLACE, || west[1]
+            .get("/v1/health/service/mesh-gateway?passing")
+            .as_array()
+            .is_some_and(|l| l.len() == 1)),
+        "{gateways}"
+    );
+    let entry = &west[1].get("/v1/health/service/mesh-gateway?passing")[0]["Service"];
+    assert_eq!(entry["Kind"], "mesh-gateway", "{entry}");
+    assert_eq!(
+        entry["TaggedAddresses"]["wan"]["Port"],
+        west_gateway.wan.port(),
+        "{entry}"
+    );
+
+    // Local mode: east's sidecar → east's gateway → west's gateway → db's sidecar.
+    let local = SocketAddr::from(([127, 0, 0, 1], local_port));
+    assert!(
+        wait_until(REPLACE, || common::carries(local)),
+        "no way to db in west through the local gateway:\n{}",
+        east[1].log()
+    );
+    let remote_flows = "murmur_gateway_flows_total{route=\"remote\"";
+    let local_flows = "murmur_gateway_flows_total{route=\"local\"";
+    assert!(
+        east_gateway.metric(remote_flows) >= 1.0,
+        "east's gateway sent it on"
+    );
+    assert!(
+        west_gateway.metric(local_flows) >= 1.0,
+        "west's gateway took it in"
+    );
+    let through_west = west_gateway.metric(local_flows);
+
+    // Remote mode: east's sidecar → west's gateway → db's sidecar.
+    let remote = SocketAddr::from(([127, 0, 0, 1], remote_port));
+    let east_before = east_gateway.metric(remote_flows);
+    assert!(
+        wait_until(REPLACE, || common::carries(remote)),
+        "no way to db in west through its gateway"
+    );
+    assert!(
+        west_gateway.metric(local_flows) > through_west,
+        "west's gateway carried it"
+    );
+    assert_eq!(
+        east_gateway.metric(remote_flows),
+        east_before,
+        "east's gateway was not used"
+    );
+    assert!(west_gateway.metric("murmur_gateway_bytes_total") > 0.0);
+
+    // A deny written in east closes the way at db's proxy in west, gateways or not.
+    let (_, _, body) = east[0].request(
+        "PUT",
+        "/v1/connect/intentions/exact?source=web&destination=db",
+        br#"{"Action": "deny"}"#,
+    );
+    assert_eq!(body.trim(), "true", "{body}");
+    assert!(
+        wait_until(REPLACE, || !common::carries(local)
+            && !common::carries(remote)),
+        "the deny is enforced across the gateways"
+    );
+
+    // Garbage, an Initial-looking datagram and nothing at all: dropped and counted.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for datagram in [&b"hello"[..], &[0xc0, 0, 0, 0, 1, 8][..], &[]] {
+        socket.send_to(datagram, west_gateway.wan).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || west_gateway
+            .metric("murmur_gateway_dropped_total{reason=\"no_client_hello\"}")
+            >= 3.0),
+        "garbage counted as dropped"
+    );
+}

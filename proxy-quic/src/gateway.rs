@@ -11,6 +11,42 @@ use std::time::Duration;
 
 use crate::initial::{InitialError, client_hello};
 
+/// How a proxy reaches an upstream in another datacenter (Consul's `MeshGateway.Mode`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayMode {
+    /// Straight to the instances' proxies (they must be reachable from here).
+    #[default]
+    None,
+    /// Through a mesh gateway of this datacenter, which forwards to one of the other's.
+    Local,
+    /// Straight to a mesh gateway of the upstream's datacenter.
+    Remote,
+}
+
+impl GatewayMode {
+    /// The mode named `text` (`none`, `local`, `remote`; empty is `none`, as Consul's default).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "" | "none" | "default" => Some(Self::None),
+            "local" => Some(Self::Local),
+            "remote" => Some(Self::Remote),
+            _ => None,
+        }
+    }
+
+    /// The mode's name, as [`GatewayMode::parse`] reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Local => "local",
+            Self::Remote => "remote",
+        }
+    }
+}
+
 /// Where a new flow goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Route {
@@ -120,11 +156,13 @@ pub struct Flows {
     idle: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Flow {
     /// `None` while the route is being resolved.
     to: Option<SocketAddr>,
     last: Duration,
+    /// The connection id of the client's first flight.
+    connection_id: Vec<u8>,
 }
 
 impl Flows {
@@ -147,41 +185,51 @@ impl Flows {
         datacenter: &str,
         known: impl Fn(&str) -> bool,
     ) -> Decision {
+        // A client address carries one connection at a time (a proxy dials each upstream
+        // through gateways from a socket of its own): a new connection from it, known by a
+        // ClientHello under another connection id, replaces its flow, so a reconnect after
+        // its destination died is routed afresh.
+        let hello = client_hello(datagram);
         if let Some(flow) = self.by_client.get_mut(&client) {
-            flow.last = now;
-            return match flow.to {
-                Some(to) => Decision::Forward { to },
-                None => Decision::Opening,
+            let same = match &hello {
+                Ok(hello) => hello.connection_id == flow.connection_id,
+                Err(_) => true,
             };
+            if same {
+                flow.last = now;
+                return match flow.to {
+                    Some(to) => Decision::Forward { to },
+                    None => Decision::Opening,
+                };
+            }
         }
-        let hello = match client_hello(datagram) {
+        let hello = match hello {
             Ok(hello) => hello,
             Err(err) => return Decision::Drop(Drop::NoClientHello(err)),
         };
         match route(&hello.server_name, trust_domain, datacenter, known) {
             Ok(route) => {
-                self.by_client.insert(
-                    client,
-                    Flow {
-                        to: None,
-                        last: now,
-                    },
-                );
+                let flow = Flow {
+                    to: None,
+                    last: now,
+                    connection_id: hello.connection_id,
+                };
+                self.by_client.insert(client, flow);
                 Decision::Open { route }
             }
-            Err(drop) => Decision::Drop(drop),
+            Err(drop) => {
+                self.by_client.remove(&client);
+                Decision::Drop(drop)
+            }
         }
     }
 
     /// Records the flow of `client` opened to `to` at `now`.
     pub fn opened(&mut self, now: Duration, client: SocketAddr, to: SocketAddr) {
-        self.by_client.insert(
-            client,
-            Flow {
-                to: Some(to),
-                last: now,
-            },
-        );
+        if let Some(flow) = self.by_client.get_mut(&client) {
+            flow.to = Some(to);
+            flow.last = now;
+        }
     }
 
     /// Forgets the flow of `client` that could not be opened (no healthy destination): its
@@ -322,6 +370,7 @@ mod tests {
 
     #[test]
     fn garbage_from_a_new_client_is_dropped_and_an_open_flow_forwards_until_idle() {
+        let initial = crate::initial::tests::first_datagram(&format!("db.svc.dc1.{TD}"), &[]);
         let mut flows = Flows::new(Duration::from_secs(60));
         let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let to: SocketAddr = "127.0.0.1:6000".parse().unwrap();
@@ -333,14 +382,34 @@ mod tests {
             Decision::Drop(Drop::NoClientHello(_))
         ));
         assert!(flows.is_empty(), "garbage opens nothing");
+        assert!(matches!(
+            decide(&mut flows, 1, &initial),
+            Decision::Open { .. }
+        ));
         flows.opened(Duration::from_secs(1), client, to);
         assert_eq!(
             decide(&mut flows, 30, b"anything"),
             Decision::Forward { to }
         );
+        // The first flight again (a lost answer): the same connection, the same flow.
+        assert_eq!(decide(&mut flows, 31, &initial), Decision::Forward { to });
         flows.answered(Duration::from_secs(80), client);
         assert!(flows.expire(Duration::from_secs(100)).is_empty());
         assert_eq!(flows.expire(Duration::from_secs(140)), vec![client]);
         assert!(flows.is_empty());
+    }
+
+    #[test]
+    fn a_new_connection_from_a_known_client_is_routed_afresh() {
+        let first = crate::initial::tests::first_datagram(&format!("db.svc.dc1.{TD}"), &[]);
+        let second = crate::initial::tests::first_datagram(&format!("db.svc.dc1.{TD}"), &[]);
+        let mut flows = Flows::new(Duration::from_secs(60));
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let decide = |flows: &mut Flows, bytes: &[u8]| {
+            flows.on_datagram(Duration::ZERO, client, bytes, TD, "dc1", |_| true)
+        };
+        assert!(matches!(decide(&mut flows, &first), Decision::Open { .. }));
+        flows.opened(Duration::ZERO, client, "127.0.0.1:6000".parse().unwrap());
+        assert!(matches!(decide(&mut flows, &second), Decision::Open { .. }));
     }
 }

@@ -19,6 +19,9 @@ pub struct ClientHello {
     pub server_name: String,
     /// The ALPN protocols offered, in the client's order.
     pub alpn: Vec<Vec<u8>>,
+    /// The destination connection id the client chose: the same in every retransmission of
+    /// its first flight, another for each new connection.
+    pub connection_id: Vec<u8>,
 }
 
 /// Why no ClientHello could be read from a datagram.
@@ -48,12 +51,15 @@ pub enum InitialError {
 
 /// The ClientHello carried by `datagram`, a client's first datagram of a connection.
 pub fn client_hello(datagram: &[u8]) -> Result<ClientHello, InitialError> {
-    let crypto = initial_crypto_data(datagram)?;
-    parse_client_hello(&crypto)
+    let (connection_id, crypto) = initial_crypto_data(datagram)?;
+    let mut hello = parse_client_hello(&crypto)?;
+    hello.connection_id = connection_id;
+    Ok(hello)
 }
 
-/// The CRYPTO stream bytes from offset 0 of the Initial packet at the start of `datagram`.
-fn initial_crypto_data(datagram: &[u8]) -> Result<Vec<u8>, InitialError> {
+/// The destination connection id and the CRYPTO stream bytes from offset 0 of the Initial
+/// packet at the start of `datagram`.
+fn initial_crypto_data(datagram: &[u8]) -> Result<(Vec<u8>, Vec<u8>), InitialError> {
     let mut packet = datagram.to_vec();
     let mut r = Reader::new(&packet);
     let first = r.u8().ok_or(InitialError::NotInitial)?;
@@ -110,7 +116,7 @@ fn initial_crypto_data(datagram: &[u8]) -> Result<Vec<u8>, InitialError> {
         .packet
         .decrypt_in_place(packet_number, header, payload)
         .map_err(|_| InitialError::Undecryptable)?;
-    crypto_stream(plain)
+    Ok((dcid, crypto_stream(plain)?))
 }
 
 /// The CRYPTO frames' data of a decrypted Initial payload, contiguous from offset 0.
@@ -213,6 +219,7 @@ fn parse_client_hello(stream: &[u8]) -> Result<ClientHello, InitialError> {
     Ok(ClientHello {
         server_name: server_name.ok_or(InitialError::NoServerName)?,
         alpn,
+        connection_id: Vec::new(),
     })
 }
 

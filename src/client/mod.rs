@@ -3,6 +3,7 @@
 mod acl;
 mod catalog;
 mod connect;
+pub(crate) mod gateway;
 mod kv;
 mod rtt;
 pub mod sidecar;
@@ -201,6 +202,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ca(command) => connect::ca(command).await?,
         Command::Acl(command) => acl::run(command).await?,
         Command::Connect(crate::cli::ConnectCommand::Proxy(args)) => sidecar::run(args).await?,
+        Command::Connect(crate::cli::ConnectCommand::Gateway(args)) => gateway::run(args).await?,
         Command::Maint {
             enable,
             disable,

@@ -169,7 +169,7 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
 }
 
 /// Binds `--metrics-addr` and starts recording (before any traffic, so nothing is lost).
-async fn metrics_listener(text: &str) -> anyhow::Result<tokio::net::TcpListener> {
+pub(super) async fn metrics_listener(text: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let addr = crate::agent::config::parse_addr(text, 0).context("--metrics-addr")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -182,7 +182,7 @@ async fn metrics_listener(text: &str) -> anyhow::Result<tokio::net::TcpListener>
 }
 
 /// Serves `GET /metrics` in Prometheus' format until the proxy stops.
-async fn serve_metrics(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+pub(super) async fn serve_metrics(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(|| async { crate::http::render_metrics() }),

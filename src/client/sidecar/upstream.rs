@@ -17,7 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::Sidecar;
 use super::splice::{count_bytes, splice};
+use crate::client::gateway::{MESH_GATEWAY_SERVICE, gateway_addresses};
 use crate::client::watch::follow;
+use murmur_proxy::gateway::GatewayMode;
 
 /// One `--upstream`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +30,14 @@ pub struct Upstream {
     pub datacenter: Option<String>,
     /// Where the app connects.
     pub listen: SocketAddr,
+    /// Through which gateways, if any, it is reached in its datacenter.
+    pub mode: GatewayMode,
 }
 
-/// Parses `NAME[@DC]:PORT` (on 127.0.0.1) or `NAME[@DC]:IP:PORT`.
+/// Parses `NAME[@DC[/MODE]]:PORT` (on 127.0.0.1) or `NAME[@DC[/MODE]]:IP:PORT`.
 pub fn parse(text: &str) -> anyhow::Result<Upstream> {
     let (name, addr) = text.split_once(':').with_context(|| {
-        format!("--upstream {text:?} must be NAME[@DC]:PORT or NAME[@DC]:IP:PORT, e.g. db:9191 or db@dc2:9191")
+        format!("--upstream {text:?} must be NAME[@DC[/MODE]]:PORT or NAME[@DC[/MODE]]:IP:PORT, e.g. db:9191 or db@dc2/local:9191")
     })?;
     let (service, datacenter) = match name.split_once('@') {
         Some((_, "")) => {
@@ -41,6 +45,15 @@ pub fn parse(text: &str) -> anyhow::Result<Upstream> {
         }
         Some((service, dc)) => (service, Some(dc.to_owned())),
         None => (name, None),
+    };
+    let (datacenter, mode) = match datacenter.as_deref().and_then(|dc| dc.split_once('/')) {
+        Some((dc, mode)) => (
+            Some(dc.to_owned()),
+            GatewayMode::parse(mode).with_context(|| {
+                format!("--upstream {text:?}: the mesh gateway mode {mode:?} must be none, local or remote")
+            })?,
+        ),
+        None => (datacenter, GatewayMode::None),
     };
     let listen = match addr.parse::<u16>() {
         Ok(port) => SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
@@ -54,6 +67,7 @@ pub fn parse(text: &str) -> anyhow::Result<Upstream> {
         service: service.to_owned(),
         datacenter,
         listen,
+        mode,
     })
 }
 
@@ -65,18 +79,47 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
             upstream.listen, upstream.service
         )
     })?;
+    // Through gateways, each upstream dials from a socket of its own: a gateway tells flows
+    // apart by the client's address, so two upstreams sharing one would share one route.
+    let endpoint = match upstream.mode {
+        GatewayMode::None => sidecar.endpoint.clone(),
+        GatewayMode::Local | GatewayMode::Remote => {
+            let ip = sidecar.endpoint.local_addr()?.ip();
+            murmur_proxy::udp::endpoint(SocketAddr::new(ip, 0), None, None).with_context(|| {
+                format!(
+                    "cannot open a QUIC socket for upstream {}",
+                    upstream.service
+                )
+            })?
+        }
+    };
     let instances: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
     let pool: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>> = Arc::default();
-    let path = mesh_health_path(&upstream.service, upstream.datacenter.as_deref());
+    // The instances' own proxies, or the mesh gateways of this datacenter (their LAN
+    // addresses) or of the upstream's (their WAN addresses), which route by server name.
+    let dc = upstream.datacenter.as_deref();
+    let gateways = |dc: Option<&str>| {
+        let dc = dc.map(|dc| format!("dc={dc}&")).unwrap_or_default();
+        format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?passing&{dc}")
+    };
+    let (path, tagged) = match (upstream.mode, dc) {
+        (GatewayMode::Local, Some(_)) => (gateways(None), Some("lan")),
+        (GatewayMode::Remote, Some(dc)) => (gateways(Some(dc)), Some("wan")),
+        _ => (mesh_health_path(&upstream.service, dc), None),
+    };
     let known = instances.clone();
     let watcher = follow(&sidecar.client, &path, move |list| {
-        *known.lock().expect("instances poisoned") = mesh_addresses(list);
+        *known.lock().expect("instances poisoned") = match tagged {
+            Some(tagged) => gateway_addresses(list, tagged),
+            None => mesh_addresses(list),
+        };
         Ok(())
     });
     let accept = async {
         loop {
             let (tcp, _) = listener.accept().await?;
             let (sidecar, instances, pool) = (sidecar.clone(), instances.clone(), pool.clone());
+            let endpoint = endpoint.clone();
             let upstream = upstream.clone();
             tokio::spawn(async move {
                 let candidates = {
@@ -84,7 +127,7 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
                     list.shuffle(&mut rand::rng());
                     list
                 };
-                carry(&sidecar, &pool, &upstream, &candidates, tcp).await;
+                carry(&sidecar, &endpoint, &pool, &upstream, &candidates, tcp).await;
             });
         }
         #[allow(unreachable_code)]
@@ -96,6 +139,7 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
 /// Opens a stream to the first candidate that answers and splices `tcp` with it.
 async fn carry(
     sidecar: &Sidecar,
+    endpoint: &quinn::Endpoint,
     pool: &Mutex<HashMap<SocketAddr, quinn::Connection>>,
     upstream: &Upstream,
     candidates: &[SocketAddr],
@@ -108,7 +152,7 @@ async fn carry(
     ];
     let started = std::time::Instant::now();
     for &addr in candidates {
-        let stream = match connection(sidecar, pool, upstream, addr).await {
+        let stream = match connection(sidecar, endpoint, pool, upstream, addr).await {
             Ok(connection) => connection.open_bi().await.map_err(anyhow::Error::from),
             Err(err) => Err(err),
         };
@@ -135,6 +179,7 @@ async fn carry(
 /// The pooled connection to `addr`, or a new one.
 async fn connection(
     sidecar: &Sidecar,
+    endpoint: &quinn::Endpoint,
     pool: &Mutex<HashMap<SocketAddr, quinn::Connection>>,
     upstream: &Upstream,
     addr: SocketAddr,
@@ -146,8 +191,7 @@ async fn connection(
     }
     let identity = sidecar.identity();
     let destination = identity.destination(&upstream.service, upstream.datacenter.as_deref());
-    let connection = sidecar
-        .endpoint
+    let connection = endpoint
         .connect_with(identity.client_config()?, addr, &destination.dns_name())?
         .await
         .with_context(|| format!("QUIC handshake with {addr}"))?;
@@ -168,8 +212,18 @@ mod tests {
             Upstream {
                 service: "db".into(),
                 datacenter: None,
-                listen: "127.0.0.1:9191".parse().unwrap()
+                listen: "127.0.0.1:9191".parse().unwrap(),
+                mode: GatewayMode::None,
             }
+        );
+        let local = parse("db@dc2/local:9191").unwrap();
+        assert_eq!(
+            (local.datacenter.as_deref(), local.mode),
+            (Some("dc2"), GatewayMode::Local)
+        );
+        assert_eq!(
+            parse("db@dc2/remote:9191").unwrap().mode,
+            GatewayMode::Remote
         );
         let remote = parse("db@dc2:10.0.0.1:9191").unwrap();
         assert_eq!(remote.datacenter.as_deref(), Some("dc2"));
@@ -186,6 +240,7 @@ mod tests {
             "db:x:y",
             "db@:9191",
             "@dc2:9191",
+            "db@dc2/sideways:9191",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

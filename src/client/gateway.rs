@@ -1,0 +1,380 @@
+//! `murmur connect gateway --kind mesh`: a mesh gateway. It registers itself (Kind
+//! `mesh-gateway`, its LAN and WAN addresses in `TaggedAddresses`, a TTL check), reads the
+//! server name of each new QUIC flow from the client's first datagram, and forwards the flow's
+//! datagrams, both ways, to a healthy mesh endpoint of that service in this datacenter or to
+//! a passing gateway of the datacenter the name carries. It never terminates TLS: the mutual
+//! TLS and the intention check stay between the two proxies.
+//!
+//! The decisions are `murmur_proxy::gateway`'s (pure); this module does the I/O: one UDP
+//! socket per listening address, and one connected UDP socket per flow whose answers go back
+//! to the client from the address it wrote to.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use murmur_proxy::gateway::{Decision, Flows, Route};
+use murmur_proxy::native::{mesh_addresses, mesh_health_path};
+use rand::seq::IndexedRandom;
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+
+use super::Client;
+use crate::cli::GatewayArgs;
+
+/// How often the gateway reports itself alive (its TTL check is five times this).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A flow with no datagram either way for this long is forgotten (QUIC's idle timeout is
+/// shorter, so a live connection always has traffic within it).
+const FLOW_IDLE: Duration = Duration::from_secs(60);
+/// How long a route's destinations are kept before the agent is asked again.
+const ROUTE_CACHE: Duration = Duration::from_secs(1);
+/// The name mesh gateways register under, which sidecars look for (Consul's default).
+pub const MESH_GATEWAY_SERVICE: &str = "mesh-gateway";
+
+/// The gateway's shared state.
+struct Gateway {
+    client: Client,
+    datacenter: String,
+    trust_domain: String,
+    started: Instant,
+    flows: Mutex<Flows>,
+    /// One connected socket per open flow, by client.
+    sockets: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
+    /// Destinations by route, with when they were asked for.
+    routes: Mutex<HashMap<Route, (Instant, Vec<SocketAddr>)>>,
+    /// The datacenters the directory knows, refreshed with each heartbeat.
+    datacenters: Mutex<Vec<String>>,
+}
+
+impl Gateway {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Runs the gateway until SIGINT or SIGTERM, then deregisters.
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    if args.kind != "mesh" {
+        bail!(
+            "--kind {:?} is not a gateway murmur runs: use --kind mesh",
+            args.kind
+        );
+    }
+    let metrics = match &args.metrics_addr {
+        Some(text) => Some(super::sidecar::metrics_listener(text).await?),
+        None => None,
+    };
+    let client = Client::new(&args.target)?;
+    let address = crate::agent::config::parse_addr(&args.address, 0).context("--address")?;
+    let wan = match &args.wan_address {
+        Some(text) => crate::agent::config::parse_addr(text, 0).context("--wan-address")?,
+        None => address,
+    };
+    let me = client.get("/v1/agent/self").await?;
+    let datacenter = me["Config"]["Datacenter"]
+        .as_str()
+        .context("the agent did not say its datacenter")?
+        .to_owned();
+    let roots = client.get("/v1/agent/connect/ca/roots").await?;
+    let trust_domain = roots["TrustDomain"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .context("the agent knows no mesh trust domain yet (no CA root): start the gateway once the datacenter has one")?
+        .to_owned();
+    let mut listeners = vec![bind(address).await?];
+    if wan != address {
+        listeners.push(bind(wan).await?);
+    }
+    let id = args.id.clone().unwrap_or_else(|| args.service.clone());
+    let body = json!({
+        "ID": id, "Name": args.service, "Kind": "mesh-gateway",
+        "Address": address.ip().to_string(), "Port": address.port(),
+        "TaggedAddresses": {
+            "lan": {"Address": address.ip().to_string(), "Port": address.port()},
+            "wan": {"Address": wan.ip().to_string(), "Port": wan.port()},
+        },
+        "Check": {"Name": "mesh gateway", "TTL": format!("{}s", HEARTBEAT.as_secs() * 5)},
+    });
+    client
+        .put("/v1/agent/service/register", serde_json::to_vec(&body)?)
+        .await
+        .context("cannot register the mesh gateway")?;
+    let gateway = Arc::new(Gateway {
+        client,
+        datacenter,
+        trust_domain,
+        started: Instant::now(),
+        flows: Mutex::new(Flows::new(FLOW_IDLE)),
+        sockets: Mutex::default(),
+        routes: Mutex::default(),
+        datacenters: Mutex::default(),
+    });
+    tracing::info!(
+        lan = %address, wan = %wan, datacenter = %gateway.datacenter, "mesh gateway running"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        tasks.spawn(listen(gateway.clone(), Arc::new(listener)));
+    }
+    tasks.spawn(heartbeat(gateway.clone(), id.clone()));
+    tasks.spawn(expire(gateway.clone()));
+    if let Some(listener) = metrics {
+        tasks.spawn(super::sidecar::serve_metrics(listener));
+    }
+    let ended = tokio::select! {
+        () = crate::agent::shutdown_signal() => Ok(()),
+        Some(ended) = tasks.join_next() => match ended {
+            Ok(result) => result,
+            Err(panic) => Err(anyhow::anyhow!("a gateway task failed: {panic}")),
+        },
+    };
+    let path = format!("/v1/agent/service/deregister/{id}");
+    if let Err(err) = gateway.client.put(&path, Vec::new()).await {
+        tracing::warn!("cannot deregister the mesh gateway: {err:#}");
+    }
+    ended
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for QUIC on {addr}: is the port taken?"))
+}
+
+/// Takes datagrams on one listening socket and acts on the gateway's decision for each.
+async fn listen(gateway: Arc<Gateway>, listener: Arc<UdpSocket>) -> anyhow::Result<()> {
+    let mut buffer = vec![0u8; 65536];
+    loop {
+        let (n, client) = listener.recv_from(&mut buffer).await?;
+        let datagram = &buffer[..n];
+        let known = gateway
+            .datacenters
+            .lock()
+            .expect("datacenters poisoned")
+            .clone();
+        let decision = gateway.flows.lock().expect("flows poisoned").on_datagram(
+            gateway.now(),
+            client,
+            datagram,
+            &gateway.trust_domain,
+            &gateway.datacenter,
+            |dc| known.iter().any(|k| k == dc),
+        );
+        match decision {
+            Decision::Forward { .. } => {
+                let socket = gateway
+                    .sockets
+                    .lock()
+                    .expect("sockets poisoned")
+                    .get(&client)
+                    .cloned();
+                if let Some(socket) = socket {
+                    metrics::counter!("murmur_gateway_bytes_total", "direction" => "to_destination")
+                        .increment(n as u64);
+                    let _ = socket.send(datagram).await;
+                }
+            }
+            Decision::Open { route } => {
+                let first = datagram.to_vec();
+                tokio::spawn(open(
+                    gateway.clone(),
+                    listener.clone(),
+                    client,
+                    route,
+                    first,
+                ));
+            }
+            Decision::Opening => {}
+            Decision::Drop(why) => {
+                metrics::counter!("murmur_gateway_dropped_total", "reason" => why.label())
+                    .increment(1);
+                tracing::debug!(%client, "datagram dropped: {why}");
+            }
+        }
+    }
+}
+
+/// Opens the flow of `client` along `route`: picks a destination, connects a socket to it,
+/// sends the first datagram, and carries the answers back until the flow is forgotten.
+async fn open(
+    gateway: Arc<Gateway>,
+    listener: Arc<UdpSocket>,
+    client: SocketAddr,
+    route: Route,
+    first: Vec<u8>,
+) {
+    let (dc, service, kind) = match &route {
+        Route::Local { service } => (gateway.datacenter.clone(), service.clone(), "local"),
+        Route::Remote {
+            datacenter,
+            service,
+        } => (datacenter.clone(), service.clone(), "remote"),
+    };
+    let destination = match gateway.destinations(&route).await {
+        Ok(list) => list.choose(&mut rand::rng()).copied(),
+        Err(err) => {
+            tracing::warn!(%client, "cannot find where {service} in {dc} is: {err:#}");
+            None
+        }
+    };
+    let Some(to) = destination else {
+        gateway.flows.lock().expect("flows poisoned").failed(client);
+        metrics::counter!("murmur_gateway_dropped_total", "reason" => "no_destination")
+            .increment(1);
+        return;
+    };
+    let socket = match connected(to).await {
+        Ok(socket) => Arc::new(socket),
+        Err(err) => {
+            tracing::warn!(%to, "cannot open a flow: {err:#}");
+            gateway.flows.lock().expect("flows poisoned").failed(client);
+            return;
+        }
+    };
+    gateway
+        .sockets
+        .lock()
+        .expect("sockets poisoned")
+        .insert(client, socket.clone());
+    gateway
+        .flows
+        .lock()
+        .expect("flows poisoned")
+        .opened(gateway.now(), client, to);
+    metrics::counter!("murmur_gateway_flows_total", "route" => kind, "destination_datacenter" => dc.clone(), "destination_service" => service.clone())
+        .increment(1);
+    tracing::debug!(%client, %to, service, dc, "flow opened");
+    let _ = socket.send(&first).await;
+    let mut buffer = vec![0u8; 65536];
+    // Ends when the flow is forgotten: its socket is dropped from the map, and the weak
+    // check below sees it.
+    loop {
+        let received = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buffer)).await;
+        let still_open = gateway
+            .sockets
+            .lock()
+            .expect("sockets poisoned")
+            .get(&client)
+            .is_some_and(|s| Arc::ptr_eq(s, &socket));
+        if !still_open {
+            return;
+        }
+        if let Ok(Ok(n)) = received {
+            gateway
+                .flows
+                .lock()
+                .expect("flows poisoned")
+                .answered(gateway.now(), client);
+            metrics::counter!("murmur_gateway_bytes_total", "direction" => "to_client")
+                .increment(n as u64);
+            let _ = listener.send_to(&buffer[..n], client).await;
+        }
+    }
+}
+
+/// A UDP socket connected to `to`, from an address of the family `to` is.
+async fn connected(to: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let any: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = UdpSocket::bind(any).await?;
+    socket.connect(to).await?;
+    Ok(socket)
+}
+
+impl Gateway {
+    /// Asks which datacenters the directory knows (the listening loops read the last answer).
+    async fn refresh_datacenters(&self) {
+        let fresh: Vec<String> = match self.client.get("/v1/catalog/datacenters").await {
+            Ok(list) => list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect(),
+            Err(err) => {
+                tracing::warn!("cannot list the datacenters: {err:#}");
+                Vec::new()
+            }
+        };
+        if !fresh.is_empty() {
+            *self.datacenters.lock().expect("datacenters poisoned") = fresh;
+        }
+    }
+
+    /// Where flows along `route` may go now: the mesh endpoints of a local service, or the
+    /// WAN addresses of another datacenter's passing mesh gateways.
+    async fn destinations(&self, route: &Route) -> anyhow::Result<Vec<SocketAddr>> {
+        if let Some((at, list)) = self.routes.lock().expect("routes poisoned").get(route)
+            && at.elapsed() < ROUTE_CACHE
+        {
+            return Ok(list.clone());
+        }
+        let list = match route {
+            Route::Local { service } => {
+                let path = mesh_health_path(service, None);
+                mesh_addresses(&self.client.get(path.trim_end_matches('&')).await?)
+            }
+            Route::Remote { datacenter, .. } => {
+                let path =
+                    format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?passing&dc={datacenter}");
+                gateway_addresses(&self.client.get(&path).await?, "wan")
+            }
+        };
+        self.routes
+            .lock()
+            .expect("routes poisoned")
+            .insert(route.clone(), (Instant::now(), list.clone()));
+        Ok(list)
+    }
+}
+
+/// The `tagged` (`lan` or `wan`) addresses of the mesh gateways in a health answer.
+pub fn gateway_addresses(answer: &Value, tagged: &str) -> Vec<SocketAddr> {
+    answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["Service"]["Kind"] == "mesh-gateway")
+        .filter_map(|entry| {
+            let address = &entry["Service"]["TaggedAddresses"][tagged];
+            let ip = address["Address"].as_str()?.parse().ok()?;
+            let port = u16::try_from(address["Port"].as_u64()?).ok()?;
+            Some(SocketAddr::new(ip, port))
+        })
+        .collect()
+}
+
+async fn heartbeat(gateway: Arc<Gateway>, id: String) -> anyhow::Result<()> {
+    loop {
+        gateway.refresh_datacenters().await;
+        let path = format!("/v1/agent/check/pass/service:{id}?note=forwarding");
+        if let Err(err) = gateway.client.put(&path, Vec::new()).await {
+            tracing::warn!("cannot report the gateway's health: {err:#}");
+        }
+        let open = gateway.flows.lock().expect("flows poisoned").len();
+        metrics::gauge!("murmur_gateway_flows_open").set(open as f64);
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Forgets idle flows and closes their sockets.
+async fn expire(gateway: Arc<Gateway>) -> anyhow::Result<()> {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let gone = gateway
+            .flows
+            .lock()
+            .expect("flows poisoned")
+            .expire(gateway.now());
+        let mut sockets = gateway.sockets.lock().expect("sockets poisoned");
+        for client in gone {
+            sockets.remove(&client);
+        }
+    }
+}
