@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -13,23 +12,9 @@ use common::{Agent, cluster, keygen, wait_until};
 
 const SPREAD: Duration = Duration::from_secs(30);
 
-/// A tiny HTTP server answering every request with the status in `code`; runs until the test
-/// process ends (its thread only accepts).
+/// The URL of a health endpoint answering with the status in `code`.
 fn health_server(code: Arc<AtomicU16>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf);
-            let status = code.load(Ordering::SeqCst);
-            let reply =
-                format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-            let _ = stream.write_all(reply.as_bytes());
-        }
-    });
-    format!("http://{addr}/health")
+    format!("http://{}/health", common::health_server(code))
 }
 
 /// Status of check `id` as `agent` sees it in `/v1/health/state/any`.

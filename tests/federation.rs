@@ -594,14 +594,10 @@ fn bundle(agent: &Agent) -> Vec<String> {
     dcs
 }
 
-#[test]
-fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_written_anywhere() {
-    let key = keygen();
-    let (east, west, _) = east_and_west(&key, 2);
+/// East and west of two agents each, linked, every agent trusting both datacenters' roots.
+fn linked_with_roots(key: &str) -> (Vec<Agent>, Vec<Agent>) {
+    let (east, west, _) = east_and_west(key, 2);
     link(&east, &west);
-
-    // Each datacenter makes a root of its own, with no manual step; every agent of both
-    // trusts both.
     assert!(
         wait_until(REPLACE, || east
             .iter()
@@ -611,6 +607,14 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
         bundle(&east[1]),
         bundle(&west[1])
     );
+    (east, west)
+}
+
+#[test]
+fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_written_anywhere() {
+    // Each datacenter makes a root of its own, with no manual step; every agent of both
+    // trusts both.
+    let (east, west) = linked_with_roots(&keygen());
     // Each signs with its own root, for identities of its own datacenter.
     for (agent, dc) in [(&east[1], "east"), (&west[1], "west")] {
         let roots = agent.get("/v1/agent/connect/ca/roots");
@@ -630,21 +634,9 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
     // db runs in west behind its agent's sidecar; web in east has an upstream to west's db
     // (Consul's Upstreams[].Datacenter), which it dials directly.
     let app = common::echo_app();
-    let register = |agent: &Agent, body: String| {
-        let (status, _, text) = agent.request("PUT", "/v1/agent/service/register", body.as_bytes());
-        assert_eq!(status, 200, "{text}");
-    };
-    register(
-        &west[1],
-        format!(
-            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
-            app.addr.port()
-        ),
-    );
+    west[1].register_db_with_sidecar(app.addr.port());
     let port = free_port();
-    register(
-        &east[1],
-        format!(
+    east[1].register(&format!(
             r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
                 {{"Upstreams": [{{"DestinationName": "db", "Datacenter": "west", "LocalBindPort": {port}}}]}}}}}}}}"#
         ),
@@ -780,34 +772,13 @@ impl Drop for MeshGateway {
 
 #[test]
 fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote() {
-    let key = keygen();
-    let (east, west, _) = east_and_west(&key, 2);
-    link(&east, &west);
-    assert!(
-        wait_until(REPLACE, || east
-            .iter()
-            .chain(&west)
-            .all(|a| bundle(a) == ["east", "west"])),
-        "both roots everywhere"
-    );
+    let (east, west) = linked_with_roots(&keygen());
     let east_gateway = MeshGateway::start(&east[0]);
     let west_gateway = MeshGateway::start(&west[0]);
     let app = common::echo_app();
-    let register = |agent: &Agent, body: String| {
-        let (status, _, text) = agent.request("PUT", "/v1/agent/service/register", body.as_bytes());
-        assert_eq!(status, 200, "{text}");
-    };
-    register(
-        &west[1],
-        format!(
-            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
-            app.addr.port()
-        ),
-    );
+    west[1].register_db_with_sidecar(app.addr.port());
     let (local_port, remote_port) = (free_port(), free_port());
-    register(
-        &east[1],
-        format!(
+    east[1].register(&format!(
             r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
                 {{"Upstreams": [
                   {{"DestinationName": "db", "Datacenter": "west", "LocalBindPort": {local_port}, "MeshGateway": {{"Mode": "local"}}}},

@@ -87,21 +87,6 @@ fn web_sidecar(agent: &Agent) -> (Proxy, SocketAddr, SocketAddr) {
     (proxy, upstream, metrics)
 }
 
-fn register(agent: &Agent, body: &str) {
-    let (status, _, text) = agent.request("PUT", "/v1/agent/service/register", body.as_bytes());
-    assert_eq!(status, 200, "{text}");
-}
-
-/// Registers db-1 (its app on `port`) on `agent` with Consul's sidecar block.
-fn register_db_with_sidecar(agent: &Agent, port: u16) {
-    register(
-        agent,
-        &format!(
-            r#"{{"Name": "db", "ID": "db-1", "Port": {port}, "Connect": {{"SidecarService": {{}}}}}}"#
-        ),
-    );
-}
-
 /// Creates the intention that lets web reach db, through `agent`.
 fn allow_web_to_db(agent: &Agent) {
     let out = agent.cli(&["intention", "create", "-allow", "web", "db"]);
@@ -111,13 +96,10 @@ fn allow_web_to_db(agent: &Agent) {
 /// Registers web-1 on `agent` with a sidecar whose db upstream listens on loopback `port`;
 /// the address web dials.
 fn register_web_with_db_upstream(agent: &Agent, port: u16) -> SocketAddr {
-    register(
-        agent,
-        &format!(
-            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+    agent.register(&format!(
+        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
                 {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {port}}}]}}}}}}}}"#
-        ),
-    );
+    ));
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
@@ -130,14 +112,11 @@ fn web_reaches_db_through_the_mesh_only_when_intentions_allow() {
         accepted,
         ..
     } = echo_app();
-    register(
-        &agents[1],
-        &format!(r#"{{"Name": "db", "ID": "db-1", "Port": {}}}"#, app.port()),
-    );
-    register(
-        &agents[0],
-        r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#,
-    );
+    agents[1].register(&format!(
+        r#"{{"Name": "db", "ID": "db-1", "Port": {}}}"#,
+        app.port()
+    ));
+    agents[0].register(r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#);
     assert!(wait_until(SPREAD, || root_count(&agents[1]) > 0));
 
     // db's proxy polls busily: the same traffic must pass either way.
@@ -335,15 +314,11 @@ fn connections_go_to_the_healthy_instance_and_survive_a_ca_rotation() {
     let apps = [echo_app(), echo_app()];
     for (i, agent) in agents.iter().enumerate() {
         let port = apps[i].addr.port();
-        register(
-            agent,
-            &format!(r#"{{"Name": "db", "ID": "db-{i}", "Port": {port}}}"#),
-        );
+        agent.register(&format!(
+            r#"{{"Name": "db", "ID": "db-{i}", "Port": {port}}}"#
+        ));
     }
-    register(
-        &agents[0],
-        r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#,
-    );
+    agents[0].register(r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#);
     assert!(wait_until(SPREAD, || agents
         .iter()
         .all(|a| root_count(a) > 0)));
@@ -482,12 +457,12 @@ fn the_native_sdk_talks_to_a_sidecar_fronted_service_and_serves_one_itself() {
     assert!(out.status.success());
     // db: an echo app behind a sidecar on agent 1.
     let EchoApp { addr: app, .. } = echo_app();
-    register(
-        &agents[1],
-        &format!(r#"{{"Name": "db", "ID": "db-1", "Port": {}}}"#, app.port()),
-    );
+    agents[1].register(&format!(
+        r#"{{"Name": "db", "ID": "db-1", "Port": {}}}"#,
+        app.port()
+    ));
     // api: a native server on agent 1.
-    register(&agents[1], r#"{"Name": "api", "ID": "api-1", "Port": 1}"#);
+    agents[1].register(r#"{"Name": "api", "ID": "api-1", "Port": 1}"#);
     assert!(wait_until(SPREAD, || root_count(&agents[1]) > 0));
     let _db = Proxy::start(&agents[1], &["--sidecar-for", "db-1"]);
     let mut server = native(&agents[1], &["server", "api-1"])
@@ -549,7 +524,7 @@ fn the_agent_runs_sidecars_of_services_registered_with_one_and_exports_their_met
     allow_web_to_db(&agents[0]);
     let EchoApp { addr: app, .. } = echo_app();
     let upstream = free_port();
-    register_db_with_sidecar(&agents[1], app.port());
+    agents[1].register_db_with_sidecar(app.port());
     assert!(wait_until(SPREAD, || root_count(&agents[0]) > 0));
     let upstream = register_web_with_db_upstream(&agents[0], upstream);
     assert!(
@@ -604,7 +579,7 @@ fn a_sidecar_without_an_identity_says_why_and_comes_up_once_there_is_one() {
     // get a leaf.
     let agents = cluster_with("wt", 2, &keygen(), OWN_ROOT);
     let EchoApp { addr: app, .. } = echo_app();
-    register_db_with_sidecar(&agents[1], app.port());
+    agents[1].register_db_with_sidecar(app.port());
     // It is in the catalog, critical, and its check says why, instead of stopping for good.
     assert!(
         wait_until(SPREAD, || proxy_check_output_of(
@@ -690,7 +665,7 @@ fn with_the_signer_down_open_connections_flow_and_new_leaves_wait_for_it() {
     allow_web_to_db(&agents[0]);
     assert!(wait_until(SPREAD, || root_count(&agents[2]) > 0));
     let EchoApp { addr: app, .. } = echo_app();
-    register_db_with_sidecar(&agents[1], app.port());
+    agents[1].register_db_with_sidecar(app.port());
     let upstream = register_web_with_db_upstream(&agents[2], free_port());
     assert!(
         wait_until(SPREAD, || carries(upstream)),
@@ -754,7 +729,7 @@ fn two_agents_with_data_dirs_and_a_key_and_no_ca_init_connect_sidecars_within_30
     let agents = cluster("fr", 2, &keygen());
     allow_web_to_db(&agents[0]);
     let EchoApp { addr: app, .. } = echo_app();
-    register_db_with_sidecar(&agents[1], app.port());
+    agents[1].register_db_with_sidecar(app.port());
     let upstream = register_web_with_db_upstream(&agents[0], free_port());
     let limit = Duration::from_secs(30).saturating_sub(started.elapsed());
     assert!(
@@ -891,7 +866,7 @@ fn without_a_key_the_sidecar_says_why_and_comes_up_when_the_agents_restart_with_
 fn the_native_sdk_made_before_there_is_a_root_says_why_and_works_once_there_is_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let agents = cluster_with("sk", 2, &keygen(), OWN_ROOT);
-    register(&agents[1], r#"{"Name": "api", "ID": "api-1", "Port": 1}"#);
+    agents[1].register(r#"{"Name": "api", "ID": "api-1", "Port": 1}"#);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -946,7 +921,7 @@ fn an_agent_run_sidecar_that_fails_is_started_again_and_all_come_back_after_kill
     let mut agents = cluster("rs", 2, &keygen());
     allow_web_to_db(&agents[0]);
     let EchoApp { addr: app, .. } = echo_app();
-    register_db_with_sidecar(&agents[1], app.port());
+    agents[1].register_db_with_sidecar(app.port());
     // web's upstream port is taken: its sidecar fails at start, and the agent starts it again
     // with backoff instead of leaving it stopped.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

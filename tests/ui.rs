@@ -7,11 +7,10 @@
 mod browser;
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use browser::Browser;
@@ -26,26 +25,6 @@ const HOSTILE_TAG: &str = r#"<img src=x onerror="window.pwned=1"><script>window.
 
 fn screenshots() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots")
-}
-
-/// An HTTP health endpoint on loopback that answers 200 while `healthy`, 500 after.
-fn health_endpoint(healthy: Arc<AtomicBool>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request);
-            let answer = if healthy.load(Ordering::SeqCst) {
-                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            } else {
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 9\r\nConnection: close\r\n\r\ndisk full"
-            };
-            let _ = stream.write_all(answer.as_bytes());
-        }
-    });
-    addr
 }
 
 /// The browser, or `None` (said) when Chromium is not installed; `.ci/run` installs it.
@@ -70,8 +49,8 @@ fn the_ui_shows_the_cluster_live_writes_through_the_api_and_shows_hostile_names_
     let mut agents = common::cluster_with("ui", 3, &key, &[]);
     let ui = format!("http://{}/ui/", agents[0].http);
 
-    let healthy = Arc::new(AtomicBool::new(true));
-    let endpoint = health_endpoint(healthy.clone());
+    let code = Arc::new(AtomicU16::new(200));
+    let endpoint = common::health_server(code.clone());
     let web = json!({
         "Name": "web", "Port": 8080, "Tags": ["v1", HOSTILE_TAG],
         "Check": {"HTTP": format!("http://{endpoint}/health"), "Interval": "1s"},
@@ -126,7 +105,7 @@ fn the_ui_shows_the_cluster_live_writes_through_the_api_and_shows_hostile_names_
         "service page: {}",
         page.text()
     );
-    healthy.store(false, Ordering::SeqCst);
+    code.store(500, Ordering::SeqCst);
     let turned = page.wait_for(
         r#"document.querySelector('[data-instance="web"]')?.dataset.status === 'critical'
            && [...document.querySelectorAll('[data-instance="web"] .output')].some(o => o.textContent.includes('500'))"#,
@@ -409,25 +388,12 @@ fn the_topology_gathers_each_pairs_figures_from_the_agents_running_the_proxies()
     let key = common::keygen();
     let agents = common::cluster_with("topo", 3, &key, &[]);
     let app = common::echo_app();
-    let register = |agent: &Agent, body: String| {
-        let (status, _, text) = agent.request("PUT", "/v1/agent/service/register", body.as_bytes());
-        assert_eq!(status, 200, "{text}");
-    };
-    register(
-        &agents[2],
-        format!(
-            r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Connect": {{"SidecarService": {{}}}}}}"#,
-            app.addr.port()
-        ),
-    );
+    agents[2].register_db_with_sidecar(app.addr.port());
     let port = common::free_port();
-    register(
-        &agents[1],
-        format!(
-            r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
-                {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {port}}}]}}}}}}}}"#
-        ),
-    );
+    agents[1].register(&format!(
+        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+            {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {port}}}]}}}}}}}}"#
+    ));
     let out = agents[0].cli(&["intention", "create", "-allow", "web", "db"]);
     assert!(out.status.success(), "{out:?}");
     let upstream = SocketAddr::from(([127, 0, 0, 1], port));

@@ -264,6 +264,21 @@ impl Agent {
         self.wait_ready("come back");
     }
 
+    /// Registers a service on this agent (`PUT /v1/agent/service/register`), which must
+    /// answer 200.
+    pub fn register(&self, definition: &str) {
+        let (status, _, body) =
+            self.request("PUT", "/v1/agent/service/register", definition.as_bytes());
+        assert_eq!(status, 200, "register on {}: {body}", self.name);
+    }
+
+    /// Registers db-1 (its app on `port`) with Consul's sidecar block.
+    pub fn register_db_with_sidecar(&self, port: u16) {
+        self.register(&format!(
+            r#"{{"Name": "db", "ID": "db-1", "Port": {port}, "Connect": {{"SidecarService": {{}}}}}}"#
+        ));
+    }
+
     /// Runs a CLI command against this agent.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
@@ -551,4 +566,24 @@ impl Agent {
             })
             .unwrap_or(0)
     }
+}
+
+/// A tiny HTTP server on loopback answering every request with the status in `code` (and a
+/// body naming it); runs until the test process ends (its thread only accepts).
+pub fn health_server(code: Arc<std::sync::atomic::AtomicU16>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let status = code.load(Ordering::SeqCst);
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: 10\r\nConnection: close\r\n\r\nstatus {status}"
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    addr
 }
