@@ -63,6 +63,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             args.kind
         );
     }
+    if args.target.datacenter().is_some() {
+        bail!(
+            "--datacenter does not apply to a gateway: it serves its local agent's datacenter; drop the flag"
+        );
+    }
     let metrics = match &args.metrics_addr {
         Some(text) => Some(super::sidecar::metrics_listener(text).await?),
         None => None,
