@@ -40,17 +40,28 @@ pub struct Upstream {
     /// How it is reached when in another datacenter (`MeshGateway.Mode`).
     #[serde(default)]
     pub mesh_gateway: GatewayMode,
+    /// Datacenters that serve it, in order, when its own has no passing instance
+    /// (`Failover.Datacenters`, as Consul's service-resolver names them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
 }
 
 impl Upstream {
     /// The `--upstream` flag of `murmur connect proxy` that serves it.
     pub fn flag(&self) -> String {
-        match (&self.datacenter, self.mesh_gateway) {
-            (Some(dc), GatewayMode::None) => format!("{}@{dc}:{}", self.destination, self.port),
-            (Some(dc), mode) => {
-                format!("{}@{dc}/{}:{}", self.destination, mode.as_str(), self.port)
-            }
-            (None, _) => format!("{}:{}", self.destination, self.port),
+        let mut dcs = self.datacenter.clone().unwrap_or_default();
+        for dc in &self.failover {
+            dcs.push(',');
+            dcs.push_str(dc);
+        }
+        let mode = match self.mesh_gateway {
+            GatewayMode::None => String::new(),
+            mode => format!("/{}", mode.as_str()),
+        };
+        if dcs.is_empty() {
+            format!("{}:{}", self.destination, self.port)
+        } else {
+            format!("{}@{dcs}{mode}:{}", self.destination, self.port)
         }
     }
 }
@@ -90,7 +101,7 @@ fn sidecar(object: &serde_json::Map<String, Value>) -> Result<Option<Vec<Upstrea
                 return Err(format!("upstream {destination:?} needs LocalBindPort"));
             }
             let datacenter = string(u, "Datacenter")?;
-            if datacenter.contains(['@', ':', '/']) {
+            if datacenter.contains(['@', ':', '/', ',']) {
                 return Err(format!(
                     "upstream {destination:?}: Datacenter {datacenter:?} is not a datacenter name"
                 ));
@@ -103,7 +114,19 @@ fn sidecar(object: &serde_json::Map<String, Value>) -> Result<Option<Vec<Upstrea
             let mesh_gateway = GatewayMode::parse(&mode).ok_or_else(|| {
                 format!("upstream {destination:?}: MeshGateway.Mode {mode:?} must be none, local or remote")
             })?;
-            if mesh_gateway != GatewayMode::None && datacenter.is_empty() {
+            let failover = match field(u, "Failover") {
+                None => Vec::new(),
+                Some(Value::Object(failover)) => strings(failover, "Datacenters")?,
+                Some(_) => {
+                    return Err("Failover must be an object {\"Datacenters\": [...]}".into());
+                }
+            };
+            if failover.iter().any(|dc| dc.is_empty() || dc.contains(['@', ':', '/', ','])) {
+                return Err(format!(
+                    "upstream {destination:?}: Failover.Datacenters {failover:?} holds a name that is not a datacenter's"
+                ));
+            }
+            if mesh_gateway != GatewayMode::None && datacenter.is_empty() && failover.is_empty() {
                 return Err(format!(
                     "upstream {destination:?}: MeshGateway.Mode {mode:?} is for an upstream in another datacenter: give its Datacenter"
                 ));
@@ -113,6 +136,7 @@ fn sidecar(object: &serde_json::Map<String, Value>) -> Result<Option<Vec<Upstrea
                 datacenter: (!datacenter.is_empty()).then_some(datacenter),
                 port,
                 mesh_gateway,
+                failover,
             })
         })
         .collect::<Result<Vec<_>, String>>()
@@ -477,18 +501,21 @@ mod tests {
                     datacenter: None,
                     port: 9191,
                     mesh_gateway: GatewayMode::None,
+                    failover: vec![],
                 },
                 Upstream {
                     destination: "db".into(),
                     datacenter: Some("dc2".into()),
                     port: 9192,
                     mesh_gateway: GatewayMode::None,
+                    failover: vec![],
                 },
                 Upstream {
                     destination: "db".into(),
                     datacenter: Some("dc2".into()),
                     port: 9193,
                     mesh_gateway: GatewayMode::Local,
+                    failover: vec![],
                 }
             ]
         );
@@ -498,6 +525,14 @@ mod tests {
             {"Upstreams": [{"DestinationName": "db", "LocalBindPort": 1, "MeshGateway": {"Mode": "local"}}]}}}}))
         .unwrap_err();
         assert!(err.contains("give its Datacenter"), "{err}");
+        let failover = parse(&json!({"Name": "web", "Connect": {"SidecarService": {"Proxy":
+            {"Upstreams": [{"DestinationName": "db", "LocalBindPort": 9194,
+              "Failover": {"Datacenters": ["west", "south"]}, "MeshGateway": {"Mode": "local"}}]}}}}))
+        .unwrap()
+        .sidecar
+        .unwrap();
+        assert_eq!(failover[0].failover, ["west", "south"]);
+        assert_eq!(failover[0].flag(), "db@,west,south/local:9194");
         let err = parse(&json!({"Name": "x", "Connect": {"SidecarService": {"Proxy":
             {"Upstreams": [{"DestinationName": "db", "Datacenter": "a:b", "LocalBindPort": 1}]}}}}))
         .unwrap_err();

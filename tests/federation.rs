@@ -872,3 +872,96 @@ fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote()
         "garbage counted as dropped"
     );
 }
+
+#[test]
+fn an_upstream_fails_over_to_another_datacenter_and_a_killed_gateway_is_replaced() {
+    let (east, west) = linked_with_roots(&keygen());
+    let mut east_gateways = [MeshGateway::start(&east[0]), MeshGateway::start(&east[1])];
+    let _west_gateway = MeshGateway::start(&west[0]);
+    // db runs in both datacenters; east's has a TTL check the test fails.
+    let (east_app, west_app) = (common::echo_app(), common::echo_app());
+    east[0].register(&format!(
+        r#"{{"Name": "db", "ID": "db-1", "Port": {}, "Check": {{"TTL": "30s"}},
+            "Connect": {{"SidecarService": {{}}}}}}"#,
+        east_app.addr.port()
+    ));
+    let ttl = "/v1/agent/check/pass/service:db-1";
+    assert_eq!(east[0].request("PUT", ttl, b"").0, 200);
+    west[1].register_db_with_sidecar(west_app.addr.port());
+    let port = free_port();
+    east[1].register(&format!(
+        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+            {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {port},
+              "Failover": {{"Datacenters": ["west"]}}, "MeshGateway": {{"Mode": "local"}}}}]}}}}}}}}"#
+    ));
+    let (_, _, body) = east[0].request(
+        "PUT",
+        "/v1/connect/intentions/exact?source=web&destination=db",
+        br#"{"Action": "allow"}"#,
+    );
+    assert_eq!(body.trim(), "true", "{body}");
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+    let served_by = |dc: &str| {
+        let (_, _, text) = east[1].request("GET", "/v1/agent/metrics?format=prometheus", b"");
+        let series = format!(
+            r#"murmur_proxy_upstream_datacenter_connections_total{{source="web",destination="db",datacenter="{dc}"}} "#
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+
+    // While east's db passes, east serves.
+    assert!(
+        wait_until(REPLACE, || common::carries(upstream)),
+        "web reaches db:\n{}",
+        east[1].log()
+    );
+    assert!(served_by("east") >= 1.0 && served_by("west") == 0.0);
+
+    // East's db fails: new connections go to west's, through the gateways.
+    assert_eq!(
+        east[0]
+            .request("PUT", "/v1/agent/check/fail/service:db-1", b"")
+            .0,
+        200
+    );
+    let west_before = west_app.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        wait_until(REPLACE, || common::carries(upstream)
+            && west_app.accepted.load(std::sync::atomic::Ordering::SeqCst)
+                > west_before),
+        "web's connections did not fail over to west:\n{}",
+        east[1].log()
+    );
+    assert!(served_by("west") >= 1.0, "the metrics say west served");
+
+    // One of east's two gateways is killed: new connections go through the other.
+    // (Bytes, not flows: a connection already pooled through the survivor carries new TCP
+    // connections without opening a flow.)
+    let carried =
+        |g: &MeshGateway| g.metric("murmur_gateway_bytes_total{direction=\"to_destination\"");
+    east_gateways[0].child.kill().unwrap();
+    east_gateways[0].child.wait().unwrap();
+    let survivor = carried(&east_gateways[1]);
+    let started = std::time::Instant::now();
+    assert!(
+        wait_until(REPLACE, || {
+            common::carries(upstream) && carried(&east_gateways[1]) > survivor
+        }),
+        "no new connection through the surviving gateway:\n{}",
+        east[1].log()
+    );
+    eprintln!(
+        "new connections went through the other gateway {:?} after one was killed",
+        started.elapsed()
+    );
+    // And back: east's db passes again, east serves again.
+    assert_eq!(east[0].request("PUT", ttl, b"").0, 200);
+    let east_before = served_by("east");
+    assert!(
+        wait_until(REPLACE, || common::carries(upstream)
+            && served_by("east") > east_before),
+        "back to east once its db passes"
+    );
+}

@@ -32,28 +32,41 @@ pub struct Upstream {
     pub listen: SocketAddr,
     /// Through which gateways, if any, it is reached in its datacenter.
     pub mode: GatewayMode,
+    /// Datacenters that serve it, in order, when the first has no passing instance.
+    pub failover: Vec<String>,
 }
 
-/// Parses `NAME[@DC[/MODE]]:PORT` (on 127.0.0.1) or `NAME[@DC[/MODE]]:IP:PORT`.
+/// Parses `NAME[@DCS[/MODE]]:PORT` (on 127.0.0.1) or `NAME[@DCS[/MODE]]:IP:PORT`, where DCS
+/// is the datacenter and, after commas, those that serve when it has no passing instance
+/// (an empty first one is the proxy's own: `db@,west:9191`).
 pub fn parse(text: &str) -> anyhow::Result<Upstream> {
     let (name, addr) = text.split_once(':').with_context(|| {
-        format!("--upstream {text:?} must be NAME[@DC[/MODE]]:PORT or NAME[@DC[/MODE]]:IP:PORT, e.g. db:9191 or db@dc2/local:9191")
+        format!("--upstream {text:?} must be NAME[@DC[,FAILOVER_DC...][/MODE]]:PORT or …:IP:PORT, e.g. db:9191, db@dc2/local:9191 or db@,dc2:9191")
     })?;
-    let (service, datacenter) = match name.split_once('@') {
-        Some((_, "")) => {
-            bail!("--upstream {text:?} names no datacenter after '@', e.g. db@dc2:9191")
-        }
-        Some((service, dc)) => (service, Some(dc.to_owned())),
+    let (service, at) = match name.split_once('@') {
+        Some((service, at)) => (service, Some(at)),
         None => (name, None),
     };
-    let (datacenter, mode) = match datacenter.as_deref().and_then(|dc| dc.split_once('/')) {
-        Some((dc, mode)) => (
-            Some(dc.to_owned()),
+    let (dcs, mode) = match at.and_then(|at| at.split_once('/')) {
+        Some((dcs, mode)) => (
+            Some(dcs),
             GatewayMode::parse(mode).with_context(|| {
                 format!("--upstream {text:?}: the mesh gateway mode {mode:?} must be none, local or remote")
             })?,
         ),
-        None => (datacenter, GatewayMode::None),
+        None => (at, GatewayMode::None),
+    };
+    let (datacenter, failover) = match dcs {
+        None => (None, Vec::new()),
+        Some(dcs) => {
+            let mut dcs = dcs.split(',');
+            let primary = dcs.next().filter(|dc| !dc.is_empty()).map(str::to_owned);
+            let failover: Vec<String> = dcs.map(str::to_owned).collect();
+            if failover.iter().any(String::is_empty) || (primary.is_none() && failover.is_empty()) {
+                bail!("--upstream {text:?} names no datacenter after '@' or ',', e.g. db@dc2:9191")
+            }
+            (primary, failover)
+        }
     };
     let listen = match addr.parse::<u16>() {
         Ok(port) => SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
@@ -68,7 +81,25 @@ pub fn parse(text: &str) -> anyhow::Result<Upstream> {
         datacenter,
         listen,
         mode,
+        failover,
     })
+}
+
+/// How long a QUIC handshake may take before the next candidate is tried: a dead instance or
+/// gateway (whose datagrams vanish) would otherwise hold a new connection for the whole idle
+/// timeout.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One datacenter an upstream may be served from: the primary, then each failover in order.
+struct Target {
+    /// `None`: the proxy's own datacenter.
+    datacenter: Option<String>,
+    /// Where connections to it are dialled from.
+    endpoint: quinn::Endpoint,
+    /// The addresses to dial (instances' proxies or gateways), as the agent last said.
+    instances: Mutex<Vec<SocketAddr>>,
+    /// Open connections by address.
+    pool: Mutex<HashMap<SocketAddr, quinn::Connection>>,
 }
 
 /// Serves one upstream until the process stops.
@@ -79,68 +110,137 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
             upstream.listen, upstream.service
         )
     })?;
-    // Through gateways, each upstream dials from a socket of its own: a gateway tells flows
-    // apart by the client's address, so two upstreams sharing one would share one route.
-    let endpoint = match upstream.mode {
-        GatewayMode::None => sidecar.endpoint.clone(),
-        GatewayMode::Local | GatewayMode::Remote => {
-            let ip = sidecar.endpoint.local_addr()?.ip();
-            murmur_proxy::udp::endpoint(SocketAddr::new(ip, 0), None, None).with_context(|| {
-                format!(
-                    "cannot open a QUIC socket for upstream {}",
-                    upstream.service
-                )
-            })?
-        }
-    };
-    let instances: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
-    let pool: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>> = Arc::default();
-    // The instances' own proxies, or the mesh gateways of this datacenter (their LAN
-    // addresses) or of the upstream's (their WAN addresses), which route by server name.
-    let dc = upstream.datacenter.as_deref();
-    let gateways = |dc: Option<&str>| {
-        let dc = dc.map(|dc| format!("dc={dc}&")).unwrap_or_default();
-        format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?passing&{dc}")
-    };
-    let (path, tagged) = match (upstream.mode, dc) {
-        (GatewayMode::Local, Some(_)) => (gateways(None), Some("lan")),
-        (GatewayMode::Remote, Some(dc)) => (gateways(Some(dc)), Some("wan")),
-        _ => (mesh_health_path(&upstream.service, dc), None),
-    };
-    let known = instances.clone();
-    let watcher = follow(&sidecar.client, &path, move |list| {
-        *known.lock().expect("instances poisoned") = match tagged {
-            Some(tagged) => gateway_addresses(list, tagged),
-            None => mesh_addresses(list),
+    let mut targets = Vec::new();
+    let mut watchers = tokio::task::JoinSet::new();
+    for datacenter in std::iter::once(upstream.datacenter.clone())
+        .chain(upstream.failover.iter().cloned().map(Some))
+    {
+        let remote = datacenter.is_some();
+        let mode = if remote {
+            upstream.mode
+        } else {
+            GatewayMode::None
         };
-        Ok(())
-    });
+        // Through gateways, each target dials from a socket of its own: a gateway tells flows
+        // apart by the client's address, so two sharing one would share one route.
+        let endpoint = match mode {
+            GatewayMode::None => sidecar.endpoint.clone(),
+            GatewayMode::Local | GatewayMode::Remote => {
+                let ip = sidecar.endpoint.local_addr()?.ip();
+                murmur_proxy::udp::endpoint(SocketAddr::new(ip, 0), None, None).with_context(
+                    || {
+                        format!(
+                            "cannot open a QUIC socket for upstream {}",
+                            upstream.service
+                        )
+                    },
+                )?
+            }
+        };
+        // The instances' own proxies, or the mesh gateways of this datacenter (their LAN
+        // addresses) or of the upstream's (their WAN addresses), which route by server name.
+        let dc = datacenter.as_deref();
+        let gateways = |dc: Option<&str>| {
+            let dc = dc.map(|dc| format!("dc={dc}&")).unwrap_or_default();
+            format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?passing&{dc}")
+        };
+        let (path, tagged) = match (mode, dc) {
+            (GatewayMode::Local, Some(_)) => (gateways(None), Some("lan")),
+            (GatewayMode::Remote, Some(dc)) => (gateways(Some(dc)), Some("wan")),
+            _ => (mesh_health_path(&upstream.service, dc), None),
+        };
+        // Through gateways, the gateways pass whether or not the service has instances
+        // there: the datacenter's own health list says whether it can serve.
+        let serving = (tagged.is_some()).then(|| mesh_health_path(&upstream.service, dc));
+        let target = Arc::new(Target {
+            datacenter,
+            endpoint,
+            instances: Mutex::default(),
+            pool: Mutex::default(),
+        });
+        targets.push(target.clone());
+        let sidecar = sidecar.clone();
+        watchers.spawn(async move {
+            let addresses = Arc::new(Mutex::new(Vec::new()));
+            let has_instances = Arc::new(std::sync::atomic::AtomicBool::new(serving.is_none()));
+            let publish = {
+                let (target, addresses, has_instances) =
+                    (target.clone(), addresses.clone(), has_instances.clone());
+                move || {
+                    let serving = has_instances.load(std::sync::atomic::Ordering::Relaxed);
+                    *target.instances.lock().expect("instances poisoned") = if serving {
+                        addresses.lock().expect("addresses poisoned").clone()
+                    } else {
+                        Vec::new()
+                    };
+                }
+            };
+            let dial = {
+                let publish = publish.clone();
+                follow(&sidecar.client, &path, move |list| {
+                    *addresses.lock().expect("addresses poisoned") = match tagged {
+                        Some(tagged) => gateway_addresses(list, tagged),
+                        None => mesh_addresses(list),
+                    };
+                    publish();
+                    Ok(())
+                })
+            };
+            match serving {
+                None => dial.await,
+                Some(path) => {
+                    let instances = follow(&sidecar.client, &path, move |list| {
+                        let any = list.as_array().is_some_and(|l| !l.is_empty());
+                        has_instances.store(any, std::sync::atomic::Ordering::Relaxed);
+                        publish();
+                        Ok(())
+                    });
+                    tokio::try_join!(dial, instances).map(drop)
+                }
+            }
+        });
+    }
     let accept = async {
         loop {
             let (tcp, _) = listener.accept().await?;
-            let (sidecar, instances, pool) = (sidecar.clone(), instances.clone(), pool.clone());
-            let endpoint = endpoint.clone();
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let candidates = {
-                    let mut list = instances.lock().expect("instances poisoned").clone();
+            // The first datacenter, in failover order, that has somewhere to dial.
+            let chosen = targets.iter().find_map(|target| {
+                let mut list = target.instances.lock().expect("instances poisoned").clone();
+                (!list.is_empty()).then(|| {
                     list.shuffle(&mut rand::rng());
-                    list
-                };
-                carry(&sidecar, &endpoint, &pool, &upstream, &candidates, tcp).await;
+                    (target.clone(), list)
+                })
+            });
+            let Some((target, candidates)) = chosen else {
+                tracing::warn!(
+                    service = %upstream.service,
+                    "no healthy instance of {} in any datacenter it may be served from",
+                    upstream.service
+                );
+                continue;
+            };
+            let (sidecar, upstream) = (sidecar.clone(), upstream.clone());
+            tokio::spawn(async move {
+                carry(&sidecar, &target, &upstream, &candidates, tcp).await;
             });
         }
         #[allow(unreachable_code)]
         anyhow::Ok(())
     };
-    tokio::try_join!(watcher, accept).map(drop)
+    let watched = async {
+        match watchers.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(panic)) => Err(anyhow::anyhow!("an upstream watcher failed: {panic}")),
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(watched, accept).map(drop)
 }
 
 /// Opens a stream to the first candidate that answers and splices `tcp` with it.
 async fn carry(
     sidecar: &Sidecar,
-    endpoint: &quinn::Endpoint,
-    pool: &Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    target: &Target,
     upstream: &Upstream,
     candidates: &[SocketAddr],
     tcp: TcpStream,
@@ -152,7 +252,7 @@ async fn carry(
     ];
     let started = std::time::Instant::now();
     for &addr in candidates {
-        let stream = match connection(sidecar, endpoint, pool, upstream, addr).await {
+        let stream = match connection(sidecar, target, upstream, addr).await {
             Ok(connection) => connection.open_bi().await.map_err(anyhow::Error::from),
             Err(err) => Err(err),
         };
@@ -161,13 +261,23 @@ async fn carry(
                 metrics::histogram!("murmur_proxy_connect_seconds", &labels)
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("murmur_proxy_upstream_connections_total", &labels).increment(1);
+                let datacenter = sidecar
+                    .identity()
+                    .destination(service, target.datacenter.as_deref())
+                    .datacenter;
+                metrics::counter!(
+                    "murmur_proxy_upstream_datacenter_connections_total",
+                    "source" => labels[0].1.clone(), "destination" => labels[1].1.clone(),
+                    "datacenter" => datacenter
+                )
+                .increment(1);
                 if let Ok((up, down)) = splice(sidecar, tcp, send, recv).await {
                     count_bytes(&labels, "upstream", up, down);
                 }
                 return;
             }
             Err(err) => {
-                pool.lock().expect("pool poisoned").remove(&addr);
+                target.pool.lock().expect("pool poisoned").remove(&addr);
                 metrics::counter!("murmur_proxy_upstream_errors_total", &labels).increment(1);
                 tracing::warn!(%addr, service, "upstream instance failed, trying another: {err:#}");
             }
@@ -179,23 +289,29 @@ async fn carry(
 /// The pooled connection to `addr`, or a new one.
 async fn connection(
     sidecar: &Sidecar,
-    endpoint: &quinn::Endpoint,
-    pool: &Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    target: &Target,
     upstream: &Upstream,
     addr: SocketAddr,
 ) -> anyhow::Result<quinn::Connection> {
-    if let Some(open) = pool.lock().expect("pool poisoned").get(&addr)
+    if let Some(open) = target.pool.lock().expect("pool poisoned").get(&addr)
         && open.close_reason().is_none()
     {
         return Ok(open.clone());
     }
     let identity = sidecar.identity();
-    let destination = identity.destination(&upstream.service, upstream.datacenter.as_deref());
-    let connection = endpoint
-        .connect_with(identity.client_config()?, addr, &destination.dns_name())?
+    let destination = identity.destination(&upstream.service, target.datacenter.as_deref());
+    let connecting =
+        target
+            .endpoint
+            .connect_with(identity.client_config()?, addr, &destination.dns_name())?;
+    let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
+        .map_err(|_| anyhow::anyhow!("no answer within {HANDSHAKE_TIMEOUT:?}"))
+        .and_then(|done| done.map_err(anyhow::Error::from))
         .with_context(|| format!("QUIC handshake with {addr}"))?;
-    pool.lock()
+    target
+        .pool
+        .lock()
         .expect("pool poisoned")
         .insert(addr, connection.clone());
     Ok(connection)
@@ -214,8 +330,13 @@ mod tests {
                 datacenter: None,
                 listen: "127.0.0.1:9191".parse().unwrap(),
                 mode: GatewayMode::None,
+                failover: vec![],
             }
         );
+        let failover = parse("db@,west,south/local:9191").unwrap();
+        assert_eq!(failover.datacenter, None);
+        assert_eq!(failover.failover, ["west", "south"]);
+        assert_eq!(failover.mode, GatewayMode::Local);
         let local = parse("db@dc2/local:9191").unwrap();
         assert_eq!(
             (local.datacenter.as_deref(), local.mode),
@@ -241,6 +362,8 @@ mod tests {
             "db@:9191",
             "@dc2:9191",
             "db@dc2/sideways:9191",
+            "db@dc2,:9191",
+            "db@,:9191",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
