@@ -506,16 +506,23 @@ pub enum ConnectCommand {
 /// Flags of `murmur connect gateway`.
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
-    /// The kind of gateway: `mesh` (the only one yet).
+    /// The kind of gateway: `mesh` (routes other datacenters' flows by server name) or
+    /// `terminating` (fronts services outside the mesh, given with --link).
     #[arg(long, default_value = "mesh")]
     pub kind: String,
+    /// A service outside the mesh (registered with /v1/catalog/register) that a terminating
+    /// gateway fronts: it presents the service's mesh identity, applies its intentions, and
+    /// dials its catalog address in plain TCP (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub link: Vec<String>,
     /// The service name it registers as; sidecars look for `mesh-gateway`, Consul's default.
     #[arg(long, default_value = "mesh-gateway")]
     pub service: String,
     /// The instance id [default: the service name].
     #[arg(long)]
     pub id: Option<String>,
-    /// UDP address it listens on for its datacenter's proxies (its LAN address).
+    /// UDP address it listens on for its datacenter's proxies (its LAN address); a
+    /// terminating gateway listens on this IP, one free port per linked service.
     #[arg(long, value_name = "ADDR")]
     pub address: String,
     /// UDP address other datacenters' gateways reach it at (listened on too when it differs

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    Agent, Spec, dns_udp, free_port, has_python_consul, keygen, python_client, wait_until,
+    Agent, Gateway, Spec, dns_udp, free_port, has_python_consul, keygen, python_client, wait_until,
 };
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
@@ -719,62 +719,11 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
     );
 }
 
-/// A `murmur connect gateway --kind mesh` process, stopped when dropped.
-struct MeshGateway {
-    child: std::process::Child,
-    wan: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl MeshGateway {
-    fn start(agent: &Agent) -> Self {
-        let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (lan, wan, metrics) = (port(0), port(1), port(2));
-        let child = std::process::Command::new(common::BIN)
-            .args(["connect", "gateway", "--kind", "mesh", "--address"])
-            .arg(lan.to_string())
-            .arg("--wan-address")
-            .arg(wan.to_string())
-            .arg("--metrics-addr")
-            .arg(metrics.to_string())
-            .arg("--http-addr")
-            .arg(agent.http.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            wan,
-            metrics,
-        }
-    }
-
-    /// The value of the gateway's metric whose line starts with `prefix`, summed.
-    fn metric(&self, prefix: &str) -> f64 {
-        common::http(self.metrics, "GET", "/metrics", b"")
-            .map(|(_, _, text)| {
-                text.lines()
-                    .filter(|l| l.starts_with(prefix))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for MeshGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote() {
     let (east, west) = linked_with_roots(&keygen());
-    let east_gateway = MeshGateway::start(&east[0]);
-    let west_gateway = MeshGateway::start(&west[0]);
+    let east_gateway = Gateway::start(&east[0], &[]);
+    let west_gateway = Gateway::start(&west[0], &[]);
     let app = common::echo_app();
     west[1].register_db_with_sidecar(app.addr.port());
     let (local_port, remote_port) = (free_port(), free_port());
@@ -876,8 +825,8 @@ fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote()
 #[test]
 fn an_upstream_fails_over_to_another_datacenter_and_a_killed_gateway_is_replaced() {
     let (east, west) = linked_with_roots(&keygen());
-    let mut east_gateways = [MeshGateway::start(&east[0]), MeshGateway::start(&east[1])];
-    let _west_gateway = MeshGateway::start(&west[0]);
+    let mut east_gateways = [Gateway::start(&east[0], &[]), Gateway::start(&east[1], &[])];
+    let _west_gateway = Gateway::start(&west[0], &[]);
     // db runs in both datacenters; east's has a TTL check the test fails.
     let (east_app, west_app) = (common::echo_app(), common::echo_app());
     east[0].register(&format!(
@@ -939,8 +888,7 @@ fn an_upstream_fails_over_to_another_datacenter_and_a_killed_gateway_is_replaced
     // One of east's two gateways is killed: new connections go through the other.
     // (Bytes, not flows: a connection already pooled through the survivor carries new TCP
     // connections without opening a flow.)
-    let carried =
-        |g: &MeshGateway| g.metric("murmur_gateway_bytes_total{direction=\"to_destination\"");
+    let carried = |g: &Gateway| g.metric("murmur_gateway_bytes_total{direction=\"to_destination\"");
     east_gateways[0].child.kill().unwrap();
     east_gateways[0].child.wait().unwrap();
     let survivor = carried(&east_gateways[1]);

@@ -968,3 +968,77 @@ fn an_agent_run_sidecar_that_fails_is_started_again_and_all_come_back_after_kill
         restarted.elapsed()
     );
 }
+
+#[test]
+fn a_terminating_gateway_fronts_a_service_outside_the_mesh_under_its_intentions() {
+    let agents = cluster("tg", 2, &keygen());
+    // A database on a host murmur does not run on: in the catalog through catalog/register.
+    let app = common::echo_app();
+    let (status, _, body) = agents[0].request(
+        "PUT",
+        "/v1/catalog/register",
+        format!(
+            r#"{{"Node": "legacy-host", "Address": "127.0.0.1",
+                "Service": {{"Service": "legacy-db", "Port": {}}}}}"#,
+            app.addr.port()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let gateway = common::Gateway::start(
+        &agents[0],
+        &[
+            "--kind",
+            "terminating",
+            "--service",
+            "terminating-gateway",
+            "--link",
+            "legacy-db",
+        ],
+    );
+    let port = free_port();
+    agents[1].register(&format!(
+        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+            {{"Upstreams": [{{"DestinationName": "legacy-db", "LocalBindPort": {port}}}]}}}}}}}}"#
+    ));
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // The gateway is found as legacy-db's mesh endpoint, passing while legacy-db answers.
+    assert!(
+        wait_until(Duration::from_secs(30), || agents[1]
+            .get("/v1/health/service/legacy-db-sidecar-proxy?passing")
+            .as_array()
+            .is_some_and(|l| l.len() == 1)),
+        "the terminating gateway's endpoint for legacy-db"
+    );
+    // Default deny (agents with data dirs): refused by the gateway, the app never reached.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!carries(upstream), "reached without an intention");
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 0);
+    let out = agents[0].cli(&["intention", "create", "-allow", "web", "legacy-db"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || carries(upstream)),
+        "web reaches legacy-db through the terminating gateway"
+    );
+    assert!(app.accepted.load(Ordering::SeqCst) >= 1);
+    assert!(
+        gateway.metric(
+            "murmur_proxy_inbound_connections_total{source=\"web\",destination=\"legacy-db\"}"
+        ) >= 1.0,
+        "the gateway counted the connection it terminated"
+    );
+    let out = agents[0].cli(&[
+        "intention",
+        "create",
+        "-replace",
+        "-deny",
+        "web",
+        "legacy-db",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || !carries(upstream)),
+        "a deny closes it again"
+    );
+}

@@ -57,17 +57,98 @@ impl Gateway {
 
 /// Runs the gateway until SIGINT or SIGTERM, then deregisters.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    if args.kind != "mesh" {
-        bail!(
-            "--kind {:?} is not a gateway murmur runs: use --kind mesh",
-            args.kind
-        );
-    }
     if args.target.datacenter().is_some() {
         bail!(
             "--datacenter does not apply to a gateway: it serves its local agent's datacenter; drop the flag"
         );
     }
+    match args.kind.as_str() {
+        "mesh" if args.link.is_empty() => run_mesh(args).await,
+        "mesh" => bail!("--link is for --kind terminating: a mesh gateway routes by server name"),
+        "terminating" => run_terminating(args).await,
+        other => bail!("--kind {other:?} is not a gateway murmur runs: use mesh or terminating"),
+    }
+}
+
+/// A terminating gateway: for each `--link`ed service (one outside the mesh, registered with
+/// `/v1/catalog/register`), a proxy that presents that service's mesh identity, applies its
+/// intentions, and dials the service's catalog address in plain TCP. Each is the sidecar
+/// proxy itself with the service's address as its app, so the mesh finds it as it finds any
+/// instance (`<service>-sidecar-proxy`, registered on this agent) and its check says whether
+/// the service answers.
+async fn run_terminating(args: GatewayArgs) -> anyhow::Result<()> {
+    if args.link.is_empty() {
+        bail!("a terminating gateway needs the services it fronts: give --link NAME (repeatable)");
+    }
+    let address = crate::agent::config::parse_addr(&args.address, 0).context("--address")?;
+    let id = args.id.clone().unwrap_or_else(|| args.service.clone());
+    let mut proxies = tokio::task::JoinSet::new();
+    for (i, name) in args.link.iter().enumerate() {
+        let client = Client::new(&args.target)?;
+        let app = external_address(&client, name).await?;
+        let fronted = super::sidecar::Fronted {
+            id: format!("{id}-{name}"),
+            name: name.clone(),
+            app,
+        };
+        let proxy = crate::cli::ProxyArgs {
+            sidecar_for: fronted.id.clone(),
+            upstream: Vec::new(),
+            listen: Some(SocketAddr::new(address.ip(), 0).to_string()),
+            worker_threads: 1,
+            busy_poll: None,
+            // One process: its metrics are served once, by the first proxy.
+            metrics_addr: if i == 0 {
+                args.metrics_addr.clone()
+            } else {
+                None
+            },
+            target: args.target.clone(),
+        };
+        tracing::info!(service = %name, %app, "terminating gateway fronting it");
+        proxies.spawn(super::sidecar::serve_fronted(
+            proxy,
+            client,
+            fronted,
+            crate::agent::shutdown_signal(),
+        ));
+    }
+    while let Some(ended) = proxies.join_next().await {
+        match ended {
+            Ok(result) => result?,
+            Err(panic) => bail!("a terminating gateway's proxy failed: {panic}"),
+        }
+    }
+    Ok(())
+}
+
+/// Where the service `name` outside the mesh listens, from the catalog.
+async fn external_address(client: &Client, name: &str) -> anyhow::Result<SocketAddr> {
+    let instances = client.get(&format!("/v1/catalog/service/{name}")).await?;
+    let first = instances
+        .as_array()
+        .and_then(|list| list.first())
+        .with_context(|| {
+            format!(
+                "no service {name:?} in the catalog: register it first (PUT /v1/catalog/register)"
+            )
+        })?;
+    let address = match first["ServiceAddress"].as_str() {
+        Some(a) if !a.is_empty() => a,
+        _ => first["Address"].as_str().unwrap_or_default(),
+    };
+    let port = first["ServicePort"].as_u64().unwrap_or(0);
+    let ip: std::net::IpAddr = address
+        .parse()
+        .with_context(|| format!("service {name:?} has address {address:?}, not an IP"))?;
+    if port == 0 {
+        bail!("service {name:?} has no port in the catalog");
+    }
+    Ok(SocketAddr::new(ip, port as u16))
+}
+
+/// A mesh gateway: registers itself and forwards flows until SIGINT or SIGTERM.
+async fn run_mesh(args: GatewayArgs) -> anyhow::Result<()> {
     let metrics = match &args.metrics_addr {
         Some(text) => Some(super::sidecar::metrics_listener(text).await?),
         None => None,

@@ -587,3 +587,56 @@ pub fn health_server(code: Arc<std::sync::atomic::AtomicU16>) -> SocketAddr {
     });
     addr
 }
+
+/// A `murmur connect gateway` process beside `agent` (`--kind mesh` unless `args` say
+/// otherwise), on free loopback ports, stopped when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub wan: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Gateway {
+    pub fn start(agent: &Agent, args: &[&str]) -> Self {
+        let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (lan, wan, metrics) = (port(0), port(1), port(2));
+        let child = Command::new(BIN)
+            .args(["connect", "gateway", "--address"])
+            .arg(lan.to_string())
+            .arg("--wan-address")
+            .arg(wan.to_string())
+            .arg("--metrics-addr")
+            .arg(metrics.to_string())
+            .arg("--http-addr")
+            .arg(agent.http.to_string())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            wan,
+            metrics,
+        }
+    }
+
+    /// The sum of the gateway's metric lines that start with `prefix`.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        http(self.metrics, "GET", "/metrics", b"")
+            .map(|(_, _, text)| {
+                text.lines()
+                    .filter(|l| l.starts_with(prefix))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

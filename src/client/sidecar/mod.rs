@@ -43,11 +43,13 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// The service instance a sidecar fronts.
 #[derive(Debug, Clone)]
-struct Fronted {
-    id: String,
-    name: String,
+pub(in crate::client) struct Fronted {
+    /// The id its proxy's registration derives from.
+    pub id: String,
+    /// The service whose identity the proxy presents and whose intentions it applies.
+    pub name: String,
     /// Where the app listens.
-    app: SocketAddr,
+    pub app: SocketAddr,
 }
 
 /// What every task of a sidecar shares.
@@ -85,12 +87,23 @@ pub async fn serve(args: ProxyArgs, stop: impl Future<Output = ()>) -> anyhow::R
             "--datacenter does not apply to a proxy: it serves a service of its local agent, in that agent's datacenter; drop the flag"
         );
     }
+    let client = Client::new(&args.target)?;
+    let fronted = fronted(&client, &args.sidecar_for).await?;
+    serve_fronted(args, client, fronted, stop).await
+}
+
+/// Runs the proxy of `fronted` until `stop` returns: what [`serve`] runs for a service of the
+/// agent, and what a terminating gateway runs for each service outside the mesh it links.
+pub(in crate::client) async fn serve_fronted(
+    args: ProxyArgs,
+    client: Client,
+    fronted: Fronted,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = match &args.metrics_addr {
         Some(text) => Some(metrics_listener(text).await?),
         None => None,
     };
-    let client = Client::new(&args.target)?;
-    let fronted = fronted(&client, &args.sidecar_for).await?;
     let upstreams = args
         .upstream
         .iter()
