@@ -14,6 +14,10 @@ connection with a 1-byte round trip (p50, p99), iperf3 throughput with one flow 
 the proxies' CPU per GB moved (both sides, during the one-flow run) and their resident memory
 at the end. The native row has the latencies only (its client is examples/mesh_probe.rs).
 
+With --gateways, one more row: murmur's sidecars in two datacenters whose traffic crosses a
+mesh gateway in each (client sidecar → gateway → gateway → app sidecar), its CPU columns
+counting both gateways.
+
 With --busy-poll WINDOW, two more rows: murmur's pair with `--busy-poll WINDOW` and haproxy's
 pair with its `busy-polling` (for virtual machines whose idle vCPUs halt; BENCHMARKS.md).
 
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from membership import free_port, proc_stats, wait_for  # noqa: E402
@@ -35,6 +40,7 @@ from membership import free_port, proc_stats, wait_for  # noqa: E402
 PROBE = "target/release/examples/tcp_probe"
 MESH_PROBE = "target/release/examples/mesh_probe"
 MURMUR = "murmur sidecar pair (QUIC, mTLS)"
+GATEWAYS = "murmur sidecar → mesh gateway → mesh gateway → sidecar (two datacenters)"
 PINGPONGS = 20000
 PACED = 2000
 
@@ -169,6 +175,57 @@ def agent_run_pair(murmur, d, procs, targets):
     return [agent.pid]
 
 
+def gateway_pair(murmur, d, procs, targets):
+    """Two datacenters of one agent each (data dirs, --encrypt), linked over the WAN, a mesh
+    gateway in each; the apps' sidecars in dc2 and the client's in dc1, whose upstreams go
+    through both gateways (MeshGateway mode local: client sidecar → dc1's gateway → dc2's
+    gateway → app sidecar). Returns the pids of the four proxies and both gateways."""
+    key = run([murmur, "keygen"]).strip()
+    wans = {dc: free_port() for dc in ("dc1", "dc2")}
+    seeds = [x for w in wans.values() for x in ("--retry-join-wan", f"127.0.0.1:{w}")]
+    envs = {}
+    for dc in ("dc1", "dc2"):
+        http = f"127.0.0.1:{free_port()}"
+        env = dict(os.environ, MURMUR_HTTP_ADDR=http, MURMUR_LOG="warn")
+        procs.start([murmur, "agent", "--node", f"bench-{dc}", "--datacenter", dc,
+                     "--bind", f"127.0.0.1:{free_port()}", "--http-addr", http,
+                     "--dns-addr", f"127.0.0.1:{free_port()}", "--data-dir", os.path.join(d, dc),
+                     "--encrypt", key, "--wan-eligible", "--bind-wan", f"127.0.0.1:{wans[dc]}",
+                     *seeds], os.path.join(d, f"agent-{dc}.log"), env=env)
+        envs[dc] = env
+
+    def trusted(dc):
+        url = f"http://{envs[dc]['MURMUR_HTTP_ADDR']}/v1/agent/connect/ca/roots"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                roots = json.load(answer)["Roots"]
+            return {r["Datacenter"] for r in roots} == {"dc1", "dc2"}
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    wait_for(lambda: trusted("dc1") and trusted("dc2"), 60, "both datacenters' roots")
+    pids = []
+    for dc in ("dc1", "dc2"):
+        pids.append(procs.start([murmur, "connect", "gateway", "--kind", "mesh",
+                                 "--address", f"127.0.0.1:{free_port()}",
+                                 "--wan-address", f"127.0.0.1:{free_port()}"],
+                                os.path.join(d, f"gateway-{dc}.log"), env=envs[dc]).pid)
+    upstreams = []
+    for i, (port, app) in enumerate(targets):
+        run([murmur, "services", "register", "--name", f"app{i}", "--port", str(app)],
+            env=envs["dc2"])
+        pids.append(procs.start([murmur, "connect", "proxy", "--sidecar-for", f"app{i}",
+                                 "--listen", "127.0.0.1:0"], os.path.join(d, f"gp{i}.log"),
+                                env=envs["dc2"]).pid)
+        upstreams += ["--upstream", f"app{i}@dc2/local:{port}"]
+        run([murmur, "intention", "create", "-allow", "client", f"app{i}"], env=envs["dc1"])
+    run([murmur, "services", "register", "--name", "client", "--port", "1"], env=envs["dc1"])
+    pids.append(procs.start([murmur, "connect", "proxy", "--sidecar-for", "client",
+                             "--listen", "127.0.0.1:0", *upstreams],
+                            os.path.join(d, "gc.log"), env=envs["dc1"]).pid)
+    procs.env = envs["dc1"]
+    return pids
+
+
 def ready(port):
     try:
         out = subprocess.run([PROBE, "pingpong", f"127.0.0.1:{port}", "10"],
@@ -249,6 +306,9 @@ def main():
     ap.add_argument("--agent-run", action="store_true",
                     help="also measure murmur's pair run by the agent (services registered "
                     "with a sidecar block)")
+    ap.add_argument("--gateways", action="store_true",
+                    help="also measure murmur's pair across two datacenters through a mesh "
+                    "gateway in each")
     ap.add_argument("--busy-poll", metavar="WINDOW",
                     help="also measure murmur's pair with --busy-poll WINDOW")
     args = ap.parse_args()
@@ -270,6 +330,8 @@ def main():
                 pairs.append((f"murmur sidecar pair, --busy-poll {args.busy_poll}",
                               lambda g, t: murmur_pair(args.murmur, d, g, t,
                                                        ["--busy-poll", args.busy_poll])))
+            if args.gateways:
+                pairs.append((GATEWAYS, lambda g, t: gateway_pair(args.murmur, d, g, t)))
             if args.agent_run:
                 pairs.append(("murmur sidecar pair, run by the agent",
                               lambda g, t: agent_run_pair(args.murmur, d, g, t)))

@@ -9,4 +9,4 @@ for tool in haproxy stunnel4 iperf3 openssl; do
   command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy stunnel4 iperf3 openssl; break; }
 done
 cargo build --release --quiet --example tcp_probe --example mesh_probe
-python3 bench/proxy.py --murmur target/release/murmur --seconds "${1:-5}" --busy-poll 50us
+python3 bench/proxy.py --murmur target/release/murmur --seconds "${1:-5}" --busy-poll 50us --gateways

@@ -267,6 +267,37 @@ pub fn tagged_addresses(service: &Service) -> BTreeMap<String, (String, u16)> {
         .collect()
 }
 
+/// For a `Kind: "mesh-gateway"` service, where the agent runs its gateway: its address and
+/// port (the agent's address when it gives none), and its `wan` tagged address (the same when
+/// it gives none); `None` for other kinds. A gateway needs a port to listen on.
+pub fn mesh_gateway_addresses(
+    service: &Service,
+    agent_ip: std::net::IpAddr,
+) -> Result<Option<(std::net::SocketAddr, std::net::SocketAddr)>, String> {
+    if kind(service) != "mesh-gateway" {
+        return Ok(None);
+    }
+    if service.port == 0 {
+        return Err(
+            "a mesh-gateway registration needs the Port the agent's gateway listens on".into(),
+        );
+    }
+    let ip = |text: &str| -> Result<std::net::IpAddr, String> {
+        if text.is_empty() {
+            return Ok(agent_ip);
+        }
+        text.parse().map_err(|_| {
+            format!("a mesh-gateway registration needs IP addresses (the agent listens on them), not {text:?}")
+        })
+    };
+    let lan = std::net::SocketAddr::new(ip(&service.address)?, service.port);
+    let wan = match tagged_addresses(service).get("wan") {
+        Some((address, port)) => std::net::SocketAddr::new(ip(address)?, *port),
+        None => lan,
+    };
+    Ok(Some((lan, wan)))
+}
+
 /// `Kind` and `TaggedAddresses` of a definition, as the meta keys that keep them.
 fn kind_and_tagged_meta(
     object: &serde_json::Map<String, Value>,

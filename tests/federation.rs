@@ -913,3 +913,66 @@ fn an_upstream_fails_over_to_another_datacenter_and_a_killed_gateway_is_replaced
         "back to east once its db passes"
     );
 }
+
+#[test]
+fn agents_run_mesh_gateways_registered_with_kind_mesh_gateway() {
+    let (east, west) = linked_with_roots(&keygen());
+    let gateway = |agent: &Agent| {
+        let (lan, wan) = (free_port(), free_port());
+        agent.register(&format!(
+            r#"{{"Name": "mesh-gateway", "Kind": "mesh-gateway", "Address": "127.0.0.1", "Port": {lan},
+                "TaggedAddresses": {{"wan": {{"Address": "127.0.0.1", "Port": {wan}}}}}}}"#
+        ));
+        (lan, wan)
+    };
+    let (east_lan, _) = gateway(&east[0]);
+    gateway(&west[0]);
+    let app = common::echo_app();
+    west[1].register_db_with_sidecar(app.addr.port());
+    let port = free_port();
+    east[1].register(&format!(
+        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+            {{"Upstreams": [{{"DestinationName": "db", "Datacenter": "west", "LocalBindPort": {port},
+              "MeshGateway": {{"Mode": "local"}}}}]}}}}}}}}"#
+    ));
+    let (_, _, body) = east[0].request(
+        "PUT",
+        "/v1/connect/intentions/exact?source=web&destination=db",
+        br#"{"Action": "allow"}"#,
+    );
+    assert_eq!(body.trim(), "true", "{body}");
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_until(REPLACE, || common::carries(upstream)),
+        "web in east reaches db in west through the agents' gateways:\n{}",
+        east[0].log()
+    );
+    let (_, _, metrics) = east[0].request("GET", "/v1/agent/metrics?format=prometheus", b"");
+    assert!(
+        metrics.contains(r#"murmur_gateway_flows_total{route="remote",destination_datacenter="west",destination_service="db"}"#),
+        "east's agent-run gateway forwarded the flow"
+    );
+    // A registration that cannot be a gateway is refused, and leaves nothing behind.
+    let (status, _, body) = east[0].request(
+        "PUT",
+        "/v1/agent/service/register",
+        br#"{"Name": "bad-gateway", "Kind": "mesh-gateway"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Port"), "{body}");
+    // Deregistered, the gateway stops and its port is free again.
+    assert_eq!(
+        east[0]
+            .request("PUT", "/v1/agent/service/deregister/mesh-gateway", b"")
+            .0,
+        200
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::UdpSocket::bind((
+            "127.0.0.1",
+            east_lan
+        ))
+        .is_ok()),
+        "the gateway's port is released"
+    );
+}

@@ -226,13 +226,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             })
             .unwrap_or_default()
     });
-    let from_config = definitions.iter().filter_map(|d| {
+    let mut from_config = Vec::new();
+    for d in &definitions {
+        let gateway = crate::services::mesh_gateway_addresses(&d.service, config.advertise.ip())
+            .map_err(|why| anyhow::anyhow!("--config-dir: service {:?}: {why}", d.service.id))?;
+        if gateway.is_none() && d.sidecar.is_none() {
+            continue;
+        }
         let spec = crate::connect::sidecars::SidecarSpec {
-            upstreams: d.sidecar.clone()?,
+            upstreams: d.sidecar.clone().unwrap_or_default(),
             token: config.acl_agent_token.clone(),
+            mesh_gateway: gateway,
         };
-        Some((d.service.id.clone(), spec))
-    });
+        from_config.push((d.service.id.clone(), spec));
+    }
     for (id, spec) in persisted_sidecars
         .into_iter()
         .filter(|(id, _)| registered.contains(id))

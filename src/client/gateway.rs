@@ -154,11 +154,76 @@ async fn run_mesh(args: GatewayArgs) -> anyhow::Result<()> {
         None => None,
     };
     let client = Client::new(&args.target)?;
-    let address = crate::agent::config::parse_addr(&args.address, 0).context("--address")?;
+    let lan = crate::agent::config::parse_addr(&args.address, 0).context("--address")?;
     let wan = match &args.wan_address {
         Some(text) => crate::agent::config::parse_addr(text, 0).context("--wan-address")?,
-        None => address,
+        None => lan,
     };
+    let id = args.id.clone().unwrap_or_else(|| args.service.clone());
+    let body = json!({
+        "ID": id, "Name": args.service, "Kind": "mesh-gateway",
+        "Address": lan.ip().to_string(), "Port": lan.port(),
+        "TaggedAddresses": {
+            "lan": {"Address": lan.ip().to_string(), "Port": lan.port()},
+            "wan": {"Address": wan.ip().to_string(), "Port": wan.port()},
+        },
+        "Check": {"Name": "mesh gateway", "TTL": format!("{}s", HEARTBEAT.as_secs() * 5)},
+    });
+    // Bound before it is registered, so that nobody is sent to a port it could not take.
+    let listeners = listeners(lan, wan).await?;
+    client
+        .put("/v1/agent/service/register", serde_json::to_vec(&body)?)
+        .await
+        .context("cannot register the mesh gateway")?;
+    let heartbeat = Some(id.clone());
+    let ended = forward(
+        client,
+        listeners,
+        heartbeat,
+        metrics,
+        crate::agent::shutdown_signal(),
+    )
+    .await;
+    let path = format!("/v1/agent/service/deregister/{id}");
+    if let Err(err) = Client::new(&args.target)?.put(&path, Vec::new()).await {
+        tracing::warn!("cannot deregister the mesh gateway: {err:#}");
+    }
+    ended
+}
+
+/// The mesh gateway an agent runs for a `Kind: "mesh-gateway"` registration: it listens at
+/// the registration's LAN and WAN addresses and forwards until `stop` returns. The
+/// registration is the user's, so the gateway neither registers nor deregisters; its health
+/// is the checks the registration came with.
+pub async fn serve_registered(
+    target: crate::cli::HttpTarget,
+    lan: SocketAddr,
+    wan: SocketAddr,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client = Client::new(&target)?;
+    let listeners = listeners(lan, wan).await?;
+    forward(client, listeners, None, None, stop).await
+}
+
+/// The sockets of a gateway's LAN and WAN addresses (one when they are the same).
+async fn listeners(lan: SocketAddr, wan: SocketAddr) -> anyhow::Result<Vec<UdpSocket>> {
+    let mut listeners = vec![bind(lan).await?];
+    if wan != lan {
+        listeners.push(bind(wan).await?);
+    }
+    Ok(listeners)
+}
+
+/// Forwards flows arriving on `listeners` until `stop` returns or a task fails; with
+/// `heartbeat`, passes that service's TTL check every [`HEARTBEAT`].
+async fn forward(
+    client: Client,
+    listeners: Vec<UdpSocket>,
+    heartbeat: Option<String>,
+    metrics: Option<tokio::net::TcpListener>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let me = client.get("/v1/agent/self").await?;
     let datacenter = me["Config"]["Datacenter"]
         .as_str()
@@ -170,24 +235,11 @@ async fn run_mesh(args: GatewayArgs) -> anyhow::Result<()> {
         .filter(|t| !t.is_empty())
         .context("the agent knows no mesh trust domain yet (no CA root): start the gateway once the datacenter has one")?
         .to_owned();
-    let mut listeners = vec![bind(address).await?];
-    if wan != address {
-        listeners.push(bind(wan).await?);
-    }
-    let id = args.id.clone().unwrap_or_else(|| args.service.clone());
-    let body = json!({
-        "ID": id, "Name": args.service, "Kind": "mesh-gateway",
-        "Address": address.ip().to_string(), "Port": address.port(),
-        "TaggedAddresses": {
-            "lan": {"Address": address.ip().to_string(), "Port": address.port()},
-            "wan": {"Address": wan.ip().to_string(), "Port": wan.port()},
-        },
-        "Check": {"Name": "mesh gateway", "TTL": format!("{}s", HEARTBEAT.as_secs() * 5)},
-    });
-    client
-        .put("/v1/agent/service/register", serde_json::to_vec(&body)?)
-        .await
-        .context("cannot register the mesh gateway")?;
+    let addresses: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
     let gateway = Arc::new(Gateway {
         client,
         datacenter,
@@ -199,28 +251,28 @@ async fn run_mesh(args: GatewayArgs) -> anyhow::Result<()> {
         datacenters: Mutex::default(),
     });
     tracing::info!(
-        lan = %address, wan = %wan, datacenter = %gateway.datacenter, "mesh gateway running"
+        listening = ?addresses, datacenter = %gateway.datacenter, "mesh gateway running"
     );
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         tasks.spawn(listen(gateway.clone(), Arc::new(listener)));
     }
-    tasks.spawn(heartbeat(gateway.clone(), id.clone()));
+    tasks.spawn(refresh(gateway.clone(), heartbeat));
     tasks.spawn(expire(gateway.clone()));
     if let Some(listener) = metrics {
         tasks.spawn(super::sidecar::serve_metrics(listener));
     }
     let ended = tokio::select! {
-        () = crate::agent::shutdown_signal() => Ok(()),
+        () = stop => Ok(()),
         Some(ended) = tasks.join_next() => match ended {
             Ok(result) => result,
             Err(panic) => Err(anyhow::anyhow!("a gateway task failed: {panic}")),
         },
     };
-    let path = format!("/v1/agent/service/deregister/{id}");
-    if let Err(err) = gateway.client.put(&path, Vec::new()).await {
-        tracing::warn!("cannot deregister the mesh gateway: {err:#}");
-    }
+    // The listening tasks end with the set; each flow's task ends once its socket is gone
+    // (within its 5 s receive timeout), and with it the last hold on the listening sockets.
+    tasks.abort_all();
+    gateway.sockets.lock().expect("sockets poisoned").clear();
     ended
 }
 
@@ -420,7 +472,9 @@ impl Gateway {
     }
 }
 
-/// The `tagged` (`lan` or `wan`) addresses of the mesh gateways in a health answer.
+/// The `tagged` (`lan` or `wan`) addresses of the mesh gateways in a health answer. A gateway
+/// without that tagged address is reached at its service address (its node's when it gives
+/// none) and port, as Consul does.
 pub fn gateway_addresses(answer: &Value, tagged: &str) -> Vec<SocketAddr> {
     answer
         .as_array()
@@ -428,20 +482,35 @@ pub fn gateway_addresses(answer: &Value, tagged: &str) -> Vec<SocketAddr> {
         .flatten()
         .filter(|entry| entry["Service"]["Kind"] == "mesh-gateway")
         .filter_map(|entry| {
-            let address = &entry["Service"]["TaggedAddresses"][tagged];
-            let ip = address["Address"].as_str()?.parse().ok()?;
-            let port = u16::try_from(address["Port"].as_u64()?).ok()?;
-            Some(SocketAddr::new(ip, port))
+            let service = &entry["Service"];
+            let (address, port) = match &service["TaggedAddresses"][tagged] {
+                Value::Object(a) => (a.get("Address")?.as_str()?, a.get("Port")?.as_u64()?),
+                _ => {
+                    let address = service["Address"]
+                        .as_str()
+                        .filter(|a| !a.is_empty())
+                        .or_else(|| entry["Node"]["Address"].as_str())?;
+                    (address, service["Port"].as_u64()?)
+                }
+            };
+            Some(SocketAddr::new(
+                address.parse().ok()?,
+                u16::try_from(port).ok()?,
+            ))
         })
         .collect()
 }
 
-async fn heartbeat(gateway: Arc<Gateway>, id: String) -> anyhow::Result<()> {
+/// Every [`HEARTBEAT`]: learns the datacenters anew, sets the open-flows gauge, and passes
+/// the TTL check of `heartbeat` (the gateway's own registration) if there is one.
+async fn refresh(gateway: Arc<Gateway>, heartbeat: Option<String>) -> anyhow::Result<()> {
     loop {
         gateway.refresh_datacenters().await;
-        let path = format!("/v1/agent/check/pass/service:{id}?note=forwarding");
-        if let Err(err) = gateway.client.put(&path, Vec::new()).await {
-            tracing::warn!("cannot report the gateway's health: {err:#}");
+        if let Some(id) = &heartbeat {
+            let path = format!("/v1/agent/check/pass/service:{id}?note=forwarding");
+            if let Err(err) = gateway.client.put(&path, Vec::new()).await {
+                tracing::warn!("cannot report the gateway's health: {err:#}");
+            }
         }
         let open = gateway.flows.lock().expect("flows poisoned").len();
         metrics::gauge!("murmur_gateway_flows_open").set(open as f64);

@@ -44,6 +44,10 @@ pub struct SidecarSpec {
     /// The registration's token, if it came with one (kept in the data dir, 0600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// For a `Kind: "mesh-gateway"` registration: the gateway's LAN and WAN addresses; the
+    /// agent runs a mesh gateway there instead of a sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_gateway: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// One proxy the agent runs: what it runs with, and how to stop it.
@@ -106,6 +110,7 @@ impl Sidecars {
         let stop = Arc::new(Notify::new());
         let upstreams = spec.upstreams.clone();
         let token = spec.token.clone();
+        let gateway = spec.mesh_gateway;
         {
             let mut running = self.running();
             if running.get(id).is_some_and(|r| r.spec == spec) {
@@ -142,7 +147,7 @@ impl Sidecars {
                 ..HttpTarget::at(format!("http://{}", self.http))
             },
         };
-        tokio::spawn(keep_running(id.to_owned(), args, stop));
+        tokio::spawn(keep_running(id.to_owned(), args, gateway, stop));
         Ok(())
     }
 
@@ -160,12 +165,24 @@ impl Sidecars {
 /// Runs the proxy of service `id` until `stop` is notified; a proxy that fails (its upstream
 /// port taken, say) is started again with capped backoff, so fixing the cause brings it back
 /// without re-registering the service.
-async fn keep_running(id: String, args: ProxyArgs, stop: Arc<Notify>) {
+async fn keep_running(
+    id: String,
+    args: ProxyArgs,
+    gateway: Option<(SocketAddr, SocketAddr)>,
+    stop: Arc<Notify>,
+) {
     let mut backoff = Backoff::default();
     loop {
         let started = tokio::time::Instant::now();
         let stopped = stop.notified();
-        let Err(err) = crate::client::sidecar::serve(args.clone(), stopped).await else {
+        let ran = match gateway {
+            None => crate::client::sidecar::serve(args.clone(), stopped).await,
+            Some((lan, wan)) => {
+                crate::client::gateway::serve_registered(args.target.clone(), lan, wan, stopped)
+                    .await
+            }
+        };
+        let Err(err) = ran else {
             return;
         };
         if started.elapsed() > HEALTHY_RUN {
@@ -173,7 +190,12 @@ async fn keep_running(id: String, args: ProxyArgs, stop: Arc<Notify>) {
         }
         let wait = backoff.next(rand::rng().random_range(0.0..1.0));
         metrics::counter!("murmur_sidecar_restarts_total").increment(1);
-        tracing::warn!(service = %id, "the sidecar proxy stopped: {err:#}; starting it again in {wait:.1?}");
+        let what = if gateway.is_some() {
+            "the mesh gateway"
+        } else {
+            "the sidecar proxy"
+        };
+        tracing::warn!(service = %id, "{what} stopped: {err:#}; starting it again in {wait:.1?}");
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stop.notified() => return,

@@ -134,7 +134,10 @@ pub async fn register(
     let checks = definition
         .check_definitions(api.config.enable_script_checks)
         .map_err(ApiError::bad_request)?;
-    let (id, sidecar) = (definition.service.id.clone(), definition.sidecar);
+    let (id, sidecar) = (definition.service.id.clone(), definition.sidecar.clone());
+    let gateway =
+        crate::services::mesh_gateway_addresses(&definition.service, api.config.advertise.ip())
+            .map_err(ApiError::bad_request)?;
     api.agent
         .write(|r, _| {
             let mut record = r.own_record().cloned().unwrap_or_default();
@@ -153,11 +156,20 @@ pub async fn register(
         api.checks.register(check, false).await?;
     }
     let mut response = StatusCode::OK.into_response();
-    match &sidecar {
-        Some(upstreams) => {
+    match (&sidecar, gateway) {
+        (_, Some(addresses)) => {
+            let spec = SidecarSpec {
+                upstreams: Vec::new(),
+                token: auth.secret.clone(),
+                mesh_gateway: Some(addresses),
+            };
+            api.sidecars.start(&id, spec).map_err(ApiError::internal)?;
+        }
+        (Some(upstreams), None) => {
             let spec = SidecarSpec {
                 upstreams: upstreams.clone(),
                 token: auth.secret.clone(),
+                mesh_gateway: None,
             };
             api.sidecars.start(&id, spec).map_err(ApiError::internal)?;
             if let Some(why) = api.connect.why_no_leaf(&api.agent) {
@@ -167,7 +179,7 @@ pub async fn register(
                 }
             }
         }
-        None => api.sidecars.stop(&id).map_err(ApiError::internal)?,
+        (None, None) => api.sidecars.stop(&id).map_err(ApiError::internal)?,
     }
     Ok(response)
 }
