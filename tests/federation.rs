@@ -949,7 +949,7 @@ fn agents_run_mesh_gateways_registered_with_kind_mesh_gateway() {
     );
     let (_, _, metrics) = east[0].request("GET", "/v1/agent/metrics?format=prometheus", b"");
     assert!(
-        metrics.contains(r#"murmur_gateway_flows_total{route="remote",destination_datacenter="west",destination_service="db"}"#),
+        metrics.contains(r#"murmur_gateway_flows_total{route="remote",source_datacenter="east",destination_datacenter="west",destination_service="db"}"#),
         "east's agent-run gateway forwarded the flow"
     );
     // A registration that cannot be a gateway is refused, and leaves nothing behind.

@@ -351,7 +351,7 @@ fn datacenters_that_cannot_reach_each_other_connect_through_their_mesh_gateways_
         carries_in(&e1, through_gateways),
         "and the gateways still do"
     );
-    // Each gateway counted the flow.
+    // Each gateway counted the flow, from east (west's knows east's gateway by its WAN IP).
     for (ns, ip, route) in [(&e0, e0_ips[0], "remote"), (&w0, w0_ips[0], "local")] {
         let (_, metrics) = request(
             ns,
@@ -362,7 +362,7 @@ fn datacenters_that_cannot_reach_each_other_connect_through_their_mesh_gateways_
         )
         .unwrap();
         assert!(
-            metrics.contains(&format!("murmur_gateway_flows_total{{route=\"{route}\",destination_datacenter=\"west\",destination_service=\"db\"}}")),
+            metrics.contains(&format!("murmur_gateway_flows_total{{route=\"{route}\",source_datacenter=\"east\",destination_datacenter=\"west\",destination_service=\"db\"}}")),
             "the {route} route is not counted on {ns}"
         );
     }

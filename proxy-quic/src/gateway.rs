@@ -127,6 +127,37 @@ pub fn route(
     }
 }
 
+/// Which of a gateway's addresses a flow arrived at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The LAN address, apart from the WAN one: a proxy of this datacenter.
+    Lan,
+    /// The WAN address, apart from the LAN one: another datacenter's gateway.
+    Wan,
+    /// The one address the gateway has for both.
+    Shared,
+}
+
+/// The datacenter a flow came from, for the gateway's metrics: at the LAN address, this
+/// gateway's `local` one; else the datacenter whose gateways have the client's IP
+/// (`remote_gateways`: WAN IP → datacenter), since another datacenter's gateway forwards from
+/// its WAN address; else, at a shared address, this one, and at the WAN address, `unknown`.
+pub fn source_datacenter<'a>(
+    client: std::net::IpAddr,
+    arrival: Arrival,
+    local: &'a str,
+    remote_gateways: &'a HashMap<std::net::IpAddr, String>,
+) -> &'a str {
+    if arrival == Arrival::Lan {
+        return local;
+    }
+    match (remote_gateways.get(&client), arrival) {
+        (Some(dc), _) => dc,
+        (None, Arrival::Wan) => "unknown",
+        (None, _) => local,
+    }
+}
+
 /// What to do with one datagram from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -305,6 +336,19 @@ mod tests {
         ] {
             assert_eq!(named(&other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn the_source_datacenter_is_the_local_one_at_the_lan_address_else_the_gateways_ip_says() {
+        let remote: HashMap<std::net::IpAddr, String> =
+            [("10.0.3.2".parse().unwrap(), "west".to_owned())].into();
+        let from =
+            |ip: &str, arrival| source_datacenter(ip.parse().unwrap(), arrival, "east", &remote);
+        assert_eq!(from("10.0.3.2", Arrival::Lan), "east");
+        assert_eq!(from("10.0.3.2", Arrival::Wan), "west");
+        assert_eq!(from("10.0.3.9", Arrival::Wan), "unknown");
+        assert_eq!(from("10.0.3.2", Arrival::Shared), "west");
+        assert_eq!(from("10.0.1.7", Arrival::Shared), "east");
     }
 
     #[test]

@@ -10,12 +10,12 @@
 //! to the client from the address it wrote to.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use murmur_proxy::gateway::{Decision, Flows, Route};
+use murmur_proxy::gateway::{Arrival, Decision, Flows, Route, source_datacenter};
 use murmur_proxy::native::{mesh_addresses, mesh_health_path};
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
@@ -47,6 +47,8 @@ struct Gateway {
     routes: Mutex<HashMap<Route, (Instant, Vec<SocketAddr>)>>,
     /// The datacenters the directory knows, refreshed with each heartbeat.
     datacenters: Mutex<Vec<String>>,
+    /// Other datacenters' gateways by WAN IP, for the source of a flow.
+    remote_gateways: Mutex<HashMap<IpAddr, String>>,
 }
 
 impl Gateway {
@@ -249,13 +251,20 @@ async fn forward(
         sockets: Mutex::default(),
         routes: Mutex::default(),
         datacenters: Mutex::default(),
+        remote_gateways: Mutex::default(),
     });
     tracing::info!(
         listening = ?addresses, datacenter = %gateway.datacenter, "mesh gateway running"
     );
     let mut tasks = tokio::task::JoinSet::new();
-    for listener in listeners {
-        tasks.spawn(listen(gateway.clone(), Arc::new(listener)));
+    let shared = listeners.len() == 1;
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let arrival = match (shared, i) {
+            (true, _) => Arrival::Shared,
+            (false, 0) => Arrival::Lan,
+            (false, _) => Arrival::Wan,
+        };
+        tasks.spawn(listen(gateway.clone(), Arc::new(listener), arrival));
     }
     tasks.spawn(refresh(gateway.clone(), heartbeat));
     tasks.spawn(expire(gateway.clone()));
@@ -283,7 +292,11 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 }
 
 /// Takes datagrams on one listening socket and acts on the gateway's decision for each.
-async fn listen(gateway: Arc<Gateway>, listener: Arc<UdpSocket>) -> anyhow::Result<()> {
+async fn listen(
+    gateway: Arc<Gateway>,
+    listener: Arc<UdpSocket>,
+    arrival: Arrival,
+) -> anyhow::Result<()> {
     let mut buffer = vec![0u8; 65536];
     loop {
         let (n, client) = listener.recv_from(&mut buffer).await?;
@@ -317,10 +330,18 @@ async fn listen(gateway: Arc<Gateway>, listener: Arc<UdpSocket>) -> anyhow::Resu
             }
             Decision::Open { route } => {
                 let first = datagram.to_vec();
+                let source = source_datacenter(
+                    client.ip(),
+                    arrival,
+                    &gateway.datacenter,
+                    &gateway.remote_gateways.lock().expect("gateways poisoned"),
+                )
+                .to_owned();
                 tokio::spawn(open(
                     gateway.clone(),
                     listener.clone(),
                     client,
+                    source,
                     route,
                     first,
                 ));
@@ -341,6 +362,7 @@ async fn open(
     gateway: Arc<Gateway>,
     listener: Arc<UdpSocket>,
     client: SocketAddr,
+    source: String,
     route: Route,
     first: Vec<u8>,
 ) {
@@ -382,7 +404,7 @@ async fn open(
         .lock()
         .expect("flows poisoned")
         .opened(gateway.now(), client, to);
-    metrics::counter!("murmur_gateway_flows_total", "route" => kind, "destination_datacenter" => dc.clone(), "destination_service" => service.clone())
+    metrics::counter!("murmur_gateway_flows_total", "route" => kind, "source_datacenter" => source, "destination_datacenter" => dc.clone(), "destination_service" => service.clone())
         .increment(1);
     tracing::debug!(%client, %to, service, dc, "flow opened");
     let _ = socket.send(&first).await;
@@ -440,6 +462,16 @@ impl Gateway {
                 Vec::new()
             }
         };
+        let mut remote_gateways = HashMap::new();
+        for dc in fresh.iter().filter(|dc| **dc != self.datacenter) {
+            let path = format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?dc={dc}");
+            if let Ok(answer) = self.client.get(&path).await {
+                for addr in gateway_addresses(&answer, "wan") {
+                    remote_gateways.insert(addr.ip(), dc.clone());
+                }
+            }
+        }
+        *self.remote_gateways.lock().expect("gateways poisoned") = remote_gateways;
         if !fresh.is_empty() {
             *self.datacenters.lock().expect("datacenters poisoned") = fresh;
         }
