@@ -515,6 +515,10 @@ pub struct GatewayArgs {
     /// dials its catalog address in plain TCP (repeatable).
     #[arg(long, value_name = "NAME")]
     pub link: Vec<String>,
+    /// Speak TLS to linked service NAME, trusting the CA in CA_FILE (PEM) and checking the
+    /// certificate for the service's catalog address (repeatable) [default: plain TCP].
+    #[arg(long, value_name = "NAME=CA_FILE")]
+    pub link_tls: Vec<String>,
     /// The service name it registers as; sidecars look for `mesh-gateway`, Consul's default.
     #[arg(long, default_value = "mesh-gateway")]
     pub service: String,

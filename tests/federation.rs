@@ -152,6 +152,7 @@ fn link(east: &[Agent], west: &[Agent]) -> Vec<String> {
 
 #[test]
 fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() {
+    let _one_at_a_time = one_at_a_time();
     let key = keygen();
     let (mut east, west, wan) = east_and_west(&key, 3);
 
@@ -594,6 +595,15 @@ fn bundle(agent: &Agent) -> Vec<String> {
     dcs
 }
 
+/// Holds the other tests of this file off while one runs: each starts four or more agents,
+/// plus gateways and proxies, and on a 2-core machine five at once starved the WAN gossip
+/// past its deadlines.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// East and west of two agents each, linked, every agent trusting both datacenters' roots.
 fn linked_with_roots(key: &str) -> (Vec<Agent>, Vec<Agent>) {
     let (east, west, _) = east_and_west(key, 2);
@@ -612,6 +622,7 @@ fn linked_with_roots(key: &str) -> (Vec<Agent>, Vec<Agent>) {
 
 #[test]
 fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_written_anywhere() {
+    let _one_at_a_time = one_at_a_time();
     // Each datacenter makes a root of its own, with no manual step; every agent of both
     // trusts both.
     let (east, west) = linked_with_roots(&keygen());
@@ -721,6 +732,7 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
 
 #[test]
 fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote() {
+    let _one_at_a_time = one_at_a_time();
     let (east, west) = linked_with_roots(&keygen());
     let east_gateway = Gateway::start(&east[0], &[]);
     let west_gateway = Gateway::start(&west[0], &[]);
@@ -824,6 +836,7 @@ fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote()
 
 #[test]
 fn an_upstream_fails_over_to_another_datacenter_and_a_killed_gateway_is_replaced() {
+    let _one_at_a_time = one_at_a_time();
     let (east, west) = linked_with_roots(&keygen());
     let mut east_gateways = [Gateway::start(&east[0], &[]), Gateway::start(&east[1], &[])];
     let _west_gateway = Gateway::start(&west[0], &[]);
@@ -916,6 +929,7 @@ fn an_upstream_fails_over_to_another_datacenter_and_a_killed_gateway_is_replaced
 
 #[test]
 fn agents_run_mesh_gateways_registered_with_kind_mesh_gateway() {
+    let _one_at_a_time = one_at_a_time();
     let (east, west) = linked_with_roots(&keygen());
     let gateway = |agent: &Agent| {
         let (lan, wan) = (free_port(), free_port());

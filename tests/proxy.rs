@@ -6,6 +6,8 @@
 //! reach the app. db's proxy runs with `--busy-poll`, web's without.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -1041,4 +1043,152 @@ fn a_terminating_gateway_fronts_a_service_outside_the_mesh_under_its_intentions(
         wait_until(Duration::from_secs(30), || !carries(upstream)),
         "a deny closes it again"
     );
+}
+
+/// A TLS echo server on loopback with `pki`'s server certificate: each connection's bytes,
+/// read to the client's close, are sent back.
+fn tls_echo(pki: &pki::Pki) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let connection = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(connection, tcp);
+                let mut got = Vec::new();
+                if tls.read_to_end(&mut got).is_ok() {
+                    let _ = tls.write_all(&got);
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_terminating_gateway_speaks_tls_to_a_service_that_asks_for_it() {
+    let agents = cluster("tgt", 2, &keygen());
+    let pki = pki::Pki::new();
+    let service = tls_echo(&pki);
+    let (status, _, body) = agents[0].request(
+        "PUT",
+        "/v1/catalog/register",
+        format!(
+            r#"{{"Node": "secure-host", "Address": "127.0.0.1",
+                "Service": {{"Service": "secure-db", "Port": {}}}}}"#,
+            service.port()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let tls = format!("secure-db={}", pki.arg("ca.pem"));
+    let _gateway = common::Gateway::start(
+        &agents[0],
+        &[
+            "--kind",
+            "terminating",
+            "--link",
+            "secure-db",
+            "--link-tls",
+            &tls,
+        ],
+    );
+    let port = free_port();
+    agents[1].register(&format!(
+        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
+            {{"Upstreams": [{{"DestinationName": "secure-db", "LocalBindPort": {port}}}]}}}}}}}}"#
+    ));
+    let out = agents[0].cli(&["intention", "create", "-allow", "web", "secure-db"]);
+    assert!(out.status.success(), "{out:?}");
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_until(Duration::from_secs(30), || carries(upstream)),
+        "web reaches secure-db over TLS through the terminating gateway"
+    );
+    // Half a flag is refused at start, naming the form.
+    let out = Command::new(common::BIN)
+        .args([
+            "connect",
+            "gateway",
+            "--kind",
+            "terminating",
+            "--address",
+            "127.0.0.1:0",
+        ])
+        .args(["--link", "secure-db", "--link-tls", "secure-db"])
+        .env("MURMUR_HTTP_ADDR", agents[0].http.to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NAME=CA_FILE"), "{stderr}");
+    // The same service under another name, trusted with a CA its certificate does not chain
+    // to: the gateway's handshake with it fails and nothing is carried.
+    let (status, _, body) = agents[0].request(
+        "PUT",
+        "/v1/catalog/register",
+        format!(
+            r#"{{"Node": "secure-host", "Address": "127.0.0.1",
+                "Service": {{"Service": "spoofed-db", "Port": {}}}}}"#,
+            service.port()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let wrong = format!("spoofed-db={}", pki.arg("other-ca.pem"));
+    let _wrong_gateway = common::Gateway::start(
+        &agents[0],
+        &[
+            "--kind",
+            "terminating",
+            "--id",
+            "tg2",
+            "--link",
+            "spoofed-db",
+            "--link-tls",
+            &wrong,
+        ],
+    );
+    let port = free_port();
+    agents[1].register(&format!(
+        r#"{{"Name": "api", "ID": "api-1", "Port": 8081, "Connect": {{"SidecarService": {{"Proxy":
+            {{"Upstreams": [{{"DestinationName": "spoofed-db", "LocalBindPort": {port}}}]}}}}}}}}"#
+    ));
+    let out = agents[0].cli(&["intention", "create", "-allow", "api", "spoofed-db"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || agents[1]
+            .get("/v1/health/service/spoofed-db-sidecar-proxy?passing")
+            .as_array()
+            .is_some_and(|l| l.len() == 1)),
+        "the second gateway's endpoint"
+    );
+    let spoofed = SocketAddr::from(([127, 0, 0, 1], port));
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..3 {
+        assert!(
+            !carries(spoofed),
+            "carried to a service whose certificate is not trusted"
+        );
+    }
 }

@@ -42,7 +42,7 @@ struct Gateway {
     started: Instant,
     flows: Mutex<Flows>,
     /// One connected socket per open flow, by client.
-    sockets: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
+    sockets: Mutex<HashMap<SocketAddr, Arc<FlowSocket>>>,
     /// Destinations by route, with when they were asked for.
     routes: Mutex<HashMap<Route, (Instant, Vec<SocketAddr>)>>,
     /// The datacenters the directory knows, refreshed with each heartbeat.
@@ -55,6 +55,23 @@ impl Gateway {
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
+
+    /// Forgets the sockets of `clients`' flows, ending their tasks.
+    fn close(&self, clients: impl IntoIterator<Item = SocketAddr>) {
+        let mut sockets = self.sockets.lock().expect("sockets poisoned");
+        for client in clients {
+            if let Some(flow) = sockets.remove(&client) {
+                flow.closed.notify_one();
+            }
+        }
+    }
+}
+
+/// A flow's socket towards its destination, and the signal that ends the task carrying its
+/// answers back (no timer per datagram: a flow's task waits on the socket and this only).
+struct FlowSocket {
+    socket: UdpSocket,
+    closed: tokio::sync::Notify,
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then deregisters.
@@ -65,7 +82,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         );
     }
     match args.kind.as_str() {
-        "mesh" if args.link.is_empty() => run_mesh(args).await,
+        "mesh" if args.link.is_empty() && args.link_tls.is_empty() => run_mesh(args).await,
         "mesh" => bail!("--link is for --kind terminating: a mesh gateway routes by server name"),
         "terminating" => run_terminating(args).await,
         other => bail!("--kind {other:?} is not a gateway murmur runs: use mesh or terminating"),
@@ -82,6 +99,14 @@ async fn run_terminating(args: GatewayArgs) -> anyhow::Result<()> {
     if args.link.is_empty() {
         bail!("a terminating gateway needs the services it fronts: give --link NAME (repeatable)");
     }
+    for spec in &args.link_tls {
+        match spec.split_once('=') {
+            Some((service, ca)) if args.link.contains(&service.to_owned()) && !ca.is_empty() => {}
+            _ => bail!(
+                "--link-tls {spec:?} must be NAME=CA_FILE for a service also given with --link"
+            ),
+        }
+    }
     let address = crate::agent::config::parse_addr(&args.address, 0).context("--address")?;
     let id = args.id.clone().unwrap_or_else(|| args.service.clone());
     let mut proxies = tokio::task::JoinSet::new();
@@ -92,6 +117,7 @@ async fn run_terminating(args: GatewayArgs) -> anyhow::Result<()> {
             id: format!("{id}-{name}"),
             name: name.clone(),
             app,
+            tls: tls_to(&args.link_tls, name)?,
         };
         let proxy = crate::cli::ProxyArgs {
             sidecar_for: fronted.id.clone(),
@@ -122,6 +148,40 @@ async fn run_terminating(args: GatewayArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The TLS connector for linked service `name`, if `--link-tls NAME=CA_FILE` names it: it
+/// trusts that CA only, and checks the certificate for the service's catalog address.
+fn tls_to(link_tls: &[String], name: &str) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
+    let Some(ca_file) = link_tls.iter().find_map(|spec| {
+        let (service, ca) = spec.split_once('=')?;
+        (service == name).then_some(ca)
+    }) else {
+        return Ok(None);
+    };
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect())
+        .with_context(|| format!("--link-tls {name}={ca_file}: cannot read the CA file"))?;
+    if certs.is_empty() {
+        bail!("--link-tls {name}={ca_file}: no PEM certificate in it");
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .with_context(|| format!("--link-tls {name}={ca_file}: not a CA certificate"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    ))))
 }
 
 /// Where the service `name` outside the mesh listens, from the catalog.
@@ -278,10 +338,17 @@ async fn forward(
             Err(panic) => Err(anyhow::anyhow!("a gateway task failed: {panic}")),
         },
     };
-    // The listening tasks end with the set; each flow's task ends once its socket is gone
-    // (within its 5 s receive timeout), and with it the last hold on the listening sockets.
+    // The listening tasks end with the set, each flow's task when its socket is closed, and
+    // with them the last holds on the listening sockets.
     tasks.abort_all();
-    gateway.sockets.lock().expect("sockets poisoned").clear();
+    let clients: Vec<SocketAddr> = gateway
+        .sockets
+        .lock()
+        .expect("sockets poisoned")
+        .keys()
+        .copied()
+        .collect();
+    gateway.close(clients);
     ended
 }
 
@@ -298,6 +365,8 @@ async fn listen(
     arrival: Arrival,
 ) -> anyhow::Result<()> {
     let mut buffer = vec![0u8; 65536];
+    let to_destination =
+        metrics::counter!("murmur_gateway_bytes_total", "direction" => "to_destination");
     loop {
         let (n, client) = listener.recv_from(&mut buffer).await?;
         let datagram = &buffer[..n];
@@ -322,10 +391,9 @@ async fn listen(
                     .expect("sockets poisoned")
                     .get(&client)
                     .cloned();
-                if let Some(socket) = socket {
-                    metrics::counter!("murmur_gateway_bytes_total", "direction" => "to_destination")
-                        .increment(n as u64);
-                    let _ = socket.send(datagram).await;
+                if let Some(flow) = socket {
+                    to_destination.increment(n as u64);
+                    let _ = flow.socket.send(datagram).await;
                 }
             }
             Decision::Open { route } => {
@@ -387,18 +455,24 @@ async fn open(
         return;
     };
     let socket = match connected(to).await {
-        Ok(socket) => Arc::new(socket),
+        Ok(socket) => Arc::new(FlowSocket {
+            socket,
+            closed: tokio::sync::Notify::new(),
+        }),
         Err(err) => {
             tracing::warn!(%to, "cannot open a flow: {err:#}");
             gateway.flows.lock().expect("flows poisoned").failed(client);
             return;
         }
     };
-    gateway
+    let replaced = gateway
         .sockets
         .lock()
         .expect("sockets poisoned")
         .insert(client, socket.clone());
+    if let Some(old) = replaced {
+        old.closed.notify_one();
+    }
     gateway
         .flows
         .lock()
@@ -407,31 +481,24 @@ async fn open(
     metrics::counter!("murmur_gateway_flows_total", "route" => kind, "source_datacenter" => source, "destination_datacenter" => dc.clone(), "destination_service" => service.clone())
         .increment(1);
     tracing::debug!(%client, %to, service, dc, "flow opened");
-    let _ = socket.send(&first).await;
+    let _ = socket.socket.send(&first).await;
     let mut buffer = vec![0u8; 65536];
-    // Ends when the flow is forgotten: its socket is dropped from the map, and the weak
-    // check below sees it.
+    let to_client = metrics::counter!("murmur_gateway_bytes_total", "direction" => "to_client");
     loop {
-        let received = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buffer)).await;
-        let still_open = gateway
-            .sockets
+        let n = tokio::select! {
+            received = socket.socket.recv(&mut buffer) => match received {
+                Ok(n) => n,
+                Err(_) => continue,
+            },
+            () = socket.closed.notified() => return,
+        };
+        gateway
+            .flows
             .lock()
-            .expect("sockets poisoned")
-            .get(&client)
-            .is_some_and(|s| Arc::ptr_eq(s, &socket));
-        if !still_open {
-            return;
-        }
-        if let Ok(Ok(n)) = received {
-            gateway
-                .flows
-                .lock()
-                .expect("flows poisoned")
-                .answered(gateway.now(), client);
-            metrics::counter!("murmur_gateway_bytes_total", "direction" => "to_client")
-                .increment(n as u64);
-            let _ = listener.send_to(&buffer[..n], client).await;
-        }
+            .expect("flows poisoned")
+            .answered(gateway.now(), client);
+        to_client.increment(n as u64);
+        let _ = listener.send_to(&buffer[..n], client).await;
     }
 }
 
@@ -559,9 +626,6 @@ async fn expire(gateway: Arc<Gateway>) -> anyhow::Result<()> {
             .lock()
             .expect("flows poisoned")
             .expire(gateway.now());
-        let mut sockets = gateway.sockets.lock().expect("sockets poisoned");
-        for client in gone {
-            sockets.remove(&client);
-        }
+        gateway.close(gone);
     }
 }

@@ -80,8 +80,16 @@ async fn serve(sidecar: Arc<Sidecar>, connection: quinn::Connection) {
                     return;
                 }
             };
-            if let Ok((to_app, from_app)) = splice(&sidecar, tcp, send, recv).await {
-                count_bytes(&labels, "inbound", from_app, to_app);
+            let carried = match &sidecar.fronted.tls {
+                None => splice(&sidecar, tcp, send, recv).await,
+                Some(tls) => splice_tls(tls, app, tcp, send, recv).await,
+            };
+            match carried {
+                Ok((to_app, from_app)) => count_bytes(&labels, "inbound", from_app, to_app),
+                Err(err) if sidecar.fronted.tls.is_some() => {
+                    tracing::warn!(%app, "TLS to the service failed: {err}");
+                }
+                Err(_) => {}
             }
         });
     }
@@ -171,4 +179,31 @@ pub async fn follow_intentions(sidecar: Arc<Sidecar>) -> anyhow::Result<()> {
         anyhow::Ok(())
     };
     tokio::try_join!(watcher, recheck).map(drop)
+}
+
+/// Carries a stream to a service spoken to over TLS (a terminating gateway's `--link-tls`):
+/// the handshake checks the service's certificate for its address against the given CA, then
+/// bytes are copied both ways; returns the bytes carried (to the service, from it).
+async fn splice_tls(
+    tls: &tokio_rustls::TlsConnector,
+    app: std::net::SocketAddr,
+    tcp: TcpStream,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> std::io::Result<(u64, u64)> {
+    use tokio::io::AsyncWriteExt;
+    let name = rustls::pki_types::ServerName::IpAddress(app.ip().into());
+    let stream = tls.connect(name, tcp).await?;
+    let (mut from_service, mut to_service) = tokio::io::split(stream);
+    let up = async {
+        let n = tokio::io::copy(&mut recv, &mut to_service).await?;
+        to_service.shutdown().await?;
+        Ok::<_, std::io::Error>(n)
+    };
+    let down = async {
+        let n = tokio::io::copy(&mut from_service, &mut send).await?;
+        let _ = send.finish();
+        Ok::<_, std::io::Error>(n)
+    };
+    tokio::try_join!(up, down)
 }

@@ -42,7 +42,7 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// The service instance a sidecar fronts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(in crate::client) struct Fronted {
     /// The id its proxy's registration derives from.
     pub id: String,
@@ -50,6 +50,9 @@ pub(in crate::client) struct Fronted {
     pub name: String,
     /// Where the app listens.
     pub app: SocketAddr,
+    /// TLS to the app, for a service outside the mesh that a terminating gateway reaches
+    /// over TLS; plain TCP when `None`.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// What every task of a sidecar shares.
@@ -241,6 +244,7 @@ async fn fronted(client: &Client, id: &str) -> anyhow::Result<Fronted> {
         id: id.to_owned(),
         name,
         app: SocketAddr::new(ip, port as u16),
+        tls: None,
     })
 }
 
