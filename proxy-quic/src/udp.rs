@@ -44,6 +44,93 @@ pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
     mtu
 }
 
+/// A UDP socket with large buffers on `addr`, as quinn drives its own: receives coalesce a
+/// burst of datagrams from one sender into one batch (GRO) and a batch goes out in one send
+/// (GSO), where the kernel offers them. What a mesh gateway forwards with: one system call
+/// per batch instead of one per datagram.
+pub fn batched_socket(addr: SocketAddr) -> io::Result<BatchedSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket.into())?;
+    Ok(BatchedSocket { inner })
+}
+
+/// See [`batched_socket`].
+#[derive(Debug, Clone)]
+pub struct BatchedSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+}
+
+/// One batch received: `len` bytes in `buffer` of datagrams of `stride` bytes each (the last
+/// may be shorter), all from `from`.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    /// The sender.
+    pub from: SocketAddr,
+    /// Bytes in the batch.
+    pub len: usize,
+    /// Size of each datagram but the last.
+    pub stride: usize,
+}
+
+impl BatchedSocket {
+    /// The next batch of datagrams, into `buffer` (64 KiB holds any batch).
+    pub async fn recv(&self, buffer: &mut [u8]) -> io::Result<Batch> {
+        let mut meta = [RecvMeta::default()];
+        std::future::poll_fn(|cx| {
+            let mut bufs = [IoSliceMut::new(buffer)];
+            self.inner.poll_recv(cx, &mut bufs, &mut meta)
+        })
+        .await?;
+        Ok(Batch {
+            from: meta[0].addr,
+            len: meta[0].len,
+            stride: meta[0].stride.max(1),
+        })
+    }
+
+    /// Sends `contents`, datagrams of `stride` bytes each (the last may be shorter), to `to`
+    /// in as few system calls as the kernel allows, waiting while the send buffer is full.
+    pub async fn send(&self, to: SocketAddr, contents: &[u8], stride: usize) -> io::Result<()> {
+        let per_send = (MAX_UDP_PAYLOAD / stride.max(1)).max(1) * stride.max(1);
+        let segments = self.inner.max_transmit_segments().max(1);
+        let per_send = per_send.min(segments * stride.max(1));
+        for part in contents.chunks(per_send.max(1)) {
+            let transmit = Transmit {
+                destination: to,
+                ecn: None,
+                contents: part,
+                segment_size: (part.len() > stride).then_some(stride),
+                src_ip: None,
+            };
+            loop {
+                match self.inner.try_send(&transmit) {
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        let mut poller = self.inner.clone().create_io_poller();
+                        std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)).await?;
+                    }
+                    done => {
+                        done?;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
 /// A QUIC endpoint on `addr` with large socket buffers and datagrams up to [`MAX_DATAGRAM`];
 /// a server when `server` is given; its traffic keeps `busy_poll` polling, if given.
 pub fn endpoint(

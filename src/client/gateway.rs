@@ -19,7 +19,7 @@ use murmur_proxy::gateway::{Arrival, Decision, Flows, Route, source_datacenter};
 use murmur_proxy::native::{mesh_addresses, mesh_health_path};
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
-use tokio::net::UdpSocket;
+use murmur_proxy::udp::{BatchedSocket, batched_socket};
 
 use super::Client;
 use crate::cli::GatewayArgs;
@@ -70,7 +70,9 @@ impl Gateway {
 /// A flow's socket towards its destination, and the signal that ends the task carrying its
 /// answers back (no timer per datagram: a flow's task waits on the socket and this only).
 struct FlowSocket {
-    socket: UdpSocket,
+    socket: BatchedSocket,
+    /// Where the flow goes: answers from anywhere else are dropped.
+    to: SocketAddr,
     closed: tokio::sync::Notify,
 }
 
@@ -269,7 +271,7 @@ pub async fn serve_registered(
 }
 
 /// The sockets of a gateway's LAN and WAN addresses (one when they are the same).
-async fn listeners(lan: SocketAddr, wan: SocketAddr) -> anyhow::Result<Vec<UdpSocket>> {
+async fn listeners(lan: SocketAddr, wan: SocketAddr) -> anyhow::Result<Vec<BatchedSocket>> {
     let mut listeners = vec![bind(lan).await?];
     if wan != lan {
         listeners.push(bind(wan).await?);
@@ -281,7 +283,7 @@ async fn listeners(lan: SocketAddr, wan: SocketAddr) -> anyhow::Result<Vec<UdpSo
 /// `heartbeat`, passes that service's TTL check every [`HEARTBEAT`].
 async fn forward(
     client: Client,
-    listeners: Vec<UdpSocket>,
+    listeners: Vec<BatchedSocket>,
     heartbeat: Option<String>,
     metrics: Option<tokio::net::TcpListener>,
     stop: impl std::future::Future<Output = ()>,
@@ -352,24 +354,25 @@ async fn forward(
     ended
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    UdpSocket::bind(addr)
-        .await
+async fn bind(addr: SocketAddr) -> anyhow::Result<BatchedSocket> {
+    batched_socket(addr)
         .with_context(|| format!("cannot listen for QUIC on {addr}: is the port taken?"))
 }
 
-/// Takes datagrams on one listening socket and acts on the gateway's decision for each.
+/// Takes batches of datagrams on one listening socket (a batch is one client's) and acts on
+/// the gateway's decision for each, made on its first datagram.
 async fn listen(
     gateway: Arc<Gateway>,
-    listener: Arc<UdpSocket>,
+    listener: Arc<BatchedSocket>,
     arrival: Arrival,
 ) -> anyhow::Result<()> {
     let mut buffer = vec![0u8; 65536];
     let to_destination =
         metrics::counter!("murmur_gateway_bytes_total", "direction" => "to_destination");
     loop {
-        let (n, client) = listener.recv_from(&mut buffer).await?;
-        let datagram = &buffer[..n];
+        let batch = listener.recv(&mut buffer).await?;
+        let (n, client) = (batch.len, batch.from);
+        let datagram = &buffer[..batch.stride.min(n)];
         let known = gateway
             .datacenters
             .lock()
@@ -393,11 +396,11 @@ async fn listen(
                     .cloned();
                 if let Some(flow) = socket {
                     to_destination.increment(n as u64);
-                    let _ = flow.socket.send(datagram).await;
+                    let _ = flow.socket.send(flow.to, &buffer[..n], batch.stride).await;
                 }
             }
             Decision::Open { route } => {
-                let first = datagram.to_vec();
+                let first = (buffer[..n].to_vec(), batch.stride);
                 let source = source_datacenter(
                     client.ip(),
                     arrival,
@@ -428,11 +431,11 @@ async fn listen(
 /// sends the first datagram, and carries the answers back until the flow is forgotten.
 async fn open(
     gateway: Arc<Gateway>,
-    listener: Arc<UdpSocket>,
+    listener: Arc<BatchedSocket>,
     client: SocketAddr,
     source: String,
     route: Route,
-    first: Vec<u8>,
+    first: (Vec<u8>, usize),
 ) {
     let (dc, service, kind) = match &route {
         Route::Local { service } => (gateway.datacenter.clone(), service.clone(), "local"),
@@ -454,9 +457,10 @@ async fn open(
             .increment(1);
         return;
     };
-    let socket = match connected(to).await {
+    let socket = match socket_towards(to) {
         Ok(socket) => Arc::new(FlowSocket {
             socket,
+            to,
             closed: tokio::sync::Notify::new(),
         }),
         Err(err) => {
@@ -481,14 +485,14 @@ async fn open(
     metrics::counter!("murmur_gateway_flows_total", "route" => kind, "source_datacenter" => source, "destination_datacenter" => dc.clone(), "destination_service" => service.clone())
         .increment(1);
     tracing::debug!(%client, %to, service, dc, "flow opened");
-    let _ = socket.socket.send(&first).await;
+    let _ = socket.socket.send(to, &first.0, first.1).await;
     let mut buffer = vec![0u8; 65536];
     let to_client = metrics::counter!("murmur_gateway_bytes_total", "direction" => "to_client");
     loop {
-        let n = tokio::select! {
+        let batch = tokio::select! {
             received = socket.socket.recv(&mut buffer) => match received {
-                Ok(n) => n,
-                Err(_) => continue,
+                Ok(batch) if batch.from == to => batch,
+                _ => continue,
             },
             () = socket.closed.notified() => return,
         };
@@ -497,21 +501,21 @@ async fn open(
             .lock()
             .expect("flows poisoned")
             .answered(gateway.now(), client);
-        to_client.increment(n as u64);
-        let _ = listener.send_to(&buffer[..n], client).await;
+        to_client.increment(batch.len as u64);
+        let _ = listener
+            .send(client, &buffer[..batch.len], batch.stride)
+            .await;
     }
 }
 
-/// A UDP socket connected to `to`, from an address of the family `to` is.
-async fn connected(to: SocketAddr) -> anyhow::Result<UdpSocket> {
+/// A socket for a flow towards `to`, on an address of its family and a free port.
+fn socket_towards(to: SocketAddr) -> anyhow::Result<BatchedSocket> {
     let any: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
         "[::]:0".parse()?
     };
-    let socket = UdpSocket::bind(any).await?;
-    socket.connect(to).await?;
-    Ok(socket)
+    Ok(batched_socket(any)?)
 }
 
 impl Gateway {
