@@ -584,15 +584,7 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
 
 /// The datacenters of the roots `agent` trusts, sorted.
 fn bundle(agent: &Agent) -> Vec<String> {
-    let mut dcs: Vec<String> = agent.get("/v1/agent/connect/ca/roots")["Roots"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["Datacenter"].as_str().map(str::to_owned))
-        .collect();
-    dcs.sort();
-    dcs.dedup();
-    dcs
+    common::root_datacenters(&agent.get("/v1/agent/connect/ca/roots"))
 }
 
 /// Holds the other tests of this file off while one runs: each starts four or more agents,
@@ -657,13 +649,7 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
 
     // Intentions are global and enforced where the destination is: written in east, they
     // decide at db's proxy in west (agents with data dirs deny by default).
-    let intend = |agent: &Agent, action: &str| {
-        let body = format!(r#"{{"Action": "{action}"}}"#);
-        let path = "/v1/connect/intentions/exact?source=web&destination=db";
-        let (status, _, text) = agent.request("PUT", path, body.as_bytes());
-        assert_eq!(status, 200, "{text}");
-    };
-    intend(&east[0], "allow");
+    east[0].intend("web", "db", "allow");
     assert!(
         wait_until(REPLACE, through),
         "web in east reached db in west:\n{}\n{}",
@@ -687,7 +673,7 @@ fn a_service_reaches_one_of_another_datacenter_over_mtls_under_intentions_writte
     let unknown = runtime.block_on(sdk.connect_in("db", Some("nowhere")));
     assert!(unknown.is_err(), "a datacenter nobody knows");
 
-    intend(&east[0], "deny");
+    east[0].intend("web", "db", "deny");
     assert!(
         wait_until(REPLACE, || !through()),
         "east's deny closed the way at db's proxy in west"
@@ -747,12 +733,7 @@ fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote()
                 ]}}}}}}}}"#
         ),
     );
-    let (_, _, body) = east[0].request(
-        "PUT",
-        "/v1/connect/intentions/exact?source=web&destination=db",
-        br#"{"Action": "allow"}"#,
-    );
-    assert_eq!(body.trim(), "true", "{body}");
+    east[0].intend("web", "db", "allow");
 
     // The gateways are in the catalog as Consul shows them.
     let gateways = west[1].get("/v1/health/service/mesh-gateway?passing");
@@ -809,12 +790,7 @@ fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote()
     assert!(west_gateway.metric("murmur_gateway_bytes_total") > 0.0);
 
     // A deny written in east closes the way at db's proxy in west, gateways or not.
-    let (_, _, body) = east[0].request(
-        "PUT",
-        "/v1/connect/intentions/exact?source=web&destination=db",
-        br#"{"Action": "deny"}"#,
-    );
-    assert_eq!(body.trim(), "true", "{body}");
+    east[0].intend("web", "db", "deny");
     assert!(
         wait_until(REPLACE, || !common::carries(local)
             && !common::carries(remote)),
@@ -856,12 +832,7 @@ fn an_upstream_fails_over_to_another_datacenter_and_a_killed_gateway_is_replaced
             {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {port},
               "Failover": {{"Datacenters": ["west"]}}, "MeshGateway": {{"Mode": "local"}}}}]}}}}}}}}"#
     ));
-    let (_, _, body) = east[0].request(
-        "PUT",
-        "/v1/connect/intentions/exact?source=web&destination=db",
-        br#"{"Action": "allow"}"#,
-    );
-    assert_eq!(body.trim(), "true", "{body}");
+    east[0].intend("web", "db", "allow");
     let upstream = SocketAddr::from(([127, 0, 0, 1], port));
     let served_by = |dc: &str| {
         let (_, _, text) = east[1].request("GET", "/v1/agent/metrics?format=prometheus", b"");
@@ -949,12 +920,7 @@ fn agents_run_mesh_gateways_registered_with_kind_mesh_gateway() {
             {{"Upstreams": [{{"DestinationName": "db", "Datacenter": "west", "LocalBindPort": {port},
               "MeshGateway": {{"Mode": "local"}}}}]}}}}}}}}"#
     ));
-    let (_, _, body) = east[0].request(
-        "PUT",
-        "/v1/connect/intentions/exact?source=web&destination=db",
-        br#"{"Action": "allow"}"#,
-    );
-    assert_eq!(body.trim(), "true", "{body}");
+    east[0].intend("web", "db", "allow");
     let upstream = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(
         wait_until(REPLACE, || common::carries(upstream)),

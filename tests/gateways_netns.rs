@@ -257,17 +257,8 @@ fn datacenters_that_cannot_reach_each_other_connect_through_their_mesh_gateways_
     };
     // Both datacenters up, linked, and every agent trusting both roots.
     let trusted = |ns: &str, ip: IpAddr| {
-        get(ns, ip, "/v1/agent/connect/ca/roots").is_some_and(|r| {
-            let mut dcs: Vec<String> = r["Roots"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r["Datacenter"].as_str().map(str::to_owned))
-                .collect();
-            dcs.sort();
-            dcs.dedup();
-            dcs == ["east", "west"]
-        })
+        get(ns, ip, "/v1/agent/connect/ca/roots")
+            .is_some_and(|r| common::root_datacenters(&r) == ["east", "west"])
     };
     assert!(
         wait_until(Duration::from_secs(90), || trusted(&e1, e1_ips[0])

@@ -976,17 +976,7 @@ fn a_terminating_gateway_fronts_a_service_outside_the_mesh_under_its_intentions(
     let agents = cluster("tg", 2, &keygen());
     // A database on a host murmur does not run on: in the catalog through catalog/register.
     let app = common::echo_app();
-    let (status, _, body) = agents[0].request(
-        "PUT",
-        "/v1/catalog/register",
-        format!(
-            r#"{{"Node": "legacy-host", "Address": "127.0.0.1",
-                "Service": {{"Service": "legacy-db", "Port": {}}}}}"#,
-            app.addr.port()
-        )
-        .as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
+    agents[0].register_external("legacy-host", "legacy-db", app.addr.port());
     let gateway = common::Gateway::start(
         &agents[0],
         &[
@@ -1090,17 +1080,7 @@ fn a_terminating_gateway_speaks_tls_to_a_service_that_asks_for_it() {
     let agents = cluster("tgt", 2, &keygen());
     let pki = pki::Pki::new();
     let service = tls_echo(&pki);
-    let (status, _, body) = agents[0].request(
-        "PUT",
-        "/v1/catalog/register",
-        format!(
-            r#"{{"Node": "secure-host", "Address": "127.0.0.1",
-                "Service": {{"Service": "secure-db", "Port": {}}}}}"#,
-            service.port()
-        )
-        .as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
+    agents[0].register_external("secure-host", "secure-db", service.port());
     let tls = format!("secure-db={}", pki.arg("ca.pem"));
     let _gateway = common::Gateway::start(
         &agents[0],
@@ -1144,17 +1124,7 @@ fn a_terminating_gateway_speaks_tls_to_a_service_that_asks_for_it() {
     assert!(stderr.contains("NAME=CA_FILE"), "{stderr}");
     // The same service under another name, trusted with a CA its certificate does not chain
     // to: the gateway's handshake with it fails and nothing is carried.
-    let (status, _, body) = agents[0].request(
-        "PUT",
-        "/v1/catalog/register",
-        format!(
-            r#"{{"Node": "secure-host", "Address": "127.0.0.1",
-                "Service": {{"Service": "spoofed-db", "Port": {}}}}}"#,
-            service.port()
-        )
-        .as_bytes(),
-    );
-    assert_eq!(status, 200, "{body}");
+    agents[0].register_external("secure-host", "spoofed-db", service.port());
     let wrong = format!("spoofed-db={}", pki.arg("other-ca.pem"));
     let _wrong_gateway = common::Gateway::start(
         &agents[0],

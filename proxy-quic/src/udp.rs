@@ -49,6 +49,13 @@ pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
 /// (GSO), where the kernel offers them. What a mesh gateway forwards with: one system call
 /// per batch instead of one per datagram.
 pub fn batched_socket(addr: SocketAddr) -> io::Result<BatchedSocket> {
+    let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, bound(addr)?.into())?;
+    Ok(BatchedSocket { inner })
+}
+
+/// A UDP socket bound to `addr` (both families on `[::]`), with [`SOCKET_BUFFER`]-sized
+/// buffers where the system allows (best effort: a smaller buffer still works, only slower).
+fn bound(addr: SocketAddr) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -57,8 +64,7 @@ pub fn batched_socket(addr: SocketAddr) -> io::Result<BatchedSocket> {
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
-    let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket.into())?;
-    Ok(BatchedSocket { inner })
+    Ok(socket)
 }
 
 /// See [`batched_socket`].
@@ -138,15 +144,7 @@ pub fn endpoint(
     server: Option<quinn::ServerConfig>,
     busy_poll: Option<Arc<BusyPoll>>,
 ) -> io::Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        let _ = socket.set_only_v6(false);
-    }
-    // Best effort: a smaller buffer still works, only slower.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    socket.bind(&addr.into())?;
+    let socket = bound(addr)?;
     let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(MAX_DATAGRAM)

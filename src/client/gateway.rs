@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use murmur_proxy::gateway::{Arrival, Decision, Flows, Route, source_datacenter};
 use murmur_proxy::native::{mesh_addresses, mesh_health_path};
+use murmur_proxy::udp::{BatchedSocket, batched_socket};
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
-use murmur_proxy::udp::{BatchedSocket, batched_socket};
 
 use super::Client;
 use crate::cli::GatewayArgs;

@@ -272,6 +272,30 @@ impl Agent {
         assert_eq!(status, 200, "register on {}: {body}", self.name);
     }
 
+    /// Registers `service` on external node `node` at 127.0.0.1:`port` through
+    /// `/v1/catalog/register` (a service no agent runs), which must answer 200.
+    pub fn register_external(&self, node: &str, service: &str, port: u16) {
+        let body = format!(
+            r#"{{"Node": "{node}", "Address": "127.0.0.1", "Service": {{"Service": "{service}", "Port": {port}}}}}"#
+        );
+        let (status, _, answer) = self.request("PUT", "/v1/catalog/register", body.as_bytes());
+        assert_eq!(status, 200, "catalog register on {}: {answer}", self.name);
+    }
+
+    /// Writes the intention `source` → `destination` deciding `action` (`allow` or `deny`).
+    pub fn intend(&self, source: &str, destination: &str, action: &str) {
+        let path =
+            format!("/v1/connect/intentions/exact?source={source}&destination={destination}");
+        let body = format!(r#"{{"Action": "{action}"}}"#);
+        let (status, _, answer) = self.request("PUT", &path, body.as_bytes());
+        assert_eq!(
+            (status, answer.trim()),
+            (200, "true"),
+            "intention on {}",
+            self.name
+        );
+    }
+
     /// Registers db-1 (its app on `port`) with Consul's sidecar block.
     pub fn register_db_with_sidecar(&self, port: u16) {
         self.register(&format!(
@@ -639,4 +663,17 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The datacenters of the roots in a `/v1/agent/connect/ca/roots` answer, sorted.
+pub fn root_datacenters(roots: &Value) -> Vec<String> {
+    let mut dcs: Vec<String> = roots["Roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["Datacenter"].as_str().map(str::to_owned))
+        .collect();
+    dcs.sort();
+    dcs.dedup();
+    dcs
 }
