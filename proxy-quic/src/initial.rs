@@ -60,6 +60,11 @@ pub fn client_hello(datagram: &[u8]) -> Result<ClientHello, InitialError> {
 /// The destination connection id and the CRYPTO stream bytes from offset 0 of the Initial
 /// packet at the start of `datagram`.
 fn initial_crypto_data(datagram: &[u8]) -> Result<(Vec<u8>, Vec<u8>), InitialError> {
+    // Most datagrams a gateway sees are short-header packets of open flows: refused here,
+    // before the copy that decryption needs.
+    if datagram.first().is_none_or(|first| first & 0xf0 != 0xc0) {
+        return Err(InitialError::NotInitial);
+    }
     let mut packet = datagram.to_vec();
     let mut r = Reader::new(&packet);
     let first = r.u8().ok_or(InitialError::NotInitial)?;

@@ -373,18 +373,18 @@ async fn listen(
         let batch = listener.recv(&mut buffer).await?;
         let (n, client) = (batch.len, batch.from);
         let datagram = &buffer[..batch.stride.min(n)];
-        let known = gateway
-            .datacenters
-            .lock()
-            .expect("datacenters poisoned")
-            .clone();
+        // The datacenters are looked at only for a flow to open, not for each batch.
+        let known = |dc: &str| {
+            let known = gateway.datacenters.lock().expect("datacenters poisoned");
+            known.iter().any(|k| k == dc)
+        };
         let decision = gateway.flows.lock().expect("flows poisoned").on_datagram(
             gateway.now(),
             client,
             datagram,
             &gateway.trust_domain,
             &gateway.datacenter,
-            |dc| known.iter().any(|k| k == dc),
+            known,
         );
         match decision {
             Decision::Forward { .. } => {
