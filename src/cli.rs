@@ -533,6 +533,11 @@ pub struct GatewayArgs {
     /// from --address) [default: --address].
     #[arg(long, value_name = "ADDR")]
     pub wan_address: Option<String>,
+    /// Threads that move the gateway's traffic: as for a proxy, one keeps each batch, its
+    /// flow's state and its sockets on one core with no hand-offs between threads; raise it
+    /// when one gateway must carry more than a core's worth.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: u16,
     /// Serve the gateway's metrics for Prometheus at http://ADDR/metrics (flows by route and
     /// destination, bytes each way, drops by reason) [default: not served].
     #[arg(long, value_name = "ADDR")]

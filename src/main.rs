@@ -42,8 +42,14 @@ fn main() -> std::process::ExitCode {
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    if let Command::Connect(cli::ConnectCommand::Proxy(args)) = &cli.command {
-        runtime.worker_threads(usize::from(args.worker_threads));
+    match &cli.command {
+        Command::Connect(cli::ConnectCommand::Proxy(args)) => {
+            runtime.worker_threads(usize::from(args.worker_threads));
+        }
+        Command::Connect(cli::ConnectCommand::Gateway(args)) => {
+            runtime.worker_threads(usize::from(args.worker_threads));
+        }
+        _ => {}
     }
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
