@@ -519,9 +519,11 @@ pub struct GatewayArgs {
     /// certificate for the service's catalog address (repeatable) [default: plain TCP].
     #[arg(long, value_name = "NAME=CA_FILE")]
     pub link_tls: Vec<String>,
-    /// The service name it registers as; sidecars look for `mesh-gateway`, Consul's default.
-    #[arg(long, default_value = "mesh-gateway")]
-    pub service: String,
+    /// The service name a mesh gateway registers as, from which the ids of a terminating
+    /// gateway's proxies derive [default: mesh-gateway, which sidecars look for (Consul's
+    /// default); terminating-gateway].
+    #[arg(long)]
+    pub service: Option<String>,
     /// The instance id [default: the service name].
     #[arg(long)]
     pub id: Option<String>,
@@ -544,6 +546,19 @@ pub struct GatewayArgs {
     pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub target: HttpTarget,
+}
+
+impl GatewayArgs {
+    /// `--service`, or the default of the gateway's kind.
+    pub fn service_name(&self) -> &str {
+        self.service
+            .as_deref()
+            .unwrap_or(if self.kind == "terminating" {
+                "terminating-gateway"
+            } else {
+                "mesh-gateway"
+            })
+    }
 }
 
 /// Flags of `murmur connect proxy`.

@@ -139,19 +139,24 @@ pub enum Arrival {
 }
 
 /// The datacenter a flow came from, for the gateway's metrics: at the LAN address, this
-/// gateway's `local` one; else the datacenter whose gateways have the client's IP
-/// (`remote_gateways`: WAN IP → datacenter), since another datacenter's gateway forwards from
-/// its WAN address; else, at a shared address, this one, and at the WAN address, `unknown`.
+/// gateway's `local` one; else the datacenter one of whose gateways has the client's IP
+/// (`remote_gateways`: datacenter → its gateways' WAN addresses), since another datacenter's
+/// gateway forwards from its WAN address; else, at a shared address, this one, and at the
+/// WAN address, `unknown`.
 pub fn source_datacenter<'a>(
     client: std::net::IpAddr,
     arrival: Arrival,
     local: &'a str,
-    remote_gateways: &'a HashMap<std::net::IpAddr, String>,
+    remote_gateways: &'a HashMap<String, Vec<SocketAddr>>,
 ) -> &'a str {
     if arrival == Arrival::Lan {
         return local;
     }
-    match (remote_gateways.get(&client), arrival) {
+    let remote = remote_gateways
+        .iter()
+        .find(|(_, gateways)| gateways.iter().any(|g| g.ip() == client))
+        .map(|(dc, _)| dc.as_str());
+    match (remote, arrival) {
         (Some(dc), _) => dc,
         (None, Arrival::Wan) => "unknown",
         (None, _) => local,
@@ -340,8 +345,8 @@ mod tests {
 
     #[test]
     fn the_source_datacenter_is_the_local_one_at_the_lan_address_else_the_gateways_ip_says() {
-        let remote: HashMap<std::net::IpAddr, String> =
-            [("10.0.3.2".parse().unwrap(), "west".to_owned())].into();
+        let remote: HashMap<String, Vec<SocketAddr>> =
+            [("west".to_owned(), vec!["10.0.3.2:8443".parse().unwrap()])].into();
         let from =
             |ip: &str, arrival| source_datacenter(ip.parse().unwrap(), arrival, "east", &remote);
         assert_eq!(from("10.0.3.2", Arrival::Lan), "east");

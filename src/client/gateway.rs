@@ -6,11 +6,12 @@
 //! TLS and the intention check stay between the two proxies.
 //!
 //! The decisions are `murmur_proxy::gateway`'s (pure); this module does the I/O: one UDP
-//! socket per listening address, and one connected UDP socket per flow whose answers go back
-//! to the client from the address it wrote to.
+//! socket per listening address, and one per flow, taking answers from the flow's destination
+//! only and sending them back to the client from the address it wrote to. Both move whole
+//! GRO/GSO batches.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,12 +44,12 @@ struct Gateway {
     flows: Mutex<Flows>,
     /// One connected socket per open flow, by client.
     sockets: Mutex<HashMap<SocketAddr, Arc<FlowSocket>>>,
-    /// Destinations by route, with when they were asked for.
-    routes: Mutex<HashMap<Route, (Instant, Vec<SocketAddr>)>>,
-    /// The datacenters the directory knows, refreshed with each heartbeat.
-    datacenters: Mutex<Vec<String>>,
-    /// Other datacenters' gateways by WAN IP, for the source of a flow.
-    remote_gateways: Mutex<HashMap<IpAddr, String>>,
+    /// This datacenter's mesh endpoints by service, with when they were asked for.
+    local_routes: Mutex<HashMap<String, (Instant, Vec<SocketAddr>)>>,
+    /// The other datacenters the directory knows, each with its passing gateways' WAN
+    /// addresses, refreshed with each heartbeat: where remote flows go, and where a flow that
+    /// arrives from another datacenter came from.
+    remote_gateways: Mutex<HashMap<String, Vec<SocketAddr>>>,
 }
 
 impl Gateway {
@@ -110,7 +111,10 @@ async fn run_terminating(args: GatewayArgs) -> anyhow::Result<()> {
         }
     }
     let address = crate::agent::config::parse_addr(&args.address, 0).context("--address")?;
-    let id = args.id.clone().unwrap_or_else(|| args.service.clone());
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| args.service_name().to_owned());
     let mut proxies = tokio::task::JoinSet::new();
     for (i, name) in args.link.iter().enumerate() {
         let client = Client::new(&args.target)?;
@@ -161,20 +165,8 @@ fn tls_to(link_tls: &[String], name: &str) -> anyhow::Result<Option<tokio_rustls
     }) else {
         return Ok(None);
     };
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
-        .and_then(|certs| certs.collect())
-        .with_context(|| format!("--link-tls {name}={ca_file}: cannot read the CA file"))?;
-    if certs.is_empty() {
-        bail!("--link-tls {name}={ca_file}: no PEM certificate in it");
-    }
-    for cert in certs {
-        roots
-            .add(cert)
-            .with_context(|| format!("--link-tls {name}={ca_file}: not a CA certificate"))?;
-    }
+    let flag = format!("--link-tls {name}");
+    let roots = crate::http::tls::root_store(std::path::Path::new(ca_file), &flag)?;
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -223,9 +215,12 @@ async fn run_mesh(args: GatewayArgs) -> anyhow::Result<()> {
         Some(text) => crate::agent::config::parse_addr(text, 0).context("--wan-address")?,
         None => lan,
     };
-    let id = args.id.clone().unwrap_or_else(|| args.service.clone());
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| args.service_name().to_owned());
     let body = json!({
-        "ID": id, "Name": args.service, "Kind": "mesh-gateway",
+        "ID": id, "Name": args.service_name(), "Kind": "mesh-gateway",
         "Address": lan.ip().to_string(), "Port": lan.port(),
         "TaggedAddresses": {
             "lan": {"Address": lan.ip().to_string(), "Port": lan.port()},
@@ -234,14 +229,14 @@ async fn run_mesh(args: GatewayArgs) -> anyhow::Result<()> {
         "Check": {"Name": "mesh gateway", "TTL": format!("{}s", HEARTBEAT.as_secs() * 5)},
     });
     // Bound before it is registered, so that nobody is sent to a port it could not take.
-    let listeners = listeners(lan, wan).await?;
+    let listeners = listeners(lan, wan)?;
     client
         .put("/v1/agent/service/register", serde_json::to_vec(&body)?)
         .await
         .context("cannot register the mesh gateway")?;
     let heartbeat = Some(id.clone());
     let ended = forward(
-        client,
+        client.clone(),
         listeners,
         heartbeat,
         metrics,
@@ -249,7 +244,7 @@ async fn run_mesh(args: GatewayArgs) -> anyhow::Result<()> {
     )
     .await;
     let path = format!("/v1/agent/service/deregister/{id}");
-    if let Err(err) = Client::new(&args.target)?.put(&path, Vec::new()).await {
+    if let Err(err) = client.put(&path, Vec::new()).await {
         tracing::warn!("cannot deregister the mesh gateway: {err:#}");
     }
     ended
@@ -266,15 +261,15 @@ pub async fn serve_registered(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client = Client::new(&target)?;
-    let listeners = listeners(lan, wan).await?;
+    let listeners = listeners(lan, wan)?;
     forward(client, listeners, None, None, stop).await
 }
 
 /// The sockets of a gateway's LAN and WAN addresses (one when they are the same).
-async fn listeners(lan: SocketAddr, wan: SocketAddr) -> anyhow::Result<Vec<BatchedSocket>> {
-    let mut listeners = vec![bind(lan).await?];
+fn listeners(lan: SocketAddr, wan: SocketAddr) -> anyhow::Result<Vec<BatchedSocket>> {
+    let mut listeners = vec![bind(lan)?];
     if wan != lan {
-        listeners.push(bind(wan).await?);
+        listeners.push(bind(wan)?);
     }
     Ok(listeners)
 }
@@ -311,8 +306,7 @@ async fn forward(
         started: Instant::now(),
         flows: Mutex::new(Flows::new(FLOW_IDLE)),
         sockets: Mutex::default(),
-        routes: Mutex::default(),
-        datacenters: Mutex::default(),
+        local_routes: Mutex::default(),
         remote_gateways: Mutex::default(),
     });
     tracing::info!(
@@ -354,7 +348,7 @@ async fn forward(
     ended
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<BatchedSocket> {
+fn bind(addr: SocketAddr) -> anyhow::Result<BatchedSocket> {
     batched_socket(addr)
         .with_context(|| format!("cannot listen for QUIC on {addr}: is the port taken?"))
 }
@@ -375,8 +369,8 @@ async fn listen(
         let datagram = &buffer[..batch.stride.min(n)];
         // The datacenters are looked at only for a flow to open, not for each batch.
         let known = |dc: &str| {
-            let known = gateway.datacenters.lock().expect("datacenters poisoned");
-            known.iter().any(|k| k == dc)
+            let remote = gateway.remote_gateways.lock().expect("gateways poisoned");
+            remote.contains_key(dc)
         };
         let decision = gateway.flows.lock().expect("flows poisoned").on_datagram(
             gateway.now(),
@@ -519,60 +513,70 @@ fn socket_towards(to: SocketAddr) -> anyhow::Result<BatchedSocket> {
 }
 
 impl Gateway {
-    /// Asks which datacenters the directory knows (the listening loops read the last answer).
-    async fn refresh_datacenters(&self) {
-        let fresh: Vec<String> = match self.client.get("/v1/catalog/datacenters").await {
+    /// Asks which other datacenters the directory knows, and the passing gateways of each
+    /// (the listening loops and new flows read the last answer).
+    async fn refresh_remote_gateways(&self) {
+        let datacenters: Vec<String> = match self.client.get("/v1/catalog/datacenters").await {
             Ok(list) => list
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|d| d.as_str().map(str::to_owned))
+                .filter(|dc| *dc != self.datacenter)
                 .collect(),
             Err(err) => {
                 tracing::warn!("cannot list the datacenters: {err:#}");
-                Vec::new()
+                return;
             }
         };
         let mut remote_gateways = HashMap::new();
-        for dc in fresh.iter().filter(|dc| **dc != self.datacenter) {
-            let path = format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?dc={dc}");
-            if let Ok(answer) = self.client.get(&path).await {
-                for addr in gateway_addresses(&answer, "wan") {
-                    remote_gateways.insert(addr.ip(), dc.clone());
+        for dc in datacenters {
+            let path = gateways_health_path(Some(&dc));
+            match self.client.get(path.trim_end_matches('&')).await {
+                Ok(answer) => {
+                    remote_gateways.insert(dc, gateway_addresses(&answer, "wan"));
                 }
+                Err(err) => tracing::warn!("cannot list the gateways of {dc}: {err:#}"),
             }
         }
         *self.remote_gateways.lock().expect("gateways poisoned") = remote_gateways;
-        if !fresh.is_empty() {
-            *self.datacenters.lock().expect("datacenters poisoned") = fresh;
-        }
     }
 
-    /// Where flows along `route` may go now: the mesh endpoints of a local service, or the
-    /// WAN addresses of another datacenter's passing mesh gateways.
+    /// Where flows along `route` may go now: the mesh endpoints of a local service (asked of
+    /// the agent at most once per [`ROUTE_CACHE`]), or the WAN addresses of another
+    /// datacenter's passing mesh gateways.
     async fn destinations(&self, route: &Route) -> anyhow::Result<Vec<SocketAddr>> {
-        if let Some((at, list)) = self.routes.lock().expect("routes poisoned").get(route)
+        let service = match route {
+            Route::Local { service } => service,
+            Route::Remote { datacenter, .. } => {
+                let remote = self.remote_gateways.lock().expect("gateways poisoned");
+                return Ok(remote.get(datacenter).cloned().unwrap_or_default());
+            }
+        };
+        if let Some((at, list)) = self
+            .local_routes
+            .lock()
+            .expect("routes poisoned")
+            .get(service)
             && at.elapsed() < ROUTE_CACHE
         {
             return Ok(list.clone());
         }
-        let list = match route {
-            Route::Local { service } => {
-                let path = mesh_health_path(service, None);
-                mesh_addresses(&self.client.get(path.trim_end_matches('&')).await?)
-            }
-            Route::Remote { datacenter, .. } => {
-                let path =
-                    format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?passing&dc={datacenter}");
-                gateway_addresses(&self.client.get(&path).await?, "wan")
-            }
-        };
-        self.routes
+        let path = mesh_health_path(service, None);
+        let list = mesh_addresses(&self.client.get(path.trim_end_matches('&')).await?);
+        self.local_routes
             .lock()
             .expect("routes poisoned")
-            .insert(route.clone(), (Instant::now(), list.clone()));
+            .insert(service.clone(), (Instant::now(), list.clone()));
         Ok(list)
     }
+}
+
+/// The blocking health query (ending in `&`) for the passing mesh gateways of `datacenter`
+/// (this one when `None`): what sidecars follow and gateways ask.
+pub fn gateways_health_path(datacenter: Option<&str>) -> String {
+    let dc = datacenter.map(|dc| format!("dc={dc}&")).unwrap_or_default();
+    format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?passing&{dc}")
 }
 
 /// The `tagged` (`lan` or `wan`) addresses of the mesh gateways in a health answer. A gateway
@@ -604,11 +608,12 @@ pub fn gateway_addresses(answer: &Value, tagged: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Every [`HEARTBEAT`]: learns the datacenters anew, sets the open-flows gauge, and passes
+/// Every [`HEARTBEAT`]: learns the other datacenters' gateways anew, sets the open-flows
+/// gauge, and passes
 /// the TTL check of `heartbeat` (the gateway's own registration) if there is one.
 async fn refresh(gateway: Arc<Gateway>, heartbeat: Option<String>) -> anyhow::Result<()> {
     loop {
-        gateway.refresh_datacenters().await;
+        gateway.refresh_remote_gateways().await;
         if let Some(id) = &heartbeat {
             let path = format!("/v1/agent/check/pass/service:{id}?note=forwarding");
             if let Err(err) = gateway.client.put(&path, Vec::new()).await {

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use crate::cli::{Command, HttpTarget};
 
 /// An HTTP client for one agent.
+#[derive(Clone)]
 struct Client {
     base: String,
     /// `--datacenter`: asked of every request, as Consul's CLI does with `-datacenter`.

@@ -96,12 +96,7 @@ impl HttpsConfig {
             .context("TLS protocol versions")?;
         let builder = match (&self.ca_file, self.verify_incoming) {
             (Some(ca_file), true) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in certificates(ca_file, "--tls-ca-file")? {
-                    roots.add(cert).with_context(|| {
-                        format!("--tls-ca-file {}: not a CA certificate", ca_file.display())
-                    })?;
-                }
+                let roots = root_store(ca_file, "--tls-ca-file")?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
@@ -122,6 +117,17 @@ impl HttpsConfig {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
+}
+
+/// The CA certificates of a PEM file (given by `flag`) as a store of trusted roots.
+pub fn root_store(path: &Path, flag: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(path, flag)? {
+        roots
+            .add(cert)
+            .with_context(|| format!("{flag} {}: not a CA certificate", path.display()))?;
+    }
+    Ok(roots)
 }
 
 /// The certificates of a PEM file, at least one.

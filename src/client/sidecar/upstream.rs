@@ -8,6 +8,7 @@
 use murmur_proxy::quinn;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
@@ -17,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::Sidecar;
 use super::splice::{count_bytes, splice};
-use crate::client::gateway::{MESH_GATEWAY_SERVICE, gateway_addresses};
+use crate::client::gateway::{gateway_addresses, gateways_health_path};
 use crate::client::watch::follow;
 use murmur_proxy::gateway::GatewayMode;
 
@@ -97,7 +98,10 @@ struct Target {
     /// Where connections to it are dialled from.
     endpoint: quinn::Endpoint,
     /// The addresses to dial (instances' proxies or gateways), as the agent last said.
-    instances: Mutex<Vec<SocketAddr>>,
+    dial: Mutex<Vec<SocketAddr>>,
+    /// Whether the datacenter has a passing instance: through gateways, the gateways pass
+    /// whether or not it has, so this is followed apart (always true otherwise).
+    serving: AtomicBool,
     /// Open connections by address.
     pool: Mutex<HashMap<SocketAddr, quinn::Connection>>,
 }
@@ -115,8 +119,8 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
     for datacenter in std::iter::once(upstream.datacenter.clone())
         .chain(upstream.failover.iter().cloned().map(Some))
     {
-        let remote = datacenter.is_some();
-        let mode = if remote {
+        // Gateways are for other datacenters; the proxy's own is dialled directly.
+        let mode = if datacenter.is_some() {
             upstream.mode
         } else {
             GatewayMode::None
@@ -140,64 +144,40 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
         // The instances' own proxies, or the mesh gateways of this datacenter (their LAN
         // addresses) or of the upstream's (their WAN addresses), which route by server name.
         let dc = datacenter.as_deref();
-        let gateways = |dc: Option<&str>| {
-            let dc = dc.map(|dc| format!("dc={dc}&")).unwrap_or_default();
-            format!("/v1/health/service/{MESH_GATEWAY_SERVICE}?passing&{dc}")
-        };
         let (path, tagged) = match (mode, dc) {
-            (GatewayMode::Local, Some(_)) => (gateways(None), Some("lan")),
-            (GatewayMode::Remote, Some(dc)) => (gateways(Some(dc)), Some("wan")),
+            (GatewayMode::Local, Some(_)) => (gateways_health_path(None), Some("lan")),
+            (GatewayMode::Remote, Some(dc)) => (gateways_health_path(Some(dc)), Some("wan")),
             _ => (mesh_health_path(&upstream.service, dc), None),
         };
-        // Through gateways, the gateways pass whether or not the service has instances
-        // there: the datacenter's own health list says whether it can serve.
-        let serving = (tagged.is_some()).then(|| mesh_health_path(&upstream.service, dc));
+        // Through gateways, the datacenter's own health list says whether it can serve.
+        let serving = tagged.map(|_| mesh_health_path(&upstream.service, dc));
         let target = Arc::new(Target {
             datacenter,
             endpoint,
-            instances: Mutex::default(),
+            dial: Mutex::default(),
+            serving: AtomicBool::new(serving.is_none()),
             pool: Mutex::default(),
         });
         targets.push(target.clone());
         let sidecar = sidecar.clone();
         watchers.spawn(async move {
-            let addresses = Arc::new(Mutex::new(Vec::new()));
-            let has_instances = Arc::new(std::sync::atomic::AtomicBool::new(serving.is_none()));
-            let publish = {
-                let (target, addresses, has_instances) =
-                    (target.clone(), addresses.clone(), has_instances.clone());
-                move || {
-                    let serving = has_instances.load(std::sync::atomic::Ordering::Relaxed);
-                    *target.instances.lock().expect("instances poisoned") = if serving {
-                        addresses.lock().expect("addresses poisoned").clone()
-                    } else {
-                        Vec::new()
-                    };
-                }
+            let dialled = target.clone();
+            let dial = follow(&sidecar.client, &path, move |list| {
+                *dialled.dial.lock().expect("dial poisoned") = match tagged {
+                    Some(tagged) => gateway_addresses(list, tagged),
+                    None => mesh_addresses(list),
+                };
+                Ok(())
+            });
+            let Some(path) = serving else {
+                return dial.await;
             };
-            let dial = {
-                let publish = publish.clone();
-                follow(&sidecar.client, &path, move |list| {
-                    *addresses.lock().expect("addresses poisoned") = match tagged {
-                        Some(tagged) => gateway_addresses(list, tagged),
-                        None => mesh_addresses(list),
-                    };
-                    publish();
-                    Ok(())
-                })
-            };
-            match serving {
-                None => dial.await,
-                Some(path) => {
-                    let instances = follow(&sidecar.client, &path, move |list| {
-                        let any = list.as_array().is_some_and(|l| !l.is_empty());
-                        has_instances.store(any, std::sync::atomic::Ordering::Relaxed);
-                        publish();
-                        Ok(())
-                    });
-                    tokio::try_join!(dial, instances).map(drop)
-                }
-            }
+            let serving = follow(&sidecar.client, &path, move |list| {
+                let any = list.as_array().is_some_and(|l| !l.is_empty());
+                target.serving.store(any, Ordering::Relaxed);
+                Ok(())
+            });
+            tokio::try_join!(dial, serving).map(drop)
         });
     }
     let accept = async {
@@ -205,7 +185,10 @@ pub async fn serve(sidecar: Arc<Sidecar>, upstream: Upstream) -> anyhow::Result<
             let (tcp, _) = listener.accept().await?;
             // The first datacenter, in failover order, that has somewhere to dial.
             let chosen = targets.iter().find_map(|target| {
-                let mut list = target.instances.lock().expect("instances poisoned").clone();
+                if !target.serving.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let mut list = target.dial.lock().expect("dial poisoned").clone();
                 (!list.is_empty()).then(|| {
                     list.shuffle(&mut rand::rng());
                     (target.clone(), list)
