@@ -10,12 +10,14 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use murmur_acl::{Access, Resource};
 use murmur_catalog::Health;
+use murmur_gossip::MemberStatus;
 use serde_json::{Value, json};
 
 use super::acl::Auth;
 use super::health::catalog_query;
 use super::{Api, ApiResult, with_index};
 use crate::agent::runtime::{Agent, PeerRequests, PendingAnswer, Via};
+use crate::client::sidecar::PROXY_FOR_META;
 use crate::ui::topology::{AgentReport, PROXY_STATS, Topology, pairs_from_prometheus};
 
 /// `GET /v1/internal/ui/services`: each readable service with its tags, its instances by
@@ -40,6 +42,7 @@ pub(super) async fn services(
                         .count()
                 };
                 let mut nodes: Vec<&str> = instances.iter().map(|i| i.node).collect();
+                nodes.sort_unstable();
                 nodes.dedup();
                 json!({
                     "Name": name,
@@ -106,8 +109,8 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /v1/internal/ui/service-topology/:service`: who calls the service and whom it calls,
 /// from the sidecars' declared upstreams, the intentions that name it, and the figures every
-/// agent's proxies counted (asked of each live agent; those that do not answer in time are
-/// listed in `Unreachable`). Pairs with a service the token may not read are left out.
+/// agent's proxies counted (asked of each live agent that runs a proxy; those that do not
+/// answer in time are listed in `Unreachable`). Pairs with a service the token may not read are left out.
 pub(super) async fn topology(
     State(api): State<Api>,
     auth: Auth,
@@ -115,11 +118,23 @@ pub(super) async fn topology(
 ) -> ApiResult {
     auth.require(Resource::Service, &service, Access::Read)?;
     let (index, peers, intentions) = api.agent.view(|v| {
-        let my_name = api.config.node.clone();
+        // Only agents whose record has a proxy (a service with `murmur-proxy-for` meta) can
+        // have figures or declared upstreams to report.
+        let failed = v.failed_owners();
+        let catalog = v.replica().catalog(&failed);
+        let runs_proxies = |name: &str| {
+            catalog.node(name).is_some_and(|record| {
+                record
+                    .services
+                    .values()
+                    .any(|s| s.meta.contains_key(PROXY_FOR_META))
+            })
+        };
         let peers: Vec<(String, std::net::SocketAddr)> = v
             .members()
             .iter()
-            .filter(|m| m.status.as_str() == "alive" && m.identity.name.as_str() != my_name)
+            .filter(|m| m.status == MemberStatus::Alive && m.identity.name != api.config.node)
+            .filter(|m| runs_proxies(&m.identity.name))
             .map(|m| (m.identity.name.to_string(), m.identity.addr))
             .collect();
         let intentions: Vec<(String, String, String)> = v

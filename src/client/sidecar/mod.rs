@@ -55,6 +55,10 @@ pub(in crate::client) struct Fronted {
     pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
+/// The meta key of a proxy's registration that names the instance it fronts: what tells a
+/// proxy's registration from others.
+pub const PROXY_FOR_META: &str = "murmur-proxy-for";
+
 /// What every task of a sidecar shares.
 struct Sidecar {
     client: Client,
@@ -337,7 +341,7 @@ async fn register(client: &Client, fronted: &Fronted, bound: SocketAddr) -> anyh
         "Address": bound.ip().to_string(),
         "Port": bound.port(),
         "Meta": {
-            "murmur-proxy-for": fronted.id,
+            PROXY_FOR_META: fronted.id,
             "murmur-destination-service": fronted.name,
         },
         "Check": {"Name": "sidecar proxy and its app", "TTL": format!("{}s", HEARTBEAT.as_secs() * 5)},
