@@ -38,16 +38,7 @@ fn a_token_revoked_during_a_partition_stays_revoked_after_the_heal_on_every_node
         let mut net = cluster(6, seed);
         put(&mut net, 0, token("t0", "made before the cut"));
         let spread = net.run_until(Duration::from_secs(30), |net| {
-            net.running().into_iter().all(|i| {
-                net.slots[i]
-                    .node
-                    .as_ref()
-                    .unwrap()
-                    .replica()
-                    .acl_tokens()
-                    .count()
-                    == 1
-            })
+            net.running().into_iter().all(|i| live(net, i) == "t0")
         });
         assert!(spread.is_some(), "seed {seed}: t0 reached everyone");
 
