@@ -42,6 +42,14 @@ fn killed_agent_is_marked_failed_by_all() {
             .all(|&i| agents[i].status_of(&name) == Some(4))),
         "kill -9 not detected by all within {DETECT:?}"
     );
+    // The host answered for the killed process (ICMP port unreachable to its gossip port, or
+    // a refused stream), and the survivors confirmed it among themselves: no suspicion had
+    // to run out.
+    let declared: f64 = others
+        .iter()
+        .map(|&i| agents[i].metric("murmur_gossip_unreachable_total{stage=\"declared\"}"))
+        .sum();
+    assert!(declared > 0.0, "declared on the host's word");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gateways::score;
+use murmur_gossip::rendezvous::pair_score;
 
 /// Consul's answer for a datacenter no agent here knows of.
 pub const NO_PATH: &str = "No path to datacenter";
@@ -98,10 +98,7 @@ pub fn wan_budget(arrived: Arrived, budget: Duration) -> Duration {
 pub fn order<T>(candidates: &mut [T], asker: &str, name: impl Fn(&T) -> &str) {
     candidates.sort_by_cached_key(|c| {
         let name = name(c);
-        (
-            Reverse(score(&format!("{asker}\u{0}{name}"))),
-            name.to_owned(),
-        )
+        (Reverse(pair_score(asker, name)), name.to_owned())
     });
 }
 

@@ -39,19 +39,8 @@ pub struct Candidate<'a> {
     pub serving: bool,
 }
 
-/// The agent's rendezvous score: a fixed hash of its name, identical on every platform and
-/// version (the ranks of agents running different builds must agree), so no `std` hasher.
-pub fn score(name: &str) -> u64 {
-    // FNV-1a over the bytes, then splitmix64's finalizer to spread FNV's weak high bits.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
+/// The agent's rendezvous score: a fixed hash of its name (see [`murmur_gossip::rendezvous`]).
+pub use murmur_gossip::rendezvous::score;
 
 /// The gateways among `candidates` when `k` should serve, highest rank first: those serving
 /// now (the `k` best ranked if more do), then the best ranked of the others up to `k`.
@@ -275,21 +264,6 @@ mod tests {
 
     fn names() -> impl Strategy<Value = BTreeSet<String>> {
         prop::collection::btree_set("[a-z]{1,6}[0-9]{0,2}", 0..24)
-    }
-
-    #[test]
-    fn score_is_fixed_across_builds() {
-        // Agents of different versions must rank alike: these values (computed apart from this
-        // code, by the same definition in Python) may never change.
-        assert_eq!(score(""), 0xf52a_15e9_a9b5_e89b);
-        assert_eq!(score("node-1"), 0x1395_0d4e_f307_e655);
-        assert_eq!(score("dc1-agent-7"), 0xc115_a6e7_a8ea_31bc);
-        let spread: BTreeSet<u64> = (0..1000).map(|i| score(&format!("n{i}")) >> 60).collect();
-        assert_eq!(
-            spread.len(),
-            16,
-            "the top bits of the score spread over names"
-        );
     }
 
     proptest! {

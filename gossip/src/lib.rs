@@ -31,6 +31,7 @@ mod keyring;
 mod members;
 mod node;
 mod pool_member;
+pub mod rendezvous;
 mod replication;
 mod stats;
 pub mod vivaldi;
@@ -43,10 +44,10 @@ pub use identity::{
 };
 pub use keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 pub use members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
-pub use node::{Backlogs, Node, Output, TimerEvent};
+pub use node::{Backlogs, CONFIRMATIONS, Node, Output, TimerEvent};
 pub use pool_member::{PoolMember, StreamReply};
 pub use replication::Replication;
-pub use stats::{DropCounts, Stats};
+pub use stats::{DropCounts, Stats, UnreachableCounts};
 pub use wire::{
     DropReason, MAX_DATAGRAM, MAX_FRAME, PROTOCOL_VERSION, decode as decode_bounded,
     encode as encode_bounded,

@@ -128,6 +128,10 @@ pub struct Node {
     deliveries: Vec<Delivery>,
     /// This node's network coordinate and the ping measuring it.
     coordinates: coordinates::Coordinates,
+    /// Reports that members are unreachable, awaiting confirmation.
+    evidence: unreachable::Evidence,
+    /// The driver's monotonic time as of its last call (see [`Node::set_elapsed`]).
+    elapsed: Duration,
 }
 
 /// Something the node learned that the replicated state it carries must hear of. The order is
@@ -217,6 +221,9 @@ impl Runtime<NodeIdentity> for Io<'_> {
 
 mod carrier;
 mod coordinates;
+mod unreachable;
+
+pub use unreachable::CONFIRMATIONS;
 
 /// Sizes of a node's queues (see [`Node::backlogs`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +295,8 @@ impl Node {
             own_record: None,
             deliveries: Vec::new(),
             coordinates: coordinates::Coordinates::default(),
+            evidence: unreachable::Evidence::default(),
+            elapsed: Duration::ZERO,
             config,
         };
         node.schedule_push_pull();
@@ -412,8 +421,30 @@ impl Node {
                 }
             }
             Ok((DatagramKind::Coordinate, message)) => self.handle_coordinate(message),
+            Ok((DatagramKind::Evidence, message)) => self.handle_evidence(message),
             Err(reason) => self.stats.dropped.count(reason),
         }
+    }
+
+    /// The driver's monotonic time (since any fixed moment), which the round trips of
+    /// coordinate pings and the age of unreachability reports are measured on; set before
+    /// each call, as the wall clock is.
+    pub(crate) fn set_elapsed(&mut self, now: Duration) {
+        self.elapsed = now;
+    }
+
+    /// Seals a datagram of one of murmur's own kinds and queues it for `to`.
+    fn send_datagram(&mut self, to: SocketAddr, kind: DatagramKind, body: &[u8]) {
+        let bytes = wire::seal_datagram(
+            &self.config.cluster_id,
+            &self.keyring,
+            &mut self.rng,
+            kind,
+            body,
+        );
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.outputs.push_back(Output::Datagram { to, bytes });
     }
 
     /// A membership timer the node asked for expired ([`TimerEvent::Sync`] belongs to the

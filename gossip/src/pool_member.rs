@@ -141,6 +141,14 @@ impl PoolMember {
         self.replication.absorb(&mut self.node);
     }
 
+    /// The host at `addr` says nobody listens there: a datagram this member sent there came
+    /// back as ICMP port unreachable, or a stream to it was refused. Evidence that the member
+    /// at that address crashed, which a few others confirm before it is declared down.
+    pub fn handle_unreachable(&mut self, addr: SocketAddr) {
+        self.node.handle_unreachable(addr);
+        self.replication.absorb(&mut self.node);
+    }
+
     /// A timer the member asked for expired.
     pub fn handle_timer(&mut self, timer: TimerEvent) {
         match timer {

@@ -74,6 +74,30 @@ pub struct Stats {
     pub changes_dropped: u64,
     /// Round trips that moved this member's network coordinate.
     pub coordinate_samples: u64,
+    /// Evidence that members' hosts said nobody listens (see [`UnreachableCounts`]).
+    pub unreachable: UnreachableCounts,
+}
+
+/// How a member used its hosts' answers for crashed processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnreachableCounts {
+    /// Signals from the driver: a datagram bounced or a stream was refused.
+    pub signals: u64,
+    /// Reports received from other members.
+    pub reports: u64,
+    /// Members this one declared down on enough reports.
+    pub declared: u64,
+}
+
+impl UnreachableCounts {
+    /// Every counter with its name, for `/v1/agent/self` and metrics.
+    pub fn named(&self) -> [(&'static str, u64); 3] {
+        [
+            ("signal", self.signals),
+            ("report", self.reports),
+            ("declared", self.declared),
+        ]
+    }
 }
 
 impl Stats {

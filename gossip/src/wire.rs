@@ -128,6 +128,8 @@ pub(crate) enum DatagramKind {
     Swim = 0,
     /// A coordinate ping or its reply.
     Coordinate = 1,
+    /// A report that a member's host says nobody listens, or a probe confirming it.
+    Evidence = 2,
 }
 
 impl DatagramKind {
@@ -136,6 +138,7 @@ impl DatagramKind {
         match body.split_first() {
             Some((0, rest)) => Ok((Self::Swim, rest)),
             Some((1, rest)) => Ok((Self::Coordinate, rest)),
+            Some((2, rest)) => Ok((Self::Evidence, rest)),
             _ => Err(DropReason::Undecodable),
         }
     }
@@ -378,7 +381,7 @@ mod tests {
             DatagramKind::split(&[1]),
             Ok((DatagramKind::Coordinate, &[][..]))
         );
-        for unknown in [&[][..], &[2, 0][..], &[255][..]] {
+        for unknown in [&[][..], &[3, 0][..], &[255][..]] {
             assert_eq!(DatagramKind::split(unknown), Err(DropReason::Undecodable));
         }
     }

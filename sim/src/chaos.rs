@@ -409,10 +409,11 @@ impl Run {
                 if live.len() * 2 > n + 1 {
                     let victim = live[self.rng.random_range(0..live.len())];
                     let with_data = self.rng.random_bool(0.8);
+                    let host_answers = self.rng.random_bool(0.5);
                     let down = self
                         .rng
                         .random_range(2.0..self.scenario.faults.max_down_s.max(3.0));
-                    self.crash(victim, down, with_data);
+                    self.crash(victim, down, with_data, host_answers);
                 }
             }
             2 => {
@@ -484,6 +485,7 @@ impl Run {
                 fraction,
                 for_s,
                 lose_data,
+                silent_host,
             } => {
                 let victims: Vec<usize> = self
                     .net
@@ -492,7 +494,7 @@ impl Run {
                     .take((fraction * n as f64).round() as usize)
                     .collect();
                 for victim in victims {
-                    self.crash(victim, for_s, !lose_data);
+                    self.crash(victim, for_s, !lose_data, !silent_host);
                 }
             }
             Fault::Pause { node, for_s } => self.pause(node.min(n - 1), for_s),
@@ -538,7 +540,9 @@ impl Run {
         self.measured.excuse(&[node]);
     }
 
-    fn crash(&mut self, victim: usize, down_s: f64, with_data: bool) {
+    /// Crashes `victim` for `down_s`; `host_answers`: only its process died, and its host
+    /// answers datagrams for it.
+    fn crash(&mut self, victim: usize, down_s: f64, with_data: bool, host_answers: bool) {
         if self.crashed.contains_key(&victim) {
             return;
         }
@@ -554,7 +558,11 @@ impl Run {
             && (0..self.config.nodes).all(|i| !self.net.is_impaired(i))
             && self.net.all_alive();
         self.measured.crash(&self.net, victim, life, strict);
-        self.net.crash(victim);
+        if host_answers {
+            self.net.kill(victim);
+        } else {
+            self.net.crash(victim);
+        }
         self.measured.excuse(&[victim]);
         self.crashed
             .insert(victim, (self.net.now + secs(down_s), with_data));

@@ -23,6 +23,14 @@ enum Delivery {
     Datagram {
         to: usize,
         bytes: Vec<u8>,
+        /// The sender and its life, for the unreachable answer of a host whose process died.
+        from: (usize, u64),
+    },
+    /// The host at `addr` answered `node`'s datagram: nobody listens there.
+    Unreachable {
+        node: usize,
+        life: u64,
+        addr: SocketAddr,
     },
     Timer {
         node: usize,
@@ -83,6 +91,9 @@ pub struct Slot {
     pub member_events: Vec<MemberEvent>,
     /// User events delivered to the node, in order.
     pub user_events: Vec<UserEvent>,
+    /// While the node is down, whether its host still runs and answers datagrams for it
+    /// (ICMP port unreachable): a killed process, not a crashed host.
+    pub host_answers: bool,
     /// Everything the node asked to persist since `snapshot`, across lives (its data dir).
     pub journal: Vec<Journaled>,
     /// The node's last compacted state, as the agent's `--data-dir` keeps it.
@@ -159,6 +170,10 @@ pub struct Net {
     pub relayed: (u64, u64),
     /// Bytes WAN members sent: datagrams, and both ways of the streams they opened.
     pub wan_bytes: u64,
+    /// Pairs (from, to) whose datagrams come back "port unreachable" although `to` runs: a
+    /// confused member (a firewall that rejects, a wrong route) whose word alone must not
+    /// declare anyone down.
+    pub bounced: BTreeSet<(usize, usize)>,
 }
 
 /// How long a node must have been left alone before declaring it failed counts as a false
@@ -212,6 +227,7 @@ impl Net {
             relay: BTreeMap::new(),
             relayed: (0, 0),
             wan_bytes: 0,
+            bounced: BTreeSet::new(),
         }
     }
 
@@ -293,6 +309,7 @@ impl Net {
             self.slots.push(Slot {
                 node: None,
                 life: 0,
+                host_answers: false,
                 member_events: Vec::new(),
                 user_events: Vec::new(),
                 journal: Vec::new(),
@@ -317,11 +334,20 @@ impl Net {
         self.drain(i);
     }
 
-    /// Stops node `i` at once (its pending timers die with it; its journal stays).
+    /// Stops node `i` at once, host and all: nothing answers for it until it restarts (its
+    /// pending timers die with it; its journal stays).
     pub fn crash(&mut self, i: usize) {
         self.disturb([i], self.now);
         self.slots[i].node = None;
         self.slots[i].life += 1;
+        self.slots[i].host_answers = false;
+    }
+
+    /// Kills node `i`'s process while its host runs on, as `kill -9`, an OOM kill or a panic
+    /// do: datagrams to it are answered "port unreachable" until it restarts.
+    pub fn kill(&mut self, i: usize) {
+        self.crash(i);
+        self.slots[i].host_answers = true;
     }
 
     /// Node `i`, told the current (virtual) wall-clock time.
@@ -402,6 +428,13 @@ impl Net {
             return Err("timed out (paused)".into());
         }
         let Some(peer) = self.live(to) else {
+            if self.slots[to].host_answers
+                && let Some(node) = self.live(from)
+            {
+                // The host refused the connection: as good as a bounced datagram.
+                node.handle_unreachable(addr(to));
+                self.drain(from);
+            }
             return Err("connection refused (down)".into());
         };
         let reply = peer.handle_stream(&request);
@@ -588,17 +621,24 @@ impl Net {
                     if self.blocked.contains(&(i, to)) || self.rng.random_bool(self.loss) {
                         continue;
                     }
+                    let from = (i, self.slots[i].life);
                     let arrives = self.departure(i, bytes.len()) + self.transit(i, to);
+                    if self.bounced.contains(&(i, to)) {
+                        let back = arrives + self.transit(to, i);
+                        self.answer_unreachable(back, from, to);
+                        continue;
+                    }
                     if self.rng.random_bool(self.duplicate) {
                         self.duplicates += 1;
                         let later = Duration::from_micros(self.rng.random_range(0..5000));
                         let copy = Delivery::Datagram {
                             to,
                             bytes: bytes.clone(),
+                            from,
                         };
                         self.push(arrives + later, copy);
                     }
-                    self.push(arrives, Delivery::Datagram { to, bytes });
+                    self.push(arrives, Delivery::Datagram { to, bytes, from });
                 }
                 Output::Timer { after, timer } => {
                     let life = self.slots[i].life;
@@ -667,6 +707,14 @@ impl Net {
         }
     }
 
+    /// Tells `sender` (a node and its life), at `at`, that nobody listens at node `to`'s
+    /// address.
+    fn answer_unreachable(&mut self, at: Duration, sender: (usize, u64), to: usize) {
+        let (node, life) = sender;
+        let addr = addr(to);
+        self.push(at, Delivery::Unreachable { node, life, addr });
+    }
+
     /// Runs the network for `span` of virtual time.
     pub fn run_for(&mut self, span: Duration) {
         let until = self.now + span;
@@ -679,7 +727,7 @@ impl Net {
             self.now = at;
             let target = match &delivery {
                 Delivery::Datagram { to, .. } => *to,
-                Delivery::Timer { node, .. } => *node,
+                Delivery::Timer { node, .. } | Delivery::Unreachable { node, .. } => *node,
             };
             if let Some(&resume) = self.paused_until.get(&target).filter(|&&r| r > at) {
                 // A stalled node handles what arrived once it runs again, in arrival order.
@@ -687,10 +735,24 @@ impl Net {
                 continue;
             }
             match delivery {
-                Delivery::Datagram { to, bytes } => {
+                Delivery::Datagram { to, bytes, from } => {
                     if let Some(node) = self.live(to) {
                         node.handle_datagram(&bytes);
                         self.drain(to);
+                    } else if self.slots[to].host_answers
+                        && !self.blocked.contains(&(to, from.0))
+                        && !self.rng.random_bool(self.loss)
+                    {
+                        let back = self.now + self.transit(to, from.0);
+                        self.answer_unreachable(back, from, to);
+                    }
+                }
+                Delivery::Unreachable { node, life, addr } => {
+                    if self.slots[node].life == life
+                        && let Some(n) = self.live(node)
+                    {
+                        n.handle_unreachable(addr);
+                        self.drain(node);
                     }
                 }
                 Delivery::Timer { node, life, timer } => {

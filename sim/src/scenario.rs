@@ -230,12 +230,15 @@ pub enum Fault {
     /// Node `node` cut off from all others for `for_s`.
     Isolate { node: usize, for_s: f64 },
     /// The first `fraction` of the nodes crash, and restart after `for_s` (from their data
-    /// unless `lose_data`).
+    /// unless `lose_data`). The process dies and its host answers for it (port unreachable)
+    /// unless `silent_host`: then the host is gone too (power, kernel panic, cable).
     Crash {
         fraction: f64,
         for_s: f64,
         #[serde(default)]
         lose_data: bool,
+        #[serde(default)]
+        silent_host: bool,
     },
     /// Node `node`'s event loop stalls for `for_s`.
     Pause { node: usize, for_s: f64 },

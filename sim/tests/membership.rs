@@ -415,3 +415,103 @@ fn sixty_four_concurrent_joins_converge_in_seconds() {
     }
     assert!(fast >= 12, "only {fast} of 20 runs converged within 5 s");
 }
+
+/// How many members have counted a declaration on their hosts' word.
+fn declared_on_evidence(net: &Net) -> u64 {
+    net.slots
+        .iter()
+        .filter_map(|s| s.node.as_ref())
+        .map(|n| n.node().stats().unreachable.declared)
+        .sum()
+}
+
+#[test]
+fn a_killed_process_is_known_failed_by_all_within_a_second_on_its_hosts_word() {
+    let mut net = cluster(40, 17);
+    let started = net.now;
+    net.kill(7);
+    let took = net
+        .run_until(SECS(30), |net| net.all_see(7, MemberStatus::Failed))
+        .expect("the kill was declared by all");
+    // SWIM alone needs a probe timeout plus the suspicion (4·log10(40) ≈ 6 periods here).
+    assert!(
+        took < SECS(2),
+        "declared by all {took:?} after the kill (from {started:?})"
+    );
+    assert!(
+        declared_on_evidence(&net) > 0,
+        "the host's answer decided it"
+    );
+    assert_eq!(net.false_failures, 0);
+}
+
+#[test]
+fn a_silent_host_is_left_to_suspicion() {
+    let mut net = cluster(40, 17);
+    net.crash(7);
+    let took = net
+        .run_until(SECS(60), |net| net.all_see(7, MemberStatus::Failed))
+        .expect("declared by all");
+    assert!(
+        took > SECS(3),
+        "a silent crash goes through suspicion: {took:?}"
+    );
+    assert_eq!(declared_on_evidence(&net), 0, "nobody answered for it");
+}
+
+#[test]
+fn one_confused_member_cannot_declare_a_live_one_down() {
+    // Every datagram node 0 sends to node 5 comes back "port unreachable", though 5 runs.
+    let mut net = cluster(20, 3);
+    net.bounced.insert((0, 5));
+    net.run_for(SECS(60));
+    assert!(
+        net.all_see(5, MemberStatus::Alive)
+            || (1..20).all(|i| net.status(i, 5) == Some(MemberStatus::Alive)),
+        "node 5 is alive for everyone but maybe its one confused peer"
+    );
+    let reports: u64 = net
+        .slots
+        .iter()
+        .filter_map(|s| s.node.as_ref())
+        .map(|n| n.node().stats().unreachable.reports)
+        .sum();
+    assert!(reports > 0, "the confused member did report");
+    assert_eq!(declared_on_evidence(&net), 0);
+    assert_eq!(net.false_failures, 0);
+}
+
+#[test]
+fn a_killed_member_of_a_pair_is_declared_by_the_other_alone() {
+    // With one member left nobody can confirm: the survivor's own evidence decides.
+    let mut net = cluster(2, 9);
+    net.kill(1);
+    let took = net
+        .run_until(SECS(30), |net| {
+            net.status(0, 1) == Some(MemberStatus::Failed)
+        })
+        .expect("declared");
+    assert!(took < SECS(2), "{took:?}");
+}
+
+#[test]
+fn a_killed_process_restarted_at_once_is_not_mistaken_for_its_successor() {
+    let mut net = cluster(12, 23);
+    net.kill(4);
+    net.run_for(Duration::from_millis(150));
+    net.start(4, 2, key(1));
+    net.join(4, 0).expect("rejoined");
+    net.run_until(SECS(30), |net| {
+        (0..12)
+            .filter(|&i| i != 4)
+            .all(|i| net.status(i, 4) == Some(MemberStatus::Alive))
+    })
+    .expect("the new life is alive for all");
+    net.run_for(SECS(20));
+    assert!(
+        (0..12)
+            .filter(|&i| i != 4)
+            .all(|i| net.status(i, 4) == Some(MemberStatus::Alive))
+    );
+    assert_eq!(net.false_failures, 0);
+}

@@ -25,6 +25,7 @@ use super::persist::DataDir;
 use super::pool::{DueTimer, Pool};
 use super::store::Persister;
 use super::stream::{self, EXCHANGE_TIMEOUT};
+use super::unreachable;
 use super::view::View;
 use super::watchers::{Touched, Watchers};
 
@@ -132,6 +133,16 @@ impl Agent {
         ];
         for task in tasks {
             pool.drives(task.abort_handle());
+        }
+        match unreachable::enable(&pool.udp) {
+            Ok(()) => {
+                pool.drives(tokio::spawn(self.clone().read_bounces(pool.clone())).abort_handle())
+            }
+            Err(err) => tracing::warn!(
+                pool = pool.name,
+                %err,
+                "cannot read bounced datagrams: a crashed member is detected by probes alone"
+            ),
         }
         if pool.persister.is_some() {
             pool.drives(tokio::spawn(compact_when_due(pool.clone())).abort_handle());
@@ -301,7 +312,13 @@ impl Agent {
                         Ok(reply) => agent
                             .with_pool(&pool, |n| n.handle_reply(to, &reply))
                             .map_err(anyhow::Error::from),
-                        Err(err) => Err(err),
+                        Err(err) => {
+                            if stream::refused(&err) {
+                                // The host answered for the member: nobody listens there.
+                                agent.with_pool(&pool, |n| n.handle_unreachable(to));
+                            }
+                            Err(err)
+                        }
                     };
                     metrics::histogram!("murmur_exchange_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -351,6 +368,24 @@ impl Agent {
             match pool.udp.recv_from(&mut buf).await {
                 Ok((len, _from)) => self.with_pool(&pool, |n| n.handle_datagram(&buf[..len])),
                 Err(err) => tracing::debug!(pool = pool.name, %err, "udp receive error"),
+            }
+        }
+    }
+
+    /// Hands each bounced datagram's destination to the core as evidence of a crash.
+    async fn read_bounces(self: Arc<Self>, pool: Arc<Pool>) {
+        loop {
+            match unreachable::next_refused(&pool.udp).await {
+                Ok(to) => {
+                    metrics::counter!("murmur_gossip_bounces_total", "pool" => pool.name)
+                        .increment(1);
+                    self.with_pool(&pool, |n| n.handle_unreachable(to));
+                }
+                Err(err) => {
+                    tracing::debug!(pool = pool.name, %err, "error queue read failed");
+                    // An unexpected error repeats at once; do not spin on it.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }

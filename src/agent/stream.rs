@@ -40,6 +40,14 @@ pub async fn exchange(to: SocketAddr, request: &[u8]) -> anyhow::Result<Vec<u8>>
     exchange_within(to, request, EXCHANGE_TIMEOUT).await
 }
 
+/// Whether an [`exchange`] failed because the peer's host refused the connection (nobody
+/// listens at that port), as opposed to a timeout or a broken stream.
+pub fn refused(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
 /// Like [`exchange`], for requests whose answer may take longer (a forwarded blocking query).
 pub async fn exchange_within(
     to: SocketAddr,

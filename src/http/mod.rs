@@ -683,6 +683,9 @@ async fn agent_metrics(
     for (reason, n) in stats.dropped.named() {
         metrics::counter!("murmur_gossip_dropped_total", "reason" => reason).absolute(n);
     }
+    for (stage, n) in stats.unreachable.named() {
+        metrics::counter!("murmur_gossip_unreachable_total", "stage" => stage).absolute(n);
+    }
     for status in ["alive", "suspect", "leaving", "left", "failed"] {
         let n = members
             .iter()

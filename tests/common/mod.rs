@@ -246,6 +246,12 @@ impl Agent {
             .and_then(|m| m["Status"].as_u64())
     }
 
+    /// The sum of the agent's Prometheus metric lines that start with `prefix`.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, _, text) = self.request("GET", "/v1/agent/metrics?format=prometheus", b"");
+        metric_sum(&text, prefix)
+    }
+
     /// Sends a request; panics with the agent's log when it cannot be sent.
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Answer {
         http(self.http, method, path, body).unwrap_or_else(|e| {
@@ -648,12 +654,7 @@ impl Gateway {
     /// The sum of the gateway's metric lines that start with `prefix`.
     pub fn metric(&self, prefix: &str) -> f64 {
         http(self.metrics, "GET", "/metrics", b"")
-            .map(|(_, _, text)| {
-                text.lines()
-                    .filter(|l| l.starts_with(prefix))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            })
+            .map(|(_, _, text)| metric_sum(&text, prefix))
             .unwrap_or(0.0)
     }
 }
@@ -663,6 +664,14 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The sum of the values of the Prometheus lines of `text` that start with `prefix`.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The datacenters of the roots in a `/v1/agent/connect/ca/roots` answer, sorted.

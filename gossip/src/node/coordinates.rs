@@ -48,17 +48,9 @@ pub(crate) struct PendingPing {
 pub(crate) struct Coordinates {
     pub(crate) vivaldi: Vivaldi,
     pending: Option<PendingPing>,
-    /// The driver's monotonic time as of its last call.
-    now: Duration,
 }
 
 impl Node {
-    /// The driver's monotonic time (since any fixed moment), which the round trips of
-    /// coordinate pings are measured on; set before each call, as the wall clock is.
-    pub(crate) fn set_elapsed(&mut self, now: Duration) {
-        self.coordinates.now = now;
-    }
-
     /// This node's network coordinate in this pool.
     pub fn coordinate(&self) -> &Coordinate {
         self.coordinates.vivaldi.coordinate()
@@ -98,7 +90,7 @@ impl Node {
         self.coordinates.pending = Some(PendingPing {
             seq,
             peer,
-            sent: self.coordinates.now,
+            sent: self.elapsed,
         });
         let from = self.identity().addr;
         self.send_coordinate(to, &CoordinateMessage::Ping { seq, from });
@@ -120,7 +112,7 @@ impl Node {
                     // Late (a newer ping went out) or not ours.
                     return;
                 };
-                let rtt = self.coordinates.now.saturating_sub(ping.sent);
+                let rtt = self.elapsed.saturating_sub(ping.sent);
                 let taken =
                     self.coordinates
                         .vivaldi
@@ -142,15 +134,6 @@ impl Node {
     }
 
     fn send_coordinate(&mut self, to: SocketAddr, message: &CoordinateMessage) {
-        let bytes = wire::seal_datagram(
-            &self.config.cluster_id,
-            &self.keyring,
-            &mut self.rng,
-            DatagramKind::Coordinate,
-            &wire::encode(message),
-        );
-        self.stats.packets_sent += 1;
-        self.stats.bytes_sent += bytes.len() as u64;
-        self.outputs.push_back(Output::Datagram { to, bytes });
+        self.send_datagram(to, DatagramKind::Coordinate, &wire::encode(message));
     }
 }
