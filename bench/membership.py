@@ -6,7 +6,10 @@ encrypted with one key, LAN timing profile), then measures:
   join      time from launching the N-1 joiners until every agent lists N alive members
   event     time from firing a user event on agent 0 until each agent has it (p50, max)
   detect    time from kill -9 of an agent until each survivor lists it failed; 5 kills in a
-            row, reported as the median over kills of each kill's p50 and max
+            row, reported as the median over kills of each kill's p50 and max (the host is
+            alive: it answers datagrams to the dead port with ICMP port unreachable)
+  silent    the same for an agent stopped with SIGSTOP (a silent host: nothing answers);
+            3 in a row
   rss       resident memory per agent after convergence and an idle spell (mean, MiB)
   idle cpu  CPU per agent over an idle window (mean, % of one core)
 
@@ -280,7 +283,23 @@ def stop(agents):
         a["proc"].wait()
 
 
-def run(system, n, idle_secs, kills):
+def detection(system, agents, alive, rounds, silence):
+    """Silences `rounds` agents one after another with `silence(proc)`; returns the medians
+    over rounds of each round's p50 and max time until every survivor lists it failed."""
+    per_round_p50, per_round_max = [], []
+    for _ in range(rounds):
+        victim = alive[len(alive) // 2]
+        vname = f"n{agents.index(victim)}"
+        alive.remove(victim)
+        t0 = time.monotonic()
+        silence(victim["proc"])
+        times = sorted(t - t0 for t in poll_until(system, alive, lambda m: m.get(vname) == "failed", 120))
+        per_round_p50.append(statistics.median(times))
+        per_round_max.append(times[-1])
+    return statistics.median(per_round_p50), statistics.median(per_round_max)
+
+
+def run(system, n, idle_secs, kills, stops):
     agents = []
     try:
         join = start_cluster(system, n, agents)
@@ -295,23 +314,15 @@ def run(system, n, idle_secs, kills):
         waiters = [system.event_waiter(a) for a in agents]
         event = spread(n, waiters, lambda: system.fire(agents[0]))
 
-        # Several kills, one after another: when a victim is first probed is random, so one
-        # kill is one noisy sample. Report medians over kills of the per-kill p50 and max.
-        per_kill_p50, per_kill_max = [], []
+        # Several rounds, one after another: when a victim is first probed is random, so one
+        # round is one noisy sample. Report medians over rounds of the per-round p50 and max.
         alive = list(agents)
-        for _ in range(kills):
-            victim = alive[len(alive) // 2]
-            vname = f"n{agents.index(victim)}"
-            alive.remove(victim)
-            t0 = time.monotonic()
-            victim["proc"].kill()
-            times = sorted(t - t0 for t in poll_until(system, alive, lambda m: m.get(vname) == "failed", 120))
-            per_kill_p50.append(statistics.median(times))
-            per_kill_max.append(times[-1])
-        detect_p50 = statistics.median(per_kill_p50)
-        detect_max = statistics.median(per_kill_max)
+        detect_p50, detect_max = detection(system, agents, alive, kills, lambda p: p.kill())
+        silent_p50, silent_max = detection(system, agents, alive, stops,
+                                           lambda p: p.send_signal(signal.SIGSTOP))
         return {"join": join, "event_p50": statistics.median(event), "event_max": event[-1],
-                "detect_p50": detect_p50, "detect_max": detect_max, "rss": rss, "cpu": cpu}
+                "detect_p50": detect_p50, "detect_max": detect_max,
+                "silent_p50": silent_p50, "silent_max": silent_max, "rss": rss, "cpu": cpu}
     finally:
         stop(agents)
 
@@ -323,6 +334,7 @@ def main():
     parser.add_argument("--sizes", default="32,64")
     parser.add_argument("--idle", type=float, default=20.0, help="idle window for CPU, seconds")
     parser.add_argument("--kills", type=int, default=5, help="agents killed one after another per run")
+    parser.add_argument("--stops", type=int, default=3, help="agents stopped (SIGSTOP) one after another per run")
     parser.add_argument("--key", required=True)
     parser.add_argument("--systems", default="murmur,serf", help="which systems to run (the table needs both)")
     args = parser.parse_args()
@@ -337,13 +349,16 @@ def main():
             with tempfile.TemporaryDirectory() as work:
                 system = cls(binary, args.key, work)
                 print(f"-- {system.name}, N={n} ...", file=sys.stderr, flush=True)
-                results[system.name] = run(system, n, args.idle, args.kills)
+                results[system.name] = run(system, n, args.idle, args.kills, args.stops)
                 print(f"   {results[system.name]}", file=sys.stderr, flush=True)
         rows.append((n, results))
 
     metrics = [("join convergence (s)", "join"), ("event to all p50 (s)", "event_p50"),
                ("event to all max (s)", "event_max"), (f"failure detection p50 (s, median of {args.kills} kills)", "detect_p50"),
-               (f"failure detection max (s, median of {args.kills} kills)", "detect_max"), ("RSS per agent (MiB)", "rss"),
+               (f"failure detection max (s, median of {args.kills} kills)", "detect_max"),
+               (f"silent host detection p50 (s, median of {args.stops} SIGSTOPs)", "silent_p50"),
+               (f"silent host detection max (s, median of {args.stops} SIGSTOPs)", "silent_max"),
+               ("RSS per agent (MiB)", "rss"),
                ("idle CPU per agent (% core)", "cpu")]
     if len(chosen) < 2:
         return

@@ -47,6 +47,9 @@ pub enum TimerEvent {
     Sync,
     /// Time to ping a random member for a coordinate sample.
     Coordinate,
+    /// Time for the next ping of a check of a suspected or unreachable member, or to judge
+    /// it unanswered.
+    Confirm,
 }
 
 /// Something the driver must do.
@@ -94,6 +97,7 @@ macro_rules! io {
             rng: &mut $node.rng,
             cluster_id: &$node.config.cluster_id,
             stats: &mut $node.stats,
+            suspicions: &mut $node.evidence.suspicions,
         }
     };
 }
@@ -181,6 +185,7 @@ struct Io<'a> {
     rng: &'a mut StdRng,
     cluster_id: &'a str,
     stats: &'a mut Stats,
+    suspicions: &'a mut unreachable::SuspicionTimers,
 }
 
 impl Runtime<NodeIdentity> for Io<'_> {
@@ -212,6 +217,7 @@ impl Runtime<NodeIdentity> for Io<'_> {
         } else {
             after
         };
+        self.suspicions.submitted(&event);
         self.outputs.push_back(Output::Timer {
             after,
             timer: TimerEvent::Foca(event),
@@ -452,6 +458,7 @@ impl Node {
     pub(crate) fn handle_timer(&mut self, timer: TimerEvent) {
         match timer {
             TimerEvent::Foca(timer) => {
+                self.evidence.suspicions.fired(&timer);
                 let reaped = match &timer {
                     foca::Timer::RemoveDown(id) => Some(id.clone()),
                     _ => None,
@@ -470,6 +477,7 @@ impl Node {
             }
             TimerEvent::Rejoin => self.rejoin_if_alone(),
             TimerEvent::Coordinate => self.ping_for_coordinate(),
+            TimerEvent::Confirm => self.on_check_timer(),
             // The replication's timer: `PoolMember` routes it there.
             TimerEvent::Sync => {}
         }
@@ -692,6 +700,9 @@ impl Node {
         let mut health_moved = false;
         for member in changes.iter().filter(|m| m.id().name != me) {
             if let Some(event) = self.view.apply(member) {
+                if event.kind == MemberEventKind::Suspect {
+                    self.suspected(member.id());
+                }
                 if event.kind == MemberEventKind::Up {
                     self.deliveries
                         .push(Delivery::Up(event.member.name.clone()));

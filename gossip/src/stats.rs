@@ -74,27 +74,31 @@ pub struct Stats {
     pub changes_dropped: u64,
     /// Round trips that moved this member's network coordinate.
     pub coordinate_samples: u64,
-    /// Evidence that members' hosts said nobody listens (see [`UnreachableCounts`]).
+    /// Evidence that members are unreachable (see [`UnreachableCounts`]).
     pub unreachable: UnreachableCounts,
 }
 
-/// How a member used its hosts' answers for crashed processes.
+/// How a member confirmed others unreachable: its hosts' answers for crashed processes, and
+/// its own checks of suspected members.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnreachableCounts {
     /// Signals from the driver: a datagram bounced or a stream was refused.
     pub signals: u64,
     /// Reports received from other members.
     pub reports: u64,
+    /// Checks of a suspected or reported member that went unanswered.
+    pub silent_checks: u64,
     /// Members this one declared down on enough reports.
     pub declared: u64,
 }
 
 impl UnreachableCounts {
     /// Every counter with its name, for `/v1/agent/self` and metrics.
-    pub fn named(&self) -> [(&'static str, u64); 3] {
+    pub fn named(&self) -> [(&'static str, u64); 4] {
         [
             ("signal", self.signals),
             ("report", self.reports),
+            ("silent_check", self.silent_checks),
             ("declared", self.declared),
         ]
     }

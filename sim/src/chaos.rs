@@ -76,6 +76,8 @@ pub struct Report {
     /// Failure declarations about a node's current life that no fault had touched for 30 s
     /// (mostly news from a healed partition; see the module docs).
     pub false_failures: u64,
+    /// Suspicions of nodes no fault had touched for 30 s (as for `false_failures`).
+    pub false_suspicions: u64,
     /// The largest queues any node held at the end of a step.
     pub max_backlogs: Backlogs,
     /// The spread of the first watched writes over time, for plots.
@@ -752,6 +754,7 @@ impl Run {
             bytes_per_node_second: self.net.bytes_sent as f64 / node_seconds,
             duplicates: self.net.duplicates,
             false_failures: self.net.false_failures,
+            false_suspicions: self.net.false_suspicions,
             max_backlogs: self.max_backlogs,
             curves: measured.curves,
             violations: self.violations.into_iter().collect(),

@@ -122,6 +122,9 @@ pub struct Net {
     /// life), unstalled and cut off from nobody for the last [`UNDISTURBED`]: false
     /// positives of failure detection.
     pub false_failures: u64,
+    /// Times a node suspected another that had been running, undisturbed, as for
+    /// [`Net::false_failures`]: each one a check the confirmers had to clear.
+    pub false_suspicions: u64,
     /// When each node was last crashed, restarted, stalled or partitioned.
     disturbed_at: BTreeMap<usize, Duration>,
     /// Datagrams sent by all nodes, all lives.
@@ -208,6 +211,7 @@ impl Net {
             duplicate: 0.0,
             duplicates: 0,
             false_failures: 0,
+            false_suspicions: 0,
             disturbed_at: BTreeMap::new(),
             datagrams_sent: 0,
             bytes_sent: 0,
@@ -656,6 +660,9 @@ impl Net {
                     let _ = self.stream(i, to, request, |n, reply| n.handle_reply(peer, reply));
                 }
                 Output::Member(event) => {
+                    if event.kind == MemberEventKind::Suspect && self.undisturbed(&event.member) {
+                        self.false_suspicions += 1;
+                    }
                     if event.kind == MemberEventKind::Failed {
                         if self.undisturbed(&event.member) {
                             self.false_failures += 1;

@@ -203,14 +203,15 @@ fn summary(nodes: usize, report: &Report) -> String {
         .map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
     format!(
         "{nodes} nodes, {} writes, {} faults, agreed {converged} after the heal, \
-         {:.1} datagrams and {:.0} B per node-second, {} duplicated, {} false failures, \
-         trace {:016x}",
+         {:.1} datagrams and {:.0} B per node-second, {} duplicated, {} false failures \
+         ({} false suspicions), trace {:016x}",
         report.writes,
         report.faults,
         report.datagrams_per_node_second,
         report.bytes_per_node_second,
         report.duplicates,
         report.false_failures,
+        report.false_suspicions,
         report.trace_hash,
     )
 }

@@ -1,17 +1,27 @@
-//! A crashed process on a live host is answered for by its host: a datagram to its port comes
-//! back as "port unreachable" (ICMP), and a stream to it is refused. That is evidence SWIM
-//! does not use: it waits for a probe to time out, then for the suspicion to expire, seconds in
-//! all. Here the evidence is the driver's input ([`Node::handle_unreachable`]), and it is not
-//! taken on one member's word: a member that hears it reports it to a few confirmers, chosen
-//! by rendezvous hashing so every member picks the same ones for the same subject; each sends
-//! the subject a datagram of its own and, when that bounces too, reports likewise. A member
-//! holding reports from [`CONFIRMATIONS`] distinct members (itself included) about the same
-//! life of the subject declares it down, and SWIM spreads the `Down` as any other.
+//! Confirmed unreachability: a faster path to `Down` than SWIM's suspicion timeout, taken only
+//! on the word of several members.
 //!
-//! Nothing here can declare a live member down: a process that answers never bounces a
-//! datagram, so at most one confused member (a firewall that rejects, a wrong route) reports,
-//! and one report is not enough. A host that is silent (crashed, cut off, stopped) answers
-//! nothing, so it is left to SWIM's probes and suspicion.
+//! SWIM learns of a crash when a probe times out and a suspicion expires (4·log10 N probe
+//! periods), seconds in all. Two things are known sooner:
+//! - **the host's answer**: a process that died on a live host leaves a port nobody listens
+//!   on, and every datagram to it comes back as ICMP port unreachable (a stream is refused).
+//!   The driver hands that in ([`Node::handle_unreachable`]);
+//! - **a suspicion**: a member whose direct and indirect probes all went unanswered.
+//!
+//! Neither is taken on one member's word. The members ranked highest for the subject by
+//! rendezvous hashing (every member picks the same [`CONFIRMERS`] for the same subject) check
+//! it themselves when they hear of either: each pings the subject once per probe timeout,
+//! [`CHECK_ROUNDS`] times, and reports it unreachable to the others when a ping bounces, or
+//! when none was answered. A member holding reports from [`CONFIRMATIONS`] distinct members
+//! about the same life of the subject declares it down, and SWIM spreads the `Down` as any
+//! other.
+//!
+//! A running member answers the pings, so a confused member (a firewall that rejects, a wrong
+//! route) reports alone, and one report is not enough. A member cut off for less than the
+//! check (2 s on a LAN) answers a later ping and is cleared, as a refutation would clear it.
+//! Loss is what could fake silence: at 10% loss one ping fails for a live member with
+//! probability 0.19 (it or its answer lost), a check with 0.19⁴ ≈ 0.1%, and three independent
+//! checks must fail together.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -19,9 +29,10 @@ use std::time::Duration;
 
 use compact_str::CompactString;
 use foca::Member;
+use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-use super::Node;
+use super::{Node, Output, TimerEvent};
 use crate::NodeIdentity;
 use crate::rendezvous::pair_score;
 use crate::wire::{self, DatagramKind};
@@ -30,13 +41,17 @@ use crate::wire::{self, DatagramKind};
 /// down.
 pub const CONFIRMATIONS: usize = 3;
 
-/// How many members a report goes to: one more than the confirmations needed besides the
-/// reporter, so one lost datagram or one member slow to answer does not stall the decision.
-const CONFIRMERS: usize = CONFIRMATIONS + 1;
+/// How many members check a subject: twice the confirmations needed, so a decision does not
+/// stall when some of them crashed too (a rack, a fifth of the cluster at once) or a datagram
+/// was lost.
+const CONFIRMERS: usize = 2 * CONFIRMATIONS;
+
+/// Pings per check, one per probe timeout; any answer clears the subject.
+const CHECK_ROUNDS: u32 = 4;
 
 /// How long reports about a subject count. A restart takes longer than a confirmation round
 /// trip; reports older than this are about an episode that ended.
-const WINDOW: Duration = Duration::from_secs(5);
+const WINDOW: Duration = Duration::from_secs(10);
 
 /// At most this many subjects are followed at once (a burst of crashes, or a flood of forged
 /// reports, cannot grow the node without bound); the oldest episode makes room.
@@ -45,7 +60,8 @@ const MAX_EPISODES: usize = 64;
 /// The datagrams of this exchange.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum EvidenceMessage {
-    /// "My datagram to `subject` came back unreachable."
+    /// "I could not reach `subject`": its host said nobody listens, or my check went
+    /// unanswered.
     Report {
         /// The life of the member that did not answer (its generation included, so a report
         /// about an earlier life never touches the current one).
@@ -53,9 +69,18 @@ pub(crate) enum EvidenceMessage {
         /// Who saw it.
         reporter: CompactString,
     },
-    /// A confirmer's datagram to the subject: it only has to bounce or not. A running member
-    /// ignores it.
-    Probe,
+    /// A confirmer's check: "answer `from` if you run".
+    Ping {
+        /// Random, so a late or forged answer does not match.
+        seq: u32,
+        /// Where the answer goes.
+        from: SocketAddr,
+    },
+    /// The subject runs.
+    Ack {
+        /// The ping's number.
+        seq: u32,
+    },
 }
 
 /// What a node knows about one subject's unreachability.
@@ -65,16 +90,50 @@ struct Episode {
     started: Duration,
     /// Distinct members that reported it, this node included once it saw it itself.
     reporters: BTreeSet<CompactString>,
-    /// Whether this node has sent the subject a probe of its own.
-    probed: bool,
+    /// This node's own check of the subject, once started.
+    check: Option<Check>,
     /// Whether this node has reported it to the confirmers.
     reported: bool,
+}
+
+/// A check in flight: a ping due at `next_ping`, an answer awaited until `deadline`.
+#[derive(Debug)]
+struct Check {
+    seq: u32,
+    next_ping: Duration,
+    deadline: Duration,
+    answered: bool,
 }
 
 /// The episodes a node follows.
 #[derive(Debug, Default)]
 pub(crate) struct Evidence {
     episodes: HashMap<NodeIdentity, Episode>,
+    pub(super) suspicions: SuspicionTimers,
+}
+
+/// foca's pending suspicion timers, by suspect: a confirmed subject's suspicion is made to
+/// expire at once by handing foca its own timer early, so what foca does when a suspicion
+/// expires (the `Down`, its spreading, telling the member) happens as it always does.
+#[derive(Debug, Default)]
+pub(crate) struct SuspicionTimers(HashMap<NodeIdentity, foca::Timer<NodeIdentity>>);
+
+impl SuspicionTimers {
+    /// foca asked for `timer`.
+    pub(super) fn submitted(&mut self, timer: &foca::Timer<NodeIdentity>) {
+        if let foca::Timer::ChangeSuspectToDown { member_id, .. } = timer {
+            self.0.insert(member_id.clone(), timer.clone());
+        }
+    }
+
+    /// `timer` came back to foca (on time, or early from here).
+    pub(super) fn fired(&mut self, timer: &foca::Timer<NodeIdentity>) {
+        if let foca::Timer::ChangeSuspectToDown { member_id, .. } = timer
+            && self.0.get(member_id) == Some(timer)
+        {
+            self.0.remove(member_id);
+        }
+    }
 }
 
 impl Node {
@@ -83,22 +142,16 @@ impl Node {
     /// address, if any is active; see the module's documentation.
     pub(crate) fn handle_unreachable(&mut self, addr: SocketAddr) {
         self.stats.unreachable.signals += 1;
-        let Some(subject) = self.active_member_at(addr) else {
-            return;
-        };
-        let me = self.identity().name.clone();
-        let episode = self.episode(&subject);
-        episode.reporters.insert(me.clone());
-        if !std::mem::replace(&mut episode.reported, true) {
-            let report = EvidenceMessage::Report {
-                subject: subject.clone(),
-                reporter: me,
-            };
-            for to in self.confirmers(&subject) {
-                self.send_evidence(to, &report);
-            }
+        if let Some(subject) = self.active_member_at(addr) {
+            self.report(&subject);
         }
-        self.conclude(&subject);
+    }
+
+    /// `subject` is suspected: a confirmer checks it (see the module's documentation).
+    pub(super) fn suspected(&mut self, subject: &NodeIdentity) {
+        if self.is_confirmer_of(subject) {
+            self.check(subject);
+        }
     }
 
     /// An evidence datagram arrived.
@@ -107,21 +160,118 @@ impl Node {
             Ok(message) => message,
             Err(reason) => return self.stats.dropped.count(reason),
         };
-        let EvidenceMessage::Report { subject, reporter } = message else {
-            // A probe: this member runs, which is all the prober needs to learn.
-            return;
-        };
-        self.stats.unreachable.reports += 1;
-        if self.active_member_at(subject.addr).as_ref() != Some(&subject) {
-            // About ourselves, an earlier life, or a member we do not list as active.
+        match message {
+            EvidenceMessage::Ping { seq, from } => {
+                self.send_evidence(from, &EvidenceMessage::Ack { seq });
+            }
+            EvidenceMessage::Ack { seq } => {
+                let check = self
+                    .evidence
+                    .episodes
+                    .values_mut()
+                    .filter_map(|e| e.check.as_mut())
+                    .find(|c| c.seq == seq);
+                if let Some(check) = check {
+                    check.answered = true;
+                }
+            }
+            EvidenceMessage::Report { subject, reporter } => {
+                self.stats.unreachable.reports += 1;
+                if self.active_member_at(subject.addr).as_ref() != Some(&subject) {
+                    // About ourselves, an earlier life, or a member we do not list as active.
+                    return;
+                }
+                self.episode(&subject).reporters.insert(reporter);
+                self.check(&subject);
+                self.conclude(&subject);
+            }
+        }
+    }
+
+    /// A check's timer: pings the subjects whose checks go on, reports those whose checks
+    /// ended unanswered.
+    pub(super) fn on_check_timer(&mut self) {
+        let now = self.elapsed;
+        let interval = self.check_interval();
+        let mut pings = Vec::new();
+        let mut silent = Vec::new();
+        for (subject, episode) in &mut self.evidence.episodes {
+            let Some(check) = episode.check.as_mut().filter(|c| !c.answered) else {
+                continue;
+            };
+            if check.deadline <= now {
+                silent.push(subject.clone());
+            } else if check.next_ping <= now {
+                check.next_ping = now + interval;
+                pings.push((subject.addr, check.seq));
+            }
+        }
+        let from = self.identity().addr;
+        for (to, seq) in pings {
+            self.send_evidence(to, &EvidenceMessage::Ping { seq, from });
+            self.schedule_check_timer(interval);
+        }
+        for subject in silent {
+            if self.active_member_at(subject.addr).as_ref() == Some(&subject) {
+                self.stats.unreachable.silent_checks += 1;
+                self.report(&subject);
+            }
+        }
+    }
+
+    /// This node could not reach `subject`: it counts itself, tells the confirmers once, and
+    /// decides if that was enough.
+    fn report(&mut self, subject: &NodeIdentity) {
+        let me = self.identity().name.clone();
+        let episode = self.episode(subject);
+        episode.reporters.insert(me.clone());
+        if let Some(check) = &mut episode.check {
+            // Settled: a bounce or the deadline decided it.
+            check.answered = true;
+        }
+        if !std::mem::replace(&mut episode.reported, true) {
+            let report = EvidenceMessage::Report {
+                subject: subject.clone(),
+                reporter: me,
+            };
+            for to in self.confirmers(subject) {
+                self.send_evidence(to, &report);
+            }
+        }
+        self.conclude(subject);
+    }
+
+    /// Starts checking `subject` unless this node has checked it (or reported it) in this
+    /// episode.
+    fn check(&mut self, subject: &NodeIdentity) {
+        let seq = self.rng.random::<u32>();
+        let interval = self.check_interval();
+        let now = self.elapsed;
+        let episode = self.episode(subject);
+        if episode.reported || episode.check.is_some() {
             return;
         }
-        let episode = self.episode(&subject);
-        episode.reporters.insert(reporter);
-        if !episode.reported && !std::mem::replace(&mut episode.probed, true) {
-            self.send_evidence(subject.addr, &EvidenceMessage::Probe);
-        }
-        self.conclude(&subject);
+        episode.check = Some(Check {
+            seq,
+            next_ping: now + interval,
+            deadline: now + interval * CHECK_ROUNDS,
+            answered: false,
+        });
+        let from = self.identity().addr;
+        self.send_evidence(subject.addr, &EvidenceMessage::Ping { seq, from });
+        self.schedule_check_timer(interval);
+    }
+
+    /// The time between a check's pings: the pool's probe timeout.
+    fn check_interval(&self) -> Duration {
+        self.config.foca_config(1).probe_rtt
+    }
+
+    fn schedule_check_timer(&mut self, after: Duration) {
+        self.outputs.push_back(Output::Timer {
+            after,
+            timer: TimerEvent::Confirm,
+        });
     }
 
     /// The active member (alive or suspect) at `addr`, other than this node.
@@ -149,27 +299,43 @@ impl Node {
         evidence.entry(subject.clone()).or_insert_with(|| Episode {
             started: now,
             reporters: BTreeSet::new(),
-            probed: false,
+            check: None,
             reported: false,
         })
     }
 
-    /// Where reports about `subject` go: the [`CONFIRMERS`] active members ranked highest for
-    /// it, other than the subject and this node.
-    fn confirmers(&self, subject: &NodeIdentity) -> Vec<SocketAddr> {
-        let me = &self.identity().name;
-        let mut ranked: Vec<(u64, SocketAddr)> = self
+    /// The active members other than `subject`, with this node, ranked for `subject`.
+    fn ranked_for(&self, subject: &NodeIdentity) -> Vec<(u64, &NodeIdentity)> {
+        let me = self.identity();
+        let mut ranked: Vec<(u64, &NodeIdentity)> = self
             .foca
             .iter_members()
             .map(Member::id)
-            .filter(|id| id.name != subject.name && id.name != *me)
-            .map(|id| (pair_score(&subject.name, &id.name), id.addr))
+            .filter(|id| id.name != subject.name && id.name != me.name)
+            .chain(std::iter::once(me))
+            .map(|id| (pair_score(&subject.name, &id.name), id))
             .collect();
-        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
         ranked
-            .into_iter()
+    }
+
+    /// Whether this node is one of the [`CONFIRMERS`] of `subject`.
+    fn is_confirmer_of(&self, subject: &NodeIdentity) -> bool {
+        let me = &self.identity().name;
+        self.ranked_for(subject)
+            .iter()
             .take(CONFIRMERS)
-            .map(|(_, a)| a)
+            .any(|(_, id)| id.name == *me)
+    }
+
+    /// Where reports about `subject` go: the [`CONFIRMERS`] other than this node.
+    fn confirmers(&self, subject: &NodeIdentity) -> Vec<SocketAddr> {
+        let me = &self.identity().name;
+        self.ranked_for(subject)
+            .into_iter()
+            .filter(|(_, id)| id.name != *me)
+            .take(CONFIRMERS)
+            .map(|(_, id)| id.addr)
             .collect()
     }
 
@@ -188,10 +354,24 @@ impl Node {
         }
         self.evidence.episodes.remove(subject);
         self.stats.unreachable.declared += 1;
-        tracing::info!(member = %subject.name, reporters = heard, "declared down: its host says nobody listens");
-        let down = std::iter::once(Member::down(subject.clone()));
-        if let Err(err) = self.with_foca(|foca, io| foca.apply_many(down, true, io)) {
-            self.stats.count_foca_error(&err);
+        tracing::info!(member = %subject.name, reporters = heard, "declared down: confirmed unreachable");
+        if !self.evidence.suspicions.0.contains_key(subject) {
+            // Not suspected here yet (a bounce comes before any probe fails): suspect it, which
+            // makes foca start the suspicion's timer.
+            let incarnation = self
+                .foca
+                .iter_members()
+                .find(|m| m.id() == subject)
+                .map_or_else(Default::default, Member::incarnation);
+            let suspect = Member::new(subject.clone(), incarnation, foca::State::Suspect);
+            let result =
+                self.with_foca(|foca, io| foca.apply_many(std::iter::once(suspect), true, io));
+            if let Err(err) = result {
+                self.stats.count_foca_error(&err);
+            }
+        }
+        if let Some(timer) = self.evidence.suspicions.0.get(subject).cloned() {
+            self.handle_timer(TimerEvent::Foca(timer));
         }
     }
 
