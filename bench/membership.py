@@ -10,7 +10,9 @@ encrypted with one key, LAN timing profile), then measures:
             alive: it answers datagrams to the dead port with ICMP port unreachable)
   silent    the same for an agent stopped with SIGSTOP (a silent host: nothing answers);
             3 in a row
-  rss       resident memory per agent after convergence and an idle spell (mean, MiB)
+  rss       resident memory per agent after convergence and an idle spell (mean, MiB), and
+            of it the anonymous part (heap and stacks; the rest is the binary's pages, which
+            agents on one host share)
   idle cpu  CPU per agent over an idle window (mean, % of one core)
 
 Membership is polled the same way for both (one poller thread per agent, every 20 ms, over each
@@ -68,11 +70,12 @@ def wait_for(cond, limit, what):
 
 def proc_stats(pid):
     with open(f"/proc/{pid}/status") as f:
-        rss_kib = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        status = {l.split(":")[0]: l.split()[1:] for l in f if ":" in l}
+    rss_kib, anon_kib = int(status["VmRSS"][0]), int(status["RssAnon"][0])
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])
-    return rss_kib, ticks / os.sysconf("SC_CLK_TCK")
+    return rss_kib, ticks / os.sysconf("SC_CLK_TCK"), anon_kib
 
 
 class SerfRpc:
@@ -309,6 +312,7 @@ def run(system, n, idle_secs, kills, stops):
         time.sleep(idle_secs)
         after = [proc_stats(a["proc"].pid) for a in agents]
         rss = statistics.mean(a[0] for a in after) / 1024
+        anon = statistics.mean(a[2] for a in after) / 1024
         cpu = statistics.mean((a[1] - b[1]) / idle_secs * 100 for a, b in zip(after, before))
 
         waiters = [system.event_waiter(a) for a in agents]
@@ -322,7 +326,8 @@ def run(system, n, idle_secs, kills, stops):
                                            lambda p: p.send_signal(signal.SIGSTOP))
         return {"join": join, "event_p50": statistics.median(event), "event_max": event[-1],
                 "detect_p50": detect_p50, "detect_max": detect_max,
-                "silent_p50": silent_p50, "silent_max": silent_max, "rss": rss, "cpu": cpu}
+                "silent_p50": silent_p50, "silent_max": silent_max, "rss": rss, "anon": anon,
+                "cpu": cpu}
     finally:
         stop(agents)
 
@@ -359,6 +364,7 @@ def main():
                (f"silent host detection p50 (s, median of {args.stops} SIGSTOPs)", "silent_p50"),
                (f"silent host detection max (s, median of {args.stops} SIGSTOPs)", "silent_max"),
                ("RSS per agent (MiB)", "rss"),
+               ("of which its own, not the binary's pages (MiB, RssAnon)", "anon"),
                ("idle CPU per agent (% core)", "cpu")]
     if len(chosen) < 2:
         return
