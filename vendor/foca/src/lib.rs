@@ -1503,9 +1503,20 @@ where
                     num_items += 1;
                 }
             } else {
+                // murmur's patch: member updates used to take the whole packet before custom
+                // broadcasts got the rest, so a backlog of member updates (a cluster forming,
+                // members churning) starved the broadcasts (murmur's replicated writes) until
+                // anti-entropy. While both wait, updates get at most half of what is left.
+                let share = if header.message.allow_custom_broadcasts()
+                    && !self.custom_broadcasts.is_empty()
+                {
+                    buf.remaining_mut() / 2
+                } else {
+                    buf.remaining_mut()
+                };
                 // u16::MAX guarantees that num_events can be safely
                 // cast from usize to u16
-                let num_updates = self.updates.fill(&mut buf, u16::MAX.into());
+                let num_updates = self.updates.fill((&mut buf).limit(share), u16::MAX.into());
                 num_items = u16::try_from(num_updates).expect("usize bound by u16::MAX");
             }
 
@@ -4452,6 +4463,47 @@ mod tests {
 
         let _header = codec.decode_header(&mut payload).expect("payload is valid");
         assert!(payload.has_remaining());
+    }
+
+    #[test]
+    fn custom_broadcasts_are_not_starved_by_member_updates() {
+        // murmur's patch: a backlog of member updates that alone would fill every packet
+        // leaves half of each for custom broadcasts.
+        let mut config = config();
+        config.max_packet_size = NonZeroUsize::new(256).unwrap();
+        let mut foca = Foca::with_custom_broadcast(ID::new(1), config, rng(), codec(), DumbHandler);
+        let mut runtime = AccumulatingRuntime::new();
+        assert_eq!(
+            Ok(()),
+            foca.apply_many(
+                (2..=200).map(|i| Member::alive(ID::new(i))),
+                true,
+                &mut runtime
+            )
+        );
+        assert!(
+            foca.updates_backlog() > 100,
+            "more updates than a packet holds"
+        );
+        assert_eq!(Ok(true), foca.add_broadcast(b"0hello"));
+
+        let dst = ID::new(2);
+        assert_eq!(
+            Ok(()),
+            foca.send_message(dst, Message::Gossip, &mut runtime)
+        );
+        let mut payload = runtime.take_data(dst).expect("a message to dst");
+        let mut codec = codec();
+        let _header = codec.decode_header(&mut payload).expect("valid header");
+        let updates = payload.get_u16();
+        assert!(updates > 0, "member updates still ride along");
+        for _ in 0..updates {
+            codec.decode_member(&mut payload).expect("valid member");
+        }
+        assert!(
+            payload.has_remaining(),
+            "the custom broadcast found room after {updates} updates"
+        );
     }
 
     #[test]
