@@ -10,6 +10,8 @@ encrypted with one key, LAN timing profile), then measures:
             alive: it answers datagrams to the dead port with ICMP port unreachable)
   silent    the same for an agent stopped with SIGSTOP (a silent host: nothing answers);
             3 in a row
+  mass kill a tenth of the remaining agents killed -9 at once: time until each survivor lists
+            every one of them failed (p50, max over survivors)
   rss       resident memory per agent after convergence and an idle spell (mean, MiB), and
             of it the anonymous part (heap and stacks; the rest is the binary's pages, which
             agents on one host share)
@@ -38,6 +40,8 @@ import urllib.request
 import msgpack
 
 POLL = 0.02
+# How long a cluster may take to converge after the joins (--join-limit).
+JOIN_LIMIT = 120
 
 
 _used_ports = set()
@@ -252,7 +256,7 @@ def start_cluster(system, n, agents):
     for i in range(1, n):
         agents.append(system.start(i, seed["gossip"]))
     names = {f"n{i}" for i in range(n)}
-    times = poll_until(system, agents, lambda m: all(m.get(x) == "alive" for x in names), 120)
+    times = poll_until(system, agents, lambda m: all(m.get(x) == "alive" for x in names), JOIN_LIMIT)
     return max(times) - t0
 
 
@@ -302,7 +306,24 @@ def detection(system, agents, alive, rounds, silence):
     return statistics.median(per_round_p50), statistics.median(per_round_max)
 
 
-def run(system, n, idle_secs, kills, stops):
+def mass_kill(system, agents, alive, fraction):
+    """Kills `fraction` of `alive` at once (spread over the list); returns the p50 and max over
+    the survivors of the time until each lists every victim failed."""
+    count = max(1, round(len(alive) * fraction))
+    step = len(alive) / count
+    victims = [alive[int(i * step)] for i in range(count)]
+    names = [f"n{agents.index(v)}" for v in victims]
+    for v in victims:
+        alive.remove(v)
+    t0 = time.monotonic()
+    for v in victims:
+        v["proc"].kill()
+    times = sorted(t - t0 for t in poll_until(
+        system, alive, lambda m: all(m.get(name) == "failed" for name in names), 120))
+    return statistics.median(times), times[-1]
+
+
+def run(system, n, idle_secs, kills, stops, mass):
     agents = []
     try:
         join = start_cluster(system, n, agents)
@@ -324,9 +345,11 @@ def run(system, n, idle_secs, kills, stops):
         detect_p50, detect_max = detection(system, agents, alive, kills, lambda p: p.kill())
         silent_p50, silent_max = detection(system, agents, alive, stops,
                                            lambda p: p.send_signal(signal.SIGSTOP))
+        mass_p50, mass_max = mass_kill(system, agents, alive, mass)
         return {"join": join, "event_p50": statistics.median(event), "event_max": event[-1],
                 "detect_p50": detect_p50, "detect_max": detect_max,
-                "silent_p50": silent_p50, "silent_max": silent_max, "rss": rss, "anon": anon,
+                "silent_p50": silent_p50, "silent_max": silent_max, "mass_p50": mass_p50,
+                "mass_max": mass_max, "rss": rss, "anon": anon,
                 "cpu": cpu}
     finally:
         stop(agents)
@@ -340,9 +363,14 @@ def main():
     parser.add_argument("--idle", type=float, default=20.0, help="idle window for CPU, seconds")
     parser.add_argument("--kills", type=int, default=5, help="agents killed one after another per run")
     parser.add_argument("--stops", type=int, default=3, help="agents stopped (SIGSTOP) one after another per run")
+    parser.add_argument("--mass-kill", type=float, default=0.1, help="fraction of the agents killed at once at the end")
     parser.add_argument("--key", required=True)
     parser.add_argument("--systems", default="murmur,serf", help="which systems to run (the table needs both)")
+    parser.add_argument("--join-limit", type=float, default=120.0,
+                        help="seconds the joined cluster may take to converge before the run fails")
     args = parser.parse_args()
+    global JOIN_LIMIT
+    JOIN_LIMIT = args.join_limit
 
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:
@@ -354,7 +382,7 @@ def main():
             with tempfile.TemporaryDirectory() as work:
                 system = cls(binary, args.key, work)
                 print(f"-- {system.name}, N={n} ...", file=sys.stderr, flush=True)
-                results[system.name] = run(system, n, args.idle, args.kills, args.stops)
+                results[system.name] = run(system, n, args.idle, args.kills, args.stops, args.mass_kill)
                 print(f"   {results[system.name]}", file=sys.stderr, flush=True)
         rows.append((n, results))
 
@@ -363,6 +391,8 @@ def main():
                (f"failure detection max (s, median of {args.kills} kills)", "detect_max"),
                (f"silent host detection p50 (s, median of {args.stops} SIGSTOPs)", "silent_p50"),
                (f"silent host detection max (s, median of {args.stops} SIGSTOPs)", "silent_max"),
+               (f"{args.mass_kill:.0%} killed at once, all known failed p50 (s)", "mass_p50"),
+               (f"{args.mass_kill:.0%} killed at once, all known failed max (s)", "mass_max"),
                ("RSS per agent (MiB)", "rss"),
                ("of which its own, not the binary's pages (MiB, RssAnon)", "anon"),
                ("idle CPU per agent (% core)", "cpu")]

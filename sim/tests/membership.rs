@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use murmur_catalog::Service;
-use murmur_gossip::{EventFilter, GossipConfig, MemberEventKind, MemberStatus};
+use murmur_gossip::{EventFilter, GossipConfig, MemberEventKind, MemberStatus, UnreachableCounts};
 use murmur_sim::{Net, cluster, key};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -416,13 +416,18 @@ fn sixty_four_concurrent_joins_converge_in_seconds() {
     assert!(fast >= 12, "only {fast} of 20 runs converged within 5 s");
 }
 
-/// How many members have counted a declaration on their hosts' word.
-fn declared_on_evidence(net: &Net) -> u64 {
+/// One of the running members' unreachability counters, summed over them.
+fn evidence(net: &Net, counter: fn(&UnreachableCounts) -> u64) -> u64 {
     net.slots
         .iter()
         .filter_map(|s| s.node.as_ref())
-        .map(|n| n.node().stats().unreachable.declared)
+        .map(|n| counter(&n.node().stats().unreachable))
         .sum()
+}
+
+/// How many members declared another down on confirmed evidence.
+fn declared_on_evidence(net: &Net) -> u64 {
+    evidence(net, |u| u.declared)
 }
 
 #[test]
@@ -462,13 +467,7 @@ fn a_silent_host_is_known_failed_by_all_before_its_suspicion_would_expire() {
         after < SECS(3),
         "declared by all {after:?} after the first suspicion"
     );
-    let signals: u64 = net
-        .slots
-        .iter()
-        .filter_map(|s| s.node.as_ref())
-        .map(|n| n.node().stats().unreachable.signals)
-        .sum();
-    assert_eq!(signals, 0, "nobody answered for it");
+    assert_eq!(evidence(&net, |u| u.signals), 0, "nobody answered for it");
     assert!(declared_on_evidence(&net) > 0, "confirmed by checks");
     assert_eq!(net.false_failures, 0);
 }
@@ -484,13 +483,10 @@ fn one_confused_member_cannot_declare_a_live_one_down() {
             || (1..20).all(|i| net.status(i, 5) == Some(MemberStatus::Alive)),
         "node 5 is alive for everyone but maybe its one confused peer"
     );
-    let reports: u64 = net
-        .slots
-        .iter()
-        .filter_map(|s| s.node.as_ref())
-        .map(|n| n.node().stats().unreachable.reports)
-        .sum();
-    assert!(reports > 0, "the confused member did report");
+    assert!(
+        evidence(&net, |u| u.reports) > 0,
+        "the confused member did report"
+    );
     assert_eq!(declared_on_evidence(&net), 0);
     assert_eq!(net.false_failures, 0);
 }
