@@ -44,7 +44,7 @@ pub use identity::{
 };
 pub use keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 pub use members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
-pub use node::{Backlogs, CONFIRMATIONS, Node, Output, TimerEvent};
+pub use node::{Backlogs, Node, Output, TimerEvent};
 pub use pool_member::{PoolMember, StreamReply};
 pub use replication::Replication;
 pub use stats::{DropCounts, Stats, UnreachableCounts};

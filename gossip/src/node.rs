@@ -229,8 +229,6 @@ mod carrier;
 mod coordinates;
 mod unreachable;
 
-pub use unreachable::CONFIRMATIONS;
-
 /// Sizes of a node's queues (see [`Node::backlogs`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlogs {

@@ -39,7 +39,7 @@ use crate::wire::{self, DatagramKind};
 
 /// Reports from this many distinct members (fewer when fewer could report) declare the subject
 /// down.
-pub const CONFIRMATIONS: usize = 3;
+const CONFIRMATIONS: usize = 3;
 
 /// How many members check a subject: twice the confirmations needed, so a decision does not
 /// stall when some of them crashed too (a rack, a fifth of the cluster at once) or a datagram
