@@ -121,6 +121,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn over_ipv6_too() {
+        let Ok(socket) = UdpSocket::bind("[::1]:0").await else {
+            eprintln!("SKIPPED: no IPv6 loopback here");
+            return;
+        };
+        enable(&socket).unwrap();
+        let closed = UdpSocket::bind("[::1]:0").await.unwrap();
+        let to = closed.local_addr().unwrap();
+        drop(closed);
+        socket.send_to(b"anyone?", to).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), next_refused(&socket))
+            .await
+            .expect("the bounce arrives")
+            .unwrap();
+        assert_eq!(refused, to);
+    }
+
+    #[tokio::test]
     async fn a_datagram_to_a_listener_does_not_bounce() {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         enable(&socket).unwrap();
