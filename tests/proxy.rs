@@ -98,11 +98,7 @@ fn allow_web_to_db(agent: &Agent) {
 /// Registers web-1 on `agent` with a sidecar whose db upstream listens on loopback `port`;
 /// the address web dials.
 fn register_web_with_db_upstream(agent: &Agent, port: u16) -> SocketAddr {
-    agent.register(&format!(
-        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
-                {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {port}}}]}}}}}}}}"#
-    ));
-    SocketAddr::from(([127, 0, 0, 1], port))
+    agent.register_with_upstream("web", 8080, "db", port)
 }
 
 #[test]
@@ -988,12 +984,7 @@ fn a_terminating_gateway_fronts_a_service_outside_the_mesh_under_its_intentions(
             "legacy-db",
         ],
     );
-    let port = free_port();
-    agents[1].register(&format!(
-        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
-            {{"Upstreams": [{{"DestinationName": "legacy-db", "LocalBindPort": {port}}}]}}}}}}}}"#
-    ));
-    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+    let upstream = agents[1].register_with_upstream("web", 8080, "legacy-db", free_port());
 
     // The gateway is found as legacy-db's mesh endpoint, passing while legacy-db answers.
     assert!(
@@ -1093,14 +1084,9 @@ fn a_terminating_gateway_speaks_tls_to_a_service_that_asks_for_it() {
             &tls,
         ],
     );
-    let port = free_port();
-    agents[1].register(&format!(
-        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
-            {{"Upstreams": [{{"DestinationName": "secure-db", "LocalBindPort": {port}}}]}}}}}}}}"#
-    ));
+    let upstream = agents[1].register_with_upstream("web", 8080, "secure-db", free_port());
     let out = agents[0].cli(&["intention", "create", "-allow", "web", "secure-db"]);
     assert!(out.status.success(), "{out:?}");
-    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(
         wait_until(Duration::from_secs(30), || carries(upstream)),
         "web reaches secure-db over TLS through the terminating gateway"
@@ -1139,11 +1125,7 @@ fn a_terminating_gateway_speaks_tls_to_a_service_that_asks_for_it() {
             &wrong,
         ],
     );
-    let port = free_port();
-    agents[1].register(&format!(
-        r#"{{"Name": "api", "ID": "api-1", "Port": 8081, "Connect": {{"SidecarService": {{"Proxy":
-            {{"Upstreams": [{{"DestinationName": "spoofed-db", "LocalBindPort": {port}}}]}}}}}}}}"#
-    ));
+    let spoofed = agents[1].register_with_upstream("api", 8081, "spoofed-db", free_port());
     let out = agents[0].cli(&["intention", "create", "-allow", "api", "spoofed-db"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -1153,7 +1135,6 @@ fn a_terminating_gateway_speaks_tls_to_a_service_that_asks_for_it() {
             .is_some_and(|l| l.len() == 1)),
         "the second gateway's endpoint"
     );
-    let spoofed = SocketAddr::from(([127, 0, 0, 1], port));
     std::thread::sleep(Duration::from_secs(2));
     for _ in 0..3 {
         assert!(

@@ -7,7 +7,6 @@
 mod browser;
 mod common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -389,14 +388,9 @@ fn the_topology_gathers_each_pairs_figures_from_the_agents_running_the_proxies()
     let agents = common::cluster_with("topo", 3, &key, &[]);
     let app = common::echo_app();
     agents[2].register_db_with_sidecar(app.addr.port());
-    let port = common::free_port();
-    agents[1].register(&format!(
-        r#"{{"Name": "web", "ID": "web-1", "Port": 8080, "Connect": {{"SidecarService": {{"Proxy":
-            {{"Upstreams": [{{"DestinationName": "db", "LocalBindPort": {port}}}]}}}}}}}}"#
-    ));
+    let upstream = agents[1].register_with_upstream("web", 8080, "db", common::free_port());
     let out = agents[0].cli(&["intention", "create", "-allow", "web", "db"]);
     assert!(out.status.success(), "{out:?}");
-    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(
         wait_until(Duration::from_secs(30), || common::carries(upstream)),
         "web's sidecar never carried to db"

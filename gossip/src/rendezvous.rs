@@ -5,21 +5,27 @@
 /// A candidate's rendezvous score: a fixed hash of `name`, identical on every platform and
 /// version (the ranks of members running different builds must agree), so no `std` hasher.
 pub fn score(name: &str) -> u64 {
-    // FNV-1a over the bytes, then splitmix64's finalizer to spread FNV's weak high bits.
+    fixed_hash(name.bytes())
+}
+
+/// The score of `candidate` for `subject`: each subject ranks the candidates in an order of its
+/// own, so the work for different subjects falls on different members. The hash of
+/// `subject`, a zero byte and `candidate`, computed without joining them (a member ranks
+/// every other for each suspicion it hears).
+pub fn pair_score(subject: &str, candidate: &str) -> u64 {
+    fixed_hash(subject.bytes().chain([0]).chain(candidate.bytes()))
+}
+
+/// FNV-1a over the bytes, then splitmix64's finalizer to spread FNV's weak high bits.
+fn fixed_hash(bytes: impl Iterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
+    for byte in bytes {
         h ^= u64::from(byte);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^ (h >> 31)
-}
-
-/// The score of `candidate` for `subject`: each subject ranks the candidates in an order of its
-/// own, so the work for different subjects falls on different members.
-pub fn pair_score(subject: &str, candidate: &str) -> u64 {
-    score(&format!("{subject}\u{0}{candidate}"))
 }
 
 #[cfg(test)]
@@ -41,6 +47,13 @@ mod tests {
             16,
             "the top bits of the score spread over names"
         );
+    }
+
+    #[test]
+    fn a_pair_scores_as_its_joined_name() {
+        // Federation ranked gateways by `score("asker\0name")` before `pair_score` existed.
+        assert_eq!(pair_score("asker", "gw-1"), score("asker\u{0}gw-1"));
+        assert_eq!(pair_score("", ""), score("\u{0}"));
     }
 
     #[test]

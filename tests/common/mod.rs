@@ -278,6 +278,22 @@ impl Agent {
         assert_eq!(status, 200, "register on {}: {body}", self.name);
     }
 
+    /// Registers `{name}-1` (service port `service_port`) with a sidecar whose `upstream`
+    /// listens on loopback `local_port`; the address the service dials.
+    pub fn register_with_upstream(
+        &self,
+        name: &str,
+        service_port: u16,
+        upstream: &str,
+        local_port: u16,
+    ) -> SocketAddr {
+        self.register(&format!(
+            r#"{{"Name": "{name}", "ID": "{name}-1", "Port": {service_port}, "Connect": {{"SidecarService": {{"Proxy":
+                {{"Upstreams": [{{"DestinationName": "{upstream}", "LocalBindPort": {local_port}}}]}}}}}}}}"#
+        ));
+        SocketAddr::from(([127, 0, 0, 1], local_port))
+    }
+
     /// Registers `service` on external node `node` at 127.0.0.1:`port` through
     /// `/v1/catalog/register` (a service no agent runs), which must answer 200.
     pub fn register_external(&self, node: &str, service: &str, port: u16) {
