@@ -23,7 +23,7 @@ pub const MAX_TAGS_BYTES: usize = 256;
 
 /// The fields of a member's identity: stable name and node id, where to reach it, and which
 /// life it is in. Held behind a shared [`NodeIdentity`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct IdentityFields {
     /// Unique, stable node name (`--node`).
     pub name: compact_str::CompactString,
@@ -79,6 +79,23 @@ impl PartialEq for NodeIdentity {
 }
 
 impl Eq for NodeIdentity {}
+
+/// By name first (the fields in declaration order), so maps of identities iterate in an order
+/// that is the same on every run: the simulator's traces depend on it.
+impl PartialOrd for NodeIdentity {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeIdentity {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.cmp(&other.0)
+    }
+}
 
 impl std::hash::Hash for NodeIdentity {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {

@@ -23,7 +23,7 @@
 //! probability 0.19 (it or its answer lost), a check with 0.19⁴ ≈ 0.1%, and three independent
 //! checks must fail together.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -108,7 +108,8 @@ struct Check {
 /// The episodes a node follows.
 #[derive(Debug, Default)]
 pub(crate) struct Evidence {
-    episodes: HashMap<NodeIdentity, Episode>,
+    /// Ordered, so the pings of a timer go out in the same order on every run.
+    episodes: BTreeMap<NodeIdentity, Episode>,
     pub(super) suspicions: SuspicionTimers,
 }
 
@@ -116,7 +117,7 @@ pub(crate) struct Evidence {
 /// expire at once by handing foca its own timer early, so what foca does when a suspicion
 /// expires (the `Down`, its spreading, telling the member) happens as it always does.
 #[derive(Debug, Default)]
-pub(crate) struct SuspicionTimers(HashMap<NodeIdentity, foca::Timer<NodeIdentity>>);
+pub(crate) struct SuspicionTimers(BTreeMap<NodeIdentity, foca::Timer<NodeIdentity>>);
 
 impl SuspicionTimers {
     /// foca asked for `timer`.
