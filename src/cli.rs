@@ -230,7 +230,8 @@ pub struct SimArgs {
     #[arg(long, default_value = "chaos", value_name = "NAME|FILE.toml")]
     pub scenario: String,
     /// Draw how the first watched writes spread (fraction of nodes holding each over time)
-    /// as an SVG file; one run only.
+    /// and, when the run crashes nodes, how each crash came to be known (fraction of nodes
+    /// that declared it failed over time) as an SVG file; one run only.
     #[arg(long, value_name = "OUT.svg", conflicts_with = "seeds")]
     pub plot: Option<PathBuf>,
 }

@@ -31,7 +31,7 @@ use murmur_gossip::{Backlogs, GossipConfig, Keyring, MemberStatus, PoolMember};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::measure::{Curve, Measurements, Percentiles};
+use crate::measure::{Curve, DetectionCurve, Measurements, Percentiles};
 use crate::net::{Net, form_cluster};
 use crate::scenario::{Event, Fault, Scenario, secs};
 
@@ -82,6 +82,8 @@ pub struct Report {
     pub max_backlogs: Backlogs,
     /// The spread of the first watched writes over time, for plots.
     pub curves: Vec<Curve>,
+    /// How the first crashes came to be known over time, for plots.
+    pub detection_curves: Vec<DetectionCurve>,
     /// Broken invariants, each said in a sentence.
     pub violations: Vec<String>,
 }
@@ -559,7 +561,8 @@ impl Run {
             && self.loss_until.is_none()
             && (0..self.config.nodes).all(|i| !self.net.is_impaired(i))
             && self.net.all_alive();
-        self.measured.crash(&self.net, victim, life, strict);
+        self.measured
+            .crash(&self.net, victim, life, strict, host_answers);
         if host_answers {
             self.net.kill(victim);
         } else {
@@ -757,6 +760,7 @@ impl Run {
             false_suspicions: self.net.false_suspicions,
             max_backlogs: self.max_backlogs,
             curves: measured.curves,
+            detection_curves: measured.detection_curves,
             violations: self.violations.into_iter().collect(),
         }
     }

@@ -11,7 +11,7 @@ pub mod net;
 pub mod scenario;
 
 pub use chaos::{ChaosConfig, Progress, Report, run, run_with_progress};
-pub use measure::{Curve, Percentiles};
+pub use measure::{Curve, DetectionCurve, Percentiles};
 pub use net::{
     LinkModel, Net, WALL_CLOCK_BASE_MS, addr, cluster, cluster_keyed, cluster_with, form_cluster,
     key,

@@ -76,6 +76,33 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
+/// The detection of one crash: the fraction of the nodes that had to declare it that did, over
+/// time since the crash (one point per node, at the virtual time it declared it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectionCurve {
+    /// Whether the crashed node's host answered for it (a killed process), rather than falling
+    /// silent (a host that stopped or was cut off).
+    pub host_answered: bool,
+    /// `issued_at` is the crash's time.
+    pub curve: Curve,
+}
+
+impl Curve {
+    /// The curve of an event at `issued_at` that reached each of some nodes after `times`
+    /// (sorted): one point per node, the last at 1.
+    fn of(issued_at: Duration, times: &[Duration]) -> Self {
+        let n = times.len() as f64;
+        Self {
+            issued_at,
+            points: times
+                .iter()
+                .enumerate()
+                .map(|(k, t)| (t.as_secs_f64(), (k + 1) as f64 / n))
+                .collect(),
+        }
+    }
+}
+
 struct WriteWatch {
     key: String,
     stamp: Hlc,
@@ -100,6 +127,8 @@ struct CrashWatch {
     /// Whether the bound applies: no fault but crashes touched the cluster since (a deaf
     /// node declaring others down, say, floods everyone with updates and slows detection).
     strict: bool,
+    /// Whether its host answers for it (see [`DetectionCurve::host_answered`]).
+    host_answered: bool,
 }
 
 /// Everything measured in one run.
@@ -118,6 +147,8 @@ pub struct Measurements {
     pub detection: Vec<Duration>,
     /// Curves of the first writes, for plots.
     pub curves: Vec<Curve>,
+    /// Curves of the first crashes' detection, for plots.
+    pub detection_curves: Vec<DetectionCurve>,
 }
 
 impl Measurements {
@@ -151,8 +182,16 @@ impl Measurements {
     }
 
     /// Watches the crash of `node` in `generation` (call it just before the crash) until every
-    /// other running node declared it; `strict` when no other fault is in progress.
-    pub fn crash(&mut self, net: &Net, node: usize, generation: u64, strict: bool) {
+    /// other running node declared it; `strict` when no other fault is in progress,
+    /// `host_answered` when only the process dies.
+    pub fn crash(
+        &mut self,
+        net: &Net,
+        node: usize,
+        generation: u64,
+        strict: bool,
+        host_answered: bool,
+    ) {
         let observers = net
             .running()
             .into_iter()
@@ -164,6 +203,7 @@ impl Measurements {
             at: net.now,
             observers,
             strict,
+            host_answered,
         });
     }
 
@@ -231,21 +271,16 @@ impl Measurements {
             if holding.len() < running.len() {
                 continue;
             }
-            let mut times: Vec<Duration> = holding.into_iter().copied().collect();
+            let mut times: Vec<Duration> = holding.into_iter().map(|t| *t - watch.at).collect();
             times.sort();
             if let Some(curve) = &mut watch.curve {
-                let n = running.len() as f64;
-                curve.points = times
-                    .iter()
-                    .enumerate()
-                    .map(|(k, t)| ((*t - watch.at).as_secs_f64(), (k + 1) as f64 / n))
-                    .collect();
+                *curve = Curve::of(watch.at, &times);
             }
-            done.push((i, times.last().copied().unwrap_or(watch.at)));
+            done.push((i, times.last().copied().unwrap_or_default()));
         }
-        for (i, last) in done.into_iter().rev() {
+        for (i, took) in done.into_iter().rev() {
             let watch = self.writes.remove(i);
-            self.write_spread.push(last - watch.at);
+            self.write_spread.push(took);
             self.curves.extend(watch.curve);
         }
     }
@@ -281,9 +316,21 @@ impl Measurements {
             if all_declared {
                 // An observer may have declared this life down before it crashed (it was cut
                 // off): that one knew at once.
-                let last = watch.observers.iter().filter_map(by).max();
-                let took = last.map_or(Duration::ZERO, |t| t.saturating_sub(watch.at));
-                self.detection.push(took);
+                let mut times: Vec<Duration> = watch
+                    .observers
+                    .iter()
+                    .filter_map(by)
+                    .map(|t| t.saturating_sub(watch.at))
+                    .collect();
+                times.sort();
+                self.detection
+                    .push(times.last().copied().unwrap_or(Duration::ZERO));
+                if self.detection_curves.len() < MAX_CURVES && !times.is_empty() {
+                    self.detection_curves.push(DetectionCurve {
+                        host_answered: watch.host_answered,
+                        curve: Curve::of(watch.at, &times),
+                    });
+                }
                 return false;
             }
             if now - watch.at > bound * 4 {

@@ -113,7 +113,7 @@ fn execute(args: &SimArgs, plan: &Plan) -> ExitCode {
                 "{} nodes, scenario {}, seed {seed}",
                 plan.nodes, args.scenario
             );
-            match plot::write_curves(path, &title, &report.curves) {
+            match plot::write_curves(path, &title, &report.curves, &report.detection_curves) {
                 Ok(()) => println!("  plot: {}", path.display()),
                 Err(e) => {
                     eprintln!("error: cannot draw {}: {e}", path.display());
