@@ -65,7 +65,7 @@ fn a_scenario_runs_with_its_report_and_plot() {
         drawing.starts_with("<svg") && drawing.contains("<polyline"),
         "{drawing:.200}"
     );
-    for panel in ["How writes spread", "How crashes came to be known"] {
+    for panel in ["How writes spread", "How killed processes came to be known"] {
         assert!(drawing.contains(panel), "{panel:?} missing from the plot");
     }
 }

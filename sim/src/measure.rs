@@ -147,7 +147,8 @@ pub struct Measurements {
     pub detection: Vec<Duration>,
     /// Curves of the first writes, for plots.
     pub curves: Vec<Curve>,
-    /// Curves of the first crashes' detection, for plots.
+    /// Curves of the first crashes' detection, for plots: half of [`MAX_CURVES`] for each
+    /// kind of crash.
     pub detection_curves: Vec<DetectionCurve>,
 }
 
@@ -325,7 +326,12 @@ impl Measurements {
                 times.sort();
                 self.detection
                     .push(times.last().copied().unwrap_or(Duration::ZERO));
-                if self.detection_curves.len() < MAX_CURVES && !times.is_empty() {
+                let kept = self
+                    .detection_curves
+                    .iter()
+                    .filter(|d| d.host_answered == watch.host_answered)
+                    .count();
+                if kept < MAX_CURVES / 2 && !times.is_empty() {
                     self.detection_curves.push(DetectionCurve {
                         host_answered: watch.host_answered,
                         curve: Curve::of(watch.at, &times),

@@ -1,8 +1,9 @@
-//! `--plot`: how writes spread and how crashes came to be known, drawn as SVG. The upper panel
-//! has one curve per watched write (the fraction of running nodes holding it against the time
-//! since it was acknowledged); the lower one, when the run crashed nodes, one curve per crash
-//! (the fraction of the nodes that had to declare it failed that did, against the time since
-//! the crash), red where the host answered for the killed process, blue where it fell silent.
+//! `--plot`: how writes spread and how crashes came to be known, drawn as SVG. One panel has
+//! one curve per watched write (the fraction of running nodes holding it against the time since
+//! it was acknowledged); when the run crashed nodes, one panel for killed processes (their
+//! hosts answered) and one for silent hosts have a curve per crash (the fraction of the nodes
+//! that had to declare it failed that did, against the time since the crash). The two kinds
+//! differ by two orders of magnitude, so they do not share an axis.
 
 use std::path::Path;
 
@@ -23,63 +24,60 @@ pub fn write_curves(
                 .into(),
         );
     }
-    let height = if detections.is_empty() { 600 } else { 1100 };
-    let root = SVGBackend::new(path, (960, height)).into_drawing_area();
+    let killed: Vec<&Curve> = detections
+        .iter()
+        .filter(|d| d.host_answered)
+        .map(|d| &d.curve)
+        .collect();
+    let silent: Vec<&Curve> = detections
+        .iter()
+        .filter(|d| !d.host_answered)
+        .map(|d| &d.curve)
+        .collect();
+    let panels = [
+        (
+            writes.iter().collect::<Vec<_>>(),
+            format!("How writes spread: {title}"),
+            "seconds since the write was acknowledged",
+            "fraction of nodes holding it",
+        ),
+        (
+            killed,
+            format!("How killed processes came to be known (their hosts answered): {title}"),
+            "seconds since the crash",
+            "fraction of nodes that declared it failed",
+        ),
+        (
+            silent,
+            format!("How silent hosts came to be known: {title}"),
+            "seconds since the crash",
+            "fraction of nodes that declared it failed",
+        ),
+    ];
+    let panels: Vec<_> = panels.into_iter().filter(|p| !p.0.is_empty()).collect();
+    let root = SVGBackend::new(path, (960, 550 * panels.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let panels = if detections.is_empty() {
-        vec![root.clone()]
-    } else {
-        root.split_evenly((2, 1))
-    };
-    if !writes.is_empty() {
-        let curves = writes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c, Palette99::pick(i).to_rgba()));
-        let labels = Labels {
-            caption: format!("How writes spread: {title}"),
-            x: "seconds since the write was acknowledged",
-            y: "fraction of nodes holding it",
-        };
-        panel(&panels[0], &labels, curves)?;
-    }
-    if let Some(area) = panels.last().filter(|_| !detections.is_empty()) {
-        let curves = detections.iter().map(|d| {
-            let color = if d.host_answered { RED } else { BLUE };
-            (&d.curve, color.mix(0.7))
-        });
-        let labels = Labels {
-            caption: format!(
-                "How crashes came to be known (red: killed, blue: silent host): {title}"
-            ),
-            x: "seconds since the crash",
-            y: "fraction of nodes that declared it failed",
-        };
-        panel(area, &labels, curves)?;
+    let areas = root.split_evenly((panels.len(), 1));
+    for (area, (curves, caption, x, y)) in areas.iter().zip(&panels) {
+        panel(area, caption, (x, y), curves)?;
     }
     root.present().map_err(|e| e.to_string())
 }
 
-/// What a panel says.
-struct Labels {
-    caption: String,
-    x: &'static str,
-    y: &'static str,
-}
-
-/// Draws one panel of fractions (0 to 1) over seconds.
-fn panel<'a>(
+/// Draws one panel of fractions (0 to 1) over seconds, one curve per event.
+fn panel(
     area: &DrawingArea<SVGBackend, Shift>,
-    labels: &Labels,
-    curves: impl Iterator<Item = (&'a Curve, RGBAColor)> + Clone,
+    caption: &str,
+    (x, y): (&str, &str),
+    curves: &[&Curve],
 ) -> Result<(), String> {
     let longest = curves
-        .clone()
-        .filter_map(|(c, _)| c.points.last())
+        .iter()
+        .filter_map(|c| c.points.last())
         .map(|&(t, _)| t)
         .fold(0.1_f64, f64::max);
     let mut chart = ChartBuilder::on(area)
-        .caption(&labels.caption, ("sans-serif", 20))
+        .caption(caption, ("sans-serif", 20))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(56)
@@ -87,11 +85,12 @@ fn panel<'a>(
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc(labels.x)
-        .y_desc(labels.y)
+        .x_desc(x)
+        .y_desc(y)
         .draw()
         .map_err(|e| e.to_string())?;
-    for (curve, color) in curves {
+    for (i, curve) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(curve.points.iter().copied(), color))
             .map_err(|e| e.to_string())?;
