@@ -185,6 +185,29 @@ fn user_event_reaches_every_node_once() {
 }
 
 #[test]
+fn a_joining_node_lists_the_failed_members_the_cluster_lists() {
+    let mut net = cluster(7, 21);
+    net.crash(6);
+    net.crash(4);
+    net.run_until(SECS(30), |net| {
+        (0..6).filter(|&i| i != 4).all(|i| {
+            net.status(i, 4) == Some(MemberStatus::Failed)
+                && net.status(i, 6) == Some(MemberStatus::Failed)
+        })
+    })
+    .expect("both declared failed");
+    // Node 6 comes back without its data: it knows nobody but its seed.
+    net.start(6, 2, key(1));
+    net.join(6, 0).unwrap();
+    net.run_for(SECS(1));
+    // It lists node 4 failed, as everyone does, so it would announce itself to node 4 when
+    // node 4 returns and its join news passed node 6 by; a member it never heard of, it
+    // would only learn of from a push-pull, minutes apart in a large cluster.
+    assert_eq!(net.status(6, 4), Some(MemberStatus::Failed));
+    assert_eq!(net.status(6, 1), Some(MemberStatus::Alive));
+}
+
+#[test]
 fn missed_event_is_repaired_by_push_pull() {
     let mut net = cluster(6, 14);
     let others: Vec<usize> = (0..6).filter(|&i| i != 5).collect();
