@@ -92,8 +92,39 @@ fn panel(
     for (i, curve) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(curve.points.iter().copied(), color))
+            .draw_series(LineSeries::new(thinned(&curve.points), color))
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Most points drawn per curve: a curve has one per node, and 24 curves of 10,000 points made
+/// an SVG of megabytes that looks the same as this.
+const MAX_POINTS: usize = 400;
+
+/// Every k-th point of `points`, and the last, so at most about [`MAX_POINTS`] remain.
+fn thinned(points: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
+    let step = points.len().div_ceil(MAX_POINTS).max(1);
+    let last = points.len().saturating_sub(1);
+    points
+        .iter()
+        .enumerate()
+        .filter(move |(k, _)| k % step == 0 || *k == last)
+        .map(|(_, &p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_curve_is_thinned_to_its_shape_and_end() {
+        let points: Vec<(f64, f64)> = (1..=10_000).map(|k| (k as f64, k as f64 / 1e4)).collect();
+        let kept: Vec<(f64, f64)> = thinned(&points).collect();
+        assert!(kept.len() <= MAX_POINTS + 1, "{}", kept.len());
+        assert_eq!(kept.first(), points.first());
+        assert_eq!(kept.last(), points.last());
+        let short = [(0.0, 0.5), (1.0, 1.0)];
+        assert_eq!(thinned(&short).count(), 2);
+    }
 }
