@@ -890,6 +890,16 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!("Payload not accepted");
 
+            // murmur's patch: a message for an earlier identity of ours comes from a member that
+            // missed our renewal and still lists that identity alive; it would learn the new one
+            // only when its probes of the old one had failed, a suspicion had run out and the
+            // news of our renewal had found it (tens of seconds after a split healed). Announcing
+            // ourselves tells it within a round trip: it takes our identity from the header.
+            if header.dst.addr() == self.identity.addr()
+                && self.connection_state == ConnectionState::Connected
+            {
+                self.send_message(header.src, Message::Announce, runtime)?;
+            }
             return Ok(());
         }
 
@@ -1384,6 +1394,26 @@ where
     fn become_connected(&mut self, mut runtime: impl Runtime<T>) {
         debug_assert_ne!(0, self.num_members());
         self.connection_state = ConnectionState::Connected;
+
+        // murmur's patch: going offline, undead or renewed voided every timer, the suspicion
+        // timers among them, so a member suspected before stayed suspect until our probe came
+        // round to it again: up to one probe per member later (100 s and more at 200 members
+        // after a split healed). Each suspicion gets its full time again.
+        let token = self.timer_token;
+        for suspect in self
+            .members
+            .iter_active()
+            .filter(|member| member.state() == State::Suspect)
+        {
+            runtime.submit_after(
+                Timer::ChangeSuspectToDown {
+                    member_id: suspect.id().clone(),
+                    incarnation: suspect.incarnation(),
+                    token,
+                },
+                self.config.suspect_to_down_after,
+            );
+        }
 
         // We have at least one active member, so we can start
         // probing
@@ -3331,6 +3361,80 @@ mod tests {
             &mut runtime,
         )?;
         assert!(foca.iter_members().any(|m| m.id() == &ID::new(3)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_message_for_our_earlier_identity_is_answered_with_the_new_one() -> Result<()> {
+        // murmur's patch: a member that missed our renewal learns of it from our answer.
+        let mut foca = Foca::new(ID::new(1).rejoinable(), config(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
+        foca.apply(Member::down(ID::new(1).rejoinable()), &mut runtime)?;
+        let renewed = *foca.identity();
+        assert_ne!(renewed, ID::new(1).rejoinable());
+        runtime.clear();
+
+        let stale_ping = encode((
+            Header {
+                src: ID::new(2),
+                src_incarnation: Incarnation::default(),
+                dst: ID::new(1).rejoinable(),
+                message: Message::Ping(7),
+            },
+            Vec::<Member<ID>>::new(),
+        ));
+        foca.handle_data(&stale_ping, &mut runtime)?;
+        let (header, _) = decode(
+            runtime
+                .take_data(ID::new(2))
+                .expect("an answer to the member that missed the renewal"),
+        );
+        assert_eq!((header.src, header.message), (renewed, Message::Announce));
+
+        // A message for nobody we ever were goes unanswered.
+        runtime.clear();
+        let misaddressed = encode((
+            Header {
+                src: ID::new(2),
+                src_incarnation: Incarnation::default(),
+                dst: ID::new(3),
+                message: Message::Ping(8),
+            },
+            Vec::<Member<ID>>::new(),
+        ));
+        foca.handle_data(&misaddressed, &mut runtime)?;
+        assert_eq!(None, runtime.take_data(ID::new(2)));
+        Ok(())
+    }
+
+    #[test]
+    fn suspicions_are_timed_out_after_a_renewal_too() -> Result<()> {
+        // murmur's patch: renewing voids every timer; the suspicions held meanwhile get new ones.
+        let mut foca = Foca::new(ID::new(1).rejoinable(), config(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
+        foca.apply(Member::alive(ID::new(3)), &mut runtime)?;
+        foca.apply(Member::suspect(ID::new(2)), &mut runtime)?;
+
+        // The cluster declared us down: we renew, and our old timers no longer count.
+        let old_token = foca.timer_token();
+        runtime.clear();
+        foca.apply(Member::down(ID::new(1).rejoinable()), &mut runtime)?;
+        assert_ne!(old_token, foca.timer_token(), "renewing voids the timers");
+        let timer = Timer::ChangeSuspectToDown {
+            member_id: ID::new(2),
+            incarnation: Incarnation::default(),
+            token: foca.timer_token(),
+        };
+        assert_eq!(
+            Some(config().suspect_to_down_after),
+            runtime.take_scheduling(timer.clone()),
+            "the suspicion held through the renewal is timed out anew"
+        );
+        runtime.clear();
+        foca.handle_timer(timer, &mut runtime)?;
+        expect_notification!(runtime, Notification::MemberDown(&ID::new(2)));
         Ok(())
     }
 
