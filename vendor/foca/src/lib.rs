@@ -891,16 +891,14 @@ where
             tracing::trace!("Payload not accepted");
 
             // murmur's patch: a message for an earlier identity of ours comes from a member that
-            // missed our renewal (it still lists that identity alive, or tells it it is down); it
-            // would learn the new one only when its probes of the old one had failed, a
-            // suspicion had run out and the news of our renewal had found it (tens of seconds
-            // after a split healed). A gossip message from us tells it at once: it takes our
-            // identity from the header. (An Announce did the same but drew a packet-sized Feed
-            // in reply.)
+            // missed our renewal and still lists that identity alive; it would learn the new one
+            // only when its probes of the old one had failed, a suspicion had run out and the
+            // news of our renewal had found it (tens of seconds after a split healed). Announcing
+            // ourselves tells it within a round trip: it takes our identity from the header.
             if header.dst.addr() == self.identity.addr()
                 && self.connection_state == ConnectionState::Connected
             {
-                self.send_message(header.src, Message::Gossip, runtime)?;
+                self.send_message(header.src, Message::Announce, runtime)?;
             }
             return Ok(());
         }
@@ -3392,7 +3390,7 @@ mod tests {
                 .take_data(ID::new(2))
                 .expect("an answer to the member that missed the renewal"),
         );
-        assert_eq!((header.src, header.message), (renewed, Message::Gossip));
+        assert_eq!((header.src, header.message), (renewed, Message::Announce));
 
         // A message for nobody we ever were goes unanswered.
         runtime.clear();
