@@ -77,15 +77,12 @@ impl Node {
         if self.leaving {
             return;
         }
-        let members: Vec<(String, SocketAddr)> = self
-            .foca
-            .iter_members()
-            .map(|m| (m.id().name.to_string(), m.id().addr))
-            .collect();
-        if members.is_empty() {
+        let Some((peer, to)) = self
+            .random_member()
+            .map(|id| (id.name.to_string(), id.addr))
+        else {
             return;
-        }
-        let (peer, to) = members[self.rng.random_range(0..members.len())].clone();
+        };
         let seq = self.rng.random::<u32>();
         self.coordinates.pending = Some(PendingPing {
             seq,
