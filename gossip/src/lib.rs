@@ -32,6 +32,7 @@ mod members;
 mod node;
 mod pool_member;
 pub mod rendezvous;
+mod repeats;
 mod replication;
 mod stats;
 pub mod vivaldi;

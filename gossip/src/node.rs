@@ -27,6 +27,7 @@ use crate::broadcast::{BroadcastInbox, BroadcastItem};
 use crate::events::{EventFilter, EventLog, UserEvent};
 use crate::keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 use crate::members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
+use crate::repeats::RepeatFilter;
 use crate::stats::Stats;
 use crate::wire::{self, DatagramKind, DropReason, PushPullState, StreamMessage, WireCodec};
 use crate::{GossipConfig, GossipError, Identities, NodeIdentity};
@@ -280,6 +281,7 @@ impl Node {
             WireCodec {
                 changes: changes.clone(),
                 identities: identities.clone(),
+                repeats: RepeatFilter::new(identity_id),
             },
             BroadcastInbox::new(received.clone(), identity_id),
         );

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use murmur_catalog::{Change, SyncDigest, SyncPush, SyncPushReply, SyncSummary};
 
 use crate::keyring::{Keyring, KeyringOp, NONCE_LEN, TAG_LEN};
+use crate::repeats::RepeatFilter;
 use crate::{Identities, NodeIdentity};
 
 /// The wire protocol version this build speaks. Packets of another version are dropped.
@@ -298,6 +299,39 @@ pub(crate) struct WireCodec {
     pub(crate) changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
     /// Decoded identities that foca keeps are exchanged for their shared copies.
     pub(crate) identities: Identities,
+    /// Member updates applied before, recognised without decoding them.
+    pub(crate) repeats: RepeatFilter,
+}
+
+/// A member update's fields as they lie in a packet, borrowed: parsing it finds where the
+/// update ends without allocating, so a repeat is recognised before it is decoded. The fields
+/// mirror `Member<NodeIdentity>` in order and type (bincode is not self-describing);
+/// `an_update_is_measured_as_it_decodes` checks that they agree.
+#[derive(Deserialize)]
+struct UpdateBytes<'a> {
+    #[serde(borrow)]
+    _identity: IdentityBytes<'a>,
+    _incarnation: foca::Incarnation,
+    _state: foca::State,
+}
+
+/// [`crate::IdentityFields`], borrowed.
+#[derive(Deserialize)]
+struct IdentityBytes<'a> {
+    _name: &'a str,
+    _node_id: u64,
+    _generation: u64,
+    _addr: std::net::SocketAddr,
+    _datacenter: &'a str,
+    #[serde(borrow)]
+    _tags: Vec<(&'a str, &'a str)>,
+}
+
+/// How many bytes the member update at the start of `bytes` takes.
+fn update_len(bytes: &[u8]) -> Result<usize, CodecError> {
+    bincode::serde::borrow_decode_from_slice::<UpdateBytes<'_>, _>(bytes, bincode_config())
+        .map(|(_, used)| used)
+        .map_err(|_| CodecError("undecodable"))
 }
 
 /// Codec failures inside foca; foca reports them as its own errors.
@@ -336,6 +370,7 @@ impl foca::Codec<NodeIdentity> for WireCodec {
     }
 
     fn decode_header(&mut self, buf: impl Buf) -> Result<Header<NodeIdentity>, CodecError> {
+        self.repeats.start_packet();
         let header: Header<NodeIdentity> = Self::take(buf)?;
         // Sender and addressee are the identities foca compares and keeps; the ones inside
         // indirect-probe messages are used once and left as decoded.
@@ -360,6 +395,22 @@ impl foca::Codec<NodeIdentity> for WireCodec {
 
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeIdentity>, CodecError> {
         Self::take(buf).map(|member| self.identities.intern_member(member))
+    }
+
+    fn decode_new_member(
+        &mut self,
+        mut buf: impl Buf,
+    ) -> Result<Option<Member<NodeIdentity>>, CodecError> {
+        let len = update_len(buf.chunk())?;
+        if self.repeats.is_repeat(&buf.chunk()[..len]) {
+            buf.advance(len);
+            return Ok(None);
+        }
+        self.decode_member(buf).map(Some)
+    }
+
+    fn members_applied(&mut self) {
+        self.repeats.commit();
     }
 }
 
@@ -455,6 +506,54 @@ mod tests {
         #[test]
         fn stream_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode::<StreamMessage>(&bytes);
+        }
+
+        #[test]
+        fn an_update_is_measured_as_it_decodes(
+            name in "[a-z0-9.-]{1,64}",
+            node_id: u64,
+            generation: u64,
+            v6: bool,
+            port: u16,
+            datacenter in "[a-z0-9-]{0,32}",
+            tags in proptest::collection::vec(("[a-z]{1,8}", "[ -~]{0,20}"), 0..4),
+            incarnation: u16,
+            state in 0..3u8,
+            trailing in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let addr = if v6 {
+                std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))
+            } else {
+                std::net::SocketAddr::from(([10, 1, 2, 3], port))
+            };
+            let identity = crate::IdentityFields {
+                name: name.into(),
+                node_id,
+                generation,
+                addr,
+                datacenter: datacenter.into(),
+                tags,
+            };
+            let state = [foca::State::Alive, foca::State::Suspect, foca::State::Down][state as usize];
+            let member = Member::new(NodeIdentity::from(identity), incarnation, state);
+            let mut bytes = encode(&member);
+            let len = bytes.len();
+            bytes.extend_from_slice(&trailing);
+            prop_assert_eq!(update_len(&bytes).unwrap(), len);
+            let mut codec = WireCodec {
+                changes: Arc::default(),
+                identities: Identities::default(),
+                repeats: RepeatFilter::new(1),
+            };
+            let mut buf = &bytes[..];
+            let decoded = foca::Codec::decode_new_member(&mut codec, &mut buf).unwrap();
+            prop_assert_eq!(decoded, Some(member.clone()));
+            prop_assert_eq!(buf.len(), trailing.len());
+            // Once its packet was applied, the same bytes are recognised and passed over.
+            foca::Codec::members_applied(&mut codec);
+            let mut buf = &bytes[..];
+            prop_assert_eq!(foca::Codec::decode_new_member(&mut codec, &mut buf).unwrap(), None);
+            prop_assert_eq!(buf.len(), trailing.len());
         }
 
         #[test]

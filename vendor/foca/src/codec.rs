@@ -42,6 +42,22 @@ pub trait Codec<T> {
     ///
     /// Implementations may assume the data in the buffer is contiguous.
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<T>, Self::Error>;
+
+    /// murmur's patch: decodes a member update unless the codec recognises it as one it
+    /// already handed over and saw applied (`Ok(None)`: the cursor is past it, foca skips
+    /// it). Nearly every update a member receives repeats one it has (each is sent by every
+    /// member about 4·log10(N) times); recognising it before decoding saves the decode and
+    /// the lookup in the member list.
+    ///
+    /// Implementations MUST NOT recognise an update before [`Codec::members_applied`] told
+    /// them that the packet it came in was applied: a packet from a member we list down is
+    /// dropped unapplied, and its updates must still count when they come again.
+    fn decode_new_member(&mut self, buf: impl Buf) -> Result<Option<Member<T>>, Self::Error> {
+        self.decode_member(buf).map(Some)
+    }
+
+    /// murmur's patch: every update decoded from the packet just handled was applied.
+    fn members_applied(&mut self) {}
 }
 
 impl<C, T> Codec<T> for &mut C
@@ -64,5 +80,13 @@ where
 
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<T>, Self::Error> {
         C::decode_member(self, buf)
+    }
+
+    fn decode_new_member(&mut self, buf: impl Buf) -> Result<Option<Member<T>>, Self::Error> {
+        C::decode_new_member(self, buf)
+    }
+
+    fn members_applied(&mut self) {
+        C::members_applied(self);
     }
 }

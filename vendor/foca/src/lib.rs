@@ -913,11 +913,14 @@ where
             span.record("num_updates", num_updates);
 
             for _i in 0..num_updates {
-                self.updates_buf.push(
-                    self.codec
-                        .decode_member(&mut data)
-                        .map_err(|e| Error::Decode(Box::new(e)))?,
-                );
+                // murmur's patch: updates the codec recognises as applied before are skipped.
+                if let Some(update) = self
+                    .codec
+                    .decode_new_member(&mut data)
+                    .map_err(|e| Error::Decode(Box::new(e)))?
+                {
+                    self.updates_buf.push(update);
+                }
             }
         }
 
@@ -976,6 +979,7 @@ where
         // that we can keep reusing its already-allocated space.
         let mut updates = mem::take(&mut self.updates_buf);
         self.apply_many(updates.drain(..), true, &mut runtime)?;
+        self.codec.members_applied();
         debug_assert_eq!(
             0,
             self.updates_buf.capacity(),
@@ -3405,6 +3409,71 @@ mod tests {
         ));
         foca.handle_data(&misaddressed, &mut runtime)?;
         assert_eq!(None, runtime.take_data(ID::new(2)));
+        Ok(())
+    }
+
+    #[test]
+    fn only_applied_packets_are_reported_to_the_codec() -> Result<()> {
+        // murmur's patch: a codec may recognise repeats of updates it saw applied; the
+        // updates of a packet from a member listed down are dropped, so they must not count.
+        struct Counting(BadCodec, alloc::rc::Rc<core::cell::Cell<u32>>);
+        impl Codec<ID> for Counting {
+            type Error = crate::testing::BadCodecError;
+            fn encode_header(
+                &mut self,
+                h: &Header<ID>,
+                buf: impl BufMut,
+            ) -> core::result::Result<(), Self::Error> {
+                self.0.encode_header(h, buf)
+            }
+            fn decode_header(
+                &mut self,
+                buf: impl Buf,
+            ) -> core::result::Result<Header<ID>, Self::Error> {
+                self.0.decode_header(buf)
+            }
+            fn encode_member(
+                &mut self,
+                m: &Member<ID>,
+                buf: impl BufMut,
+            ) -> core::result::Result<(), Self::Error> {
+                self.0.encode_member(m, buf)
+            }
+            fn decode_member(
+                &mut self,
+                buf: impl Buf,
+            ) -> core::result::Result<Member<ID>, Self::Error> {
+                self.0.decode_member(buf)
+            }
+            fn members_applied(&mut self) {
+                self.1.set(self.1.get() + 1);
+            }
+        }
+        let applied = alloc::rc::Rc::new(core::cell::Cell::new(0));
+        let codec = Counting(BadCodec, applied.clone());
+        let mut foca = Foca::new(ID::new(1), config(), rng(), codec);
+        let mut runtime = AccumulatingRuntime::new();
+        foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
+        foca.apply(Member::down(ID::new(3)), &mut runtime)?;
+        let from = |src: u8| {
+            encode((
+                Header {
+                    src: ID::new(src),
+                    src_incarnation: Incarnation::default(),
+                    dst: ID::new(1),
+                    message: Message::Gossip,
+                },
+                vec![Member::alive(ID::new(4))],
+            ))
+        };
+
+        foca.handle_data(&from(3), &mut runtime)?;
+        assert_eq!(0, applied.get(), "a down sender's updates are not applied");
+        assert!(foca.iter_members().all(|m| m.id() != &ID::new(4)));
+
+        foca.handle_data(&from(2), &mut runtime)?;
+        assert_eq!(1, applied.get());
+        assert!(foca.iter_members().any(|m| m.id() == &ID::new(4)));
         Ok(())
     }
 
