@@ -217,7 +217,7 @@ impl foca::Identity for NodeIdentity {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use foca::Identity;
 
     use super::*;

@@ -272,6 +272,7 @@ impl Node {
         let identity = identities.intern(identity);
         config.validate()?;
         let identity_id = identity.node_id;
+        let own_name = identity.name.clone();
         let changes = Arc::new(Mutex::new(Vec::new()));
         let received = Arc::new(Mutex::new(Vec::new()));
         let foca = Foca::with_custom_broadcast(
@@ -282,6 +283,7 @@ impl Node {
                 changes: changes.clone(),
                 identities: identities.clone(),
                 repeats: RepeatFilter::new(identity_id),
+                own_name,
             },
             BroadcastInbox::new(received.clone(), identity_id),
         );
@@ -829,6 +831,7 @@ impl Node {
         if count == 0 {
             return None;
         }
+        debug_assert_eq!(count, self.foca.iter_members().count());
         let pick = self.rng.random_range(0..count);
         self.foca.iter_members().nth(pick).map(Member::id)
     }

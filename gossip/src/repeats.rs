@@ -9,7 +9,10 @@
 //! Skipping a repeat is exact, not a heuristic: a member's state in foca only moves forward
 //! (a higher incarnation, a stronger state, a newer identity), so an update applied once is a
 //! no-op ever after, until the member is reaped (where applying it again would resurrect a
-//! forgotten member: skipping is the better answer there). A fingerprint counts only once
+//! forgotten member: skipping is the better answer there). Updates about the member itself
+//! are the exception and never pass through here (the codec checks the name first): foca
+//! answers each suspicion of us, even a repeated stale one, with a gossip round that spreads
+//! the refutation. A fingerprint counts only once
 //! the packet that carried it was applied ([`RepeatFilter::commit`]): foca drops the updates
 //! of a sender it lists down, and those must count when they come again from another.
 

@@ -301,6 +301,8 @@ pub(crate) struct WireCodec {
     pub(crate) identities: Identities,
     /// Member updates applied before, recognised without decoding them.
     pub(crate) repeats: RepeatFilter,
+    /// This member's name: updates about it are always decoded.
+    pub(crate) own_name: compact_str::CompactString,
 }
 
 /// A member update's fields as they lie in a packet, borrowed: parsing it finds where the
@@ -310,7 +312,7 @@ pub(crate) struct WireCodec {
 #[derive(Deserialize)]
 struct UpdateBytes<'a> {
     #[serde(borrow)]
-    _identity: IdentityBytes<'a>,
+    identity: IdentityBytes<'a>,
     _incarnation: foca::Incarnation,
     _state: foca::State,
 }
@@ -318,7 +320,7 @@ struct UpdateBytes<'a> {
 /// [`crate::IdentityFields`], borrowed.
 #[derive(Deserialize)]
 struct IdentityBytes<'a> {
-    _name: &'a str,
+    name: &'a str,
     _node_id: u64,
     _generation: u64,
     _addr: std::net::SocketAddr,
@@ -327,10 +329,9 @@ struct IdentityBytes<'a> {
     _tags: Vec<(&'a str, &'a str)>,
 }
 
-/// How many bytes the member update at the start of `bytes` takes.
-fn update_len(bytes: &[u8]) -> Result<usize, CodecError> {
-    bincode::serde::borrow_decode_from_slice::<UpdateBytes<'_>, _>(bytes, bincode_config())
-        .map(|(_, used)| used)
+/// The member update at the start of `bytes`, and how many bytes it takes.
+fn peek_update(bytes: &[u8]) -> Result<(UpdateBytes<'_>, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice(bytes, bincode_config())
         .map_err(|_| CodecError("undecodable"))
 }
 
@@ -401,8 +402,11 @@ impl foca::Codec<NodeIdentity> for WireCodec {
         &mut self,
         mut buf: impl Buf,
     ) -> Result<Option<Member<NodeIdentity>>, CodecError> {
-        let len = update_len(buf.chunk())?;
-        if self.repeats.is_repeat(&buf.chunk()[..len]) {
+        let (update, len) = peek_update(buf.chunk())?;
+        // News about ourselves is never passed over: foca answers even a stale suspicion of
+        // us with a gossip round that spreads our refutation.
+        let about_us = update.identity.name == self.own_name;
+        if !about_us && self.repeats.is_repeat(&buf.chunk()[..len]) {
             buf.advance(len);
             return Ok(None);
         }
@@ -496,6 +500,26 @@ mod tests {
         assert!(decode::<Vec<u8>>(&hostile).is_err());
     }
 
+    #[test]
+    fn news_about_ourselves_is_never_passed_over() {
+        let me = crate::identity::tests::identity("me", 1);
+        let mut codec = WireCodec {
+            changes: Arc::default(),
+            identities: Identities::default(),
+            repeats: RepeatFilter::new(1),
+            own_name: me.name.clone(),
+        };
+        let suspicion = encode(&Member::new(me, 0, foca::State::Suspect));
+        for _ in 0..3 {
+            let decoded = foca::Codec::decode_new_member(&mut codec, &mut &suspicion[..]);
+            assert!(
+                decoded.unwrap().is_some(),
+                "foca gossips our refutation each time"
+            );
+            foca::Codec::members_applied(&mut codec);
+        }
+    }
+
     proptest! {
         #[test]
         fn open_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -539,11 +563,12 @@ mod tests {
             let mut bytes = encode(&member);
             let len = bytes.len();
             bytes.extend_from_slice(&trailing);
-            prop_assert_eq!(update_len(&bytes).unwrap(), len);
+            prop_assert_eq!(peek_update(&bytes).unwrap().1, len);
             let mut codec = WireCodec {
                 changes: Arc::default(),
                 identities: Identities::default(),
                 repeats: RepeatFilter::new(1),
+                own_name: "another-name-than-any-generated".into(),
             };
             let mut buf = &bytes[..];
             let decoded = foca::Codec::decode_new_member(&mut codec, &mut buf).unwrap();
