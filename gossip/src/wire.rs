@@ -294,7 +294,8 @@ pub(crate) struct PushPullState {
 ///
 /// Every member update foca decides to disseminate is encoded here, which makes the codec the
 /// one place that sees each state change (foca has no "suspect" notification); the changes are
-/// recorded in `changes` for the core to turn into member events.
+/// recorded in `changes` for the core to turn into member events. Members a `Feed` repeats
+/// (known ones, sent to an announcer) come through `encode_feed_member` and are not recorded.
 pub(crate) struct WireCodec {
     pub(crate) changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
     /// Decoded identities that foca keeps are exchanged for their shared copies.
@@ -391,6 +392,15 @@ impl foca::Codec<NodeIdentity> for WireCodec {
             .lock()
             .expect("codec tap poisoned")
             .push(member.clone());
+        Self::put(member, buf)
+    }
+
+    fn encode_feed_member(
+        &mut self,
+        member: &Member<NodeIdentity>,
+        buf: impl BufMut,
+    ) -> Result<(), CodecError> {
+        // Members of our own list, already seen as changes: not tapped.
         Self::put(member, buf)
     }
 
@@ -498,6 +508,25 @@ mod tests {
         // A varint claiming a 2^60-byte vector must fail quickly, not allocate.
         let hostile = [0xff, 0, 0, 0, 0, 0, 0, 0x10, 0];
         assert!(decode::<Vec<u8>>(&hostile).is_err());
+    }
+
+    #[test]
+    fn only_changes_are_tapped_not_the_members_a_feed_repeats() {
+        let changes = Arc::default();
+        let mut codec = WireCodec {
+            changes: Arc::clone(&changes),
+            identities: Identities::default(),
+            repeats: RepeatFilter::new(1),
+            own_name: "me".into(),
+        };
+        let member = Member::alive(crate::identity::tests::identity("a", 1));
+        let mut buf = Vec::new();
+        foca::Codec::encode_feed_member(&mut codec, &member, &mut buf).unwrap();
+        assert!(changes.lock().unwrap().is_empty());
+        let fed = buf.len();
+        foca::Codec::encode_member(&mut codec, &member, &mut buf).unwrap();
+        assert_eq!(*changes.lock().unwrap(), vec![member]);
+        assert_eq!(buf.len(), 2 * fed, "both encode the same bytes");
     }
 
     #[test]

@@ -58,6 +58,18 @@ pub trait Codec<T> {
 
     /// murmur's patch: every update decoded from the packet just handled was applied.
     fn members_applied(&mut self) {}
+
+    /// murmur's patch: encodes a member of our list into a `Feed` (the answer to an
+    /// `Announce`). Unlike [`Codec::encode_member`], which foca calls once for each change it
+    /// applies, this repeats what is known, so a codec that watches `encode_member` for
+    /// changes need not look at these.
+    fn encode_feed_member(
+        &mut self,
+        member: &Member<T>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
+        self.encode_member(member, buf)
+    }
 }
 
 impl<C, T> Codec<T> for &mut C
@@ -88,5 +100,13 @@ where
 
     fn members_applied(&mut self) {
         C::members_applied(self);
+    }
+
+    fn encode_feed_member(
+        &mut self,
+        member: &Member<T>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
+        C::encode_feed_member(self, member, buf)
     }
 }

@@ -1527,7 +1527,8 @@ where
 
                 while let Some(chosen) = self.choice_buf.pop() {
                     let pos = buf.get_ref().len();
-                    if let Err(_ignored) = self.codec.encode_member(&chosen, &mut buf) {
+                    // murmur's patch: a feed repeats what is known; see `encode_feed_member`.
+                    if let Err(_ignored) = self.codec.encode_feed_member(&chosen, &mut buf) {
                         // encoding the member might have advanced the cursor
                         // of the buffer before yielding the error
                         // this resets it to the last known valid position
@@ -3474,6 +3475,85 @@ mod tests {
         foca.handle_data(&from(2), &mut runtime)?;
         assert_eq!(1, applied.get());
         assert!(foca.iter_members().any(|m| m.id() == &ID::new(4)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_feed_encodes_its_members_as_feed_members() -> Result<()> {
+        // murmur's patch: a codec that watches `encode_member` for changes is not shown the
+        // members a feed repeats.
+        struct Counting(BadCodec, alloc::rc::Rc<core::cell::Cell<(u32, u32)>>);
+        impl Codec<ID> for Counting {
+            type Error = crate::testing::BadCodecError;
+            fn encode_header(
+                &mut self,
+                h: &Header<ID>,
+                buf: impl BufMut,
+            ) -> core::result::Result<(), Self::Error> {
+                self.0.encode_header(h, buf)
+            }
+            fn decode_header(
+                &mut self,
+                buf: impl Buf,
+            ) -> core::result::Result<Header<ID>, Self::Error> {
+                self.0.decode_header(buf)
+            }
+            fn encode_member(
+                &mut self,
+                m: &Member<ID>,
+                buf: impl BufMut,
+            ) -> core::result::Result<(), Self::Error> {
+                let (changes, feeds) = self.1.get();
+                self.1.set((changes + 1, feeds));
+                self.0.encode_member(m, buf)
+            }
+            fn decode_member(
+                &mut self,
+                buf: impl Buf,
+            ) -> core::result::Result<Member<ID>, Self::Error> {
+                self.0.decode_member(buf)
+            }
+            fn encode_feed_member(
+                &mut self,
+                m: &Member<ID>,
+                buf: impl BufMut,
+            ) -> core::result::Result<(), Self::Error> {
+                let (changes, feeds) = self.1.get();
+                self.1.set((changes, feeds + 1));
+                self.0.encode_member(m, buf)
+            }
+        }
+        let counts = alloc::rc::Rc::new(core::cell::Cell::new((0, 0)));
+        let mut foca = Foca::new(
+            ID::new(1),
+            config(),
+            rng(),
+            Counting(BadCodec, counts.clone()),
+        );
+        let mut runtime = AccumulatingRuntime::new();
+        foca.apply_many(
+            [2, 3, 4].into_iter().map(|i| Member::alive(ID::new(i))),
+            true,
+            &mut runtime,
+        )?;
+        counts.set((0, 0));
+
+        let announce = encode((
+            Header {
+                src: ID::new(5),
+                src_incarnation: Incarnation::default(),
+                dst: ID::new(1),
+                message: Message::Announce,
+            },
+            Vec::new(),
+        ));
+        foca.handle_data(&announce, &mut runtime)?;
+        let (header, fed) = decode(runtime.take_data(ID::new(5)).expect("a feed"));
+        assert_eq!(header.message, Message::Feed);
+        let (changes, feeds) = counts.get();
+        assert_eq!(feeds as usize, fed.len());
+        assert!(feeds >= 3, "the three members known are fed");
+        assert_eq!(changes, 1, "only the announcer's arrival is a change");
         Ok(())
     }
 
