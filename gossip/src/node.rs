@@ -831,7 +831,6 @@ impl Node {
         if count == 0 {
             return None;
         }
-        debug_assert_eq!(count, self.foca.iter_members().count());
         let pick = self.rng.random_range(0..count);
         self.foca.iter_members().nth(pick).map(Member::id)
     }

@@ -510,15 +510,20 @@ mod tests {
         assert!(decode::<Vec<u8>>(&hostile).is_err());
     }
 
-    #[test]
-    fn only_changes_are_tapped_not_the_members_a_feed_repeats() {
-        let changes = Arc::default();
-        let mut codec = WireCodec {
-            changes: Arc::clone(&changes),
+    /// A codec for the member named `own_name`.
+    fn codec(own_name: &str) -> WireCodec {
+        WireCodec {
+            changes: Arc::default(),
             identities: Identities::default(),
             repeats: RepeatFilter::new(1),
-            own_name: "me".into(),
-        };
+            own_name: own_name.into(),
+        }
+    }
+
+    #[test]
+    fn only_changes_are_tapped_not_the_members_a_feed_repeats() {
+        let mut codec = codec("me");
+        let changes = Arc::clone(&codec.changes);
         let member = Member::alive(crate::identity::tests::identity("a", 1));
         let mut buf = Vec::new();
         foca::Codec::encode_feed_member(&mut codec, &member, &mut buf).unwrap();
@@ -532,12 +537,7 @@ mod tests {
     #[test]
     fn news_about_ourselves_is_never_passed_over() {
         let me = crate::identity::tests::identity("me", 1);
-        let mut codec = WireCodec {
-            changes: Arc::default(),
-            identities: Identities::default(),
-            repeats: RepeatFilter::new(1),
-            own_name: me.name.clone(),
-        };
+        let mut codec = codec(&me.name);
         let suspicion = encode(&Member::new(me, 0, foca::State::Suspect));
         for _ in 0..3 {
             let decoded = foca::Codec::decode_new_member(&mut codec, &mut &suspicion[..]);
@@ -593,12 +593,7 @@ mod tests {
             let len = bytes.len();
             bytes.extend_from_slice(&trailing);
             prop_assert_eq!(peek_update(&bytes).unwrap().1, len);
-            let mut codec = WireCodec {
-                changes: Arc::default(),
-                identities: Identities::default(),
-                repeats: RepeatFilter::new(1),
-                own_name: "another-name-than-any-generated".into(),
-            };
+            let mut codec = codec("another-name-than-any-generated");
             let mut buf = &bytes[..];
             let decoded = foca::Codec::decode_new_member(&mut codec, &mut buf).unwrap();
             prop_assert_eq!(decoded, Some(member.clone()));

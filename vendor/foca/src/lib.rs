@@ -3413,46 +3413,73 @@ mod tests {
         Ok(())
     }
 
+    /// How often murmur's patched codec methods were called.
+    #[derive(Clone, Copy, Default)]
+    struct CodecCalls {
+        applied: u32,
+        changes: u32,
+        feeds: u32,
+    }
+
+    /// `BadCodec`, counting the calls of murmur's patches.
+    struct CountingCodec(alloc::rc::Rc<core::cell::Cell<CodecCalls>>);
+
+    impl CountingCodec {
+        fn count(&self, call: impl FnOnce(&mut CodecCalls)) {
+            let mut calls = self.0.get();
+            call(&mut calls);
+            self.0.set(calls);
+        }
+    }
+
+    impl Codec<ID> for CountingCodec {
+        type Error = crate::testing::BadCodecError;
+        fn encode_header(
+            &mut self,
+            h: &Header<ID>,
+            buf: impl BufMut,
+        ) -> core::result::Result<(), Self::Error> {
+            BadCodec.encode_header(h, buf)
+        }
+        fn decode_header(
+            &mut self,
+            buf: impl Buf,
+        ) -> core::result::Result<Header<ID>, Self::Error> {
+            BadCodec.decode_header(buf)
+        }
+        fn encode_member(
+            &mut self,
+            m: &Member<ID>,
+            buf: impl BufMut,
+        ) -> core::result::Result<(), Self::Error> {
+            self.count(|c| c.changes += 1);
+            BadCodec.encode_member(m, buf)
+        }
+        fn decode_member(
+            &mut self,
+            buf: impl Buf,
+        ) -> core::result::Result<Member<ID>, Self::Error> {
+            BadCodec.decode_member(buf)
+        }
+        fn members_applied(&mut self) {
+            self.count(|c| c.applied += 1);
+        }
+        fn encode_feed_member(
+            &mut self,
+            m: &Member<ID>,
+            buf: impl BufMut,
+        ) -> core::result::Result<(), Self::Error> {
+            self.count(|c| c.feeds += 1);
+            BadCodec.encode_member(m, buf)
+        }
+    }
+
     #[test]
     fn only_applied_packets_are_reported_to_the_codec() -> Result<()> {
         // murmur's patch: a codec may recognise repeats of updates it saw applied; the
         // updates of a packet from a member listed down are dropped, so they must not count.
-        struct Counting(BadCodec, alloc::rc::Rc<core::cell::Cell<u32>>);
-        impl Codec<ID> for Counting {
-            type Error = crate::testing::BadCodecError;
-            fn encode_header(
-                &mut self,
-                h: &Header<ID>,
-                buf: impl BufMut,
-            ) -> core::result::Result<(), Self::Error> {
-                self.0.encode_header(h, buf)
-            }
-            fn decode_header(
-                &mut self,
-                buf: impl Buf,
-            ) -> core::result::Result<Header<ID>, Self::Error> {
-                self.0.decode_header(buf)
-            }
-            fn encode_member(
-                &mut self,
-                m: &Member<ID>,
-                buf: impl BufMut,
-            ) -> core::result::Result<(), Self::Error> {
-                self.0.encode_member(m, buf)
-            }
-            fn decode_member(
-                &mut self,
-                buf: impl Buf,
-            ) -> core::result::Result<Member<ID>, Self::Error> {
-                self.0.decode_member(buf)
-            }
-            fn members_applied(&mut self) {
-                self.1.set(self.1.get() + 1);
-            }
-        }
-        let applied = alloc::rc::Rc::new(core::cell::Cell::new(0));
-        let codec = Counting(BadCodec, applied.clone());
-        let mut foca = Foca::new(ID::new(1), config(), rng(), codec);
+        let counts = alloc::rc::Rc::new(core::cell::Cell::new(CodecCalls::default()));
+        let mut foca = Foca::new(ID::new(1), config(), rng(), CountingCodec(counts.clone()));
         let mut runtime = AccumulatingRuntime::new();
         foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
         foca.apply(Member::down(ID::new(3)), &mut runtime)?;
@@ -3469,11 +3496,15 @@ mod tests {
         };
 
         foca.handle_data(&from(3), &mut runtime)?;
-        assert_eq!(0, applied.get(), "a down sender's updates are not applied");
+        assert_eq!(
+            0,
+            counts.get().applied,
+            "a down sender's updates are not applied"
+        );
         assert!(foca.iter_members().all(|m| m.id() != &ID::new(4)));
 
         foca.handle_data(&from(2), &mut runtime)?;
-        assert_eq!(1, applied.get());
+        assert_eq!(1, counts.get().applied);
         assert!(foca.iter_members().any(|m| m.id() == &ID::new(4)));
         Ok(())
     }
@@ -3482,61 +3513,15 @@ mod tests {
     fn a_feed_encodes_its_members_as_feed_members() -> Result<()> {
         // murmur's patch: a codec that watches `encode_member` for changes is not shown the
         // members a feed repeats.
-        struct Counting(BadCodec, alloc::rc::Rc<core::cell::Cell<(u32, u32)>>);
-        impl Codec<ID> for Counting {
-            type Error = crate::testing::BadCodecError;
-            fn encode_header(
-                &mut self,
-                h: &Header<ID>,
-                buf: impl BufMut,
-            ) -> core::result::Result<(), Self::Error> {
-                self.0.encode_header(h, buf)
-            }
-            fn decode_header(
-                &mut self,
-                buf: impl Buf,
-            ) -> core::result::Result<Header<ID>, Self::Error> {
-                self.0.decode_header(buf)
-            }
-            fn encode_member(
-                &mut self,
-                m: &Member<ID>,
-                buf: impl BufMut,
-            ) -> core::result::Result<(), Self::Error> {
-                let (changes, feeds) = self.1.get();
-                self.1.set((changes + 1, feeds));
-                self.0.encode_member(m, buf)
-            }
-            fn decode_member(
-                &mut self,
-                buf: impl Buf,
-            ) -> core::result::Result<Member<ID>, Self::Error> {
-                self.0.decode_member(buf)
-            }
-            fn encode_feed_member(
-                &mut self,
-                m: &Member<ID>,
-                buf: impl BufMut,
-            ) -> core::result::Result<(), Self::Error> {
-                let (changes, feeds) = self.1.get();
-                self.1.set((changes, feeds + 1));
-                self.0.encode_member(m, buf)
-            }
-        }
-        let counts = alloc::rc::Rc::new(core::cell::Cell::new((0, 0)));
-        let mut foca = Foca::new(
-            ID::new(1),
-            config(),
-            rng(),
-            Counting(BadCodec, counts.clone()),
-        );
+        let counts = alloc::rc::Rc::new(core::cell::Cell::new(CodecCalls::default()));
+        let mut foca = Foca::new(ID::new(1), config(), rng(), CountingCodec(counts.clone()));
         let mut runtime = AccumulatingRuntime::new();
         foca.apply_many(
             [2, 3, 4].into_iter().map(|i| Member::alive(ID::new(i))),
             true,
             &mut runtime,
         )?;
-        counts.set((0, 0));
+        counts.set(CodecCalls::default());
 
         let announce = encode((
             Header {
@@ -3550,7 +3535,7 @@ mod tests {
         foca.handle_data(&announce, &mut runtime)?;
         let (header, fed) = decode(runtime.take_data(ID::new(5)).expect("a feed"));
         assert_eq!(header.message, Message::Feed);
-        let (changes, feeds) = counts.get();
+        let CodecCalls { changes, feeds, .. } = counts.get();
         assert_eq!(feeds as usize, fed.len());
         assert!(feeds >= 3, "the three members known are fed");
         assert_eq!(changes, 1, "only the announcer's arrival is a change");
