@@ -143,7 +143,31 @@ where
         });
     }
 
-    pub(crate) fn fill(&mut self, mut buffer: impl BufMut, max_items: usize) -> usize {
+    /// murmur's patch: queues an item the caller knows invalidates nothing queued, skipping
+    /// the scan (and heap rebuild) of [`Self::add_or_replace`]; see [`KeyedBroadcasts`].
+    fn add_new(&mut self, item: T, data: Vec<u8>, max_tx: usize) {
+        debug_assert!(max_tx > 0);
+        self.flip.push(Entry {
+            remaining_tx: max_tx,
+            item,
+            data,
+        });
+    }
+
+    /// foca's member updates fill through [`KeyedBroadcasts::fill`]; this is kept for the
+    /// tests that hold the keyed queue to what foca sent before.
+    #[cfg(test)]
+    pub(crate) fn fill(&mut self, buffer: impl BufMut, max_items: usize) -> usize {
+        self.fill_reporting_spent(buffer, max_items, |_| {})
+    }
+
+    /// [`Self::fill`], telling `spent` of every item whose last transmission it used.
+    fn fill_reporting_spent(
+        &mut self,
+        mut buffer: impl BufMut,
+        max_items: usize,
+        mut spent: impl FnMut(&T),
+    ) -> usize {
         if self.flip.is_empty() {
             return 0;
         }
@@ -171,6 +195,8 @@ where
 
             if node.remaining_tx > 0 {
                 self.flop.push(node);
+            } else {
+                spent(&node.item);
             }
         }
 
@@ -219,6 +245,55 @@ where
         self.flip.append(&mut self.flop);
 
         num_taken
+    }
+}
+
+/// murmur's patch 11: broadcasts keyed by a hashable value that invalidates exactly the
+/// entries with an equal key (foca's member updates, keyed by address), with the set of keys
+/// queued kept beside the heap. [`Broadcasts::add_or_replace`] scanned the whole backlog and
+/// rebuilt the heap for every update it queued; forming a 10,000-member cluster queues ~10,000
+/// updates per member with a backlog of thousands, and that scan was a tenth of the run. Now
+/// only an update whose key is queued pays for the scan; an update for any other member is a
+/// heap push. What is queued, and in which order it leaves, is exactly as before.
+pub(crate) struct KeyedBroadcasts<K> {
+    inner: Broadcasts<K>,
+    /// The keys with an entry in `inner`: at most one each, since queueing one replaces any other.
+    queued: hashbrown::HashSet<K>,
+}
+
+impl<K> KeyedBroadcasts<K>
+where
+    K: Invalidates + core::hash::Hash + Eq + Clone,
+{
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Broadcasts::new(),
+            queued: hashbrown::HashSet::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    pub(crate) fn add_or_replace(&mut self, key: K, data: Vec<u8>, max_tx: usize) {
+        if self.queued.contains(&key) {
+            self.inner.add_or_replace(key, data, max_tx);
+        } else {
+            self.queued.insert(key.clone());
+            self.inner.add_new(key, data, max_tx);
+        }
+    }
+
+    pub(crate) fn fill(&mut self, buffer: impl BufMut, max_items: usize) -> usize {
+        let queued = &mut self.queued;
+        self.inner.fill_reporting_spent(buffer, max_items, |key| {
+            queued.remove(key);
+        })
     }
 }
 
@@ -404,5 +479,47 @@ mod tests {
         assert_eq!(&b"foo"[..], &buf[..3]);
         buf.advance(3);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn keyed_broadcasts_send_exactly_what_broadcasts_send() {
+        use bytes::BufMut;
+        use rand::{RngExt, SeedableRng, rngs::SmallRng};
+
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        struct Name(u8);
+        impl Invalidates for Name {
+            fn invalidates(&self, other: &Self) -> bool {
+                self == other
+            }
+        }
+
+        let mut plain = Broadcasts::new();
+        let mut keyed = KeyedBroadcasts::new();
+        let mut rng = SmallRng::seed_from_u64(11);
+        for step in 0..5_000u32 {
+            if rng.random_bool(0.6) {
+                let name = rng.random_range(0..16u8);
+                let data = alloc::vec![name; rng.random_range(1..6)];
+                let max_tx = rng.random_range(1..4);
+                plain.add_or_replace(Name(name), data.clone(), max_tx);
+                keyed.add_or_replace(Name(name), data, max_tx);
+            } else {
+                let room = rng.random_range(0..24);
+                let (mut sent, mut sent_keyed) = (Vec::new(), Vec::new());
+                let taken = plain.fill((&mut sent).limit(room), 4);
+                assert_eq!(keyed.fill((&mut sent_keyed).limit(room), 4), taken);
+                assert_eq!(sent_keyed, sent, "step {step}");
+            }
+            assert_eq!(keyed.len(), plain.len(), "step {step}");
+            let queued: hashbrown::HashSet<&Name> =
+                keyed.inner.flip.iter().map(|e| &e.item).collect();
+            assert_eq!(
+                queued.len(),
+                keyed.inner.len(),
+                "one entry per key, step {step}"
+            );
+            assert_eq!(queued, keyed.queued.iter().collect(), "step {step}");
+        }
     }
 }

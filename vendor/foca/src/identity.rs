@@ -35,8 +35,9 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     ///
     /// It's a good idea to have this type as lean as possible
     ///
-    /// murmur's patch: `Ord + Hash`, so members are found through an index by address.
-    type Addr: Ord + core::hash::Hash;
+    /// murmur's patch: `Ord + Hash`, so members are found through an index by address, and
+    /// `Clone`, so the member updates queued are known by address (patch 11).
+    type Addr: Ord + core::hash::Hash + Clone;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///
