@@ -71,6 +71,8 @@ pub struct Report {
     pub datagrams_per_node_second: f64,
     /// Datagram bytes sent per node per virtual second.
     pub bytes_per_node_second: f64,
+    /// Bytes of stream requests and replies per node per second (push-pulls, anti-entropy).
+    pub stream_bytes_per_node_second: f64,
     /// Datagrams the network delivered twice.
     pub duplicates: u64,
     /// Failure declarations about a node's current life that no fault had touched for 30 s
@@ -755,6 +757,7 @@ impl Run {
             detection_bound: self.detection_bound,
             datagrams_per_node_second: self.net.datagrams_sent as f64 / node_seconds,
             bytes_per_node_second: self.net.bytes_sent as f64 / node_seconds,
+            stream_bytes_per_node_second: self.net.stream_bytes as f64 / node_seconds,
             duplicates: self.net.duplicates,
             false_failures: self.net.false_failures,
             false_suspicions: self.net.false_suspicions,

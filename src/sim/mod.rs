@@ -229,6 +229,10 @@ fn print_details(report: &Report) {
         report.detection_bound.as_secs_f64()
     );
     println!(
+        "  streams (push-pulls, anti-entropy): {:.0} B per node-second",
+        report.stream_bytes_per_node_second
+    );
+    println!(
         "  largest queues: {} member updates, {} broadcasts, {} known members",
         b.member_updates, b.broadcasts, b.known_members
     );
