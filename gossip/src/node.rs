@@ -908,7 +908,7 @@ impl Node {
         // a member it never heard of waited for a push-pull (p99 30 s for 200 of 1,000
         // simulated nodes restarting at once).
         let (view, me, joining) = (&self.view, &self.foca.identity().name, !self.synced);
-        let updates: Vec<Member<NodeIdentity>> = state
+        let (about_us, others): (Vec<Member<NodeIdentity>>, Vec<Member<NodeIdentity>>) = state
             .members
             .into_iter()
             .filter(|m| {
@@ -918,9 +918,23 @@ impl Node {
                     || view.get(&m.id().name).is_some()
             })
             .map(|m| self.identities.intern_member(m))
-            .collect();
-        if let Err(err) = self.with_foca(|foca, io| foca.apply_many(updates.into_iter(), true, io))
-        {
+            .partition(|m| m.id().name == *me);
+        // A joiner learns the seed's whole list, which the seed and the rest already know and
+        // spread: gossiping it again cost each of N joins ~N updates times the retransmission
+        // count. What it learns of itself (an earlier life of its name) still spreads. The
+        // member view learns what foca queues for gossip (the codec's tap), so a joiner hands
+        // it foca's whole list instead.
+        let tap = self.changes.clone();
+        let merged = self.with_foca(|foca, io| {
+            foca.apply_many(about_us.into_iter(), true, &mut *io)?;
+            foca.apply_many(others.into_iter(), !joining, &mut *io)?;
+            if joining {
+                let mut tap = tap.lock().expect("codec tap poisoned");
+                tap.extend(foca.iter_membership_state().cloned());
+            }
+            Ok(())
+        });
+        if let Err(err) = merged {
             self.stats.count_foca_error(&err);
         }
         if !self.synced {
