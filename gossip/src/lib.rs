@@ -25,6 +25,7 @@
 
 mod broadcast;
 mod config;
+mod digest;
 mod events;
 mod identity;
 mod keyring;

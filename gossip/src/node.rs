@@ -13,7 +13,7 @@
 //! [`Node::poll_output`]. There is no clock: time enters only as the expiry of timers the node
 //! asked for. There is no global randomness: the caller hands over the RNG.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,17 +24,24 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 
 use crate::broadcast::{BroadcastInbox, BroadcastItem};
+use crate::digest;
 use crate::events::{EventFilter, EventLog, UserEvent};
 use crate::keyring::{KEY_LEN, Keyring, KeyringOp, SecretKey};
 use crate::members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, MemberView};
 use crate::repeats::RepeatFilter;
 use crate::stats::Stats;
-use crate::wire::{self, DatagramKind, DropReason, PushPullState, StreamMessage, WireCodec};
+use crate::wire::{
+    self, DatagramKind, DigestedState, DropReason, PushPullState, StreamMessage, WireCodec,
+};
 use crate::{GossipConfig, GossipError, Identities, NodeIdentity};
 
 /// Members listed down that a renewed node announces itself to at once (see
 /// `Node::announce_to_down_members`): each that answers renews and announces in turn.
 const ANNOUNCE_TO_DOWN_ON_RENEWAL: usize = 3;
+
+/// How long after joining a node compares lists with its seed again (see `TimerEvent::CatchUp`):
+/// long enough for joins that raced its own to reach the seed, short against a push-pull period.
+const CATCH_UP_AFTER: Duration = Duration::from_secs(1);
 
 /// The capacity an empty output queue may keep; a bigger one is freed once drained.
 const OUTPUTS_KEPT_EMPTY: usize = 64;
@@ -55,6 +62,10 @@ pub enum TimerEvent {
     /// Time for the next ping of a check of a suspected or unreachable member, or to judge
     /// it unanswered.
     Confirm,
+    /// Time to compare lists with the seed this node joined through, by digest: members that
+    /// joined at about the same time reached the seed after this node's join was answered,
+    /// and the joiner does not gossip the list it got, so nothing else brings them soon.
+    CatchUp,
 }
 
 /// Something the driver must do.
@@ -141,6 +152,10 @@ pub struct Node {
     evidence: unreachable::Evidence,
     /// The driver's monotonic time as of its last call (see [`Node::set_elapsed`]).
     elapsed: Duration,
+    /// The seed this node joined through, until the catch-up timer fires.
+    catch_up_with: Option<NodeIdentity>,
+    /// The seed whose catch-up delta is awaited: merged without gossiping it on, as the join was.
+    catching_up_from: Option<compact_str::CompactString>,
 }
 
 /// Something the node learned that the replicated state it carries must hear of. The order is
@@ -309,6 +324,8 @@ impl Node {
             coordinates: coordinates::Coordinates::default(),
             evidence: unreachable::Evidence::default(),
             elapsed: Duration::ZERO,
+            catch_up_with: None,
+            catching_up_from: None,
             config,
         };
         node.schedule_push_pull();
@@ -484,6 +501,7 @@ impl Node {
             TimerEvent::Rejoin => self.rejoin_if_alone(),
             TimerEvent::Coordinate => self.ping_for_coordinate(),
             TimerEvent::Confirm => self.on_check_timer(),
+            TimerEvent::CatchUp => self.catch_up(),
             // The replication's timer: `PoolMember` routes it there.
             TimerEvent::Sync => {}
         }
@@ -501,9 +519,29 @@ impl Node {
         match self.open_reply(reply)? {
             StreamMessage::PushPullReply(state) => {
                 let first = !self.synced;
-                self.merge_state(state);
+                if first {
+                    self.catch_up_with = Some(state.from.clone());
+                    self.outputs.push_back(Output::Timer {
+                        after: CATCH_UP_AFTER,
+                        timer: TimerEvent::CatchUp,
+                    });
+                }
+                // A joiner does not gossip the list its seed gave it (see `merge_state`).
+                self.merge_state(state, !first);
                 Ok(Replied::PushPull { first })
             }
+            StreamMessage::PushPullDelta(DigestedState { state, digests }) => {
+                if !digest::is_valid_bucket_count(digests.len()) {
+                    return Err(self.unreadable_reply(DropReason::Malformed));
+                }
+                let catching_up = self.catching_up_from.as_ref() == Some(&state.from.name);
+                if catching_up {
+                    self.catching_up_from = None;
+                }
+                self.merge_delta(state, &digests, !catching_up);
+                Ok(Replied::PushPull { first: false })
+            }
+            StreamMessage::MembersPushAck => Ok(Replied::PushPull { first: false }),
             message @ (StreamMessage::SyncSummary(_)
             | StreamMessage::SyncPushReply(_)
             | StreamMessage::ChangesAck) => Ok(Replied::Replication(message)),
@@ -552,9 +590,34 @@ impl Node {
                 if let Some(why) = self.name_conflict(&state.from) {
                     return self.reject(&why);
                 }
-                self.merge_state(state);
+                self.merge_state(state, true);
                 let reply = self.local_state();
                 self.seal_message(&StreamMessage::PushPullReply(reply))
+            }
+            StreamMessage::PushPullDigest(DigestedState { state, digests }) => {
+                if !digest::is_valid_bucket_count(digests.len()) {
+                    self.stats.dropped.count(DropReason::Malformed);
+                    return self.reject(DropReason::Malformed.advice());
+                }
+                if let Some(why) = self.name_conflict(&state.from) {
+                    return self.reject(&why);
+                }
+                let peer = state.from.name.clone();
+                let ours = self.digests_without(&peer, digests.len());
+                let members = self.members_in(&peer, &digest::differing(&ours, &digests));
+                self.merge_state(state, true);
+                let reply = DigestedState {
+                    state: self.state_with(members),
+                    digests: ours,
+                };
+                self.seal_message(&StreamMessage::PushPullDelta(reply))
+            }
+            StreamMessage::MembersPush(state) => {
+                if let Some(why) = self.name_conflict(&state.from) {
+                    return self.reject(&why);
+                }
+                self.merge_state(state, true);
+                self.seal_message(&StreamMessage::MembersPushAck)
             }
             StreamMessage::Keyring(op) => {
                 let result = self.keyring.apply(&op).map_err(|e| e.to_string());
@@ -809,10 +872,88 @@ impl Node {
         });
     }
 
+    /// A periodic push-pull with a random member: by digest once this node has merged a
+    /// whole list (see [`digest`]), whole before.
     fn start_push_pull(&mut self) {
-        if let Some(to) = self.random_peer() {
-            let request = self.push_pull_request();
-            self.outputs.push_back(Output::Exchange { to, request });
+        if self.leaving {
+            return;
+        }
+        let Some(peer) = self.random_member().cloned() else {
+            return;
+        };
+        let request = if self.synced {
+            self.digest_request(&peer.name)
+        } else {
+            self.push_pull_request()
+        };
+        self.outputs.push_back(Output::Exchange {
+            to: peer.addr,
+            request,
+        });
+    }
+
+    /// The catch-up timer fired: a digest push-pull with the seed this node joined through.
+    fn catch_up(&mut self) {
+        let Some(seed) = self.catch_up_with.take() else {
+            return;
+        };
+        if self.leaving {
+            return;
+        }
+        let request = self.digest_request(&seed.name);
+        self.catching_up_from = Some(seed.name.clone());
+        self.outputs.push_back(Output::Exchange {
+            to: seed.addr,
+            request,
+        });
+    }
+
+    /// Step 1 of a digest push-pull with the member named `peer`.
+    fn digest_request(&mut self, peer: &str) -> Vec<u8> {
+        let buckets = digest::bucket_count(self.foca.num_members() + 1);
+        let request = DigestedState {
+            digests: self.digests_without(peer, buckets),
+            state: self.state_with(Vec::new()),
+        };
+        self.seal_message(&StreamMessage::PushPullDigest(request))
+    }
+
+    /// The digests of the members this node lists, but `peer`, over `buckets` buckets.
+    fn digests_without(&self, peer: &str, buckets: usize) -> Vec<u64> {
+        let listed = self.foca.iter_membership_state();
+        digest::digests(listed.filter(|m| m.id().name != peer), buckets)
+    }
+
+    /// The members this node lists, but `peer`, in the buckets marked in `wanted`.
+    fn members_in(&self, peer: &str, wanted: &[bool]) -> Vec<Member<NodeIdentity>> {
+        self.foca
+            .iter_membership_state()
+            .filter(|m| {
+                m.id().name != peer && wanted[digest::bucket_of(&m.id().name, wanted.len())]
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Step 2 of a digest push-pull came back: merge the responder's members, then push ours
+    /// of the buckets that still differ (what it lacks, or holds older).
+    fn merge_delta(&mut self, state: PushPullState, their_digests: &[u64], spread: bool) {
+        let peer = state.from.clone();
+        self.merge_state(state, spread);
+        let ours = self.digests_without(&peer.name, their_digests.len());
+        let differ = digest::differing(&ours, their_digests);
+        if differ.contains(&true) {
+            let push = PushPullState {
+                from: self.identity().clone(),
+                members: self.members_in(&peer.name, &differ),
+                left: Vec::new(),
+                events: Vec::new(),
+            };
+            let request = self.seal_message(&StreamMessage::MembersPush(push));
+            self.outputs.push_back(Output::Exchange {
+                to: peer.addr,
+                request,
+            });
         }
     }
 
@@ -880,10 +1021,15 @@ impl Node {
             .foca
             .iter_membership_state()
             .cloned()
-            .chain([Member::alive(me.clone())])
+            .chain([Member::alive(me)])
             .collect();
+        self.state_with(members)
+    }
+
+    /// This node's push-pull state carrying `members`.
+    fn state_with(&self, members: Vec<Member<NodeIdentity>>) -> PushPullState {
         PushPullState {
-            from: me,
+            from: self.identity().clone(),
             members,
             left: self
                 .view
@@ -894,7 +1040,12 @@ impl Node {
         }
     }
 
-    fn merge_state(&mut self, state: PushPullState) {
+    /// Merges a peer's push-pull state. With `spread`, the members that were news here are
+    /// gossiped on, as any news is; without, only news about this node's own name is (a
+    /// joiner's list and its catch-up: the seed and the rest already know and spread those
+    /// members, and gossiping them again cost each of N joins ~N updates times the
+    /// retransmission count).
+    fn merge_state(&mut self, state: PushPullState, spread: bool) {
         for (name, generation) in &state.left {
             if let Some(event) = self.view.mark_leaving(name, *generation) {
                 self.outputs.push_back(Output::Member(event));
@@ -919,18 +1070,25 @@ impl Node {
             })
             .map(|m| self.identities.intern_member(m))
             .partition(|m| m.id().name == *me);
-        // A joiner learns the seed's whole list, which the seed and the rest already know and
-        // spread: gossiping it again cost each of N joins ~N updates times the retransmission
-        // count. What it learns of itself (an earlier life of its name) still spreads. The
-        // member view learns what foca queues for gossip (the codec's tap), so a joiner hands
-        // it foca's whole list instead.
+        // The member view learns what foca queues for gossip (the codec's tap); what is merged
+        // without gossiping reaches it as foca holds it after the merge.
+        let quiet: Option<HashSet<u64>> = (!spread).then(|| {
+            others
+                .iter()
+                .map(|m| foca::Identity::addr(m.id()))
+                .collect()
+        });
         let tap = self.changes.clone();
         let merged = self.with_foca(|foca, io| {
             foca.apply_many(about_us.into_iter(), true, &mut *io)?;
-            foca.apply_many(others.into_iter(), !joining, &mut *io)?;
-            if joining {
+            foca.apply_many(others.into_iter(), spread, &mut *io)?;
+            if let Some(merged) = quiet {
                 let mut tap = tap.lock().expect("codec tap poisoned");
-                tap.extend(foca.iter_membership_state().cloned());
+                let held = foca.iter_membership_state();
+                tap.extend(
+                    held.filter(|m| merged.contains(&foca::Identity::addr(m.id())))
+                        .cloned(),
+                );
             }
             Ok(())
         });
@@ -1043,6 +1201,10 @@ fn message_name(message: &StreamMessage) -> &'static str {
         StreamMessage::ChangesAck => "changes ack",
         StreamMessage::AgentRequest { .. } => "agent request",
         StreamMessage::AgentReply(_) => "agent reply",
+        StreamMessage::PushPullDigest(_) => "push-pull digest",
+        StreamMessage::PushPullDelta(_) => "push-pull delta",
+        StreamMessage::MembersPush(_) => "members push",
+        StreamMessage::MembersPushAck => "members push ack",
     }
 }
 
@@ -1051,4 +1213,125 @@ fn unexpected_reply(message: &StreamMessage) -> GossipError {
         "the peer answered with an unexpected {}",
         message_name(message)
     ))
+}
+
+#[cfg(test)]
+mod digest_exchange_tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::IdentityFields;
+
+    fn identity(i: u16) -> NodeIdentity {
+        IdentityFields {
+            name: format!("n{i}").into(),
+            node_id: u64::from(i),
+            generation: 1,
+            addr: SocketAddr::from(([127, 0, 0, 1], 20_000 + i)),
+            datacenter: "dc1".into(),
+            tags: Vec::new(),
+        }
+        .into()
+    }
+
+    /// A node that has merged one list naming `members` (so it is past its join).
+    fn node_knowing(i: u16, members: impl Iterator<Item = u16>) -> Node {
+        let rng = StdRng::seed_from_u64(u64::from(i));
+        let mut node = Node::new(identity(i), GossipConfig::lan("c"), Keyring::new(None), rng)
+            .expect("valid node");
+        let list = PushPullState {
+            from: identity(0),
+            members: members.map(|m| Member::alive(identity(m))).collect(),
+            left: Vec::new(),
+            events: Vec::new(),
+        };
+        node.merge_state(list, false);
+        node
+    }
+
+    fn reply_of(node: &mut Node, request: &[u8]) -> Vec<u8> {
+        match node.serve_stream(request) {
+            Served::Reply(reply) => reply,
+            _ => panic!("a push-pull is answered by the node"),
+        }
+    }
+
+    fn knows(node: &Node, i: u16) -> bool {
+        node.peer(&format!("n{i}")).is_some()
+    }
+
+    #[test]
+    fn a_digest_push_pull_sends_only_the_buckets_that_differ_both_ways() {
+        // 300 members in common; `a` also knows 901, `b` also knows 902.
+        let common = || (3..303).chain([1, 2]);
+        let mut a = node_knowing(1, common().chain([901]));
+        let mut b = node_knowing(2, common().chain([902]));
+        assert!(!knows(&a, 902) && !knows(&b, 901));
+
+        let request = a.digest_request("n2");
+        let reply = reply_of(&mut b, &request);
+        let full = b.push_pull_request();
+        assert!(
+            reply.len() * 4 < full.len(),
+            "the delta ({} B) is a fraction of the whole list ({} B)",
+            reply.len(),
+            full.len()
+        );
+        a.outputs.clear();
+        assert!(matches!(
+            a.handle_reply(&reply),
+            Ok(Replied::PushPull { first: false })
+        ));
+        assert!(
+            knows(&a, 902),
+            "a merged b's member of the differing bucket"
+        );
+
+        let push = a
+            .outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Exchange { to, request } if *to == identity(2).addr => {
+                    Some(request.clone())
+                }
+                _ => None,
+            })
+            .expect("a pushes what b lacks");
+        assert!(push.len() * 4 < full.len(), "the push is a fraction too");
+        let ack = reply_of(&mut b, &push);
+        assert!(
+            knows(&b, 901),
+            "b merged a's member of the differing bucket"
+        );
+        assert!(matches!(
+            a.handle_reply(&ack),
+            Ok(Replied::PushPull { first: false })
+        ));
+
+        // Now equal: another exchange carries no member and pushes nothing.
+        let again = reply_of(&mut b, &a.digest_request("n2"));
+        a.outputs.clear();
+        a.handle_reply(&again).expect("a delta");
+        assert!(
+            !a.outputs
+                .iter()
+                .any(|o| matches!(o, Output::Exchange { .. })),
+            "nothing left to push"
+        );
+        assert!(again.len() < reply.len());
+    }
+
+    #[test]
+    fn a_digest_with_a_bucket_count_never_made_is_refused() {
+        let mut a = node_knowing(1, [2].into_iter());
+        let mut b = node_knowing(2, [1].into_iter());
+        let request = DigestedState {
+            digests: vec![0; 3],
+            state: a.state_with(Vec::new()),
+        };
+        let request = a.seal_message(&StreamMessage::PushPullDigest(request));
+        let reply = reply_of(&mut b, &request);
+        assert!(a.handle_reply(&reply).is_err(), "refused, not merged");
+        assert_eq!(b.stats().dropped.malformed, 1);
+    }
 }

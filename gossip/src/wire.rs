@@ -278,6 +278,15 @@ pub(crate) enum StreamMessage {
     },
     /// The agent's answer, or why it could not answer.
     AgentReply(Result<Vec<u8>, String>),
+    /// Periodic push-pull, step 1: the initiator's member digests (no members), who left and
+    /// recent events (see `digest`).
+    PushPullDigest(DigestedState),
+    /// Step 2: the responder's digests and its members of every bucket that differed.
+    PushPullDelta(DigestedState),
+    /// Step 3: the initiator's members of the buckets that still differ after it merged.
+    MembersPush(PushPullState),
+    /// The responder merged them.
+    MembersPushAck,
 }
 
 /// One side of a push-pull: who is talking, what it knows of the members, and who left.
@@ -288,6 +297,15 @@ pub(crate) struct PushPullState {
     pub(crate) left: Vec<(String, u64)>,
     /// Recent user events, so a member that missed one catches up (as serf's push-pull does).
     pub(crate) events: Vec<crate::UserEvent>,
+}
+
+/// One side of a digest push-pull: the state, whose member list holds only the members of
+/// buckets that differed (none in the request), and the sender's digests of its list without
+/// the two members talking (each lists itself differently from how the other lists it).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DigestedState {
+    pub(crate) state: PushPullState,
+    pub(crate) digests: Vec<u64>,
 }
 
 /// The codec foca uses for headers and member updates.
