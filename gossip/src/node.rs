@@ -881,6 +881,8 @@ impl Node {
         let Some(peer) = self.random_member().cloned() else {
             return;
         };
+        // A catch-up still unanswered by now failed; its seed's deltas spread as any others.
+        self.catching_up_from = None;
         let request = if self.synced {
             self.digest_request(&peer.name)
         } else {
