@@ -90,18 +90,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::IdentityFields;
+    use crate::identity::tests::identity;
 
     fn member(name: &str, incarnation: u16, state: State) -> Member<NodeIdentity> {
-        let id = NodeIdentity::from(IdentityFields {
-            name: name.into(),
-            node_id: 7,
-            generation: 1,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            datacenter: "dc1".into(),
-            tags: Vec::new(),
-        });
-        Member::new(id, incarnation, state)
+        Member::new(identity(name, 1), incarnation, state)
     }
 
     #[test]

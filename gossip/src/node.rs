@@ -13,7 +13,7 @@
 //! [`Node::poll_output`]. There is no clock: time enters only as the expiry of timers the node
 //! asked for. There is no global randomness: the caller hands over the RNG.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1074,7 +1074,7 @@ impl Node {
             .partition(|m| m.id().name == *me);
         // The member view learns what foca queues for gossip (the codec's tap); what is merged
         // without gossiping reaches it as foca holds it after the merge.
-        let quiet: Option<HashSet<u64>> = (!spread).then(|| {
+        let quiet: Option<BTreeSet<u64>> = (!spread).then(|| {
             others
                 .iter()
                 .map(|m| foca::Identity::addr(m.id()))
