@@ -223,8 +223,8 @@ pub struct SimArgs {
     /// scenario's, else 120s].
     #[arg(long)]
     pub duration: Option<String>,
-    /// What happens: a built-in scenario (chaos, quiet, partition, flapping, crashes, wan,
-    /// lossy, federation) or a TOML file written like those in sim/scenarios/. A scenario
+    /// What happens: a built-in scenario (chaos, quiet, partition, flapping, crashes, churn,
+    /// wan, lossy, federation) or a TOML file written like those in sim/scenarios/. A scenario
     /// with [federation] runs federated datacenters (--nodes in all, a multiple of its
     /// datacenters).
     #[arg(long, default_value = "chaos", value_name = "NAME|FILE.toml")]

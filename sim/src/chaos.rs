@@ -493,11 +493,13 @@ impl Run {
                 lose_data,
                 silent_host,
             } => {
+                // A positive fraction crashes at least one node, as a split cuts at least one.
+                let count = (fraction * n as f64).round() as usize;
                 let victims: Vec<usize> = self
                     .net
                     .running()
                     .into_iter()
-                    .take((fraction * n as f64).round() as usize)
+                    .take(if fraction > 0.0 { count.max(1) } else { 0 })
                     .collect();
                 for victim in victims {
                     self.crash(victim, for_s, !lose_data, !silent_host);

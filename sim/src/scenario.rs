@@ -229,9 +229,10 @@ pub enum Fault {
     },
     /// Node `node` cut off from all others for `for_s`.
     Isolate { node: usize, for_s: f64 },
-    /// The first `fraction` of the nodes crash, and restart after `for_s` (from their data
-    /// unless `lose_data`). The process dies and its host answers for it (port unreachable)
-    /// unless `silent_host`: then the host is gone too (power, kernel panic, cable).
+    /// The first `fraction` of the nodes (at least one, if positive) crash, and restart after
+    /// `for_s` (from their data unless `lose_data`). The process dies and its host answers
+    /// for it (port unreachable) unless `silent_host`: then the host is gone too (power,
+    /// kernel panic, cable).
     Crash {
         fraction: f64,
         for_s: f64,
@@ -289,6 +290,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("partition", include_str!("../scenarios/partition.toml")),
     ("flapping", include_str!("../scenarios/flapping.toml")),
     ("crashes", include_str!("../scenarios/crashes.toml")),
+    ("churn", include_str!("../scenarios/churn.toml")),
     ("wan", include_str!("../scenarios/wan.toml")),
     ("lossy", include_str!("../scenarios/lossy.toml")),
     ("federation", include_str!("../scenarios/federation.toml")),
