@@ -823,6 +823,32 @@ impl Net {
         })
     }
 
+    /// Whether every running node lists every other running node alive in its current life:
+    /// stricter than [`Net::all_alive`], which a stale identity still listed alive passes.
+    pub fn all_hold_current_identities(&self) -> bool {
+        let running = self.running();
+        let current: Vec<&NodeIdentity> = running
+            .iter()
+            .map(|&i| {
+                self.slots[i]
+                    .node
+                    .as_ref()
+                    .expect("running")
+                    .node()
+                    .identity()
+            })
+            .collect();
+        running.iter().all(|&at| {
+            let node = self.slots[at].node.as_ref().expect("running").node();
+            current.iter().all(|&id| {
+                id == node.identity()
+                    || node
+                        .peer(&id.name)
+                        .is_some_and(|m| m.status == MemberStatus::Alive && m.identity == *id)
+            })
+        })
+    }
+
     /// Whether every running node other than `of` sees `of` with `status`.
     pub fn all_see(&self, of: usize, status: MemberStatus) -> bool {
         self.running()
