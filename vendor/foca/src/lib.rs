@@ -198,7 +198,15 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
 
     broadcast_handler: B,
     custom_broadcasts: Broadcasts<B::Key>,
+
+    // murmur's patch: how many more messages for an earlier identity of ours are answered with
+    // an `Announce` (which draws a `Feed`) before the rest get a `Gossip`.
+    announces_left: usize,
 }
+
+/// murmur's patch: messages for an earlier identity of ours answered with an `Announce` after
+/// each renewal; later ones get a `Gossip` (see `handle_data`).
+const ANNOUNCES_TO_STALE_SENDERS: usize = 4;
 
 impl<T, C, RNG> Foca<T, C, RNG, NoCustomBroadcast>
 where
@@ -267,6 +275,7 @@ where
             send_buf: Vec::with_capacity(max_bytes),
             custom_broadcasts: Broadcasts::new(),
             broadcast_handler,
+            announces_left: 0,
         }
     }
 
@@ -319,6 +328,7 @@ where
             let previous_id = mem::replace(&mut self.identity, new_id);
 
             self.reset();
+            self.announces_left = ANNOUNCES_TO_STALE_SENDERS;
 
             #[cfg(feature = "tracing")]
             tracing::debug!(
@@ -895,10 +905,20 @@ where
             // only when its probes of the old one had failed, a suspicion had run out and the
             // news of our renewal had found it (tens of seconds after a split healed). Announcing
             // ourselves tells it within a round trip: it takes our identity from the header.
+            // The first few after a renewal get an `Announce`, whose `Feed` in reply brings us
+            // members; the rest a `Gossip`, which tells them as well and draws nothing (a
+            // `Feed` for every stale sender was two thirds of the member updates a healed
+            // split moved; murmur catches up by digest after a renewal instead).
             if header.dst.addr() == self.identity.addr()
                 && self.connection_state == ConnectionState::Connected
             {
-                self.send_message(header.src, Message::Announce, runtime)?;
+                let answer = if self.announces_left > 0 {
+                    self.announces_left -= 1;
+                    Message::Announce
+                } else {
+                    Message::Gossip
+                };
+                self.send_message(header.src, answer, runtime)?;
             }
             return Ok(());
         }
@@ -3411,6 +3431,57 @@ mod tests {
         ));
         foca.handle_data(&misaddressed, &mut runtime)?;
         assert_eq!(None, runtime.take_data(ID::new(2)));
+        Ok(())
+    }
+
+    #[test]
+    fn after_a_few_announces_a_stale_sender_is_answered_with_gossip() -> Result<()> {
+        // murmur's patch: an `Announce` draws a `Feed`; past the first few after a renewal,
+        // stale senders learn our identity from a `Gossip`, which draws nothing.
+        let mut foca = Foca::new(ID::new(1).rejoinable(), config(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        for id in 2..=10 {
+            foca.apply(Member::alive(ID::new(id)), &mut runtime)?;
+        }
+        foca.apply(Member::down(ID::new(1).rejoinable()), &mut runtime)?;
+        let renewed = *foca.identity();
+        let mut answers = Vec::new();
+        for id in 2..=10 {
+            runtime.clear();
+            let stale_ping = encode((
+                Header {
+                    src: ID::new(id),
+                    src_incarnation: Incarnation::default(),
+                    dst: ID::new(1).rejoinable(),
+                    message: Message::Ping(7),
+                },
+                Vec::<Member<ID>>::new(),
+            ));
+            foca.handle_data(&stale_ping, &mut runtime)?;
+            let (header, _) = decode(runtime.take_data(ID::new(id)).expect("an answer"));
+            assert_eq!(header.src, renewed, "every answer carries the new identity");
+            answers.push(header.message);
+        }
+        let announces = answers.iter().filter(|m| **m == Message::Announce).count();
+        assert_eq!(announces, ANNOUNCES_TO_STALE_SENDERS);
+        assert!(answers[..announces].iter().all(|m| *m == Message::Announce));
+        assert!(answers[announces..].iter().all(|m| *m == Message::Gossip));
+
+        // The next renewal gets a fresh allowance.
+        foca.apply(Member::down(renewed), &mut runtime)?;
+        runtime.clear();
+        let stale_ping = encode((
+            Header {
+                src: ID::new(2),
+                src_incarnation: Incarnation::default(),
+                dst: renewed,
+                message: Message::Ping(8),
+            },
+            Vec::<Member<ID>>::new(),
+        ));
+        foca.handle_data(&stale_ping, &mut runtime)?;
+        let (header, _) = decode(runtime.take_data(ID::new(2)).expect("an answer"));
+        assert_eq!(header.message, Message::Announce);
         Ok(())
     }
 
