@@ -744,8 +744,15 @@ fn a_sidecar_reaches_another_datacenter_through_mesh_gateways_local_and_remote()
             .is_some_and(|l| l.len() == 1)),
         "{gateways}"
     );
-    let entry = &west[1].get("/v1/health/service/mesh-gateway?passing")[0]["Service"];
-    assert_eq!(entry["Kind"], "mesh-gateway", "{entry}");
+    let passing = west[1].get("/v1/health/service/mesh-gateway?passing");
+    let entry = &passing[0]["Service"];
+    assert_eq!(
+        entry["Kind"],
+        "mesh-gateway",
+        "passing a moment ago, now {passing}; all: {}\nwest[0]'s log:\n{}",
+        west[1].get("/v1/health/service/mesh-gateway"),
+        west[0].log()
+    );
     assert_eq!(
         entry["TaggedAddresses"]["wan"]["Port"],
         west_gateway.wan.port(),

@@ -205,7 +205,7 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
 }
 
 /// murmur's patch: messages for an earlier identity of ours answered with an `Announce` after
-/// each renewal; later ones get a `Gossip` (see `handle_data`).
+/// each new identity (a start or a renewal); later ones get a `Gossip` (see `handle_data`).
 const ANNOUNCES_TO_STALE_SENDERS: usize = 4;
 
 impl<T, C, RNG> Foca<T, C, RNG, NoCustomBroadcast>
@@ -275,7 +275,8 @@ where
             send_buf: Vec::with_capacity(max_bytes),
             custom_broadcasts: Broadcasts::new(),
             broadcast_handler,
-            announces_left: 0,
+            // A restarted member starts with a new identity too.
+            announces_left: ANNOUNCES_TO_STALE_SENDERS,
         }
     }
 
@@ -3482,6 +3483,24 @@ mod tests {
         foca.handle_data(&stale_ping, &mut runtime)?;
         let (header, _) = decode(runtime.take_data(ID::new(2)).expect("an answer"));
         assert_eq!(header.message, Message::Announce);
+
+        // So does a start: a restarted member is heard of in its earlier life too.
+        let restarted = ID::new(1).rejoinable().renew().expect("renewable");
+        let mut foca = Foca::new(restarted, config(), rng(), codec());
+        foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
+        runtime.clear();
+        let for_the_last_life = encode((
+            Header {
+                src: ID::new(2),
+                src_incarnation: Incarnation::default(),
+                dst: ID::new(1).rejoinable(),
+                message: Message::Ping(9),
+            },
+            Vec::<Member<ID>>::new(),
+        ));
+        foca.handle_data(&for_the_last_life, &mut runtime)?;
+        let (header, _) = decode(runtime.take_data(ID::new(2)).expect("an answer"));
+        assert_eq!((header.src, header.message), (restarted, Message::Announce));
         Ok(())
     }
 
