@@ -109,10 +109,10 @@ fn restarted_node_supersedes_its_ghost() {
     );
 }
 
-#[test]
-fn halves_reunite_after_a_partition_heals() {
-    let mut net = cluster(10, 21);
-    let (a, b): (Vec<usize>, Vec<usize>) = (0..10).partition(|&i| i < 5);
+/// `n` nodes split in halves until each half declares the other failed, then healed.
+fn healed_split(n: usize, seed: u64) -> Net {
+    let mut net = cluster(n, seed);
+    let (a, b): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| i < n / 2);
     net.partition(&a, &b);
     net.run_until(SECS(60), |net| {
         a.iter().all(|&x| {
@@ -122,6 +122,12 @@ fn halves_reunite_after_a_partition_heals() {
     })
     .expect("each half declares the other failed");
     net.heal();
+    net
+}
+
+#[test]
+fn halves_reunite_after_a_partition_heals() {
+    let mut net = healed_split(10, 21);
     let took = net.run_until(SECS(300), |net| {
         (0..10).all(|i| net.all_see(i, MemberStatus::Alive))
     });
@@ -140,18 +146,7 @@ fn after_a_split_heals_every_node_holds_every_current_identity_within_seconds() 
     // renewers missed renewals for minutes, this is measured by `murmur sim --scenario
     // partition` (BENCHMARKS.md); here, 100 nodes keep it cheap.
     for seed in 0..3 {
-        let n = 100;
-        let mut net = cluster(n, seed);
-        let (a, b): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| i < n / 2);
-        net.partition(&a, &b);
-        net.run_until(SECS(60), |net| {
-            a.iter().all(|&x| {
-                b.iter()
-                    .all(|&y| net.status(x, y) == Some(MemberStatus::Failed))
-            })
-        })
-        .expect("each half declares the other failed");
-        net.heal();
+        let mut net = healed_split(100, seed);
         let took = net.run_until(SECS(20), Net::all_hold_current_identities);
         assert!(
             took.is_some(),
