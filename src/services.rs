@@ -267,14 +267,19 @@ pub fn tagged_addresses(service: &Service) -> BTreeMap<String, (String, u16)> {
         .collect()
 }
 
+/// Meta key a gateway process (`murmur connect gateway`) sets on its own registration: it
+/// serves the gateway itself, so the agent must not start one on the same ports.
+pub const SELF_RUN_META: &str = "murmur-gateway-process";
+
 /// For a `Kind: "mesh-gateway"` service, where the agent runs its gateway: its address and
 /// port (the agent's address when it gives none), and its `wan` tagged address (the same when
-/// it gives none); `None` for other kinds. A gateway needs a port to listen on.
+/// it gives none); `None` for other kinds and for a gateway process's own registration
+/// ([`SELF_RUN_META`]). A gateway needs a port to listen on.
 pub fn mesh_gateway_addresses(
     service: &Service,
     agent_ip: std::net::IpAddr,
 ) -> Result<Option<(std::net::SocketAddr, std::net::SocketAddr)>, String> {
-    if kind(service) != "mesh-gateway" {
+    if kind(service) != "mesh-gateway" || service.meta.contains_key(SELF_RUN_META) {
         return Ok(None);
     }
     if service.port == 0 {
@@ -453,6 +458,19 @@ mod tests {
         assert!(err.contains("mesh-gateway"), "{err}");
         let err = parse(&json!({"Name": "x", "TaggedAddresses": {"wan": "1.2.3.4"}})).unwrap_err();
         assert!(err.contains("TaggedAddresses.wan"), "{err}");
+    }
+
+    #[test]
+    fn the_agent_runs_a_registered_gateway_unless_a_gateway_process_registered_itself() {
+        let agent_ip = std::net::IpAddr::from([10, 0, 0, 9]);
+        let registered = |meta: serde_json::Value| {
+            let body = json!({"Name": "mesh-gateway", "Kind": "mesh-gateway", "Port": 8443,
+                              "Meta": meta});
+            mesh_gateway_addresses(&parse(&body).unwrap().service, agent_ip).unwrap()
+        };
+        let at = std::net::SocketAddr::new(agent_ip, 8443);
+        assert_eq!(registered(json!({})), Some((at, at)));
+        assert_eq!(registered(json!({SELF_RUN_META: "true"})), None);
     }
 
     proptest::proptest! {

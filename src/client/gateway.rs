@@ -227,6 +227,9 @@ async fn run_mesh(args: GatewayArgs) -> anyhow::Result<()> {
             "wan": {"Address": wan.ip().to_string(), "Port": wan.port()},
         },
         "Check": {"Name": "mesh gateway", "TTL": format!("{}s", HEARTBEAT.as_secs() * 5)},
+        // This process serves the gateway: the agent must not start one on the same ports
+        // (it did, and failed on the taken ports every second).
+        "Meta": {crate::services::SELF_RUN_META: "true"},
     });
     // Bound before it is registered, so that nobody is sent to a port it could not take.
     let listeners = listeners(lan, wan)?;
