@@ -627,7 +627,7 @@ impl Run {
         let n = self.config.nodes;
         let shared_bound = KEY_SPACE + SERVICE_NAMES.len() * SERVICE_NAMES.len();
         for i in self.net.running() {
-            let node = self.net.slots[i].node.as_ref().expect("running");
+            let node = self.net.running_member(i);
             let b = node.node().backlogs();
             let m = &mut self.max_backlogs;
             m.member_updates = m.member_updates.max(b.member_updates);
@@ -697,12 +697,7 @@ impl Run {
             .net
             .running()
             .into_iter()
-            .map(|i| {
-                (
-                    i,
-                    answers(self.net.slots[i].node.as_ref().expect("running")),
-                )
-            })
+            .map(|i| (i, answers(self.net.running_member(i))))
             .collect();
         if let Some(&(first, expected)) = answers.first()
             && let Some(&(other, _)) = answers.iter().find(|(_, a)| *a != expected)
@@ -743,7 +738,7 @@ impl Run {
         self.net.trace_hash().hash(&mut hasher);
         self.writes.hash(&mut hasher);
         for i in self.net.running() {
-            let node = self.net.slots[i].node.as_ref().expect("running");
+            let node = self.net.running_member(i);
             node.replica().shared().digests().hash(&mut hasher);
         }
         let node_seconds = self.config.nodes as f64 * self.net.now.as_secs_f64();
@@ -774,7 +769,7 @@ impl Run {
 /// Whether every running node holds the same data (equal digests).
 fn agree(net: &Net) -> bool {
     let mut digests = net.running().into_iter().map(|i| {
-        let replica = net.slots[i].node.as_ref().expect("running").replica();
+        let replica = net.running_member(i).replica();
         (*replica.shared().digests(), replica.records().digest())
     });
     let Some(first) = digests.next() else {

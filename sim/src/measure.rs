@@ -294,7 +294,7 @@ impl Measurements {
             }
             let name = Net::identity(watch.node, 0).name.clone();
             let seen_by_all = running.iter().filter(|&&n| n != watch.node).all(|&n| {
-                let node = net.slots[n].node.as_ref().expect("running");
+                let node = net.running_member(n);
                 node.node().peer(&name).is_some_and(|m| {
                     m.status == MemberStatus::Alive && m.identity.generation >= watch.generation
                 })

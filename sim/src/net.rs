@@ -13,7 +13,7 @@ use std::time::Duration;
 use murmur_catalog::{Change, Hlc, Journaled, Replica, ReplicaConfig, Snapshot};
 use murmur_gossip::{
     GossipConfig, Identities, IdentityFields, Keyring, MemberEvent, MemberEventKind, MemberStatus,
-    NodeIdentity, Output, PoolMember, SecretKey, TimerEvent, UserEvent,
+    Node, NodeIdentity, Output, PoolMember, SecretKey, TimerEvent, UserEvent,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -795,20 +795,24 @@ impl Net {
             .collect()
     }
 
+    /// Running node `i`, read-only (no clock set, unlike [`Net::node`]).
+    pub(crate) fn running_member(&self, i: usize) -> &PoolMember {
+        self.slots[i].node.as_ref().expect("running")
+    }
+
+    /// The membership core of running node `i`, read-only.
+    fn gossip_node(&self, i: usize) -> &Node {
+        self.running_member(i).node()
+    }
+
     /// Whether every running node lists every other running node as alive. Counts are
     /// compared first (O(N)); only when every count fits does each node walk its member list
     /// against the sorted names (O(N²)), so waiting for convergence costs little per step.
     pub fn all_alive(&self) -> bool {
         let running = self.running();
-        let counts_fit = running.iter().all(|&at| {
-            self.slots[at]
-                .node
-                .as_ref()
-                .expect("running")
-                .node()
-                .alive_peers()
-                == running.len() - 1
-        });
+        let counts_fit = running
+            .iter()
+            .all(|&at| self.gossip_node(at).alive_peers() == running.len() - 1);
         if !counts_fit {
             return false;
         }
@@ -818,8 +822,8 @@ impl Net {
             .collect();
         names.sort_unstable();
         running.iter().all(|&at| {
-            let node = self.slots[at].node.as_ref().expect("running");
-            node.node().sees_alive(names.iter().map(String::as_str))
+            self.gossip_node(at)
+                .sees_alive(names.iter().map(String::as_str))
         })
     }
 
@@ -829,17 +833,10 @@ impl Net {
         let running = self.running();
         let current: Vec<&NodeIdentity> = running
             .iter()
-            .map(|&i| {
-                self.slots[i]
-                    .node
-                    .as_ref()
-                    .expect("running")
-                    .node()
-                    .identity()
-            })
+            .map(|&i| self.gossip_node(i).identity())
             .collect();
         running.iter().all(|&at| {
-            let node = self.slots[at].node.as_ref().expect("running").node();
+            let node = self.gossip_node(at);
             current.iter().all(|&id| {
                 id == node.identity()
                     || node

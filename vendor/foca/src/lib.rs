@@ -906,10 +906,10 @@ where
             // only when its probes of the old one had failed, a suspicion had run out and the
             // news of our renewal had found it (tens of seconds after a split healed). Announcing
             // ourselves tells it within a round trip: it takes our identity from the header.
-            // The first few after a renewal get an `Announce`, whose `Feed` in reply brings us
-            // members; the rest a `Gossip`, which tells them as well and draws nothing (a
-            // `Feed` for every stale sender was two thirds of the member updates a healed
-            // split moved; murmur catches up by digest after a renewal instead).
+            // The first few after a new identity get an `Announce`, whose `Feed` in reply
+            // brings us members; the rest a `Gossip`, which tells them as well and draws
+            // nothing (a `Feed` for every stale sender was two thirds of the member updates a
+            // healed split moved; murmur catches up by digest after a renewal instead).
             if header.dst.addr() == self.identity.addr()
                 && self.connection_state == ConnectionState::Connected
             {
@@ -3391,6 +3391,19 @@ mod tests {
         Ok(())
     }
 
+    /// A `Ping` from `src` to `dst` carrying no updates, encoded.
+    fn ping_without_updates(src: ID, dst: ID, probe: ProbeNumber) -> Bytes {
+        encode((
+            Header {
+                src,
+                src_incarnation: Incarnation::default(),
+                dst,
+                message: Message::Ping(probe),
+            },
+            Vec::<Member<ID>>::new(),
+        ))
+    }
+
     #[test]
     fn a_message_for_our_earlier_identity_is_answered_with_the_new_one() -> Result<()> {
         // murmur's patch: a member that missed our renewal learns of it from our answer.
@@ -3402,15 +3415,7 @@ mod tests {
         assert_ne!(renewed, ID::new(1).rejoinable());
         runtime.clear();
 
-        let stale_ping = encode((
-            Header {
-                src: ID::new(2),
-                src_incarnation: Incarnation::default(),
-                dst: ID::new(1).rejoinable(),
-                message: Message::Ping(7),
-            },
-            Vec::<Member<ID>>::new(),
-        ));
+        let stale_ping = ping_without_updates(ID::new(2), ID::new(1).rejoinable(), 7);
         foca.handle_data(&stale_ping, &mut runtime)?;
         let (header, _) = decode(
             runtime
@@ -3421,15 +3426,7 @@ mod tests {
 
         // A message for nobody we ever were goes unanswered.
         runtime.clear();
-        let misaddressed = encode((
-            Header {
-                src: ID::new(2),
-                src_incarnation: Incarnation::default(),
-                dst: ID::new(3),
-                message: Message::Ping(8),
-            },
-            Vec::<Member<ID>>::new(),
-        ));
+        let misaddressed = ping_without_updates(ID::new(2), ID::new(3), 8);
         foca.handle_data(&misaddressed, &mut runtime)?;
         assert_eq!(None, runtime.take_data(ID::new(2)));
         Ok(())
@@ -3449,15 +3446,7 @@ mod tests {
         let mut answers = Vec::new();
         for id in 2..=10 {
             runtime.clear();
-            let stale_ping = encode((
-                Header {
-                    src: ID::new(id),
-                    src_incarnation: Incarnation::default(),
-                    dst: ID::new(1).rejoinable(),
-                    message: Message::Ping(7),
-                },
-                Vec::<Member<ID>>::new(),
-            ));
+            let stale_ping = ping_without_updates(ID::new(id), ID::new(1).rejoinable(), 7);
             foca.handle_data(&stale_ping, &mut runtime)?;
             let (header, _) = decode(runtime.take_data(ID::new(id)).expect("an answer"));
             assert_eq!(header.src, renewed, "every answer carries the new identity");
@@ -3471,15 +3460,7 @@ mod tests {
         // The next renewal gets a fresh allowance.
         foca.apply(Member::down(renewed), &mut runtime)?;
         runtime.clear();
-        let stale_ping = encode((
-            Header {
-                src: ID::new(2),
-                src_incarnation: Incarnation::default(),
-                dst: renewed,
-                message: Message::Ping(8),
-            },
-            Vec::<Member<ID>>::new(),
-        ));
+        let stale_ping = ping_without_updates(ID::new(2), renewed, 8);
         foca.handle_data(&stale_ping, &mut runtime)?;
         let (header, _) = decode(runtime.take_data(ID::new(2)).expect("an answer"));
         assert_eq!(header.message, Message::Announce);
@@ -3489,15 +3470,7 @@ mod tests {
         let mut foca = Foca::new(restarted, config(), rng(), codec());
         foca.apply(Member::alive(ID::new(2)), &mut runtime)?;
         runtime.clear();
-        let for_the_last_life = encode((
-            Header {
-                src: ID::new(2),
-                src_incarnation: Incarnation::default(),
-                dst: ID::new(1).rejoinable(),
-                message: Message::Ping(9),
-            },
-            Vec::<Member<ID>>::new(),
-        ));
+        let for_the_last_life = ping_without_updates(ID::new(2), ID::new(1).rejoinable(), 9);
         foca.handle_data(&for_the_last_life, &mut runtime)?;
         let (header, _) = decode(runtime.take_data(ID::new(2)).expect("an answer"));
         assert_eq!((header.src, header.message), (restarted, Message::Announce));
