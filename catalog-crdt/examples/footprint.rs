@@ -1,6 +1,8 @@
 //! Heap held by one replica with 10,000 service instances (1,000 nodes x 10) and 100,000 KV
-//! keys of 64-byte values, counted by a counting global allocator. Run with
-//! `cargo run --release -p murmur-catalog --example footprint`.
+//! keys of 64-byte values, and by one holding 172,000 instances as 256 agents register them
+//! (672 per node record), counted by a counting global allocator (bytes asked for and live
+//! allocations: each small one costs the system allocator 16–32 bytes more than it asked).
+//! Run with `cargo run --release -p murmur-catalog --example footprint`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -12,17 +14,20 @@ use murmur_catalog::{KvValue, NodeRecord, Replica, ReplicaConfig, Service};
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static LIVE_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call is forwarded unchanged to the system allocator; only a counter is added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        LIVE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: same layout contract as the caller's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        LIVE_ALLOCATIONS.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: `ptr` came from `alloc` above with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -56,15 +61,47 @@ fn main() {
     drop(writer);
     replica.take_journal();
     let keys = LIVE.load(Ordering::Relaxed) - before;
-    let before_services = LIVE.load(Ordering::Relaxed);
-    for n in 0..1_000 {
+    let (services, _) = add_instances(&mut replica, 1_000, 10);
+    println!(
+        "100,000 keys (64-byte values): {:.1} MiB of heap",
+        mib(keys)
+    );
+    println!(
+        "10,000 service instances (1,000 records): {:.1} MiB of heap",
+        mib(services)
+    );
+    println!(
+        "one replica holding both: {:.1} MiB",
+        mib(LIVE.load(Ordering::Relaxed) - before)
+    );
+    drop(replica);
+    let mut replica = Replica::new("reader", 1, 1, ReplicaConfig::default());
+    let (bytes, allocations) = add_instances(&mut replica, 256, 672);
+    let instances = 256 * 672;
+    println!(
+        "{instances} service instances (256 records): {:.1} MiB of heap, {} bytes and {:.2} \
+         allocations per instance",
+        mib(bytes),
+        bytes / instances,
+        allocations as f64 / instances as f64
+    );
+}
+
+/// Applies the records of `nodes` nodes with `per_node` services each (one tag, no meta) to
+/// `replica`; returns the heap bytes and allocations that added.
+fn add_instances(replica: &mut Replica, nodes: u64, per_node: u16) -> (usize, usize) {
+    let before = (
+        LIVE.load(Ordering::Relaxed),
+        LIVE_ALLOCATIONS.load(Ordering::Relaxed),
+    );
+    for n in 0..nodes {
         let mut node = Replica::new(&format!("node-{n}"), n + 10, 1, ReplicaConfig::default());
-        let services: BTreeMap<String, Service> = (0..10)
+        let services: BTreeMap<String, Service> = (0..per_node)
             .map(|s| {
                 let id = format!("svc-{s}-{n}");
                 let service = Service {
                     id: id.clone(),
-                    name: format!("svc-{s}"),
+                    name: format!("svc-{}", s % 1000),
                     tags: vec!["v1".into()],
                     address: String::new(),
                     port: 8000 + s,
@@ -86,17 +123,8 @@ fn main() {
         }
     }
     replica.take_journal();
-    let services = LIVE.load(Ordering::Relaxed) - before_services;
-    println!(
-        "100,000 keys (64-byte values): {:.1} MiB of heap",
-        mib(keys)
-    );
-    println!(
-        "10,000 service instances (1,000 records): {:.1} MiB of heap",
-        mib(services)
-    );
-    println!(
-        "one replica holding both: {:.1} MiB",
-        mib(LIVE.load(Ordering::Relaxed) - before)
-    );
+    (
+        LIVE.load(Ordering::Relaxed) - before.0,
+        LIVE_ALLOCATIONS.load(Ordering::Relaxed) - before.1,
+    )
 }

@@ -211,25 +211,86 @@ impl<'a> CatalogView<'a> {
 
     /// Instances of `name` carrying every tag in `tags`, in node then id order.
     pub fn instances(&self, name: &str, tags: &[&str]) -> Vec<Instance<'a>> {
+        self.instances_where(|service| {
+            service.name == name && tags.iter().all(|t| service.tags.iter().any(|s| s == t))
+        })
+    }
+
+    /// Every instance, grouped by service name, each group in node then id order: one pass
+    /// over the catalog for what would take a pass per name through [`Self::instances`].
+    pub fn instances_by_name(&self) -> BTreeMap<&'a str, Vec<Instance<'a>>> {
+        let mut out: BTreeMap<&str, Vec<Instance<'a>>> = BTreeMap::new();
+        for instance in self.instances_where(|_| true) {
+            out.entry(instance.service.name.as_str())
+                .or_default()
+                .push(instance);
+        }
+        out
+    }
+
+    /// The instances `wanted` picks, in node then id order. A record's checks are sorted out
+    /// once, and only when one of its services is wanted: O(services + checks) per node.
+    fn instances_where(&self, mut wanted: impl FnMut(&Service) -> bool) -> Vec<Instance<'a>> {
         let mut out = Vec::new();
         for (node, record) in self.nodes() {
-            for service in record.services.values() {
-                if service.name != name || !tags.iter().all(|t| service.tags.iter().any(|s| s == t))
-                {
-                    continue;
-                }
-                let checks = self.instance_checks(node, record, service);
-                let health = worst(&checks);
+            let mut checks = None;
+            for service in record.services.values().filter(|s| wanted(s)) {
+                let checks = checks.get_or_insert_with(|| RecordChecks::of(self, node, record));
+                let checks = checks.of_instance(service);
                 out.push(Instance {
                     node,
                     record,
                     service,
+                    health: worst(&checks),
                     checks,
-                    health,
                 });
             }
         }
         out
+    }
+}
+
+/// One record's checks sorted out for its instances: an instance's health is decided by the
+/// member check, the node's own checks and the instance's.
+struct RecordChecks<'r> {
+    member: Option<Check>,
+    /// By the id of the service they watch, node-level checks under `""`; each list in check
+    /// id order, as the record holds them.
+    by_service: BTreeMap<&'r str, Vec<&'r Check>>,
+}
+
+impl<'r> RecordChecks<'r> {
+    fn of(view: &CatalogView<'_>, node: &str, record: &'r NodeRecord) -> Self {
+        let mut by_service: BTreeMap<&str, Vec<&Check>> = BTreeMap::new();
+        for check in record.checks.values() {
+            by_service.entry(&check.service_id).or_default().push(check);
+        }
+        Self {
+            member: view.member_check(node),
+            by_service,
+        }
+    }
+
+    /// The checks of `service`: the member check first, then the node's and its own in
+    /// check id order.
+    fn of_instance(&self, service: &Service) -> Vec<Check> {
+        let none = Vec::new();
+        let node = self.by_service.get("").unwrap_or(&none);
+        let own = match service.id.as_str() {
+            "" => &none,
+            id => self.by_service.get(id).unwrap_or(&none),
+        };
+        let mut merged = Vec::with_capacity(1 + node.len() + own.len());
+        merged.extend(self.member.clone());
+        let (mut a, mut b) = (node.iter().peekable(), own.iter().peekable());
+        while let Some(next) = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if y.id < x.id => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        } {
+            merged.push((*next).clone());
+        }
+        merged
     }
 }
 
@@ -266,26 +327,6 @@ fn worst(checks: &[Check]) -> Health {
 }
 
 impl CatalogView<'_> {
-    /// The checks that decide the health of `service` on `node`: the member check, the
-    /// node's own checks and the service's.
-    fn instance_checks(&self, node: &str, record: &NodeRecord, service: &Service) -> Vec<Check> {
-        self.member_check(node)
-            .into_iter()
-            .chain(
-                record
-                    .checks
-                    .values()
-                    .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
-                    .cloned(),
-            )
-            .collect()
-    }
-
-    /// The health of `service` on `node`: the worst of its checks.
-    pub fn instance_health(&self, node: &str, record: &NodeRecord, service: &Service) -> Health {
-        worst(&self.instance_checks(node, record, service))
-    }
-
     /// The synthetic check of `node`'s membership: passing, or critical once it failed; none
     /// for an external node, which no agent runs.
     fn member_check(&self, node: &str) -> Option<Check> {
@@ -470,6 +511,61 @@ mod tests {
             view.instances("web", &["v1", "v2"]).is_empty(),
             "every tag must match"
         );
+    }
+
+    #[test]
+    fn an_instance_lists_the_member_check_then_its_nodes_and_its_own_in_id_order() {
+        let map = records(vec![(
+            "a",
+            node(
+                vec![service("web1", "web", &[]), service("db1", "db", &[])],
+                vec![
+                    check("a-disk", "", Health::Passing),
+                    check("b-web", "web1", Health::Warning),
+                    check("c-db", "db1", Health::Critical),
+                    check("d-mem", "", Health::Passing),
+                ],
+            ),
+        )]);
+        let none = BTreeSet::new();
+        let view = CatalogView::new(&map, &none);
+        let ids = |i: &Instance<'_>| i.checks.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        let web = view.instances("web", &[]);
+        assert_eq!(ids(&web[0]), [MEMBER_CHECK_ID, "a-disk", "b-web", "d-mem"]);
+        assert_eq!(web[0].health, Health::Warning);
+        let db = view.instances("db", &[]);
+        assert_eq!(ids(&db[0]), [MEMBER_CHECK_ID, "a-disk", "c-db", "d-mem"]);
+        assert_eq!(db[0].health, Health::Critical);
+    }
+
+    #[test]
+    fn instances_by_name_are_each_names_instances_in_one_pass() {
+        let map = records(vec![
+            (
+                "a",
+                node(
+                    vec![service("web1", "web", &["v1"]), service("db", "db", &[])],
+                    vec![check("http", "web1", Health::Critical)],
+                ),
+            ),
+            (
+                "b",
+                node(
+                    vec![service("web2", "web", &[]), service("cache", "cache", &[])],
+                    vec![check("disk", "", Health::Warning)],
+                ),
+            ),
+        ]);
+        let failed = BTreeSet::from(["b".to_owned()]);
+        let view = CatalogView::new(&map, &failed);
+        let grouped = view.instances_by_name();
+        assert_eq!(
+            grouped.keys().copied().collect::<Vec<_>>(),
+            ["cache", "db", "web"]
+        );
+        for (name, instances) in &grouped {
+            assert_eq!(*instances, view.instances(name, &[]), "{name}");
+        }
     }
 
     #[test]

@@ -47,15 +47,18 @@ impl DcSummary {
             datacenter: datacenter.to_owned(),
             ..Self::default()
         };
-        for (node, record) in view.nodes() {
-            summary.nodes += 1;
-            for service in record.services.values() {
-                let counts = summary.services.entry(service.name.clone()).or_default();
-                counts.instances += 1;
-                if view.instance_health(node, record, service) == Health::Passing {
-                    counts.passing += 1;
-                }
-            }
+        summary.nodes = view.nodes().count() as u32;
+        for (name, instances) in view.instances_by_name() {
+            summary.services.insert(
+                name.to_owned(),
+                ServiceCounts {
+                    instances: instances.len() as u32,
+                    passing: instances
+                        .iter()
+                        .filter(|i| i.health == Health::Passing)
+                        .count() as u32,
+                },
+            );
         }
         summary
     }

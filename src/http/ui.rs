@@ -28,11 +28,12 @@ pub(super) async fn services(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     catalog_query(&api, &query, None, |_, view| {
+        let mut instances = view.instances_by_name();
         view.services()
             .into_iter()
             .filter(|(name, _)| auth.can(Resource::Service, name, Access::Read))
             .map(|(name, tags)| {
-                let instances = view.instances(name, &[]);
+                let instances = instances.remove(name).unwrap_or_default();
                 let health = |h: Health| instances.iter().filter(|i| i.health == h).count();
                 let checks = |h: Health| {
                     instances
