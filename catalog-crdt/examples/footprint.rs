@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use murmur_catalog::{KvValue, NodeRecord, Replica, ReplicaConfig, Service};
+use murmur_catalog::{Change, KvValue, NodeRecord, Replica, ReplicaConfig, Service};
 
 /// The system allocator, counting live bytes.
 struct Counting;
@@ -119,6 +119,12 @@ fn add_instances(replica: &mut Replica, nodes: u64, per_node: u16) -> (usize, us
             ..NodeRecord::default()
         }));
         for change in node.take_outbox() {
+            // Decoded, as an agent gets a peer's record off the wire: the heap it builds is
+            // the decoder's, not a copy of the writer's.
+            let config = bincode::config::standard();
+            let bytes = bincode::serde::encode_to_vec(&change, config).expect("encodes");
+            let (change, _): (Change, _) =
+                bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
             replica.apply(&change, NOW).expect("valid change");
         }
     }
