@@ -223,7 +223,7 @@ pub struct SimArgs {
     /// scenario's, else 120s].
     #[arg(long)]
     pub duration: Option<String>,
-    /// What happens: a built-in scenario (chaos, quiet, partition, flapping, crashes, churn,
+    /// What happens: a built-in scenario (chaos, quiet, partition, flapping, crashes, churn, silent,
     /// wan, lossy, federation) or a TOML file written like those in sim/scenarios/. A scenario
     /// with [federation] runs federated datacenters (--nodes in all, a multiple of its
     /// datacenters).

@@ -291,6 +291,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("flapping", include_str!("../scenarios/flapping.toml")),
     ("crashes", include_str!("../scenarios/crashes.toml")),
     ("churn", include_str!("../scenarios/churn.toml")),
+    ("silent", include_str!("../scenarios/silent.toml")),
     ("wan", include_str!("../scenarios/wan.toml")),
     ("lossy", include_str!("../scenarios/lossy.toml")),
     ("federation", include_str!("../scenarios/federation.toml")),
