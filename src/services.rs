@@ -116,7 +116,7 @@ fn sidecar(object: &serde_json::Map<String, Value>) -> Result<Option<Vec<Upstrea
             })?;
             let failover = match field(u, "Failover") {
                 None => Vec::new(),
-                Some(Value::Object(failover)) => strings(failover, "Datacenters")?,
+                Some(Value::Object(failover)) => strings::<String>(failover, "Datacenters")?,
                 Some(_) => {
                     return Err("Failover must be an object {\"Datacenters\": [...]}".into());
                 }
@@ -196,14 +196,17 @@ pub(crate) fn string(
     }
 }
 
-fn strings(object: &serde_json::Map<String, Value>, name: &str) -> Result<Vec<String>, String> {
+fn strings<T: for<'a> From<&'a str>>(
+    object: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Vec<T>, String> {
     match field(object, name) {
         None => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| {
                 v.as_str()
-                    .map(str::to_owned)
+                    .map(T::from)
                     .ok_or_else(|| format!("{name} must be a list of strings"))
             })
             .collect(),
@@ -372,10 +375,10 @@ pub fn parse(value: &Value) -> Result<Definition, String> {
     }
     Ok(Definition {
         service: Service {
-            id,
-            name,
+            id: id.into(),
+            name: name.into(),
             tags: strings(object, "Tags")?,
-            address: string(object, "Address")?,
+            address: string(object, "Address")?.into(),
             port,
             meta: {
                 let mut meta = string_map(object, "Meta")?;

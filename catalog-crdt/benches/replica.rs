@@ -36,14 +36,14 @@ fn records(nodes: usize, per_node: usize) -> Vec<Change> {
     (0..nodes)
         .flat_map(|n| {
             let mut r = replica(&format!("node-{n}"), n as u64 + 10);
-            let services: BTreeMap<String, Service> = (0..per_node)
+            let services: BTreeMap<_, Service> = (0..per_node)
                 .map(|s| {
-                    let id = format!("svc-{s}-{n}");
+                    let id = compact_str::format_compact!("svc-{s}-{n}");
                     let service = Service {
                         id: id.clone(),
-                        name: format!("svc-{s}"),
+                        name: format!("svc-{s}").into(),
                         tags: vec!["v1".into(), "primary".into()],
-                        address: String::new(),
+                        address: Default::default(),
                         port: 8000 + s as u16,
                         meta: BTreeMap::new(),
                         weight_passing: 1,

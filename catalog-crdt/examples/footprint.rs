@@ -96,14 +96,14 @@ fn add_instances(replica: &mut Replica, nodes: u64, per_node: u16) -> (usize, us
     );
     for n in 0..nodes {
         let mut node = Replica::new(&format!("node-{n}"), n + 10, 1, ReplicaConfig::default());
-        let services: BTreeMap<String, Service> = (0..per_node)
+        let services: BTreeMap<_, Service> = (0..per_node)
             .map(|s| {
-                let id = format!("svc-{s}-{n}");
+                let id = compact_str::format_compact!("svc-{s}-{n}");
                 let service = Service {
                     id: id.clone(),
-                    name: format!("svc-{}", s % 1000),
+                    name: format!("svc-{}", s % 1000).into(),
                     tags: vec!["v1".into()],
-                    address: String::new(),
+                    address: Default::default(),
                     port: 8000 + s,
                     meta: BTreeMap::new(),
                     weight_passing: 1,

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::external::ExternalNodes;
@@ -47,13 +48,13 @@ impl Health {
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Service {
     /// Instance id, unique on its node.
-    pub id: String,
+    pub id: CompactString,
     /// Logical service name.
-    pub name: String,
+    pub name: CompactString,
     /// Tags.
-    pub tags: Vec<String>,
+    pub tags: Vec<CompactString>,
     /// Address, empty for the node's.
-    pub address: String,
+    pub address: CompactString,
     /// Port.
     pub port: u16,
     /// Free-form metadata.
@@ -68,15 +69,15 @@ pub struct Service {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Check {
     /// Check id, unique on its node.
-    pub id: String,
+    pub id: CompactString,
     /// Human name.
-    pub name: String,
+    pub name: CompactString,
     /// Status.
     pub status: Health,
     /// Output of the last run.
     pub output: String,
     /// The service it watches; empty for a node-level check.
-    pub service_id: String,
+    pub service_id: CompactString,
 }
 
 /// One node's owned record.
@@ -92,10 +93,10 @@ pub struct NodeRecord {
     pub tagged_addresses: BTreeMap<String, String>,
     /// Services by instance id.
     #[serde(deserialize_with = "packed_map")]
-    pub services: BTreeMap<String, Service>,
+    pub services: BTreeMap<CompactString, Service>,
     /// Checks by check id.
     #[serde(deserialize_with = "packed_map")]
-    pub checks: BTreeMap<String, Check>,
+    pub checks: BTreeMap<CompactString, Check>,
 }
 
 /// Decodes a map by collecting its entries first, then building the `BTreeMap` in bulk, which
@@ -104,14 +105,14 @@ pub struct NodeRecord {
 /// its services are most of a large catalog's memory: 352 → 221 bytes per instance
 /// (`cargo run --release -p murmur-catalog --example footprint`). A repeated key keeps the
 /// last entry, as inserting would.
-fn packed_map<'de, D, V>(decoder: D) -> Result<BTreeMap<String, V>, D::Error>
+fn packed_map<'de, D, V>(decoder: D) -> Result<BTreeMap<CompactString, V>, D::Error>
 where
     D: serde::Deserializer<'de>,
     V: Deserialize<'de>,
 {
     struct Entries<V>(std::marker::PhantomData<V>);
     impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
-        type Value = Vec<(String, V)>;
+        type Value = Vec<(CompactString, V)>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a map")
         }
@@ -130,8 +131,8 @@ where
     Ok(entries.into_iter().collect())
 }
 
-fn text_weight<'a>(texts: impl IntoIterator<Item = &'a String>) -> usize {
-    texts.into_iter().map(|t| t.len() + 2).sum()
+fn text_weight<T: AsRef<str>>(texts: impl IntoIterator<Item = T>) -> usize {
+    texts.into_iter().map(|t| t.as_ref().len() + 2).sum()
 }
 
 impl Service {
@@ -144,7 +145,7 @@ impl Service {
 
 impl Check {
     pub(crate) fn weight(&self) -> usize {
-        8 + text_weight([&self.id, &self.name, &self.output, &self.service_id])
+        8 + text_weight([&self.id, &self.name, &self.service_id]) + text_weight([&self.output])
     }
 }
 
@@ -237,7 +238,7 @@ impl<'a> CatalogView<'a> {
             for service in record.services.values() {
                 out.entry(&service.name)
                     .or_default()
-                    .extend(service.tags.iter().map(String::as_str));
+                    .extend(service.tags.iter().map(CompactString::as_str));
             }
         }
         out
@@ -378,7 +379,7 @@ impl CatalogView<'_> {
             name: "Serf Health Status".into(),
             status,
             output,
-            service_id: String::new(),
+            service_id: CompactString::default(),
         })
     }
 
@@ -416,8 +417,8 @@ mod tests {
         Service {
             id: id.into(),
             name: name.into(),
-            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-            address: String::new(),
+            tags: tags.iter().map(|t| (*t).into()).collect(),
+            address: Default::default(),
             port: 80,
             meta: BTreeMap::new(),
             weight_passing: 1,
@@ -491,6 +492,68 @@ mod tests {
             bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
         assert_eq!(decoded.services.len(), 1);
         assert_eq!(decoded.services[&changed.id], changed);
+    }
+
+    #[test]
+    fn a_record_encodes_to_the_bytes_it_had_with_plain_strings() {
+        // Journals and peers of earlier versions hold records whose text fields were
+        // `String`s: the inline strings must encode to the same bytes.
+        type PlainService = (
+            String,
+            String,
+            Vec<String>,
+            String,
+            u16,
+            BTreeMap<String, String>,
+            u32,
+            u32,
+        );
+        type PlainCheck = (String, String, Health, String, String);
+        let mut web = service("web-1", "web", &["v1", "a-tag-longer-than-24-bytes"]);
+        web.address = "10.0.0.7".into();
+        let record = NodeRecord {
+            address: "10.0.0.1".into(),
+            datacenter: "dc1".into(),
+            services: [(web.id.clone(), web)].into(),
+            checks: [(
+                "service:web-1".into(),
+                check("service:web-1", "web-1", Health::Critical),
+            )]
+            .into(),
+            ..NodeRecord::default()
+        };
+        let meta: BTreeMap<String, String> = BTreeMap::new();
+        let services: BTreeMap<String, PlainService> = [(
+            "web-1".to_owned(),
+            (
+                "web-1".to_owned(),
+                "web".to_owned(),
+                vec!["v1".to_owned(), "a-tag-longer-than-24-bytes".to_owned()],
+                "10.0.0.7".to_owned(),
+                80,
+                BTreeMap::new(),
+                1,
+                1,
+            ),
+        )]
+        .into();
+        let checks: BTreeMap<String, PlainCheck> = [(
+            "service:web-1".to_owned(),
+            (
+                "service:web-1".to_owned(),
+                "service:web-1".to_owned(),
+                Health::Critical,
+                String::new(),
+                "web-1".to_owned(),
+            ),
+        )]
+        .into();
+        let plain = ("10.0.0.1", "dc1", &meta, &meta, services, checks);
+        let config = bincode::config::standard();
+        assert_eq!(
+            bincode::serde::encode_to_vec(&record, config).expect("encodes"),
+            bincode::serde::encode_to_vec(&plain, config).expect("encodes")
+        );
     }
 
     #[test]

@@ -1809,12 +1809,12 @@ mod tests {
                 let mut record = r.own_record().cloned().unwrap_or_default();
                 let id = format!("s{service}");
                 record.services.insert(
-                    id.clone(),
+                    id.clone().into(),
                     Service {
-                        id,
-                        name: format!("svc{service}"),
-                        tags: vec![format!("t{tag}")],
-                        address: String::new(),
+                        id: id.into(),
+                        name: format!("svc{service}").into(),
+                        tags: vec![format!("t{tag}").into()],
+                        address: Default::default(),
                         port: 80,
                         meta: BTreeMap::new(),
                         weight_passing: 1,

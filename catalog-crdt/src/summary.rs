@@ -101,9 +101,9 @@ mod tests {
                 },
             );
             record.checks.insert(
-                format!("service:{id}"),
+                format!("service:{id}").into(),
                 Check {
-                    id: format!("service:{id}"),
+                    id: format!("service:{id}").into(),
                     name: id.into(),
                     status,
                     output: String::new(),

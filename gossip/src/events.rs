@@ -1,6 +1,7 @@
 //! User events: small named messages fired on one member and delivered to all (like
 //! `serf event` / `consul event`), kept in a bounded buffer of recent events.
 
+use compact_str::CompactString;
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
@@ -75,7 +76,7 @@ impl EventFilter {
     pub fn matches<'a>(
         &self,
         node: &str,
-        mut services: impl Iterator<Item = (&'a str, &'a [String])>,
+        mut services: impl Iterator<Item = (&'a str, &'a [CompactString])>,
     ) -> bool {
         let compiled = |re: &str| (!re.is_empty()).then(|| regex::Regex::new(re).ok());
         if let Some(re) = compiled(&self.node)
@@ -216,7 +217,7 @@ mod tests {
         assert!(err.to_string().contains("without service filter"), "{err}");
         assert!(UserEvent::validate("", b"x", &none).is_err());
 
-        let tags = [String::from("v1"), String::from("canary")];
+        let tags = [CompactString::from("v1"), CompactString::from("canary")];
         let runs = || [("web", &tags[..]), ("db", &[][..])].into_iter();
         assert!(filter("^web-", "", "").matches("web-1", runs()));
         assert!(!filter("^web-", "", "").matches("db-1", runs()));

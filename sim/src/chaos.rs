@@ -22,6 +22,7 @@
 //! declared failed and must rejoin. `sim/tests/membership.rs` holds the strict check: no false
 //! failure under 10% loss with no other fault.
 
+use compact_str::CompactString;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -335,8 +336,10 @@ impl Run {
         let name = SERVICE_NAMES[self.rng.random_range(0..SERVICE_NAMES.len())];
         self.update_record(at, |record| {
             let id = format!("{name}-1");
-            if record.services.remove(&id).is_none() {
-                record.services.insert(id.clone(), service(&id, name));
+            if record.services.remove(id.as_str()).is_none() {
+                record
+                    .services
+                    .insert(id.as_str().into(), service(&id, name));
             } else {
                 record.checks.retain(|_, c| c.service_id != id);
             }
@@ -349,7 +352,7 @@ impl Run {
             let Some(id) = record.services.keys().next().cloned() else {
                 return;
             };
-            let check_id = format!("service:{id}");
+            let check_id: CompactString = format!("service:{id}").into();
             let status = match record.checks.get(&check_id).map(|c| c.status) {
                 Some(Health::Passing) => Health::Critical,
                 _ => Health::Passing,
@@ -358,7 +361,7 @@ impl Run {
                 check_id.clone(),
                 Check {
                     id: check_id,
-                    name: format!("{id} health"),
+                    name: format!("{id} health").into(),
                     status,
                     output: String::new(),
                     service_id: id,
@@ -805,7 +808,7 @@ fn service(id: &str, name: &str) -> Service {
         id: id.into(),
         name: name.into(),
         tags: vec![],
-        address: String::new(),
+        address: CompactString::default(),
         port: 80,
         meta: BTreeMap::new(),
         weight_passing: 1,

@@ -658,14 +658,14 @@ impl Federation {
                         };
                         if register {
                             let service = murmur_catalog::Service {
-                                id: id.clone(),
-                                name: id.clone(),
+                                id: id.as_str().into(),
+                                name: id.as_str().into(),
                                 port: 80,
                                 ..Default::default()
                             };
-                            record.services.insert(id, service);
+                            record.services.insert(id.as_str().into(), service);
                         } else {
-                            record.services.remove(&id);
+                            record.services.remove(id.as_str());
                         }
                         r.set_own_record(Some(record));
                     })

@@ -262,7 +262,7 @@ fn oversized_event_is_refused_with_the_limit() {
 #[test]
 fn filters_limit_who_records_the_event() {
     let mut net = cluster(5, 12);
-    for (i, tags) in [(3, vec!["canary".to_owned()]), (4, vec![])] {
+    for (i, tags) in [(3, vec!["canary".into()]), (4, vec![])] {
         net.node(i).write(|r, _| {
             let mut record = r.own_record().cloned().unwrap_or_default();
             let web = Service {

@@ -55,7 +55,7 @@ fn register(net: &mut Net, at: usize, service: &str) {
                     id: service.into(),
                     name: service.into(),
                     tags: vec![],
-                    address: String::new(),
+                    address: Default::default(),
                     port: 80,
                     meta: Default::default(),
                     weight_passing: 1,

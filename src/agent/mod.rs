@@ -239,11 +239,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             token: config.acl_agent_token.clone(),
             mesh_gateway: gateway,
         };
-        from_config.push((d.service.id.clone(), spec));
+        from_config.push((d.service.id.to_string(), spec));
     }
     for (id, spec) in persisted_sidecars
         .into_iter()
-        .filter(|(id, _)| registered.contains(id))
+        .filter(|(id, _)| registered.contains(id.as_str()))
         .chain(from_config)
     {
         sidecars.start(&id, spec)?;

@@ -93,18 +93,24 @@ impl Checks {
             .agent
             .write(move |r, _| {
                 let mut record = r.own_record().cloned().unwrap_or_default();
-                if !def.service_id.is_empty() && !record.services.contains_key(&def.service_id) {
+                if !def.service_id.is_empty()
+                    && !record.services.contains_key(def.service_id.as_str())
+                {
                     return false;
                 }
-                let kept = record.checks.get(&def.id).filter(|_| keep_status).cloned();
+                let kept = record
+                    .checks
+                    .get(def.id.as_str())
+                    .filter(|_| keep_status)
+                    .cloned();
                 let check = Check {
-                    id: def.id.clone(),
-                    name: def.name.clone(),
+                    id: def.id.clone().into(),
+                    name: def.name.clone().into(),
                     status: kept.as_ref().map_or(def.initial, |c| c.status),
                     output: kept.map(|c| c.output).unwrap_or_default(),
-                    service_id: def.service_id.clone(),
+                    service_id: def.service_id.clone().into(),
                 };
-                record.checks.insert(def.id.clone(), check);
+                record.checks.insert(def.id.clone().into(), check);
                 r.set_own_record(Some(record));
                 true
             })
@@ -136,7 +142,7 @@ impl Checks {
             .agent
             .write(move |r, _| {
                 let mut record = r.own_record().cloned().unwrap_or_default();
-                let removed = record.checks.remove(&id_owned).is_some();
+                let removed = record.checks.remove(id_owned.as_str()).is_some();
                 if removed {
                     r.set_own_record(Some(record));
                 }
@@ -240,7 +246,7 @@ async fn set_status(
             let Some(mut record) = r.own_record().cloned() else {
                 return;
             };
-            let Some(check) = record.checks.get_mut(&id) else {
+            let Some(check) = record.checks.get_mut(id.as_str()) else {
                 return;
             };
             if check.status == status && check.output == output {
@@ -263,7 +269,7 @@ async fn reap_service(agent: &Arc<Agent>, def: &CheckDefinition) {
             let Some(mut record) = r.own_record().cloned() else {
                 return;
             };
-            record.services.remove(&service);
+            record.services.remove(service.as_str());
             record.checks.retain(|_, c| c.service_id != service);
             r.set_own_record(Some(record));
         })

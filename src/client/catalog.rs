@@ -179,7 +179,7 @@ pub async fn services(command: ServicesCommand) -> anyhow::Result<()> {
             let ids: Vec<String> = if path.is_file() {
                 definitions_in(path)?
                     .into_iter()
-                    .map(|(_, parsed)| parsed.service.id)
+                    .map(|(_, parsed)| parsed.service.id.into())
                     .collect()
             } else {
                 vec![id_or_file]

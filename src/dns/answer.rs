@@ -510,7 +510,7 @@ mod tests {
                     id: (*id).into(),
                     name: (*name).into(),
                     tags: tags.iter().map(|t| (*t).into()).collect(),
-                    address: String::new(),
+                    address: Default::default(),
                     port: *port,
                     meta: BTreeMap::new(),
                     weight_passing: 1,
@@ -520,9 +520,9 @@ mod tests {
         }
         for id in critical {
             record.checks.insert(
-                format!("c-{id}"),
+                format!("c-{id}").into(),
                 Check {
-                    id: format!("c-{id}"),
+                    id: format!("c-{id}").into(),
                     name: "c".into(),
                     status: Health::Critical,
                     output: String::new(),

@@ -193,7 +193,7 @@ pub async fn deregister(
     let name = api.agent.view(|v| {
         v.replica()
             .own_record()
-            .and_then(|r| r.services.get(&id))
+            .and_then(|r| r.services.get(id.as_str()))
             .map(|s| s.name.clone())
     });
     if let Some(name) = name {
@@ -203,7 +203,7 @@ pub async fn deregister(
         .agent
         .write(|r, _| {
             let mut record = r.own_record().cloned().unwrap_or_default();
-            if record.services.remove(&id).is_none() {
+            if record.services.remove(id.as_str()).is_none() {
                 return false;
             }
             record.checks.retain(|_, c| c.service_id != id);
@@ -260,11 +260,11 @@ pub async fn node(
         let view = replica.catalog(&failed);
         let body = view.node(&name).and_then(|record| {
             let index = view.node_index(&name);
-            let services: BTreeMap<&String, ServiceShape> = record
+            let services: BTreeMap<&str, ServiceShape> = record
                 .services
                 .iter()
                 .filter(|(_, s)| auth.can(Resource::Service, &s.name, Access::Read))
-                .map(|(sid, s)| (sid, service_json(s, index)))
+                .map(|(sid, s)| (sid.as_str(), service_json(s, index)))
                 .collect();
             serde_json::to_value(CatalogNode {
                 node: node_json(&name, record, v.node_id(&name), index),
@@ -283,7 +283,7 @@ pub async fn node(
 #[serde(rename_all = "PascalCase")]
 struct CatalogNode<'a> {
     node: NodeShape,
-    services: BTreeMap<&'a String, ServiceShape>,
+    services: BTreeMap<&'a str, ServiceShape>,
 }
 
 /// `GET /v1/catalog/datacenters`: this agent's datacenter first, then the others the
@@ -372,7 +372,7 @@ pub async fn agent_services(
             .services
             .iter()
             .filter(|(_, s)| auth.can(Resource::Service, &s.name, Access::Read))
-            .map(|(id, s)| (id.clone(), service_json(s, index)))
+            .map(|(id, s)| (id.to_string(), service_json(s, index)))
             .collect()
     })
 }
@@ -388,7 +388,7 @@ pub async fn agent_checks(
             .iter()
             .map(|(id, c)| {
                 let service = record.services.get(&c.service_id);
-                (id.clone(), check_json(me, c, service, index))
+                (id.to_string(), check_json(me, c, service, index))
             })
             .collect()
     })

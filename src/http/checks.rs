@@ -51,7 +51,7 @@ fn may_write_check(
     let service_name = api.agent.view(|v| {
         let record = v.replica().own_record()?;
         let service_id = match (service_id, id) {
-            (Some(s), _) if !s.is_empty() => s.to_owned(),
+            (Some(s), _) if !s.is_empty() => s.into(),
             (_, Some(id)) => record.checks.get(id)?.service_id.clone(),
             _ => return None,
         };
@@ -190,20 +190,20 @@ async fn set_maintenance(
     api.agent
         .write(move |r, _| {
             let mut record = r.own_record().cloned().unwrap_or_default();
-            if !service_id.is_empty() && !record.services.contains_key(&service_id) {
+            if !service_id.is_empty() && !record.services.contains_key(service_id.as_str()) {
                 return false;
             }
             let changed = if on {
                 let check = murmur_catalog::Check {
-                    id: id.clone(),
-                    name,
+                    id: id.clone().into(),
+                    name: name.into(),
                     status: Health::Critical,
                     output,
-                    service_id,
+                    service_id: service_id.into(),
                 };
-                record.checks.insert(id, check.clone()) != Some(check)
+                record.checks.insert(id.into(), check.clone()) != Some(check)
             } else {
-                record.checks.remove(&id).is_some()
+                record.checks.remove(id.as_str()).is_some()
             };
             if changed {
                 r.set_own_record(Some(record));

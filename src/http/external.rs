@@ -234,11 +234,15 @@ fn parse_check(value: &Value, node: &str) -> Result<Check, ApiError> {
         }
     };
     Ok(Check {
-        name: if name.is_empty() { id.clone() } else { name },
-        id,
+        name: if name.is_empty() {
+            id.clone().into()
+        } else {
+            name.into()
+        },
+        id: id.into(),
         status,
         output: string(object, "Output").map_err(bad)?,
-        service_id: string(object, "ServiceID").map_err(bad)?,
+        service_id: string(object, "ServiceID").map_err(bad)?.into(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! state, in Consul's shapes. Every agent answers from its own replica and membership view
 //! (`serfHealth` turns critical on the agents that see a node failed).
 
+use compact_str::CompactString;
 use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
@@ -59,11 +60,11 @@ struct Weights {
 #[serde(rename_all = "PascalCase")]
 pub(super) struct ServiceShape {
     #[serde(rename = "ID")]
-    id: String,
-    service: String,
+    id: CompactString,
+    service: CompactString,
     kind: String,
-    tags: Vec<String>,
-    address: String,
+    tags: Vec<CompactString>,
+    address: CompactString,
     tagged_addresses: BTreeMap<String, TaggedAddress>,
     meta: BTreeMap<String, String>,
     port: u16,
@@ -116,15 +117,15 @@ pub(super) fn service_json(s: &Service, index: u64) -> ServiceShape {
 pub(super) struct CheckShape {
     node: String,
     #[serde(rename = "CheckID")]
-    check_id: String,
-    name: String,
+    check_id: CompactString,
+    name: CompactString,
     status: &'static str,
     notes: &'static str,
     output: String,
     #[serde(rename = "ServiceID")]
-    service_id: String,
-    service_name: String,
-    service_tags: Vec<String>,
+    service_id: CompactString,
+    service_name: CompactString,
+    service_tags: Vec<CompactString>,
     #[serde(rename = "Type")]
     kind: &'static str,
     create_index: u64,

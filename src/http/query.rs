@@ -317,7 +317,7 @@ fn healthy(query: &PreparedQuery, i: &Instance<'_>) -> bool {
     } else {
         i.checks
             .iter()
-            .filter(|c| !query.ignore_check_ids.contains(&c.id))
+            .filter(|c| !query.ignore_check_ids.iter().any(|id| *id == c.id))
             .map(|c| c.status)
             .max()
             .unwrap_or(Health::Passing)

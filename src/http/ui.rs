@@ -196,7 +196,9 @@ fn own_report(agent: &Agent, sidecars: &crate::connect::sidecars::Sidecars) -> A
         sidecars
             .declared()
             .into_iter()
-            .filter_map(|(id, destination)| Some((services.get(&id)?.name.clone(), destination)))
+            .filter_map(|(id, destination)| {
+                Some((services.get(id.as_str())?.name.to_string(), destination))
+            })
             .collect()
     });
     AgentReport {
