@@ -270,6 +270,34 @@ fn config_dir_services_and_bad_input() {
 }
 
 #[test]
+fn a_config_dir_too_large_to_replicate_is_refused_at_start() {
+    // 10,000 services with a 200-byte tag each: about 2.3 MB as a record, over the 2 MiB one
+    // record may take (it travels whole in one anti-entropy message).
+    let dir = tempfile::tempdir().unwrap();
+    let tag = "t".repeat(200);
+    let services: Vec<String> = (0..10_000)
+        .map(|i| format!(r#"{{"name": "svc-{i}", "port": 80, "tags": ["{tag}"]}}"#))
+        .collect();
+    std::fs::write(
+        dir.path().join("many.json"),
+        format!(r#"{{"services": [{}]}}"#, services.join(",")),
+    )
+    .unwrap();
+    let out = Agent::run_to_exit(Spec {
+        name: "huge",
+        key: None,
+        join: None,
+        extra: &["--config-dir", dir.path().to_str().unwrap()],
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("10000 services") && stderr.contains("over the 2097152 bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_damaged_data_dir_is_a_clear_error_and_is_left_alone() {
     let mut agent = Agent::start(Spec {
         name: "dmg",

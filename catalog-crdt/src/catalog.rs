@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::external::ExternalNodes;
 use crate::owned::OwnedMap;
 
+/// The most bytes a node record may encode to. A record travels whole, alone if need be, in
+/// one anti-entropy message, whose frame is 4 MiB; half of it leaves room for the rest of the
+/// message. A larger record could never reach a peer.
+pub const MAX_RECORD_BYTES: usize = 2 << 20;
+
 /// Check id of the synthetic member-health check (Consul's name for it).
 pub const MEMBER_CHECK_ID: &str = "serfHealth";
 
@@ -150,6 +155,12 @@ impl Check {
 }
 
 impl NodeRecord {
+    /// Its size as it travels and is journaled, in bytes (see [`MAX_RECORD_BYTES`]).
+    pub fn encoded_len(&self) -> usize {
+        bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .map_or(usize::MAX, |b| b.len())
+    }
+
     /// Rough encoded size in bytes, for message budgets.
     pub fn weight(&self) -> usize {
         text_weight([&self.address, &self.datacenter])

@@ -54,7 +54,9 @@ pub use acl::{
     AclPolicy, AclRevocation, AclRole, AclToken,
 };
 pub use ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
-pub use catalog::{CatalogView, Check, Health, Instance, MEMBER_CHECK_ID, NodeRecord, Service};
+pub use catalog::{
+    CatalogView, Check, Health, Instance, MAX_RECORD_BYTES, MEMBER_CHECK_ID, NodeRecord, Service,
+};
 pub use coordinate::{COORDINATE_PREFIX, Coordinate, DIMENSIONS, ERROR_MAX, HEIGHT_MIN};
 pub use directory::{DIRECTORY_PREFIX, Gateway};
 pub use external::{

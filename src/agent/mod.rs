@@ -90,10 +90,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (replica, persister) = open_replica(&config, &identity)?;
     node.set_replica(replica);
     node.set_now(runtime::wall_ms(), runtime::elapsed());
-    node.write(|replica, _| {
-        let record = own_record(&config, replica.kept_own_record(), &definitions);
-        replica.set_own_record(Some(record));
-    });
+    let record =
+        node.write(|replica, _| own_record(&config, replica.kept_own_record(), &definitions));
+    let size = record.encoded_len();
+    if size > murmur_catalog::MAX_RECORD_BYTES {
+        bail!(
+            "--config-dir: this agent's node record ({} services, {} checks) encodes to {size} \
+             bytes, over the {} bytes one record may take (it travels whole to every agent): \
+             spread the services over more agents, or register those not run here with \
+             /v1/catalog/register",
+            record.services.len(),
+            record.checks.len(),
+            murmur_catalog::MAX_RECORD_BYTES
+        );
+    }
+    node.write(|replica, _| replica.set_own_record(Some(record)));
 
     let udp = UdpSocket::bind(config.bind)
         .await
