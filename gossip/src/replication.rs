@@ -24,8 +24,15 @@ const MAX_BROADCAST_CHANGE: usize = 900;
 /// Most changes waiting in foca's broadcast queue; beyond it changes are dropped (and counted)
 /// and anti-entropy repairs them.
 const MAX_CHANGE_BACKLOG: usize = 4096;
-/// How many members a large change is flooded to, by each member that learns it.
-const FLOOD_FANOUT: usize = 3;
+/// How many members a large change is flooded to, by each member that learns it, in a pool
+/// of `members` others: ⌈ln(members + 1)⌉ + 2. Each node is missed with probability about
+/// e^-fanout, so this keeps the expected number of nodes a change misses (and that wait up
+/// to a sync round for it) near e^-2 ≈ 0.14, where a fixed 3 missed ~5 % of the nodes
+/// (48 nodes: every node reached within 2 s in 2 of 12 simulated runs, against 12 of 12;
+/// `a_large_value_reaches_every_node_by_flood_before_anti_entropy_most_times`).
+fn flood_fanout(members: usize) -> usize {
+    (members as f64 + 1.0).ln().ceil() as usize + 2
+}
 /// Size budget of one anti-entropy message; the frame limit is 4 MiB.
 const SYNC_BUDGET: usize = 1 << 20;
 /// Most follow-up rounds right after a truncated exchange, before waiting for the next timer.
@@ -292,7 +299,8 @@ impl Replication {
         if changes.is_empty() {
             return;
         }
-        for to in node.random_peers(FLOOD_FANOUT) {
+        let fanout = flood_fanout(node.active_peers());
+        for to in node.random_peers(fanout) {
             node.exchange(to, &StreamMessage::Changes(changes.clone()));
         }
     }
@@ -347,5 +355,16 @@ impl Replication {
     /// This node's own record as the replica holds it.
     fn own_record(&self) -> Option<std::sync::Arc<murmur_catalog::NodeRecord>> {
         self.replica.records().get(self.replica.me()).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_flood_fanout_grows_with_the_log_of_the_pool() {
+        let fanouts: Vec<usize> = [0, 2, 15, 47, 127, 255, 9_999]
+            .map(super::flood_fanout)
+            .into();
+        assert_eq!(fanouts, [2, 4, 5, 6, 7, 8, 12]);
     }
 }

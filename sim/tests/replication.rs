@@ -110,6 +110,28 @@ fn a_large_value_travels_by_stream() {
 }
 
 #[test]
+fn a_large_value_reaches_every_node_by_flood_before_anti_entropy_most_times() {
+    // A large change is flooded once by each member that learns it; a node no flood reaches
+    // waits up to a sync round (10 s). With fanout f each node is missed with probability
+    // about e^-f, so f grows with ln N to keep the expected misses per change below one.
+    let seeds = 1..=12;
+    let reached_all = seeds
+        .clone()
+        .filter(|&seed| {
+            let mut net = cluster(48, seed);
+            put(&mut net, 7, "blob", &vec![7u8; 20_000]);
+            net.run_for(SECS(2));
+            (0..48).all(|i| value_at(&mut net, i, "blob").is_some())
+        })
+        .count();
+    assert!(
+        reached_all >= 9,
+        "the flood reached all 48 nodes within 2 s in {reached_all} of {} runs",
+        seeds.count()
+    );
+}
+
+#[test]
 fn writes_lost_on_the_network_are_repaired_by_anti_entropy() {
     let mut net = cluster(6, 3);
     // Every datagram is lost until the writes' retransmissions are spent: only anti-entropy
