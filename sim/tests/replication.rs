@@ -104,7 +104,7 @@ fn a_large_value_travels_by_stream() {
         .filter(|&i| value_at(&mut net, i, "blob").is_some())
         .count();
     assert!(holders >= 6, "{holders} of 8 hold it after 2 s");
-    // Each holder floods it to three random peers once, so a node may be missed; the next
+    // Each holder floods it to a few random peers once, so a node may be missed; the next
     // anti-entropy round repairs that.
     until_everywhere(&mut net, "blob", &big, SECS(20)).expect("spread");
 }
