@@ -262,14 +262,26 @@ impl<'a> CatalogView<'a> {
         })
     }
 
-    /// Every instance, grouped by service name, each group in node then id order: one pass
-    /// over the catalog for what would take a pass per name through [`Self::instances`].
-    pub fn instances_by_name(&self) -> BTreeMap<&'a str, Vec<Instance<'a>>> {
-        let mut out: BTreeMap<&str, Vec<Instance<'a>>> = BTreeMap::new();
-        for instance in self.instances_where(|_| true) {
-            out.entry(instance.service.name.as_str())
-                .or_default()
-                .push(instance);
+    /// Per service name, its instances counted by health, their checks by status and the
+    /// nodes it runs on: what a summary of every service shows, in one pass and without
+    /// building an [`Instance`] (and copying its checks) for each of a large catalog's.
+    pub fn service_summaries(&self) -> BTreeMap<&'a str, ServiceSummary<'a>> {
+        let mut out: BTreeMap<&str, ServiceSummary<'a>> = BTreeMap::new();
+        for (node, record) in self.nodes() {
+            if record.services.is_empty() {
+                continue;
+            }
+            let checks = RecordChecks::of(self, node, record);
+            for service in record.services.values() {
+                let summary = out.entry(service.name.as_str()).or_default();
+                let mut worst = Health::Passing;
+                for status in checks.statuses(service) {
+                    summary.checks[status as usize] += 1;
+                    worst = worst.max(status);
+                }
+                summary.instances[worst as usize] += 1;
+                summary.nodes.insert(node);
+            }
         }
         out
     }
@@ -296,6 +308,17 @@ impl<'a> CatalogView<'a> {
     }
 }
 
+/// One service name's instances in brief ([`CatalogView::service_summaries`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceSummary<'a> {
+    /// Instances by health, indexed by [`Health`] as `usize` (passing first).
+    pub instances: [usize; 4],
+    /// Their checks (the member check included) by status, indexed the same way.
+    pub checks: [usize; 4],
+    /// The nodes running it.
+    pub nodes: BTreeSet<&'a str>,
+}
+
 /// One record's checks sorted out for its instances: an instance's health is decided by the
 /// member check, the node's own checks and the instance's.
 struct RecordChecks<'r> {
@@ -317,15 +340,29 @@ impl<'r> RecordChecks<'r> {
         }
     }
 
+    /// The node's checks and `service`'s own, each list in check id order.
+    fn lists(&self, service: &Service) -> (&[&'r Check], &[&'r Check]) {
+        let node = self.by_service.get("").map_or(&[][..], Vec::as_slice);
+        let own = match service.id.as_str() {
+            "" => &[][..],
+            id => self.by_service.get(id).map_or(&[][..], Vec::as_slice),
+        };
+        (node, own)
+    }
+
+    /// The statuses of `service`'s checks, the member check's included, in no set order.
+    fn statuses(&self, service: &Service) -> impl Iterator<Item = Health> {
+        let (node, own) = self.lists(service);
+        let member = self.member.as_ref().map(|c| c.status);
+        member
+            .into_iter()
+            .chain(node.iter().chain(own).map(|c| c.status))
+    }
+
     /// The checks of `service`: the member check first, then the node's and its own in
     /// check id order.
     fn of_instance(&self, service: &Service) -> Vec<Check> {
-        let none = Vec::new();
-        let node = self.by_service.get("").unwrap_or(&none);
-        let own = match service.id.as_str() {
-            "" => &none,
-            id => self.by_service.get(id).unwrap_or(&none),
-        };
+        let (node, own) = self.lists(service);
         let mut merged = Vec::with_capacity(1 + node.len() + own.len());
         merged.extend(self.member.clone());
         let (mut a, mut b) = (node.iter().peekable(), own.iter().peekable());
@@ -678,7 +715,7 @@ mod tests {
     }
 
     #[test]
-    fn instances_by_name_are_each_names_instances_in_one_pass() {
+    fn service_summaries_count_what_each_names_instances_show() {
         let map = records(vec![
             (
                 "a",
@@ -697,14 +734,29 @@ mod tests {
         ]);
         let failed = BTreeSet::from(["b".to_owned()]);
         let view = CatalogView::new(&map, &failed);
-        let grouped = view.instances_by_name();
+        let summaries = view.service_summaries();
         assert_eq!(
-            grouped.keys().copied().collect::<Vec<_>>(),
+            summaries.keys().copied().collect::<Vec<_>>(),
             ["cache", "db", "web"]
         );
-        for (name, instances) in &grouped {
-            assert_eq!(*instances, view.instances(name, &[]), "{name}");
+        for (name, summary) in &summaries {
+            let instances = view.instances(name, &[]);
+            let mut expected = ServiceSummary::default();
+            for i in &instances {
+                expected.instances[i.health as usize] += 1;
+                for c in &i.checks {
+                    expected.checks[c.status as usize] += 1;
+                }
+                expected.nodes.insert(i.node);
+            }
+            assert_eq!(*summary, expected, "{name}");
         }
+        assert_eq!(
+            summaries["web"].instances,
+            [0, 0, 2, 0],
+            "a's http, b failed"
+        );
+        assert_eq!(summaries["web"].checks, [1, 1, 2, 0]);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub use acl::{
 pub use ca_root::{CA_ROOT_PREFIX, CaRoot, DcRoot};
 pub use catalog::{
     CatalogView, Check, Health, Instance, MAX_RECORD_BYTES, MEMBER_CHECK_ID, NodeRecord, Service,
+    ServiceSummary,
 };
 pub use coordinate::{COORDINATE_PREFIX, Coordinate, DIMENSIONS, ERROR_MAX, HEIGHT_MIN};
 pub use directory::{DIRECTORY_PREFIX, Gateway};

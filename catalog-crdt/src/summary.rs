@@ -48,15 +48,12 @@ impl DcSummary {
             ..Self::default()
         };
         summary.nodes = view.nodes().count() as u32;
-        for (name, instances) in view.instances_by_name() {
+        for (name, counts) in view.service_summaries() {
             summary.services.insert(
                 name.to_owned(),
                 ServiceCounts {
-                    instances: instances.len() as u32,
-                    passing: instances
-                        .iter()
-                        .filter(|i| i.health == Health::Passing)
-                        .count() as u32,
+                    instances: counts.instances.iter().sum::<usize>() as u32,
+                    passing: counts.instances[Health::Passing as usize] as u32,
                 },
             );
         }

@@ -28,34 +28,30 @@ pub(super) async fn services(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     catalog_query(&api, &query, None, |_, view| {
-        let mut instances = view.instances_by_name();
+        let mut summaries = view.service_summaries();
         view.services()
             .into_iter()
             .filter(|(name, _)| auth.can(Resource::Service, name, Access::Read))
             .map(|(name, tags)| {
-                let instances = instances.remove(name).unwrap_or_default();
-                let health = |h: Health| instances.iter().filter(|i| i.health == h).count();
-                let checks = |h: Health| {
-                    instances
-                        .iter()
-                        .flat_map(|i| &i.checks)
-                        .filter(|c| c.status == h)
-                        .count()
-                };
-                let mut nodes: Vec<&str> = instances.iter().map(|i| i.node).collect();
-                nodes.sort_unstable();
-                nodes.dedup();
+                let s = summaries.remove(name).unwrap_or_default();
+                let [passing, warning, critical, maintenance] = s.instances;
+                let [
+                    checks_passing,
+                    checks_warning,
+                    checks_critical,
+                    checks_maintenance,
+                ] = s.checks;
                 json!({
                     "Name": name,
                     "Tags": tags,
-                    "InstanceCount": instances.len(),
-                    "InstancesPassing": health(Health::Passing),
-                    "InstancesWarning": health(Health::Warning),
-                    "InstancesCritical": health(Health::Critical) + health(Health::Maintenance),
-                    "ChecksPassing": checks(Health::Passing),
-                    "ChecksWarning": checks(Health::Warning),
-                    "ChecksCritical": checks(Health::Critical) + checks(Health::Maintenance),
-                    "Nodes": nodes,
+                    "InstanceCount": s.instances.iter().sum::<usize>(),
+                    "InstancesPassing": passing,
+                    "InstancesWarning": warning,
+                    "InstancesCritical": critical + maintenance,
+                    "ChecksPassing": checks_passing,
+                    "ChecksWarning": checks_warning,
+                    "ChecksCritical": checks_critical + checks_maintenance,
+                    "Nodes": s.nodes,
                 })
             })
             .collect::<Vec<_>>()
