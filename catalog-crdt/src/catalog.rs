@@ -157,8 +157,7 @@ impl Check {
 impl NodeRecord {
     /// Its size as it travels and is journaled, in bytes (see [`MAX_RECORD_BYTES`]).
     pub fn encoded_len(&self) -> usize {
-        bincode::serde::encode_to_vec(self, bincode::config::standard())
-            .map_or(usize::MAX, |b| b.len())
+        crate::journal::encode(self).len()
     }
 
     /// Rough encoded size in bytes, for message budgets.

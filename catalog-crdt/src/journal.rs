@@ -71,7 +71,7 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_RECORD>()
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Our own in-memory types always serialize.
     bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("encodable")
 }

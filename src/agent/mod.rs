@@ -90,8 +90,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (replica, persister) = open_replica(&config, &identity)?;
     node.set_replica(replica);
     node.set_now(runtime::wall_ms(), runtime::elapsed());
-    let record =
-        node.write(|replica, _| own_record(&config, replica.kept_own_record(), &definitions));
+    let record = own_record(&config, node.replica().kept_own_record(), &definitions);
     let size = record.encoded_len();
     if size > murmur_catalog::MAX_RECORD_BYTES {
         bail!(
