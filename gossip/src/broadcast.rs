@@ -43,9 +43,19 @@ impl BroadcastItem {
                     Change::Record { register, .. } => ChangeStamp::Record(*register.stamp()),
                     Change::Shared { register, .. } => ChangeStamp::Shared(*register.stamp()),
                 };
-                BroadcastKey::Change(change.subject().to_owned(), stamp)
+                BroadcastKey::Change {
+                    subject: change.subject().to_owned(),
+                    stamp,
+                    background: change.is_background(),
+                }
             }
         }
+    }
+
+    /// Whether the item waits for messages sent anyway instead of starting a gossip round
+    /// (see [`Change::is_background`]).
+    pub(crate) fn is_background(&self) -> bool {
+        matches!(self, Self::Change(change) if change.is_background())
     }
 }
 
@@ -61,7 +71,12 @@ pub(crate) enum ChangeStamp {
 pub(crate) enum BroadcastKey {
     Event([u8; 16]),
     Leaving(String, u64),
-    Change(String, ChangeStamp),
+    Change {
+        subject: String,
+        stamp: ChangeStamp,
+        /// [`Change::is_background`] of the change, a function of the subject.
+        background: bool,
+    },
 }
 
 impl foca::Invalidates for BroadcastKey {
@@ -69,9 +84,18 @@ impl foca::Invalidates for BroadcastKey {
     /// costs one queue slot, not one per write.
     fn invalidates(&self, other: &Self) -> bool {
         match (self, other) {
-            (Self::Change(key, newer), Self::Change(other_key, older)) => {
-                key == other_key && newer >= older
-            }
+            (
+                Self::Change {
+                    subject,
+                    stamp: newer,
+                    ..
+                },
+                Self::Change {
+                    subject: other,
+                    stamp: older,
+                    ..
+                },
+            ) => subject == other && newer >= older,
             _ => self == other,
         }
     }
@@ -142,6 +166,16 @@ impl foca::BroadcastHandler<NodeIdentity> for BroadcastInbox {
         self.received.lock().expect("inbox poisoned").push(item);
         Ok(Some(key))
     }
+
+    fn is_background(&self, key: &BroadcastKey) -> bool {
+        matches!(
+            key,
+            BroadcastKey::Change {
+                background: true,
+                ..
+            }
+        )
+    }
 }
 
 #[cfg(test)]
@@ -173,7 +207,11 @@ mod tests {
             logical: 0,
             node: 1,
         };
-        let key = |k: &str, ms| BroadcastKey::Change(k.into(), ChangeStamp::Shared(stamp(ms)));
+        let key = |k: &str, ms| BroadcastKey::Change {
+            subject: k.into(),
+            stamp: ChangeStamp::Shared(stamp(ms)),
+            background: false,
+        };
         assert!(key("kv/a", 2).invalidates(&key("kv/a", 1)));
         assert!(!key("kv/a", 1).invalidates(&key("kv/a", 2)));
         assert!(!key("kv/b", 2).invalidates(&key("kv/a", 1)));

@@ -761,7 +761,8 @@ impl Node {
     }
 
     /// Turns what foca did into member events, delivered user events and timers.
-    /// Returns whether anything new was learned (a member change or a new item).
+    /// Returns whether anything new was learned that is worth an eager push (a member
+    /// change or a new item that is not background).
     fn settle(&mut self) -> bool {
         let changes = std::mem::take(&mut *self.changes.lock().expect("codec tap poisoned"));
         let me = self.identity().name.clone();
@@ -789,7 +790,8 @@ impl Node {
             self.deliveries.push(Delivery::HealthMoved);
         }
         let received = std::mem::take(&mut *self.received.lock().expect("inbox poisoned"));
-        learned |= !received.is_empty();
+        // Background items (coordinates) wait for messages sent anyway: no eager push.
+        learned |= received.iter().any(|item| !item.is_background());
         for item in received {
             match item {
                 BroadcastItem::Event(event) => {

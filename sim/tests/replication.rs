@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use murmur_catalog::{Health, KvValue, Service};
+use murmur_catalog::{Coordinate, Health, KvValue, Service};
 use murmur_gossip::{GossipConfig, MemberStatus};
 use murmur_sim::{Net, cluster, cluster_with, key};
 
@@ -129,6 +129,38 @@ fn a_large_value_reaches_every_node_by_flood_before_anti_entropy_most_times() {
         "the flood reached all 48 nodes within 2 s in {reached_all} of {} runs",
         seeds.count()
     );
+}
+
+#[test]
+fn coordinates_ride_on_messages_sent_anyway_and_still_reach_everyone() {
+    // A coordinate is republished every 15 s by every node; spread like a write, each
+    // started gossip rounds at every member. They now wait for probes and their acks.
+    let nodes = 32;
+    let mut net = cluster(nodes, 4);
+    net.run_for(SECS(20));
+    let datagrams_in_10s = |net: &mut Net| {
+        let before = net.datagrams_sent;
+        net.run_for(SECS(10));
+        net.datagrams_sent - before
+    };
+    let idle = datagrams_in_10s(&mut net);
+    for i in 0..nodes {
+        net.call(i, |n| {
+            n.write(|r, now| r.put_coordinate(Coordinate::default(), now))
+        });
+    }
+    let publishing = datagrams_in_10s(&mut net);
+    assert!(
+        publishing * 10 <= idle * 12,
+        "{publishing} datagrams in the 10 s after every node published its coordinate, \
+         {idle} in 10 idle seconds before"
+    );
+    let everywhere = net.run_until(SECS(30), |net| {
+        net.slots
+            .iter()
+            .all(|s| s.node.as_ref().unwrap().replica().coordinates().count() == nodes)
+    });
+    assert!(everywhere.is_some(), "every coordinate reached every node");
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //!
 //! The coordinate moves with every ping (once a second); it is published at Consul's pace
 //! instead: every 15 s, slower in large datacenters so that the whole datacenter writes
-//! about 64 coordinates a second, each spread by gossip to every agent.
+//! about 64 coordinates a second. Each reaches every agent riding on the probes and acks sent
+//! anyway (a background change, `Change::is_background`), not by gossip rounds of its own.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -75,6 +75,14 @@ pub trait BroadcastHandler<T> {
     fn should_add_broadcast_data(&self, _member: &T) -> bool {
         true
     }
+
+    /// murmur's patch 13: whether a queued broadcast may wait for messages that are sent
+    /// anyway (probes, their acks, gossip rounds started by other news) instead of starting
+    /// a gossip round of its own. Periodic gossip only runs while a member update or a
+    /// broadcast that is not background waits. The default, `false`, is foca's behaviour.
+    fn is_background(&self, _key: &Self::Key) -> bool {
+        false
+    }
 }
 
 /// A type that's able to look at another and decide wether it's
@@ -131,6 +139,12 @@ where
 
     pub(crate) fn is_empty(&self) -> bool {
         self.flip.is_empty()
+    }
+
+    /// murmur's patch 13: whether any queued entry's item satisfies `predicate`.
+    pub(crate) fn any(&self, predicate: impl FnMut(&T) -> bool) -> bool {
+        let mut predicate = predicate;
+        self.flip.iter().any(|entry| predicate(&entry.item))
     }
 
     pub(crate) fn add_or_replace(&mut self, item: T, data: Vec<u8>, max_tx: usize) {

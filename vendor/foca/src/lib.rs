@@ -786,8 +786,14 @@ where
                 {
                     runtime.submit_after(Timer::PeriodicGossip(self.timer_token), params.frequency);
 
-                    // Only actually gossip if there are updates to send
-                    if !self.updates.is_empty() || !self.custom_broadcasts.is_empty() {
+                    // Only actually gossip if there are updates to send (murmur's patch 13:
+                    // background broadcasts wait for messages sent anyway)
+                    let handler = &self.broadcast_handler;
+                    if !self.updates.is_empty()
+                        || self
+                            .custom_broadcasts
+                            .any(|key| !handler.is_background(key))
+                    {
                         self.choose_and_send(params.num_members.get(), Message::Gossip, runtime)?;
                     }
                 }
@@ -4806,6 +4812,56 @@ mod tests {
             payload.has_remaining(),
             "the custom broadcast found room after {updates} updates"
         );
+    }
+
+    #[test]
+    fn background_broadcasts_do_not_start_gossip_rounds() {
+        // murmur's patch 13: a broadcast the handler calls background waits for messages
+        // sent anyway; only other news starts a periodic gossip round.
+        struct Handler;
+        impl BroadcastHandler<ID> for Handler {
+            type Key = GrowOnly;
+            type Error = Msg;
+            fn receive_item(
+                &mut self,
+                data: &[u8],
+                sender: Option<&ID>,
+            ) -> core::result::Result<Option<Self::Key>, Self::Error> {
+                DumbHandler.receive_item(data, sender)
+            }
+            fn is_background(&self, key: &GrowOnly) -> bool {
+                key.0 >= 100
+            }
+        }
+
+        let mut config = config();
+        config.periodic_gossip = Some(config::PeriodicParams {
+            frequency: Duration::from_millis(200),
+            num_members: NonZeroUsize::new(2).unwrap(),
+        });
+        let mut foca = Foca::with_custom_broadcast(ID::new(1), config, rng(), codec(), Handler);
+        let mut runtime = AccumulatingRuntime::new();
+        let members = [Member::alive(ID::new(2)), Member::alive(ID::new(3))];
+        assert_eq!(
+            Ok(()),
+            foca.apply_many(members.into_iter(), false, &mut runtime)
+        );
+        assert_eq!(0, foca.updates_backlog());
+
+        let mut gossip_round = |foca: &mut Foca<ID, _, _, Handler>| {
+            runtime.clear();
+            let timer = Timer::PeriodicGossip(foca.timer_token());
+            assert_eq!(Ok(()), foca.handle_timer(timer, &mut runtime));
+            [2, 3]
+                .into_iter()
+                .filter(|&i| runtime.take_data(ID::new(i)).is_some())
+                .count()
+        };
+        assert_eq!(Ok(true), foca.add_broadcast(&[200]));
+        assert_eq!(0, gossip_round(&mut foca), "a background item alone waits");
+        assert_eq!(1, foca.custom_broadcast_backlog(), "and stays queued");
+        assert_eq!(Ok(true), foca.add_broadcast(&[7]));
+        assert_eq!(2, gossip_round(&mut foca), "other news starts the round");
     }
 
     #[test]
