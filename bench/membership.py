@@ -15,7 +15,16 @@ encrypted with one key, LAN timing profile), then measures:
   rss       resident memory per agent after convergence and an idle spell (mean, MiB), and
             of it the anonymous part (heap and stacks; the rest is the binary's pages, which
             agents on one host share)
+  pss       proportional memory per agent (mean, MiB): its own pages plus its share of the
+            pages it shares with the other agents (the binary's), what each agent costs the host
   idle cpu  CPU per agent over an idle window (mean, % of one core)
+  traffic   bytes and packets per agent per second over the same idle window, read from the
+            loopback interface's counters (IP headers included, UDP and TCP): what membership
+            upkeep costs the network; nothing else runs on loopback meanwhile
+
+If a system's agents do not converge within --join-limit, its join is reported as not converged,
+the idle figures (memory, CPU, traffic) are still measured in the state it reached, and the
+rest of its run is skipped.
 
 Membership is polled the same way for both (one poller thread per agent, every 20 ms, over each
 system's own API: murmur's HTTP, serf's msgpack RPC). Event arrival is pushed for both (murmur's
@@ -79,7 +88,20 @@ def proc_stats(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])
-    return rss_kib, ticks / os.sysconf("SC_CLK_TCK"), anon_kib
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        pss_kib = next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
+    return rss_kib, ticks / os.sysconf("SC_CLK_TCK"), anon_kib, pss_kib
+
+
+def loopback_sent():
+    """Bytes and packets the loopback interface has sent so far (each is received once too)."""
+    with open("/proc/net/dev") as f:
+        for line in f:
+            name, _, counters = line.partition(":")
+            if name.strip() == "lo":
+                fields = counters.split()
+                return int(fields[8]), int(fields[9])
+    raise RuntimeError("no loopback interface in /proc/net/dev")
 
 
 class SerfRpc:
@@ -323,18 +345,33 @@ def mass_kill(system, agents, alive, fraction):
     return statistics.median(times), times[-1]
 
 
+def idle_figures(agents, idle_secs):
+    """Memory, CPU and loopback traffic per agent over an idle window."""
+    n = len(agents)
+    before = [proc_stats(a["proc"].pid) for a in agents]
+    sent_before = loopback_sent()
+    time.sleep(idle_secs)
+    sent_after = loopback_sent()
+    after = [proc_stats(a["proc"].pid) for a in agents]
+    return {"rss": statistics.mean(a[0] for a in after) / 1024,
+            "anon": statistics.mean(a[2] for a in after) / 1024,
+            "pss": statistics.mean(a[3] for a in after) / 1024,
+            "cpu": statistics.mean((a[1] - b[1]) / idle_secs * 100 for a, b in zip(after, before)),
+            "bytes": (sent_after[0] - sent_before[0]) / idle_secs / n,
+            "packets": (sent_after[1] - sent_before[1]) / idle_secs / n}
+
+
 def run(system, n, idle_secs, kills, stops, mass):
     agents = []
     try:
-        join = start_cluster(system, n, agents)
+        try:
+            join = start_cluster(system, n, agents)
+        except RuntimeError as e:
+            print(f"   {system.name} did not converge: {str(e).splitlines()[0]}", file=sys.stderr)
+            return {"join": None, **idle_figures(agents, idle_secs)}
 
         time.sleep(idle_secs / 2)
-        before = [proc_stats(a["proc"].pid) for a in agents]
-        time.sleep(idle_secs)
-        after = [proc_stats(a["proc"].pid) for a in agents]
-        rss = statistics.mean(a[0] for a in after) / 1024
-        anon = statistics.mean(a[2] for a in after) / 1024
-        cpu = statistics.mean((a[1] - b[1]) / idle_secs * 100 for a, b in zip(after, before))
+        idle = idle_figures(agents, idle_secs)
 
         waiters = [system.event_waiter(a) for a in agents]
         event = spread(n, waiters, lambda: system.fire(agents[0]))
@@ -349,8 +386,7 @@ def run(system, n, idle_secs, kills, stops, mass):
         return {"join": join, "event_p50": statistics.median(event), "event_max": event[-1],
                 "detect_p50": detect_p50, "detect_max": detect_max,
                 "silent_p50": silent_p50, "silent_max": silent_max, "mass_p50": mass_p50,
-                "mass_max": mass_max, "rss": rss, "anon": anon,
-                "cpu": cpu}
+                "mass_max": mass_max, **idle}
     finally:
         stop(agents)
 
@@ -395,16 +431,28 @@ def main():
                (f"{args.mass_kill:.0%} killed at once, all known failed max (s)", "mass_max"),
                ("RSS per agent (MiB)", "rss"),
                ("of which its own, not the binary's pages (MiB, RssAnon)", "anon"),
-               ("idle CPU per agent (% core)", "cpu")]
+               ("PSS per agent: own pages plus its share of the shared ones (MiB)", "pss"),
+               ("idle CPU per agent (% core)", "cpu"),
+               ("idle traffic per agent (bytes/s on loopback)", "bytes"),
+               ("idle traffic per agent (packets/s on loopback)", "packets")]
     if len(chosen) < 2:
         return
     print("| N | metric | murmur | serf | murmur/serf |")
     print("|---|---|---|---|---|")
     for n, results in rows:
         for label, key in metrics:
-            m, s = results["murmur"][key], results["serf"][key]
-            ratio = f"{m / s:.2f}" if s else "n/a"
-            print(f"| {n} | {label} | {m:.3f} | {s:.3f} | {ratio} |")
+            m, s = results["murmur"].get(key), results["serf"].get(key)
+            ratio = f"{m / s:.2f}" if m is not None and s else "n/a"
+            print(f"| {n} | {label} | {shown(results['murmur'], key)} | "
+                  f"{shown(results['serf'], key)} | {ratio} |")
+
+
+def shown(results, key):
+    """A figure for the table: a run that did not converge has a join time of None and only
+    the idle figures."""
+    if key not in results:
+        return "not measured"
+    return "did not converge" if results[key] is None else f"{results[key]:.3f}"
 
 
 if __name__ == "__main__":
