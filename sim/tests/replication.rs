@@ -161,6 +161,23 @@ fn coordinates_ride_on_messages_sent_anyway_and_still_reach_everyone() {
             .all(|s| s.node.as_ref().unwrap().replica().coordinates().count() == nodes)
     });
     assert!(everywhere.is_some(), "every coordinate reached every node");
+
+    // A write queued with more coordinates than a packet holds at every node goes first.
+    for i in 0..nodes {
+        net.call(i, |n| {
+            let moved = Coordinate {
+                height: 1e-3,
+                ..Coordinate::default()
+            };
+            n.write(|r, now| r.put_coordinate(moved, now))
+        });
+    }
+    put(&mut net, 3, "config/a", b"1");
+    let took = until_everywhere(&mut net, "config/a", b"1", SECS(10)).expect("spread");
+    assert!(
+        took <= Duration::from_millis(500),
+        "the write took {took:?} behind the coordinates"
+    );
 }
 
 #[test]

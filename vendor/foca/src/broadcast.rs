@@ -141,17 +141,30 @@ where
         self.flip.is_empty()
     }
 
-    /// murmur's patch 13: whether any queued entry's item satisfies `predicate`.
-    pub(crate) fn any(&self, predicate: impl FnMut(&T) -> bool) -> bool {
-        let mut predicate = predicate;
-        self.flip.iter().any(|entry| predicate(&entry.item))
+    /// murmur's patch 13: whether an entry that is not background is queued. Background
+    /// entries order below all others, so the heap's top says.
+    pub(crate) fn has_urgent(&self) -> bool {
+        self.flip.peek().is_some_and(|entry| !entry.background)
     }
 
     pub(crate) fn add_or_replace(&mut self, item: T, data: Vec<u8>, max_tx: usize) {
+        self.add_or_replace_as(item, data, max_tx, false);
+    }
+
+    /// murmur's patch 13: [`Self::add_or_replace`] for an entry that may be `background`
+    /// (see `BroadcastHandler::is_background`): such entries leave after every other.
+    pub(crate) fn add_or_replace_as(
+        &mut self,
+        item: T,
+        data: Vec<u8>,
+        max_tx: usize,
+        background: bool,
+    ) {
         debug_assert!(max_tx > 0);
         self.flip.retain(|node| !item.invalidates(&node.item));
         self.flip.push(Entry {
             remaining_tx: max_tx,
+            background,
             item,
             data,
         });
@@ -163,6 +176,7 @@ where
         debug_assert!(max_tx > 0);
         self.flip.push(Entry {
             remaining_tx: max_tx,
+            background: false,
             item,
             data,
         });
@@ -314,6 +328,8 @@ where
 #[derive(Debug, Clone)]
 struct Entry<T> {
     remaining_tx: usize,
+    /// murmur's patch 13: sent after every entry that is not background.
+    background: bool,
     // XXX could be Bytes, or keep a pool in parent
     data: Vec<u8>,
     // ignored for eq/ord. sorting is unstable
@@ -336,8 +352,11 @@ impl<T> PartialOrd for Entry<T> {
 
 impl<T> Ord for Entry<T> {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.remaining_tx
-            .cmp(&other.remaining_tx)
+        // The heap pops the greatest: entries that are not background first.
+        other
+            .background
+            .cmp(&self.background)
+            .then_with(|| self.remaining_tx.cmp(&other.remaining_tx))
             .then_with(|| self.data.len().cmp(&other.data.len()))
     }
 }
@@ -446,6 +465,22 @@ mod tests {
         assert_eq!(b"300", &buf[..]);
 
         assert_eq!(0, piggyback.len());
+    }
+
+    #[test]
+    fn background_entries_leave_after_every_other() {
+        // murmur's patch 13: a backlog of background entries never delays the others.
+        let mut piggyback = Broadcasts::new();
+        piggyback.add_or_replace_as(Key("bg"), b"background".to_vec(), 10, true);
+        assert!(!piggyback.has_urgent());
+        piggyback.add_or_replace(Key("ur"), b"urgent".to_vec(), 1);
+        assert!(piggyback.has_urgent());
+
+        let mut buf = Vec::new();
+        assert_eq!(1, piggyback.fill(&mut buf, 1));
+        assert_eq!(b"urgent".as_slice(), &buf[..]);
+        assert!(!piggyback.has_urgent(), "the urgent entry was spent");
+        assert_eq!(1, piggyback.len());
     }
 
     #[test]

@@ -611,10 +611,12 @@ where
             .receive_item(data, None)
             .map_err(|e| Error::CustomBroadcast(Box::new(e)))?
         {
-            self.custom_broadcasts.add_or_replace(
+            let background = self.broadcast_handler.is_background(&key);
+            self.custom_broadcasts.add_or_replace_as(
                 key,
                 data.to_vec(),
                 self.config.max_transmissions.get().into(),
+                background,
             );
             Ok(true)
         } else {
@@ -788,12 +790,7 @@ where
 
                     // Only actually gossip if there are updates to send (murmur's patch 13:
                     // background broadcasts wait for messages sent anyway)
-                    let handler = &self.broadcast_handler;
-                    if !self.updates.is_empty()
-                        || self
-                            .custom_broadcasts
-                            .any(|key| !handler.is_background(key))
-                    {
+                    if !self.updates.is_empty() || self.custom_broadcasts.has_urgent() {
                         self.choose_and_send(params.num_members.get(), Message::Gossip, runtime)?;
                     }
                 }
@@ -1378,10 +1375,12 @@ where
                 #[cfg(feature = "tracing")]
                 tracing::trace!(len = pkt_len, "received broadcast item");
 
-                self.custom_broadcasts.add_or_replace(
+                let background = self.broadcast_handler.is_background(&key);
+                self.custom_broadcasts.add_or_replace_as(
                     key,
                     pkt.to_vec(),
                     self.config.max_transmissions.get().into(),
+                    background,
                 );
             }
             data.advance(pkt_len);
