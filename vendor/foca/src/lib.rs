@@ -1568,8 +1568,9 @@ where
                 // broadcasts got the rest, so a backlog of member updates (a cluster forming,
                 // members churning) starved the broadcasts (murmur's replicated writes) until
                 // anti-entropy. While both wait, updates get at most half of what is left.
+                // (patch 13: background broadcasts do not count; they take what is left.)
                 let share = if header.message.allow_custom_broadcasts()
-                    && !self.custom_broadcasts.is_empty()
+                    && self.custom_broadcasts.has_urgent()
                 {
                     buf.remaining_mut() / 2
                 } else {
@@ -4813,32 +4814,66 @@ mod tests {
         );
     }
 
+    /// murmur's patch 13: [`DumbHandler`], with items of a first byte of 100 or more
+    /// background.
+    struct BackgroundAbove100;
+
+    impl BroadcastHandler<ID> for BackgroundAbove100 {
+        type Key = GrowOnly;
+        type Error = Msg;
+        fn receive_item(
+            &mut self,
+            data: &[u8],
+            sender: Option<&ID>,
+        ) -> core::result::Result<Option<Self::Key>, Self::Error> {
+            DumbHandler.receive_item(data, sender)
+        }
+        fn is_background(&self, key: &GrowOnly) -> bool {
+            key.0 >= 100
+        }
+    }
+
+    #[test]
+    fn member_updates_do_not_yield_half_a_packet_to_background_broadcasts() {
+        // murmur's patch 13: only broadcasts that are not background hold member updates to
+        // half of a packet (patch 6); background ones take what the updates leave.
+        let updates_sent_beside = |broadcast: &[u8]| {
+            let mut config = config();
+            config.max_packet_size = NonZeroUsize::new(256).unwrap();
+            let mut foca =
+                Foca::with_custom_broadcast(ID::new(1), config, rng(), codec(), BackgroundAbove100);
+            let mut runtime = AccumulatingRuntime::new();
+            let members = (2..=200).map(|i| Member::alive(ID::new(i)));
+            assert_eq!(Ok(()), foca.apply_many(members, true, &mut runtime));
+            assert_eq!(Ok(true), foca.add_broadcast(broadcast));
+            let dst = ID::new(2);
+            assert_eq!(
+                Ok(()),
+                foca.send_message(dst, Message::Gossip, &mut runtime)
+            );
+            let mut payload = runtime.take_data(dst).expect("a message to dst");
+            let _header = codec().decode_header(&mut payload).expect("valid header");
+            payload.get_u16()
+        };
+        let beside_urgent = updates_sent_beside(b"0hello");
+        let beside_background = updates_sent_beside(b"\xc8hello");
+        assert!(
+            beside_background > beside_urgent,
+            "{beside_background} updates beside a background broadcast, {beside_urgent} beside another"
+        );
+    }
+
     #[test]
     fn background_broadcasts_do_not_start_gossip_rounds() {
         // murmur's patch 13: a broadcast the handler calls background waits for messages
         // sent anyway; only other news starts a periodic gossip round.
-        struct Handler;
-        impl BroadcastHandler<ID> for Handler {
-            type Key = GrowOnly;
-            type Error = Msg;
-            fn receive_item(
-                &mut self,
-                data: &[u8],
-                sender: Option<&ID>,
-            ) -> core::result::Result<Option<Self::Key>, Self::Error> {
-                DumbHandler.receive_item(data, sender)
-            }
-            fn is_background(&self, key: &GrowOnly) -> bool {
-                key.0 >= 100
-            }
-        }
-
         let mut config = config();
         config.periodic_gossip = Some(config::PeriodicParams {
             frequency: Duration::from_millis(200),
             num_members: NonZeroUsize::new(2).unwrap(),
         });
-        let mut foca = Foca::with_custom_broadcast(ID::new(1), config, rng(), codec(), Handler);
+        let mut foca =
+            Foca::with_custom_broadcast(ID::new(1), config, rng(), codec(), BackgroundAbove100);
         let mut runtime = AccumulatingRuntime::new();
         let members = [Member::alive(ID::new(2)), Member::alive(ID::new(3))];
         assert_eq!(
@@ -4847,7 +4882,7 @@ mod tests {
         );
         assert_eq!(0, foca.updates_backlog());
 
-        let mut gossip_round = |foca: &mut Foca<ID, _, _, Handler>| {
+        let mut gossip_round = |foca: &mut Foca<ID, _, _, BackgroundAbove100>| {
             runtime.clear();
             let timer = Timer::PeriodicGossip(foca.timer_token());
             assert_eq!(Ok(()), foca.handle_timer(timer, &mut runtime));
