@@ -13,6 +13,9 @@ of agents holding 10,000 service instances and 100,000 keys.
             10 s + up to 10% jitter: one round is at most 11 s). Needs root.
   memory    4 agents, 2,500 services each from --config-dir (10,000 instances), 100,000 keys
             of 64 bytes written on agent 0: RSS of each agent once all hold everything.
+  idle      N agents (the first of --sizes) holding --keys keys written on agent 0: bytes and
+            packets per agent per second on loopback over an idle window once all hold them
+            (anti-entropy compares the key space every 10 s; coordinates keep changing).
 Only loopback addresses are used; every process started is killed at the end.
 """
 
@@ -30,7 +33,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
-from membership import Murmur, Serf, proc_stats, spread, start_cluster, stop, wait_for  # noqa: E402
+from membership import (Murmur, Serf, idle_figures, proc_stats, spread, start_cluster, stop,  # noqa: E402
+                        wait_for)
 
 
 def request(agent, method, path, data=None, timeout=70):
@@ -136,24 +140,44 @@ def memory(system, workdir, keys):
     agents = []
     try:
         start_cluster(system, 4, agents)
-        value = b"x" * 64
         t0 = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda k: request(agents[0], "PUT", f"/v1/kv/app/{k % 500:03}/key-{k:06}", value),
-                          range(keys)))
+        write_keys(agents[0], keys)
         put_secs = time.monotonic() - t0
         last = f"app/{(keys - 1) % 500:03}/key-{keys - 1:06}"
 
         def complete(a):
-            _, _, body = request(a, "GET", "/v1/kv/app/?keys")
-            count = len(json.loads(body)) if body else 0
             catalog = json.loads(request(a, "GET", "/v1/catalog/services")[2])
-            return count == keys and len(catalog) == 50
+            return key_count(a) == keys and len(catalog) == 50
         wait_for(lambda: all(complete(a) for a in agents), 300, "every agent holds everything")
         converge_secs = time.monotonic() - t0
         time.sleep(2)
         rss = [proc_stats(a["proc"].pid)[0] / 1024 for a in agents]
         return {"put_rate": keys / put_secs, "converge": converge_secs, "rss": rss, "last": last}
+    finally:
+        stop(agents)
+
+
+def write_keys(agent, keys):
+    """Writes `keys` keys of 64 bytes on `agent` with 8 concurrent clients."""
+    value = b"x" * 64
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: request(agent, "PUT", f"/v1/kv/app/{k % 500:03}/key-{k:06}", value),
+                      range(keys)))
+
+
+def key_count(agent):
+    _, _, body = request(agent, "GET", "/v1/kv/app/?keys")
+    return len(json.loads(body)) if body else 0
+
+
+def idle_traffic(system, n, keys, idle_secs):
+    agents = []
+    try:
+        start_cluster(system, n, agents)
+        write_keys(agents[0], keys)
+        wait_for(lambda: all(key_count(a) == keys for a in agents), 300, "every agent holds every key")
+        time.sleep(idle_secs / 2)
+        return idle_figures(agents, idle_secs)
     finally:
         stop(agents)
 
@@ -167,7 +191,8 @@ def main():
     parser.add_argument("--writes", type=int, default=5)
     parser.add_argument("--repairs", type=int, default=10)
     parser.add_argument("--keys", type=int, default=100_000)
-    parser.add_argument("--parts", default="writes,repair,memory", help="which measurements to run")
+    parser.add_argument("--idle", type=float, default=30.0, help="idle window of the idle part, seconds")
+    parser.add_argument("--parts", default="writes,repair,memory,idle", help="which measurements to run")
     args = parser.parse_args()
     parts = args.parts.split(",")
 
@@ -201,6 +226,14 @@ def main():
         print(f"memory: 4 agents, 10,000 instances, {args.keys} keys: RSS per agent "
               + ", ".join(f"{r:.1f}" for r in m["rss"]) + " MiB"
               + f" (writes {m['put_rate']:.0f}/s on one agent, all agents complete after {m['converge']:.1f} s)")
+
+
+    if "idle" in parts:
+        with tempfile.TemporaryDirectory() as work:
+            print(f"-- murmur idle traffic, N={n}, {args.keys} keys ...", file=sys.stderr, flush=True)
+            t = idle_traffic(Murmur(args.murmur, args.key, work), n, args.keys, args.idle)
+        print(f"idle traffic: {n} agents holding {args.keys} keys: {t['bytes']:.0f} bytes and "
+              f"{t['packets']:.1f} packets per agent per second, {t['cpu']:.2f}% of a core")
 
 
 if __name__ == "__main__":
