@@ -305,10 +305,13 @@ def spread(n, waiters, fire, limit=30):
 
 
 def stop(agents):
+    """Kills every agent, then reaps them: killing one and waiting for it before the next took
+    minutes for 256 serf agents on a loaded machine."""
     for a in agents:
         if a["proc"].poll() is None:
             a["proc"].send_signal(signal.SIGCONT)
             a["proc"].send_signal(signal.SIGKILL)
+    for a in agents:
         a["proc"].wait()
 
 
