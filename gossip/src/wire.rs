@@ -29,11 +29,12 @@ use crate::{Identities, NodeIdentity};
 /// 2: user events carry service and tag filters; shared values may be external nodes or CA
 /// roots; agent requests ride on streams.
 /// 3: datagrams start with their kind (SWIM or coordinate ping); shared values may be
-/// coordinates or datacenter directory entries. Later within 3, coordinates hash into digest
-/// buckets of their own (`murmur_catalog::bucket_of`): builds before and after compare more
-/// keys per anti-entropy round while both run, with the same outcome, so it stays 3 and
-/// rolling upgrades keep talking.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// coordinates or datacenter directory entries.
+/// 4: coordinates hash into anti-entropy digest buckets of their own
+/// (`murmur_catalog::bucket_of`). Two replicas that bucket keys differently must not compare
+/// buckets: a key the peer holds in another bucket looks absent there, and an old key a fresh
+/// peer seems to lack is dropped as a collected delete. So 3 and 4 do not talk.
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
 pub const MAX_DATAGRAM: usize = 1400;
 /// Longest cluster id (bytes).
