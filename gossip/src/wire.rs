@@ -459,6 +459,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_digest_bucket_layout_is_pinned_to_the_protocol_version() {
+        // Replicas that bucket keys differently must not run anti-entropy together (see
+        // `PROTOCOL_VERSION`). If this fails, the layout changed: bump the version, then
+        // update the buckets below.
+        let layout: Vec<usize> = ["kv/app/a", "kv/app/b", "coordinate/n1", "intention/web/db"]
+            .into_iter()
+            .map(murmur_catalog::bucket_of)
+            .collect();
+        assert_eq!((PROTOCOL_VERSION, layout), (4, vec![209, 214, 30, 118]));
+    }
+
+    #[test]
     fn a_datagram_says_its_kind_first() {
         assert_eq!(
             DatagramKind::split(&[0, 7]),
