@@ -78,6 +78,6 @@ pub use replica::{
     ApplyError, Journaled, KeySummary, Replica, ReplicaConfig, ReplicaStats, Snapshot, SyncDigest,
     SyncError, SyncPush, SyncPushReply, SyncSummary,
 };
-pub use shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of};
+pub use shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of, is_background_key};
 pub use summary::{DcSummary, SUMMARY_PREFIX, ServiceCounts};
 pub use value::{CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value};

@@ -25,6 +25,7 @@ use crate::intentions::Intention;
 use crate::kv::KvValue;
 use crate::query::{PreparedQuery, QUERY_PREFIX};
 use crate::register::{Lww, Owned};
+use crate::shared::is_background_key;
 use crate::summary::{DcSummary, SUMMARY_PREFIX};
 
 /// Key prefix of KV entries.
@@ -189,11 +190,8 @@ impl Change {
         }
     }
 
-    /// Whether this change may spread at gossip's leisure: it refreshes an estimate its
-    /// writer republishes periodically and nobody waits on (a LAN coordinate, every 15 s or
-    /// slower). Spread eagerly, each one cost a gossip round at every member: in an idle
-    /// datacenter of 64 agents, 19 datagrams per agent per second where probes need 2.
+    /// Whether this change may spread at gossip's leisure ([`is_background_key`]).
     pub fn is_background(&self) -> bool {
-        matches!(self, Self::Shared { key, .. } if key.starts_with(COORDINATE_PREFIX))
+        matches!(self, Self::Shared { key, .. } if is_background_key(key))
     }
 }

@@ -43,11 +43,7 @@ impl BroadcastItem {
                     Change::Record { register, .. } => ChangeStamp::Record(*register.stamp()),
                     Change::Shared { register, .. } => ChangeStamp::Shared(*register.stamp()),
                 };
-                BroadcastKey::Change {
-                    subject: change.subject().to_owned(),
-                    stamp,
-                    background: change.is_background(),
-                }
+                BroadcastKey::Change(change.subject().to_owned(), stamp)
             }
         }
     }
@@ -71,12 +67,7 @@ pub(crate) enum ChangeStamp {
 pub(crate) enum BroadcastKey {
     Event([u8; 16]),
     Leaving(String, u64),
-    Change {
-        subject: String,
-        stamp: ChangeStamp,
-        /// [`Change::is_background`] of the change, a function of the subject.
-        background: bool,
-    },
+    Change(String, ChangeStamp),
 }
 
 impl foca::Invalidates for BroadcastKey {
@@ -84,18 +75,9 @@ impl foca::Invalidates for BroadcastKey {
     /// costs one queue slot, not one per write.
     fn invalidates(&self, other: &Self) -> bool {
         match (self, other) {
-            (
-                Self::Change {
-                    subject,
-                    stamp: newer,
-                    ..
-                },
-                Self::Change {
-                    subject: other,
-                    stamp: older,
-                    ..
-                },
-            ) => subject == other && newer >= older,
+            (Self::Change(key, newer), Self::Change(other_key, older)) => {
+                key == other_key && newer >= older
+            }
             _ => self == other,
         }
     }
@@ -167,14 +149,15 @@ impl foca::BroadcastHandler<NodeIdentity> for BroadcastInbox {
         Ok(Some(key))
     }
 
+    /// The key says it: a shared key's change ([`ChangeStamp::Shared`]) under a background
+    /// key ([`murmur_catalog::is_background_key`]), as [`Change::is_background`] decides.
     fn is_background(&self, key: &BroadcastKey) -> bool {
-        matches!(
-            key,
-            BroadcastKey::Change {
-                background: true,
-                ..
+        match key {
+            BroadcastKey::Change(subject, ChangeStamp::Shared(_)) => {
+                murmur_catalog::is_background_key(subject)
             }
-        )
+            _ => false,
+        }
     }
 }
 
@@ -207,11 +190,7 @@ mod tests {
             logical: 0,
             node: 1,
         };
-        let key = |k: &str, ms| BroadcastKey::Change {
-            subject: k.into(),
-            stamp: ChangeStamp::Shared(stamp(ms)),
-            background: false,
-        };
+        let key = |k: &str, ms| BroadcastKey::Change(k.into(), ChangeStamp::Shared(stamp(ms)));
         assert!(key("kv/a", 2).invalidates(&key("kv/a", 1)));
         assert!(!key("kv/a", 1).invalidates(&key("kv/a", 2)));
         assert!(!key("kv/b", 2).invalidates(&key("kv/a", 1)));
