@@ -180,6 +180,46 @@ fn coordinates_ride_on_messages_sent_anyway_and_still_reach_everyone() {
     );
 }
 
+/// A measurement for BENCHMARKS.md, not a check: how long one coordinate, published alone in a
+/// settled cluster, takes to reach half, 90 % and all of the nodes. Run with
+/// `cargo test --release -p murmur-sim --test replication -- --ignored --nocapture spread`.
+#[test]
+#[ignore = "a measurement that prints its figures"]
+fn spread_of_one_background_coordinate() {
+    for nodes in [64, 256] {
+        let mut net = cluster(nodes, 5);
+        net.run_for(SECS(20));
+        net.call(7, |n| {
+            n.write(|r, now| r.put_coordinate(Coordinate::default(), now))
+        });
+        let holders = |net: &Net| {
+            net.slots
+                .iter()
+                .filter(|s| s.node.as_ref().unwrap().replica().coordinates().count() == 1)
+                .count()
+        };
+        let mut reached = Vec::new();
+        while reached.len() < 300 {
+            let have = holders(&net);
+            reached.push(have);
+            if have == nodes {
+                break;
+            }
+            net.run_for(Duration::from_millis(100));
+        }
+        let first = |share: usize| {
+            let step = reached.iter().position(|&h| h * 10 >= nodes * share);
+            step.map(|s| Duration::from_millis(100 * s as u64))
+        };
+        eprintln!(
+            "{nodes} nodes: half {:?}, 90% {:?}, all {:?}",
+            first(5),
+            first(9),
+            first(10)
+        );
+    }
+}
+
 #[test]
 fn writes_lost_on_the_network_are_repaired_by_anti_entropy() {
     let mut net = cluster(6, 3);
