@@ -188,6 +188,9 @@ pub(crate) enum Served {
     },
     /// A request of the replicated state's protocol.
     Replication(StreamMessage),
+    /// A tether from this member: the driver holds the stream open and calls
+    /// [`Node::tether_lost`] when it ends.
+    Tether(NodeIdentity),
 }
 
 /// What a stream reply was (see [`Node::handle_reply`]).
@@ -251,6 +254,7 @@ impl Runtime<NodeIdentity> for Io<'_> {
 
 mod carrier;
 mod coordinates;
+mod tether;
 mod unreachable;
 
 /// Sizes of a node's queues (see [`Node::backlogs`]).
@@ -572,6 +576,7 @@ impl Node {
                 | StreamMessage::SyncPush(_)
                 | StreamMessage::Changes(_)),
             ) => return Served::Replication(message),
+            Ok(StreamMessage::Tether(subject)) => return Served::Tether(subject),
             other => other,
         };
         Served::Reply(self.answer_stream(message))
@@ -1241,6 +1246,7 @@ fn message_name(message: &StreamMessage) -> &'static str {
         StreamMessage::PushPullDelta(_) => "push-pull delta",
         StreamMessage::MembersPush(_) => "members push",
         StreamMessage::MembersPushAck => "members push ack",
+        StreamMessage::Tether(_) => "tether",
     }
 }
 
@@ -1258,7 +1264,7 @@ mod digest_exchange_tests {
     use super::*;
     use crate::IdentityFields;
 
-    fn identity(i: u16) -> NodeIdentity {
+    pub(super) fn identity(i: u16) -> NodeIdentity {
         IdentityFields {
             name: format!("n{i}").into(),
             node_id: u64::from(i),
@@ -1271,7 +1277,7 @@ mod digest_exchange_tests {
     }
 
     /// A node that has merged one list naming `members` (so it is past its join).
-    fn node_knowing(i: u16, members: impl Iterator<Item = u16>) -> Node {
+    pub(super) fn node_knowing(i: u16, members: impl Iterator<Item = u16>) -> Node {
         let rng = StdRng::seed_from_u64(u64::from(i));
         let mut node = Node::new(identity(i), GossipConfig::lan("c"), Keyring::new(None), rng)
             .expect("valid node");

@@ -29,6 +29,9 @@ pub enum StreamReply {
         /// Its input.
         body: Vec<u8>,
     },
+    /// A tether from `0` (see [`Node::tether_targets`]): the driver sends nothing back, holds
+    /// the stream open, and calls [`PoolMember::tether_lost`] when it ends.
+    Tether(NodeIdentity),
 }
 
 /// One member of a pool: membership plus the replica it carries.
@@ -149,6 +152,13 @@ impl PoolMember {
         self.replication.absorb(&mut self.node);
     }
 
+    /// A tether `subject` held to this member ended (its stream closed or broke): this member
+    /// checks it, and a dead process's host answers the check.
+    pub fn tether_lost(&mut self, subject: &NodeIdentity) {
+        self.node.tether_lost(subject);
+        self.replication.absorb(&mut self.node);
+    }
+
     /// A timer the member asked for expired.
     pub fn handle_timer(&mut self, timer: TimerEvent) {
         match timer {
@@ -176,14 +186,15 @@ impl PoolMember {
         Ok(())
     }
 
-    /// A stream request arrived; the return value is the reply frame body. Agent requests are
-    /// refused here: a driver that serves them calls [`PoolMember::serve_stream`].
+    /// A stream request arrived; the return value is the reply frame body. Agent requests and
+    /// tethers are refused here: a driver that serves them calls [`PoolMember::serve_stream`].
     pub fn handle_stream(&mut self, request: &[u8]) -> Vec<u8> {
         match self.serve_stream(request) {
             StreamReply::Reply(reply) => reply,
             StreamReply::ForAgent { kind, .. } => self
                 .node
                 .reject(&format!("this member does not serve {kind:?} requests")),
+            StreamReply::Tether(_) => self.node.reject("this member holds no tethers"),
         }
     }
 
@@ -196,6 +207,7 @@ impl PoolMember {
         match served {
             Served::Reply(reply) => StreamReply::Reply(reply),
             Served::Agent { kind, body } => StreamReply::ForAgent { kind, body },
+            Served::Tether(subject) => StreamReply::Tether(subject),
             Served::Replication(message) => {
                 StreamReply::Reply(self.replication.answer(&mut self.node, message))
             }

@@ -88,17 +88,20 @@ pub struct UnreachableCounts {
     pub reports: u64,
     /// Checks of a suspected or reported member that went unanswered.
     pub silent_checks: u64,
+    /// Tethers held for other members that ended: each started a check of its member.
+    pub tethers_lost: u64,
     /// Members this one declared down on enough reports.
     pub declared: u64,
 }
 
 impl UnreachableCounts {
     /// Every counter with its name, for `/v1/agent/self` and metrics.
-    pub fn named(&self) -> [(&'static str, u64); 4] {
+    pub fn named(&self) -> [(&'static str, u64); 5] {
         [
             ("signal", self.signals),
             ("report", self.reports),
             ("silent_check", self.silent_checks),
+            ("tether_lost", self.tethers_lost),
             ("declared", self.declared),
         ]
     }

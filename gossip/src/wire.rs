@@ -291,6 +291,9 @@ pub(crate) enum StreamMessage {
     MembersPush(PushPullState),
     /// The responder merged them.
     MembersPushAck,
+    /// "Hold this stream open for me": a tether (`node::tether`). The responder holds it
+    /// without answering; when it ends, the responder checks the member named.
+    Tether(NodeIdentity),
 }
 
 /// One side of a push-pull: who is talking, what it knows of the members, and who left.

@@ -37,6 +37,12 @@ enum Delivery {
         life: u64,
         timer: TimerEvent,
     },
+    /// The tether `subject` held to `node` ended: its kernel closed it when its process died.
+    TetherLost {
+        node: usize,
+        life: u64,
+        subject: NodeIdentity,
+    },
 }
 
 /// How datagrams travel: latency within and between datacenters, jitter, reordering and each
@@ -352,9 +358,39 @@ impl Net {
 
     /// Kills node `i`'s process while its host runs on, as `kill -9`, an OOM kill or a panic
     /// do: datagrams to it are answered "port unreachable" until it restarts.
+    ///
+    /// Its kernel also closes the tethers it held (see `murmur_gossip`'s `node::tether`): each
+    /// member it was tied to hears so one transit later, unless a partition stands between
+    /// them. The tethers modelled are those the victim's core wanted at the moment it died,
+    /// as if the driver held each at once (the agent re-ties within a second).
     pub fn kill(&mut self, i: usize) {
+        let tethered = self.live(i).map(|n| {
+            let node = n.node();
+            (node.identity().clone(), node.tether_targets())
+        });
         self.crash(i);
         self.slots[i].host_answers = true;
+        let Some((subject, holders)) = tethered else {
+            return;
+        };
+        for holder in holders {
+            let h = usize::from(holder.addr.port() - 20000);
+            if self.slots.get(h).is_none_or(|s| s.node.is_none()) || self.blocked.contains(&(i, h))
+            {
+                continue;
+            }
+            let at = self.now + self.transit(i, h);
+            let (node, life) = (h, self.slots[h].life);
+            let subject = subject.clone();
+            self.push(
+                at,
+                Delivery::TetherLost {
+                    node,
+                    life,
+                    subject,
+                },
+            );
+        }
     }
 
     /// Node `i`, told the current (virtual) wall-clock time.
@@ -738,7 +774,9 @@ impl Net {
             self.now = at;
             let target = match &delivery {
                 Delivery::Datagram { to, .. } => *to,
-                Delivery::Timer { node, .. } | Delivery::Unreachable { node, .. } => *node,
+                Delivery::Timer { node, .. }
+                | Delivery::Unreachable { node, .. }
+                | Delivery::TetherLost { node, .. } => *node,
             };
             if let Some(&resume) = self.paused_until.get(&target).filter(|&&r| r > at) {
                 // A stalled node handles what arrived once it runs again, in arrival order.
@@ -763,6 +801,18 @@ impl Net {
                         && let Some(n) = self.live(node)
                     {
                         n.handle_unreachable(addr);
+                        self.drain(node);
+                    }
+                }
+                Delivery::TetherLost {
+                    node,
+                    life,
+                    subject,
+                } => {
+                    if self.slots[node].life == life
+                        && let Some(n) = self.live(node)
+                    {
+                        n.tether_lost(&subject);
                         self.drain(node);
                     }
                 }

@@ -506,6 +506,50 @@ fn a_killed_process_is_known_failed_by_all_within_a_second_on_its_hosts_word() {
 }
 
 #[test]
+fn a_killed_process_is_known_failed_within_round_trips_through_its_tethers() {
+    // Its kernel closes the tethers it held; their holders check it at once, and its host
+    // bounces their pings. Without tethers the first to learn is whoever probes or pings it
+    // next: 70–945 ms after these kills (checked by not delivering the tethers' ends), where
+    // with them the first declaration comes 10 ms after each.
+    let mut net = cluster(64, 5);
+    let (mut first, mut all) = (Vec::new(), Vec::new());
+    for victim in [3, 17, 29, 41, 58] {
+        net.run_for(Duration::from_millis(737));
+        let declared_before = declared_on_evidence(&net);
+        net.kill(victim);
+        let killed = net.now;
+        let mut declared = None;
+        while !net.all_see(victim, MemberStatus::Failed) {
+            assert!(
+                net.now - killed < SECS(30),
+                "the kill was never declared by all"
+            );
+            net.run_for(Duration::from_millis(5));
+            if declared.is_none() && declared_on_evidence(&net) > declared_before {
+                declared = Some(net.now - killed);
+            }
+        }
+        first.push(declared.expect("declared on evidence"));
+        all.push(net.now - killed);
+    }
+    println!("first declared after {first:?}, known by all after {all:?}");
+    assert!(
+        first.iter().all(|t| *t <= Duration::from_millis(20)),
+        "each kill declared within a few round trips (2-3 ms each): {first:?}"
+    );
+    // From there the `Down` spreads as any member update does.
+    assert!(
+        all.iter().all(|t| *t < Duration::from_millis(500)),
+        "{all:?}"
+    );
+    assert!(
+        evidence(&net, |u| u.tethers_lost) >= 5 * 3,
+        "the tethers told"
+    );
+    assert_eq!(net.false_failures, 0);
+}
+
+#[test]
 fn a_silent_host_is_known_failed_by_all_before_its_suspicion_would_expire() {
     let mut net = cluster(40, 17);
     net.crash(7);

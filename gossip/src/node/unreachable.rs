@@ -44,7 +44,7 @@ const CONFIRMATIONS: usize = 3;
 /// How many members check a subject: twice the confirmations needed, so a decision does not
 /// stall when some of them crashed too (a rack, a fifth of the cluster at once) or a datagram
 /// was lost.
-const CONFIRMERS: usize = 2 * CONFIRMATIONS;
+pub(super) const CONFIRMERS: usize = 2 * CONFIRMATIONS;
 
 /// Pings per check, one per probe timeout; any answer clears the subject.
 const CHECK_ROUNDS: u32 = 4;
@@ -72,6 +72,27 @@ fn likely_confirmer_floor(candidates: usize) -> u64 {
         return 0;
     }
     u64::MAX - (u64::MAX / candidates) * LIKELY_RANK
+}
+
+/// The `wanted` of `candidates` scoring highest for `subject` (best first, ties by name): every
+/// member ranks alike from the names alone.
+pub(super) fn top_ranked<'a>(
+    subject: &str,
+    candidates: impl Iterator<Item = &'a NodeIdentity>,
+    wanted: usize,
+) -> Vec<(u64, &'a NodeIdentity)> {
+    let mut ranked: Vec<(u64, &NodeIdentity)> = candidates
+        .map(|id| (pair_score(subject, &id.name), id))
+        .collect();
+    let best_first = |a: &(u64, &NodeIdentity), b: &(u64, &NodeIdentity)| {
+        b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name))
+    };
+    if ranked.len() > wanted {
+        ranked.select_nth_unstable_by(wanted - 1, best_first);
+        ranked.truncate(wanted);
+    }
+    ranked.sort_unstable_by(best_first);
+    ranked
 }
 
 /// The datagrams of this exchange.
@@ -261,7 +282,7 @@ impl Node {
 
     /// Starts checking `subject` unless this node has checked it (or reported it) in this
     /// episode.
-    fn check(&mut self, subject: &NodeIdentity) {
+    pub(super) fn check(&mut self, subject: &NodeIdentity) {
         let seq = self.rng.random::<u32>();
         let interval = self.check_interval();
         let now = self.elapsed;
@@ -293,7 +314,7 @@ impl Node {
     }
 
     /// The active member (alive or suspect) at `addr`, other than this node.
-    fn active_member_at(&self, addr: SocketAddr) -> Option<NodeIdentity> {
+    pub(super) fn active_member_at(&self, addr: SocketAddr) -> Option<NodeIdentity> {
         self.foca
             .iter_members()
             .find(|m| m.id().addr == addr)
@@ -327,24 +348,13 @@ impl Node {
     /// case this node is among them.
     fn ranked_for(&self, subject: &NodeIdentity) -> Vec<(u64, &NodeIdentity)> {
         let me = self.identity();
-        let mut ranked: Vec<(u64, &NodeIdentity)> = self
+        let candidates = self
             .foca
             .iter_members()
             .map(Member::id)
             .filter(|id| id.name != subject.name && id.name != me.name)
-            .chain(std::iter::once(me))
-            .map(|id| (pair_score(&subject.name, &id.name), id))
-            .collect();
-        let best_first = |a: &(u64, &NodeIdentity), b: &(u64, &NodeIdentity)| {
-            b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name))
-        };
-        let wanted = CONFIRMERS + 1;
-        if ranked.len() > wanted {
-            ranked.select_nth_unstable_by(wanted - 1, best_first);
-            ranked.truncate(wanted);
-        }
-        ranked.sort_unstable_by(best_first);
-        ranked
+            .chain(std::iter::once(me));
+        top_ranked(&subject.name, candidates, CONFIRMERS + 1)
     }
 
     /// Whether this node is one of the [`CONFIRMERS`] of `subject`.
@@ -352,7 +362,7 @@ impl Node {
     /// Every member asks this for every suspicion it hears, so the answer is first looked for
     /// in this node's own score alone: only the members scoring above
     /// [`likely_confirmer_floor`] rank the others.
-    fn is_confirmer_of(&self, subject: &NodeIdentity) -> bool {
+    pub(super) fn is_confirmer_of(&self, subject: &NodeIdentity) -> bool {
         let me = &self.identity().name;
         let candidates = self.foca.num_members(); // the others and this node, less the subject
         if pair_score(&subject.name, me) < likely_confirmer_floor(candidates) {
