@@ -53,6 +53,33 @@ fn killed_agent_is_marked_failed_by_all() {
 }
 
 #[test]
+fn a_killed_agents_tethers_tell_the_members_holding_them() {
+    let mut agents = cluster("tether", 4, &keygen());
+    // Each agent ties itself to every other of so small a cluster, within a second or two.
+    let tied = "murmur_gossip_tethers{pool=\"lan\",side=\"tied\"}";
+    assert!(
+        wait_until(DETECT, || agents[2].metric(tied) == 3.0),
+        "agent 2 tied itself to the 3 others: {}",
+        agents[2].metric(tied)
+    );
+    agents[2].kill9();
+    let name = agents[2].name.clone();
+    let others = [0, 1, 3];
+    assert!(
+        wait_until(DETECT, || others
+            .iter()
+            .all(|&i| agents[i].status_of(&name) == Some(4))),
+        "kill -9 not detected by all within {DETECT:?}"
+    );
+    // Its kernel closed the streams it held open to the others: each holder checked it.
+    let lost: f64 = others
+        .iter()
+        .map(|&i| agents[i].metric("murmur_gossip_unreachable_total{stage=\"tether_lost\"}"))
+        .sum();
+    assert_eq!(lost, 3.0, "each of the three holders lost its tether");
+}
+
+#[test]
 fn leave_command_marks_agent_left_and_exits() {
     let mut agents = cluster("leave", 3, &keygen());
     let out = agents[1].cli(&["leave"]);

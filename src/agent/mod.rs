@@ -8,6 +8,7 @@ pub mod pool;
 pub mod runtime;
 mod store;
 mod stream;
+mod tethers;
 mod unreachable;
 pub mod view;
 pub mod wan;

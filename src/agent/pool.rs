@@ -16,9 +16,17 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::store::Persister;
+use super::tethers::{HANDOVER_QUEUE, Handover};
 
 /// A timer a pool's member asked for, due at an instant.
 pub(super) type DueTimer = (Instant, TimerEvent);
+
+/// What the tasks driving a pool receive: the timers its member asks for, and the tethers
+/// peers ask it to hold.
+pub(super) struct Inbound {
+    pub(super) due: mpsc::UnboundedReceiver<DueTimer>,
+    pub(super) tethers: mpsc::Receiver<Handover>,
+}
 
 /// One gossip pool of this agent.
 pub struct Pool {
@@ -28,6 +36,8 @@ pub struct Pool {
     member: RwLock<PoolMember>,
     pub(super) udp: Arc<UdpSocket>,
     pub(super) timers: mpsc::UnboundedSender<DueTimer>,
+    /// Hands the tethers peers opened to the pool's tether task.
+    pub(super) tethers: mpsc::Sender<Handover>,
     /// The journal writer of this pool's replica (none in `--dev`).
     pub(super) persister: Option<Persister>,
     /// Where the pool's gossip sockets listen.
@@ -38,25 +48,31 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool around `member` gossiping on `udp`; the receiver takes the timers it asks for.
+    /// A pool around `member` gossiping on `udp`, and what its driving tasks receive.
     pub(super) fn new(
         name: &'static str,
         member: PoolMember,
         udp: UdpSocket,
         persister: Option<Persister>,
-    ) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<DueTimer>)> {
+    ) -> anyhow::Result<(Arc<Self>, Inbound)> {
         let gossip_addr = udp.local_addr()?;
         let (timers, due) = mpsc::unbounded_channel();
+        let (tethers, handed) = mpsc::channel(HANDOVER_QUEUE);
         let pool = Self {
             name,
             member: RwLock::new(member),
             udp: Arc::new(udp),
             timers,
+            tethers,
             persister,
             gossip_addr,
             tasks: Mutex::default(),
         };
-        Ok((Arc::new(pool), due))
+        let inbound = Inbound {
+            due,
+            tethers: handed,
+        };
+        Ok((Arc::new(pool), inbound))
     }
 
     /// The member, for one read-only call; reads run in parallel with each other.

@@ -22,12 +22,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::persist::DataDir;
-use super::pool::{DueTimer, Pool};
+use super::pool::{DueTimer, Inbound, Pool};
 use super::store::Persister;
 use super::stream::{self, EXCHANGE_TIMEOUT};
-use super::unreachable;
 use super::view::View;
 use super::watchers::{Touched, Watchers};
+use super::{tethers, unreachable};
 
 /// Most stream requests (push-pull, keyring) served at once; more are dropped and counted, and
 /// the peer retries at its next push-pull.
@@ -105,7 +105,7 @@ impl Agent {
         data: Option<DataDir>,
         persister: Option<Persister>,
     ) -> anyhow::Result<Arc<Self>> {
-        let (lan, due) = Pool::new("lan", member, udp, persister)?;
+        let (lan, inbound) = Pool::new("lan", member, udp, persister)?;
         let agent = Arc::new(Self {
             lan: lan.clone(),
             wan: RwLock::default(),
@@ -115,21 +115,18 @@ impl Agent {
             peer_requests: RwLock::default(),
             answering: Arc::new(Semaphore::new(MAX_CONCURRENT_ANSWERS)),
         });
-        agent.run_pool(&lan, tcp, due);
+        agent.run_pool(&lan, tcp, inbound);
         Ok(agent)
     }
 
-    /// Spawns the tasks that drive `pool`: datagrams in, streams in, timers, compaction.
-    fn run_pool(
-        self: &Arc<Self>,
-        pool: &Arc<Pool>,
-        tcp: TcpListener,
-        due: mpsc::UnboundedReceiver<DueTimer>,
-    ) {
+    /// Spawns the tasks that drive `pool`: datagrams in, streams in, timers, tethers,
+    /// compaction.
+    fn run_pool(self: &Arc<Self>, pool: &Arc<Pool>, tcp: TcpListener, inbound: Inbound) {
         let tasks = [
             tokio::spawn(self.clone().read_datagrams(pool.clone())),
             tokio::spawn(self.clone().accept_streams(pool.clone(), tcp)),
-            tokio::spawn(self.clone().run_timers(pool.clone(), due)),
+            tokio::spawn(self.clone().run_timers(pool.clone(), inbound.due)),
+            tokio::spawn(tethers::run(self.clone(), pool.clone(), inbound.tethers)),
         ];
         for task in tasks {
             pool.drives(task.abort_handle());
@@ -159,7 +156,7 @@ impl Agent {
     /// Runs one call on `pool`'s core, then carries out what it asked for. Journal entries
     /// are queued for disk before the lock is released, so they reach the journal in the
     /// order the replica made them.
-    fn with_pool<R>(
+    pub(super) fn with_pool<R>(
         self: &Arc<Self>,
         pool: &Arc<Pool>,
         call: impl FnOnce(&mut PoolMember) -> R,
@@ -431,6 +428,15 @@ impl Agent {
             .context("no request within the exchange time-out")??;
         let reply = match self.with_pool(pool, |n| n.serve_stream(&request)) {
             StreamReply::Reply(reply) => reply,
+            StreamReply::Tether(subject) => {
+                // Held for as long as it lasts: it gives back its stream slot.
+                drop(slot);
+                if pool.tethers.try_send((conn, subject)).is_err() {
+                    metrics::counter!("murmur_gossip_tethers_refused_total", "pool" => pool.name)
+                        .increment(1);
+                }
+                return Ok(());
+            }
             StreamReply::ForAgent { kind, body } => {
                 drop(slot);
                 let answer = self.answer_peer(via, &kind, body).await;
@@ -538,9 +544,9 @@ impl Agent {
         udp: UdpSocket,
         tcp: TcpListener,
     ) -> anyhow::Result<()> {
-        let (wan, due) = Pool::new("wan", member, udp, None)?;
+        let (wan, inbound) = Pool::new("wan", member, udp, None)?;
         *self.wan.write().expect("wan slot poisoned") = Some(wan.clone());
-        self.run_pool(&wan, tcp, due);
+        self.run_pool(&wan, tcp, inbound);
         // The WAN replica starts with this datacenter's global data; the other datacenters'
         // arrives by the WAN pool's gossip and anti-entropy, and is relayed to the LAN.
         let global = scope::global_entries(self.lan.read().replica());

@@ -1,0 +1,169 @@
+//! Tethers (the gossip core's `node::tether`): a TCP stream this agent holds open to each member
+//! that would confirm its crash, and the streams other members hold open to it. When an
+//! agent's process dies, its kernel closes its streams; the members holding them hear it one
+//! round trip later and check it, and its host bounces their checks. An idle stream sends
+//! nothing, so this costs no traffic while nothing happens.
+//!
+//! One task per pool owns both sides, so stopping the pool (a gateway stepping down) closes
+//! them all:
+//! - **ties**: every [`RETIE_EVERY`] it asks the core whom to tie to, opens a stream to each
+//!   new target (sending the core's tether request, then only reading), and closes those no
+//!   longer wanted. A tie that ends is retried after [`RETRY_AFTER`].
+//! - **held**: streams peers opened to this agent, handed over by the stream acceptor; when
+//!   one ends, for whatever reason, the core is told (`PoolMember::tether_lost`).
+//!
+//! TCP keep-alive bounds how long a stream to a host that vanished without a word lingers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use murmur_gossip::NodeIdentity;
+use nix::sys::socket::{setsockopt, sockopt};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::pool::Pool;
+use super::runtime::Agent;
+use super::stream::{self, EXCHANGE_TIMEOUT};
+
+/// How often the agent asks its core whom to tie to (membership changes move the targets).
+const RETIE_EVERY: Duration = Duration::from_secs(1);
+/// How long a target whose tie failed or ended waits before it is tied again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Most tethers held for other members at once. Each member ties to a handful of others, the
+/// same handful everywhere, so an agent holds about that many; more are closed at once (their
+/// members retry later) so that a flood of them cannot take the agent's file descriptors.
+const MAX_HELD: usize = 256;
+/// Streams waiting for the tether task (the acceptor drops more: their members retry).
+pub(super) const HANDOVER_QUEUE: usize = 64;
+/// TCP keep-alive on a tether: idle time before the first probe, the time between probes,
+/// and how many go unanswered before the stream is taken as broken (about a minute in all).
+const KEEPALIVE_IDLE_S: u32 = 30;
+const KEEPALIVE_INTERVAL_S: u32 = 10;
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// A stream a peer asked this agent to hold, and the member it named.
+pub(super) type Handover = (TcpStream, NodeIdentity);
+
+/// How a tether task ended.
+enum Ended {
+    /// This agent's tie to `0` closed.
+    Tie(NodeIdentity),
+    /// The tether `0` held to this agent ended.
+    Held(NodeIdentity),
+}
+
+/// Runs `pool`'s tethers until the pool stops (see the module's documentation).
+pub(super) async fn run(agent: Arc<Agent>, pool: Arc<Pool>, mut handed: mpsc::Receiver<Handover>) {
+    let mut tasks: JoinSet<Ended> = JoinSet::new();
+    let mut ties: HashMap<NodeIdentity, AbortHandle> = HashMap::new();
+    let mut resting: HashMap<NodeIdentity, Instant> = HashMap::new();
+    let mut held = 0usize;
+    let mut every = tokio::time::interval(RETIE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let targets = pool.read().node().tether_targets();
+                ties.retain(|target, task| {
+                    let wanted = targets.contains(target);
+                    if !wanted {
+                        task.abort();
+                    }
+                    wanted
+                });
+                let now = Instant::now();
+                resting.retain(|_, until| *until > now);
+                for target in targets {
+                    if ties.contains_key(&target) || resting.contains_key(&target) {
+                        continue;
+                    }
+                    let request = agent.with_pool(&pool, |n| n.node_mut().tether_request());
+                    let task = tasks.spawn(tie(target.clone(), request));
+                    ties.insert(target, task);
+                }
+                metrics::gauge!("murmur_gossip_tethers", "pool" => pool.name, "side" => "tied")
+                    .set(ties.len() as f64);
+            }
+            Some((conn, subject)) = handed.recv() => {
+                if held >= MAX_HELD {
+                    metrics::counter!("murmur_gossip_tethers_refused_total", "pool" => pool.name)
+                        .increment(1);
+                    continue;
+                }
+                held += 1;
+                tasks.spawn(hold(conn, subject));
+            }
+            Some(done) = tasks.join_next_with_id() => {
+                match done {
+                    Ok((id, Ended::Tie(target))) => {
+                        if ties.get(&target).map(AbortHandle::id) == Some(id) {
+                            ties.remove(&target);
+                        }
+                        resting.insert(target, Instant::now() + RETRY_AFTER);
+                    }
+                    Ok((_, Ended::Held(subject))) => {
+                        held -= 1;
+                        agent.with_pool(&pool, |n| n.tether_lost(&subject));
+                    }
+                    // A tie closed because its target was no longer wanted.
+                    Err(err) if err.is_cancelled() => {}
+                    Err(err) => tracing::warn!(pool = pool.name, %err, "a tether task failed"),
+                }
+                metrics::gauge!("murmur_gossip_tethers", "pool" => pool.name, "side" => "held")
+                    .set(held as f64);
+            }
+        }
+    }
+}
+
+/// Ties this agent to `target`: opens a stream, names this agent, then waits for the stream to
+/// end (the target closed it, or its process died).
+async fn tie(target: NodeIdentity, request: Vec<u8>) -> Ended {
+    if let Err(err) = tie_until_closed(target.addr, &request).await {
+        tracing::debug!(member = %target.name, addr = %target.addr, "tether ended: {err:#}");
+    }
+    Ended::Tie(target)
+}
+
+async fn tie_until_closed(to: SocketAddr, request: &[u8]) -> anyhow::Result<()> {
+    let mut conn = tokio::time::timeout(EXCHANGE_TIMEOUT, TcpStream::connect(to))
+        .await
+        .context("connecting timed out")??;
+    keep_alive(&conn)?;
+    tokio::time::timeout(EXCHANGE_TIMEOUT, stream::write_frame(&mut conn, request))
+        .await
+        .context("sending the request timed out")??;
+    wait_for_end(&mut conn).await;
+    Ok(())
+}
+
+/// Holds the tether `subject` opened until it ends.
+async fn hold(mut conn: TcpStream, subject: NodeIdentity) -> Ended {
+    if let Err(err) = keep_alive(&conn) {
+        tracing::debug!(member = %subject.name, "tether held without keep-alive: {err:#}");
+    }
+    wait_for_end(&mut conn).await;
+    Ended::Held(subject)
+}
+
+/// Returns once `conn` is closed or broken. Neither side sends anything after the request, so
+/// data is a peer that does not follow the protocol: the stream is given up as well.
+async fn wait_for_end(conn: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let _ = conn.read(&mut byte).await;
+}
+
+/// Turns on TCP keep-alive, so a stream whose peer host vanished breaks within about a minute.
+fn keep_alive(conn: &TcpStream) -> anyhow::Result<()> {
+    setsockopt(conn, sockopt::KeepAlive, &true)?;
+    setsockopt(conn, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_S)?;
+    setsockopt(conn, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_S)?;
+    setsockopt(conn, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)?;
+    Ok(())
+}
