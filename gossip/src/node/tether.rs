@@ -48,11 +48,12 @@ impl Node {
     }
 
     /// A tether `subject` held to this node ended: if it is still an active member in that
-    /// life, this node checks it (a ping; the bounce from a dead process's host reports it).
+    /// life, this node checks it (pings, close together at first; the bounce from a dead
+    /// process's host reports it).
     pub fn tether_lost(&mut self, subject: &NodeIdentity) {
         self.stats.unreachable.tethers_lost += 1;
         if self.active_member_at(subject.addr).as_ref() == Some(subject) {
-            self.check(subject);
+            self.check_after_tether(subject);
         }
     }
 }
@@ -60,7 +61,9 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::super::digest_exchange_tests::{identity, node_knowing};
-    use super::super::{Output, Served};
+    use std::time::Duration;
+
+    use super::super::{Output, Served, TimerEvent};
     use super::*;
 
     /// Whether `node` sent anything to `subject`'s address since its outputs were cleared.
@@ -112,6 +115,23 @@ mod tests {
         holder.tether_lost(&identity(1));
         assert!(pinged(&holder, &identity(1)), "the holder checks n1");
         assert_eq!(holder.stats.unreachable.tethers_lost, 1);
+
+        // The stream's end may overtake the death of the process behind it: unanswered, the
+        // holder pings again within milliseconds, not a probe timeout later.
+        holder.outputs.clear();
+        holder.set_elapsed(Duration::from_millis(10));
+        holder.handle_timer(TimerEvent::Confirm);
+        assert!(pinged(&holder, &identity(1)), "pinged again 10 ms later");
+        holder.outputs.clear();
+        holder.set_elapsed(Duration::from_millis(20));
+        holder.handle_timer(TimerEvent::Confirm);
+        assert!(
+            !pinged(&holder, &identity(1)),
+            "then backing off: next at 30 ms"
+        );
+        holder.set_elapsed(Duration::from_millis(30));
+        holder.handle_timer(TimerEvent::Confirm);
+        assert!(pinged(&holder, &identity(1)), "pinged at 30 ms");
 
         // Not evidence on its own: nobody reported n1 yet, the holder only asked.
         assert_eq!(holder.stats.unreachable.declared, 0);

@@ -139,9 +139,20 @@ struct Episode {
 struct Check {
     seq: u32,
     next_ping: Duration,
+    /// Time to the ping after the next: doubles from the first interval up to the pool's
+    /// probe timeout.
+    interval: Duration,
     deadline: Duration,
     answered: bool,
 }
+
+/// The first interval between the pings of a check started by a lost tether. The stream's
+/// end can overtake the process's death: a dying process's kernel may close the stream before
+/// the gossip port, and the first ping then finds the port still bound and nobody reading
+/// (no bounce, no answer). Seen on 256 agents on 2 cores: every check's first bounce came
+/// with its second ping, one probe timeout (500 ms) later. So these pings start close
+/// together and back off; a live subject answers the first.
+const TETHER_FIRST_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The episodes a node follows.
 #[derive(Debug, Default)]
@@ -231,7 +242,7 @@ impl Node {
     /// ended unanswered.
     pub(super) fn on_check_timer(&mut self) {
         let now = self.elapsed;
-        let interval = self.check_interval();
+        let longest = self.check_interval();
         let mut pings = Vec::new();
         let mut silent = Vec::new();
         for (subject, episode) in &mut self.evidence.episodes {
@@ -241,14 +252,15 @@ impl Node {
             if check.deadline <= now {
                 silent.push(subject.clone());
             } else if check.next_ping <= now {
-                check.next_ping = now + interval;
-                pings.push((subject.addr, check.seq));
+                check.next_ping = now + check.interval;
+                pings.push((subject.addr, check.seq, check.interval));
+                check.interval = (check.interval * 2).min(longest);
             }
         }
         let from = self.identity().addr;
-        for (to, seq) in pings {
+        for (to, seq, next) in pings {
             self.send_evidence(to, &EvidenceMessage::Ping { seq, from });
-            self.schedule_check_timer(interval);
+            self.schedule_check_timer(next);
         }
         for subject in silent {
             if self.active_member_at(subject.addr).as_ref() == Some(&subject) {
@@ -281,10 +293,21 @@ impl Node {
     }
 
     /// Starts checking `subject` unless this node has checked it (or reported it) in this
-    /// episode.
-    pub(super) fn check(&mut self, subject: &NodeIdentity) {
-        let seq = self.rng.random::<u32>();
+    /// episode: a ping every probe timeout until the deadline.
+    fn check(&mut self, subject: &NodeIdentity) {
         let interval = self.check_interval();
+        self.check_pinging_after(subject, interval);
+    }
+
+    /// Starts checking `subject` whose tether ended: as [`Node::check`], with the pings close
+    /// together at first (see [`TETHER_FIRST_INTERVAL`]).
+    pub(super) fn check_after_tether(&mut self, subject: &NodeIdentity) {
+        self.check_pinging_after(subject, TETHER_FIRST_INTERVAL);
+    }
+
+    fn check_pinging_after(&mut self, subject: &NodeIdentity, first_interval: Duration) {
+        let seq = self.rng.random::<u32>();
+        let longest = self.check_interval();
         let now = self.elapsed;
         let episode = self.episode(subject);
         if episode.reported || episode.check.is_some() {
@@ -292,13 +315,14 @@ impl Node {
         }
         episode.check = Some(Check {
             seq,
-            next_ping: now + interval,
-            deadline: now + interval * CHECK_ROUNDS,
+            next_ping: now + first_interval,
+            interval: (first_interval * 2).min(longest),
+            deadline: now + longest * CHECK_ROUNDS,
             answered: false,
         });
         let from = self.identity().addr;
         self.send_evidence(subject.addr, &EvidenceMessage::Ping { seq, from });
-        self.schedule_check_timer(interval);
+        self.schedule_check_timer(first_interval);
     }
 
     /// The time between a check's pings: the pool's probe timeout.
