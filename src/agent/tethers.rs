@@ -64,12 +64,26 @@ pub(super) async fn run(agent: Arc<Agent>, pool: Arc<Pool>, mut handed: mpsc::Re
     let mut ties: HashMap<NodeIdentity, AbortHandle> = HashMap::new();
     let mut resting: HashMap<NodeIdentity, Instant> = HashMap::new();
     let mut held = 0usize;
+    let mut tied_as: Option<NodeIdentity> = None;
     let mut every = tokio::time::interval(RETIE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = every.tick() => {
-                let targets = pool.read().node().tether_targets();
+                let (me, targets) = {
+                    let member = pool.read();
+                    (member.node().identity().clone(), member.node().tether_targets())
+                };
+                if tied_as.as_ref() != Some(&me) {
+                    // A tether names the life that opened it (a member renewed after being
+                    // declared down has a new one): tie again as this one, at once.
+                    for task in ties.values() {
+                        task.abort();
+                    }
+                    ties.clear();
+                    resting.clear();
+                    tied_as = Some(me);
+                }
                 ties.retain(|target, task| {
                     let wanted = targets.contains(target);
                     if !wanted {
