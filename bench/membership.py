@@ -27,12 +27,18 @@ the idle figures (memory, CPU, traffic) are still measured in the state it reach
 rest of its run is skipped.
 
 Membership is polled the same way for both (one poller thread per agent, every 20 ms, over each
-system's own API: murmur's HTTP, serf's msgpack RPC). Event arrival is pushed for both (murmur's
+system's own API: murmur's HTTP, serf's msgpack RPC). Polling has a floor: with hundreds of
+agents the pollers share Python's one interpreter lock and the machine's cores with the agents,
+and one round over 255 agents takes about half a second. So the detection figures are also
+read from murmur's own logs (each agent's "member failed" line, stamped to the microsecond,
+against the wall clock of the kill): the rows "by the agents' logs". serf's logs stamp whole
+seconds, so serf has only the polled rows. Event arrival is pushed for both (murmur's
 blocking query, serf's RPC event stream). Only loopback addresses are used; every process started
 is killed at the end.
 """
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -165,7 +171,8 @@ class Murmur:
         env = dict(os.environ, MURMUR_LOG="warn")
         log = open(f"{self.workdir}/agent{i}.log", "w")
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        return {"proc": proc, "gossip": f"127.0.0.1:{gossip}", "api": http, "dns": dns}
+        return {"proc": proc, "gossip": f"127.0.0.1:{gossip}", "api": http, "dns": dns,
+                "log": log.name}
 
     def _get(self, agent, path, timeout=5):
         with urllib.request.urlopen(f"http://127.0.0.1:{agent['api']}{path}", timeout=timeout) as r:
@@ -196,6 +203,16 @@ class Murmur:
     def fire(self, agent):
         req = urllib.request.Request(f"http://127.0.0.1:{agent['api']}/v1/event/fire/bench", data=b"x", method="PUT")
         urllib.request.urlopen(req, timeout=5).read()
+
+    def logged_failure(self, agent, name):
+        """When `agent` declared `name` failed, by its own log (Unix time; microseconds), or
+        None. Exact where polling is not: 255 pollers on 2 cores take ~0.5 s per round."""
+        with open(agent["log"]) as log:
+            for line in log:
+                if "member failed" in line and f" member={name} " in line:
+                    stamp = line.split()[0].replace("Z", "+00:00")
+                    return datetime.datetime.fromisoformat(stamp).timestamp()
+        return None
 
 
 class Serf:
@@ -315,20 +332,45 @@ def stop(agents):
         a["proc"].wait()
 
 
+def logged_delays(system, survivors, names, since):
+    """Each survivor's delay from `since` (Unix time) until its log says it declared every one
+    of `names` failed, sorted; None for a system whose logs do not say so precisely."""
+    if not hasattr(system, "logged_failure"):
+        return None
+    delays = []
+    for agent in survivors:
+        stamps = [system.logged_failure(agent, name) for name in names]
+        if None in stamps:
+            return None
+        delays.append(max(stamps) - since)
+    return sorted(delays)
+
+
 def detection(system, agents, alive, rounds, silence):
     """Silences `rounds` agents one after another with `silence(proc)`; returns the medians
-    over rounds of each round's p50 and max time until every survivor lists it failed."""
-    per_round_p50, per_round_max = [], []
+    over rounds of each round's p50 and max time until every survivor lists it failed, as
+    polled and (where the system logs it precisely) as logged."""
+    polled, logged = [], []
     for _ in range(rounds):
         victim = alive[len(alive) // 2]
         vname = f"n{agents.index(victim)}"
         alive.remove(victim)
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         silence(victim["proc"])
         times = sorted(t - t0 for t in poll_until(system, alive, lambda m: m.get(vname) == "failed", 120))
-        per_round_p50.append(statistics.median(times))
-        per_round_max.append(times[-1])
-    return statistics.median(per_round_p50), statistics.median(per_round_max)
+        polled.append(times)
+        logged.append(logged_delays(system, alive, [vname], wall))
+    return medians(polled), medians(logged)
+
+
+def medians(rounds):
+    """The medians over rounds of each round's p50, max and first (None if a round has no
+    figures). The first survivor to know is when the news was found; the rest is its spread."""
+    if not rounds or None in rounds:
+        return None, None, None
+    return (statistics.median(statistics.median(r) for r in rounds),
+            statistics.median(r[-1] for r in rounds),
+            statistics.median(r[0] for r in rounds))
 
 
 def mass_kill(system, agents, alive, fraction):
@@ -340,12 +382,12 @@ def mass_kill(system, agents, alive, fraction):
     names = [f"n{agents.index(v)}" for v in victims]
     for v in victims:
         alive.remove(v)
-    t0 = time.monotonic()
+    t0, wall = time.monotonic(), time.time()
     for v in victims:
         v["proc"].kill()
     times = sorted(t - t0 for t in poll_until(
         system, alive, lambda m: all(m.get(name) == "failed" for name in names), 120))
-    return statistics.median(times), times[-1]
+    return medians([times]), medians([logged_delays(system, alive, names, wall)])
 
 
 def idle_figures(agents, idle_secs):
@@ -382,14 +424,16 @@ def run(system, n, idle_secs, kills, stops, mass):
         # Several rounds, one after another: when a victim is first probed is random, so one
         # round is one noisy sample. Report medians over rounds of the per-round p50 and max.
         alive = list(agents)
-        detect_p50, detect_max = detection(system, agents, alive, kills, lambda p: p.kill())
-        silent_p50, silent_max = detection(system, agents, alive, stops,
-                                           lambda p: p.send_signal(signal.SIGSTOP))
-        mass_p50, mass_max = mass_kill(system, agents, alive, mass)
-        return {"join": join, "event_p50": statistics.median(event), "event_max": event[-1],
-                "detect_p50": detect_p50, "detect_max": detect_max,
-                "silent_p50": silent_p50, "silent_max": silent_max, "mass_p50": mass_p50,
-                "mass_max": mass_max, **idle}
+        detect = detection(system, agents, alive, kills, lambda p: p.kill())
+        silent = detection(system, agents, alive, stops, lambda p: p.send_signal(signal.SIGSTOP))
+        killed = mass_kill(system, agents, alive, mass)
+        figures = {"join": join, "event_p50": statistics.median(event), "event_max": event[-1]}
+        for name, (polled, logged) in [("detect", detect), ("silent", silent), ("mass", killed)]:
+            figures.update({f"{name}_p50": polled[0], f"{name}_max": polled[1]})
+            if logged[0] is not None:
+                figures.update({f"{name}_log_p50": logged[0], f"{name}_log_max": logged[1],
+                                f"{name}_log_first": logged[2]})
+        return {**figures, **idle}
     finally:
         stop(agents)
 
@@ -432,6 +476,14 @@ def main():
                (f"silent host detection max (s, median of {args.stops} SIGSTOPs)", "silent_max"),
                (f"{args.mass_kill:.0%} killed at once, all known failed p50 (s)", "mass_p50"),
                (f"{args.mass_kill:.0%} killed at once, all known failed max (s)", "mass_max"),
+               ("failure detection p50 by the agents' logs (s)", "detect_log_p50"),
+               ("failure detection max by the agents' logs (s)", "detect_log_max"),
+               ("failure detection, first survivor to know, by the agents' logs (s)", "detect_log_first"),
+               ("silent host detection p50 by the agents' logs (s)", "silent_log_p50"),
+               ("silent host detection max by the agents' logs (s)", "silent_log_max"),
+               (f"{args.mass_kill:.0%} killed at once, p50 by the agents' logs (s)", "mass_log_p50"),
+               (f"{args.mass_kill:.0%} killed at once, max by the agents' logs (s)", "mass_log_max"),
+               (f"{args.mass_kill:.0%} killed at once, first survivor to know all, by the agents' logs (s)", "mass_log_first"),
                ("RSS per agent (MiB)", "rss"),
                ("of which its own, not the binary's pages (MiB, RssAnon)", "anon"),
                ("PSS per agent: own pages plus its share of the shared ones (MiB)", "pss"),
