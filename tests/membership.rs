@@ -33,28 +33,6 @@ fn five_agents_through_one_seed_all_list_five_alive() {
 #[test]
 fn killed_agent_is_marked_failed_by_all() {
     let mut agents = cluster("kill", 4, &keygen());
-    agents[2].kill9();
-    let name = agents[2].name.clone();
-    let others = [0, 1, 3];
-    assert!(
-        wait_until(DETECT, || others
-            .iter()
-            .all(|&i| agents[i].status_of(&name) == Some(4))),
-        "kill -9 not detected by all within {DETECT:?}"
-    );
-    // The host answered for the killed process (ICMP port unreachable to its gossip port, or
-    // a refused stream), and the survivors confirmed it among themselves: no suspicion had
-    // to run out.
-    let declared: f64 = others
-        .iter()
-        .map(|&i| agents[i].metric("murmur_gossip_unreachable_total{stage=\"declared\"}"))
-        .sum();
-    assert!(declared > 0.0, "declared on the host's word");
-}
-
-#[test]
-fn a_killed_agents_tethers_tell_the_members_holding_them() {
-    let mut agents = cluster("tether", 4, &keygen());
     // Each agent ties itself to every other of so small a cluster, within a second or two.
     let tied = "murmur_gossip_tethers{pool=\"lan\",side=\"tied\"}";
     assert!(
@@ -71,12 +49,14 @@ fn a_killed_agents_tethers_tell_the_members_holding_them() {
             .all(|&i| agents[i].status_of(&name) == Some(4))),
         "kill -9 not detected by all within {DETECT:?}"
     );
-    // Its kernel closed the streams it held open to the others: each holder checked it.
-    let lost: f64 = others
-        .iter()
-        .map(|&i| agents[i].metric("murmur_gossip_unreachable_total{stage=\"tether_lost\"}"))
-        .sum();
+    let sum = |metric: &str| -> f64 { others.iter().map(|&i| agents[i].metric(metric)).sum() };
+    // Its kernel closed the streams it held open to the others, and each holder checked it.
+    let lost = sum("murmur_gossip_unreachable_total{stage=\"tether_lost\"}");
     assert_eq!(lost, 3.0, "each of the three holders lost its tether");
+    // Its host answered the checks (ICMP port unreachable to its gossip port), and the
+    // survivors confirmed it among themselves: no suspicion had to run out.
+    let declared = sum("murmur_gossip_unreachable_total{stage=\"declared\"}");
+    assert!(declared > 0.0, "declared on the host's word");
 }
 
 #[test]
