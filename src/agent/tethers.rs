@@ -2,7 +2,7 @@
 //! that would confirm its crash, and the streams other members hold open to it. When an
 //! agent's process dies, its kernel closes its streams; the members holding them hear it one
 //! round trip later and check it, and its host bounces their checks. An idle stream sends
-//! nothing, so this costs no traffic while nothing happens.
+//! nothing but a keep-alive probe every few minutes.
 //!
 //! One task per pool owns both sides, so stopping the pool (a gateway stepping down) closes
 //! them all:

@@ -7,8 +7,9 @@
 //! process a datagram next (its host answers "port unreachable"): a probe or a coordinate
 //! ping, about once a second across the whole cluster, later than that on a loaded host. With
 //! one, the members ranked highest to confirm it (`unreachable`'s rendezvous ranking, which
-//! every member computes alike) know within a round trip, whatever the cluster's size, and it
-//! costs no traffic while nothing happens: an idle TCP connection sends nothing.
+//! every member computes alike) know within milliseconds, whatever the cluster's size, and it
+//! costs next to no traffic while nothing happens: an idle TCP connection sends nothing but
+//! the keep-alive its driver asks for.
 //!
 //! A tether's end is not evidence on its own: the member holding it checks the subject as a
 //! confirmer checks a suspect (a ping, which a dead process's host bounces), so a tether that
