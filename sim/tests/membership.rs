@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use murmur_catalog::Service;
 use murmur_gossip::{EventFilter, GossipConfig, MemberEventKind, MemberStatus, UnreachableCounts};
-use murmur_sim::{Net, cluster, key};
+use murmur_sim::{Net, cluster, form_cluster, key};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -547,6 +547,35 @@ fn a_killed_process_is_known_failed_within_round_trips_through_its_tethers() {
         "the tethers told"
     );
     assert_eq!(net.false_failures, 0);
+}
+
+#[test]
+fn a_tenth_killed_at_once_is_known_by_every_member_before_any_suspicion_runs_out() {
+    // With loopback's latency the members learn of 6 kills within milliseconds of each other.
+    // Each member misses a given update with probability about e^-(its transmissions per
+    // member); at memberlist's 4·log10 N transmissions (8 here) 9 of 60 such seeds left one
+    // member that never heard one `Down` and listed the victim until its own suspicion ran out
+    // (7 s) or a push-pull came (up to 27 s). foca's patch 14 sends a `Down` twice as often.
+    let victims: Vec<usize> = (0..6).map(|k| 3 + k * 10).collect();
+    for seed in 0..20 {
+        let mut net = Net::new(seed);
+        net.link.lan_latency = Duration::from_micros(50);
+        net.link.lan_jitter = Duration::from_micros(30);
+        let mut net = form_cluster(net, 64, &key(1));
+        net.run_for(SECS(5));
+        for &v in &victims {
+            net.kill(v);
+        }
+        let took = net.run_until(SECS(30), |net| {
+            victims
+                .iter()
+                .all(|&v| net.all_see(v, MemberStatus::Failed))
+        });
+        assert!(
+            took.is_some_and(|t| t <= SECS(1)),
+            "seed {seed}: every survivor knew every victim failed after {took:?}"
+        );
+    }
 }
 
 #[test]

@@ -1290,6 +1290,15 @@ where
         Ok(update_is_active)
     }
 
+    /// murmur's patch 14: how many times a member update is sent by each member that learns
+    /// it. A `Down` twice [`Config::max_transmissions`]: each member misses an update with
+    /// probability about e^-(its transmissions per member), and a member that misses a
+    /// `Down` lists a dead member for the whole suspicion timeout, or longer.
+    fn transmissions_of(&self, state: State) -> usize {
+        let max = usize::from(self.config.max_transmissions.get());
+        if state == State::Down { 2 * max } else { max }
+    }
+
     fn handle_apply_summary(
         &mut self,
         summary: ApplySummary<T>,
@@ -1317,9 +1326,9 @@ where
             // Cluster state changed, start broadcasting it
             if do_broadcast {
                 let addr = Addr(id.addr());
+                let transmissions = self.transmissions_of(update.state());
                 let data = self.serialize_member(update)?;
-                self.updates
-                    .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+                self.updates.add_or_replace(addr, data, transmissions);
             }
 
             // Down is a terminal state, so set up a handler for removing
@@ -2339,10 +2348,24 @@ mod tests {
             }
         }
 
-        assert_eq!(1, gossip_with_updates);
-        assert_eq!(2, empty_gossip);
+        // murmur's patch 14: the `Down` of member 5 is sent twice as many times as the other
+        // updates, so it outlives them: every message of this round still carries it, and it
+        // alone stays queued for a few more rounds.
+        assert_eq!(3, gossip_with_updates);
+        assert_eq!(0, empty_gossip);
+        assert_eq!(1, foca.updates_backlog());
 
-        assert_eq!(0, foca.updates_backlog());
+        let mut rounds = 0;
+        while foca.updates_backlog() > 0 {
+            assert_eq!(Ok(()), foca.gossip(&mut runtime));
+            rounds += 1;
+            assert!(
+                rounds <= usize::from(max_transmissions.get()),
+                "the Down drains"
+            );
+        }
+        // 20 transmissions in all, 3 a round: 12 were spent with the others.
+        assert_eq!(3, rounds);
     }
 
     #[test]
