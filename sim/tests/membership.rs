@@ -550,6 +550,25 @@ fn a_killed_process_is_known_failed_within_round_trips_through_its_tethers() {
 }
 
 #[test]
+fn a_tether_that_ends_while_its_member_runs_changes_nothing() {
+    // A stream can close for reasons other than a death (the member re-ranked its confirmers,
+    // a middlebox timed it out): the holders check, the member answers, nothing is declared.
+    let mut net = cluster(32, 8);
+    let subject = net.node(9).node().identity().clone();
+    let holders = net.node(9).node().tether_targets();
+    assert_eq!(holders.len(), 6);
+    for holder in &holders {
+        let h = usize::from(holder.addr.port() - 20000);
+        net.call(h, |n| n.tether_lost(&subject));
+    }
+    net.run_for(SECS(10));
+    assert!(net.all_see(9, MemberStatus::Alive));
+    assert_eq!(evidence(&net, |u| u.tethers_lost), 6);
+    assert_eq!(declared_on_evidence(&net), 0);
+    assert_eq!(net.false_failures, 0);
+}
+
+#[test]
 fn a_tenth_killed_at_once_is_known_by_every_member_before_any_suspicion_runs_out() {
     // With loopback's latency the members learn of 6 kills within milliseconds of each other.
     // Each member misses a given update with probability about e^-(its transmissions per
