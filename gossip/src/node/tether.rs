@@ -53,7 +53,7 @@ impl Node {
     /// process's host reports it).
     pub fn tether_lost(&mut self, subject: &NodeIdentity) {
         self.stats.unreachable.tethers_lost += 1;
-        if self.active_member_at(subject.addr).as_ref() == Some(subject) {
+        if self.is_active_life(subject) {
             self.check_after_tether(subject);
         }
     }

@@ -139,8 +139,8 @@ struct Episode {
 struct Check {
     seq: u32,
     next_ping: Duration,
-    /// Time to the ping after the next: doubles from the first interval up to the pool's
-    /// probe timeout.
+    /// Time from the last ping to the next: doubles after each ping from the first interval
+    /// up to the pool's probe timeout.
     interval: Duration,
     deadline: Duration,
     answered: bool,
@@ -227,7 +227,7 @@ impl Node {
             }
             EvidenceMessage::Report { subject, reporter } => {
                 self.stats.unreachable.reports += 1;
-                if self.active_member_at(subject.addr).as_ref() != Some(&subject) {
+                if !self.is_active_life(&subject) {
                     // About ourselves, an earlier life, or a member we do not list as active.
                     return;
                 }
@@ -252,9 +252,9 @@ impl Node {
             if check.deadline <= now {
                 silent.push(subject.clone());
             } else if check.next_ping <= now {
+                check.interval = (check.interval * 2).min(longest);
                 check.next_ping = now + check.interval;
                 pings.push((subject.addr, check.seq, check.interval));
-                check.interval = (check.interval * 2).min(longest);
             }
         }
         let from = self.identity().addr;
@@ -263,7 +263,7 @@ impl Node {
             self.schedule_check_timer(next);
         }
         for subject in silent {
-            if self.active_member_at(subject.addr).as_ref() == Some(&subject) {
+            if self.is_active_life(&subject) {
                 self.stats.unreachable.silent_checks += 1;
                 self.report(&subject);
             }
@@ -316,7 +316,7 @@ impl Node {
         episode.check = Some(Check {
             seq,
             next_ping: now + first_interval,
-            interval: (first_interval * 2).min(longest),
+            interval: first_interval,
             deadline: now + longest * CHECK_ROUNDS,
             answered: false,
         });
@@ -337,8 +337,13 @@ impl Node {
         });
     }
 
+    /// Whether `subject` is an active member (alive or suspect) in that very life.
+    pub(super) fn is_active_life(&self, subject: &NodeIdentity) -> bool {
+        self.foca.iter_members().any(|m| m.id() == subject)
+    }
+
     /// The active member (alive or suspect) at `addr`, other than this node.
-    pub(super) fn active_member_at(&self, addr: SocketAddr) -> Option<NodeIdentity> {
+    fn active_member_at(&self, addr: SocketAddr) -> Option<NodeIdentity> {
         self.foca
             .iter_members()
             .find(|m| m.id().addr == addr)
