@@ -14,6 +14,6 @@ pub use chaos::{ChaosConfig, Progress, Report, run, run_with_progress};
 pub use measure::{Curve, DetectionCurve, Percentiles};
 pub use net::{
     LinkModel, Net, WALL_CLOCK_BASE_MS, addr, cluster, cluster_keyed, cluster_with, form_cluster,
-    key,
+    key, slot_of,
 };
 pub use scenario::{Scenario, ScenarioError};

@@ -194,9 +194,17 @@ pub const UNDISTURBED: Duration = Duration::from_secs(30);
 /// Virtual time 0 as wall-clock ms (late 2023), so HLC stamps look like real ones.
 pub const WALL_CLOCK_BASE_MS: u64 = 1_700_000_000_000;
 
+/// The port of node 0; node `i` listens at the `i`-th after it.
+const FIRST_PORT: u16 = 20000;
+
 /// The gossip address of node `i`.
 pub fn addr(i: usize) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16))
+    SocketAddr::from(([127, 0, 0, 1], FIRST_PORT + i as u16))
+}
+
+/// The slot whose node listens at `addr` (the inverse of [`addr`]).
+pub fn slot_of(addr: SocketAddr) -> usize {
+    usize::from(addr.port() - FIRST_PORT)
 }
 
 /// A keyring holding one key made of the byte `b`.
@@ -374,7 +382,7 @@ impl Net {
             return;
         };
         for holder in holders {
-            let h = usize::from(holder.addr.port() - 20000);
+            let h = slot_of(holder.addr);
             if self.slots.get(h).is_none_or(|s| s.node.is_none()) || self.blocked.contains(&(i, h))
             {
                 continue;
@@ -656,7 +664,7 @@ impl Net {
             };
             match output {
                 Output::Datagram { to, bytes } => {
-                    let to = usize::from(to.port() - 20000);
+                    let to = slot_of(to);
                     self.datagrams_sent += 1;
                     self.bytes_sent += bytes.len() as u64;
                     if self.is_wan(i) {
@@ -696,7 +704,7 @@ impl Net {
                     );
                 }
                 Output::Exchange { to: peer, request } => {
-                    let to = usize::from(peer.port() - 20000);
+                    let to = slot_of(peer);
                     let _ = self.stream(i, to, request, |n, reply| n.handle_reply(peer, reply));
                 }
                 Output::Member(event) => {

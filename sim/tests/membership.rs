@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use murmur_catalog::Service;
 use murmur_gossip::{EventFilter, GossipConfig, MemberEventKind, MemberStatus, UnreachableCounts};
-use murmur_sim::{Net, cluster, form_cluster, key};
+use murmur_sim::{Net, cluster, form_cluster, key, slot_of};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -558,8 +558,7 @@ fn a_tether_that_ends_while_its_member_runs_changes_nothing() {
     let holders = net.node(9).node().tether_targets();
     assert_eq!(holders.len(), 6);
     for holder in &holders {
-        let h = usize::from(holder.addr.port() - 20000);
-        net.call(h, |n| n.tether_lost(&subject));
+        net.call(slot_of(holder.addr), |n| n.tether_lost(&subject));
     }
     net.run_for(SECS(10));
     assert!(net.all_see(9, MemberStatus::Alive));
