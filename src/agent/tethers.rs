@@ -107,8 +107,6 @@ pub(super) async fn run(agent: Arc<Agent>, pool: Arc<Pool>, mut handed: mpsc::Re
                     let task = tasks.spawn(tie(target.clone(), request));
                     ties.insert(target, task);
                 }
-                metrics::gauge!("murmur_gossip_tethers", "pool" => pool.name, "side" => "tied")
-                    .set(ties.len() as f64);
             }
             Some((conn, subject)) = handed.recv() => {
                 if held >= MAX_HELD {
@@ -135,10 +133,12 @@ pub(super) async fn run(agent: Arc<Agent>, pool: Arc<Pool>, mut handed: mpsc::Re
                     Err(err) if err.is_cancelled() => {}
                     Err(err) => tracing::warn!(pool = pool.name, %err, "a tether task failed"),
                 }
-                metrics::gauge!("murmur_gossip_tethers", "pool" => pool.name, "side" => "held")
-                    .set(held as f64);
             }
         }
+        metrics::gauge!("murmur_gossip_tethers", "pool" => pool.name, "side" => "tied")
+            .set(ties.len() as f64);
+        metrics::gauge!("murmur_gossip_tethers", "pool" => pool.name, "side" => "held")
+            .set(held as f64);
     }
 }
 
