@@ -21,6 +21,7 @@
 //! - [`PreparedQuery`]: stored service lookups with failover (global data);
 //! - [`Gateway`]: the datacenter directory's entries, one per WAN gateway of each datacenter;
 //! - [`Value`] and [`Change`]: what the shared key space holds and the unit of replication;
+//!   [`RecordPatch`]: a change to a large record sent as its difference from the version before;
 //! - [`Replica`]: one node's whole replicated state — applying peers' changes, the four-step
 //!   anti-entropy exchange, tombstone GC, reset-from-peer, and the journal the agent persists.
 //!
@@ -42,6 +43,7 @@ mod intentions;
 mod journal;
 mod kv;
 mod owned;
+mod patch;
 mod query;
 mod register;
 mod replica;
@@ -72,6 +74,7 @@ pub use journal::{
 };
 pub use kv::{KvEntry, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use owned::{Digest, DigestDiff, OwnedEntry, OwnedMap};
+pub use patch::RecordPatch;
 pub use query::{PreparedQuery, QUERY_PREFIX, QueryTemplate};
 pub use register::{Lww, Owned, Register, Version};
 pub use replica::{

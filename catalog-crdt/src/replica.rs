@@ -34,6 +34,7 @@ use crate::hlc::{Clock, ClockError, Hlc};
 use crate::intentions::Intention;
 use crate::kv::{self, KvError, KvValue, KvView, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::owned::{OwnedEntry, OwnedMap};
+use crate::patch::RecordPatch;
 use crate::query::{PreparedQuery, QUERY_PREFIX};
 use crate::register::{Lww, Owned, Version};
 use crate::shared::{Entry, ModifyIndex, SharedMap};
@@ -47,6 +48,7 @@ const REAPED_MEMORY: usize = 4096;
 /// Longest owner name accepted in a change (gossip's node-name limit).
 const MAX_OWNER_BYTES: usize = 64;
 
+mod patches;
 mod sync;
 
 pub use sync::{KeySummary, SyncDigest, SyncError, SyncPush, SyncPushReply, SyncSummary};
@@ -103,6 +105,24 @@ pub struct ReplicaStats {
     pub tombstones_collected: u64,
     /// Keys dropped when resetting from a peer after being away too long.
     pub reset_dropped: u64,
+    /// Peers' record patches that made a record here (at once or after waiting for their base).
+    pub patches_applied: u64,
+    /// Record patches that arrived before their base and were held for it.
+    pub patches_waited: u64,
+    /// Held record patches given up for newer ones before their base came (anti-entropy
+    /// brings the record instead).
+    pub patches_dropped: u64,
+}
+
+/// What applying a peer's change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// It changed this replica.
+    Changed,
+    /// This replica held it already, or newer.
+    Known,
+    /// A patch held until its base arrives.
+    Held,
 }
 
 /// A journal entry: what the agent appends to its log so a restart rebuilds the replica.
@@ -173,6 +193,8 @@ pub struct Replica {
     config: ReplicaConfig,
     journal: Vec<Journaled>,
     outbox: Vec<Change>,
+    /// Peers' record patches that arrived before their base, oldest first.
+    waiting: VecDeque<RecordPatch>,
     stats: ReplicaStats,
 }
 
@@ -199,6 +221,7 @@ impl Replica {
             config,
             journal: Vec::new(),
             outbox: Vec::new(),
+            waiting: VecDeque::new(),
             stats: ReplicaStats::default(),
         }
     }
@@ -263,6 +286,8 @@ impl Replica {
                             self.records_index = index;
                         }
                     }
+                    // A patch is journaled as the whole record it makes.
+                    Change::Patch(_) => {}
                 }
                 self.index = ModifyIndex::resume(self.index.last().max(index));
             }
@@ -400,18 +425,10 @@ impl Replica {
         std::mem::take(&mut self.outbox)
     }
 
-    /// Replaces this node's record (`None` on leave) and queues it for spreading.
+    /// Replaces this node's record (`None` on leave) and queues it for spreading: whole, or
+    /// as a patch against the version before when the record is large and the change small.
     pub fn set_own_record(&mut self, record: Option<NodeRecord>) {
-        let record = record.map(Arc::new);
-        if record.is_some() {
-            self.kept.clone_from(&record);
-        }
-        self.own.counter += 1;
-        let change = Change::Record {
-            owner: self.me.clone(),
-            register: Owned::new(self.own, record),
-        };
-        self.merge_local(change);
+        self.publish_own(record, true);
     }
 
     /// Writes (or, with `None`, deletes) a KV entry at wall time `wall_ms` unless `cas` does
@@ -787,6 +804,9 @@ impl Replica {
                 }
                 changed
             }
+            Change::Patch(_) => {
+                unreachable!("a patch is merged as the record it makes (`apply_patch`)")
+            }
         };
         if changed {
             self.journal.push(Journaled::Change {
@@ -837,32 +857,42 @@ impl Replica {
     pub fn apply(&mut self, change: &Change, wall_ms: u64) -> Result<bool, ApplyError> {
         let result = self.check_and_merge(change, wall_ms);
         match &result {
-            Ok(true) => self.stats.applied += 1,
-            Ok(false) => self.stats.redundant += 1,
+            Ok(Applied::Changed) => self.stats.applied += 1,
+            Ok(Applied::Known) => self.stats.redundant += 1,
+            Ok(Applied::Held) => {}
             Err(ApplyError::Malformed(_)) => self.stats.refused_malformed += 1,
             Err(ApplyError::BeyondHorizon | ApplyError::Reaped) => self.stats.refused_stale += 1,
             Err(ApplyError::Clock(_)) => {}
         }
-        result
+        result.map(|applied| applied == Applied::Changed)
     }
 
-    fn check_and_merge(&mut self, change: &Change, wall_ms: u64) -> Result<bool, ApplyError> {
+    /// Refuses a record (or patch) of `owner` at `version` that is malformed or reaped.
+    fn check_record(&self, owner: &str, version: &Version) -> Result<(), ApplyError> {
+        if owner.is_empty() || owner.len() > MAX_OWNER_BYTES || owner.contains('/') {
+            return Err(ApplyError::Malformed("bad owner name"));
+        }
+        if self.reaped.get(owner).is_some_and(|v| v >= version) {
+            return Err(ApplyError::Reaped);
+        }
+        Ok(())
+    }
+
+    fn check_and_merge(&mut self, change: &Change, wall_ms: u64) -> Result<Applied, ApplyError> {
         match change {
             Change::Record { owner, register } => {
-                if owner.is_empty() || owner.len() > MAX_OWNER_BYTES || owner.contains('/') {
-                    return Err(ApplyError::Malformed("bad owner name"));
-                }
                 if *owner == self.me {
                     self.reassert_if_outrun(register);
-                    return Ok(false);
+                    return Ok(Applied::Known);
                 }
-                if self
-                    .reaped
-                    .get(owner)
-                    .is_some_and(|v| v >= register.stamp())
-                {
-                    return Err(ApplyError::Reaped);
+                self.check_record(owner, register.stamp())?;
+                return Ok(self.merge_record(owner, register.clone()));
+            }
+            Change::Patch(patch) => {
+                if patch.owner != self.me {
+                    self.check_record(&patch.owner, &patch.version)?;
                 }
+                return self.apply_patch(patch);
             }
             Change::Shared { key, register } => {
                 check_shared(key, register)?;
@@ -879,7 +909,11 @@ impl Replica {
                 }
             }
         }
-        Ok(self.merge(change))
+        Ok(if self.merge(change) {
+            Applied::Changed
+        } else {
+            Applied::Known
+        })
     }
 
     /// A peer holds a copy of this node's record that is not this node's latest: an earlier
@@ -895,7 +929,8 @@ impl Replica {
         }
         self.own = self.own.max(*theirs.stamp());
         let current = self.own_record().cloned();
-        self.set_own_record(current);
+        // Whole: the peer holds another life's record, no base of this one.
+        self.publish_own(current, false);
     }
 
     /// Forgets an owner's record (reaped after failing or leaving long enough ago) and refuses
@@ -1038,7 +1073,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::catalog::{Check, Service};
+    use crate::catalog::{Check, Health, Service};
     use crate::intentions::Action;
     use crate::shared::BUCKETS;
 
@@ -1754,6 +1789,16 @@ mod tests {
             source: u8,
             allow: bool,
         },
+        /// Registers 40 services at once: the record grows large enough for patches.
+        Bulk {
+            node: usize,
+        },
+        /// Sets the status of a node check (a patch once the record is large).
+        Flip {
+            node: usize,
+            check: u8,
+            status: u8,
+        },
         External {
             node: usize,
             host: u8,
@@ -1780,6 +1825,12 @@ mod tests {
                 node,
                 source,
                 allow
+            }),
+            (0..4usize).prop_map(|node| Op::Bulk { node }),
+            (0..4usize, 0..3u8, 0..4u8).prop_map(|(node, check, status)| Op::Flip {
+                node,
+                check,
+                status
             }),
             (0..4usize, 0..2u8, 0..3u8, 0..3u8).prop_map(|(node, host, service, what)| {
                 Op::External {
@@ -1837,6 +1888,44 @@ mod tests {
                 },
                 wall_ms,
             ),
+            Op::Bulk { node } => {
+                let r = &mut replicas[node];
+                let mut record = r.own_record().cloned().unwrap_or_default();
+                for i in 0..40 {
+                    let id: compact_str::CompactString = format!("bulk-{i:02}").into();
+                    let service = Service {
+                        id: id.clone(),
+                        name: "bulk".into(),
+                        ..Service::default()
+                    };
+                    record.services.insert(id, service);
+                }
+                r.set_own_record(Some(record));
+            }
+            Op::Flip {
+                node,
+                check,
+                status,
+            } => {
+                let r = &mut replicas[node];
+                let mut record = r.own_record().cloned().unwrap_or_default();
+                let id: compact_str::CompactString = format!("c{check}").into();
+                let status = [
+                    Health::Passing,
+                    Health::Warning,
+                    Health::Critical,
+                    Health::Maintenance,
+                ][usize::from(status)];
+                let check = Check {
+                    id: id.clone(),
+                    name: "check".into(),
+                    status,
+                    output: String::new(),
+                    service_id: Default::default(),
+                };
+                record.checks.insert(id, check);
+                r.set_own_record(Some(record));
+            }
             Op::External {
                 node,
                 host,

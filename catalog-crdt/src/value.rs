@@ -23,6 +23,7 @@ use crate::directory::{DIRECTORY_PREFIX, Gateway};
 use crate::external::{EXTERNAL_PREFIX, ExternalPart};
 use crate::intentions::Intention;
 use crate::kv::KvValue;
+use crate::patch::RecordPatch;
 use crate::query::{PreparedQuery, QUERY_PREFIX};
 use crate::register::{Lww, Owned};
 use crate::shared::is_background_key;
@@ -164,6 +165,10 @@ pub enum Change {
         /// Its stamped value.
         register: Lww<Value>,
     },
+    /// The next version of an owner's record as its difference from the one before: what a
+    /// change to a large record spreads as. Never journaled nor carried by anti-entropy: a
+    /// replica that applies it keeps, journals and syncs the whole record it makes.
+    Patch(Box<RecordPatch>),
 }
 
 impl Change {
@@ -178,6 +183,7 @@ impl Change {
                 Self::Shared { key, register } => {
                     key.len() + register.value().as_ref().map_or(0, Value::weight)
                 }
+                Self::Patch(patch) => patch.weight(),
             }
     }
 
@@ -187,6 +193,7 @@ impl Change {
         match self {
             Self::Record { owner, .. } => owner,
             Self::Shared { key, .. } => key,
+            Self::Patch(patch) => &patch.owner,
         }
     }
 

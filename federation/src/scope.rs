@@ -52,7 +52,7 @@ pub fn of_key(key: &str) -> Scope {
 /// The scope of `change`: node records are always the datacenter's own.
 pub fn of_change(change: &Change) -> Scope {
     match change {
-        Change::Record { .. } => Scope::Datacenter,
+        Change::Record { .. } | Change::Patch(_) => Scope::Datacenter,
         Change::Shared { key, .. } => of_key(key),
     }
 }

@@ -42,6 +42,7 @@ impl BroadcastItem {
                 let stamp = match change {
                     Change::Record { register, .. } => ChangeStamp::Record(*register.stamp()),
                     Change::Shared { register, .. } => ChangeStamp::Shared(*register.stamp()),
+                    Change::Patch(patch) => ChangeStamp::Patch(patch.version),
                 };
                 BroadcastKey::Change(change.subject().to_owned(), stamp)
             }
@@ -60,6 +61,27 @@ impl BroadcastItem {
 pub(crate) enum ChangeStamp {
     Record(Version),
     Shared(Hlc),
+    /// A record patch making this version: it applies only on top of the version before.
+    Patch(Version),
+}
+
+impl ChangeStamp {
+    /// Whether a queued change of the same key with stamp `older` is no longer worth sending
+    /// once this one is queued. A whole record replaces every older record and patch; a
+    /// patch replaces nothing older, since a member that missed the one before needs it.
+    fn supersedes(&self, older: &Self) -> bool {
+        match (self, older) {
+            (Self::Record(newer), Self::Record(older) | Self::Patch(older))
+            | (Self::Patch(newer), Self::Patch(older))
+                if newer == older =>
+            {
+                true
+            }
+            (Self::Record(newer), Self::Record(older) | Self::Patch(older)) => newer > older,
+            (Self::Shared(newer), Self::Shared(older)) => newer >= older,
+            _ => false,
+        }
+    }
 }
 
 /// Identity of an item: two items with one key are the same item.
@@ -72,11 +94,12 @@ pub(crate) enum BroadcastKey {
 
 impl foca::Invalidates for BroadcastKey {
     /// A newer change of a key replaces an older one still queued, so a key written often
-    /// costs one queue slot, not one per write.
+    /// costs one queue slot, not one per write (record patches excepted, see
+    /// [`ChangeStamp::supersedes`]).
     fn invalidates(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Change(key, newer), Self::Change(other_key, older)) => {
-                key == other_key && newer >= older
+                key == other_key && newer.supersedes(older)
             }
             _ => self == other,
         }

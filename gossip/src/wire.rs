@@ -34,7 +34,8 @@ use crate::{Identities, NodeIdentity};
 /// (`murmur_catalog::bucket_of`). Two replicas that bucket keys differently must not compare
 /// buckets: a key the peer holds in another bucket looks absent there, and an old key a fresh
 /// peer seems to lack is dropped as a collected delete. So 3 and 4 do not talk.
-pub const PROTOCOL_VERSION: u8 = 4;
+/// 5: a change may be a record patch (`Change::Patch`), which 4 cannot decode.
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
 pub const MAX_DATAGRAM: usize = 1400;
 /// Longest cluster id (bytes).
@@ -470,7 +471,7 @@ mod tests {
             .into_iter()
             .map(murmur_catalog::bucket_of)
             .collect();
-        assert_eq!((PROTOCOL_VERSION, layout), (4, vec![209, 214, 30, 118]));
+        assert_eq!((PROTOCOL_VERSION, layout), (5, vec![209, 214, 30, 118]));
     }
 
     #[test]
