@@ -300,3 +300,46 @@ fn concurrent_registrations_are_all_kept_across_a_restart() {
         "an acknowledged registration survives the restart: {checks}"
     );
 }
+
+#[test]
+fn a_flip_on_a_node_with_many_services_replicates_as_a_patch() {
+    // A node with many services has a record too large for a datagram; a check flip on it
+    // travels as a patch against the version before, not as the whole record.
+    let agents = cluster("cp", 3, &keygen());
+    for i in 0..40 {
+        let body = format!(
+            r#"{{"Name": "web", "ID": "web-{i}", "Port": {}, "Check": {{"CheckID": "web-{i}-ttl", "TTL": "600s"}}}}"#,
+            8000 + i
+        );
+        agents[0].register(&body);
+    }
+    assert!(
+        wait_until(SPREAD, || agents[1..].iter().all(|a| a
+            .get("/v1/health/service/web")
+            .as_array()
+            .is_some_and(|instances| instances.len() == 40))),
+        "every registration reaches every agent"
+    );
+    let applied = |a: &Agent| a.metric("murmur_replica_patches_total{outcome=\"applied\"}");
+    let before: Vec<f64> = agents[1..].iter().map(applied).collect();
+    for (status, path) in [
+        ("passing", "pass"),
+        ("warning", "warn"),
+        ("critical", "fail"),
+    ] {
+        let flip = format!("/v1/agent/check/{path}/web-17-ttl");
+        assert_eq!(put(&agents[0], &flip, "").0, 200);
+        assert!(
+            wait_until(SPREAD, || everywhere(&agents, "web-17-ttl", status)),
+            "the flip to {status} reaches every agent"
+        );
+    }
+    for (agent, before) in agents[1..].iter().zip(before) {
+        assert!(
+            applied(agent) >= before + 3.0,
+            "{} applied the three flips as patches ({before} before, {} after)",
+            agent.name,
+            applied(agent)
+        );
+    }
+}

@@ -672,6 +672,13 @@ async fn agent_metrics(
     ] {
         metrics::counter!("murmur_replica_changes_total", "outcome" => outcome).absolute(n);
     }
+    for (outcome, n) in [
+        ("applied", replicated.patches_applied),
+        ("waited", replicated.patches_waited),
+        ("dropped", replicated.patches_dropped),
+    ] {
+        metrics::counter!("murmur_replica_patches_total", "outcome" => outcome).absolute(n);
+    }
     metrics::counter!("murmur_replica_tombstones_collected_total")
         .absolute(replicated.tombstones_collected);
     metrics::counter!("murmur_replica_reset_dropped_total").absolute(replicated.reset_dropped);
