@@ -87,6 +87,24 @@ fn services_and_kv_reach_every_agent_and_concurrent_writes_converge() {
     let seen: Vec<Option<String>> = agents.iter().map(|a| value(a, "race")).collect();
     assert!(agreed, "agents disagree on the raced key: {seen:?}");
 
+    // A value too large for a datagram is flooded by stream, offered by key first: every
+    // agent asks for it once, and declines the other members' offers.
+    let large = "x".repeat(20_000);
+    put(&agents[3], "app/large", &large);
+    assert!(
+        wait_until(SPREAD, || all_hold(&agents, "app/large", &large)),
+        "the large value did not reach every agent"
+    );
+    let offered = |outcome: &str| -> Vec<f64> {
+        let name = format!("murmur_gossip_offered_changes_total{{outcome=\"{outcome}\"}}");
+        agents.iter().map(|a| a.metric(&name)).collect()
+    };
+    let (wanted, known) = (offered("wanted"), offered("known"));
+    assert!(
+        wanted.iter().all(|&n| n <= 1.0) && known.iter().sum::<f64>() >= 1.0,
+        "offers wanted {wanted:?}, declined {known:?}"
+    );
+
     let (_, _, metrics) = agents[0].request("GET", "/v1/agent/metrics?format=prometheus", b"");
     let applied = metrics
         .lines()

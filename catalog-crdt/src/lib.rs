@@ -83,4 +83,6 @@ pub use replica::{
 };
 pub use shared::{BUCKETS, Entry, ModifyIndex, SharedMap, bucket_of, is_background_key};
 pub use summary::{DcSummary, SUMMARY_PREFIX, ServiceCounts};
-pub use value::{CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value};
+pub use value::{
+    CONFIG_PREFIX, Change, ChangeKey, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, Value,
+};

@@ -40,7 +40,8 @@ use crate::register::{Lww, Owned, Version};
 use crate::shared::{Entry, ModifyIndex, SharedMap};
 use crate::summary::{DcSummary, SUMMARY_PREFIX};
 use crate::value::{
-    CONFIG_PREFIX, Change, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, SHARED_PREFIXES, Value,
+    CONFIG_PREFIX, Change, ChangeKey, ConfigEntry, INTENTION_PREFIX, KV_PREFIX, SHARED_PREFIXES,
+    Value,
 };
 
 /// Most reaped owners remembered, so a late copy of a reaped record is not taken back in.
@@ -418,6 +419,42 @@ impl Replica {
     /// Journal entries since the last call, for the agent to persist in order.
     pub fn take_journal(&mut self) -> Vec<Journaled> {
         std::mem::take(&mut self.journal)
+    }
+
+    /// Whether this replica lacks the change `key` names (holds nothing there, or older):
+    /// whether a copy offered by a peer is worth receiving.
+    pub fn lacks(&self, key: &ChangeKey) -> bool {
+        match key {
+            ChangeKey::Record { owner, version } => self
+                .records
+                .entry(owner)
+                .is_none_or(|e| e.register.stamp() < version),
+            ChangeKey::Shared { key, stamp } => self
+                .shared
+                .entry(key)
+                .is_none_or(|e| e.register.stamp() < stamp),
+        }
+    }
+
+    /// What this replica holds for the subject of `key`, if it is that change or newer: what
+    /// to send a peer that asked for `key`.
+    pub fn change_for(&self, key: &ChangeKey) -> Option<Change> {
+        match key {
+            ChangeKey::Record { owner, version } => {
+                let entry = self.records.entry(owner)?;
+                (entry.register.stamp() >= version).then(|| Change::Record {
+                    owner: owner.clone(),
+                    register: entry.register.clone(),
+                })
+            }
+            ChangeKey::Shared { key, stamp } => {
+                let entry = self.shared.entry(key)?;
+                (entry.register.stamp() >= stamp).then(|| Change::Shared {
+                    key: key.clone(),
+                    register: entry.register.clone(),
+                })
+            }
+        }
     }
 
     /// Changes made here since the last call, for the gossip layer to spread.

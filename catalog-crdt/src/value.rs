@@ -21,11 +21,12 @@ use crate::catalog::NodeRecord;
 use crate::coordinate::{COORDINATE_PREFIX, Coordinate};
 use crate::directory::{DIRECTORY_PREFIX, Gateway};
 use crate::external::{EXTERNAL_PREFIX, ExternalPart};
+use crate::hlc::Hlc;
 use crate::intentions::Intention;
 use crate::kv::KvValue;
 use crate::patch::RecordPatch;
 use crate::query::{PreparedQuery, QUERY_PREFIX};
-use crate::register::{Lww, Owned};
+use crate::register::{Lww, Owned, Version};
 use crate::shared::is_background_key;
 use crate::summary::{DcSummary, SUMMARY_PREFIX};
 
@@ -171,7 +172,43 @@ pub enum Change {
     Patch(Box<RecordPatch>),
 }
 
+/// A change named without its value: what a member offers before sending a large change, so
+/// that a peer holding it already does not receive (and decode) another copy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChangeKey {
+    /// A record of `owner` at `version`.
+    Record {
+        /// The owner's node name.
+        owner: String,
+        /// The record's version.
+        version: Version,
+    },
+    /// A shared key at `stamp`.
+    Shared {
+        /// The full key.
+        key: String,
+        /// The register's stamp.
+        stamp: Hlc,
+    },
+}
+
 impl Change {
+    /// The name of this change, `None` for a patch (a patch is offered by nobody: it is
+    /// small, and only worth having with its base).
+    pub fn key(&self) -> Option<ChangeKey> {
+        match self {
+            Self::Record { owner, register } => Some(ChangeKey::Record {
+                owner: owner.clone(),
+                version: *register.stamp(),
+            }),
+            Self::Shared { key, register } => Some(ChangeKey::Shared {
+                key: key.clone(),
+                stamp: *register.stamp(),
+            }),
+            Self::Patch(_) => None,
+        }
+    }
+
     /// Rough encoded size in bytes, to keep messages under their limits without encoding twice.
     pub fn weight(&self) -> usize {
         const OVERHEAD: usize = 48;

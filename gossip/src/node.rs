@@ -548,6 +548,7 @@ impl Node {
             StreamMessage::MembersPushAck => Ok(Replied::PushPull { first: false }),
             message @ (StreamMessage::SyncSummary(_)
             | StreamMessage::SyncPushReply(_)
+            | StreamMessage::ChangesWanted(_)
             | StreamMessage::ChangesAck) => Ok(Replied::Replication(message)),
             other => Err(unexpected_reply(&other)),
         }
@@ -574,6 +575,7 @@ impl Node {
             Ok(
                 message @ (StreamMessage::Sync(_)
                 | StreamMessage::SyncPush(_)
+                | StreamMessage::ChangesOffer(_)
                 | StreamMessage::Changes(_)),
             ) => return Served::Replication(message),
             Ok(StreamMessage::Tether(subject)) => return Served::Tether(subject),
@@ -1238,6 +1240,8 @@ fn message_name(message: &StreamMessage) -> &'static str {
         StreamMessage::SyncSummary(_) => "sync summary",
         StreamMessage::SyncPush(_) => "sync push",
         StreamMessage::SyncPushReply(_) => "sync push reply",
+        StreamMessage::ChangesOffer(_) => "changes offer",
+        StreamMessage::ChangesWanted(_) => "changes wanted",
         StreamMessage::Changes(_) => "changes",
         StreamMessage::ChangesAck => "changes ack",
         StreamMessage::AgentRequest { .. } => "agent request",

@@ -72,6 +72,10 @@ pub struct Stats {
     pub dropped: DropCounts,
     /// Local changes not queued for gossip because the queue was full (anti-entropy repairs).
     pub changes_dropped: u64,
+    /// Large changes peers offered that this member lacked and asked for.
+    pub offered_changes_wanted: u64,
+    /// Large changes peers offered that this member held already: copies not sent.
+    pub offered_changes_known: u64,
     /// Round trips that moved this member's network coordinate.
     pub coordinate_samples: u64,
     /// Evidence that members are unreachable (see [`UnreachableCounts`]).

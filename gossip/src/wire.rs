@@ -19,7 +19,7 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use murmur_catalog::{Change, SyncDigest, SyncPush, SyncPushReply, SyncSummary};
+use murmur_catalog::{Change, ChangeKey, SyncDigest, SyncPush, SyncPushReply, SyncSummary};
 
 use crate::keyring::{Keyring, KeyringOp, NONCE_LEN, TAG_LEN};
 use crate::repeats::RepeatFilter;
@@ -34,7 +34,8 @@ use crate::{Identities, NodeIdentity};
 /// (`murmur_catalog::bucket_of`). Two replicas that bucket keys differently must not compare
 /// buckets: a key the peer holds in another bucket looks absent there, and an old key a fresh
 /// peer seems to lack is dropped as a collected delete. So 3 and 4 do not talk.
-/// 5: a change may be a record patch (`Change::Patch`), which 4 cannot decode.
+/// 5: a change may be a record patch (`Change::Patch`), which 4 cannot decode; large changes
+/// are offered by key before they are flooded (`ChangesOffer`, `ChangesWanted`).
 pub const PROTOCOL_VERSION: u8 = 5;
 /// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -269,7 +270,13 @@ pub(crate) enum StreamMessage {
     SyncPush(SyncPush),
     /// Anti-entropy step 4: the wanted registers.
     SyncPushReply(SyncPushReply),
-    /// Changes too large for a datagram, flooded over streams.
+    /// The keys of changes too large for a datagram that the sender would flood: the
+    /// responder answers with the ones it lacks, so it receives (and decodes) one copy of each,
+    /// not one from every member that floods it.
+    ChangesOffer(Vec<ChangeKey>),
+    /// The offered changes the responder lacks.
+    ChangesWanted(Vec<ChangeKey>),
+    /// Changes too large for a datagram, flooded over streams (after an offer, the wanted ones).
     Changes(Vec<Change>),
     /// The responder took the flooded changes.
     ChangesAck,

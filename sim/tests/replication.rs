@@ -240,6 +240,57 @@ fn patches_applied(net: &Net) -> u64 {
 }
 
 #[test]
+fn a_node_that_joins_with_a_large_record_is_listed_by_everyone_within_seconds() {
+    // An agent writes its record at start, before it knows anyone: too large for a datagram,
+    // that flood reaches nobody. Joining spreads it again.
+    let nodes = 32;
+    let mut net = cluster(nodes, 6);
+    let newcomer = nodes - 1;
+    net.crash(newcomer);
+    net.run_for(SECS(30));
+    net.start(newcomer, 2, key(1));
+    register_many(&mut net, newcomer, 80);
+    net.join(newcomer, 0).unwrap();
+    let took = net
+        .run_until(SECS(60), |net| everyone_holds_record_of(net, newcomer))
+        .expect("the record reaches everyone");
+    assert!(
+        took < SECS(3),
+        "every node listed the newcomer after {took:?}"
+    );
+}
+
+#[test]
+fn a_large_change_is_offered_first_and_each_node_receives_about_one_copy() {
+    // Each member that learns a large change floods it to ln N + 2 others; offered by key
+    // first, it travels only to those that lack it.
+    let nodes = 32;
+    let mut net = cluster(nodes, 5);
+    let size = 50_000;
+    let before = net.stream_bytes;
+    put(&mut net, 7, "blob", &vec![7u8; size]);
+    until_everywhere(&mut net, "blob", &vec![7u8; size], SECS(20)).expect("spread");
+    let copies = (net.stream_bytes - before) as f64 / size as f64;
+    let sum = |f: fn(&murmur_gossip::Stats) -> u64| {
+        let slots = net.slots.iter().filter_map(|s| s.node.as_ref());
+        slots.map(|n| f(n.node().stats())).sum::<u64>()
+    };
+    let (wanted, known) = (
+        sum(|s| s.offered_changes_wanted),
+        sum(|s| s.offered_changes_known),
+    );
+    // Without offers: 32 floods of 7 copies (224); with them about one per node.
+    assert!(
+        copies < 2.0 * nodes as f64,
+        "{copies:.1} copies' worth of stream bytes for {nodes} nodes"
+    );
+    assert!(
+        wanted <= 2 * nodes as u64 && known > 3 * nodes as u64,
+        "{wanted} offers wanted, {known} declined"
+    );
+}
+
+#[test]
 fn coordinates_ride_on_messages_sent_anyway_and_still_reach_everyone() {
     // A coordinate is republished every 15 s by every node; spread like a write, each
     // started gossip rounds at every member. They now wait for probes and their acks.

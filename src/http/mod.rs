@@ -683,6 +683,12 @@ async fn agent_metrics(
         .absolute(replicated.tombstones_collected);
     metrics::counter!("murmur_replica_reset_dropped_total").absolute(replicated.reset_dropped);
     metrics::counter!("murmur_gossip_changes_dropped_total").absolute(stats.changes_dropped);
+    for (outcome, n) in [
+        ("wanted", stats.offered_changes_wanted),
+        ("known", stats.offered_changes_known),
+    ] {
+        metrics::counter!("murmur_gossip_offered_changes_total", "outcome" => outcome).absolute(n);
+    }
     metrics::counter!("murmur_gossip_packets_received_total").absolute(stats.packets_received);
     metrics::counter!("murmur_gossip_packets_sent_total").absolute(stats.packets_sent);
     metrics::counter!("murmur_gossip_bytes_received_total").absolute(stats.bytes_received);

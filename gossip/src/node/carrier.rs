@@ -74,6 +74,12 @@ impl Node {
         self.stats.dropped.count(reason);
     }
 
+    /// Counts the changes of an offer this member asked for and those it held already.
+    pub(crate) fn count_offered(&mut self, wanted: usize, known: usize) {
+        self.stats.offered_changes_wanted += wanted as u64;
+        self.stats.offered_changes_known += known as u64;
+    }
+
     /// Counts a change the broadcast queue had no room for (anti-entropy repairs it).
     pub(crate) fn count_dropped_change(&mut self) {
         self.stats.changes_dropped += 1;
