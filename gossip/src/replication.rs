@@ -257,23 +257,7 @@ impl Replication {
         node.schedule(base + jitter, TimerEvent::Sync);
     }
 
-    /// Just joined through `seed`: fetches the replicated state now, not at the next timer,
-    /// and spreads this member's record again. A record too large for a datagram was flooded
-    /// when the agent wrote it at start, to the nobody it knew then; otherwise it would
-    /// spread by anti-entropy only, one 10 s round after another (32 agents of 1,344 services
-    /// each: 32–42 s until every agent listed every node, `bench/catalog.py`).
-    pub(crate) fn joined(&mut self, node: &mut Node, seed: SocketAddr) {
-        self.start_sync(node, seed);
-        let own = ChangeKey::Record {
-            owner: self.replica.me().to_owned(),
-            version: Default::default(),
-        };
-        if let Some(record) = self.replica.change_for(&own) {
-            self.spread(node, vec![record]);
-        }
-    }
-
-    /// Starts an anti-entropy round with `to`.
+    /// Starts an anti-entropy round with `to` (also right after joining, through it).
     pub(crate) fn start_sync(&mut self, node: &mut Node, to: SocketAddr) {
         let digest = self.replica.sync_digest(self.now_ms);
         node.exchange(to, &StreamMessage::Sync(digest));
