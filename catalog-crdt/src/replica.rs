@@ -194,8 +194,8 @@ pub struct Replica {
     config: ReplicaConfig,
     journal: Vec<Journaled>,
     outbox: Vec<Change>,
-    /// Peers' record patches that arrived before their base, oldest first.
-    waiting: VecDeque<RecordPatch>,
+    /// Peers' record patches that arrived before their base, oldest first, with when (wall ms).
+    waiting: VecDeque<(RecordPatch, u64)>,
     stats: ReplicaStats,
 }
 
@@ -929,7 +929,7 @@ impl Replica {
                 if patch.owner != self.me {
                     self.check_record(&patch.owner, &patch.version)?;
                 }
-                return self.apply_patch(patch);
+                return self.apply_patch(patch, wall_ms);
             }
             Change::Shared { key, register } => {
                 check_shared(key, register)?;

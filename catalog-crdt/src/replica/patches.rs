@@ -2,6 +2,7 @@
 //! (see [`RecordPatch`]): a patch becomes the whole record it makes, or waits a while for its
 //! base.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::{Applied, ApplyError, Replica};
@@ -10,10 +11,12 @@ use crate::patch::RecordPatch;
 use crate::register::Owned;
 use crate::value::Change;
 
-/// Most patches held for a base that has not arrived yet. Gossip reorders a node's changes
-/// only within a few rounds, so a patch whose base has not come by the time this many others
-/// arrived waits for anti-entropy instead.
+/// Most patches held for a base that has not arrived yet, and most bytes (by
+/// [`RecordPatch::weight`]) they may take: a patch from a stream may be large. Gossip reorders
+/// a node's changes only within a few rounds, so a patch whose base has not come by the time
+/// this many others arrived waits for anti-entropy instead.
 pub(super) const MAX_WAITING_PATCHES: usize = 256;
+const MAX_WAITING_BYTES: usize = 1 << 20;
 
 /// What a patch makes of this replica's copy of its owner's record.
 enum Patched {
@@ -59,7 +62,11 @@ impl Replica {
     }
 
     /// Applies a peer's patch (the owner's name already checked).
-    pub(super) fn apply_patch(&mut self, patch: &RecordPatch) -> Result<Applied, ApplyError> {
+    pub(super) fn apply_patch(
+        &mut self,
+        patch: &RecordPatch,
+        wall_ms: u64,
+    ) -> Result<Applied, ApplyError> {
         if patch.owner == self.me {
             // A patch of this node's record from an earlier life that outran this one.
             if patch.version > self.own {
@@ -80,11 +87,15 @@ impl Replica {
             )),
             Patched::NoBase => {
                 self.stats.patches_waited += 1;
-                if self.waiting.len() >= MAX_WAITING_PATCHES {
-                    self.waiting.pop_front();
+                self.waiting.push_back((patch.clone(), wall_ms));
+                let mut bytes: usize = self.waiting.iter().map(|(p, _)| p.weight()).sum();
+                while self.waiting.len() > MAX_WAITING_PATCHES || bytes > MAX_WAITING_BYTES {
+                    let Some((oldest, _)) = self.waiting.pop_front() else {
+                        break;
+                    };
+                    bytes -= oldest.weight();
                     self.stats.patches_dropped += 1;
                 }
-                self.waiting.push_back(patch.clone());
                 Ok(Applied::Held)
             }
         }
@@ -141,12 +152,22 @@ impl Replica {
     fn next_waiting(&mut self, owner: &str) -> Option<RecordPatch> {
         let held = *self.records.entry(owner)?.register.stamp();
         self.waiting
-            .retain(|p| p.owner != owner || p.version > held);
+            .retain(|(p, _)| p.owner != owner || p.version > held);
         let at = self
             .waiting
             .iter()
-            .position(|p| p.owner == owner && p.base == held)?;
-        self.waiting.remove(at)
+            .position(|(p, _)| p.owner == owner && p.base == held)?;
+        self.waiting.remove(at).map(|(p, _)| p)
+    }
+
+    /// Owners with a patch held since `since_ms` or earlier: their base is likely lost, not
+    /// late, and a round of anti-entropy with the owner brings the record it applies to.
+    pub fn owners_waiting_since(&self, since_ms: u64) -> BTreeSet<&str> {
+        self.waiting
+            .iter()
+            .filter(|(_, held_at)| *held_at <= since_ms)
+            .map(|(p, _)| p.owner.as_str())
+            .collect()
     }
 }
 
@@ -238,6 +259,8 @@ mod tests {
         let lost = flip(&mut a, 1, Health::Critical);
         let next = flip(&mut a, 2, Health::Critical);
         assert_eq!(b.apply(&next, NOW), Ok(false), "held");
+        assert!(b.owners_waiting_since(NOW - 1).is_empty());
+        assert_eq!(b.owners_waiting_since(NOW), BTreeSet::from(["a"]));
         // Anti-entropy brings the record at the lost patch's version: the held one applies.
         let Change::Patch(lost) = lost else { panic!() };
         let at_lost = Change::Record {
@@ -292,6 +315,19 @@ mod tests {
         }
         assert_eq!(b.waiting.len(), MAX_WAITING_PATCHES);
         assert_eq!(b.stats().patches_dropped, 10);
+
+        // And by bytes: a patch that alone takes more than the limit is not kept.
+        let Change::Patch(mut huge) = patches[0].clone() else {
+            panic!()
+        };
+        let check = huge.checks[0].1.clone().unwrap();
+        huge.checks = (0..40_000)
+            .map(|i| (format!("c{i}").into(), Some(check.clone())))
+            .collect();
+        assert!(huge.weight() > MAX_WAITING_BYTES);
+        b.apply(&Change::Patch(huge), NOW).unwrap();
+        let held: usize = b.waiting.iter().map(|(p, _)| p.weight()).sum();
+        assert!(held <= MAX_WAITING_BYTES, "{held} bytes held");
     }
 
     #[test]

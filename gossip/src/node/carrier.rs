@@ -36,6 +36,12 @@ impl Node {
         self.view.inactive_among(names, &self.identity().name)
     }
 
+    /// The address of the named member while it is active.
+    pub(crate) fn active_addr_of(&self, name: &str) -> Option<SocketAddr> {
+        let member = self.view.get(name)?;
+        member.status.is_active().then_some(member.identity.addr)
+    }
+
     /// Whether the named member left on purpose (as opposed to failing).
     pub(crate) fn has_left(&self, name: &str) -> bool {
         self.view
