@@ -1925,9 +1925,7 @@ mod tests {
                 },
                 wall_ms,
             ),
-            Op::Bulk { node } => {
-                let r = &mut replicas[node];
-                let mut record = r.own_record().cloned().unwrap_or_default();
+            Op::Bulk { node } => edit_own(&mut replicas[node], |record| {
                 for i in 0..40 {
                     let id: compact_str::CompactString = format!("bulk-{i:02}").into();
                     let service = Service {
@@ -1937,15 +1935,12 @@ mod tests {
                     };
                     record.services.insert(id, service);
                 }
-                r.set_own_record(Some(record));
-            }
+            }),
             Op::Flip {
                 node,
                 check,
                 status,
-            } => {
-                let r = &mut replicas[node];
-                let mut record = r.own_record().cloned().unwrap_or_default();
+            } => edit_own(&mut replicas[node], |record| {
                 let id: compact_str::CompactString = format!("c{check}").into();
                 let status = [
                     Health::Passing,
@@ -1961,8 +1956,7 @@ mod tests {
                     service_id: Default::default(),
                 };
                 record.checks.insert(id, check);
-                r.set_own_record(Some(record));
-            }
+            }),
             Op::External {
                 node,
                 host,
@@ -1991,6 +1985,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Changes this node's record with `edit` and publishes it.
+    fn edit_own(r: &mut Replica, edit: impl FnOnce(&mut NodeRecord)) {
+        let mut record = r.own_record().cloned().unwrap_or_default();
+        edit(&mut record);
+        r.set_own_record(Some(record));
     }
 
     fn external_service(id: &str) -> Service {

@@ -192,13 +192,9 @@ fn everyone_holds_record_of(net: &Net, owner: usize) -> bool {
     net.running().into_iter().all(|i| register(i) == want)
 }
 
-#[test]
-fn check_flips_on_large_records_travel_as_patches_and_reach_everyone_before_anti_entropy() {
-    // A flip used to re-send the node's whole record, flooded by stream; as a patch it rides
-    // on gossip like a small write. Flips come two at a time from one node (gossip reorders
-    // them: the second may arrive first and wait for its base), under 5 % loss.
-    let nodes = 32;
-    let mut net = cluster(nodes, 3);
+/// `nodes` nodes of 80 services each, every record held everywhere.
+fn cluster_of_large_records(nodes: usize, seed: u64) -> Net {
+    let mut net = cluster(nodes, seed);
     for i in 0..nodes {
         register_many(&mut net, i, 80);
     }
@@ -206,6 +202,16 @@ fn check_flips_on_large_records_travel_as_patches_and_reach_everyone_before_anti
         (0..nodes).all(|i| everyone_holds_record_of(net, i))
     })
     .expect("the records reach everyone");
+    net
+}
+
+#[test]
+fn check_flips_on_large_records_travel_as_patches_and_reach_everyone_before_anti_entropy() {
+    // A flip used to re-send the node's whole record, flooded by stream; as a patch it rides
+    // on gossip like a small write. Flips come two at a time from one node (gossip reorders
+    // them: the second may arrive first and wait for its base), under 5 % loss.
+    let nodes = 32;
+    let mut net = cluster_of_large_records(nodes, 3);
     net.loss = 0.05;
     let mut times = Vec::new();
     let (streams_before, applied_before) = (net.stream_bytes, patches_applied(&net));
@@ -242,14 +248,7 @@ fn a_node_that_missed_a_flip_asks_the_owner_once_the_next_one_waits_for_its_base
     // without its base. It asks node 3 for the record within a second instead of waiting
     // for its own next sync round (10 s).
     let nodes = 16;
-    let mut net = cluster(nodes, 8);
-    for i in 0..nodes {
-        register_many(&mut net, i, 80);
-    }
-    net.run_until(SECS(60), |net| {
-        (0..nodes).all(|i| everyone_holds_record_of(net, i))
-    })
-    .expect("the records reach everyone");
+    let mut net = cluster_of_large_records(nodes, 8);
     let (deaf, owner) = (9, 3);
     for j in (0..nodes).filter(|&j| j != deaf) {
         net.block_one_way(j, deaf);
