@@ -369,16 +369,13 @@ impl Replication {
         if changes.is_empty() {
             return;
         }
-        let (offered, patches): (Vec<ChangeKey>, Vec<Change>) =
-            changes
-                .into_iter()
-                .fold((Vec::new(), Vec::new()), |(mut keys, mut rest), c| {
-                    match c.key() {
-                        Some(key) => keys.push(key),
-                        None => rest.push(c),
-                    }
-                    (keys, rest)
-                });
+        let (mut offered, mut patches) = (Vec::new(), Vec::new());
+        for change in changes {
+            match change.key() {
+                Some(key) => offered.push(key),
+                None => patches.push(change),
+            }
+        }
         let fanout = flood_fanout(node.active_peers());
         for to in node.random_peers(fanout) {
             if !offered.is_empty() {

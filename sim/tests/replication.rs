@@ -226,6 +226,9 @@ fn check_flips_on_large_records_travel_as_patches_and_reach_everyone_before_anti
     }
     let streams = net.stream_bytes - streams_before;
     let applied = patches_applied(&net) - applied_before;
+    eprintln!(
+        "pairs of flips on every node after {times:?}; {applied} patches applied, {streams} stream bytes"
+    );
     // Gossip misses a node now and then under loss (each node hears a change ~8 times); that
     // node gets the record by anti-entropy, as for any write. Most pairs need no such repair.
     let quick = times.iter().filter(|t| **t < SECS(2)).count();
@@ -260,6 +263,7 @@ fn a_node_that_missed_a_flip_asks_the_owner_once_the_next_one_waits_for_its_base
     let took = net
         .run_until(SECS(15), |net| everyone_holds_record_of(net, owner))
         .expect("both flips reach everyone");
+    eprintln!("node {deaf} held both flips {took:?} after the second");
     let waited = net.node(deaf).replica().stats().patches_waited;
     assert!(waited >= 1, "the second flip's patch waited for its base");
     assert!(took < SECS(2), "node {deaf} held both flips after {took:?}");
@@ -288,6 +292,9 @@ fn a_large_change_is_offered_first_and_each_node_receives_about_one_copy() {
     let (wanted, known) = (
         sum(|s| s.offered_changes_wanted),
         sum(|s| s.offered_changes_known),
+    );
+    eprintln!(
+        "{copies:.1} copies' worth of stream bytes; offers wanted {wanted}, declined {known}"
     );
     // Without offers: 32 floods of 7 copies (224); with them about one per node.
     assert!(

@@ -226,6 +226,15 @@ mod tests {
             panic!("a flip on a large record spreads as a patch: {change:?}");
         };
         assert!(change.weight() < 200, "{} bytes", change.weight());
+        let (bytes, record) = (
+            crate::journal::encode(&change).len(),
+            a.own_record().unwrap().encoded_len(),
+        );
+        eprintln!("a flip on a record of 100 services: {bytes} bytes, the record {record}");
+        assert!(
+            bytes < 200 && record > 20 * bytes,
+            "{bytes} bytes, the record {record}"
+        );
         assert_eq!(patch.checks.len(), 1);
         assert_eq!(b.apply(&change, NOW), Ok(true));
         assert_eq!(b.apply(&change, NOW), Ok(false), "a copy is known");
