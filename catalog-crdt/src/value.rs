@@ -174,7 +174,7 @@ pub enum Change {
 
 /// A change named without its value: what a member offers before sending a large change, so
 /// that a peer holding it already does not receive (and decode) another copy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ChangeKey {
     /// A record of `owner` at `version`.
     Record {

@@ -31,7 +31,8 @@ use crate::members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, Me
 use crate::repeats::RepeatFilter;
 use crate::stats::Stats;
 use crate::wire::{
-    self, DatagramKind, DigestedState, DropReason, PushPullState, StreamMessage, WireCodec,
+    self, DatagramKind, DigestedState, DropReason, OfferMessage, PushPullState, StreamMessage,
+    WireCodec,
 };
 use crate::{GossipConfig, GossipError, Identities, NodeIdentity};
 
@@ -439,15 +440,15 @@ impl Node {
         self.seeds = seeds;
     }
 
-    /// A datagram arrived.
-    pub(crate) fn handle_datagram(&mut self, bytes: &[u8]) {
+    /// A datagram arrived. An offer is decoded and handed back: the replication answers it.
+    pub(crate) fn handle_datagram(&mut self, bytes: &[u8]) -> Option<OfferMessage> {
         self.stats.packets_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
         let body = match self.open(bytes) {
             Ok(opened) => opened,
             Err(reason) => {
                 self.stats.dropped.count(reason);
-                return;
+                return None;
             }
         };
         match DatagramKind::split(&body) {
@@ -459,8 +460,13 @@ impl Node {
             }
             Ok((DatagramKind::Coordinate, message)) => self.handle_coordinate(message),
             Ok((DatagramKind::Evidence, message)) => self.handle_evidence(message),
+            Ok((DatagramKind::Offer, message)) => match wire::decode(message) {
+                Ok(offer) => return Some(offer),
+                Err(reason) => self.stats.dropped.count(reason),
+            },
             Err(reason) => self.stats.dropped.count(reason),
         }
+        None
     }
 
     /// The driver's monotonic time (since any fixed moment), which the round trips of
@@ -548,7 +554,6 @@ impl Node {
             StreamMessage::MembersPushAck => Ok(Replied::PushPull { first: false }),
             message @ (StreamMessage::SyncSummary(_)
             | StreamMessage::SyncPushReply(_)
-            | StreamMessage::ChangesWanted(_)
             | StreamMessage::ChangesAck) => Ok(Replied::Replication(message)),
             other => Err(unexpected_reply(&other)),
         }
@@ -575,7 +580,6 @@ impl Node {
             Ok(
                 message @ (StreamMessage::Sync(_)
                 | StreamMessage::SyncPush(_)
-                | StreamMessage::ChangesOffer(_)
                 | StreamMessage::Changes(_)),
             ) => return Served::Replication(message),
             Ok(StreamMessage::Tether(subject)) => return Served::Tether(subject),
@@ -1240,8 +1244,6 @@ fn message_name(message: &StreamMessage) -> &'static str {
         StreamMessage::SyncSummary(_) => "sync summary",
         StreamMessage::SyncPush(_) => "sync push",
         StreamMessage::SyncPushReply(_) => "sync push reply",
-        StreamMessage::ChangesOffer(_) => "changes offer",
-        StreamMessage::ChangesWanted(_) => "changes wanted",
         StreamMessage::Changes(_) => "changes",
         StreamMessage::ChangesAck => "changes ack",
         StreamMessage::AgentRequest { .. } => "agent request",

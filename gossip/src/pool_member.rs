@@ -140,8 +140,11 @@ impl PoolMember {
 
     /// A datagram arrived.
     pub fn handle_datagram(&mut self, bytes: &[u8]) {
-        self.node.handle_datagram(bytes);
+        let offer = self.node.handle_datagram(bytes);
         self.replication.absorb(&mut self.node);
+        if let Some(offer) = offer {
+            self.replication.on_offer(&mut self.node, offer);
+        }
     }
 
     /// The host at `addr` says nobody listens there: a datagram this member sent there came

@@ -18,7 +18,7 @@ use rand::RngExt;
 use crate::GossipError;
 use crate::broadcast::BroadcastItem;
 use crate::node::{Delivery, Node, TimerEvent};
-use crate::wire::{self, DropReason, StreamMessage};
+use crate::wire::{self, DropReason, OfferMessage, StreamMessage};
 
 /// Largest encoded change piggybacked on gossip datagrams; larger ones go by stream, so a
 /// change never crowds out membership updates.
@@ -35,11 +35,19 @@ const MAX_CHANGE_BACKLOG: usize = 4096;
 fn flood_fanout(members: usize) -> usize {
     (members as f64 + 1.0).ln().ceil() as usize + 2
 }
-/// How long a member that asked for an offered change declines other offers of it: the
-/// first one asked sends it in a round trip; if that fails, a later offer or anti-entropy
-/// brings it. Without this, a member asked for a 50 KB value ~2.5 times in a 32-node flood
-/// (simulated, `a_large_change_is_offered_first_and_each_node_receives_about_one_copy`).
+/// How long a member that asked for an offered change declines other offers of it, noting
+/// who made them: the first one asked sends it in a round trip. Without this, a member asked
+/// for a 50 KB value ~2.5 times in a 32-node flood (simulated,
+/// `a_large_change_is_offered_first_and_each_node_receives_about_one_copy`).
 const ASKED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// When an offered change asked for has not come after this long (the asking datagram, or
+/// the stream that answers it, was lost), the member asks the next member that offered it.
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(500);
+/// How many of the other members that offered a change asked for are kept, to ask in turn.
+const OFFERERS_KEPT: usize = 3;
+/// Bytes of keys one offer datagram carries: a datagram's body less the message's own fields
+/// (its variant, the list's length and the sender's address take at most 32).
+const OFFER_BUDGET: usize = wire::MAX_DATAGRAM - wire::ENVELOPE_OVERHEAD - 32;
 /// How long a record patch waits for its base before this member asks the patch's owner
 /// for the record by a round of anti-entropy: gossip reorders within a few rounds, so a base
 /// missing this long was lost (a member that missed one flip otherwise waited for its next
@@ -55,6 +63,44 @@ const MAX_FOLLOW_UPS: u32 = 64;
 const MASS_EXPIRY_SHARE: usize = 3;
 const MASS_EXPIRY_FACTOR: u32 = 10;
 
+/// The keys of `changes` in batches that each fit one offer datagram ([`OFFER_BUDGET`]), in
+/// order, and the changes to send whole: patches (no key), and any whose key alone would not
+/// fit (none today: KV keys and node names are bounded well below a datagram, but a key
+/// type without such a bound must not make an offer no datagram can carry).
+fn offer_batches(changes: Vec<Change>) -> (Vec<Vec<ChangeKey>>, Vec<Change>) {
+    let (mut offers, mut whole): (Vec<Vec<ChangeKey>>, _) = (Vec::new(), Vec::new());
+    let mut room = 0;
+    for change in changes {
+        let Some(key) = change.key() else {
+            whole.push(change);
+            continue;
+        };
+        let size = wire::encode(&key).len();
+        if size > OFFER_BUDGET {
+            whole.push(change);
+            continue;
+        }
+        if offers.is_empty() || size > room {
+            offers.push(Vec::new());
+            room = OFFER_BUDGET;
+        }
+        room -= size;
+        offers
+            .last_mut()
+            .expect("a batch was just started")
+            .push(key);
+    }
+    (offers, whole)
+}
+
+/// An offered change this member asked for.
+struct Asked {
+    /// When it last asked (wall ms).
+    at: u64,
+    /// Other members that offered it since, to ask in turn if it does not come.
+    offered_by: Vec<SocketAddr>,
+}
+
 /// A replica and the protocol that keeps it converged with the other members of one pool.
 pub struct Replication {
     replica: Replica,
@@ -66,8 +112,9 @@ pub struct Replication {
     follow_ups: u32,
     /// Anti-entropy rounds this member started and saw through (step 4 arrived).
     rounds_done: u64,
-    /// Offered changes this member asked for, with when (wall ms).
-    asked: HashMap<ChangeKey, u64>,
+    /// Offered changes this member asked for and lacks still. Ordered, so the members asked
+    /// again go out in the same order on every run.
+    asked: BTreeMap<ChangeKey, Asked>,
     /// Owners asked for their record because a patch of theirs waited, with when (wall ms).
     pulled: HashMap<String, u64>,
 }
@@ -81,7 +128,7 @@ impl Replication {
             away_since: BTreeMap::new(),
             follow_ups: 0,
             rounds_done: 0,
-            asked: HashMap::new(),
+            asked: BTreeMap::new(),
             pulled: HashMap::new(),
         };
         replication.schedule_sync(node);
@@ -143,6 +190,7 @@ impl Replication {
             }
         }
         self.pull_missing_bases(node);
+        self.ask_again(node);
     }
 
     /// Asks the owner of each patch that waited [`PATCH_BASE_WAIT`] for its base for the
@@ -190,11 +238,6 @@ impl Replication {
         match message {
             StreamMessage::Sync(digest) => self.answer_sync(node, &digest),
             StreamMessage::SyncPush(push) => self.answer_sync_push(node, &push),
-            StreamMessage::ChangesOffer(offered) => {
-                let wanted = self.wanted(&offered);
-                node.count_offered(wanted.len(), offered.len() - wanted.len());
-                node.seal_message(&StreamMessage::ChangesWanted(wanted))
-            }
             StreamMessage::Changes(changes) => {
                 self.apply_flooded(node, changes);
                 node.seal_message(&StreamMessage::ChangesAck)
@@ -216,12 +259,32 @@ impl Replication {
                 self.on_sync_push_reply(node, from, &reply);
                 Ok(())
             }
-            StreamMessage::ChangesWanted(wanted) => {
+            StreamMessage::ChangesAck => Ok(()),
+            other => unreachable!("the node routes only replication replies here: {other:?}"),
+        }
+    }
+
+    /// An offer datagram arrived: a member offers changes (this member asks for those it
+    /// lacks), or asks for changes this member offered (they go by stream).
+    pub(crate) fn on_offer(&mut self, node: &mut Node, message: OfferMessage) {
+        match message {
+            OfferMessage::Offer {
+                keys,
+                from: offerer,
+            } => {
+                let wanted = self.wanted(&keys, offerer);
+                node.count_offered(wanted.len(), keys.len() - wanted.len());
+                if !wanted.is_empty() {
+                    let from = node.gossip_addr();
+                    node.send_offer(offerer, &OfferMessage::Wanted { keys: wanted, from });
+                }
+            }
+            OfferMessage::Wanted { keys, from } => {
                 // Sent as this replica holds them now (the offered version or a newer one), up
                 // to the anti-entropy budget: a peer asking for more gets the rest from
                 // anti-entropy.
                 let mut budget = SYNC_BUDGET;
-                let changes: Vec<Change> = wanted
+                let changes: Vec<Change> = keys
                     .iter()
                     .filter_map(|key| self.replica.change_for(key))
                     .take_while(|change| {
@@ -233,10 +296,7 @@ impl Replication {
                 if !changes.is_empty() {
                     node.exchange(from, &StreamMessage::Changes(changes));
                 }
-                Ok(())
             }
-            StreamMessage::ChangesAck => Ok(()),
-            other => unreachable!("the node routes only replication replies here: {other:?}"),
         }
     }
 
@@ -361,47 +421,91 @@ impl Replication {
     }
 
     /// Floods large changes to a few random members, who forward what was new to them. Each
-    /// is offered by its key first and sent only to members that lack it: a member learns a
-    /// change from ~ln N others, and receiving, opening and decoding every copy of a record of
-    /// a thousand services is what loading a large catalog cost. Patches are sent at once
-    /// (they are small, and have no key a peer could hold them by).
+    /// is offered by its key first, in datagrams, and sent only to members that ask for it: a
+    /// member learns a change from ~ln N others, and receiving, opening and decoding every copy
+    /// of a record of a thousand services is what loading a large catalog cost. Patches are
+    /// sent at once (they have no key a peer could hold them by), and so is a change whose key
+    /// alone would not fit a datagram.
     fn flood(node: &mut Node, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
         }
-        let (mut offered, mut patches) = (Vec::new(), Vec::new());
-        for change in changes {
-            match change.key() {
-                Some(key) => offered.push(key),
-                None => patches.push(change),
-            }
-        }
+        let (offers, whole) = offer_batches(changes);
         let fanout = flood_fanout(node.active_peers());
+        let from = node.gossip_addr();
         for to in node.random_peers(fanout) {
-            if !offered.is_empty() {
-                node.exchange(to, &StreamMessage::ChangesOffer(offered.clone()));
+            for keys in &offers {
+                let offer = OfferMessage::Offer {
+                    keys: keys.clone(),
+                    from,
+                };
+                node.send_offer(to, &offer);
             }
-            if !patches.is_empty() {
-                node.exchange(to, &StreamMessage::Changes(patches.clone()));
+            if !whole.is_empty() {
+                node.exchange(to, &StreamMessage::Changes(whole.clone()));
             }
         }
     }
 
-    /// The offered changes to ask for: those this replica lacks and has not asked another
-    /// member for within [`ASKED_FOR`] (a flood reaches a member from several others at
-    /// once; the first to be asked sends it).
-    fn wanted(&mut self, offered: &[ChangeKey]) -> Vec<ChangeKey> {
+    /// The offered changes to ask `offerer` for: those this replica lacks and has not asked
+    /// another member for within [`ASKED_FOR`] (a flood reaches a member from several others
+    /// at once; the first to be asked sends it, and the others are noted, to be asked in turn
+    /// if it does not come).
+    fn wanted(&mut self, offered: &[ChangeKey], offerer: SocketAddr) -> Vec<ChangeKey> {
         let now = self.now_ms;
-        let horizon = now.saturating_sub(ASKED_FOR.as_millis() as u64);
-        self.asked.retain(|_, at| *at >= horizon);
-        let wanted: Vec<ChangeKey> = offered
-            .iter()
-            .filter(|key| self.replica.lacks(key) && !self.asked.contains_key(*key))
-            .cloned()
-            .collect();
-        self.asked
-            .extend(wanted.iter().map(|key| (key.clone(), now)));
+        let mut wanted = Vec::new();
+        for key in offered {
+            if !self.replica.lacks(key) {
+                continue;
+            }
+            match self.asked.get_mut(key) {
+                Some(asked) => {
+                    if asked.offered_by.len() < OFFERERS_KEPT
+                        && !asked.offered_by.contains(&offerer)
+                    {
+                        asked.offered_by.push(offerer);
+                    }
+                }
+                None => {
+                    let asked = Asked {
+                        at: now,
+                        offered_by: Vec::new(),
+                    };
+                    self.asked.insert(key.clone(), asked);
+                    wanted.push(key.clone());
+                }
+            }
+        }
         wanted
+    }
+
+    /// Asks the next member that offered it for each change asked for [`ASK_AGAIN`] ago that
+    /// has not come; forgets those that came, and those nobody is left to ask for after
+    /// [`ASKED_FOR`] (anti-entropy brings them).
+    fn ask_again(&mut self, node: &mut Node) {
+        if self.asked.is_empty() {
+            return;
+        }
+        let now = self.now_ms;
+        let replica = &self.replica;
+        self.asked.retain(|key, asked| {
+            let waited = now.saturating_sub(asked.at);
+            replica.lacks(key)
+                && (waited < ASKED_FOR.as_millis() as u64 || !asked.offered_by.is_empty())
+        });
+        let from = node.gossip_addr();
+        for (key, asked) in &mut self.asked {
+            if now.saturating_sub(asked.at) < ASK_AGAIN.as_millis() as u64
+                || asked.offered_by.is_empty()
+            {
+                continue;
+            }
+            let to = asked.offered_by.remove(0);
+            asked.at = now;
+            node.count_asked_again();
+            let keys = vec![key.clone()];
+            node.send_offer(to, &OfferMessage::Wanted { keys, from });
+        }
     }
 
     fn apply_flooded(&mut self, node: &mut Node, changes: Vec<Change>) {
@@ -459,6 +563,50 @@ impl Replication {
 
 #[cfg(test)]
 mod tests {
+    use murmur_catalog::{ChangeKey, KvValue, MAX_KEY_BYTES, Replica, ReplicaConfig};
+
+    use super::offer_batches;
+    use crate::wire::{self, ENVELOPE_OVERHEAD, MAX_DATAGRAM, OfferMessage};
+
+    #[test]
+    fn offers_are_batched_into_datagrams_and_the_longest_key_fits_one() {
+        let mut replica = Replica::new("n1", 1, 1, ReplicaConfig::default());
+        let value = Some(KvValue {
+            flags: 0,
+            value: vec![1; 2_000],
+        });
+        for i in 0..100 {
+            let key = format!("service/config/{i:04}");
+            replica.kv_write(&key, value.clone(), None, i).unwrap();
+        }
+        let longest = "k".repeat(MAX_KEY_BYTES);
+        replica
+            .kv_write(&longest, value.clone(), None, 100)
+            .unwrap();
+        let changes = replica.take_outbox();
+        let (offers, whole) = offer_batches(changes);
+        assert!(whole.is_empty(), "every key fits an offer");
+        assert!(offers.len() > 1, "101 keys take several datagrams");
+        let offered: Vec<&ChangeKey> = offers.iter().flatten().collect();
+        assert_eq!(offered.len(), 101);
+        let written = &offered[..100];
+        assert!(
+            written
+                .windows(2)
+                .all(|w| matches!((w[0], w[1]), (ChangeKey::Shared { key: a, .. }, ChangeKey::Shared { key: b, .. }) if a < b)),
+            "in the order written"
+        );
+        let from = "[2001:db8::1:2:3:4]:65535".parse().unwrap();
+        for keys in offers {
+            let body = wire::encode(&OfferMessage::Offer { keys, from });
+            assert!(
+                body.len() + ENVELOPE_OVERHEAD <= MAX_DATAGRAM,
+                "an offer of {} bytes does not fit a datagram",
+                body.len()
+            );
+        }
+    }
+
     #[test]
     fn the_flood_fanout_grows_with_the_log_of_the_pool() {
         let fanouts: Vec<usize> = [0, 2, 15, 47, 127, 255, 9_999]

@@ -76,6 +76,9 @@ pub struct Stats {
     pub offered_changes_wanted: u64,
     /// Large changes peers offered that this member held already: copies not sent.
     pub offered_changes_known: u64,
+    /// Offered changes asked for again, of another member that offered them: the first answer
+    /// or the stream carrying the change was lost.
+    pub offered_changes_asked_again: u64,
     /// Round trips that moved this member's network coordinate.
     pub coordinate_samples: u64,
     /// Evidence that members are unreachable (see [`UnreachableCounts`]).

@@ -11,6 +11,7 @@
 //! it cannot be altered. Bodies are bincode 2 with a size limit, so a hostile length prefix can
 //! never make a decoder allocate more than [`MAX_FRAME`] bytes.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut};
@@ -35,8 +36,9 @@ use crate::{Identities, NodeIdentity};
 /// buckets: a key the peer holds in another bucket looks absent there, and an old key a fresh
 /// peer seems to lack is dropped as a collected delete. So 3 and 4 do not talk.
 /// 5: a change may be a record patch (`Change::Patch`), which 4 cannot decode; large changes
-/// are offered by key before they are flooded (`ChangesOffer`, `ChangesWanted`).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// are offered by key before they are flooded.
+/// 6: offers travel as datagrams (`DatagramKind::Offer`), no longer as stream messages.
+pub const PROTOCOL_VERSION: u8 = 6;
 /// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
 pub const MAX_DATAGRAM: usize = 1400;
 /// Longest cluster id (bytes).
@@ -137,6 +139,8 @@ pub(crate) enum DatagramKind {
     Coordinate = 1,
     /// A report that a member's host says nobody listens, or a probe confirming it.
     Evidence = 2,
+    /// An offer of large changes by key, or the answer asking for some ([`OfferMessage`]).
+    Offer = 3,
 }
 
 impl DatagramKind {
@@ -146,6 +150,7 @@ impl DatagramKind {
             Some((0, rest)) => Ok((Self::Swim, rest)),
             Some((1, rest)) => Ok((Self::Coordinate, rest)),
             Some((2, rest)) => Ok((Self::Evidence, rest)),
+            Some((3, rest)) => Ok((Self::Offer, rest)),
             _ => Err(DropReason::Undecodable),
         }
     }
@@ -249,6 +254,30 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DropReason> {
     }
 }
 
+/// The datagrams of the offer exchange ([`DatagramKind::Offer`]). A member floods the keys of
+/// changes too large for a datagram before the changes themselves, and sends each change only
+/// to the members that ask for it: each member receives (and decodes) about one copy, not one
+/// from every member that floods it. Datagrams, not streams: a flood offers each change to
+/// ln N + 2 members from every member that learns it, and as streams those offers filled a
+/// seed's stream slots when many agents joined at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum OfferMessage {
+    /// "I hold these": the keys of changes the sender floods; `from` is where to ask.
+    Offer {
+        /// The offered changes.
+        keys: Vec<ChangeKey>,
+        /// The offering member's gossip address.
+        from: SocketAddr,
+    },
+    /// "Send me these": the offered changes the sender lacks; `from` is where to stream them.
+    Wanted {
+        /// The changes asked for.
+        keys: Vec<ChangeKey>,
+        /// The asking member's gossip address.
+        from: SocketAddr,
+    },
+}
+
 /// Messages exchanged over the TCP stream (one request frame, one reply frame).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum StreamMessage {
@@ -270,12 +299,6 @@ pub(crate) enum StreamMessage {
     SyncPush(SyncPush),
     /// Anti-entropy step 4: the wanted registers.
     SyncPushReply(SyncPushReply),
-    /// The keys of changes too large for a datagram that the sender would flood: the
-    /// responder answers with the ones it lacks, so it receives (and decodes) one copy of each,
-    /// not one from every member that floods it.
-    ChangesOffer(Vec<ChangeKey>),
-    /// The offered changes the responder lacks.
-    ChangesWanted(Vec<ChangeKey>),
     /// Changes too large for a datagram, flooded over streams (after an offer, the wanted ones).
     Changes(Vec<Change>),
     /// The responder took the flooded changes.
@@ -357,7 +380,7 @@ struct IdentityBytes<'a> {
     name: &'a str,
     _node_id: u64,
     _generation: u64,
-    _addr: std::net::SocketAddr,
+    _addr: SocketAddr,
     _datacenter: &'a str,
     #[serde(borrow)]
     _tags: Vec<(&'a str, &'a str)>,
@@ -478,7 +501,7 @@ mod tests {
             .into_iter()
             .map(murmur_catalog::bucket_of)
             .collect();
-        assert_eq!((PROTOCOL_VERSION, layout), (5, vec![209, 214, 30, 118]));
+        assert_eq!((PROTOCOL_VERSION, layout), (6, vec![209, 214, 30, 118]));
     }
 
     #[test]
@@ -491,7 +514,7 @@ mod tests {
             DatagramKind::split(&[1]),
             Ok((DatagramKind::Coordinate, &[][..]))
         );
-        for unknown in [&[][..], &[3, 0][..], &[255][..]] {
+        for unknown in [&[][..], &[4, 0][..], &[255][..]] {
             assert_eq!(DatagramKind::split(unknown), Err(DropReason::Undecodable));
         }
     }

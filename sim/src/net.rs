@@ -137,6 +137,8 @@ pub struct Net {
     pub datagrams_sent: u64,
     /// Bytes of those datagrams.
     pub bytes_sent: u64,
+    /// Streams opened (each one request and its reply), refused ones aside.
+    pub streams: u64,
     /// Bytes of stream requests and replies (push-pulls, anti-entropy, floods of changes).
     pub stream_bytes: u64,
     /// Nodes whose event loop is stalled until the given virtual time: what arrives for them
@@ -231,6 +233,7 @@ impl Net {
             disturbed_at: BTreeMap::new(),
             datagrams_sent: 0,
             bytes_sent: 0,
+            streams: 0,
             stream_bytes: 0,
             paused_until: BTreeMap::new(),
             link: LinkModel::default(),
@@ -489,6 +492,7 @@ impl Net {
             return Err("connection refused (down)".into());
         };
         let reply = peer.handle_stream(&request);
+        self.streams += 1;
         self.stream_bytes += (request.len() + reply.len()) as u64;
         if self.is_wan(from) {
             self.wan_bytes += (request.len() + reply.len()) as u64;

@@ -686,6 +686,7 @@ async fn agent_metrics(
     for (outcome, n) in [
         ("wanted", stats.offered_changes_wanted),
         ("known", stats.offered_changes_known),
+        ("asked_again", stats.offered_changes_asked_again),
     ] {
         metrics::counter!("murmur_gossip_offered_changes_total", "outcome" => outcome).absolute(n);
     }

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 
 use super::{Delivery, Node, Output, TimerEvent};
 use crate::members::MemberStatus;
-use crate::wire::{DropReason, StreamMessage};
+use crate::wire::{self, DatagramKind, DropReason, OfferMessage, StreamMessage};
 
 impl Node {
     /// What was learned for the carried state since the last call, oldest first.
@@ -65,6 +65,16 @@ impl Node {
         self.outputs.push_back(Output::Exchange { to, request });
     }
 
+    /// Sends an offer datagram to `to`.
+    pub(crate) fn send_offer(&mut self, to: SocketAddr, message: &OfferMessage) {
+        self.send_datagram(to, DatagramKind::Offer, &wire::encode(message));
+    }
+
+    /// Where this member gossips: where peers send what it asks for.
+    pub(crate) fn gossip_addr(&self) -> SocketAddr {
+        self.identity().addr
+    }
+
     /// Asks the driver for `timer` after `after`.
     pub(crate) fn schedule(&mut self, after: Duration, timer: TimerEvent) {
         self.outputs.push_back(Output::Timer { after, timer });
@@ -84,6 +94,12 @@ impl Node {
     pub(crate) fn count_offered(&mut self, wanted: usize, known: usize) {
         self.stats.offered_changes_wanted += wanted as u64;
         self.stats.offered_changes_known += known as u64;
+    }
+
+    /// Counts an offered change asked for again, of another member that offered it: the first
+    /// answer or its stream was lost.
+    pub(crate) fn count_asked_again(&mut self) {
+        self.stats.offered_changes_asked_again += 1;
     }
 
     /// Counts a change the broadcast queue had no room for (anti-entropy repairs it).
