@@ -176,10 +176,7 @@ impl PoolMember {
         let replied = self.node.handle_reply(reply);
         self.replication.absorb(&mut self.node);
         match replied? {
-            // Just joined: fetch the replicated state now, not at the next timer.
-            Replied::PushPull { first: true } => {
-                self.replication.start_sync(&mut self.node, from);
-            }
+            Replied::PushPull { first: true } => self.replication.joined(&mut self.node, from),
             Replied::PushPull { first: false } => {}
             Replied::Replication(message) => {
                 self.replication.on_reply(&mut self.node, from, message)?;

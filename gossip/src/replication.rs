@@ -115,6 +115,9 @@ pub struct Replication {
     /// Offered changes this member asked for and lacks still. Ordered, so the members asked
     /// again go out in the same order on every run.
     asked: BTreeMap<ChangeKey, Asked>,
+    /// Whether this member joined and spreads its record again once it caught up with the
+    /// member it joined through (see [`Replication::joined`]).
+    spread_own_when_caught_up: bool,
     /// Owners asked for their record because a patch of theirs waited, with when (wall ms).
     pulled: HashMap<String, u64>,
 }
@@ -129,6 +132,7 @@ impl Replication {
             follow_ups: 0,
             rounds_done: 0,
             asked: BTreeMap::new(),
+            spread_own_when_caught_up: false,
             pulled: HashMap::new(),
         };
         replication.schedule_sync(node);
@@ -330,6 +334,14 @@ impl Replication {
         if reply.truncated && self.follow_ups < MAX_FOLLOW_UPS {
             self.follow_ups += 1;
             self.start_sync(node, from);
+        } else if std::mem::take(&mut self.spread_own_when_caught_up) {
+            let own = ChangeKey::Record {
+                owner: self.replica.me().to_owned(),
+                version: Default::default(),
+            };
+            if let Some(record) = self.replica.change_for(&own) {
+                self.spread(node, vec![record]);
+            }
         }
     }
 
@@ -357,7 +369,21 @@ impl Replication {
         node.schedule(base + jitter, TimerEvent::Sync);
     }
 
-    /// Starts an anti-entropy round with `to` (also right after joining, through it).
+    /// Just joined through `seed`: fetches the replicated state now, not at the next timer.
+    /// Once that exchange is complete, this member spreads its record again: a record too
+    /// large for a datagram was flooded when the agent wrote it at start, to the nobody it
+    /// knew then, and would spread by anti-entropy only, one 10 s round after another (32
+    /// simulated nodes: 22 s until every node listed a newcomer of 80 services). Not at
+    /// once: while agents join together, every one is still pulling the catalog, and a flood
+    /// then reaches them beside their own anti-entropy rounds, both bringing the same records
+    /// (128 agents of 1,344 services starting together on 2 cores: 30% more CPU, joins 7 → 20
+    /// s, and agents starved past the join time-out).
+    pub(crate) fn joined(&mut self, node: &mut Node, seed: SocketAddr) {
+        self.spread_own_when_caught_up = true;
+        self.start_sync(node, seed);
+    }
+
+    /// Starts an anti-entropy round with `to`.
     pub(crate) fn start_sync(&mut self, node: &mut Node, to: SocketAddr) {
         let digest = self.replica.sync_digest(self.now_ms);
         node.exchange(to, &StreamMessage::Sync(digest));

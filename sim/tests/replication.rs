@@ -275,6 +275,29 @@ fn patches_applied(net: &Net) -> u64 {
 }
 
 #[test]
+fn a_node_that_joins_with_a_large_record_is_listed_by_everyone_within_seconds() {
+    // An agent writes its record at start, before it knows anyone: too large for a datagram,
+    // that flood reaches nobody. Joining spreads it again, once the newcomer caught up.
+    let nodes = 32;
+    let mut net = cluster(nodes, 6);
+    let newcomer = nodes - 1;
+    net.crash(newcomer);
+    net.run_for(SECS(30));
+    net.start(newcomer, 2, key(1));
+    register_many(&mut net, newcomer, 80);
+    net.join(newcomer, 0).unwrap();
+    let took = net
+        .run_until(SECS(60), |net| everyone_holds_record_of(net, newcomer))
+        .expect("the record reaches everyone");
+    // 22.3 s without spreading it again (anti-entropy only).
+    eprintln!("every node listed the newcomer {took:?} after it joined");
+    assert!(
+        took < SECS(3),
+        "every node listed the newcomer after {took:?}"
+    );
+}
+
+#[test]
 fn a_large_change_is_offered_first_and_each_node_receives_about_one_copy() {
     // Each member that learns a large change floods it to ln N + 2 others; offered by key
     // first, it travels only to those that lack it.
