@@ -288,6 +288,40 @@ fn config_dir_services_and_bad_input() {
 }
 
 #[test]
+fn an_agent_joining_with_many_services_is_listed_by_every_agent_before_a_sync_round() {
+    // The joiner writes its record (40 services, ~2 KB: too large for a datagram) before it
+    // knows anyone, so that first flood reaches nobody. It spreads the record again once it
+    // caught up with its seed; otherwise the agents other than the seed would get it from
+    // anti-entropy rounds, every 10 s.
+    let key = keygen();
+    let agents = cluster("early", 3, &key);
+    let dir = tempfile::tempdir().unwrap();
+    let services: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"name": "late-svc-{i}", "port": {}}}"#, 9000 + i))
+        .collect();
+    std::fs::write(
+        dir.path().join("many.json"),
+        format!(r#"{{"services": [{}]}}"#, services.join(",")),
+    )
+    .unwrap();
+    let _late = Agent::start(Spec {
+        name: "late",
+        key: Some(&key),
+        join: Some(agents[0].gossip),
+        extra: &["--config-dir", dir.path().to_str().unwrap()],
+    });
+    let listed = wait_until(Duration::from_secs(5), || {
+        agents[1..]
+            .iter()
+            .all(|a| nodes_of(a, "late-svc-39") == ["late"])
+    });
+    assert!(
+        listed,
+        "agents other than the seed did not list the newcomer's services within 5 s"
+    );
+}
+
+#[test]
 fn a_config_dir_too_large_to_replicate_is_refused_at_start() {
     // 10,000 services with a 200-byte tag each: about 2.3 MB as a record, over the 2 MiB one
     // record may take (it travels whole in one anti-entropy message).
