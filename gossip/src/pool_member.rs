@@ -270,6 +270,48 @@ mod tests {
     }
 
     #[test]
+    fn an_ask_for_offered_changes_from_no_member_is_refused_not_streamed() {
+        // The ask names where to stream the changes (up to 1 MiB); a datagram naming an
+        // address no member gossips at must not aim that stream anywhere.
+        let mut a = member("a", 1);
+        let value = Some(murmur_catalog::KvValue {
+            flags: 0,
+            value: vec![1; 4_000],
+        });
+        a.write(|r, now| r.kv_write("big", value, None, now))
+            .unwrap();
+        while a.poll_output().is_some() {}
+        let stamp = *a
+            .replica()
+            .shared()
+            .entry("kv/big")
+            .unwrap()
+            .register
+            .stamp();
+        let key = murmur_catalog::ChangeKey::Shared {
+            key: "kv/big".into(),
+            stamp,
+        };
+        let ask = crate::wire::OfferMessage::Wanted {
+            keys: vec![key],
+            from: SocketAddr::from(([192, 0, 2, 1], 80)),
+        };
+        let datagram = crate::wire::seal_datagram(
+            "c",
+            &Keyring::new(None),
+            &mut StdRng::seed_from_u64(1),
+            crate::wire::DatagramKind::Offer,
+            &crate::wire::encode(&ask),
+        );
+        a.handle_datagram(&datagram);
+        let streams = std::iter::from_fn(|| a.poll_output())
+            .filter(|o| matches!(o, Output::Exchange { .. }))
+            .count();
+        assert_eq!(streams, 0);
+        assert_eq!(a.node().stats().dropped.refused, 1);
+    }
+
+    #[test]
     fn a_relayed_change_lands_once_with_its_stamp() {
         let mut lan = member("a", 1);
         lan.write(|r, now| r.put_intention(Intention::new("web", "db", Action::Allow), now));

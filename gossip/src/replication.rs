@@ -283,7 +283,9 @@ impl Replication {
                     node.send_offer(offerer, &OfferMessage::Wanted { keys: wanted, from });
                 }
             }
-            OfferMessage::Wanted { keys, from } => {
+            // Answered by a stream of up to 1 MiB: only to a member, so that a datagram naming
+            // another address cannot aim one anywhere.
+            OfferMessage::Wanted { keys, from } if node.is_member_addr(from) => {
                 // Sent as this replica holds them now (the offered version or a newer one), up
                 // to the anti-entropy budget: a peer asking for more gets the rest from
                 // anti-entropy.
@@ -301,6 +303,7 @@ impl Replication {
                     node.exchange(from, &StreamMessage::Changes(changes));
                 }
             }
+            OfferMessage::Wanted { .. } => node.count_refused(),
         }
     }
 

@@ -19,7 +19,8 @@ pub struct DropCounts {
     pub unexpected_sealed: u64,
     /// Opened but did not decode.
     pub undecodable: u64,
-    /// Decoded but refused by the SWIM core (e.g. addressed to an older identity of ours).
+    /// Decoded but refused: by the SWIM core (e.g. addressed to an older identity of ours),
+    /// or an ask for offered changes from an address no member gossips at.
     pub refused: u64,
 }
 

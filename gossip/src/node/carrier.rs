@@ -70,6 +70,12 @@ impl Node {
         self.send_datagram(to, DatagramKind::Offer, &wire::encode(message));
     }
 
+    /// Whether an active member gossips at `addr`: what a datagram naming an address to
+    /// answer at must be before it is answered with more than a datagram.
+    pub(crate) fn is_member_addr(&self, addr: SocketAddr) -> bool {
+        self.active_member_at(addr).is_some()
+    }
+
     /// Where this member gossips: where peers send what it asks for.
     pub(crate) fn gossip_addr(&self) -> SocketAddr {
         self.identity().addr
@@ -88,6 +94,11 @@ impl Node {
     /// Counts peer input the carried state could not read.
     pub(crate) fn count_drop(&mut self, reason: DropReason) {
         self.stats.dropped.count(reason);
+    }
+
+    /// Counts a peer message refused for what it asked.
+    pub(crate) fn count_refused(&mut self) {
+        self.stats.dropped.refused += 1;
     }
 
     /// Counts the changes of an offer this member asked for and those it held already.

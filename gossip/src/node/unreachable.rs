@@ -343,7 +343,7 @@ impl Node {
     }
 
     /// The active member (alive or suspect) at `addr`, other than this node.
-    fn active_member_at(&self, addr: SocketAddr) -> Option<NodeIdentity> {
+    pub(super) fn active_member_at(&self, addr: SocketAddr) -> Option<NodeIdentity> {
         self.foca
             .iter_members()
             .find(|m| m.id().addr == addr)
