@@ -218,17 +218,18 @@ class Murmur:
 class Serf:
     name = "serf"
 
-    def __init__(self, binary, key, workdir):
-        self.binary, self.key, self.workdir = binary, key, workdir
+    def __init__(self, binary, key, workdir, log_level="warn"):
+        self.binary, self.key, self.workdir, self.log_level = binary, key, workdir, log_level
 
     def start(self, i, seed):
         gossip, rpc = free_port(), free_port()
         cmd = [self.binary, "agent", "-node", f"n{i}", "-bind", f"127.0.0.1:{gossip}",
-               "-rpc-addr", f"127.0.0.1:{rpc}", "-encrypt", self.key, "-log-level", "warn"]
+               "-rpc-addr", f"127.0.0.1:{rpc}", "-encrypt", self.key, "-log-level", self.log_level]
         if seed:
             cmd += ["-join", seed]
         log = open(f"{self.workdir}/agent{i}.log", "w")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        # serf logs to stdout.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         return {"proc": proc, "gossip": f"127.0.0.1:{gossip}", "api": rpc}
 
     def ready(self, agent):
