@@ -46,6 +46,15 @@ fn nodes_of(agent: &Agent, service: &str) -> Vec<String> {
     nodes
 }
 
+/// A `--config-dir` holding one file of these service definitions (JSON objects).
+fn config_dir_of(services: impl Iterator<Item = String>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let services: Vec<String> = services.collect();
+    let body = format!(r#"{{"services": [{}]}}"#, services.join(","));
+    std::fs::write(dir.path().join("many.json"), body).unwrap();
+    dir
+}
+
 fn all_hold(agents: &[Agent], key: &str, expected: &str) -> bool {
     agents
         .iter()
@@ -295,15 +304,9 @@ fn an_agent_joining_with_many_services_is_listed_by_every_agent_before_a_sync_ro
     // anti-entropy rounds, every 10 s.
     let key = keygen();
     let agents = cluster("early", 3, &key);
-    let dir = tempfile::tempdir().unwrap();
-    let services: Vec<String> = (0..40)
-        .map(|i| format!(r#"{{"name": "late-svc-{i}", "port": {}}}"#, 9000 + i))
-        .collect();
-    std::fs::write(
-        dir.path().join("many.json"),
-        format!(r#"{{"services": [{}]}}"#, services.join(",")),
-    )
-    .unwrap();
+    let dir = config_dir_of(
+        (0..40).map(|i| format!(r#"{{"name": "late-svc-{i}", "port": {}}}"#, 9000 + i)),
+    );
     let _late = Agent::start(Spec {
         name: "late",
         key: Some(&key),
@@ -325,16 +328,10 @@ fn an_agent_joining_with_many_services_is_listed_by_every_agent_before_a_sync_ro
 fn a_config_dir_too_large_to_replicate_is_refused_at_start() {
     // 10,000 services with a 200-byte tag each: about 2.3 MB as a record, over the 2 MiB one
     // record may take (it travels whole in one anti-entropy message).
-    let dir = tempfile::tempdir().unwrap();
     let tag = "t".repeat(200);
-    let services: Vec<String> = (0..10_000)
-        .map(|i| format!(r#"{{"name": "svc-{i}", "port": 80, "tags": ["{tag}"]}}"#))
-        .collect();
-    std::fs::write(
-        dir.path().join("many.json"),
-        format!(r#"{{"services": [{}]}}"#, services.join(",")),
-    )
-    .unwrap();
+    let dir = config_dir_of(
+        (0..10_000).map(|i| format!(r#"{{"name": "svc-{i}", "port": 80, "tags": ["{tag}"]}}"#)),
+    );
     let out = Agent::run_to_exit(Spec {
         name: "huge",
         key: None,
