@@ -31,8 +31,8 @@ use crate::members::{MemberEvent, MemberEventKind, MemberState, MemberStatus, Me
 use crate::repeats::RepeatFilter;
 use crate::stats::Stats;
 use crate::wire::{
-    self, DatagramKind, DigestedState, DropReason, OfferMessage, PushPullState, StreamMessage,
-    WireCodec,
+    self, DatagramKind, DigestedState, DropReason, OfferMessage, ProbeTap, PushPullState,
+    StreamMessage, WireCodec,
 };
 use crate::{GossipConfig, GossipError, Identities, NodeIdentity};
 
@@ -59,8 +59,6 @@ pub enum TimerEvent {
     Rejoin,
     /// Time for anti-entropy with a random member, tombstone collection and reaping.
     Sync,
-    /// Time to ping a random member for a coordinate sample.
-    Coordinate,
     /// Time for the next ping of a check of a suspected or unreachable member, or to judge
     /// it unanswered.
     Confirm,
@@ -128,6 +126,8 @@ type SwimCore = Foca<NodeIdentity, WireCodec, StdRng, BroadcastInbox>;
 pub struct Node {
     foca: SwimCore,
     changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
+    /// What the codec saw of probes: the coordinate samples (`coordinates.rs`).
+    probes: Arc<Mutex<ProbeTap>>,
     /// Shared copies of the identities this node decodes (see [`Identities`]).
     identities: Identities,
     received: Arc<Mutex<Vec<BroadcastItem>>>,
@@ -298,6 +298,7 @@ impl Node {
         let identity_id = identity.node_id;
         let own_name = identity.name.clone();
         let changes = Arc::new(Mutex::new(Vec::new()));
+        let probes = Arc::new(Mutex::new(ProbeTap::default()));
         let received = Arc::new(Mutex::new(Vec::new()));
         let foca = Foca::with_custom_broadcast(
             identity,
@@ -305,6 +306,7 @@ impl Node {
             StdRng::from_rng(&mut rng),
             WireCodec {
                 changes: changes.clone(),
+                probes: probes.clone(),
                 identities: identities.clone(),
                 repeats: RepeatFilter::new(identity_id),
                 own_name,
@@ -314,6 +316,7 @@ impl Node {
         let mut node = Self {
             foca,
             changes,
+            probes,
             identities,
             received,
             notifications: Vec::new(),
@@ -338,7 +341,6 @@ impl Node {
             config,
         };
         node.schedule_push_pull();
-        node.schedule_coordinate_ping();
         Ok(node)
     }
 
@@ -458,7 +460,6 @@ impl Node {
                     self.stats.count_foca_error(&err);
                 }
             }
-            Ok((DatagramKind::Coordinate, message)) => self.handle_coordinate(message),
             Ok((DatagramKind::Evidence, message)) => self.handle_evidence(message),
             Ok((DatagramKind::Offer, message)) => match wire::decode(message) {
                 Ok(offer) => return Some(offer),
@@ -470,7 +471,7 @@ impl Node {
     }
 
     /// The driver's monotonic time (since any fixed moment), which the round trips of
-    /// coordinate pings and the age of unreachability reports are measured on; set before
+    /// probes (for coordinates) and the age of unreachability reports are measured on; set before
     /// each call, as the wall clock is.
     pub(crate) fn set_elapsed(&mut self, now: Duration) {
         self.elapsed = now;
@@ -513,7 +514,6 @@ impl Node {
                 self.schedule_push_pull();
             }
             TimerEvent::Rejoin => self.rejoin_if_alone(),
-            TimerEvent::Coordinate => self.ping_for_coordinate(),
             TimerEvent::Confirm => self.on_check_timer(),
             TimerEvent::CatchUp => self.catch_up(),
             // The replication's timer: `PoolMember` routes it there.
@@ -758,6 +758,7 @@ impl Node {
     /// Runs one foca call with a runtime that queues outputs, then digests what it changed.
     fn with_foca<R>(&mut self, call: impl FnOnce(&mut SwimCore, &mut Io<'_>) -> R) -> R {
         let result = call(&mut self.foca, &mut io!(self));
+        self.take_probe_samples();
         if self.settle() {
             // Eager push: a change we just learned goes to a few members at once instead of
             // waiting for the next gossip round. Each member forwards a change once, when it

@@ -15,12 +15,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut};
-use foca::{Header, Member};
+use foca::{Header, Member, Message};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use murmur_catalog::{Change, ChangeKey, SyncDigest, SyncPush, SyncPushReply, SyncSummary};
+use murmur_catalog::{
+    Change, ChangeKey, Coordinate, SyncDigest, SyncPush, SyncPushReply, SyncSummary,
+};
 
 use crate::keyring::{Keyring, KeyringOp, NONCE_LEN, TAG_LEN};
 use crate::repeats::RepeatFilter;
@@ -37,7 +39,9 @@ use crate::{Identities, NodeIdentity};
 /// peer seems to lack is dropped as a collected delete. So 3 and 4 do not talk.
 /// 5: a change may be a record patch (`Change::Patch`), which 4 cannot decode; large changes
 /// are offered by key before they are flooded.
-/// 6: offers travel as datagrams (`DatagramKind::Offer`), no longer as stream messages.
+/// 6: offers travel as datagrams (`DatagramKind::Offer`), no longer as stream messages; an
+/// ack carries its sender's coordinate after the header (`ProbeTap`), and coordinate pings
+/// (datagram kind 1) are gone.
 pub const PROTOCOL_VERSION: u8 = 6;
 /// Largest UDP datagram murmur sends: one value cluster-wide so every member can read every packet.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -135,8 +139,6 @@ pub(crate) fn seal(
 pub(crate) enum DatagramKind {
     /// foca's SWIM messages.
     Swim = 0,
-    /// A coordinate ping or its reply.
-    Coordinate = 1,
     /// A report that a member's host says nobody listens, or a probe confirming it.
     Evidence = 2,
     /// An offer of large changes by key, or the answer asking for some ([`OfferMessage`]).
@@ -148,7 +150,6 @@ impl DatagramKind {
     pub(crate) fn split(body: &[u8]) -> Result<(Self, &[u8]), DropReason> {
         match body.split_first() {
             Some((0, rest)) => Ok((Self::Swim, rest)),
-            Some((1, rest)) => Ok((Self::Coordinate, rest)),
             Some((2, rest)) => Ok((Self::Evidence, rest)),
             Some((3, rest)) => Ok((Self::Offer, rest)),
             _ => Err(DropReason::Undecodable),
@@ -354,6 +355,8 @@ pub(crate) struct DigestedState {
 /// (known ones, sent to an announcer) come through `encode_feed_member` and are not recorded.
 pub(crate) struct WireCodec {
     pub(crate) changes: Arc<Mutex<Vec<Member<NodeIdentity>>>>,
+    /// The probes foca sends and answers, for network coordinates ([`ProbeTap`]).
+    pub(crate) probes: Arc<Mutex<ProbeTap>>,
     /// Decoded identities that foca keeps are exchanged for their shared copies.
     pub(crate) identities: Identities,
     /// Member updates applied before, recognised without decoding them.
@@ -392,6 +395,20 @@ fn peek_update(bytes: &[u8]) -> Result<(UpdateBytes<'_>, usize), CodecError> {
         .map_err(|_| CodecError("undecodable"))
 }
 
+/// What the codec sees of SWIM's direct probes, for network coordinates: serf's way, the
+/// probe's round trip is the sample and the ack carries the acking member's coordinate, so
+/// no datagram is sent for coordinates alone. An ack header is followed by the sender's
+/// coordinate on the wire.
+#[derive(Debug, Default)]
+pub(crate) struct ProbeTap {
+    /// This member's coordinate, sent after the header of every ack.
+    pub(crate) own: Coordinate,
+    /// Pings sent since the node last looked: the addressee's name and the probe's number.
+    pub(crate) pings: Vec<(compact_str::CompactString, foca::ProbeNumber)>,
+    /// Acks received since: the sender's name, the probe's number, its coordinate.
+    pub(crate) acks: Vec<(compact_str::CompactString, foca::ProbeNumber, Coordinate)>,
+}
+
 /// Codec failures inside foca; foca reports them as its own errors.
 #[derive(Debug, thiserror::Error)]
 #[error("gossip codec: {0}")]
@@ -422,14 +439,28 @@ impl foca::Codec<NodeIdentity> for WireCodec {
     fn encode_header(
         &mut self,
         header: &Header<NodeIdentity>,
-        buf: impl BufMut,
+        mut buf: impl BufMut,
     ) -> Result<(), CodecError> {
-        Self::put(header, buf)
+        Self::put(header, &mut buf)?;
+        let mut probes = self.probes.lock().expect("probe tap poisoned");
+        match header.message {
+            Message::Ping(probe) => probes.pings.push((header.dst.name.clone(), probe)),
+            Message::Ack(_) => Self::put(&probes.own, buf)?,
+            _ => {}
+        }
+        Ok(())
     }
 
-    fn decode_header(&mut self, buf: impl Buf) -> Result<Header<NodeIdentity>, CodecError> {
+    fn decode_header(&mut self, mut buf: impl Buf) -> Result<Header<NodeIdentity>, CodecError> {
         self.repeats.start_packet();
-        let header: Header<NodeIdentity> = Self::take(buf)?;
+        let header: Header<NodeIdentity> = Self::take(&mut buf)?;
+        if let Message::Ack(probe) = header.message {
+            let coordinate: Coordinate = Self::take(buf)?;
+            let mut probes = self.probes.lock().expect("probe tap poisoned");
+            probes
+                .acks
+                .push((header.src.name.clone(), probe, coordinate));
+        }
         // Sender and addressee are the identities foca compares and keeps; the ones inside
         // indirect-probe messages are used once and left as decoded.
         Ok(Header {
@@ -511,10 +542,11 @@ mod tests {
             Ok((DatagramKind::Swim, &[7u8][..]))
         );
         assert_eq!(
-            DatagramKind::split(&[1]),
-            Ok((DatagramKind::Coordinate, &[][..]))
+            DatagramKind::split(&[3]),
+            Ok((DatagramKind::Offer, &[][..]))
         );
-        for unknown in [&[][..], &[4, 0][..], &[255][..]] {
+        // 1 was the coordinate ping, gone in version 6.
+        for unknown in [&[][..], &[1][..], &[4, 0][..], &[255][..]] {
             assert_eq!(DatagramKind::split(unknown), Err(DropReason::Undecodable));
         }
     }
@@ -582,10 +614,50 @@ mod tests {
     fn codec(own_name: &str) -> WireCodec {
         WireCodec {
             changes: Arc::default(),
+            probes: Arc::default(),
             identities: Identities::default(),
             repeats: RepeatFilter::new(1),
             own_name: own_name.into(),
         }
+    }
+
+    #[test]
+    fn an_ack_carries_its_senders_coordinate_and_a_ping_is_noted() {
+        use foca::Codec;
+        let (a, b) = (
+            crate::identity::tests::identity("a", 1),
+            crate::identity::tests::identity("b", 2),
+        );
+        let mut sender = codec("b");
+        let coordinate = Coordinate {
+            vec: [0.5; murmur_catalog::DIMENSIONS],
+            ..Coordinate::default()
+        };
+        sender.probes.lock().unwrap().own = coordinate.clone();
+        let header = |src: &crate::NodeIdentity, dst: &crate::NodeIdentity, message| Header {
+            src: src.clone(),
+            src_incarnation: 0,
+            dst: dst.clone(),
+            message,
+        };
+        let mut buf = Vec::new();
+        sender
+            .encode_header(&header(&b, &a, Message::Ack(7)), &mut buf)
+            .unwrap();
+        buf.extend_from_slice(b"rest");
+        let mut receiver = codec("a");
+        let mut read = &buf[..];
+        let decoded = receiver.decode_header(&mut read).unwrap();
+        assert_eq!(decoded.message, Message::Ack(7));
+        assert_eq!(read, b"rest", "the coordinate is read with the header");
+        let acks = std::mem::take(&mut receiver.probes.lock().unwrap().acks);
+        assert_eq!(acks, [("b".into(), 7, coordinate)]);
+
+        receiver
+            .encode_header(&header(&a, &b, Message::Ping(8)), &mut Vec::new())
+            .unwrap();
+        let pings = std::mem::take(&mut receiver.probes.lock().unwrap().pings);
+        assert_eq!(pings, [("b".into(), 8)]);
     }
 
     #[test]
