@@ -439,22 +439,19 @@ impl Replica {
     /// What this replica holds for the subject of `key`, if it is that change or newer: what
     /// to send a peer that asked for `key`.
     pub fn change_for(&self, key: &ChangeKey) -> Option<Change> {
-        match key {
-            ChangeKey::Record { owner, version } => {
-                let entry = self.records.entry(owner)?;
-                (entry.register.stamp() >= version).then(|| Change::Record {
-                    owner: owner.clone(),
-                    register: entry.register.clone(),
-                })
-            }
-            ChangeKey::Shared { key, stamp } => {
-                let entry = self.shared.entry(key)?;
-                (entry.register.stamp() >= stamp).then(|| Change::Shared {
-                    key: key.clone(),
-                    register: entry.register.clone(),
-                })
-            }
+        if self.lacks(key) {
+            return None;
         }
+        Some(match key {
+            ChangeKey::Record { owner, .. } => Change::Record {
+                owner: owner.clone(),
+                register: self.records.entry(owner)?.register.clone(),
+            },
+            ChangeKey::Shared { key, .. } => Change::Shared {
+                key: key.clone(),
+                register: self.shared.entry(key)?.register.clone(),
+            },
+        })
     }
 
     /// Changes made here since the last call, for the gossip layer to spread.
