@@ -16,7 +16,10 @@ at the end. The native row has the latencies only (its client is examples/mesh_p
 
 With --gateways, one more row: murmur's sidecars in two datacenters whose traffic crosses a
 mesh gateway in each (client sidecar → gateway → gateway → app sidecar), its CPU columns
-counting both gateways.
+counting both gateways, and below the table each gateway's own CPU per GB beside the floor of
+any user-space hop on this machine: examples/udp_relay_floor.rs relaying datagrams of the
+size the sidecars send on this loopback (nothing but one GRO receive and one GSO send per
+batch).
 
 With --busy-poll WINDOW, two more rows: murmur's pair with `--busy-poll WINDOW` and haproxy's
 pair with its `busy-polling` (for virtual machines whose idle vCPUs halt; BENCHMARKS.md).
@@ -39,6 +42,7 @@ from membership import free_port, proc_stats, wait_for  # noqa: E402
 
 PROBE = "target/release/examples/tcp_probe"
 MESH_PROBE = "target/release/examples/mesh_probe"
+RELAY_FLOOR = "target/release/examples/udp_relay_floor"
 MURMUR = "murmur sidecar pair (QUIC, mTLS)"
 GATEWAYS = "murmur sidecar → mesh gateway → mesh gateway → sidecar (two datacenters)"
 PINGPONGS = 20000
@@ -242,9 +246,11 @@ def iperf(port, flows, seconds):
     return end["sum_received"]["bits_per_second"], end["sum_received"]["bytes"]
 
 
-def measure(name, echo_port, iperf_port, pids, seconds):
-    def cpu():
-        return sum(proc_stats(p)[1] for p in pids)
+def measure(name, echo_port, iperf_port, pids, seconds, gateways=0):
+    """One path's figures; the first `gateways` of `pids` are mesh gateways, whose own CPU per
+    GB is reported apart too (what one hop costs, free of the sidecars' run-to-run spread)."""
+    def cpu(of=None):
+        return sum(proc_stats(p)[1] for p in (pids if of is None else of))
 
     def probe(*args):
         return map(float, run([PROBE, args[0], f"127.0.0.1:{echo_port}", *args[1:]]).split())
@@ -257,19 +263,22 @@ def measure(name, echo_port, iperf_port, pids, seconds):
     paced50, _ = probe("paced", str(PACED), "1000")
     paced_cpu = (cpu() - cpu0) / PACED * 1e6
     c50, c99 = probe("connect", "2000")
-    cpu0 = cpu()
+    cpu0, gw0 = cpu(), cpu(pids[:gateways])
     one, moved = iperf(iperf_port, 1, seconds)
-    cpu1 = cpu()
+    cpu1, gw1 = cpu(), cpu(pids[:gateways])
     many, _ = iperf(iperf_port, 64, seconds)
     rss = sum(proc_stats(p)[0] for p in pids) / 1024
     cpu_per_gb = (cpu1 - cpu0) / (moved / 1e9) if pids else 0.0
+    hop_per_gb = (gw1 - gw0) / (moved / 1e9) / gateways if gateways else None
     print(f"  {name}: rtt {p50:.0f}/{p99:.0f} us ({cpu_per_rtt:.0f} us proxy CPU), "
           f"paced {paced50:.0f} us ({paced_cpu:.0f} us proxy CPU), "
           f"new conn {c50:.0f}/{c99:.0f} us, "
-          f"1 flow {one / 1e9:.2f} Gbit/s, 64 flows {many / 1e9:.2f} Gbit/s", file=sys.stderr)
+          f"1 flow {one / 1e9:.2f} Gbit/s, 64 flows {many / 1e9:.2f} Gbit/s"
+          + (f", {hop_per_gb:.3f} s CPU per GB in each gateway" if gateways else ""),
+          file=sys.stderr)
     return dict(name=name, rtt=(p50, p99), cpu_per_rtt=cpu_per_rtt,
                 paced=(paced50, paced_cpu), conn=(c50, c99),
-                one=one, many=many, cpu_per_gb=cpu_per_gb, rss=rss)
+                one=one, many=many, cpu_per_gb=cpu_per_gb, rss=rss, hop_per_gb=hop_per_gb)
 
 
 def measure_native(name, env):
@@ -344,7 +353,8 @@ def main():
                 try:
                     ports = (free_port(), free_port())
                     pids = make(group, [(ports[0], echo), (ports[1], perf)])
-                    rows.append(measure(name, ports[0], ports[1], pids, args.seconds))
+                    rows.append(measure(name, ports[0], ports[1], pids, args.seconds,
+                                        gateways=2 if name == GATEWAYS else 0))
                     if name == MURMUR:
                         rows.append(measure_native("native SDK client → murmur sidecar "
                                                    "(QUIC, mTLS)", group.env))
@@ -362,6 +372,24 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(cells(r)) + " |")
+    pair = next((r for r in rows if r["name"] == MURMUR), None)
+    for r in rows:
+        if r.get("hop_per_gb") is not None and pair:
+            size, floor = relay_floor()
+            print(f"\nEach mesh gateway's own CPU per GB (1 flow): {r['hop_per_gb']:.3f} s, "
+                  f"{100 * r['hop_per_gb'] / pair['cpu_per_gb']:.0f}% of the sidecar pair's "
+                  f"{pair['cpu_per_gb']:.2f} s in this run. A bare relay of {size}-byte "
+                  f"datagrams (`{RELAY_FLOOR} {size} 4`): {floor:.3f} s per GB, "
+                  f"{100 * floor / pair['cpu_per_gb']:.0f}% of the pair's.")
+
+
+def relay_floor():
+    """The datagram size murmur's sidecars use on this loopback (path-MTU discovery stops at
+    16,000 bytes or at the MTU less 48 bytes of headers, as quinn counts them) and the CPU
+    per GB of a bare relay of it."""
+    with open("/sys/class/net/lo/mtu") as f:
+        size = min(16000, int(f.read()) - 48)
+    return size, float(run([RELAY_FLOOR, str(size), "4"]).split()[0])
 
 
 if __name__ == "__main__":

@@ -8,5 +8,5 @@ source "$(dirname "$0")/setup.sh"
 for tool in haproxy stunnel4 iperf3 openssl; do
   command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy stunnel4 iperf3 openssl; break; }
 done
-cargo build --release --quiet --example tcp_probe --example mesh_probe
+cargo build --release --quiet --example tcp_probe --example mesh_probe --example udp_relay_floor
 python3 bench/proxy.py --murmur target/release/murmur --seconds "${1:-5}" --busy-poll 50us --gateways
