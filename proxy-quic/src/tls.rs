@@ -413,47 +413,6 @@ mod tests {
         counter.await.unwrap();
     }
 
-    /// A client socket that notes the most datagrams any one send carried (GSO).
-    #[derive(Debug)]
-    struct CountsBatches {
-        inner: Arc<dyn quinn::AsyncUdpSocket>,
-        most: std::sync::atomic::AtomicUsize,
-    }
-
-    impl quinn::AsyncUdpSocket for CountsBatches {
-        fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
-            self.inner.clone().create_io_poller()
-        }
-        fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
-            let datagrams = transmit
-                .segment_size
-                .map_or(1, |s| transmit.contents.len().div_ceil(s));
-            self.most
-                .fetch_max(datagrams, std::sync::atomic::Ordering::Relaxed);
-            self.inner.try_send(transmit)
-        }
-        fn poll_recv(
-            &self,
-            cx: &mut std::task::Context,
-            bufs: &mut [std::io::IoSliceMut<'_>],
-            meta: &mut [quinn::udp::RecvMeta],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            self.inner.poll_recv(cx, bufs, meta)
-        }
-        fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-            self.inner.local_addr()
-        }
-        fn max_transmit_segments(&self) -> usize {
-            self.inner.max_transmit_segments()
-        }
-        fn max_receive_segments(&self) -> usize {
-            self.inner.max_receive_segments()
-        }
-        fn may_fragment(&self) -> bool {
-            self.inner.may_fragment()
-        }
-    }
-
     /// vendor/quinn's patch: on an Ethernet-sized path a GSO batch fills a UDP payload (45
     /// datagrams of 1,452 bytes), where quinn stops at 10; a mesh gateway moves each batch with
     /// one receive and one send, so its cost per GB falls with the batch count.
@@ -462,23 +421,7 @@ mod tests {
         let ca = authority();
         let db = identity(&ca, "db");
         let server = server_endpoint(&db);
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket).unwrap();
-        if inner.max_transmit_segments() < 45 {
-            eprintln!("skipped: this kernel offers no UDP segmentation offload on loopback");
-            return;
-        }
-        let counting = Arc::new(CountsBatches {
-            inner,
-            most: Default::default(),
-        });
-        let client = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
-            None,
-            counting.clone(),
-            Arc::new(quinn::TokioRuntime),
-        )
-        .unwrap();
+        let client = endpoint("127.0.0.1:0".parse().unwrap(), None, None).unwrap();
         let mut ethernet = quinn::TransportConfig::default();
         ethernet.initial_mtu(1_452).mtu_discovery_config(None);
         let mut config = identity(&ca, "web").client_config().unwrap();
@@ -501,9 +444,18 @@ mod tests {
             .expect("16 MiB crossed loopback within a minute")
             .unwrap();
         assert_eq!(got, 16 << 20);
-        assert_eq!(connection.stats().path.current_mtu, 1_452);
-        let most = counting.most.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(most, 45, "the largest batch carried {most} datagrams");
+        let stats = connection.stats();
+        assert_eq!(stats.path.current_mtu, 1_452);
+        let per_send = stats.udp_tx.datagrams as f64 / stats.udp_tx.ios as f64;
+        if per_send < 2.0 {
+            eprintln!("skipped: this kernel offers no UDP segmentation offload on loopback");
+            return;
+        }
+        // quinn's own limit makes at most 10, so a mean above it needs the patch.
+        assert!(
+            per_send > 15.0,
+            "{per_send:.1} datagrams per send on average"
+        );
         connection.close(0u32.into(), b"done");
     }
 
