@@ -1,7 +1,8 @@
 //! The floor of a user-space UDP hop, for `bench/proxy.py --gateways`: a relay that does
 //! nothing but receive a GRO batch and send it on with GSO, as a mesh gateway does per batch,
 //! without the gateway's flow table, tasks or metrics. Its CPU per GB is what any hop through
-//! user space costs on this machine (two copies, two system calls and a wake-up per batch).
+//! user space costs on this machine at least: two copies and two system calls per batch (fed
+//! without pause, it seldom sleeps, where a gateway is woken for most batches).
 //!
 //! ```text
 //! udp_relay_floor SIZE GB     # relay GB gigabytes of SIZE-byte datagrams over loopback
