@@ -19,7 +19,7 @@ mesh gateway in each (client sidecar → gateway → gateway → app sidecar), i
 counting both gateways, and below the table each gateway's own CPU per GB beside the floor of
 any user-space hop on this machine: examples/udp_relay_floor.rs relaying datagrams of the
 size the sidecars send on this loopback (nothing but one GRO receive and one GSO send per
-batch).
+batch), fed without pause and fed with a pause after each batch.
 
 With --busy-poll WINDOW, two more rows: murmur's pair with `--busy-poll WINDOW` and haproxy's
 pair with its `busy-polling` (for virtual machines whose idle vCPUs halt; BENCHMARKS.md).
@@ -43,6 +43,9 @@ from membership import free_port, proc_stats, wait_for  # noqa: E402
 PROBE = "target/release/examples/tcp_probe"
 MESH_PROBE = "target/release/examples/mesh_probe"
 RELAY_FLOOR = "target/release/examples/udp_relay_floor"
+# The relay floor's sender pauses this long after each batch (a sleep of its thread, so in
+# practice some tens of µs more): about the gap between a sidecar's batches in one flow.
+RELAY_PAUSE_US = 50
 MURMUR = "murmur sidecar pair (QUIC, mTLS)"
 GATEWAYS = "murmur sidecar → mesh gateway → mesh gateway → sidecar (two datacenters)"
 PINGPONGS = 20000
@@ -373,23 +376,30 @@ def main():
     for r in rows:
         print("| " + " | ".join(cells(r)) + " |")
     pair = next((r for r in rows if r["name"] == MURMUR), None)
-    for r in rows:
-        if r.get("hop_per_gb") is not None and pair:
-            size, floor = relay_floor()
-            print(f"\nEach mesh gateway's own CPU per GB (1 flow): {r['hop_per_gb']:.3f} s, "
-                  f"{100 * r['hop_per_gb'] / pair['cpu_per_gb']:.0f}% of the sidecar pair's "
-                  f"{pair['cpu_per_gb']:.2f} s in this run. A bare relay of {size}-byte "
-                  f"datagrams (`{RELAY_FLOOR} {size} 4`): {floor:.3f} s per GB, "
-                  f"{100 * floor / pair['cpu_per_gb']:.0f}% of the pair's.")
+    gateways = next((r for r in rows if r.get("hop_per_gb") is not None), None)
+    if pair and gateways:
+        def share(seconds):
+            return f"{seconds:.3f} s per GB ({100 * seconds / pair['cpu_per_gb']:.0f}% of the pair's)"
+        size = relay_datagram()
+        fed, paced = (relay_floor(size, pause) for pause in (0, RELAY_PAUSE_US))
+        print(f"\nEach mesh gateway's own CPU (1 flow): {share(gateways['hop_per_gb'])}; the "
+              f"sidecar pair's {pair['cpu_per_gb']:.2f} s per GB in this run. A bare relay of "
+              f"{size}-byte datagrams (`{RELAY_FLOOR} {size} 4 [PAUSE_US]`): {share(fed)} fed "
+              f"without pause, {share(paced)} when its sender pauses {RELAY_PAUSE_US} µs after "
+              "each batch, so that it sleeps between batches as a gateway does.")
 
 
-def relay_floor():
-    """The datagram size murmur's sidecars use on this loopback (path-MTU discovery stops at
-    16,000 bytes or at the MTU less 48 bytes of headers, as quinn counts them) and the CPU
-    per GB of a bare relay of it."""
+def relay_datagram():
+    """The datagram size murmur's sidecars use on this loopback: path-MTU discovery stops at
+    16,000 bytes or at the MTU less 48 bytes of headers, as quinn counts them."""
     with open("/sys/class/net/lo/mtu") as f:
-        size = min(16000, int(f.read()) - 48)
-    return size, float(run([RELAY_FLOOR, str(size), "4"]).split()[0])
+        return min(16000, int(f.read()) - 48)
+
+
+def relay_floor(size, pause_us):
+    """A bare relay's CPU per GB for 4 GB of `size`-byte datagrams, its sender pausing
+    `pause_us` after each batch."""
+    return float(run([RELAY_FLOOR, str(size), "4", str(pause_us)]).split()[0])
 
 
 if __name__ == "__main__":

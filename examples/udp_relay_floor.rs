@@ -1,15 +1,17 @@
 //! The floor of a user-space UDP hop, for `bench/proxy.py --gateways`: a relay that does
 //! nothing but receive a GRO batch and send it on with GSO, as a mesh gateway does per batch,
 //! without the gateway's flow table, tasks or metrics. Its CPU per GB is what any hop through
-//! user space costs on this machine at least: two copies and two system calls per batch (fed
-//! without pause, it seldom sleeps, where a gateway is woken for most batches).
+//! user space costs on this machine at least: two copies and two system calls per batch, and,
+//! when its sender pauses between batches, the relay's sleep and wake-up per batch, as a
+//! gateway's between a sidecar's batches.
 //!
 //! ```text
-//! udp_relay_floor SIZE GB     # relay GB gigabytes of SIZE-byte datagrams over loopback
+//! udp_relay_floor SIZE GB [PAUSE_US]   # relay GB gigabytes of SIZE-byte datagrams on loopback
 //! ```
 //! A sender thread sends batches of as many SIZE-byte datagrams as fit one UDP payload to the
-//! relay thread, which forwards each to a sink thread. Prints `relay_cpu_s_per_gb batches`:
-//! the relay thread's CPU seconds per GB it forwarded, and how many batches it moved.
+//! relay thread, which forwards each to a sink thread; with PAUSE_US, the sender sleeps that
+//! long after each batch. Prints `relay_cpu_s_per_gb batches`: the relay thread's CPU seconds
+//! per GB it forwarded, and how many batches it moved.
 
 use std::io::IoSliceMut;
 use std::net::UdpSocket;
@@ -24,16 +26,23 @@ const MAX_UDP_PAYLOAD: usize = 65_507;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let parsed = match (args.get(1), args.get(2)) {
-        (Some(size), Some(gb)) => size.parse::<usize>().ok().zip(gb.parse::<f64>().ok()),
+    let parsed = match (args.get(1), args.get(2), args.get(3)) {
+        (Some(size), Some(gb), pause) => size
+            .parse::<usize>()
+            .ok()
+            .zip(gb.parse::<f64>().ok())
+            .zip(pause.map_or(Some(0), |p| p.parse::<u64>().ok())),
         _ => None,
     };
-    let Some((size, gb)) =
-        parsed.filter(|&(size, gb)| (1..=MAX_UDP_PAYLOAD).contains(&size) && gb > 0.0)
+    let Some(((size, gb), pause)) =
+        parsed.filter(|&((size, gb), _)| (1..=MAX_UDP_PAYLOAD).contains(&size) && gb > 0.0)
     else {
-        eprintln!("usage: udp_relay_floor SIZE GB (SIZE in 1..=65507 bytes, GB > 0)");
+        eprintln!(
+            "usage: udp_relay_floor SIZE GB [PAUSE_US] (SIZE in 1..=65507 bytes, GB > 0, PAUSE_US microseconds)"
+        );
         std::process::exit(2);
     };
+    let pause = Duration::from_micros(pause);
     let total = (gb * 1e9) as usize;
     let bind = || {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("a loopback UDP socket");
@@ -68,6 +77,9 @@ fn main() {
             };
             while !done.load(Ordering::Relaxed) {
                 let _ = state.send(UdpSockRef::from(&socket), &transmit);
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
         })
     };
