@@ -192,7 +192,7 @@ impl Node {
     /// address, if any is active; see the module's documentation.
     pub(crate) fn handle_unreachable(&mut self, addr: SocketAddr) {
         self.stats.unreachable.signals += 1;
-        if let Some(subject) = self.active_member_at(addr) {
+        if let Some(subject) = self.active_member_at(addr).cloned() {
             self.report(&subject);
         }
     }
@@ -343,11 +343,11 @@ impl Node {
     }
 
     /// The active member (alive or suspect) at `addr`, other than this node.
-    pub(super) fn active_member_at(&self, addr: SocketAddr) -> Option<NodeIdentity> {
+    pub(super) fn active_member_at(&self, addr: SocketAddr) -> Option<&NodeIdentity> {
         self.foca
             .iter_members()
             .find(|m| m.id().addr == addr)
-            .map(|m| m.id().clone())
+            .map(|m| m.id())
     }
 
     /// The episode of `subject`, started now if there is none (or only a stale one).
