@@ -19,10 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
-
-/// The largest UDP payload one send carries over IPv4.
-const MAX_UDP_PAYLOAD: usize = 65_507;
+use murmur_proxy::quinn::udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use murmur_proxy::udp::MAX_UDP_PAYLOAD;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

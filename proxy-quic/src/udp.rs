@@ -29,7 +29,7 @@ use crate::busy_poll::BusyPoll;
 pub const MAX_DATAGRAM: u16 = 16_000;
 
 /// The largest UDP payload one `sendmsg` may carry over IPv4 (65,535 less IP and UDP headers).
-const MAX_UDP_PAYLOAD: usize = 65_507;
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// UDP socket buffers asked for (the kernel caps them at `net.core.rmem_max`/`wmem_max`): with
 /// the default 208 KiB a single flow through a sidecar pair overflowed the receive buffer
