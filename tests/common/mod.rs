@@ -17,12 +17,26 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_murmur");
 
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
+/// A port free for both TCP and UDP on 127.0.0.1 right now, and never handed out before in
+/// this test process.
+///
+/// The port is released before an agent binds it, and the kernel may give the same port to the
+/// next `bind(0)`: a test that picks WAN addresses first and starts agents after once had an
+/// agent's HTTP API take a WAN address picked for an agent not started yet (CI, federation.rs).
+/// Remembering every port handed out keeps one test's picks, and its neighbours' in the same
+/// process, apart.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && HANDED_OUT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(port)
+        {
             return port;
         }
     }
