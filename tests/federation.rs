@@ -229,6 +229,11 @@ fn two_datacenters_link_through_one_gateway_each_and_a_killed_one_is_replaced() 
         wait_until(REPLACE, || east.iter().all(|a| has(a, "web"))),
         "west's intention reached every east agent"
     );
+    let holds = |agent: &Agent| agent.request("GET", "/v1/kv/west-only", b"").0 == 200;
+    assert!(
+        wait_until(REPLACE, || west.iter().all(holds)),
+        "west's KV reached every west agent"
+    );
     for agent in east.iter().chain(&west) {
         let here = west.iter().any(|w| w.name == agent.name);
         let (status, _, _) = agent.request("GET", "/v1/kv/west-only", b"");
