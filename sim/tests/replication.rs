@@ -113,7 +113,7 @@ fn a_large_value_travels_by_stream() {
 fn a_large_value_reaches_every_node_by_flood_before_anti_entropy_most_times() {
     // A large change is flooded once by each member that learns it; a node no flood reaches
     // waits up to a sync round (10 s). With fanout f each node is missed with probability
-    // about e^-f, so f grows with ln N to keep the expected misses per change below one.
+    // about e^-f, so f grows with ln N to keep the expected misses per change well below one.
     let seeds = 1..=12;
     let reached_all = seeds
         .clone()
@@ -125,7 +125,7 @@ fn a_large_value_reaches_every_node_by_flood_before_anti_entropy_most_times() {
         })
         .count();
     assert!(
-        reached_all >= 9,
+        reached_all >= 11,
         "the flood reached all 48 nodes within 2 s in {reached_all} of {} runs",
         seeds.count()
     );
