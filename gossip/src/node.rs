@@ -54,9 +54,10 @@ const OUTPUTS_KEPT_EMPTY: usize = 64;
 /// A push for every message that told something new sent three messages for each: while a
 /// third of 1,000 simulated nodes lost the rest every 3 s, members learned of suspicions,
 /// refutations and renewals from nearly every message and sent ~480 gossip messages a second
-/// each, a few updates apiece ("Where a flapping split spends its time" in BENCHMARKS.md). With the gap they send
-/// a third of the datagrams and writes reach every node as fast; news of a burst (200 crashes
-/// at once) reaches everyone in 0.15–0.57 s (p50) instead of 0.02 s, fewer packets carrying it.
+/// each, a few updates apiece ("Where a flapping split spends its time" in BENCHMARKS.md).
+/// With the gap they send a third of the datagrams and writes reach every node as fast; news
+/// of a burst (200 crashes at once) reaches everyone in 0.15–0.57 s (p50) instead of 0.02 s,
+/// fewer packets carrying it.
 const EAGER_PUSH_GAP: Duration = Duration::from_millis(10);
 
 /// A timer the node asked for; hand it back to [`Node::handle_timer`] when it expires.
