@@ -394,17 +394,26 @@ impl Node {
         })
     }
 
+    /// The active members that could confirm a suspicion of `subject`, but this node: all
+    /// but the subject.
+    fn other_candidates<'a>(
+        &'a self,
+        subject: &'a NodeIdentity,
+    ) -> impl Iterator<Item = &'a NodeIdentity> + 'a {
+        let me = &self.identity().name;
+        self.foca
+            .iter_members()
+            .map(Member::id)
+            .filter(move |id| id.name != subject.name && id.name != *me)
+    }
+
     /// The [`CONFIRMERS`] + 1 active members other than `subject`, this node among the
     /// candidates, ranked highest for `subject` (best first): the confirmers, with one more in
     /// case this node is among them.
-    fn ranked_for(&self, subject: &NodeIdentity) -> Vec<(u64, &NodeIdentity)> {
-        let me = self.identity();
+    fn ranked_for<'a>(&'a self, subject: &'a NodeIdentity) -> Vec<(u64, &'a NodeIdentity)> {
         let candidates = self
-            .foca
-            .iter_members()
-            .map(Member::id)
-            .filter(|id| id.name != subject.name && id.name != me.name)
-            .chain(std::iter::once(me));
+            .other_candidates(subject)
+            .chain(std::iter::once(self.identity()));
         top_ranked(&subject.name, candidates, CONFIRMERS + 1)
     }
 
@@ -419,12 +428,12 @@ impl Node {
         if pair_score(&subject.name, me) < likely_confirmer_floor(candidates) {
             return false;
         }
-        let others = self
-            .foca
-            .iter_members()
-            .map(Member::id)
-            .filter(|id| id.name != subject.name && id.name != *me);
-        ranks_among_top(&subject.name, me, others, CONFIRMERS)
+        ranks_among_top(
+            &subject.name,
+            me,
+            self.other_candidates(subject),
+            CONFIRMERS,
+        )
     }
 
     /// Where reports about `subject` go: the [`CONFIRMERS`] other than this node.
@@ -482,6 +491,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::tests::identity;
 
     proptest::proptest! {
         /// Counting those above equals finding this node in the full ranking.
@@ -492,25 +502,13 @@ mod tests {
             me_at in 0usize..60,
             wanted in 1usize..8,
         ) {
-            let ids: Vec<NodeIdentity> = names.iter().map(|name| identity(name)).collect();
+            let ids: Vec<NodeIdentity> = names.iter().map(|name| identity(name, 1)).collect();
             let me = &ids[me_at % ids.len()];
             let others = ids.iter().filter(|id| id.name != me.name);
             let ranked = top_ranked(&subject, others.clone().chain(std::iter::once(me)), wanted);
             let in_full = ranked.iter().any(|(_, id)| id.name == me.name);
             proptest::prop_assert_eq!(ranks_among_top(&subject, &me.name, others, wanted), in_full);
         }
-    }
-
-    fn identity(name: &str) -> NodeIdentity {
-        crate::IdentityFields {
-            name: name.into(),
-            node_id: 1,
-            generation: 1,
-            addr: "127.0.0.1:1".parse().expect("an address"),
-            datacenter: "dc1".into(),
-            tags: vec![],
-        }
-        .into()
     }
 
     /// The shortcut of `is_confirmer_of` against the full ranking, over names like real ones.
