@@ -33,24 +33,13 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(__file__))
+from membership import free_port  # noqa: E402
+
 # How long an agent under callgrind (~50 times slower) may take to answer its API.
 START_LIMIT = 180
 # Idle spell: longer than anti-entropy's 10 s round and the coordinates' 15 s.
 IDLE = 35
-
-
-def free_port():
-    """A port free for TCP and UDP on loopback."""
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
 
 
 class Agent:
