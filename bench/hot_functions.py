@@ -8,8 +8,9 @@ fill 2.4 MB.
 
 How: agents run under valgrind's callgrind, which records every function executed, whatever
 the inputs, where a sampling profiler would miss those that run once. Two runs: a `--dev`
-agent (the README's first command) and an agent of a two-member cluster (encrypted gossip, a
-data dir, then a sidecar carrying TCP to a service on the native peer). Each run is cut into
+agent (the README's first command) and an agent of a four-member cluster (encrypted gossip, a
+data dir; one peer is killed, an event fired; then a sidecar carries TCP to a service on a
+native peer). Each run is cut into
 phases (callgrind_control dumps): starting, idle (probes, anti-entropy, coordinates), in use
 (the API calls, DNS lookups and checks a user's tools make), leaving. The linker script puts
 first what starting and idling ran (what every agent keeps mapped), then what use ran, then
@@ -211,22 +212,31 @@ def run_dev(binary, workdir):
 def run_cluster(binary, workdir):
     key = subprocess.run([binary, "keygen"], capture_output=True, text=True, check=True).stdout.strip()
     app_port, app = echo_server()
-    peer = Agent(binary, workdir, "peer", ["--data-dir", os.path.join(workdir, "peer"),
-                                            "--encrypt", key, "--default-intention-policy", "allow"])
+    flags = ["--encrypt", key, "--default-intention-policy", "allow"]
+    peers = [Agent(binary, workdir, "peer0", flags + ["--data-dir", os.path.join(workdir, "peer0")])]
     agent = None
     try:
-        peer.wait_ready()
+        peers[0].wait_ready()
+        seed = ["--join", f"127.0.0.1:{peers[0].gossip}"]
+        for i in (1, 2):
+            peers.append(Agent(binary, workdir, f"peer{i}",
+                               flags + seed + ["--data-dir", os.path.join(workdir, f"peer{i}")]))
         agent = Agent(binary, workdir, "agent",
-                      ["--data-dir", os.path.join(workdir, "agent"), "--encrypt", key,
-                       "--default-intention-policy", "allow", "--join", f"127.0.0.1:{peer.gossip}"],
+                      flags + seed + ["--data-dir", os.path.join(workdir, "agent")],
                       os.path.join(workdir, "cluster.callgrind"))
         agent.wait_ready()
-        # An idle member of a cluster first: what every agent of bench/membership.sh runs.
+        # What every member of a cluster runs, bench/membership.sh's agents among them: idling,
+        # answering polls of the members, a member's crash, a user event.
+        time.sleep(IDLE)
+        agent.call("GET", "/v1/agent/members")
+        peers[2].proc.kill()
+        peers[2].proc.wait()
+        peers[0].call("PUT", "/v1/event/fire/deploy", "v1")
         time.sleep(IDLE)
         agent.dump("idle")
-        status, text = peer.call("PUT", "/v1/agent/service/register",
-                                 f'{{"Name": "db", "ID": "db-1", "Port": {app_port}, '
-                                 '"Connect": {"SidecarService": {}}}')
+        status, text = peers[0].call("PUT", "/v1/agent/service/register",
+                                     f'{{"Name": "db", "ID": "db-1", "Port": {app_port}, '
+                                     '"Connect": {"SidecarService": {}}}')
         if status != 200:
             sys.exit(f"registering db: {status} {text!r}")
         upstream = free_port()
@@ -239,7 +249,8 @@ def run_cluster(binary, workdir):
     finally:
         if agent:
             agent.stop()
-        peer.stop()
+        for peer in peers:
+            peer.stop()
         app.kill()
         app.wait()
     return agent.phases()
