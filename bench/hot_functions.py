@@ -32,10 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from membership import free_port  # noqa: E402
+from proxy import PROBE  # noqa: E402
+from replication import request  # noqa: E402
 
 # How long an agent under callgrind (~50 times slower) may take to answer its API.
 START_LIMIT = 180
@@ -80,13 +81,10 @@ class Agent:
         return dict(self.dumps, stop=rest.pop()) if rest else dict(self.dumps)
 
     def call(self, method, path, body=None, timeout=60):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", method=method,
-                                     data=body.encode() if body is not None else None)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        """Status and body of one API request."""
+        data = body.encode() if body is not None else None
+        status, _, answer = request({"api": self.http}, method, path, data, timeout)
+        return status, answer
 
     def wait_ready(self):
         deadline = time.time() + START_LIMIT
@@ -164,32 +162,15 @@ def register_web(agent, upstream_port=None):
         sys.exit(f"registering web: {status} {text!r}")
 
 
-def echo_server():
-    """A TCP server that echoes one connection at a time, in a child process."""
-    port = free_port()
-    code = ("import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            f"s.bind(('127.0.0.1', {port})); s.listen()\n"
-            "while True:\n c,_=s.accept()\n while (d:=c.recv(65536)): c.sendall(d)\n c.close()\n")
-    return port, subprocess.Popen([sys.executable, "-c", code])
-
-
 def through_sidecar(port):
-    """Bytes through web's upstream, to db's sidecar on the peer and back; True if echoed."""
+    """Round trips through web's upstream, to db's sidecar on the peer and the echo server
+    behind it, retried until the sidecars are up; True once they carried them."""
     deadline = time.time() + 120
     while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-                s.sendall(b"murmur" * 1000)
-                got = b""
-                while len(got) < 6000:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    got += chunk
-                if len(got) == 6000:
-                    return True
-        except OSError:
-            pass
+        probe = subprocess.run([PROBE, "pingpong", f"127.0.0.1:{port}", "10"],
+                               capture_output=True, timeout=120)
+        if probe.returncode == 0:
+            return True
         time.sleep(1)
     return False
 
@@ -211,7 +192,8 @@ def run_dev(binary, workdir):
 
 def run_cluster(binary, workdir):
     key = subprocess.run([binary, "keygen"], capture_output=True, text=True, check=True).stdout.strip()
-    app_port, app = echo_server()
+    app_port = free_port()
+    app = subprocess.Popen([PROBE, "echo", f"127.0.0.1:{app_port}"])
     flags = ["--encrypt", key, "--default-intention-policy", "allow"]
     peers = [Agent(binary, workdir, "peer0", flags + ["--data-dir", os.path.join(workdir, "peer0")])]
     agent = None

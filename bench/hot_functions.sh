@@ -5,4 +5,5 @@
 # Usage: bench/hot_functions.sh
 source "$(dirname "$0")/setup.sh"
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+cargo build --release --quiet --example tcp_probe
 python3 bench/hot_functions.py --murmur target/release/murmur --out link/hot-text.ld
