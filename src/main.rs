@@ -11,6 +11,7 @@ mod dns;
 mod duration;
 mod forward;
 mod http;
+mod math;
 mod services;
 mod sim;
 mod ui;
