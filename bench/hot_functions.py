@@ -11,10 +11,11 @@ the inputs, where a sampling profiler would miss those that run once. Two runs: 
 agent (the README's first command) and an agent of a four-member cluster (encrypted gossip, a
 data dir; one peer is killed, an event fired; then a sidecar carries TCP to a service on a
 native peer). Each run is cut into
-phases (callgrind_control dumps): starting, idle (probes, anti-entropy, coordinates), in use
-(the API calls, DNS lookups and checks a user's tools make), leaving. The linker script puts
-first what starting and idling ran (what every agent keeps mapped), then what use ran, then
-what leaving ran, then the rest. Functions are named by their symbols with the crate hashes of
+phases (callgrind_control dumps): starting, idle (probes, anti-entropy, coordinates, a peer's
+crash and an event), in use (the API calls, DNS lookups and checks a user's tools make),
+leaving. The linker script puts first what idling ran (what an agent keeps mapped once it
+has shed the code it ran to start: src/agent/shed.rs), then what only starting ran, then
+what use ran, then what leaving ran, then the rest. Functions are named by their symbols with the crate hashes of
 v0 mangling (.cargo/config.toml) as globs, since those change whenever a dependency does; a
 function renamed since falls back to the default placement, costing pages, never correctness.
 
@@ -45,13 +46,14 @@ IDLE = 35
 
 
 class Agent:
-    """One agent process; `profile` is the callgrind output file if it runs under callgrind."""
+    """One agent process; `profile` is the callgrind output file if it runs under callgrind.
+    `named`: whether it gets `--node NAME`; without, it takes the host's name, as most do."""
 
-    def __init__(self, binary, workdir, name, flags, profile=None):
+    def __init__(self, binary, workdir, name, flags, profile=None, named=True):
         self.http, self.dns, self.gossip = free_port(), free_port(), free_port()
-        cmd = [binary, "agent", "--node", name, "--bind", f"127.0.0.1:{self.gossip}",
+        cmd = [binary, "agent", "--bind", f"127.0.0.1:{self.gossip}",
                "--http-addr", f"127.0.0.1:{self.http}", "--dns-addr", f"127.0.0.1:{self.dns}"]
-        cmd += flags
+        cmd += (["--node", name] if named else []) + flags
         if profile:
             cmd = ["valgrind", "--tool=callgrind", "--demangle=no",
                    f"--callgrind-out-file={profile}"] + cmd
@@ -176,7 +178,8 @@ def through_sidecar(port):
 
 
 def run_dev(binary, workdir):
-    agent = Agent(binary, workdir, "dev", ["--dev"], os.path.join(workdir, "dev.callgrind"))
+    agent = Agent(binary, workdir, "dev", ["--dev"], os.path.join(workdir, "dev.callgrind"),
+                  named=False)
     try:
         agent.wait_ready()
         agent.dump("start")
@@ -207,6 +210,7 @@ def run_cluster(binary, workdir):
                       flags + seed + ["--data-dir", os.path.join(workdir, "agent")],
                       os.path.join(workdir, "cluster.callgrind"))
         agent.wait_ready()
+        agent.dump("start")
         # What every member of a cluster runs, bench/membership.sh's agents among them: idling,
         # answering polls of the members, a member's crash, a user event.
         time.sleep(IDLE)
@@ -266,8 +270,11 @@ def executed_functions(profile, binary):
 
 def section_pattern(symbol):
     """A function's symbol with rustc's hashes as globs: its input section is `.text.` and
-    that, or `.text.unlikely.` and that if LLVM found it cold."""
-    return re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", symbol)  # v0 mangling's crate disambiguator
+    that, or `.text.unlikely.` and that if LLVM found it cold. The number LTO appends to a
+    local function whose name another one has (`write_str.13002`) is a glob too: it shifts
+    whenever code is added anywhere, and a stale number would leave that function in the rest."""
+    symbol = re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", symbol)  # v0 mangling's crate disambiguator
+    return re.sub(r"\.\d+$", ".*", symbol)
 
 
 def write_script(tiers, out):
@@ -306,9 +313,10 @@ def main():
                 functions = executed_functions(profile, args.murmur)
                 print(f"  {phase}: {len(functions)} functions ran", file=sys.stderr)
                 ran.setdefault(phase, set()).update(functions)
-    # What every agent runs and keeps running comes first: starting and idling (the pages
-    # of an idle agent); then serving users and sidecars, then leaving.
-    tiers = [("starting and idle", ran["start"] | ran["idle"]), ("in use", ran["use"]),
+    # What an agent keeps running comes first: idling (the pages an idle agent maps again
+    # after shedding its start-up code); then what only starting ran, serving users and
+    # sidecars, leaving.
+    tiers = [("idle", ran["idle"]), ("starting", ran["start"]), ("in use", ran["use"]),
              ("leaving", ran.get("stop", set()))]
     count = write_script(tiers, args.out)
     print(f"{count} functions written to {args.out}", file=sys.stderr)

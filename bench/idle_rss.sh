@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Resident memory of an idle agent, for each binary given, one after the other on loopback:
-# a `--dev` agent 5 s after start, and a member of a two-agent cluster (encrypted gossip, data
+# a `--dev` agent 20 s after start, and a member of a two-agent cluster (encrypted gossip, data
 # dirs) 20 s after it joined. Prints VmRSS, RssAnon and the binary's resident text (KiB).
 # Usage: bench/idle_rss.sh [BINARY...] (default: target/release/murmur, built first)
 set -euo pipefail
@@ -20,7 +20,7 @@ for binary in "$@"; do
     echo "$binary"
     "$binary" agent --dev --bind "127.0.0.1:$(port)" --http-addr "127.0.0.1:$(port)" \
         --dns-addr "127.0.0.1:$(port)" >/dev/null 2>&1 & pids=($!)
-    sleep 5; report dev "${pids[0]}"; kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+    sleep 20; report dev "${pids[0]}"; kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
     key=$("$binary" keygen); seed=$(port)
     "$binary" agent --node seed --bind "127.0.0.1:$seed" --http-addr "127.0.0.1:$(port)" \
         --dns-addr "127.0.0.1:$(port)" --data-dir "$dir/seed" --encrypt "$key" >/dev/null 2>&1 & pids=($!)

@@ -6,6 +6,7 @@ mod coordinates;
 pub mod persist;
 pub mod pool;
 pub mod runtime;
+mod shed;
 mod store;
 mod stream;
 mod tethers;
@@ -34,6 +35,9 @@ use crate::cli::AgentArgs;
 
 /// How long a leaving agent keeps gossiping so its leave reaches everyone.
 pub(crate) const LEAVE_PROPAGATION: Duration = Duration::from_secs(1);
+/// When an agent drops its mappings of the code it ran to start (`shed`): it has parsed its
+/// flags, opened its data, bound its listeners and joined by then.
+const SHED_STARTUP_CODE_AFTER: Duration = Duration::from_secs(10);
 /// Longest wait between `--retry-join` attempts.
 const RETRY_JOIN_MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -299,6 +303,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(gateway) = gateway {
         tokio::spawn(gateway.run(agent.clone()));
     }
+    tokio::spawn(async {
+        tokio::time::sleep(SHED_STARTUP_CODE_AFTER).await;
+        let shed = shed::shed_startup_code();
+        tracing::debug!(bytes = shed, "shed the code mapped while starting");
+    });
 
     wait_for_shutdown(&leave).await;
     tracing::info!("leaving the cluster");

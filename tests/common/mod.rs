@@ -198,6 +198,11 @@ impl Agent {
         child.wait_with_output().unwrap()
     }
 
+    /// The process id of the running agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no leave, the cluster must detect the failure.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
