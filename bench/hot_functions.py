@@ -10,14 +10,14 @@ How: agents run under valgrind's callgrind, which records every function execute
 the inputs, where a sampling profiler would miss those that run once. Two runs: a `--dev`
 agent (the README's first command) and an agent of a four-member cluster (encrypted gossip, a
 data dir; one peer is killed, an event fired; then a sidecar carries TCP to a service on a
-native peer). Each run is cut into
-phases (callgrind_control dumps): starting, idle (probes, anti-entropy, coordinates, a peer's
-crash and an event), in use (the API calls, DNS lookups and checks a user's tools make),
-leaving. The linker script puts first what idling ran (what an agent keeps mapped once it
-has shed the code it ran to start: src/agent/shed.rs), then what only starting ran, then
-what use ran, then what leaving ran, then the rest. Functions are named by their symbols with the crate hashes of
-v0 mangling (.cargo/config.toml) as globs, since those change whenever a dependency does; a
-function renamed since falls back to the default placement, costing pages, never correctness.
+native peer). Each run is cut into phases (callgrind_control dumps): starting, idle (probes,
+anti-entropy, coordinates, a peer's crash and an event), in use (the API calls, DNS lookups
+and checks a user's tools make), leaving. The linker script puts first what idling ran (what
+an agent keeps mapped once it has shed the code it ran to start: src/agent/shed.rs), then
+what only starting ran, then what use ran, then what leaving ran, then the rest. Functions
+are named by their symbols with the crate hashes of v0 mangling (.cargo/config.toml) as
+globs, since those change whenever a dependency does; a function renamed since falls back to
+the default placement, costing pages, never correctness.
 
 Usage: bench/hot_functions.sh (builds, runs this, rewrites link/hot-text.ld). Loopback only;
 every process it starts is stopped at the end.
