@@ -1,6 +1,7 @@
 /* This Source Code Form is subject to the terms of the Mozilla Public
  * License, v. 2.0. If a copy of the MPL was not distributed with this
  * file, You can obtain one at https://mozilla.org/MPL/2.0/. */
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
@@ -292,7 +293,8 @@ pub(crate) struct KeyedBroadcasts<K> {
 struct KeyedEntry<K> {
     key: K,
     stamp: u64,
-    data: Vec<u8>,
+    /// Boxed, not a `Vec`: 16 bytes of each queued entry instead of 24.
+    data: Box<[u8]>,
 }
 
 impl<K> KeyedBroadcasts<K>
@@ -328,7 +330,11 @@ where
         if self.by_remaining.len() <= max_tx {
             self.by_remaining.resize_with(max_tx + 1, VecDeque::new);
         }
-        self.by_remaining[max_tx].push_back(KeyedEntry { key, stamp, data });
+        self.by_remaining[max_tx].push_back(KeyedEntry {
+            key,
+            stamp,
+            data: data.into_boxed_slice(),
+        });
         // Stale entries wait for their turn; past as many as are live, they are swept so the
         // queue stays within twice its live size.
         if self.stale > self.live.len().max(MIN_STALE_SWEPT) {
