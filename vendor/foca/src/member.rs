@@ -183,6 +183,11 @@ where
         self.hasher.hash_one(addr)
     }
 
+    /// The hash the index keeps position `pos` of `inner` under: its member's address.
+    fn hash_at(hasher: &hashbrown::DefaultHashBuilder, inner: &[Member<T>], pos: usize) -> u64 {
+        hasher.hash_one(inner[pos].id.addr())
+    }
+
     fn reindex(&mut self) {
         let Self {
             inner,
@@ -192,7 +197,7 @@ where
         } = self;
         by_addr.clear();
         by_addr.reserve(inner.len(), |&pos| {
-            hasher.hash_one(inner[pos as usize].id.addr())
+            Self::hash_at(hasher, inner, pos as usize)
         });
         for pos in 0..inner.len() {
             Self::index_last(by_addr, hasher, &inner[..=pos]);
@@ -205,11 +210,10 @@ where
         hasher: &hashbrown::DefaultHashBuilder,
         inner: &[Member<T>],
     ) {
-        let pos = inner.len() - 1;
-        let hash = hasher.hash_one(inner[pos].id.addr());
-        let pos = u32::try_from(pos).expect("fewer than 2^32 members");
-        by_addr.insert_unique(hash, pos, |&pos| {
-            hasher.hash_one(inner[pos as usize].id.addr())
+        let last = inner.len() - 1;
+        let pos = u32::try_from(last).expect("fewer than 2^32 members");
+        by_addr.insert_unique(Self::hash_at(hasher, inner, last), pos, |&pos| {
+            Self::hash_at(hasher, inner, pos as usize)
         });
     }
 
@@ -226,7 +230,7 @@ where
         if a == b {
             return;
         }
-        let hashes = [a, b].map(|pos| self.hash_of(&self.inner[pos].id.addr()));
+        let hashes = [a, b].map(|pos| Self::hash_at(&self.hasher, &self.inner, pos));
         let [Some(at_a), Some(at_b)] = self
             .by_addr
             .get_disjoint_mut(hashes, |i, &pos| pos as usize == [a, b][i])
