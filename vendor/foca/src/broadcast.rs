@@ -1,7 +1,6 @@
 /* This Source Code Form is subject to the terms of the Mozilla Public
  * License, v. 2.0. If a copy of the MPL was not distributed with this
  * file, You can obtain one at https://mozilla.org/MPL/2.0/. */
-use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
@@ -256,9 +255,9 @@ where
     }
 }
 
-/// murmur's patches 11 and 15: broadcasts keyed by a hashable value that invalidates exactly
-/// the entries with an equal key (foca's member updates, keyed by address), queued in buckets
-/// by the transmissions they have left instead of in a heap.
+/// murmur's patches 11, 15 and 18: broadcasts keyed by a hashable value that invalidates
+/// exactly the entries with an equal key (foca's member updates, keyed by address), queued in
+/// buckets by the transmissions they have left instead of in a heap, and encoded when sent.
 ///
 /// [`Broadcasts`] scans its whole backlog and rebuilds its heap for every update it replaces,
 /// and pops each entry it sends through the heap and pushes it back. While a third of a
@@ -275,32 +274,43 @@ where
 /// memberlist also sends the newest first among equals. Oldest first was tried: a 1,000-node
 /// chaos run (seed 1) then agreed 107 s after its last heal instead of 0.2 s, with 56
 /// datagrams per node-second instead of 77; newest first, 0.2 s and 76, as with the heap.
-pub(crate) struct KeyedBroadcasts<K> {
+///
+/// An entry holds the value, not its bytes (patch 18): a member is an identity shared with
+/// the member list, so an entry is 24 bytes and nothing else, where the bytes were one more
+/// allocation per entry. While a cluster forms every member holds nearly every join queued
+/// for seconds to minutes (its periodic gossip drains a few dozen a second), so this queue
+/// is the largest thing a forming cluster holds. Sending encodes the value again; the
+/// encoding is deterministic, so the same bytes leave.
+pub(crate) struct KeyedBroadcasts<D: Keyed> {
     /// `by_remaining[n]`: the entries with `n` transmissions left, sent from the back; stale
     /// ones (replaced since they were queued) among them until they come up or are swept.
-    by_remaining: Vec<VecDeque<KeyedEntry<K>>>,
+    by_remaining: Vec<VecDeque<KeyedEntry<D>>>,
     /// The stamp of each key's live entry.
-    live: hashbrown::HashMap<K, u64>,
+    live: hashbrown::HashMap<D::Key, u64>,
     next_stamp: u64,
     /// How many stale entries the buckets hold.
     stale: usize,
     /// Entries taken by the `fill` under way, put back when it ends (so none is sent twice
     /// in one message): sent ones to the bucket below, misfits where they were.
-    sent: Vec<(usize, KeyedEntry<K>)>,
-    misfits: Vec<(usize, KeyedEntry<K>)>,
+    sent: Vec<(usize, KeyedEntry<D>)>,
+    misfits: Vec<(usize, KeyedEntry<D>)>,
+    /// The encoding of the entry being sent, reused.
+    encoded: Vec<u8>,
 }
 
-struct KeyedEntry<K> {
-    key: K,
+/// A value queued in a [`KeyedBroadcasts`]: a newer value with an equal key replaces it.
+pub(crate) trait Keyed {
+    type Key: core::hash::Hash + Eq;
+
+    fn key(&self) -> Self::Key;
+}
+
+struct KeyedEntry<D> {
     stamp: u64,
-    /// Boxed, not a `Vec`: 16 bytes of each queued entry instead of 24.
-    data: Box<[u8]>,
+    data: D,
 }
 
-impl<K> KeyedBroadcasts<K>
-where
-    K: Invalidates + core::hash::Hash + Eq + Clone,
-{
+impl<D: Keyed> KeyedBroadcasts<D> {
     pub(crate) fn new() -> Self {
         Self {
             by_remaining: Vec::new(),
@@ -309,6 +319,7 @@ where
             stale: 0,
             sent: Vec::new(),
             misfits: Vec::new(),
+            encoded: Vec::new(),
         }
     }
 
@@ -320,39 +331,45 @@ where
         self.live.is_empty()
     }
 
-    pub(crate) fn add_or_replace(&mut self, key: K, data: Vec<u8>, max_tx: usize) {
+    pub(crate) fn add_or_replace(&mut self, data: D, max_tx: usize) {
         debug_assert!(max_tx > 0);
         let stamp = self.next_stamp;
         self.next_stamp += 1;
-        if self.live.insert(key.clone(), stamp).is_some() {
+        if self.live.insert(data.key(), stamp).is_some() {
             self.stale += 1;
         }
         if self.by_remaining.len() <= max_tx {
             self.by_remaining.resize_with(max_tx + 1, VecDeque::new);
         }
-        self.by_remaining[max_tx].push_back(KeyedEntry {
-            key,
-            stamp,
-            data: data.into_boxed_slice(),
-        });
+        self.by_remaining[max_tx].push_back(KeyedEntry { stamp, data });
         // Stale entries wait for their turn; past as many as are live, they are swept so the
         // queue stays within twice its live size.
         if self.stale > self.live.len().max(MIN_STALE_SWEPT) {
             let live = &self.live;
             for bucket in &mut self.by_remaining {
-                bucket.retain(|entry| live.get(&entry.key) == Some(&entry.stamp));
+                bucket.retain(|entry| live.get(&entry.data.key()) == Some(&entry.stamp));
             }
             self.stale = 0;
         }
     }
 
-    fn is_live(&self, entry: &KeyedEntry<K>) -> bool {
+    fn is_live(&self, entry: &KeyedEntry<D>) -> bool {
         // Without stale entries queued (the usual case) every entry is live.
-        self.stale == 0 || self.live.get(&entry.key) == Some(&entry.stamp)
+        self.stale == 0 || self.live.get(&entry.data.key()) == Some(&entry.stamp)
     }
 
-    pub(crate) fn fill(&mut self, mut buffer: impl BufMut, max_items: usize) -> usize {
+    /// Puts into `buffer` the encodings (by `encode`, which appends) of up to `max_items`
+    /// live entries, fullest first, and returns how many. An entry that fails to encode is
+    /// dropped (it could never be sent; it encoded when queued, so this is not expected) and
+    /// the fill ends with the error; entries put in `buffer` before it count as sent.
+    pub(crate) fn fill<E>(
+        &mut self,
+        mut buffer: impl BufMut,
+        max_items: usize,
+        mut encode: impl FnMut(&D, &mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<usize, E> {
         let mut taken = 0;
+        let mut failed = None;
         'buckets: for remaining in (1..self.by_remaining.len()).rev() {
             while taken < max_items
                 && self.misfits.len() < MAX_MISFITS
@@ -371,16 +388,22 @@ where
                     self.stale -= 1;
                     continue;
                 }
-                if buffer.remaining_mut() < entry.data.len() {
+                self.encoded.clear();
+                if let Err(err) = encode(&entry.data, &mut self.encoded) {
+                    self.live.remove(&entry.data.key());
+                    failed = Some(err);
+                    break 'buckets;
+                }
+                if buffer.remaining_mut() < self.encoded.len() {
                     self.misfits.push((remaining, entry));
                     continue;
                 }
-                buffer.put_slice(&entry.data);
+                buffer.put_slice(&self.encoded);
                 taken += 1;
                 if remaining > 1 {
                     self.sent.push((remaining - 1, entry));
                 } else {
-                    self.live.remove(&entry.key);
+                    self.live.remove(&entry.data.key());
                 }
             }
             break;
@@ -391,7 +414,10 @@ where
         for (remaining, entry) in self.sent.drain(..) {
             self.by_remaining[remaining].push_back(entry);
         }
-        taken
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(taken),
+        }
     }
 }
 
@@ -606,23 +632,35 @@ mod tests {
         assert!(buf.is_empty());
     }
 
+    /// A value for the keyed queue's tests: its bytes, keyed by a name.
+    struct Named {
+        name: u8,
+        data: Vec<u8>,
+    }
+
+    impl Keyed for Named {
+        type Key = u8;
+
+        fn key(&self) -> u8 {
+            self.name
+        }
+    }
+
+    fn encode_named(named: &Named, out: &mut Vec<u8>) -> Result<(), core::convert::Infallible> {
+        out.extend_from_slice(&named.data);
+        Ok(())
+    }
+
     #[test]
     fn keyed_broadcasts_send_the_newest_first_among_equals() {
-        #[derive(Clone, PartialEq, Eq, Hash)]
-        struct Name(u8);
-        impl Invalidates for Name {
-            fn invalidates(&self, other: &Self) -> bool {
-                self == other
-            }
-        }
-
         let mut keyed = KeyedBroadcasts::new();
         for (name, max_tx) in [(b'a', 2), (b'b', 2), (b'c', 2), (b'd', 1)] {
-            keyed.add_or_replace(Name(name), alloc::vec![name], max_tx);
+            let data = alloc::vec![name];
+            keyed.add_or_replace(Named { name, data }, max_tx);
         }
         let mut order = Vec::new();
         while !keyed.is_empty() {
-            keyed.fill(&mut order, 1);
+            keyed.fill(&mut order, 1, encode_named).unwrap();
         }
         // With two left: c, b, a (the last queued first). With one left: a, b, c (the last
         // moved down first), then d, queued with one before them.
@@ -630,30 +668,55 @@ mod tests {
     }
 
     #[test]
+    fn keyed_broadcasts_drop_what_fails_to_encode_and_keep_the_rest() {
+        let mut keyed = KeyedBroadcasts::new();
+        for name in [b'a', b'b', b'c'] {
+            keyed.add_or_replace(
+                Named {
+                    name,
+                    data: alloc::vec![name],
+                },
+                2,
+            );
+        }
+        // c leaves first (the newest among equals); b cannot be encoded.
+        let mut sent = Vec::new();
+        let failed = keyed.fill(&mut sent, 3, |named, out| {
+            if named.name == b'b' {
+                return Err("b does not encode");
+            }
+            encode_named(named, out).map_err(|never| match never {})
+        });
+        assert_eq!(failed, Err("b does not encode"));
+        assert_eq!(sent, b"c", "c was put in before the failure");
+        assert_eq!(keyed.len(), 2, "b is dropped, a and c stay");
+        let mut rest = Vec::new();
+        while !keyed.is_empty() {
+            keyed.fill(&mut rest, 1, encode_named).unwrap();
+        }
+        // a (two left, the fullest), then a again (moved down last), then c's last.
+        assert_eq!(rest, b"aac");
+    }
+
+    #[test]
     fn keyed_broadcasts_send_each_live_entry_its_transmissions_fullest_first() {
         use bytes::BufMut;
         use rand::{RngExt, SeedableRng, rngs::SmallRng};
-
-        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-        struct Name(u8);
-        impl Invalidates for Name {
-            fn invalidates(&self, other: &Self) -> bool {
-                self == other
-            }
-        }
 
         // The model: each name's live data and transmissions left. An entry's data is its
         // name repeated, so a message reads back as runs of one name each.
         let mut model: hashbrown::HashMap<u8, (usize, usize)> = hashbrown::HashMap::new();
         let mut keyed = KeyedBroadcasts::new();
         let mut rng = SmallRng::seed_from_u64(11);
-        let fill = |keyed: &mut KeyedBroadcasts<Name>,
+        let fill = |keyed: &mut KeyedBroadcasts<Named>,
                     model: &mut hashbrown::HashMap<u8, (usize, usize)>,
                     room: usize,
                     max_items: usize,
                     step: u32| {
             let mut sent = Vec::new();
-            let taken = keyed.fill((&mut sent).limit(room), max_items);
+            let taken = keyed
+                .fill((&mut sent).limit(room), max_items, encode_named)
+                .unwrap();
             let runs: Vec<&[u8]> = sent.chunk_by(|a, b| a == b).collect();
             assert_eq!(runs.len(), taken, "step {step}");
             assert!(taken <= max_items, "step {step}");
@@ -676,7 +739,8 @@ mod tests {
                 let name = rng.random_range(0..32u8);
                 let len = rng.random_range(1..6);
                 let max_tx = rng.random_range(1..5);
-                keyed.add_or_replace(Name(name), alloc::vec![name; len], max_tx);
+                let data = alloc::vec![name; len];
+                keyed.add_or_replace(Named { name, data }, max_tx);
                 model.insert(name, (len, max_tx));
             } else {
                 let room = rng.random_range(0..24);

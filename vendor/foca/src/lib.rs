@@ -139,7 +139,7 @@ mod runtime;
 mod testing;
 
 use crate::{
-    broadcast::{Broadcasts, KeyedBroadcasts},
+    broadcast::{Broadcasts, Keyed, KeyedBroadcasts},
     member::{ApplySummary, Members},
     probe::Probe,
 };
@@ -190,11 +190,14 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
     choice_buf: Vec<Member<T>>,
 
     send_buf: Vec<u8>,
+    // The encoding of the last member update queued (murmur's patch 18).
+    queued_buf: Vec<u8>,
 
-    // Holds (serialized) cluster updates, which may live for a
-    // while until they get disseminated `Config::max_transmissions`
-    // times or replaced by fresher updates.
-    updates: KeyedBroadcasts<Addr<T::Addr>>,
+    // Holds cluster updates, which may live for a while until they
+    // get disseminated `Config::max_transmissions` times or replaced
+    // by fresher updates (murmur's patch 18: as members, encoded when
+    // sent).
+    updates: KeyedBroadcasts<Member<T>>,
 
     broadcast_handler: B,
     custom_broadcasts: Broadcasts<B::Key>,
@@ -273,6 +276,7 @@ where
             connection_state: ConnectionState::Disconnected,
             updates: KeyedBroadcasts::new(),
             send_buf: Vec::with_capacity(max_bytes),
+            queued_buf: Vec::new(),
             custom_broadcasts: Broadcasts::new(),
             broadcast_handler,
             // A restarted member starts with a new identity too.
@@ -341,10 +345,8 @@ where
             // If our previous identity wasn't known as Down already,
             // we'll declare it ourselves
             if !previous_is_down {
-                let addr = Addr(previous_id.addr());
-                let data = self.serialize_member(Member::down(previous_id))?;
-                self.updates
-                    .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+                let transmissions = self.config.max_transmissions.get().into();
+                self.queue_update(Member::down(previous_id), transmissions)?;
             }
 
             self.gossip(runtime)?;
@@ -579,10 +581,8 @@ where
     ///
     /// This is the cleanest way to terminate a running Foca.
     pub fn leave_cluster(&mut self, mut runtime: impl Runtime<T>) -> Result<()> {
-        let addr = Addr(self.identity().addr());
-        let data = self.serialize_member(Member::down(self.identity().clone()))?;
-        self.updates
-            .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+        let transmissions = self.config.max_transmissions.get().into();
+        self.queue_update(Member::down(self.identity().clone()), transmissions)?;
 
         self.gossip(&mut runtime)?;
 
@@ -1121,13 +1121,17 @@ where
         custom_broadcasts_result
     }
 
-    fn serialize_member(&mut self, member: Member<T>) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
+    /// Queues a member update for dissemination. It is encoded here once through
+    /// `encode_member` (which is how the codec learns what changed, and refuses what it
+    /// cannot encode) and again each time it is sent, through `encode_feed_member`
+    /// (murmur's patch 18: the queue holds the member, not its bytes).
+    fn queue_update(&mut self, member: Member<T>, transmissions: usize) -> Result<()> {
+        self.queued_buf.clear();
         self.codec
-            .encode_member(&member, &mut buf)
+            .encode_member(&member, &mut self.queued_buf)
             .map_err(|e| Error::Encode(Box::new(e)))?;
-
-        Ok(buf)
+        self.updates.add_or_replace(member, transmissions);
+        Ok(())
     }
 
     fn reset(&mut self) {
@@ -1325,10 +1329,8 @@ where
 
             // Cluster state changed, start broadcasting it
             if do_broadcast {
-                let addr = Addr(id.addr());
                 let transmissions = self.transmissions_of(update.state());
-                let data = self.serialize_member(update)?;
-                self.updates.add_or_replace(addr, data, transmissions);
+                self.queue_update(update, transmissions)?;
             }
 
             // Down is a terminal state, so set up a handler for removing
@@ -1587,7 +1589,13 @@ where
                 };
                 // u16::MAX guarantees that num_events can be safely
                 // cast from usize to u16
-                let num_updates = self.updates.fill((&mut buf).limit(share), u16::MAX.into());
+                let codec = &mut self.codec;
+                let num_updates = self
+                    .updates
+                    .fill((&mut buf).limit(share), u16::MAX.into(), |member, out| {
+                        codec.encode_feed_member(member, out)
+                    })
+                    .map_err(|e| Error::Encode(Box::new(e)))?;
                 num_items = u16::try_from(num_updates).expect("usize bound by u16::MAX");
             }
 
@@ -1790,14 +1798,13 @@ impl<T> BroadcastHandler<T> for NoCustomBroadcast {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Addr<T>(T);
+// State is managed externally (via Members), so a queued member update
+// is replaced by any newer one about the same address.
+impl<T: Identity> Keyed for Member<T> {
+    type Key = T::Addr;
 
-impl<T: PartialEq> Invalidates for Addr<T> {
-    // State is managed externally (via Members), so invalidation
-    // is a trivial replace-if-same-key
-    fn invalidates(&self, other: &Self) -> bool {
-        self.0 == other.0
+    fn key(&self) -> T::Addr {
+        self.id().addr()
     }
 }
 
