@@ -326,6 +326,7 @@ impl Node {
                 identities: identities.clone(),
                 repeats: RepeatFilter::new(identity_id),
                 own_name,
+                scratch: Vec::new(),
             },
             BroadcastInbox::new(received.clone(), identity_id),
         );

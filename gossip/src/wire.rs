@@ -370,6 +370,8 @@ pub(crate) struct WireCodec {
     pub(crate) repeats: RepeatFilter,
     /// This member's name: updates about it are always decoded.
     pub(crate) own_name: compact_str::CompactString,
+    /// Room each encoding is made in before it is copied into the packet.
+    pub(crate) scratch: Vec<u8>,
 }
 
 /// A member update's fields as they lie in a packet, borrowed: parsing it finds where the
@@ -422,12 +424,21 @@ pub(crate) struct ProbeTap {
 pub(crate) struct CodecError(&'static str);
 
 impl WireCodec {
-    fn put<T: Serialize>(value: &T, mut buf: impl BufMut) -> Result<(), CodecError> {
-        let bytes = encode(value);
-        if buf.remaining_mut() < bytes.len() {
+    /// Encodes `value` into `buf` whole or not at all, through `scratch` (the codec's own,
+    /// reused: foca encodes each queued member update again every time it sends it, and a
+    /// fresh vector each time was a malloc and a free per update sent).
+    fn put<T: Serialize>(
+        scratch: &mut Vec<u8>,
+        value: &T,
+        mut buf: impl BufMut,
+    ) -> Result<(), CodecError> {
+        scratch.clear();
+        // Serializing our own in-memory types into a Vec cannot fail.
+        bincode::serde::encode_into_std_write(value, scratch, bincode_config()).expect("encodable");
+        if buf.remaining_mut() < scratch.len() {
             return Err(CodecError("no room in packet"));
         }
-        buf.put_slice(&bytes);
+        buf.put_slice(scratch);
         Ok(())
     }
 
@@ -448,11 +459,11 @@ impl foca::Codec<NodeIdentity> for WireCodec {
         header: &Header<NodeIdentity>,
         mut buf: impl BufMut,
     ) -> Result<(), CodecError> {
-        Self::put(header, &mut buf)?;
+        Self::put(&mut self.scratch, header, &mut buf)?;
         let mut probes = self.probes.lock().expect("probe tap poisoned");
         match header.message {
             Message::Ping(probe) => probes.pings.push((header.dst.name.clone(), probe)),
-            Message::Ack(_) => Self::put(&probes.own, buf)?,
+            Message::Ack(_) => Self::put(&mut self.scratch, &probes.own, buf)?,
             _ => {}
         }
         Ok(())
@@ -486,7 +497,7 @@ impl foca::Codec<NodeIdentity> for WireCodec {
             .lock()
             .expect("codec tap poisoned")
             .push(member.clone());
-        Self::put(member, buf)
+        Self::put(&mut self.scratch, member, buf)
     }
 
     fn encode_feed_member(
@@ -495,7 +506,7 @@ impl foca::Codec<NodeIdentity> for WireCodec {
         buf: impl BufMut,
     ) -> Result<(), CodecError> {
         // Members of our own list, already seen as changes: not tapped.
-        Self::put(member, buf)
+        Self::put(&mut self.scratch, member, buf)
     }
 
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeIdentity>, CodecError> {
@@ -625,6 +636,7 @@ mod tests {
             identities: Identities::default(),
             repeats: RepeatFilter::new(1),
             own_name: own_name.into(),
+            scratch: Vec::new(),
         }
     }
 
