@@ -98,6 +98,12 @@ pub struct Progress {
     pub done: Duration,
     /// Virtual time of the workload phase (the quiet phase after it is not counted).
     pub total: Duration,
+    /// Member updates the running nodes hold queued for gossip, all together: while a large
+    /// cluster forms, every node queues nearly every join, and this is where the
+    /// simulator's memory goes.
+    pub queued_member_updates: usize,
+    /// The most member updates one running node holds queued.
+    pub largest_member_updates: usize,
 }
 
 /// Longest quiet period allowed for convergence after the heal.
@@ -132,6 +138,8 @@ struct Run {
     measured: Measurements,
     detection_bound: Duration,
     max_backlogs: Backlogs,
+    /// Member updates queued at the last observation: all nodes', and the most at one.
+    queued_member_updates: (usize, usize),
 }
 
 /// Runs one seeded scenario.
@@ -183,6 +191,7 @@ pub fn run_with_progress(config: ChaosConfig, mut progress: impl FnMut(Progress)
             outputs: 0,
             known_members: 0,
         },
+        queued_member_updates: (0, 0),
         scenario,
         config,
     };
@@ -197,9 +206,12 @@ pub fn run_with_progress(config: ChaosConfig, mut progress: impl FnMut(Progress)
         let done = run.net.now - start;
         if done >= told + Duration::from_secs(1) {
             told = done;
+            let (queued_member_updates, largest_member_updates) = run.queued_member_updates;
             progress(Progress {
                 done,
                 total: run.config.duration,
+                queued_member_updates,
+                largest_member_updates,
             });
         }
     }
@@ -629,9 +641,11 @@ impl Run {
         self.violations.extend(late);
         let n = self.config.nodes;
         let shared_bound = KEY_SPACE + SERVICE_NAMES.len() * SERVICE_NAMES.len();
+        let mut queued = (0, 0);
         for i in self.net.running() {
             let node = self.net.running_member(i);
             let b = node.node().backlogs();
+            queued = (queued.0 + b.member_updates, queued.1.max(b.member_updates));
             let m = &mut self.max_backlogs;
             m.member_updates = m.member_updates.max(b.member_updates);
             m.broadcasts = m.broadcasts.max(b.broadcasts);
@@ -652,6 +666,7 @@ impl Run {
                 }
             }
         }
+        self.queued_member_updates = queued;
     }
 
     /// Heals everything, lets the cluster settle, and checks the end state.
