@@ -60,9 +60,10 @@ pub trait Codec<T> {
     fn members_applied(&mut self) {}
 
     /// murmur's patch: encodes a member of our list into a `Feed` (the answer to an
-    /// `Announce`). Unlike [`Codec::encode_member`], which foca calls once for each change it
-    /// applies, this repeats what is known, so a codec that watches `encode_member` for
-    /// changes need not look at these.
+    /// `Announce`), or a queued member update each time it is sent (patch 18). Unlike
+    /// [`Codec::encode_member`], which foca calls once for each change it applies, this
+    /// repeats what is known, so a codec that watches `encode_member` for changes need not
+    /// look at these. Both must encode a member to the same bytes.
     fn encode_feed_member(
         &mut self,
         member: &Member<T>,
