@@ -762,6 +762,13 @@ mod tests {
             let mut buf = &bytes[..];
             prop_assert_eq!(foca::Codec::decode_new_member(&mut codec, &mut buf).unwrap(), None);
             prop_assert_eq!(buf.len(), trailing.len());
+            // foca encodes a queued update through `encode_member` when it queues it and
+            // through `encode_feed_member` each time it sends it (its patch 18): the same bytes.
+            let (mut tapped, mut repeated) = (Vec::new(), Vec::new());
+            foca::Codec::encode_member(&mut codec, &member, &mut tapped).unwrap();
+            foca::Codec::encode_feed_member(&mut codec, &member, &mut repeated).unwrap();
+            prop_assert_eq!(&tapped[..], &bytes[..len]);
+            prop_assert_eq!(&repeated[..], &bytes[..len]);
         }
 
         #[test]
