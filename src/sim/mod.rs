@@ -242,7 +242,7 @@ fn print_details(report: &Report) {
 fn print_progress(p: Progress, started: Instant) {
     let fraction = p.done.as_secs_f64() / p.total.as_secs_f64();
     let line = format!(
-        "  {:>3.0}% {:.0}s of {:.0}s simulated, {:.1}s wall, {} member updates queued (at most {} at a node)",
+        "  {:>3.0}% {:.0}s of {:.0}s simulated, {:.1}s wall, {} updates queued (max {})",
         fraction * 100.0,
         p.done.as_secs_f64(),
         p.total.as_secs_f64(),
