@@ -245,9 +245,14 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // bincode's `encode_to_vec` starts from an empty vector and doubles it as it goes: four
     // allocations for a member update of ~45 bytes, the value encoded most often.
     let mut out = Vec::with_capacity(FIRST_ENCODE_CAPACITY);
-    // Serializing our own in-memory types into a Vec cannot fail.
-    bincode::serde::encode_into_std_write(value, &mut out, bincode_config()).expect("encodable");
+    encode_onto(value, &mut out);
     out
+}
+
+/// Appends the encoding of `value` (as [`encode`]) to `out`, for callers that reuse a vector.
+fn encode_onto<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    // Serializing our own in-memory types into a Vec cannot fail.
+    bincode::serde::encode_into_std_write(value, out, bincode_config()).expect("encodable");
 }
 
 /// Room [`encode`] starts with: a member update with a short name and few tags fits.
@@ -433,8 +438,7 @@ impl WireCodec {
         mut buf: impl BufMut,
     ) -> Result<(), CodecError> {
         scratch.clear();
-        // Serializing our own in-memory types into a Vec cannot fail.
-        bincode::serde::encode_into_std_write(value, scratch, bincode_config()).expect("encodable");
+        encode_onto(value, scratch);
         if buf.remaining_mut() < scratch.len() {
             return Err(CodecError("no room in packet"));
         }

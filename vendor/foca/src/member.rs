@@ -944,8 +944,7 @@ mod tests {
         assert!(!summary.apply_successful, "must not apply if conflict lost");
     }
 
-    /// murmur's patch: the index by address stays true through inserts, state changes,
-    /// removals and the shuffles of `next`, and choosing members only picks candidates.
+    /// murmur's patch 19: the list's spare room stays within half its length.
     #[test]
     fn the_list_grows_by_half_its_length() {
         let mut members = Members::new(Vec::new());
@@ -959,6 +958,8 @@ mod tests {
         }
     }
 
+    /// murmur's patch: the index by address stays true through inserts, state changes,
+    /// removals and the shuffles of `next`, and choosing members only picks candidates.
     #[test]
     fn address_index_follows_every_change() {
         const NAMES: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
